@@ -1,0 +1,27 @@
+"""pat_ray: pruning-aware training with the Early Pruning Indicator.
+
+Public API: ``prune`` (one-shot structural pruning), ``measure_cost``, ``save_checkpoint`` /
+``load_checkpoint``, and ``hookimpl`` for plugin authors.
+"""
+
+from pat_ray.hookspecs import hookimpl
+
+__all__ = ["hookimpl", "prune", "measure_cost", "save_checkpoint", "load_checkpoint"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: plugin modules import ``pat_ray.hookimpl`` while the registry is being built.
+    if name == "prune":
+        from pat_ray.oneshot import prune
+
+        return prune
+    if name == "measure_cost":
+        from pat_ray.core.cost import measure_cost
+
+        return measure_cost
+    if name in ("save_checkpoint", "load_checkpoint"):
+        from pat_ray import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'pat_ray' has no attribute {name!r}")

@@ -1,0 +1,65 @@
+"""FLOPs and parameter counts: from channel counts (for selection) and by measurement.
+
+Convention (the pruning literature's): FLOPs are the multiply-accumulates of conv and
+linear layers for one sample. ``cost_of`` evaluates the traced cost terms for any channel
+counts without touching the model, so selection can try thousands of candidates;
+``measure_cost`` runs the model with hooks and is the independent check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pat_ray.core.groups import ComputeTerm, ModelGraph
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    params: int
+
+
+def cost_of(terms: tuple[ComputeTerm, ...], counts: Mapping[str, int]) -> Cost:
+    """Cost of the model whose group ``g`` keeps ``counts[g]`` channels."""
+    flops = params = 0
+    for t in terms:
+        n_out = sum(counts[g] for g in t.out_groups)
+        n_in = sum(counts[g] for g in t.in_groups) * t.in_repeat if t.in_groups else 1
+        pairs = n_out * n_in // t.in_divisor
+        flops += t.macs_per_pair * pairs
+        params += t.params_per_pair * pairs + t.params_per_out * n_out
+    return Cost(flops, params)
+
+
+def graph_cost(graph: ModelGraph) -> Cost:
+    return cost_of(graph.terms, {g.name: g.size for g in graph.groups})
+
+
+def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
+    """Count conv/linear MACs with forward hooks and all parameters of the model."""
+    total = 0
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        fan_in = module.weight[0].numel()  # in_features, or in_channels/groups * kernel
+        total += fan_in * output[0].numel()
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return Cost(total, sum(p.numel() for p in model.parameters()))

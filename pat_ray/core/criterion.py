@@ -1,0 +1,63 @@
+"""The interface every importance criterion implements, and helpers they share.
+
+A criterion may accumulate evidence during training (Taylor: after every backward), so
+it has three steps: ``observe`` after a backward pass, ``scores`` when a snapshot is taken,
+``reset`` after pruning (accumulated statistics describe channels that no longer exist).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from pat_ray.core.groups import ChannelGroup, Member, ModelGraph
+
+Scores = dict[str, torch.Tensor]
+
+
+class Criterion(ABC):
+    """Per-channel importance of every prunable group; higher means keep."""
+
+    #: whether ``observe`` must be called after each backward for ``scores`` to be valid
+    needs_gradients: bool = False
+
+    def observe(self, model: nn.Module, graph: ModelGraph) -> None:  # noqa: B027
+        """Accumulate evidence from the gradients of the last backward pass."""
+
+    @abstractmethod
+    def scores(self, model: nn.Module, graph: ModelGraph) -> Scores:
+        """One score tensor of shape ``(group.size,)`` per prunable group."""
+
+    def reset(self) -> None:  # noqa: B027
+        """Forget accumulated evidence (the model's channels changed)."""
+
+
+def member_tensor(model: nn.Module, member: Member, name: str) -> torch.Tensor | None:
+    """A parameter (``weight``, ``bias``) of the member's module, or None if it has none."""
+    return getattr(model.get_submodule(member.module), name, None)
+
+
+def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:
+    """The rows of a member's parameter that hold the group's channels, as (size, -1)."""
+    positions = member.positions(torch.arange(size)).to(tensor.device)
+    return tensor.detach().index_select(0, positions).reshape(size, -1)
+
+
+def filter_norms(model: nn.Module, group: ChannelGroup, p: float) -> torch.Tensor:
+    """Sum over the group's producers of each channel's filter (weight + bias) Lp norm."""
+    total = torch.zeros(group.size)
+    for member in group.members_with_role("out", "depthwise", "grouped"):
+        for name in ("weight", "bias"):
+            tensor = member_tensor(model, member, name)
+            if tensor is not None:
+                rows = member_rows(tensor, member, group.size)
+                total += rows.float().norm(p=p, dim=1).cpu() ** p
+    return total ** (1.0 / p)
+
+
+def normalize_per_group(scores: Scores) -> Scores:
+    """Divide each group's scores by their mean so that layer scale does not decide the
+    global ranking (a group of all-equal channels scores 1 everywhere)."""
+    return {n: s / s.mean().clamp_min(1e-12) for n, s in scores.items()}

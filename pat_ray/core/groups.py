@@ -1,0 +1,513 @@
+"""Find the coupled output channels of a CNN by tracing it with torch.fx.
+
+Removing output channel ``i`` of a conv is only legal if every tensor that carries that
+channel loses it together: the BatchNorm after it, every consumer's input slice, every
+other operand of a residual sum, a depthwise conv that follows it, an SE gate that scales
+it. We find these sets by propagating a *layout* through the traced graph: for every
+tensor, the ordered list of channel groups its dim 1 is made of. Elementwise ops between
+tensors merge their groups (union-find), ``cat`` concatenates layouts, ``flatten`` turns
+each channel into ``H*W`` features. Any op we do not understand stops the trace with an
+error that names it: a silently wrong prune is worse than no prune.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pat_ray.core.tracing_ops import (
+    BINARY_FUNCTIONS,
+    BINARY_METHODS,
+    CHANNEL_PINNING_MODULES,
+    PASSTHROUGH_FUNCTIONS,
+    PASSTHROUGH_METHODS,
+    PASSTHROUGH_MODULES,
+    REDUCTION_FUNCTIONS,
+    REDUCTION_METHODS,
+    RESHAPE_FUNCTIONS,
+    RESHAPE_METHODS,
+)
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class UnsupportedModelError(ValueError):
+    """The tracer met an op whose channel semantics it cannot guarantee."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One place a group's channels live: ``module``'s dimension selected by ``role``.
+
+    role: ``out`` (conv/linear weight dim 0), ``in`` (weight dim 1), ``norm`` (BatchNorm),
+    ``depthwise`` (a depthwise conv whose input and output follow the group), or
+    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed).
+    Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
+    """
+
+    module: str
+    role: str
+    offset: int = 0
+    repeat: int = 1
+
+    def positions(self, channels: torch.Tensor) -> torch.Tensor:
+        """Positions in the module's dimension occupied by the given group channels."""
+        base = self.offset + channels.long() * self.repeat
+        if self.repeat == 1:
+            return base
+        return (base[:, None] + torch.arange(self.repeat)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together. ``subgroups`` > 1 means the group feeds a
+    grouped conv: it may only shrink by the same number of channels in each conv group."""
+
+    name: str
+    size: int
+    members: tuple[Member, ...]
+    pinned: bool
+    subgroups: int = 1
+
+    def members_with_role(self, *roles: str) -> Iterator[Member]:
+        return (m for m in self.members if m.role in roles)
+
+
+@dataclass(frozen=True)
+class ComputeTerm:
+    """Cost of one conv / linear / norm as a function of group channel counts.
+
+    macs = macs_per_pair * n_out * n_in / in_divisor (n_in = 1 for depthwise and norms)
+    params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
+    """
+
+    module: str
+    out_groups: tuple[str, ...]
+    in_groups: tuple[str, ...]
+    in_repeat: int
+    in_divisor: int
+    macs_per_pair: int
+    params_per_pair: int
+    params_per_out: int
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """What tracing learned about a model: its channel groups and its cost terms."""
+
+    groups: tuple[ChannelGroup, ...]
+    terms: tuple[ComputeTerm, ...]
+    input_shape: tuple[int, ...]
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if not g.pinned)
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no channel group named {name!r}")
+
+
+@dataclass
+class _Layout:
+    """The channel structure of one traced tensor's dim 1 (group ids in order)."""
+
+    groups: tuple[int, ...]
+    repeat: int = 1
+
+
+@dataclass
+class _Builder:
+    """Union-find over provisional groups, plus the members and costs seen so far."""
+
+    model: nn.Module
+    excluded: frozenset[str]
+    parent: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    pinned: set[int] = field(default_factory=set)
+    subgroups: dict[int, int] = field(default_factory=dict)
+    slots: list[tuple[str, str, _Layout]] = field(default_factory=list)
+    raw_terms: list[tuple[str, _Layout, _Layout | None, int, int, int, int]] = field(
+        default_factory=list
+    )
+
+    def new_group(self, size: int, label: str, pinned: bool = False) -> _Layout:
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.sizes.append(size)
+        self.labels.append(label)
+        if pinned:
+            self.pinned.add(gid)
+        return _Layout((gid,))
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def union(self, a: int, b: int, where: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.sizes[ra] != self.sizes[rb]:
+            raise UnsupportedModelError(
+                f"{where}: couples channel groups of sizes {self.sizes[ra]} and "
+                f"{self.sizes[rb]} element-wise"
+            )
+        keep, drop = min(ra, rb), max(ra, rb)  # lower id = earlier in the graph names the group
+        self.parent[drop] = keep
+        if drop in self.pinned:
+            self.pinned.add(keep)
+        g = max(self.subgroups.pop(drop, 1), self.subgroups.get(keep, 1))
+        if g > 1:
+            self.subgroups[keep] = g
+
+    def unify(self, a: _Layout, b: _Layout, where: str) -> _Layout:
+        sizes_a = [self.sizes[self.find(g)] for g in a.groups]
+        sizes_b = [self.sizes[self.find(g)] for g in b.groups]
+        if sizes_a != sizes_b or a.repeat != b.repeat:
+            raise UnsupportedModelError(
+                f"{where}: combines tensors whose channels come from differently split "
+                f"groups ({sizes_a} vs {sizes_b}); partial-group coupling is not supported"
+            )
+        for ga, gb in zip(a.groups, b.groups):
+            self.union(ga, gb, where)
+        return a
+
+    def pin(self, layout: _Layout) -> None:
+        for g in layout.groups:
+            self.pinned.add(self.find(g))
+
+    def width(self, layout: _Layout) -> int:
+        return sum(self.sizes[self.find(g)] for g in layout.groups) * layout.repeat
+
+
+def trace_channel_groups(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    exclude: Iterable[str] = (),
+) -> ModelGraph:
+    """Trace ``model`` and return its channel groups and cost terms.
+
+    ``exclude`` names modules whose output channels must be kept (their groups are pinned).
+    The model is traced in eval mode (stochastic depth and dropout become identities) and
+    restored to its previous mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        graph_module = fx.symbolic_trace(model)
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
+    except UnsupportedModelError:
+        raise
+    except Exception as err:  # fx raises many types; name the model and the cause
+        raise UnsupportedModelError(
+            f"torch.fx could not trace {type(model).__name__}: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    builder = _Builder(model=model, excluded=frozenset(exclude))
+    unknown = builder.excluded - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
+    layouts: dict[fx.Node, _Layout | None] = {}
+    for node in graph_module.graph.nodes:
+        layouts[node] = _visit(builder, graph_module, node, layouts)
+    return _finalize(builder, tuple(example_input.shape))
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _tensor_layouts(args: Any, layouts: dict[fx.Node, _Layout | None]) -> list[_Layout]:
+    found: list[_Layout] = []
+    fx.node.map_arg(args, lambda n: found.append(layouts[n]) if layouts.get(n) else None)
+    return found
+
+
+def _where(node: fx.Node) -> str:
+    return f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
+
+
+def _visit(
+    b: _Builder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, _Layout | None]
+) -> _Layout | None:
+    shape = _shape(node)
+    if node.op == "placeholder":
+        if shape is None or len(shape) < 2:
+            return None
+        return b.new_group(shape[1], f"<input {node.name}>", pinned=True)
+    if node.op == "output":
+        for layout in _tensor_layouts(node.args, layouts):
+            b.pin(layout)
+        return None
+    if node.op == "get_attr":
+        return None
+    inputs = _tensor_layouts((node.args, node.kwargs), layouts)
+    if not inputs:
+        return None  # no channel-carrying tensor flows in (shape arithmetic, constants)
+    if node.op == "call_module":
+        return _visit_module(b, gm, node, inputs, shape)
+    return _visit_function(b, node, inputs, shape, layouts)
+
+
+def _visit_module(
+    b: _Builder, gm: fx.GraphModule, node: fx.Node, inputs: list[_Layout], shape
+) -> _Layout | None:
+    name = str(node.target)
+    module = gm.get_submodule(name)
+    where = f"module {name!r} ({type(module).__name__})"
+    layout = inputs[0]
+    if isinstance(module, CONV_TYPES):
+        return _visit_conv(b, name, module, layout, shape, where)
+    if isinstance(module, nn.Linear):
+        in_shape = _shape(node.args[0])
+        if in_shape is None or len(in_shape) != 2:
+            raise UnsupportedModelError(f"{where}: Linear on a tensor of shape {in_shape}")
+        if b.width(layout) != module.in_features:
+            raise UnsupportedModelError(f"{where}: input width does not match in_features")
+        b.slots.append((name, "in", layout))
+        out = b.new_group(module.out_features, name, pinned=name in b.excluded)
+        b.slots.append((name, "out", out))
+        per_out = 1 if module.bias is not None else 0
+        b.raw_terms.append((name, out, layout, 1, 1, 1, per_out))
+        return out
+    if isinstance(module, NORM_TYPES):
+        if layout.repeat != 1:
+            raise UnsupportedModelError(f"{where}: BatchNorm over flattened features")
+        b.slots.append((name, "norm", layout))
+        per_out = 2 if module.affine else 0
+        b.raw_terms.append((name, layout, None, 1, 0, 0, per_out))
+        return layout
+    if isinstance(module, PASSTHROUGH_MODULES):
+        if isinstance(module, nn.Flatten):
+            return _reshape(b, node, layout, where)
+        return layout
+    if isinstance(module, CHANNEL_PINNING_MODULES):
+        b.pin(layout)
+        return layout
+    raise UnsupportedModelError(
+        f"{where}: pat_ray does not know how this module treats channels; "
+        "supported: Conv, Linear, BatchNorm, activations, pooling, dropout"
+    )
+
+
+def _visit_conv(b: _Builder, name, module, layout: _Layout, shape, where) -> _Layout:
+    if layout.repeat != 1 or b.width(layout) != module.in_channels:
+        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
+    kernel = math.prod(module.kernel_size)
+    spatial = math.prod(shape[2:])
+    per_out = 1 if module.bias is not None else 0
+    groups, cin, cout = module.groups, module.in_channels, module.out_channels
+    if groups == 1:
+        b.slots.append((name, "in", layout))
+        out = b.new_group(cout, name, pinned=name in b.excluded)
+        b.slots.append((name, "out", out))
+        b.raw_terms.append((name, out, layout, 1, kernel * spatial, kernel, per_out))
+        return out
+    if groups == cin == cout:  # depthwise: channel i in -> channel i out
+        if name in b.excluded:
+            b.pin(layout)
+        b.slots.append((name, "depthwise", layout))
+        b.raw_terms.append((name, layout, None, 1, kernel * spatial, kernel, per_out))
+        return layout
+    if cin == cout and len(layout.groups) == 1:  # grouped, e.g. ResNeXt / RegNet
+        root = b.find(layout.groups[0])
+        if b.subgroups.get(root, groups) != groups:
+            raise UnsupportedModelError(f"{where}: channels feed convs of different groups")
+        b.subgroups[root] = groups
+        if name in b.excluded:
+            b.pin(layout)
+        b.slots.append((name, "grouped", layout))
+        b.raw_terms.append((name, layout, layout, groups, kernel * spatial, kernel, per_out))
+        return layout
+    raise UnsupportedModelError(
+        f"{where}: grouped conv with groups={groups}, in={cin}, out={cout} is not supported "
+        "(supported: groups=1, depthwise, or in == out channels fed by one group)"
+    )
+
+
+def _visit_function(
+    b: _Builder, node: fx.Node, inputs: list[_Layout], shape, layouts
+) -> _Layout | None:
+    target = node.target
+    where = _where(node)
+    if shape is None:
+        return None  # a non-tensor result (size, shape, a python number)
+    first = layouts.get(node.args[0]) if node.args else None
+    if node.op == "call_method":
+        kind = (
+            "pass" if target in PASSTHROUGH_METHODS
+            else "binary" if target in BINARY_METHODS
+            else "reshape" if target in RESHAPE_METHODS
+            else "reduce" if target in REDUCTION_METHODS
+            else None
+        )
+    else:
+        kind = (
+            "pass" if target in PASSTHROUGH_FUNCTIONS
+            else "binary" if target in BINARY_FUNCTIONS
+            else "reshape" if target in RESHAPE_FUNCTIONS
+            else "reduce" if target in REDUCTION_FUNCTIONS
+            else "cat" if target is torch.cat
+            else "getitem" if target is operator.getitem
+            else "softmax" if target in (F.softmax, F.log_softmax, torch.softmax)
+            else None
+        )
+    if kind == "pass" and first is not None:
+        return first
+    if kind == "binary":
+        return _binary(b, node, inputs, shape, layouts, where)
+    if kind == "reshape" and first is not None:
+        return _reshape(b, node, first, where)
+    if kind == "reduce" and first is not None:
+        return _reduce(node, first, shape, where)
+    if kind == "cat":
+        return _cat(b, node, layouts, where)
+    if kind == "softmax":
+        b.pin(inputs[0])
+        return inputs[0]
+    if kind == "getitem" and first is not None:
+        return _getitem(node, first, where)
+    if kind == "getitem":
+        return None  # indexing a python container of tensors is handled via cat/args
+    raise UnsupportedModelError(
+        f"{where}: pat_ray does not know how this op treats channels"
+    )
+
+
+def _binary(b: _Builder, node, inputs, shape, layouts, where) -> _Layout:
+    if len(shape) < 2:
+        raise UnsupportedModelError(f"{where}: result has no channel dimension")
+    operands = [a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None]
+    carried = [(layouts.get(a), _shape(a)) for a in operands]
+    wide = [lay for lay, s in carried if lay is not None and len(s) >= 2 and s[1] == shape[1]]
+    for lay, s in carried:
+        broadcast = len(s) < 2 or s[1] == 1
+        if lay is None and not broadcast and shape[1] > 1:
+            raise UnsupportedModelError(
+                f"{where}: a constant tensor of shape {s} varies over channels; "
+                "pat_ray cannot slice it"
+            )
+        if lay is not None and s[1] == 1 and shape[1] > 1:
+            b.pin(lay)  # a one-channel gate broadcast over channels keeps its channel
+    result = wide[0]
+    for other in wide[1:]:
+        result = b.unify(result, other, where)
+    return result
+
+
+def _reshape(b: _Builder, node: fx.Node, layout: _Layout, where: str) -> _Layout:
+    in_shape, out_shape = _shape(node.args[0]), _shape(node)
+    if in_shape == out_shape:
+        return layout
+    if (
+        in_shape is not None
+        and out_shape is not None
+        and len(out_shape) == 2
+        and out_shape[0] == in_shape[0]
+        and out_shape[1] == math.prod(in_shape[1:])
+    ):
+        return _Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
+    raise UnsupportedModelError(
+        f"{where}: reshape {in_shape} -> {out_shape}; only flattening (N, C, ...) to "
+        "(N, C*...) keeps channels traceable"
+    )
+
+
+def _reduce(node: fx.Node, layout: _Layout, shape, where: str) -> _Layout:
+    in_shape = _shape(node.args[0])
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    ndim = len(in_shape)
+    if dims and all(d % ndim >= 2 for d in dims) and len(shape) >= 2:
+        return layout
+    raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
+
+
+def _cat(b: _Builder, node: fx.Node, layouts, where: str) -> _Layout:
+    tensors = node.args[0]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    parts = [layouts.get(t) for t in tensors]
+    if any(p is None for p in parts):
+        raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
+    ndim = len(_shape(node))
+    if dim % ndim == 1:
+        if any(p.repeat != 1 for p in parts):
+            raise UnsupportedModelError(f"{where}: concatenates flattened features")
+        return _Layout(tuple(g for p in parts for g in p.groups))
+    result = parts[0]
+    for other in parts[1:]:
+        result = b.unify(result, other, where)
+    return result
+
+
+def _getitem(node: fx.Node, layout: _Layout, where: str) -> _Layout:
+    index = node.args[1]
+    index = index if isinstance(index, tuple) else (index,)
+    channel_index = index[1] if len(index) > 1 else slice(None)
+    if index and index[0] is Ellipsis:
+        raise UnsupportedModelError(f"{where}: indexing with ... may slice channels")
+    if channel_index == slice(None) and not isinstance(index[0], int):
+        return layout
+    raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
+
+
+def _finalize(b: _Builder, input_shape: tuple[int, ...]) -> ModelGraph:
+    members: dict[int, list[Member]] = {}
+    for module, role, layout in b.slots:
+        offset = 0
+        for gid in layout.groups:
+            root = b.find(gid)
+            members.setdefault(root, []).append(Member(module, role, offset, layout.repeat))
+            offset += b.sizes[root] * layout.repeat
+    roots = sorted({b.find(g) for g in range(len(b.parent))})
+    names = {r: b.labels[r] for r in roots}
+    groups = []
+    for root in roots:
+        sub = b.subgroups.get(root, 1)
+        if b.sizes[root] % sub:
+            raise UnsupportedModelError(f"group {names[root]!r}: size not divisible by groups")
+        groups.append(
+            ChannelGroup(
+                name=names[root],
+                size=b.sizes[root],
+                members=tuple(members.get(root, ())),
+                pinned=root in b.pinned or not members.get(root),
+                subgroups=sub,
+            )
+        )
+    terms = tuple(
+        ComputeTerm(
+            module=module,
+            out_groups=tuple(names[b.find(g)] for g in out.groups),
+            in_groups=tuple(names[b.find(g)] for g in inp.groups) if inp else (),
+            in_repeat=inp.repeat if inp else 1,
+            in_divisor=divisor,
+            macs_per_pair=macs,
+            params_per_pair=params,
+            params_per_out=per_out,
+        )
+        for module, out, inp, divisor, macs, params, per_out in b.raw_terms
+    )
+    return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape)
+

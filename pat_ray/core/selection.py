@@ -1,0 +1,136 @@
+"""Global channel ranking under a budget: which channels the target would keep.
+
+Channels are ranked across all groups by score and removed lowest first until the budget
+(a fraction of FLOPs, params or channels) is met. Each group keeps at least its best
+unit. A unit is one channel, or — for groups feeding a grouped conv, or with
+``round_to`` > 1 — a block of channels ranked within the group so that the kept count stays
+legal (the same per conv group) or a multiple of ``round_to``. Cost is monotone in the
+number of units removed, so the cut point is found by bisection over the ranked list.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost import cost_of
+from pat_ray.core.groups import ChannelGroup, ModelGraph
+
+Measure = Literal["flops", "params", "channels"]
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met on this model."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Keep ``fraction`` of the model's ``measure``; kept counts multiples of ``round_to``."""
+
+    fraction: float
+    measure: Measure = "flops"
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise BudgetError(f"budget fraction must be in (0, 1], got {self.fraction}")
+        if self.measure not in ("flops", "params", "channels"):
+            raise BudgetError(f"budget measure must be flops, params or channels, got {self.measure!r}")
+        if self.round_to < 1:
+            raise BudgetError(f"round_to must be >= 1, got {self.round_to}")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    score: float
+    group: int
+    rank: int
+    channels: tuple[int, ...]
+
+
+def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) -> list[_Unit]:
+    """The group's units, best first; equal scores keep the lower channel index first."""
+    if scores.shape != (group.size,):
+        raise ValueError(f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}")
+    per_sub = group.size // group.subgroups
+    table = scores.detach().double().cpu().reshape(group.subgroups, per_sub)
+    order = torch.sort(-table, dim=1, stable=True).indices  # (subgroups, per_sub)
+    ranked_scores = table.gather(1, order)
+    channels = order + torch.arange(group.subgroups)[:, None] * per_sub
+    rows = max(1, round_to // group.subgroups) if group.subgroups > 1 else round_to
+    units = []
+    for rank, start in enumerate(range(0, per_sub, rows)):
+        block = channels[:, start : start + rows]
+        units.append(
+            _Unit(
+                score=float(ranked_scores[:, start : start + rows].mean()),
+                group=-1,
+                rank=rank,
+                channels=tuple(int(c) for c in block.reshape(-1)),
+            )
+        )
+    return units
+
+
+def select_architecture(
+    graph: ModelGraph,
+    scores: Mapping[str, torch.Tensor],
+    budget: Budget,
+    reference: float | None = None,
+) -> Architecture:
+    """Keep the best-scored channels such that ``measure <= budget.fraction * reference``.
+
+    ``reference`` defaults to the current model's full measure; pass the dense model's to
+    express the budget against the unpruned model during iterative pruning. Of the two
+    cut points around the target the closer one is taken.
+    """
+    groups = graph.prunable
+    sizes = {g.name: g.size for g in graph.groups}
+    removable: list[_Unit] = []
+    for gi, group in enumerate(groups):
+        if group.name not in scores:
+            raise ValueError(f"no scores for channel group {group.name!r}")
+        units = group_units(group, scores[group.name], budget.round_to)
+        removable += [_Unit(u.score, gi, u.rank, u.channels) for u in units[1:]]
+    removable.sort(key=lambda u: (u.score, u.group, -u.rank))
+
+    def measure_after(n_removed: int) -> float:
+        counts = dict(sizes)
+        for unit in removable[:n_removed]:
+            counts[groups[unit.group].name] -= len(unit.channels)
+        if budget.measure == "channels":
+            return float(sum(counts[g.name] for g in groups))
+        cost = cost_of(graph.terms, counts)
+        return float(cost.flops if budget.measure == "flops" else cost.params)
+
+    full = measure_after(0)
+    target = budget.fraction * (full if reference is None else reference)
+    smallest = measure_after(len(removable))
+    if smallest > target * (1 + 1e-9):
+        raise BudgetError(
+            f"cannot keep only {budget.fraction:.1%} of {budget.measure}: the smallest legal "
+            f"sub-network keeps {smallest / (reference or full):.1%}"
+        )
+
+    class _Probe:  # lazy sequence for bisect: is the prefix of length i within budget?
+        def __len__(self) -> int:
+            return len(removable) + 1
+
+        def __getitem__(self, i: int) -> bool:
+            return measure_after(i) <= target
+
+    cut = bisect.bisect_left(_Probe(), True)
+    if cut > 0 and abs(measure_after(cut - 1) - target) < abs(measure_after(cut) - target):
+        cut -= 1
+    removed: dict[str, set[int]] = {g.name: set() for g in groups}
+    for unit in removable[:cut]:
+        removed[groups[unit.group].name].update(unit.channels)
+    kept = {
+        g.name: tuple(i for i in range(g.size) if i not in removed[g.name]) for g in groups
+    }
+    return Architecture(kept, {g.name: g.size for g in groups})

@@ -1,0 +1,144 @@
+"""Native surgery: physically remove channels from Conv / Linear / BatchNorm modules.
+
+Parameters keep their identity (``param.data`` is replaced), so an optimizer built on the
+model keeps working; each state tensor shaped like a parameter (SGD momentum, Adam moments)
+is sliced with the same indices, so training continues warm instead of from a cold start.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, ModelGraph
+
+Reindex = Callable[[torch.Tensor], torch.Tensor]
+
+
+def apply_architecture(
+    model: nn.Module,
+    graph: ModelGraph,
+    architecture: Architecture,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Shrink ``model`` in place to ``architecture`` (indices relative to ``graph``)."""
+    removed: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
+    roles: dict[str, set[str]] = defaultdict(set)
+    for group in graph.groups:
+        if group.name not in architecture.kept:
+            continue
+        if architecture.sizes[group.name] != group.size:
+            raise ValueError(
+                f"group {group.name!r} has {group.size} channels in the model but "
+                f"{architecture.sizes[group.name]} in the architecture"
+            )
+        drop = _complement(architecture.kept[group.name], group.size)
+        if drop.numel() == 0:
+            continue
+        for member in group.members:
+            axis = "in" if member.role == "in" else "out"
+            removed[(member.module, axis)].append(member.positions(drop))
+            roles[member.module].add(member.role)
+    touched = sorted({name for name, _ in removed})
+    state = optimizer.state if optimizer is not None else {}
+    for name in touched:
+        module = model.get_submodule(name)
+        drop_out = _cat(removed.get((name, "out")))
+        drop_in = _cat(removed.get((name, "in")))
+        if isinstance(module, CONV_TYPES):
+            _shrink_conv(module, drop_out, drop_in, roles[name], state)
+        elif isinstance(module, nn.Linear):
+            _shrink_linear(module, drop_out, drop_in, state)
+        elif isinstance(module, NORM_TYPES):
+            _shrink_norm(module, drop_out, state)
+        else:
+            raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
+
+
+def _complement(indices: tuple[int, ...], size: int) -> torch.Tensor:
+    """The indices of ``range(size)`` that are not in ``indices``."""
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[list(indices)] = False
+    return mask.nonzero().flatten()
+
+
+def _cat(parts: list[torch.Tensor] | None) -> torch.Tensor:
+    if not parts:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat(parts).unique()
+
+
+def _keep(size: int, drop: torch.Tensor) -> torch.Tensor:
+    return _complement(tuple(drop.tolist()), size) if drop.numel() else torch.arange(size)
+
+
+def _select(dim: int, index: torch.Tensor) -> Reindex:
+    return lambda t: t.index_select(dim, index.to(t.device))
+
+
+def _reindex(param: torch.Tensor | None, fn: Reindex, state) -> None:
+    """Apply ``fn`` to a parameter or buffer and to every optimizer state tensor shaped like it."""
+    if param is None:
+        return
+    old_shape = param.shape
+    if isinstance(param, nn.Parameter) and param in state:
+        for key, value in state[param].items():
+            if torch.is_tensor(value) and value.shape == old_shape:
+                state[param][key] = fn(value)
+    param.data = fn(param.data)
+    if isinstance(param, nn.Parameter):
+        param.grad = None
+
+
+def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, state) -> None:
+    keep_out = _keep(conv.out_channels, drop_out)
+    if "depthwise" in roles:
+        _reindex(conv.weight, _select(0, keep_out), state)
+        conv.groups = conv.in_channels = len(keep_out)
+    elif "grouped" in roles:
+        _reindex(conv.weight, _grouped_reindex(conv, keep_out), state)
+        conv.in_channels = len(keep_out)
+    else:
+        _reindex(conv.weight, _select(0, keep_out), state)
+        if drop_in.numel():
+            keep_in = _keep(conv.in_channels, drop_in)
+            _reindex(conv.weight, _select(1, keep_in), state)
+            conv.in_channels = len(keep_in)
+    _reindex(conv.bias, _select(0, keep_out), state)
+    conv.out_channels = len(keep_out)
+
+
+def _grouped_reindex(conv, keep: torch.Tensor) -> Reindex:
+    """Grouped conv with in == out channels: keep the same channels on both sides, so
+    each output row keeps the inputs of its own conv group that survived."""
+    groups, width = conv.groups, conv.out_channels // conv.groups
+    per_group = keep.reshape(groups, -1)  # raises unless every group keeps the same count
+    if not torch.equal(per_group // width, torch.arange(groups)[:, None].expand_as(per_group)):
+        raise ValueError("grouped conv: kept channels are not balanced across conv groups")
+    local = per_group - torch.arange(groups)[:, None] * width
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        rows = t.index_select(0, keep.to(t.device)).reshape(groups, -1, *t.shape[1:])
+        parts = [rows[g].index_select(1, local[g].to(t.device)) for g in range(groups)]
+        return torch.cat(parts)
+
+    return fn
+
+
+def _shrink_linear(linear: nn.Linear, drop_out, drop_in, state) -> None:
+    keep_out = _keep(linear.out_features, drop_out)
+    keep_in = _keep(linear.in_features, drop_in)
+    _reindex(linear.weight, lambda t: _select(1, keep_in)(_select(0, keep_out)(t)), state)
+    _reindex(linear.bias, _select(0, keep_out), state)
+    linear.out_features, linear.in_features = len(keep_out), len(keep_in)
+
+
+def _shrink_norm(norm, drop: torch.Tensor, state) -> None:
+    keep = _keep(norm.num_features, drop)
+    for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
+        _reindex(tensor, _select(0, keep), state)
+    norm.num_features = len(keep)

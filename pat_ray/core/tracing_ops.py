@@ -1,0 +1,60 @@
+"""How the tracer treats each known op's channel dimension (dim 1).
+
+Kept apart from the tracer so that supporting a new op is one line in one table. An op
+missing from every table stops the trace with an error naming it: extending these tables
+is only safe for ops whose channel semantics are exactly the ones the table says.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import stochastic_depth
+
+# Modules that keep channel i at position i and have no per-channel parameters.
+PASSTHROUGH_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Tanh, nn.Mish, nn.ELU, nn.SELU, nn.Hardtanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Flatten,
+)
+
+# Modules that mix all channels of their input without parameters: the input is kept whole.
+CHANNEL_PINNING_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d)
+
+PASSTHROUGH_FUNCTIONS = {
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.silu, F.gelu,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.mish, F.elu, F.selu, torch.sigmoid,
+    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, F.dropout1d, F.dropout3d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.interpolate, F.pad, stochastic_depth, operator.neg, torch.neg, torch.clone,
+    torch.abs, operator.pos,
+}
+PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
+    "half", "bfloat16", "to", "type_as", "neg", "abs", "detach",
+}
+
+# Elementwise ops between tensors: operands that vary over channels are coupled.
+BINARY_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum,
+}
+BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"}
+
+# Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+RESHAPE_METHODS = {"flatten", "view", "reshape"}
+
+# Reductions that keep channels when they reduce only spatial dimensions.
+REDUCTION_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}

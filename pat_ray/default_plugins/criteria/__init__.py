@@ -1,0 +1,1 @@
+"""Built-in importance criteria, one module each, registered like a third party's."""

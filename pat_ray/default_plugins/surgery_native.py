@@ -1,0 +1,27 @@
+"""The ``native`` surgery backend: pat_ray's own pure-torch channel removal."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pat_ray
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.groups import ModelGraph
+from pat_ray.core.surgery import apply_architecture
+
+
+class NativeSurgery:
+    def apply(
+        self,
+        model: nn.Module,
+        graph: ModelGraph,
+        architecture: Architecture,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        apply_architecture(model, graph, architecture, optimizer)
+
+
+@pat_ray.hookimpl
+def pat_ray_register_surgery_backends(register) -> None:
+    register("native", NativeSurgery)

@@ -1,0 +1,68 @@
+"""``pat_ray.prune``: one call for users who just want a smaller model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.criterion import Criterion
+from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.selection import Budget, Measure, select_architecture
+from pat_ray.registry import get_registry
+
+
+def prune(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    criterion: str | Criterion = "magnitude",
+    budget: float = 0.5,
+    measure: Measure = "flops",
+    round_to: int = 1,
+    backend: str = "native",
+    exclude: Iterable[str] = (),
+    calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    criterion_params: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Architecture:
+    """Physically prune ``model`` in place to keep ``budget`` of its ``measure``.
+
+    ``criterion`` is a registered name (``magnitude``, ``bn_scale``, ``taylor``, or a
+    plugin's) or a Criterion instance. Gradient criteria need ``calibration`` batches of
+    ``(inputs, targets)``: each is run forward and backward through ``loss_fn`` (the
+    gradients are cleared again afterwards). Pass ``optimizer`` to keep its state for the
+    kept channels. Returns the architecture applied, with indices relative to the model as
+    it was before this call.
+    """
+    registry = get_registry()
+    if isinstance(criterion, str):
+        criterion = registry.create("criterion", criterion, **dict(criterion_params or {}))
+    surgery = registry.create("surgery", backend)
+    target = Budget(budget, measure, round_to)
+    graph = trace_channel_groups(model, example_input, exclude=exclude)
+    if calibration is not None:
+        _observe(model, graph, criterion, calibration, loss_fn)
+    elif criterion.needs_gradients:
+        raise ValueError(
+            f"criterion {type(criterion).__name__} needs gradients: pass calibration batches"
+        )
+    architecture = select_architecture(graph, criterion.scores(model, graph), target)
+    surgery.apply(model, graph, architecture, optimizer)
+    return architecture
+
+
+def _observe(model, graph, criterion: Criterion, batches, loss_fn) -> None:
+    was_training = model.training
+    model.train()
+    try:
+        for inputs, targets in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(inputs), targets).backward()
+            criterion.observe(model, graph)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)

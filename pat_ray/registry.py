@@ -1,0 +1,164 @@
+"""The plugin manager and the name registry built from it.
+
+Built-ins in ``pat_ray.default_plugins`` register through the same hooks as third-party
+plugins, which are discovered through the ``pat_ray`` entry-point group (set
+``PAT_RAY_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them). A name registered twice is an error
+naming both plugins, never a silent override.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from pat_ray import hookspecs
+
+KINDS = {
+    "criterion": "pat_ray_register_criteria",
+    "similarity": "pat_ray_register_similarity_metrics",
+    "surgery": "pat_ray_register_surgery_backends",
+    "model": "pat_ray_register_models",
+    "dataset": "pat_ray_register_datasets",
+}
+DEFAULT_PLUGINS = (
+    "pat_ray.default_plugins.criteria.magnitude",
+    "pat_ray.default_plugins.criteria.bn_scale",
+    "pat_ray.default_plugins.criteria.taylor",
+    "pat_ray.default_plugins.surgery_native",
+    "pat_ray.default_plugins.models",
+)
+AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or to register."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+
+
+class Registry:
+    """Every registered name per kind, with the plugin and distribution that provides it."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for entry in entries:
+            table = self._entries[entry.kind]
+            if entry.name in table:
+                first = table[entry.name]
+                raise PluginError(
+                    f"{entry.kind} {entry.name!r} is registered twice: by plugin "
+                    f"{first.plugin!r} ({first.distribution}) and by plugin "
+                    f"{entry.plugin!r} ({entry.distribution})"
+                )
+            table[entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def entries(self) -> list[Entry]:
+        return [e for kind in KINDS for e in self._entries[kind].values()]
+
+    def get(self, kind: str, name: str) -> Entry:
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            choices = ", ".join(self.names(kind)) or "none"
+            raise KeyError(f"unknown {kind} {name!r}; registered: {choices}") from None
+
+    def create(self, kind: str, name: str, **params: Any) -> Any:
+        entry = self.get(kind, name)
+        try:
+            return entry.factory(**params)
+        except TypeError as err:
+            raise ValueError(f"{kind} {name!r} ({entry.plugin}): bad parameters: {err}") from err
+
+
+def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("pat_ray")
+    manager.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        manager.register(importlib.import_module(module_name), name=module_name)
+    if load_entry_points is None:
+        load_entry_points = not os.environ.get(AUTOLOAD_SWITCH)
+    if load_entry_points:
+        try:
+            manager.load_setuptools_entrypoints("pat_ray")
+        except Exception as err:
+            raise PluginError(f"a pat_ray entry-point plugin failed to load: {err!r}") from err
+    manager.check_pending()
+    return manager
+
+
+def collect(manager: pluggy.PluginManager) -> Registry:
+    dists = {id(p): f"{d.project_name} {d.version}" for p, d in manager.list_plugin_distinfo()}
+    entries: list[Entry] = []
+    for kind, hook_name in KINDS.items():
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            dist = dists.get(id(impl.plugin), "pat-ray (built-in)")
+
+            def register(name: str, factory: Callable[..., Any], _k=kind, _i=impl, _d=dist):
+                entries.append(Entry(_k, name, factory, _i.plugin_name, _d))
+
+            try:
+                impl.function(register=register)
+            except Exception as err:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} ({dist}) failed in {hook_name}: {err!r}"
+                ) from err
+    return Registry(entries)
+
+
+_manager: pluggy.PluginManager | None = None
+_registry: Registry | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (built-ins + entry points, built on first use)."""
+    global _manager
+    if _manager is None:
+        _manager = build_plugin_manager()
+    return _manager
+
+
+def get_registry() -> Registry:
+    """The process-wide registry of names (built on first use)."""
+    global _registry
+    if _registry is None:
+        _registry = collect(get_plugin_manager())
+    return _registry
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register a plugin object or module in this process (no entry point needed).
+
+    Duplicate names fail here, and the plugin is unregistered again, so a bad plugin never
+    leaves the registry half-changed.
+    """
+    global _registry
+    manager = get_plugin_manager()
+    manager.register(plugin, name=name)
+    try:
+        manager.check_pending()
+        registry = collect(manager)
+    except Exception:
+        manager.unregister(plugin)
+        raise
+    _registry = registry
+
+
+def reset() -> None:
+    """Forget the process-wide manager and registry (they are rebuilt on next use)."""
+    global _manager, _registry
+    _manager = _registry = None
