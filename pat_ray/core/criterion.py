@@ -40,9 +40,11 @@ def member_tensor(model: nn.Module, member: Member, name: str) -> torch.Tensor |
 
 
 def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:
-    """The rows of a member's parameter that hold the group's channels, as (size, -1)."""
-    positions = member.positions(torch.arange(size)).to(tensor.device)
-    return tensor.detach().index_select(0, positions).reshape(size, -1)
+    """The rows of a producer's or norm's parameter that hold the group's channels, as a
+    (size, -1) view (no copy: a producer's channels are contiguous rows)."""
+    if member.repeat != 1:
+        raise ValueError(f"{member.module}: {member.role} member has no per-channel rows")
+    return tensor.detach().narrow(0, member.offset, size).reshape(size, -1)
 
 
 def filter_norms(model: nn.Module, group: ChannelGroup, p: float) -> torch.Tensor:

@@ -211,7 +211,7 @@ def trace_channel_groups(
     try:
         graph_module = fx.symbolic_trace(model)
         with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input)
+            ShapeProp(graph_module).propagate(example_input[:1])
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause

@@ -60,21 +60,18 @@ def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) ->
     per_sub = group.size // group.subgroups
     table = scores.detach().double().cpu().reshape(group.subgroups, per_sub)
     order = torch.sort(-table, dim=1, stable=True).indices  # (subgroups, per_sub)
-    ranked_scores = table.gather(1, order)
-    channels = order + torch.arange(group.subgroups)[:, None] * per_sub
-    rows = max(1, round_to // group.subgroups) if group.subgroups > 1 else round_to
-    units = []
-    for rank, start in enumerate(range(0, per_sub, rows)):
-        block = channels[:, start : start + rows]
-        units.append(
-            _Unit(
-                score=float(ranked_scores[:, start : start + rows].mean()),
-                group=-1,
-                rank=rank,
-                channels=tuple(int(c) for c in block.reshape(-1)),
-            )
+    row_scores = table.gather(1, order).mean(0).tolist()  # rank r's mean over conv groups
+    rows = (order + torch.arange(group.subgroups)[:, None] * per_sub).T.tolist()
+    step = max(1, round_to // group.subgroups) if group.subgroups > 1 else round_to
+    return [
+        _Unit(
+            score=sum(row_scores[start : start + step]) / len(row_scores[start : start + step]),
+            group=-1,
+            rank=rank,
+            channels=tuple(c for row in rows[start : start + step] for c in row),
         )
-    return units
+        for rank, start in enumerate(range(0, per_sub, step))
+    ]
 
 
 def select_architecture(

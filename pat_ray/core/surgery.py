@@ -77,7 +77,12 @@ def _keep(size: int, drop: torch.Tensor) -> torch.Tensor:
 
 
 def _select(dim: int, index: torch.Tensor) -> Reindex:
-    return lambda t: t.index_select(dim, index.to(t.device))
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        if index.numel() == t.shape[dim]:  # indices are sorted and unique: nothing to drop
+            return t
+        return t.index_select(dim, index.to(t.device))
+
+    return fn
 
 
 def _reindex(param: torch.Tensor | None, fn: Reindex, state) -> None:

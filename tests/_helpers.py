@@ -1,0 +1,44 @@
+"""Shared test utilities: emulate a prune by zeroing, and make BatchNorm non-trivial."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.groups import ModelGraph
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics and affine parameters, so that a test
+    comparing outputs actually exercises how the BN slices were moved."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architecture) -> None:
+    """Force the outputs of the channels ``arch`` drops to exactly zero in the unpruned model:
+    zero the producers' filters and biases and the BatchNorms' scale and shift."""
+    with torch.no_grad():
+        for group in graph.groups:
+            if group.name not in arch.kept:
+                continue
+            mask = torch.ones(group.size, dtype=torch.bool)
+            mask[list(arch.kept[group.name])] = False
+            drop = mask.nonzero().flatten()
+            for member in group.members:
+                if member.role == "in":
+                    continue
+                module = model.get_submodule(member.module)
+                for name in ("weight", "bias"):
+                    tensor = getattr(module, name, None)
+                    if tensor is not None:
+                        tensor[member.positions(drop)] = 0.0

@@ -1,0 +1,78 @@
+"""Pruning the torchvision model zoo and the CIFAR ResNets to 50% FLOPs, for real."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+
+import pat_ray
+from _helpers import randomize_norms, zero_removed_channels
+from pat_ray.core.cost import graph_cost, measure_cost
+from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.surgery import apply_architecture
+from pat_ray.default_plugins.criteria.magnitude import Magnitude
+from pat_ray.models.cifar_resnet import CifarResNet
+
+TORCHVISION = [
+    "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "vgg11_bn", "densenet121",
+    "efficientnet_b0", "mobilenet_v3_small", "regnet_x_400mf",
+]
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    if name.startswith("cifar_resnet"):
+        return CifarResNet(int(name.removeprefix("cifar_resnet"))), torch.randn(2, 3, 32, 32)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    return model, torch.randn(2, 3, 96, 96)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION + ["cifar_resnet20", "cifar_resnet56"])
+def test_half_flops_prune_runs_and_hits_budget(name):
+    model, x = build(name)
+    before = measure_cost(model, x)
+    assert graph_cost(trace_channel_groups(model, x)) == before  # cost model == hooks
+    pat_ray.prune(model, x, criterion="magnitude", budget=0.5)
+    after = measure_cost(model, x)
+    assert abs(after.flops / (0.5 * before.flops) - 1) < 0.03
+    assert after.params < before.params
+    model.train()
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION + ["cifar_resnet20"])
+def test_surgery_equals_zeroing_the_removed_channels(name):
+    model, x = build(name)
+    randomize_norms(model)
+    model.eval()
+    graph = trace_channel_groups(model, x)
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(0.5))
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "cifar_resnet20"])
+def test_full_budget_changes_nothing(name):
+    model, x = build(name)
+    randomize_norms(model)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    arch = pat_ray.prune(model, x, budget=1.0)
+    assert arch.is_full
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
