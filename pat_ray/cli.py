@@ -16,8 +16,11 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--kind", type=click.Choice(["criterion", "similarity", "surgery", "model", "dataset"]),
-              help="Only list names of this kind.")
+@click.option(
+    "--kind",
+    type=click.Choice(["criterion", "similarity", "surgery", "model", "dataset"]),
+    help="Only list names of this kind.",
+)
 def plugins(kind: str | None) -> None:
     """List every registered name, its kind, and the plugin and distribution providing it."""
     try:
@@ -26,6 +29,9 @@ def plugins(kind: str | None) -> None:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     rows = [(e.kind, e.name, e.plugin, e.distribution) for e in entries if kind in (None, e.kind)]
-    widths = [max(len(r[i]) for r in rows + [("kind", "name", "plugin", "distribution")]) for i in range(4)]
+    widths = [
+        max(len(r[i]) for r in rows + [("kind", "name", "plugin", "distribution")])
+        for i in range(4)
+    ]
     for row in [("kind", "name", "plugin", "distribution"), *rows]:
         click.echo("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())

@@ -9,6 +9,7 @@ naming both plugins, never a silent override.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,9 +97,20 @@ def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.Plugin
         try:
             manager.load_setuptools_entrypoints("pat_ray")
         except Exception as err:
-            raise PluginError(f"a pat_ray entry-point plugin failed to load: {err!r}") from err
+            raise PluginError(f"{_failing_entry_point()} failed to load: {err!r}") from err
     manager.check_pending()
     return manager
+
+
+def _failing_entry_point() -> str:
+    """Name the entry point (and its distribution) that fails to import."""
+    for ep in importlib.metadata.entry_points(group="pat_ray"):
+        try:
+            ep.load()
+        except Exception:
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            return f"plugin {ep.name!r} ({dist})"
+    return "a pat_ray entry-point plugin"
 
 
 def collect(manager: pluggy.PluginManager) -> Registry:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.groups import ModelGraph
+from pat_ray.core.graph import ModelGraph
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:

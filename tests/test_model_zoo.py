@@ -18,8 +18,15 @@ from pat_ray.default_plugins.criteria.magnitude import Magnitude
 from pat_ray.models.cifar_resnet import CifarResNet
 
 TORCHVISION = [
-    "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "vgg11_bn", "densenet121",
-    "efficientnet_b0", "mobilenet_v3_small", "regnet_x_400mf",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "mobilenet_v2",
+    "vgg11_bn",
+    "densenet121",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "regnet_x_400mf",
 ]
 
 

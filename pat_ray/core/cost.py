@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pat_ray.core.groups import ComputeTerm, ModelGraph
+from pat_ray.core.graph import ComputeTerm, ModelGraph
 
 
 @dataclass(frozen=True)

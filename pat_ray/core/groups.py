@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -23,6 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from pat_ray.core.graph import (
+    ChannelGroup,
+    ComputeTerm,
+    Member,
+    ModelGraph,
+    UnsupportedModelError,
+)
 from pat_ray.core.tracing_ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
@@ -38,85 +46,6 @@ from pat_ray.core.tracing_ops import (
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-class UnsupportedModelError(ValueError):
-    """The tracer met an op whose channel semantics it cannot guarantee."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One place a group's channels live: ``module``'s dimension selected by ``role``.
-
-    role: ``out`` (conv/linear weight dim 0), ``in`` (weight dim 1), ``norm`` (BatchNorm),
-    ``depthwise`` (a depthwise conv whose input and output follow the group), or
-    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed).
-    Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
-    """
-
-    module: str
-    role: str
-    offset: int = 0
-    repeat: int = 1
-
-    def positions(self, channels: torch.Tensor) -> torch.Tensor:
-        """Positions in the module's dimension occupied by the given group channels."""
-        base = self.offset + channels.long() * self.repeat
-        if self.repeat == 1:
-            return base
-        return (base[:, None] + torch.arange(self.repeat)).reshape(-1)
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels that must be removed together. ``subgroups`` > 1 means the group feeds a
-    grouped conv: it may only shrink by the same number of channels in each conv group."""
-
-    name: str
-    size: int
-    members: tuple[Member, ...]
-    pinned: bool
-    subgroups: int = 1
-
-    def members_with_role(self, *roles: str) -> Iterator[Member]:
-        return (m for m in self.members if m.role in roles)
-
-
-@dataclass(frozen=True)
-class ComputeTerm:
-    """Cost of one conv / linear / norm as a function of group channel counts.
-
-    macs = macs_per_pair * n_out * n_in / in_divisor (n_in = 1 for depthwise and norms)
-    params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
-    """
-
-    module: str
-    out_groups: tuple[str, ...]
-    in_groups: tuple[str, ...]
-    in_repeat: int
-    in_divisor: int
-    macs_per_pair: int
-    params_per_pair: int
-    params_per_out: int
-
-
-@dataclass(frozen=True)
-class ModelGraph:
-    """What tracing learned about a model: its channel groups and its cost terms."""
-
-    groups: tuple[ChannelGroup, ...]
-    terms: tuple[ComputeTerm, ...]
-    input_shape: tuple[int, ...]
-
-    @property
-    def prunable(self) -> tuple[ChannelGroup, ...]:
-        return tuple(g for g in self.groups if not g.pinned)
-
-    def group(self, name: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(f"no channel group named {name!r}")
 
 
 @dataclass
@@ -356,21 +285,32 @@ def _visit_function(
     first = layouts.get(node.args[0]) if node.args else None
     if node.op == "call_method":
         kind = (
-            "pass" if target in PASSTHROUGH_METHODS
-            else "binary" if target in BINARY_METHODS
-            else "reshape" if target in RESHAPE_METHODS
-            else "reduce" if target in REDUCTION_METHODS
+            "pass"
+            if target in PASSTHROUGH_METHODS
+            else "binary"
+            if target in BINARY_METHODS
+            else "reshape"
+            if target in RESHAPE_METHODS
+            else "reduce"
+            if target in REDUCTION_METHODS
             else None
         )
     else:
         kind = (
-            "pass" if target in PASSTHROUGH_FUNCTIONS
-            else "binary" if target in BINARY_FUNCTIONS
-            else "reshape" if target in RESHAPE_FUNCTIONS
-            else "reduce" if target in REDUCTION_FUNCTIONS
-            else "cat" if target is torch.cat
-            else "getitem" if target is operator.getitem
-            else "softmax" if target in (F.softmax, F.log_softmax, torch.softmax)
+            "pass"
+            if target in PASSTHROUGH_FUNCTIONS
+            else "binary"
+            if target in BINARY_FUNCTIONS
+            else "reshape"
+            if target in RESHAPE_FUNCTIONS
+            else "reduce"
+            if target in REDUCTION_FUNCTIONS
+            else "cat"
+            if target is torch.cat
+            else "getitem"
+            if target is operator.getitem
+            else "softmax"
+            if target in (F.softmax, F.log_softmax, torch.softmax)
             else None
         )
     if kind == "pass" and first is not None:
@@ -390,9 +330,7 @@ def _visit_function(
         return _getitem(node, first, where)
     if kind == "getitem":
         return None  # indexing a python container of tensors is handled via cat/args
-    raise UnsupportedModelError(
-        f"{where}: pat_ray does not know how this op treats channels"
-    )
+    raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
 
 
 def _binary(b: _Builder, node, inputs, shape, layouts, where) -> _Layout:
@@ -510,4 +448,3 @@ def _finalize(b: _Builder, input_shape: tuple[int, ...]) -> ModelGraph:
         for module, out, inp, divisor, macs, params, per_out in b.raw_terms
     )
     return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape)
-

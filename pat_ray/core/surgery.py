@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, ModelGraph
+from pat_ray.core.graph import ModelGraph
+from pat_ray.core.groups import CONV_TYPES, NORM_TYPES
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.groups import ModelGraph
+from pat_ray.core.graph import ModelGraph
 from pat_ray.core.surgery import apply_architecture
 
 

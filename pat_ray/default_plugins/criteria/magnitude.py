@@ -10,7 +10,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, normalize_per_group
-from pat_ray.core.groups import ModelGraph
+from pat_ray.core.graph import ModelGraph
 
 
 class Magnitude(Criterion):

@@ -14,7 +14,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, member_rows, member_tensor
-from pat_ray.core.groups import ChannelGroup, ModelGraph
+from pat_ray.core.graph import ChannelGroup, ModelGraph
 
 
 class Taylor(Criterion):

@@ -1,0 +1,125 @@
+"""Time to prune, native backend vs Torch-Pruning, on the torchvision model zoo.
+
+For each model and FLOPs budget: pat_ray.prune (trace + magnitude scores + global
+selection under the FLOPs budget + surgery) against Torch-Pruning's MetaPruner with
+global magnitude importance. Torch-Pruning takes a channel ratio, not a FLOPs budget, so
+its ratio is first found by bisection (untimed), then the timed run builds the pruner and
+steps once, as a user would after choosing that ratio. Timings are medians of --repeats
+runs in this process. Writes benchmarks/results/surgery.md.
+
+    python benchmarks/surgery.py --models resnet50 --budgets 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torchvision
+
+import pat_ray
+from pat_ray.core.cost import measure_cost
+
+RESULTS = Path(__file__).parent / "results" / "surgery.md"
+
+
+def fresh(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None)
+
+
+def run_native(name, x, budget):
+    model = fresh(name)
+    start = time.perf_counter()
+    pat_ray.prune(model, x, criterion="magnitude", budget=budget)
+    return time.perf_counter() - start, model
+
+
+def run_torch_pruning(name, x, ratio):
+    import torch_pruning as tp
+
+    model = fresh(name)
+    start = time.perf_counter()
+    ignored = [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000
+    ]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+    )
+    pruner.step()
+    return time.perf_counter() - start, model
+
+
+def tp_ratio_for(name, x, budget, dense_flops) -> float:
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        _, model = run_torch_pruning(name, x, mid)
+        if measure_cost(model, x).flops > budget * dense_flops:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50"])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.5])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    x = torch.randn(1, 3, args.size, args.size)
+    rows = []
+    for name in args.models:
+        dense = measure_cost(fresh(name), x)
+        for budget in args.budgets:
+            native_t = [run_native(name, x, budget) for _ in range(args.repeats)]
+            native_cost = measure_cost(native_t[0][1], x)
+            try:
+                ratio = tp_ratio_for(name, x, budget, dense.flops)
+                tp_t = [run_torch_pruning(name, x, ratio) for _ in range(args.repeats)]
+                tp_cost = measure_cost(tp_t[0][1], x)
+                tp_time = statistics.median(t for t, _ in tp_t)
+                tp_cells = f"{tp_time:.3f} | {tp_cost.flops / dense.flops:.3f} | {tp_cost.params / dense.params:.3f}"
+            except Exception as err:  # report, do not hide: a failing model is a result too
+                tp_time, tp_cells = float("nan"), f"failed: {type(err).__name__} | - | -"
+            native_time = statistics.median(t for t, _ in native_t)
+            rows.append(
+                f"| {name} | {budget:.2f} | {native_time:.3f} | {native_cost.flops / dense.flops:.3f} "
+                f"| {native_cost.params / dense.params:.3f} | {tp_cells} | {tp_time / native_time:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    import torch_pruning as tp
+
+    header = [
+        "# Surgery: native vs Torch-Pruning",
+        "",
+        f"{date.today()} · {platform.processor() or platform.machine()} · {torch.get_num_threads()} threads · "
+        f"torch {torch.__version__} · torchvision {torchvision.__version__} · torch-pruning {tp.__version__}",
+        "",
+        f"Command: `python benchmarks/surgery.py {' '.join(sys.argv[1:])}` (input 1x3x{args.size}x{args.size}, "
+        f"median of {args.repeats}). FLOPs/params columns are the fraction of the dense model kept.",
+        "",
+        "| model | FLOPs budget | native s | native FLOPs | native params | Torch-Pruning s | TP FLOPs | TP params | TP time / native time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(header + rows) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

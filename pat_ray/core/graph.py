@@ -1,0 +1,90 @@
+"""What tracing learns about a model: channel groups, their members, and cost terms.
+
+Plain data, no torch.fx: selection, criteria and surgery depend on these types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+class UnsupportedModelError(ValueError):
+    """The tracer met an op whose channel semantics it cannot guarantee."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One place a group's channels live: ``module``'s dimension selected by ``role``.
+
+    role: ``out`` (conv/linear weight dim 0), ``in`` (weight dim 1), ``norm`` (BatchNorm),
+    ``depthwise`` (a depthwise conv whose input and output follow the group), or
+    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed).
+    Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
+    """
+
+    module: str
+    role: str
+    offset: int = 0
+    repeat: int = 1
+
+    def positions(self, channels: torch.Tensor) -> torch.Tensor:
+        """Positions in the module's dimension occupied by the given group channels."""
+        base = self.offset + channels.long() * self.repeat
+        if self.repeat == 1:
+            return base
+        return (base[:, None] + torch.arange(self.repeat)).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together. ``subgroups`` > 1 means the group feeds a
+    grouped conv: it may only shrink by the same number of channels in each conv group."""
+
+    name: str
+    size: int
+    members: tuple[Member, ...]
+    pinned: bool
+    subgroups: int = 1
+
+    def members_with_role(self, *roles: str) -> Iterator[Member]:
+        return (m for m in self.members if m.role in roles)
+
+
+@dataclass(frozen=True)
+class ComputeTerm:
+    """Cost of one conv / linear / norm as a function of group channel counts.
+
+    macs = macs_per_pair * n_out * n_in / in_divisor (n_in = 1 for depthwise and norms)
+    params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
+    """
+
+    module: str
+    out_groups: tuple[str, ...]
+    in_groups: tuple[str, ...]
+    in_repeat: int
+    in_divisor: int
+    macs_per_pair: int
+    params_per_pair: int
+    params_per_out: int
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """What tracing learned about a model: its channel groups and its cost terms."""
+
+    groups: tuple[ChannelGroup, ...]
+    terms: tuple[ComputeTerm, ...]
+    input_shape: tuple[int, ...]
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if not g.pinned)
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no channel group named {name!r}")

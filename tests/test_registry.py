@@ -1,0 +1,140 @@
+"""The plugin registry: built-ins, entry-point plugins, duplicates, misspelled hooks, CLI."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+import pat_ray
+from pat_ray import registry
+from pat_ray.cli import main
+
+
+@pytest.fixture
+def fresh_registry():
+    registry.reset()
+    yield
+    registry.reset()
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A real distribution on sys.path with a ``pat_ray`` entry point, as pip would leave it."""
+    (tmp_path / "my_criterion_plugin.py").write_text(
+        textwrap.dedent("""
+        import torch
+        import pat_ray
+        from pat_ray.core.criterion import Criterion
+
+        class Random(Criterion):
+            def scores(self, model, graph):
+                return {g.name: torch.rand(g.size) for g in graph.prunable}
+
+        @pat_ray.hookimpl
+        def pat_ray_register_criteria(register):
+            register("random", Random)
+    """)
+    )
+    dist = tmp_path / "pat_ray_random-1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pat-ray-random\nVersion: 1.2\n")
+    (dist / "entry_points.txt").write_text("[pat_ray]\nrandom = my_criterion_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("my_criterion_plugin", None)
+
+
+def test_builtins_are_registered(fresh_registry):
+    reg = registry.get_registry()
+    assert {"magnitude", "bn_scale", "taylor"} <= set(reg.names("criterion"))
+    assert reg.names("surgery") == ["native"]
+    assert {"cifar_resnet20", "cifar_resnet56", "resnet50", "mobilenet_v2"} <= set(
+        reg.names("model")
+    )
+    assert reg.get("criterion", "taylor").distribution == "pat-ray (built-in)"
+
+
+def test_unknown_name_lists_the_choices(fresh_registry):
+    with pytest.raises(KeyError, match="unknown criterion 'magnitud'.*bn_scale, magnitude, taylor"):
+        registry.get_registry().get("criterion", "magnitud")
+
+
+def test_bad_factory_parameters_name_the_plugin(fresh_registry):
+    with pytest.raises(ValueError, match="criterion 'magnitude'.*bad parameters"):
+        registry.get_registry().create("criterion", "magnitude", q=3)
+
+
+def test_entry_point_plugin_is_loaded_with_its_distribution(
+    fresh_registry, installed_plugin, monkeypatch
+):
+    monkeypatch.delenv(registry.AUTOLOAD_SWITCH, raising=False)
+    entry = registry.get_registry().get("criterion", "random")
+    assert entry.distribution == "pat-ray-random 1.2"
+    result = CliRunner().invoke(main, ["plugins", "--kind", "criterion"])
+    assert result.exit_code == 0
+    assert "random" in result.output and "pat-ray-random 1.2" in result.output
+
+
+def test_autoload_switch_skips_entry_points(fresh_registry, installed_plugin, monkeypatch):
+    monkeypatch.setenv(registry.AUTOLOAD_SWITCH, "1")
+    assert "random" not in registry.get_registry().names("criterion")
+
+
+def test_duplicate_names_fail_naming_both_plugins(fresh_registry):
+    class Clash:
+        @pat_ray.hookimpl
+        def pat_ray_register_criteria(self, register):
+            register("magnitude", object)
+
+    with pytest.raises(registry.PluginError, match="registered twice.*criteria.magnitude.*clash"):
+        registry.register_plugin(Clash(), name="clash")
+    # the failed plugin left nothing behind
+    assert registry.get_registry().get("criterion", "magnitude").plugin.endswith("magnitude")
+
+
+def test_misspelled_hook_fails_loudly(fresh_registry):
+    class Typo:
+        @pat_ray.hookimpl
+        def pat_ray_register_criterion(self, register):  # missing the trailing "a"
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="pat_ray_register_criterion"):
+        registry.register_plugin(Typo(), name="typo")
+
+
+def test_plugin_raising_during_registration_is_named(fresh_registry):
+    class Broken:
+        @pat_ray.hookimpl
+        def pat_ray_register_models(self, register):
+            raise RuntimeError("boom")
+
+    with pytest.raises(registry.PluginError, match="plugin 'broken'.*boom"):
+        registry.register_plugin(Broken(), name="broken")
+
+
+def test_plugin_failing_to_import_names_it(fresh_registry, tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('missing dependency foo')\n")
+    dist = tmp_path / "pat_ray_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pat-ray-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pat_ray]\nbroken = broken_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(registry.AUTOLOAD_SWITCH, raising=False)
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 2
+    assert "plugin 'broken' (pat-ray-broken 0.1) failed to load" in result.output
+    assert "missing dependency foo" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_lists_every_kind(fresh_registry):
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["kind", "name", "plugin", "distribution"]
+    kinds = {line.split()[0] for line in lines[1:]}
+    assert {"criterion", "surgery", "model"} <= kinds
