@@ -1,12 +1,22 @@
 """pat_ray: pruning-aware training with the Early Pruning Indicator.
 
-Public API: ``prune`` (one-shot structural pruning), ``measure_cost``, ``save_checkpoint`` /
-``load_checkpoint``, and ``hookimpl`` for plugin authors.
+Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``prune`` (one-shot
+structural pruning), ``measure_cost``, ``save_checkpoint`` / ``load_checkpoint``, and
+``hookimpl`` for plugin authors.
 """
 
 from pat_ray.hookspecs import hookimpl
 
-__all__ = ["hookimpl", "prune", "measure_cost", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "hookimpl",
+    "prune",
+    "measure_cost",
+    "save_checkpoint",
+    "load_checkpoint",
+    "run",
+    "load_config",
+    "Config",
+]
 __version__ = "0.1.0"
 
 
@@ -20,6 +30,10 @@ def __getattr__(name: str):
         from pat_ray.core.cost import measure_cost
 
         return measure_cost
+    if name in ("run", "load_config", "Config"):
+        from pat_ray import api
+
+        return getattr(api, name)
     if name in ("save_checkpoint", "load_checkpoint"):
         from pat_ray import checkpoint
 

@@ -30,8 +30,10 @@ DEFAULT_PLUGINS = (
     "pat_ray.default_plugins.criteria.magnitude",
     "pat_ray.default_plugins.criteria.bn_scale",
     "pat_ray.default_plugins.criteria.taylor",
+    "pat_ray.default_plugins.similarity",
     "pat_ray.default_plugins.surgery_native",
     "pat_ray.default_plugins.models",
+    "pat_ray.default_plugins.datasets",
 )
 AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
 

@@ -1,8 +1,9 @@
 """Native surgery: physically remove channels from Conv / Linear / BatchNorm modules.
 
-Parameters keep their identity (``param.data`` is replaced), so an optimizer built on the
-model keeps working; each state tensor shaped like a parameter (SGD momentum, Adam moments)
-is sliced with the same indices, so training continues warm instead of from a cold start.
+Each shrunk parameter is a new ``nn.Parameter`` (mutating ``.data`` in place would leave
+autograd nodes with the old shape alive in any graph still referenced). The optimizer is
+rewired to the new parameters, and each state tensor shaped like a parameter (SGD
+momentum, Adam moments) is sliced with the same indices, so training continues warm.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def apply_architecture(
             removed[(member.module, axis)].append(member.positions(drop))
             roles[member.module].add(member.role)
     touched = sorted({name for name, _ in removed})
-    state = optimizer.state if optimizer is not None else {}
+    state = _Rewriter(optimizer)
     for name in touched:
         module = model.get_submodule(name)
         drop_out = _cat(removed.get((name, "out")))
@@ -58,6 +59,7 @@ def apply_architecture(
             _shrink_norm(module, drop_out, state)
         else:
             raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
+    state.rewire()
 
 
 def _complement(indices: tuple[int, ...], size: int) -> torch.Tensor:
@@ -86,35 +88,51 @@ def _select(dim: int, index: torch.Tensor) -> Reindex:
     return fn
 
 
-def _reindex(param: torch.Tensor | None, fn: Reindex, state) -> None:
-    """Apply ``fn`` to a parameter or buffer and to every optimizer state tensor shaped like it."""
-    if param is None:
-        return
-    old_shape = param.shape
-    if isinstance(param, nn.Parameter) and param in state:
-        for key, value in state[param].items():
-            if torch.is_tensor(value) and value.shape == old_shape:
-                state[param][key] = fn(value)
-    param.data = fn(param.data)
-    if isinstance(param, nn.Parameter):
-        param.grad = None
+class _Rewriter:
+    """Replaces module tensors with reindexed copies and moves optimizer state along."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self.optimizer = optimizer
+        self.replaced: dict[nn.Parameter, nn.Parameter] = {}
+
+    def __call__(self, module: nn.Module, name: str, fn: Reindex) -> None:
+        old = getattr(module, name)
+        if old is None:
+            return
+        new_data = fn(old.detach())
+        if not isinstance(old, nn.Parameter):
+            setattr(module, name, new_data)  # a buffer
+            return
+        new = nn.Parameter(new_data, requires_grad=old.requires_grad)
+        if self.optimizer is not None and old in self.optimizer.state:
+            self.optimizer.state[new] = {
+                key: fn(value) if torch.is_tensor(value) and value.shape == old.shape else value
+                for key, value in self.optimizer.state.pop(old).items()
+            }
+        self.replaced[old] = new
+        setattr(module, name, new)
+
+    def rewire(self) -> None:
+        if self.optimizer is None:
+            return
+        for group in self.optimizer.param_groups:
+            group["params"] = [self.replaced.get(p, p) for p in group["params"]]
 
 
-def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, state) -> None:
+def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, rewrite) -> None:
     keep_out = _keep(conv.out_channels, drop_out)
     if "depthwise" in roles:
-        _reindex(conv.weight, _select(0, keep_out), state)
+        rewrite(conv, "weight", _select(0, keep_out))
         conv.groups = conv.in_channels = len(keep_out)
     elif "grouped" in roles:
-        _reindex(conv.weight, _grouped_reindex(conv, keep_out), state)
+        rewrite(conv, "weight", _grouped_reindex(conv, keep_out))
         conv.in_channels = len(keep_out)
     else:
-        _reindex(conv.weight, _select(0, keep_out), state)
-        if drop_in.numel():
-            keep_in = _keep(conv.in_channels, drop_in)
-            _reindex(conv.weight, _select(1, keep_in), state)
-            conv.in_channels = len(keep_in)
-    _reindex(conv.bias, _select(0, keep_out), state)
+        keep_in = _keep(conv.in_channels, drop_in)
+        by_out, by_in = _select(0, keep_out), _select(1, keep_in)
+        rewrite(conv, "weight", lambda t: by_in(by_out(t)))
+        conv.in_channels = len(keep_in)
+    rewrite(conv, "bias", _select(0, keep_out))
     conv.out_channels = len(keep_out)
 
 
@@ -135,16 +153,17 @@ def _grouped_reindex(conv, keep: torch.Tensor) -> Reindex:
     return fn
 
 
-def _shrink_linear(linear: nn.Linear, drop_out, drop_in, state) -> None:
+def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
     keep_out = _keep(linear.out_features, drop_out)
     keep_in = _keep(linear.in_features, drop_in)
-    _reindex(linear.weight, lambda t: _select(1, keep_in)(_select(0, keep_out)(t)), state)
-    _reindex(linear.bias, _select(0, keep_out), state)
+    by_out, by_in = _select(0, keep_out), _select(1, keep_in)
+    rewrite(linear, "weight", lambda t: by_in(by_out(t)))
+    rewrite(linear, "bias", by_out)
     linear.out_features, linear.in_features = len(keep_out), len(keep_in)
 
 
-def _shrink_norm(norm, drop: torch.Tensor, state) -> None:
+def _shrink_norm(norm, drop: torch.Tensor, rewrite) -> None:
     keep = _keep(norm.num_features, drop)
-    for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
-        _reindex(tensor, _select(0, keep), state)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        rewrite(norm, name, _select(0, keep))
     norm.num_features = len(keep)

@@ -1,0 +1,86 @@
+"""How the engine talks to the world: a Collective (agreement between workers) and a
+Reporter (where per-epoch metrics go). The single-process versions live here; the Ray
+layer supplies torch.distributed and ray.train ones with the same methods."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Collective(Protocol):
+    rank: int
+    world_size: int
+
+    def loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
+    ) -> DataLoader: ...
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+    def unwrap(self, model: nn.Module) -> nn.Module: ...
+    def mean_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def check_agreement(self, fingerprint: str) -> None: ...
+    def broadcast_decision(self, decision: bool) -> bool: ...
+    def mean_metrics(self, values: dict[str, float]) -> dict[str, float]: ...
+
+
+class LocalCollective:
+    """One process: nothing to agree on."""
+
+    rank, world_size = 0, 1
+
+    def loader(self, dataset, batch_size, shuffle, seed, num_workers):
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=num_workers,
+            drop_last=False,
+        )
+
+    def wrap(self, model):
+        return model
+
+    def unwrap(self, model):
+        return model
+
+    def mean_scores(self, scores):
+        return scores
+
+    def check_agreement(self, fingerprint):
+        return None
+
+    def broadcast_decision(self, decision):
+        return decision
+
+    def mean_metrics(self, values):
+        return values
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, Any]) -> None: ...
+
+
+class PrintReporter:
+    """One human-readable line per epoch."""
+
+    def __init__(self, echo=print) -> None:
+        self.echo = echo
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        epi = metrics.get("epi")
+        self.echo(
+            f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
+            f"acc {metrics['val_acc']:.4f}  EPI {'   -  ' if epi is None else f'{epi:.4f}'}  "
+            f"{metrics['phase']:<8} FLOPs kept {metrics['flops_kept']:.3f}  "
+            f"{metrics['epoch_seconds']:.1f}s"
+        )
+
+
+class SilentReporter:
+    def report(self, metrics: dict[str, Any]) -> None:
+        return None

@@ -1,0 +1,266 @@
+"""The validated pipeline config (pydantic v2). ``Config()`` *is* the default pipeline.
+
+Every model is frozen and forbids unknown keys, so a typo is an error, not a silently
+ignored knob. Plugin names (model, dataset, criterion, similarity, surgery backend) are
+checked against the live registry. The defaults are the embedded digits pipeline;
+``pipelines/digits.yaml`` spells the same values out (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pat_ray.registry import get_registry
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _registered(kind: str, name: str) -> str:
+    names = get_registry().names(kind)
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(names) or 'none'}")
+    return name
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        "cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"in_channels": 1},
+        description="keyword arguments for the model factory; num_classes comes from the dataset",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("model", v)
+
+
+class DataConfig(_Strict):
+    name: str = Field("digits", description="registered dataset name")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
+    )
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("dataset", v)
+
+    @field_validator("params")
+    @classmethod
+    def _root_exists(cls, v: dict[str, Any]) -> dict[str, Any]:
+        root = v.get("root")
+        if root is not None and not Path(root).exists():
+            raise ValueError(f"data root {str(root)!r} does not exist")
+        return v
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(_Strict):
+    kind: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0, in epochs")
+    step_epochs: list[int] = Field(
+        default_factory=list, description="`step`: epochs at which lr *= gamma"
+    )
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(30, gt=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16 use autocast; fp16 needs CUDA"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrainingConfig:
+        if self.schedule.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.schedule.warmup_epochs}) must be < epochs ({self.epochs})"
+            )
+        late = [e for e in self.schedule.step_epochs if not 0 < e < self.epochs]
+        if late:
+            raise ValueError(
+                f"schedule.step_epochs {late} fall outside the {self.epochs} training epochs"
+            )
+        return self
+
+
+class CriterionConfig(_Strict):
+    name: str = "magnitude"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("criterion", v)
+
+
+class BudgetConfig(_Strict):
+    fraction: float = Field(0.5, description="fraction of `measure` to keep, in (0, 1]")
+    measure: Literal["flops", "params", "channels"] = "flops"
+    round_to: int = Field(1, ge=1)
+
+    @field_validator("fraction")
+    @classmethod
+    def _in_range(cls, v: float) -> float:
+        if not (0.0 < v <= 1.0) or math.isnan(v):
+            raise ValueError(f"must be in (0, 1], got {v}")
+        return v
+
+
+class PruningConfig(_Strict):
+    criterion: CriterionConfig = CriterionConfig()
+    budget: BudgetConfig = BudgetConfig()
+    steps: int = Field(
+        3, ge=1, description="pruning steps after the trigger, each removing an equal share"
+    )
+    interval: int = Field(10, ge=1, description="training iterations between pruning steps")
+    backend: str = "native"
+    exclude: list[str] = Field(default_factory=list, description="module names never pruned")
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("surgery", v)
+
+
+class EPIStart(_Strict):
+    kind: Literal["epi"] = "epi"
+    similarity: str = "structural"
+    window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
+    patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
+    tau: float = Field(
+        0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`"
+    )
+
+    @field_validator("similarity")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("similarity", v)
+
+
+class EarlyBirdStart(_Strict):
+    kind: Literal["early_bird"] = "early_bird"
+    window: int = Field(5, ge=1)
+    epsilon: float = Field(0.1, gt=0, le=1)
+
+
+class FixedStart(_Strict):
+    kind: Literal["fixed"] = "fixed"
+    epoch: int = Field(ge=0, description="dense epochs before pruning starts (0 = prune at init)")
+
+
+class NeverStart(_Strict):
+    kind: Literal["never"] = "never"
+
+
+class AfterTrainingStart(_Strict):
+    kind: Literal["after_training"] = "after_training"
+    finetune_epochs: int = Field(10, ge=1)
+    finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tune lr = training lr * this")
+
+
+StartPolicy = Annotated[
+    EPIStart | EarlyBirdStart | FixedStart | NeverStart | AfterTrainingStart,
+    Field(discriminator="kind"),
+]
+
+
+class ScalingConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+
+
+class TrackingConfig(_Strict):
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "pat_ray"
+
+
+class Config(_Strict):
+    name: str = "digits"
+    output_dir: Path = Path("runs")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    pruning: PruningConfig = PruningConfig()
+    start: StartPolicy = EPIStart(tau=0.95)
+    scaling: ScalingConfig = ScalingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> Config:
+        epochs = self.training.epochs
+        if isinstance(self.start, FixedStart) and self.start.epoch >= epochs:
+            raise ValueError(
+                f"start.epoch ({self.start.epoch}) must be < training.epochs ({epochs})"
+            )
+        if isinstance(self.start, EPIStart | EarlyBirdStart) and self.start.window >= epochs:
+            raise ValueError(
+                f"start.window ({self.start.window}) leaves no epoch to trigger in {epochs} epochs"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file could not be read or validated; ``errors`` are ``field.path: message``."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source, self.errors = source, errors
+        super().__init__("\n".join(f"{source}: {e}" for e in errors))
+
+
+def _format(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def config_from_dict(data: Any, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        raise ConfigError(source, _format(err)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML pipeline config; raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file does not exist"]) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [f"not valid YAML: {err}"]) from None
+    return config_from_dict(data, str(path))
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,138 @@
+"""Built-in datasets: digits (embedded default), CIFAR-10, ImageFolder, synthetic.
+
+Nothing downloads: digits ships with scikit-learn; CIFAR-10 and ImageFolder read files the
+user already has (``root``) and fail with the path in the message when they are missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+from torchvision import datasets, transforms
+
+import pat_ray
+from pat_ray.data import DataBundle
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def digits(val_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+    """scikit-learn's 1,797 real 8x8 handwritten digits, split per class (stratified)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    raw = load_digits()
+    images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(raw.target, dtype=torch.long)
+    train_idx, val_idx = train_test_split(
+        torch.arange(len(labels)).numpy(),
+        test_size=val_fraction,
+        random_state=seed,
+        stratify=raw.target,
+    )
+    mean, std = images[train_idx].mean(), images[train_idx].std()
+    images = (images - mean) / std
+    return DataBundle(
+        train=TensorDataset(images[train_idx], labels[train_idx]),
+        val=TensorDataset(images[val_idx], labels[val_idx]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+
+
+def _existing(root: str | Path, what: str) -> Path:
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: data root {str(path)!r} does not exist")
+    return path
+
+
+def cifar10(root: str, augment: bool = True) -> DataBundle:
+    """CIFAR-10 from the python batches under ``root`` (cifar-10-batches-py/), no download."""
+    base = _existing(root, "cifar10")
+    normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
+    train_tf = (
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
+    )
+    try:
+        train = datasets.CIFAR10(
+            base,
+            train=True,
+            download=False,
+            transform=transforms.Compose([*train_tf, transforms.ToTensor(), normalize]),
+        )
+        val = datasets.CIFAR10(
+            base,
+            train=False,
+            download=False,
+            transform=transforms.Compose([transforms.ToTensor(), normalize]),
+        )
+    except RuntimeError as err:
+        raise FileNotFoundError(
+            f"cifar10: no CIFAR-10 batches under {str(base)!r} ({err})"
+        ) from err
+    return DataBundle(train, val, num_classes=10, input_shape=(3, 32, 32))
+
+
+def imagefolder(root: str, image_size: int = 224, resize: int | None = None) -> DataBundle:
+    """ImageNet layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``."""
+    base = _existing(root, "imagefolder")
+    for split in ("train", "val"):
+        _existing(base / split, f"imagefolder {split} split")
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = datasets.ImageFolder(
+        base / "train",
+        transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        ),
+    )
+    val = datasets.ImageFolder(
+        base / "val",
+        transforms.Compose(
+            [
+                transforms.Resize(resize or int(image_size * 256 / 224)),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        ),
+    )
+    if train.classes != val.classes:
+        raise ValueError(f"imagefolder: train and val class folders differ under {str(base)!r}")
+    return DataBundle(
+        train, val, num_classes=len(train.classes), input_shape=(3, image_size, image_size)
+    )
+
+
+def synthetic(
+    num_samples: int = 512,
+    num_classes: int = 10,
+    shape: tuple[int, ...] = (3, 32, 32),
+    seed: int = 0,
+) -> DataBundle:
+    """Random images with random labels: shape-only data for speed benchmarks."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        return TensorDataset(
+            torch.randn(n, *shape, generator=gen),
+            torch.randint(0, num_classes, (n,), generator=gen),
+        )
+
+    return DataBundle(make(num_samples), make(max(1, num_samples // 4)), num_classes, tuple(shape))
+
+
+@pat_ray.hookimpl
+def pat_ray_register_datasets(register) -> None:
+    register("digits", digits)
+    register("cifar10", cifar10)
+    register("imagefolder", imagefolder)
+    register("synthetic", synthetic)

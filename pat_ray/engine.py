@@ -1,0 +1,341 @@
+"""The PaT training loop: dense epochs with EPI snapshots, pruning steps, training to the end.
+
+Read ``train`` top to bottom: build everything from the config, then one loop over epochs.
+The engine knows nothing of Ray: agreement between workers goes through ``collective`` and
+metrics leave through ``reporter``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pat_ray.checkpoint import save_checkpoint
+from pat_ray.comm import Collective, LocalCollective, PrintReporter, Reporter
+from pat_ray.config import AfterTrainingStart, Config, EPIStart, config_to_yaml
+from pat_ray.core.selection import Budget
+from pat_ray.policies import SnapshotTracker, decide, tracker_window
+from pat_ray.pruner import Pruner
+from pat_ray.registry import get_plugin_manager, get_registry
+from pat_ray.schedule import lr_multiplier
+
+BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured; ``history`` holds one dict per epoch."""
+
+    config: Config
+    history: list[dict[str, Any]]
+    trigger_epoch: int | None
+    final_accuracy: float
+    dense_flops: int
+    final_flops: int
+    train_flops: float
+    dense_train_flops: float
+    wall_seconds: float
+    architecture: dict = field(repr=False)
+    checkpoint: Path | None = None
+
+    @property
+    def flops_kept(self) -> float:
+        return self.final_flops / self.dense_flops
+
+    @property
+    def train_flops_ratio(self) -> float:
+        """Training FLOPs spent relative to training the dense model for the same epochs."""
+        return self.train_flops / self.dense_train_flops
+
+
+def train(
+    config: Config, collective: Collective | None = None, reporter: Reporter | None = None
+) -> RunResult:
+    collective = collective or LocalCollective()
+    reporter = reporter or PrintReporter()
+    registry, hooks = get_registry(), get_plugin_manager().hook
+    torch.manual_seed(config.training.seed)
+    device = _device(config.training.device)
+    run_dir = config.output_dir / config.name
+    checkpoint_path = run_dir / "last.pt"
+
+    # data, model, pruning machinery
+    data = registry.create("dataset", config.data.name, **config.data.params)
+    model = registry.create(
+        "model", config.model.name, num_classes=data.num_classes, **config.model.params
+    )
+    model = model.to(device)
+    example = torch.zeros(1, *data.input_shape, device=device)
+    budget = Budget(
+        config.pruning.budget.fraction,
+        config.pruning.budget.measure,
+        config.pruning.budget.round_to,
+    )
+    pruner = Pruner(
+        model,
+        example,
+        criterion=registry.create(
+            "criterion", config.pruning.criterion.name, **config.pruning.criterion.params
+        ),
+        surgery=registry.create("surgery", config.pruning.backend),
+        budget=budget,
+        steps=config.pruning.steps,
+        interval=config.pruning.interval,
+        exclude=config.pruning.exclude,
+        collective=collective,
+    )
+    similarity = (
+        registry.create("similarity", config.start.similarity)
+        if isinstance(config.start, EPIStart)
+        else registry.create("similarity", "structural")
+    )
+    tracker = SnapshotTracker(similarity, tracker_window(config.start))
+    train_loader = collective.loader(
+        data.train, config.data.batch_size, True, config.training.seed, config.data.num_workers
+    )
+    val_loader = collective.loader(
+        data.val, config.data.eval_batch_size, False, 0, config.data.num_workers
+    )
+    iters_per_epoch = len(train_loader)
+    samples_per_epoch = len(data.train)
+
+    # optimization
+    train_epochs = config.training.epochs
+    finetune = config.start if isinstance(config.start, AfterTrainingStart) else None
+    total_epochs = train_epochs + (finetune.finetune_epochs if finetune else 0)
+    optimizer = _optimizer(config, model)
+    base_lr = config.training.optimizer.lr
+    autocast = _autocast(config.training.precision, device)
+
+    net = collective.wrap(model)
+    history: list[dict[str, Any]] = []
+    trigger_epoch: int | None = None
+    train_flops = 0.0
+    iteration = 0
+    started = time.perf_counter()
+
+    if decide(config.start, 0, train_epochs, tracker):  # fixed epoch 0: prune at initialization
+        trigger_epoch = 0
+        net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0)
+
+    for epoch in range(1, total_epochs + 1):
+        epoch_start = time.perf_counter()
+        in_finetune = finetune is not None and epoch > train_epochs
+        phase = (
+            "finetune"
+            if in_finetune
+            else "pruning"
+            if pruner.active
+            else "pruned"
+            if pruner.finished
+            else "dense"
+        )
+        net.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for inputs, targets in train_loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            if pruner.due():
+                net = _prune_step(pruner, collective, net, optimizer, hooks, epoch)
+            lr_iter = iteration - train_epochs * iters_per_epoch if in_finetune else iteration
+            lr_epochs = finetune.finetune_epochs if in_finetune else train_epochs
+            scale = finetune.finetune_lr_scale if in_finetune else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = (
+                    base_lr
+                    * scale
+                    * lr_multiplier(config.training.schedule, lr_iter, iters_per_epoch, lr_epochs)
+                )
+            with autocast:
+                logits = net(inputs)
+                loss = F.cross_entropy(
+                    logits, targets, label_smoothing=config.training.label_smoothing
+                )
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {epoch}, iteration {iteration}; "
+                    f"stopped. Last good checkpoint: {checkpoint_path if history else 'none (first epoch)'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            pruner.observe(model)
+            optimizer.step()
+            iteration += 1
+            train_flops += BACKWARD_FACTOR * pruner.cost.flops * len(inputs) * collective.world_size
+            loss_sum += loss.item() * len(inputs)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(inputs)
+        train_metrics = collective.mean_metrics({"loss": loss_sum / seen, "acc": correct / seen})
+        val_loss, val_acc = _evaluate(net, val_loader, device, autocast, collective)
+
+        # the snapshot: which sub-network would the budget keep now?
+        epi, counts, snapshot_seconds, scores = None, None, 0.0, None
+        if trigger_epoch is None and not in_finetune:
+            snap_start = time.perf_counter()
+            snapshot, scores = pruner.snapshot(model)
+            epi = tracker.record(snapshot)
+            counts = list(snapshot.counts)
+            snapshot_seconds = time.perf_counter() - snap_start
+            if collective.broadcast_decision(decide(config.start, epoch, train_epochs, tracker)):
+                trigger_epoch = epoch
+            pruner.criterion.reset()  # the next snapshot sees the next epoch's evidence
+        record = {
+            "epoch": epoch,
+            "phase": phase,
+            "train_loss": train_metrics["loss"],
+            "train_acc": train_metrics["acc"],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epi": epi,
+            "snapshot_counts": counts,
+            "flops": pruner.cost.flops,
+            "params": pruner.cost.params,
+            "flops_kept": pruner.flops_kept,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "snapshot_seconds": snapshot_seconds,
+            "train_flops": train_flops,
+            "triggered": trigger_epoch == epoch,
+            "fingerprint": pruner.architecture.fingerprint(),
+        }
+        if trigger_epoch == epoch:
+            net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores)
+            record.update(
+                flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept
+            )
+        history.append(record)
+        if collective.rank == 0:
+            _save(run_dir, model, config, pruner, data, optimizer, history, tracker)
+        reporter.report(record)
+        hooks.pat_ray_on_epoch_end(epoch=epoch, metrics=record)
+
+    return RunResult(
+        config=config,
+        history=history,
+        trigger_epoch=trigger_epoch,
+        final_accuracy=history[-1]["val_acc"],
+        dense_flops=pruner.dense_cost.flops,
+        final_flops=pruner.cost.flops,
+        train_flops=train_flops,
+        dense_train_flops=BACKWARD_FACTOR
+        * pruner.dense_cost.flops
+        * samples_per_epoch
+        * train_epochs,
+        wall_seconds=time.perf_counter() - started,
+        architecture=pruner.architecture.to_dict(),
+        checkpoint=checkpoint_path if collective.rank == 0 else None,
+    )
+
+
+def _start_pruning(
+    pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None
+) -> nn.Module:
+    """Begin the pruning phase; the first step is immediate when scores are available."""
+    pruner.start()
+    if scores is not None or not pruner.criterion.needs_gradients:
+        net = _prune_step(pruner, collective, net, optimizer, hooks, epoch, scores)
+    return net
+
+
+def _prune_step(
+    pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None
+) -> nn.Module:
+    model = collective.unwrap(net)
+    step = pruner.step(model, optimizer, scores)
+    hooks.pat_ray_on_prune(
+        epoch=epoch,
+        step=step.step,
+        architecture=step.architecture,
+        metrics={"flops": step.cost.flops, "params": step.cost.params, "fraction": step.fraction},
+    )
+    return collective.wrap(model)
+
+
+@torch.no_grad()
+def _evaluate(net: nn.Module, loader, device, autocast, collective) -> tuple[float, float]:
+    net.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast:
+            logits = net(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(inputs)
+    metrics = collective.mean_metrics(
+        {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
+    )
+    return metrics["loss"], metrics["acc"]
+
+
+def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    opt = config.training.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            weight_decay=opt.weight_decay,
+            nesterov=opt.nesterov,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
+
+
+def _save(run_dir: Path, model, config, pruner: Pruner, data, optimizer, history, tracker) -> None:
+    """The epoch's checkpoint and history, each written atomically."""
+    save_checkpoint(
+        run_dir / "last.pt",
+        model,
+        config.model.name,
+        pruner.architecture,
+        (1, *data.input_shape),
+        model_params={"num_classes": data.num_classes, **config.model.params},
+        extra={
+            "epoch": history[-1]["epoch"],
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "tracker": tracker.state(),
+            "pruner": {
+                "steps_done": pruner.steps_done,
+                "active": pruner.active,
+                "iters_since_step": pruner.iters_since_step,
+            },
+        },
+    )
+    _atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
+    _atomic_write(run_dir / "config.yaml", config_to_yaml(config))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

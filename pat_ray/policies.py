@@ -1,0 +1,71 @@
+"""When to start pruning: the snapshot tracker and the start policies built from config.
+
+The tracker records every epoch's snapshot and its EPI value whatever the policy, so a
+dense or fixed-epoch run still shows the EPI curve (the oracle calibrates tau from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pat_ray.config import (
+    AfterTrainingStart,
+    EarlyBirdStart,
+    EPIStart,
+    FixedStart,
+    NeverStart,
+    StartPolicy,
+)
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.epi import early_bird_trigger, epi_value, should_trigger
+from pat_ray.default_plugins.similarity import mask_hamming
+
+Similarity = Callable[[Architecture, Architecture], float]
+
+
+@dataclass
+class SnapshotTracker:
+    """Snapshots ``A_1..A_t`` with EPI values and Early-Bird mask distances."""
+
+    similarity: Similarity
+    window: int
+    snapshots: list[Architecture] = field(default_factory=list)
+    epi: list[float | None] = field(default_factory=list)
+    mask_distances: list[list[float]] = field(default_factory=list)
+
+    def record(self, snapshot: Architecture) -> float | None:
+        previous = self.snapshots[-self.window :]
+        value = epi_value([self.similarity(snapshot, p) for p in previous]) if previous else None
+        self.mask_distances.append([1.0 - mask_hamming(snapshot, p) for p in previous])
+        self.snapshots.append(snapshot)
+        self.epi.append(value)
+        return value
+
+    def state(self) -> dict:
+        return {
+            "snapshots": [a.to_dict() for a in self.snapshots],
+            "epi": self.epi,
+            "mask_distances": self.mask_distances,
+        }
+
+
+def decide(start: StartPolicy, epoch: int, train_epochs: int, tracker: SnapshotTracker) -> bool:
+    """Whether pruning starts after ``epoch`` (1-based, just completed; 0 = before training)."""
+    if isinstance(start, EPIStart):
+        return epoch > 0 and should_trigger(tracker.epi, start.window, start.patience, start.tau)
+    if isinstance(start, EarlyBirdStart):
+        return epoch > 0 and early_bird_trigger(
+            tracker.mask_distances[-1], start.window, start.epsilon
+        )
+    if isinstance(start, FixedStart):
+        return epoch >= start.epoch
+    if isinstance(start, AfterTrainingStart):
+        return epoch >= train_epochs
+    if isinstance(start, NeverStart):
+        return False
+    raise TypeError(f"unknown start policy {start!r}")
+
+
+def tracker_window(start: StartPolicy) -> int:
+    return start.window if isinstance(start, EPIStart | EarlyBirdStart) else 5

@@ -1,0 +1,114 @@
+"""The pruning side of a PaT run: snapshots during dense training, then the pruning steps.
+
+Holds the things that change when the model shrinks (the traced graph, the architecture
+relative to the base model, the current FLOPs) so the engine's loop stays about training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pat_ray.comm import Collective
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost import Cost, cost_of, graph_cost
+from pat_ray.core.criterion import Criterion, Scores
+from pat_ray.core.graph import ModelGraph
+from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.selection import Budget, select_architecture
+
+
+@dataclass
+class PruneStep:
+    step: int
+    fraction: float
+    architecture: Architecture  # relative to the base model
+    cost: Cost
+
+
+class Pruner:
+    """Selects snapshots and performs ``steps`` pruning steps ``interval`` iterations apart."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        criterion: Criterion,
+        surgery,
+        budget: Budget,
+        steps: int,
+        interval: int,
+        exclude: list[str],
+        collective: Collective,
+    ) -> None:
+        self.example, self.criterion, self.surgery = example, criterion, surgery
+        self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
+        self.collective = collective
+        self.graph = trace_channel_groups(model, example, exclude=exclude)
+        self.dense_cost = graph_cost(self.graph)
+        self.cost = self.dense_cost
+        self.architecture = Architecture.full({g.name: g.size for g in self.graph.prunable})
+        self.reference = self._measure(self.graph, self.dense_cost)
+        self.steps_done = 0
+        self.active = False
+        self.iters_since_step = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done >= self.steps
+
+    def _measure(self, graph: ModelGraph, cost: Cost) -> float:
+        if self.budget.measure == "channels":
+            return float(sum(g.size for g in graph.prunable))
+        return float(cost.flops if self.budget.measure == "flops" else cost.params)
+
+    def scores(self, model: nn.Module) -> Scores:
+        return self.collective.mean_scores(self.criterion.scores(model, self.graph))
+
+    def snapshot(self, model: nn.Module) -> tuple[Architecture, Scores]:
+        """The architecture the final budget would select now (base-model indices)."""
+        scores = self.scores(model)
+        selected = select_architecture(self.graph, scores, self.budget, reference=self.reference)
+        self.collective.check_agreement(selected.fingerprint())
+        return self.architecture.compose(selected), scores
+
+    def observe(self, model: nn.Module) -> None:
+        if self.criterion.needs_gradients and not self.finished:
+            self.criterion.observe(model, self.graph)
+
+    def start(self) -> None:
+        self.active = True
+        self.iters_since_step = 0
+
+    def due(self) -> bool:
+        """Called once per iteration while active: is the next step due now?"""
+        if not self.active or self.finished:
+            return False
+        self.iters_since_step += 1
+        return self.iters_since_step > self.interval
+
+    def step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scores: Scores | None = None
+    ) -> PruneStep:
+        """Remove the next share of channels: step i of S keeps 1 - (1 - f) * i / S."""
+        self.steps_done += 1
+        fraction = 1.0 - (1.0 - self.budget.fraction) * self.steps_done / self.steps
+        scores = scores if scores is not None else self.scores(model)
+        target = Budget(fraction, self.budget.measure, self.budget.round_to)
+        selected = select_architecture(self.graph, scores, target, reference=self.reference)
+        self.collective.check_agreement(selected.fingerprint())
+        self.surgery.apply(model, self.graph, selected, optimizer)
+        self.architecture = self.architecture.compose(selected)
+        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
+        self.cost = cost_of(self.graph.terms, {g.name: g.size for g in self.graph.groups})
+        self.criterion.reset()
+        self.iters_since_step = 0
+        if self.finished:
+            self.active = False
+        return PruneStep(self.steps_done, fraction, self.architecture, self.cost)
+
+    @property
+    def flops_kept(self) -> float:
+        return self.cost.flops / self.dense_cost.flops
