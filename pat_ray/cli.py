@@ -1,18 +1,100 @@
-"""The ``pat-ray`` command line: parse, validate, call the library; no logic of its own."""
+"""The ``pat-ray`` command line: parse, validate, call the library; no logic of its own.
+
+Every expected failure (bad config, missing data, a plugin error, a diverged run) prints
+one clear message and exits non-zero without a traceback.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
+from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.selection import BudgetError
 from pat_ray.registry import PluginError, get_registry
+
+EXPECTED_ERRORS = (
+    PluginError,
+    FileNotFoundError,
+    UnsupportedModelError,
+    BudgetError,
+    ValueError,
+    KeyError,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path) if path is not None else Config()
+    except ConfigError as err:
+        for line in err.errors:
+            click.echo(f"{err.source}: {line}", err=True)
+        sys.exit(2)
+    except PluginError as err:
+        _fail(str(err))
 
 
 @click.group()
 @click.version_option(package_name="pat-ray")
 def main() -> None:
     """Pruning-aware training with the Early Pruning Indicator."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path), required=False)
+@click.option("--local", is_flag=True, help="Run in this process (no Ray).")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
+def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
+    """Run a PaT pipeline; with no CONFIG, the embedded digits pipeline."""
+    from pat_ray.api import run as run_pipeline
+    from pat_ray.engine import TrainingDivergedError
+
+    cfg = _load(config)
+    if output_dir is not None:
+        cfg = cfg.model_copy(update={"output_dir": output_dir})
+    click.echo(
+        f"pat-ray: running {cfg.name!r} ({config or 'embedded default: pipelines/digits.yaml'}), "
+        f"start policy {cfg.start.kind}, budget {cfg.pruning.budget.fraction:g} of {cfg.pruning.budget.measure}"
+    )
+    try:
+        result = run_pipeline(cfg)
+    except TrainingDivergedError as err:
+        _fail(str(err), code=1)
+    except EXPECTED_ERRORS as err:
+        _fail(str(err).strip("'\""))
+    click.echo(summary(result))
+
+
+def summary(result) -> str:
+    trigger = "never" if result.trigger_epoch is None else f"epoch {result.trigger_epoch}"
+    return "\n".join(
+        [
+            "",
+            f"pruning started:  {trigger}",
+            f"final accuracy:   {result.final_accuracy:.4f}",
+            f"FLOPs kept:       {result.flops_kept:.3f} ({result.final_flops:,} of {result.dense_flops:,} per sample)",
+            f"training FLOPs:   {result.train_flops:.3e} = {result.train_flops_ratio:.3f}x dense training",
+            f"wall time:        {result.wall_seconds:.1f} s",
+            f"checkpoint:       {result.checkpoint}",
+        ]
+    )
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+def validate(config: Path) -> None:
+    """Validate CONFIG; print the resolved config, or every error as FILE: field: message."""
+    cfg = _load(config)
+    click.echo(f"{config}: OK")
+    click.echo(config_to_yaml(cfg))
 
 
 @main.command()
@@ -26,12 +108,9 @@ def plugins(kind: str | None) -> None:
     try:
         entries = get_registry().entries()
     except PluginError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err))
+    header = ("kind", "name", "plugin", "distribution")
     rows = [(e.kind, e.name, e.plugin, e.distribution) for e in entries if kind in (None, e.kind)]
-    widths = [
-        max(len(r[i]) for r in rows + [("kind", "name", "plugin", "distribution")])
-        for i in range(4)
-    ]
-    for row in [("kind", "name", "plugin", "distribution"), *rows]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
         click.echo("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())

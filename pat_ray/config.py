@@ -180,7 +180,9 @@ class NeverStart(_Strict):
 
 class AfterTrainingStart(_Strict):
     kind: Literal["after_training"] = "after_training"
-    finetune_epochs: int = Field(10, ge=1)
+    finetune_epochs: int | None = Field(
+        None, ge=1, description="default: training.epochs (the conventional ~2x pipeline)"
+    )
     finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tune lr = training lr * this")
 
 
@@ -208,7 +210,7 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
     pruning: PruningConfig = PruningConfig()
-    start: StartPolicy = EPIStart(tau=0.95)
+    start: StartPolicy = EPIStart(window=3, patience=3, tau=0.97)  # calibrated on digits
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
 

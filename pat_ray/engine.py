@@ -114,7 +114,8 @@ def train(
     # optimization
     train_epochs = config.training.epochs
     finetune = config.start if isinstance(config.start, AfterTrainingStart) else None
-    total_epochs = train_epochs + (finetune.finetune_epochs if finetune else 0)
+    finetune_epochs = (finetune.finetune_epochs or train_epochs) if finetune else 0
+    total_epochs = train_epochs + finetune_epochs
     optimizer = _optimizer(config, model)
     base_lr = config.training.optimizer.lr
     autocast = _autocast(config.training.precision, device)
@@ -149,7 +150,7 @@ def train(
             if pruner.due():
                 net = _prune_step(pruner, collective, net, optimizer, hooks, epoch)
             lr_iter = iteration - train_epochs * iters_per_epoch if in_finetune else iteration
-            lr_epochs = finetune.finetune_epochs if in_finetune else train_epochs
+            lr_epochs = finetune_epochs if in_finetune else train_epochs
             scale = finetune.finetune_lr_scale if in_finetune else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = (

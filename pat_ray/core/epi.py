@@ -58,14 +58,16 @@ def should_trigger(curve: Sequence[float | None], window: int, patience: int, ta
     """Whether the last EPI value starts pruning.
 
     It must come from a full window (``window`` previous snapshots exist), reach ``tau``,
-    and exceed each of the ``patience`` EPI values before it (those that exist).
+    and exceed each of the ``patience`` EPI values before it (those that exist). One
+    addition to the paper's rule: EPI = 1 (the last ``window`` snapshots are identical)
+    triggers even if an earlier value was 1 too, or a fully stable curve would never fire.
     """
     t = len(curve) - 1
     if t < window or curve[t] is None:
         return False
     current = curve[t]
     past = [v for v in curve[max(0, t - patience) : t] if v is not None]
-    return current >= tau and all(current > v for v in past)
+    return current >= tau and (current >= 1.0 or all(current > v for v in past))
 
 
 def early_bird_trigger(distances_to_previous: Sequence[float], window: int, epsilon: float) -> bool:

@@ -1,0 +1,120 @@
+"""Config validation and the CLI's handling of bad input: clear errors, no tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+from pat_ray.config import Config, ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def errors_for(data) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, "cfg.yaml")
+    return info.value.errors
+
+
+def test_shipped_digits_pipeline_is_the_embedded_default():
+    assert load_config(ROOT / "pipelines" / "digits.yaml") == Config()
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"trainig": {}}, "trainig: Extra inputs are not permitted"),
+        ({"training": {"epochs": "many"}}, "training.epochs: Input should be a valid integer"),
+        ({"model": {"name": "resnet9000"}}, "model.name: unknown model 'resnet9000'; registered:"),
+        (
+            {"pruning": {"criterion": {"name": "l3"}}},
+            "pruning.criterion.name: unknown criterion 'l3'",
+        ),
+        ({"pruning": {"backend": "magic"}}, "pruning.backend: unknown surgery 'magic'"),
+        (
+            {"start": {"kind": "epi", "similarity": "cosine"}},
+            "start.epi.similarity: unknown similarity",
+        ),
+        (
+            {"pruning": {"budget": {"fraction": 0}}},
+            "pruning.budget.fraction: must be in (0, 1], got 0",
+        ),
+        ({"pruning": {"budget": {"fraction": 1.5}}}, "pruning.budget.fraction: must be in (0, 1]"),
+        (
+            {"start": {"kind": "fixed", "epoch": 40}},
+            "start.epoch (40) must be < training.epochs (30)",
+        ),
+        ({"training": {"epochs": 3}}, "start.window (3) leaves no epoch to trigger in 3 epochs"),
+        (
+            {"training": {"epochs": 2, "schedule": {"warmup_epochs": 3}}},
+            "training: warmup_epochs (3.0) must be < epochs (2)",
+        ),
+        (
+            {"start": {"kind": "sometime"}},
+            "start: Input tag 'sometime' found using 'kind' does not match",
+        ),
+        (
+            {"data": {"name": "cifar10", "params": {"root": "/no/such/dir"}}},
+            "data.params: data root '/no/such/dir' does not exist",
+        ),
+    ],
+)
+def test_bad_configs_name_the_field(data, expected):
+    assert any(expected in e for e in errors_for(data)), errors_for(data)
+
+
+def test_every_error_is_reported_at_once():
+    errors = errors_for({"training": {"epochs": 0}, "model": {"name": "nope"}, "extra": 1})
+    assert len(errors) == 3
+
+
+def test_cli_validate_reports_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pruning": {"budget": {"fraction": 2}}, "typo": 1}))
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: pruning.budget.fraction: must be in (0, 1], got 2" in result.output
+    assert f"{bad}: typo: Extra inputs are not permitted" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_validate_ok_prints_the_resolved_config(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"start": {"kind": "fixed", "epoch": 3}}))
+    result = CliRunner().invoke(main, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert f"{good}: OK" in result.output and "kind: fixed" in result.output
+
+
+@pytest.mark.parametrize(
+    "content, message", [(None, "file does not exist"), ("a: [", "not valid YAML")]
+)
+def test_cli_unreadable_files(tmp_path, content, message):
+    path = tmp_path / "cfg.yaml"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_cli_run_missing_data_is_a_clear_error(tmp_path):
+    data_dir = tmp_path / "cifar"
+    data_dir.mkdir()  # exists, but holds no CIFAR-10 batches
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "runs"),
+                "data": {"name": "cifar10", "params": {"root": str(data_dir)}},
+                "model": {"name": "cifar_resnet20", "params": {}},
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["run", str(cfg), "--local"])
+    assert result.exit_code == 2
+    assert "cifar10: no CIFAR-10 batches under" in result.output
+    assert "Traceback" not in result.output

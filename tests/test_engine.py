@@ -1,0 +1,175 @@
+"""The PaT engine on digits: start policies prune when they say, and failures are clean."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import pat_ray
+from pat_ray import registry
+from pat_ray.checkpoint import load_checkpoint, read_checkpoint
+from pat_ray.config import (
+    AfterTrainingStart,
+    Config,
+    EPIStart,
+    FixedStart,
+    NeverStart,
+)
+from pat_ray.core.epi import should_trigger
+from pat_ray.engine import TrainingDivergedError
+
+
+def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
+    base = Config()
+    return base.model_copy(
+        update={
+            "output_dir": tmp_path,
+            "start": start,
+            "training": base.training.model_copy(update={"epochs": epochs}),
+            "pruning": base.pruning.model_copy(update=pruning),
+        }
+    )
+
+
+def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):
+    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=2)), quiet=True)
+    assert result.trigger_epoch == 2
+    kept = [h["flops_kept"] for h in result.history]
+    assert kept[0] == 1.0  # epoch 1 dense
+    assert kept[1] < 1.0  # the first step happens right after epoch 2
+    assert abs(result.flops_kept - 0.5) < 0.015
+    assert [h["triggered"] for h in result.history] == [False, True, False, False, False, False]
+    assert result.train_flops < result.dense_train_flops
+
+
+def test_never_keeps_the_dense_model_and_still_records_epi(tmp_path):
+    result = pat_ray.run(tiny(tmp_path, NeverStart(), epochs=4), quiet=True)
+    assert result.trigger_epoch is None
+    assert all(h["flops_kept"] == 1.0 for h in result.history)
+    assert result.history[0]["epi"] is None
+    assert all(0 < h["epi"] <= 1 for h in result.history[1:])
+    assert result.train_flops == pytest.approx(result.dense_train_flops)
+
+
+def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
+    start = EPIStart(window=2, patience=2, tau=0.9)
+    result = pat_ray.run(tiny(tmp_path, start, epochs=8), quiet=True)
+    curve = [h["epi"] for h in result.history if h["epi"] is not None or h["epoch"] == 1]
+    expected = next(
+        (t + 1 for t in range(len(curve)) if should_trigger(curve[: t + 1], 2, 2, 0.9)), None
+    )
+    assert result.trigger_epoch == expected
+    # after the trigger no more snapshots are taken
+    if expected is not None:
+        assert all(h["epi"] is None for h in result.history[expected:])
+
+
+def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
+    start = EPIStart(window=3, patience=0, tau=0.0)
+    result = pat_ray.run(tiny(tmp_path, start), quiet=True)
+    assert result.trigger_epoch == 4  # snapshots 1..3 fill the window; epoch 4 may fire
+    assert result.flops_kept < 0.52
+
+
+def test_after_training_fine_tunes_the_pruned_model(tmp_path):
+    result = pat_ray.run(
+        tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), quiet=True
+    )
+    assert result.trigger_epoch == 3
+    assert [h["phase"] for h in result.history][-2:] == ["finetune", "finetune"]
+    assert len(result.history) == 5
+    assert result.train_flops > result.dense_train_flops
+
+
+def test_taylor_runs_with_a_pruning_schedule(tmp_path):
+    cfg = tiny(tmp_path, FixedStart(epoch=0), epochs=3, steps=2, interval=5)
+    cfg = cfg.model_copy(
+        update={
+            "pruning": cfg.pruning.model_copy(
+                update={"criterion": cfg.pruning.criterion.model_copy(update={"name": "taylor"})}
+            )
+        }
+    )
+    result = pat_ray.run(cfg, quiet=True)
+    assert result.trigger_epoch == 0
+    assert abs(result.flops_kept - 0.5) < 0.015
+
+
+def test_final_checkpoint_reproduces_the_reported_accuracy(tmp_path):
+    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=1), epochs=3), quiet=True)
+    model, ckpt = load_checkpoint(result.checkpoint)
+    data = registry.get_registry().create("dataset", "digits")
+    model.eval()
+    with torch.no_grad():
+        inputs = torch.stack([x for x, _ in data.val])
+        labels = torch.tensor([y for _, y in data.val])
+        accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(result.final_accuracy, abs=1e-6)
+    assert ckpt.extra["epoch"] == 3
+
+
+class PoisonedDigits(Dataset):
+    """Digits whose samples turn NaN after ``clean_reads`` reads (i.e. in epoch 2)."""
+
+    def __init__(self, inner, clean_reads):
+        self.inner, self.reads, self.clean_reads = inner, 0, clean_reads
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        x, y = self.inner[i]
+        return (x * math.nan if self.reads > self.clean_reads else x), y
+
+
+class PoisonPlugin:
+    @pat_ray.hookimpl
+    def pat_ray_register_datasets(self, register):
+        def poisoned():
+            data = registry.get_registry().create("dataset", "digits")
+            train = PoisonedDigits(data.train, clean_reads=len(data.train))
+            return type(data)(train, data.val, data.num_classes, data.input_shape)
+
+        register("poisoned_digits", poisoned)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    registry.reset()
+    registry.register_plugin(PoisonPlugin(), name="poison")
+    try:
+        cfg = tiny(tmp_path, NeverStart(), epochs=3)
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"name": "poisoned_digits"})}
+        )
+        with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2.*last.pt"):
+            pat_ray.run(cfg, quiet=True)
+        ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
+        assert ckpt.extra["epoch"] == 1
+    finally:
+        registry.reset()
+
+
+def test_cli_run_default_pipeline_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from pat_ray.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--local", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    epoch_lines = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == Config().training.epochs
+    assert "embedded default" in result.output
+    for label in (
+        "pruning started:",
+        "final accuracy:",
+        "FLOPs kept:",
+        "training FLOPs:",
+        "wall time:",
+    ):
+        assert label in result.output
+    assert (tmp_path / "digits" / "last.pt").is_file()
+    assert (tmp_path / "digits" / "history.json").is_file()
