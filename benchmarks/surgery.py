@@ -46,9 +46,7 @@ def run_torch_pruning(name, x, ratio):
 
     model = fresh(name)
     start = time.perf_counter()
-    ignored = [
-        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000
-    ]
+    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
     pruner = tp.pruner.MetaPruner(
         model,
         x,

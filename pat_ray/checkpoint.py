@@ -73,9 +73,7 @@ def save_checkpoint(
     )
 
 
-def read_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -107,13 +105,9 @@ def build_pruned_model(
     return model
 
 
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, Checkpoint]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Rebuild the pruned model saved at ``path``; returns it with the checkpoint's contents."""
     ckpt = read_checkpoint(path, map_location)
-    model = build_pruned_model(
-        ckpt.model_name, ckpt.model_params, ckpt.architecture, ckpt.input_shape
-    )
+    model = build_pruned_model(ckpt.model_name, ckpt.model_params, ckpt.architecture, ckpt.input_shape)
     model.load_state_dict(ckpt.state_dict)
     return model.to(map_location), ckpt

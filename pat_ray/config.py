@@ -30,9 +30,7 @@ def _registered(kind: str, name: str) -> str:
 
 
 class ModelConfig(_Strict):
-    name: str = Field(
-        "cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)"
-    )
+    name: str = Field("cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)")
     params: dict[str, Any] = Field(
         default_factory=lambda: {"in_channels": 1},
         description="keyword arguments for the model factory; num_classes comes from the dataset",
@@ -78,9 +76,7 @@ class OptimizerConfig(_Strict):
 class ScheduleConfig(_Strict):
     kind: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0, in epochs")
-    step_epochs: list[int] = Field(
-        default_factory=list, description="`step`: epochs at which lr *= gamma"
-    )
+    step_epochs: list[int] = Field(default_factory=list, description="`step`: epochs at which lr *= gamma")
     gamma: float = Field(0.1, gt=0)
 
 
@@ -88,9 +84,7 @@ class TrainingConfig(_Strict):
     epochs: int = Field(30, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="bf16/fp16 use autocast; fp16 needs CUDA"
-    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 use autocast; fp16 needs CUDA")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -98,14 +92,10 @@ class TrainingConfig(_Strict):
     @model_validator(mode="after")
     def _fits(self) -> TrainingConfig:
         if self.schedule.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"warmup_epochs ({self.schedule.warmup_epochs}) must be < epochs ({self.epochs})"
-            )
+            raise ValueError(f"warmup_epochs ({self.schedule.warmup_epochs}) must be < epochs ({self.epochs})")
         late = [e for e in self.schedule.step_epochs if not 0 < e < self.epochs]
         if late:
-            raise ValueError(
-                f"schedule.step_epochs {late} fall outside the {self.epochs} training epochs"
-            )
+            raise ValueError(f"schedule.step_epochs {late} fall outside the {self.epochs} training epochs")
         return self
 
 
@@ -135,9 +125,7 @@ class BudgetConfig(_Strict):
 class PruningConfig(_Strict):
     criterion: CriterionConfig = CriterionConfig()
     budget: BudgetConfig = BudgetConfig()
-    steps: int = Field(
-        3, ge=1, description="pruning steps after the trigger, each removing an equal share"
-    )
+    steps: int = Field(3, ge=1, description="pruning steps after the trigger, each removing an equal share")
     interval: int = Field(10, ge=1, description="training iterations between pruning steps")
     backend: str = "native"
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
@@ -153,9 +141,7 @@ class EPIStart(_Strict):
     similarity: str = "structural"
     window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
     patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
-    tau: float = Field(
-        0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`"
-    )
+    tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
 
     @field_validator("similarity")
     @classmethod
@@ -203,6 +189,14 @@ class TrackingConfig(_Strict):
     experiment: str = "pat_ray"
 
 
+class OracleConfig(_Strict):
+    start_epochs: list[int] = Field(
+        default_factory=lambda: [0, 2, 4, 6, 8, 10, 15, 20],
+        description="the grid of fixed start epochs the oracle sweep trains",
+    )
+    max_concurrent_trials: int = Field(2, ge=1)
+
+
 class Config(_Strict):
     name: str = "digits"
     output_dir: Path = Path("runs")
@@ -213,18 +207,18 @@ class Config(_Strict):
     start: StartPolicy = EPIStart(window=3, patience=3, tau=0.97)  # calibrated on digits
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    oracle: OracleConfig = OracleConfig()
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:
         epochs = self.training.epochs
         if isinstance(self.start, FixedStart) and self.start.epoch >= epochs:
-            raise ValueError(
-                f"start.epoch ({self.start.epoch}) must be < training.epochs ({epochs})"
-            )
+            raise ValueError(f"start.epoch ({self.start.epoch}) must be < training.epochs ({epochs})")
+        late = [e for e in self.oracle.start_epochs if not 0 <= e < epochs]
+        if late:
+            raise ValueError(f"oracle.start_epochs {late} must be in [0, training.epochs={epochs})")
         if isinstance(self.start, EPIStart | EarlyBirdStart) and self.start.window >= epochs:
-            raise ValueError(
-                f"start.window ({self.start.window}) leaves no epoch to trigger in {epochs} epochs"
-            )
+            raise ValueError(f"start.window ({self.start.window}) leaves no epoch to trigger in {epochs} epochs")
         return self
 
 

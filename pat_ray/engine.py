@@ -60,9 +60,7 @@ class RunResult:
         return self.train_flops / self.dense_train_flops
 
 
-def train(
-    config: Config, collective: Collective | None = None, reporter: Reporter | None = None
-) -> RunResult:
+def train(config: Config, collective: Collective | None = None, reporter: Reporter | None = None) -> RunResult:
     collective = collective or LocalCollective()
     reporter = reporter or PrintReporter()
     registry, hooks = get_registry(), get_plugin_manager().hook
@@ -73,9 +71,7 @@ def train(
 
     # data, model, pruning machinery
     data = registry.create("dataset", config.data.name, **config.data.params)
-    model = registry.create(
-        "model", config.model.name, num_classes=data.num_classes, **config.model.params
-    )
+    model = registry.create("model", config.model.name, num_classes=data.num_classes, **config.model.params)
     model = model.to(device)
     example = torch.zeros(1, *data.input_shape, device=device)
     budget = Budget(
@@ -86,9 +82,7 @@ def train(
     pruner = Pruner(
         model,
         example,
-        criterion=registry.create(
-            "criterion", config.pruning.criterion.name, **config.pruning.criterion.params
-        ),
+        criterion=registry.create("criterion", config.pruning.criterion.name, **config.pruning.criterion.params),
         surgery=registry.create("surgery", config.pruning.backend),
         budget=budget,
         steps=config.pruning.steps,
@@ -105,9 +99,7 @@ def train(
     train_loader = collective.loader(
         data.train, config.data.batch_size, True, config.training.seed, config.data.num_workers
     )
-    val_loader = collective.loader(
-        data.val, config.data.eval_batch_size, False, 0, config.data.num_workers
-    )
+    val_loader = collective.loader(data.val, config.data.eval_batch_size, False, 0, config.data.num_workers)
     iters_per_epoch = len(train_loader)
     samples_per_epoch = len(data.train)
 
@@ -134,15 +126,7 @@ def train(
     for epoch in range(1, total_epochs + 1):
         epoch_start = time.perf_counter()
         in_finetune = finetune is not None and epoch > train_epochs
-        phase = (
-            "finetune"
-            if in_finetune
-            else "pruning"
-            if pruner.active
-            else "pruned"
-            if pruner.finished
-            else "dense"
-        )
+        phase = "finetune" if in_finetune else "pruning" if pruner.active else "pruned" if pruner.finished else "dense"
         net.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for inputs, targets in train_loader:
@@ -154,15 +138,11 @@ def train(
             scale = finetune.finetune_lr_scale if in_finetune else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = (
-                    base_lr
-                    * scale
-                    * lr_multiplier(config.training.schedule, lr_iter, iters_per_epoch, lr_epochs)
+                    base_lr * scale * lr_multiplier(config.training.schedule, lr_iter, iters_per_epoch, lr_epochs)
                 )
             with autocast:
                 logits = net(inputs)
-                loss = F.cross_entropy(
-                    logits, targets, label_smoothing=config.training.label_smoothing
-                )
+                loss = F.cross_entropy(logits, targets, label_smoothing=config.training.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss became {loss.item()} at epoch {epoch}, iteration {iteration}; "
@@ -212,9 +192,7 @@ def train(
         }
         if trigger_epoch == epoch:
             net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores)
-            record.update(
-                flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept
-            )
+            record.update(flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept)
         history.append(record)
         if collective.rank == 0:
             _save(run_dir, model, config, pruner, data, optimizer, history, tracker)
@@ -229,19 +207,14 @@ def train(
         dense_flops=pruner.dense_cost.flops,
         final_flops=pruner.cost.flops,
         train_flops=train_flops,
-        dense_train_flops=BACKWARD_FACTOR
-        * pruner.dense_cost.flops
-        * samples_per_epoch
-        * train_epochs,
+        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * samples_per_epoch * train_epochs,
         wall_seconds=time.perf_counter() - started,
         architecture=pruner.architecture.to_dict(),
         checkpoint=checkpoint_path if collective.rank == 0 else None,
     )
 
 
-def _start_pruning(
-    pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None
-) -> nn.Module:
+def _start_pruning(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None) -> nn.Module:
     """Begin the pruning phase; the first step is immediate when scores are available."""
     pruner.start()
     if scores is not None or not pruner.criterion.needs_gradients:
@@ -249,9 +222,7 @@ def _start_pruning(
     return net
 
 
-def _prune_step(
-    pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None
-) -> nn.Module:
+def _prune_step(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None) -> nn.Module:
     model = collective.unwrap(net)
     step = pruner.step(model, optimizer, scores)
     hooks.pat_ray_on_prune(
@@ -274,9 +245,7 @@ def _evaluate(net: nn.Module, loader, device, autocast, collective) -> tuple[flo
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(inputs)
-    metrics = collective.mean_metrics(
-        {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
-    )
+    metrics = collective.mean_metrics({"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)})
     return metrics["loss"], metrics["acc"]
 
 
@@ -306,9 +275,7 @@ def _autocast(precision: str, device: torch.device):
         return nullcontext()
     if precision == "fp16" and device.type != "cuda":
         raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
-    )
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _save(run_dir: Path, model, config, pruner: Pruner, data, optimizer, history, tracker) -> None:

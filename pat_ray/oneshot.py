@@ -47,9 +47,7 @@ def prune(
     if calibration is not None:
         _observe(model, graph, criterion, calibration, loss_fn)
     elif criterion.needs_gradients:
-        raise ValueError(
-            f"criterion {type(criterion).__name__} needs gradients: pass calibration batches"
-        )
+        raise ValueError(f"criterion {type(criterion).__name__} needs gradients: pass calibration batches")
     architecture = select_architecture(graph, criterion.scores(model, graph), target)
     surgery.apply(model, graph, architecture, optimizer)
     return architecture

@@ -55,9 +55,7 @@ def decide(start: StartPolicy, epoch: int, train_epochs: int, tracker: SnapshotT
     if isinstance(start, EPIStart):
         return epoch > 0 and should_trigger(tracker.epi, start.window, start.patience, start.tau)
     if isinstance(start, EarlyBirdStart):
-        return epoch > 0 and early_bird_trigger(
-            tracker.mask_distances[-1], start.window, start.epsilon
-        )
+        return epoch > 0 and early_bird_trigger(tracker.mask_distances[-1], start.window, start.epsilon)
     if isinstance(start, FixedStart):
         return epoch >= start.epoch
     if isinstance(start, AfterTrainingStart):

@@ -89,9 +89,7 @@ class Pruner:
         self.iters_since_step += 1
         return self.iters_since_step > self.interval
 
-    def step(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, scores: Scores | None = None
-    ) -> PruneStep:
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scores: Scores | None = None) -> PruneStep:
         """Remove the next share of channels: step i of S keeps 1 - (1 - f) * i / S."""
         self.steps_done += 1
         fraction = 1.0 - (1.0 - self.budget.fraction) * self.steps_done / self.steps

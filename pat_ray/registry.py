@@ -128,9 +128,7 @@ def collect(manager: pluggy.PluginManager) -> Registry:
             try:
                 impl.function(register=register)
             except Exception as err:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} ({dist}) failed in {hook_name}: {err!r}"
-                ) from err
+                raise PluginError(f"plugin {impl.plugin_name!r} ({dist}) failed in {hook_name}: {err!r}") from err
     return Registry(entries)
 
 

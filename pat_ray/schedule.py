@@ -12,9 +12,7 @@ import math
 from pat_ray.config import ScheduleConfig
 
 
-def lr_multiplier(
-    schedule: ScheduleConfig, iteration: int, iters_per_epoch: int, epochs: int
-) -> float:
+def lr_multiplier(schedule: ScheduleConfig, iteration: int, iters_per_epoch: int, epochs: int) -> float:
     """The factor applied to the base lr at ``iteration`` (0-based) of an ``epochs`` run."""
     total = max(1, iters_per_epoch * epochs)
     warmup = int(schedule.warmup_epochs * iters_per_epoch)

@@ -90,9 +90,7 @@ def test_cli_validate_ok_prints_the_resolved_config(tmp_path):
     assert f"{good}: OK" in result.output and "kind: fixed" in result.output
 
 
-@pytest.mark.parametrize(
-    "content, message", [(None, "file does not exist"), ("a: [", "not valid YAML")]
-)
+@pytest.mark.parametrize("content, message", [(None, "file does not exist"), ("a: [", "not valid YAML")])
 def test_cli_unreadable_files(tmp_path, content, message):
     path = tmp_path / "cfg.yaml"
     if content is not None:
@@ -116,5 +114,5 @@ def test_cli_run_missing_data_is_a_clear_error(tmp_path):
     )
     result = CliRunner().invoke(main, ["run", str(cfg), "--local"])
     assert result.exit_code == 2
-    assert "cifar10: no CIFAR-10 batches under" in result.output
+    assert "cifar10: no valid CIFAR-10 batches under" in result.output
     assert "Traceback" not in result.output

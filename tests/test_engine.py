@@ -58,9 +58,7 @@ def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
     start = EPIStart(window=2, patience=2, tau=0.9)
     result = pat_ray.run(tiny(tmp_path, start, epochs=8), quiet=True)
     curve = [h["epi"] for h in result.history if h["epi"] is not None or h["epoch"] == 1]
-    expected = next(
-        (t + 1 for t in range(len(curve)) if should_trigger(curve[: t + 1], 2, 2, 0.9)), None
-    )
+    expected = next((t + 1 for t in range(len(curve)) if should_trigger(curve[: t + 1], 2, 2, 0.9)), None)
     assert result.trigger_epoch == expected
     # after the trigger no more snapshots are taken
     if expected is not None:
@@ -75,9 +73,7 @@ def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
 
 
 def test_after_training_fine_tunes_the_pruned_model(tmp_path):
-    result = pat_ray.run(
-        tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), quiet=True
-    )
+    result = pat_ray.run(tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), quiet=True)
     assert result.trigger_epoch == 3
     assert [h["phase"] for h in result.history][-2:] == ["finetune", "finetune"]
     assert len(result.history) == 5
@@ -142,9 +138,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     registry.register_plugin(PoisonPlugin(), name="poison")
     try:
         cfg = tiny(tmp_path, NeverStart(), epochs=3)
-        cfg = cfg.model_copy(
-            update={"data": cfg.data.model_copy(update={"name": "poisoned_digits"})}
-        )
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "poisoned_digits"})})
         with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2.*last.pt"):
             pat_ray.run(cfg, quiet=True)
         ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")

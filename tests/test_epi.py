@@ -38,9 +38,7 @@ def test_similarity_bounds_symmetry_identity(a, data):
     assert structural_similarity(a, a) == 1.0
 
 
-@given(
-    st.lists(counts, min_size=1, max_size=12), st.integers(1, 6), st.integers(0, 6), st.floats(0, 1)
-)
+@given(st.lists(counts, min_size=1, max_size=12), st.integers(1, 6), st.integers(0, 6), st.floats(0, 1))
 def test_trigger_never_fires_before_the_window_is_full(snapshots, window, patience, tau):
     width = len(snapshots[0])
     snapshots = [(s * width)[:width] for s in snapshots]

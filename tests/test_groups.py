@@ -10,9 +10,7 @@ from pat_ray.core.groups import UnsupportedModelError, trace_channel_groups
 
 
 def conv_bn(cin, cout, groups=1):
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(cout)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(cout))
 
 
 class Residual(nn.Module):

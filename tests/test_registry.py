@@ -52,9 +52,7 @@ def test_builtins_are_registered(fresh_registry):
     reg = registry.get_registry()
     assert {"magnitude", "bn_scale", "taylor"} <= set(reg.names("criterion"))
     assert reg.names("surgery") == ["native"]
-    assert {"cifar_resnet20", "cifar_resnet56", "resnet50", "mobilenet_v2"} <= set(
-        reg.names("model")
-    )
+    assert {"cifar_resnet20", "cifar_resnet56", "resnet50", "mobilenet_v2"} <= set(reg.names("model"))
     assert reg.get("criterion", "taylor").distribution == "pat-ray (built-in)"
 
 
@@ -68,9 +66,7 @@ def test_bad_factory_parameters_name_the_plugin(fresh_registry):
         registry.get_registry().create("criterion", "magnitude", q=3)
 
 
-def test_entry_point_plugin_is_loaded_with_its_distribution(
-    fresh_registry, installed_plugin, monkeypatch
-):
+def test_entry_point_plugin_is_loaded_with_its_distribution(fresh_registry, installed_plugin, monkeypatch):
     monkeypatch.delenv(registry.AUTOLOAD_SWITCH, raising=False)
     entry = registry.get_registry().get("criterion", "random")
     assert entry.distribution == "pat-ray-random 1.2"

@@ -30,19 +30,14 @@ fractions = st.floats(0.2, 1.0)
 
 def random_scores(graph, seed: int, ties: bool = False):
     gen = torch.Generator().manual_seed(seed)
-    return {
-        g.name: torch.ones(g.size) if ties else torch.rand(g.size, generator=gen)
-        for g in graph.prunable
-    }
+    return {g.name: torch.ones(g.size) if ties else torch.rand(g.size, generator=gen) for g in graph.prunable}
 
 
 def marginal_flops(graph) -> int:
     """Upper bound on the FLOPs of one channel: removing it at full width."""
     full = {g.name: g.size for g in graph.groups}
     base = cost_of(graph.terms, full).flops
-    return max(
-        base - cost_of(graph.terms, {**full, g.name: g.size - 1}).flops for g in graph.prunable
-    )
+    return max(base - cost_of(graph.terms, {**full, g.name: g.size - 1}).flops for g in graph.prunable)
 
 
 @settings(max_examples=40, deadline=None)

@@ -59,9 +59,7 @@ def test_iterative_pruning_composes_to_a_base_architecture(tmp_path):
     assert dict(total.sizes) == base_sizes
     model.eval()
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(
-        path, model, "cifar_resnet20", total, (1, 3, 16, 16), {"num_classes": 4}, {"epoch": 3}
-    )
+    save_checkpoint(path, model, "cifar_resnet20", total, (1, 3, 16, 16), {"num_classes": 4}, {"epoch": 3})
     loaded, ckpt = load_checkpoint(path)
     loaded.eval()
     with torch.no_grad():

@@ -28,9 +28,7 @@ def structural_similarity(a: Counts, b: Counts) -> float:
     return 1.0 - sum(layer_distance(x, y) for x, y in zip(a, b)) / len(a)
 
 
-def mask_similarity(
-    a: Sequence[frozenset[int]], b: Sequence[frozenset[int]], sizes: Counts
-) -> float:
+def mask_similarity(a: Sequence[frozenset[int]], b: Sequence[frozenset[int]], sizes: Counts) -> float:
     """Early-Bird's: 1 - normalized Hamming distance between the binary channel masks."""
     differing = sum(len(x ^ y) for x, y in zip(a, b))
     return 1.0 - differing / sum(sizes)

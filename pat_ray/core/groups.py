@@ -68,9 +68,7 @@ class _Builder:
     pinned: set[int] = field(default_factory=set)
     subgroups: dict[int, int] = field(default_factory=dict)
     slots: list[tuple[str, str, _Layout]] = field(default_factory=list)
-    raw_terms: list[tuple[str, _Layout, _Layout | None, int, int, int, int]] = field(
-        default_factory=list
-    )
+    raw_terms: list[tuple[str, _Layout, _Layout | None, int, int, int, int]] = field(default_factory=list)
 
     def new_group(self, size: int, label: str, pinned: bool = False) -> _Layout:
         gid = len(self.parent)
@@ -93,8 +91,7 @@ class _Builder:
             return
         if self.sizes[ra] != self.sizes[rb]:
             raise UnsupportedModelError(
-                f"{where}: couples channel groups of sizes {self.sizes[ra]} and "
-                f"{self.sizes[rb]} element-wise"
+                f"{where}: couples channel groups of sizes {self.sizes[ra]} and {self.sizes[rb]} element-wise"
             )
         keep, drop = min(ra, rb), max(ra, rb)  # lower id = earlier in the graph names the group
         self.parent[drop] = keep
@@ -144,9 +141,7 @@ def trace_channel_groups(
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
-        raise UnsupportedModelError(
-            f"torch.fx could not trace {type(model).__name__}: {err}"
-        ) from err
+        raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
     finally:
         model.train(was_training)
     builder = _Builder(model=model, excluded=frozenset(exclude))
@@ -177,9 +172,7 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
 
 
-def _visit(
-    b: _Builder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, _Layout | None]
-) -> _Layout | None:
+def _visit(b: _Builder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, _Layout | None]) -> _Layout | None:
     shape = _shape(node)
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
@@ -199,9 +192,7 @@ def _visit(
     return _visit_function(b, node, inputs, shape, layouts)
 
 
-def _visit_module(
-    b: _Builder, gm: fx.GraphModule, node: fx.Node, inputs: list[_Layout], shape
-) -> _Layout | None:
+def _visit_module(b: _Builder, gm: fx.GraphModule, node: fx.Node, inputs: list[_Layout], shape) -> _Layout | None:
     name = str(node.target)
     module = gm.get_submodule(name)
     where = f"module {name!r} ({type(module).__name__})"
@@ -275,9 +266,7 @@ def _visit_conv(b: _Builder, name, module, layout: _Layout, shape, where) -> _La
     )
 
 
-def _visit_function(
-    b: _Builder, node: fx.Node, inputs: list[_Layout], shape, layouts
-) -> _Layout | None:
+def _visit_function(b: _Builder, node: fx.Node, inputs: list[_Layout], shape, layouts) -> _Layout | None:
     target = node.target
     where = _where(node)
     if shape is None:
@@ -343,8 +332,7 @@ def _binary(b: _Builder, node, inputs, shape, layouts, where) -> _Layout:
         broadcast = len(s) < 2 or s[1] == 1
         if lay is None and not broadcast and shape[1] > 1:
             raise UnsupportedModelError(
-                f"{where}: a constant tensor of shape {s} varies over channels; "
-                "pat_ray cannot slice it"
+                f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
             )
         if lay is not None and s[1] == 1 and shape[1] > 1:
             b.pin(lay)  # a one-channel gate broadcast over channels keeps its channel

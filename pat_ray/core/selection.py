@@ -40,9 +40,7 @@ class Budget:
         if not 0.0 < self.fraction <= 1.0:
             raise BudgetError(f"budget fraction must be in (0, 1], got {self.fraction}")
         if self.measure not in ("flops", "params", "channels"):
-            raise BudgetError(
-                f"budget measure must be flops, params or channels, got {self.measure!r}"
-            )
+            raise BudgetError(f"budget measure must be flops, params or channels, got {self.measure!r}")
         if self.round_to < 1:
             raise BudgetError(f"round_to must be >= 1, got {self.round_to}")
 
@@ -58,9 +56,7 @@ class _Unit:
 def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) -> list[_Unit]:
     """The group's units, best first; equal scores keep the lower channel index first."""
     if scores.shape != (group.size,):
-        raise ValueError(
-            f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}"
-        )
+        raise ValueError(f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}")
     per_sub = group.size // group.subgroups
     table = scores.detach().double().cpu().reshape(group.subgroups, per_sub)
     order = torch.sort(-table, dim=1, stable=True).indices  # (subgroups, per_sub)

@@ -50,31 +50,39 @@ def _existing(root: str | Path, what: str) -> Path:
     return path
 
 
-def cifar10(root: str, augment: bool = True) -> DataBundle:
-    """CIFAR-10 from the python batches under ``root`` (cifar-10-batches-py/), no download."""
+class _UncheckedCIFAR10(datasets.CIFAR10):
+    """torchvision's CIFAR-10 reader without the md5 check (re-packed or subset batches)."""
+
+    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+def cifar10(root: str, augment: bool = True, verify_checksums: bool = True) -> DataBundle:
+    """CIFAR-10 from the python batches under ``root/cifar-10-batches-py/``; no download.
+
+    ``verify_checksums: false`` accepts batch files that differ from the official release
+    (a subset, a re-pack) as long as they are in its format.
+    """
     base = _existing(root, "cifar10")
+    reader = datasets.CIFAR10 if verify_checksums else _UncheckedCIFAR10
     normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
-    train_tf = (
-        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
-    )
+    train_tf = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
     try:
-        train = datasets.CIFAR10(
+        train = reader(
             base,
             train=True,
             download=False,
             transform=transforms.Compose([*train_tf, transforms.ToTensor(), normalize]),
         )
-        val = datasets.CIFAR10(
-            base,
-            train=False,
-            download=False,
-            transform=transforms.Compose([transforms.ToTensor(), normalize]),
+        val = reader(
+            base, train=False, download=False, transform=transforms.Compose([transforms.ToTensor(), normalize])
         )
     except RuntimeError as err:
         raise FileNotFoundError(
-            f"cifar10: no CIFAR-10 batches under {str(base)!r} ({err})"
+            f"cifar10: no valid CIFAR-10 batches under {str(base / 'cifar-10-batches-py')!r} ({err})"
         ) from err
-    return DataBundle(train, val, num_classes=10, input_shape=(3, 32, 32))
+    return DataBundle(train, val, num_classes=len(train.classes), input_shape=(3, 32, 32))
 
 
 def imagefolder(root: str, image_size: int = 224, resize: int | None = None) -> DataBundle:
@@ -107,9 +115,7 @@ def imagefolder(root: str, image_size: int = 224, resize: int | None = None) -> 
     )
     if train.classes != val.classes:
         raise ValueError(f"imagefolder: train and val class folders differ under {str(base)!r}")
-    return DataBundle(
-        train, val, num_classes=len(train.classes), input_shape=(3, image_size, image_size)
-    )
+    return DataBundle(train, val, num_classes=len(train.classes), input_shape=(3, image_size, image_size))
 
 
 def synthetic(

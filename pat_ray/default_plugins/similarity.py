@@ -15,9 +15,7 @@ def structural(a: Architecture, b: Architecture) -> float:
 def mask_hamming(a: Architecture, b: Architecture) -> float:
     """Early-Bird's: compares which channels are kept (binary masks)."""
     sizes = [a.sizes[n] for n in a.names]
-    return mask_similarity(
-        [frozenset(a.kept[n]) for n in a.names], [frozenset(b.kept[n]) for n in a.names], sizes
-    )
+    return mask_similarity([frozenset(a.kept[n]) for n in a.names], [frozenset(b.kept[n]) for n in a.names], sizes)
 
 
 @pat_ray.hookimpl
