@@ -48,7 +48,10 @@ def test_shipped_digits_pipeline_is_the_embedded_default():
             {"start": {"kind": "fixed", "epoch": 40}},
             "start.epoch (40) must be < training.epochs (30)",
         ),
-        ({"training": {"epochs": 3}}, "start.window (3) leaves no epoch to trigger in 3 epochs"),
+        (
+            {"training": {"epochs": 3}, "oracle": {"start_epochs": [0]}},
+            "start.window (3) leaves no epoch to trigger in 3 epochs",
+        ),
         (
             {"training": {"epochs": 2, "schedule": {"warmup_epochs": 3}}},
             "training: warmup_epochs (3.0) must be < epochs (2)",
