@@ -4,6 +4,7 @@ layer supplies torch.distributed and ray.train ones with the same methods."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -60,7 +61,8 @@ class LocalCollective:
 
 
 class Reporter(Protocol):
-    def report(self, metrics: dict[str, Any]) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Called once per epoch on every rank; ``checkpoint`` is rank 0's saved ``last.pt``."""
 
 
 class PrintReporter:
@@ -69,7 +71,7 @@ class PrintReporter:
     def __init__(self, echo=print) -> None:
         self.echo = echo
 
-    def report(self, metrics: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
         epi = metrics.get("epi")
         self.echo(
             f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
@@ -80,5 +82,5 @@ class PrintReporter:
 
 
 class SilentReporter:
-    def report(self, metrics: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
         return None

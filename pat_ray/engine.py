@@ -7,7 +7,6 @@ metrics leave through ``reporter``.
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pat_ray.checkpoint import save_checkpoint
 from pat_ray.comm import Collective, LocalCollective, PrintReporter, Reporter
-from pat_ray.config import AfterTrainingStart, Config, EPIStart, config_to_yaml
+from pat_ray.config import AfterTrainingStart, Config, EPIStart
 from pat_ray.core.selection import Budget
 from pat_ray.policies import SnapshotTracker, decide, tracker_window
 from pat_ray.pruner import Pruner
 from pat_ray.registry import get_plugin_manager, get_registry
+from pat_ray.run_state import load_run_state, save_run_state
 from pat_ray.schedule import lr_multiplier
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
@@ -60,7 +59,13 @@ class RunResult:
         return self.train_flops / self.dense_train_flops
 
 
-def train(config: Config, collective: Collective | None = None, reporter: Reporter | None = None) -> RunResult:
+def train(
+    config: Config,
+    collective: Collective | None = None,
+    reporter: Reporter | None = None,
+    resume: Path | None = None,
+) -> RunResult:
+    """Run one PaT pipeline; ``resume`` continues from a ``last.pt`` this function wrote."""
     collective = collective or LocalCollective()
     reporter = reporter or PrintReporter()
     registry, hooks = get_registry(), get_plugin_manager().hook
@@ -108,22 +113,32 @@ def train(config: Config, collective: Collective | None = None, reporter: Report
     finetune = config.start if isinstance(config.start, AfterTrainingStart) else None
     finetune_epochs = (finetune.finetune_epochs or train_epochs) if finetune else 0
     total_epochs = train_epochs + finetune_epochs
-    optimizer = _optimizer(config, model)
-    base_lr = config.training.optimizer.lr
-    autocast = _autocast(config.training.precision, device)
-
-    net = collective.wrap(model)
     history: list[dict[str, Any]] = []
     trigger_epoch: int | None = None
     train_flops = 0.0
     iteration = 0
+    first_epoch = 1
+    if resume is not None:
+        state = load_run_state(resume, model, pruner, tracker)
+        model.load_state_dict(state.model_state)
+        history, trigger_epoch, iteration = state.history, state.trigger_epoch, state.iteration
+        train_flops, first_epoch = history[-1]["train_flops"], state.epoch + 1
+    optimizer = _optimizer(config, model)
+    if resume is not None:
+        optimizer.load_state_dict(state.optimizer)
+    base_lr = config.training.optimizer.lr
+    autocast = _autocast(config.training.precision, device)
+
+    net = collective.wrap(model)
     started = time.perf_counter()
 
-    if decide(config.start, 0, train_epochs, tracker):  # fixed epoch 0: prune at initialization
+    if resume is None and decide(config.start, 0, train_epochs, tracker):  # fixed 0: prune at init
         trigger_epoch = 0
         net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0)
 
-    for epoch in range(1, total_epochs + 1):
+    for epoch in range(first_epoch, total_epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # distributed shuffling differs per epoch
         epoch_start = time.perf_counter()
         in_finetune = finetune is not None and epoch > train_epochs
         phase = "finetune" if in_finetune else "pruning" if pruner.active else "pruned" if pruner.finished else "dense"
@@ -194,9 +209,12 @@ def train(config: Config, collective: Collective | None = None, reporter: Report
             net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores)
             record.update(flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept)
         history.append(record)
+        saved = None
         if collective.rank == 0:
-            _save(run_dir, model, config, pruner, data, optimizer, history, tracker)
-        reporter.report(record)
+            saved = save_run_state(
+                run_dir, model, config, data, pruner, optimizer, history, tracker, iteration, trigger_epoch
+            )
+        reporter.report(record, saved)
         hooks.pat_ray_on_epoch_end(epoch=epoch, metrics=record)
 
     return RunResult(
@@ -276,34 +294,3 @@ def _autocast(precision: str, device: torch.device):
     if precision == "fp16" and device.type != "cuda":
         raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _save(run_dir: Path, model, config, pruner: Pruner, data, optimizer, history, tracker) -> None:
-    """The epoch's checkpoint and history, each written atomically."""
-    save_checkpoint(
-        run_dir / "last.pt",
-        model,
-        config.model.name,
-        pruner.architecture,
-        (1, *data.input_shape),
-        model_params={"num_classes": data.num_classes, **config.model.params},
-        extra={
-            "epoch": history[-1]["epoch"],
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "tracker": tracker.state(),
-            "pruner": {
-                "steps_done": pruner.steps_done,
-                "active": pruner.active,
-                "iters_since_step": pruner.iters_since_step,
-            },
-        },
-    )
-    _atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
-    _atomic_write(run_dir / "config.yaml", config_to_yaml(config))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

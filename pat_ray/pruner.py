@@ -107,6 +107,18 @@ class Pruner:
             self.active = False
         return PruneStep(self.steps_done, fraction, self.architecture, self.cost)
 
+    def state(self) -> dict:
+        return {"steps_done": self.steps_done, "active": self.active, "iters_since_step": self.iters_since_step}
+
+    def restore(self, model: nn.Module, architecture: Architecture, state: dict) -> None:
+        """Shrink the freshly built dense ``model`` to a saved architecture and schedule position."""
+        self.surgery.apply(model, self.graph, architecture)
+        self.architecture = architecture
+        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
+        self.cost = cost_of(self.graph.terms, {g.name: g.size for g in self.graph.groups})
+        self.steps_done, self.active = state["steps_done"], state["active"]
+        self.iters_since_step = state["iters_since_step"]
+
     @property
     def flops_kept(self) -> float:
         return self.cost.flops / self.dense_cost.flops

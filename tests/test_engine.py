@@ -167,3 +167,31 @@ def test_cli_run_default_pipeline_end_to_end(tmp_path):
         assert label in result.output
     assert (tmp_path / "digits" / "last.pt").is_file()
     assert (tmp_path / "digits" / "history.json").is_file()
+
+
+class CrashAfter:
+    """A reporter that fails once the given epoch is checkpointed (a killed process)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def report(self, metrics, checkpoint=None):
+        if metrics["epoch"] == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
+    from pat_ray.engine import train
+
+    cfg = tiny(tmp_path, FixedStart(epoch=2), epochs=5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, reporter=CrashAfter(3))
+    checkpoint = tmp_path / "digits" / "last.pt"
+    assert read_checkpoint(checkpoint).extra["epoch"] == 3
+    from pat_ray.comm import SilentReporter
+
+    resumed = train(cfg, reporter=SilentReporter(), resume=checkpoint)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert resumed.trigger_epoch == 2
+    assert abs(resumed.flops_kept - 0.5) < 0.015
+    assert resumed.train_flops < resumed.dense_train_flops
