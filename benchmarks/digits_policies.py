@@ -34,7 +34,7 @@ def main() -> None:
     results = {}
     for label, start in policies.items():
         cfg = base.model_copy(update={"start": start, "name": start.kind})
-        results[label] = pat_ray.run(cfg, quiet=True)
+        results[label] = pat_ray.run(cfg, local=True, quiet=True)
         print(label, results[label].final_accuracy, flush=True)
     dense = results["dense (never)"]
     rows = [

@@ -50,7 +50,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
-@click.option("--local", is_flag=True, help="Run in this process (no Ray).")
+@click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
 def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
     """Run a PaT pipeline; with no CONFIG, the embedded digits pipeline."""
@@ -65,11 +65,15 @@ def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
         f"start policy {cfg.start.kind}, budget {cfg.pruning.budget.fraction:g} of {cfg.pruning.budget.measure}"
     )
     try:
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg, local=local)
     except TrainingDivergedError as err:
         _fail(str(err), code=1)
     except EXPECTED_ERRORS as err:
         _fail(str(err).strip("'\""))
+    except Exception as err:  # Ray wraps worker errors; show the cause, not a driver traceback
+        if type(err).__module__.startswith("ray"):
+            _fail(f"the Ray Train run failed: {err}", code=1)
+        raise
     click.echo(summary(result))
 
 

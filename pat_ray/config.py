@@ -190,9 +190,8 @@ class TrackingConfig(_Strict):
 
 
 class OracleConfig(_Strict):
-    start_epochs: list[int] = Field(
-        default_factory=lambda: [0, 2, 4, 6, 8, 10, 15, 20],
-        description="the grid of fixed start epochs the oracle sweep trains",
+    start_epochs: list[int] | None = Field(
+        None, description="fixed start epochs the oracle sweep trains; default: see oracle_grid()"
     )
     max_concurrent_trials: int = Field(2, ge=1)
 
@@ -214,12 +213,20 @@ class Config(_Strict):
         epochs = self.training.epochs
         if isinstance(self.start, FixedStart) and self.start.epoch >= epochs:
             raise ValueError(f"start.epoch ({self.start.epoch}) must be < training.epochs ({epochs})")
-        late = [e for e in self.oracle.start_epochs if not 0 <= e < epochs]
+        late = [e for e in self.oracle.start_epochs or [] if not 0 <= e < epochs]
         if late:
             raise ValueError(f"oracle.start_epochs {late} must be in [0, training.epochs={epochs})")
         if isinstance(self.start, EPIStart | EarlyBirdStart) and self.start.window >= epochs:
             raise ValueError(f"start.window ({self.start.window}) leaves no epoch to trigger in {epochs} epochs")
         return self
+
+
+def oracle_grid(config: Config) -> list[int]:
+    """The oracle's start epochs: as configured, else 0 and every 10% of the run up to 2/3."""
+    if config.oracle.start_epochs is not None:
+        return sorted(set(config.oracle.start_epochs))
+    epochs = config.training.epochs
+    return sorted({round(epochs * tenth / 10) for tenth in range(0, 7)} - {epochs})
 
 
 class ConfigError(ValueError):
@@ -228,6 +235,9 @@ class ConfigError(ValueError):
     def __init__(self, source: str, errors: list[str]) -> None:
         self.source, self.errors = source, errors
         super().__init__("\n".join(f"{source}: {e}" for e in errors))
+
+    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
+        return (type(self), (self.source, self.errors))
 
 
 def _format(err: ValidationError) -> list[str]:

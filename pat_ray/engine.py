@@ -107,6 +107,7 @@ def train(
     val_loader = collective.loader(data.val, config.data.eval_batch_size, False, 0, config.data.num_workers)
     iters_per_epoch = len(train_loader)
     samples_per_epoch = len(data.train)
+    dense_train_flops = BACKWARD_FACTOR * pruner.dense_cost.flops * samples_per_epoch * config.training.epochs
 
     # optimization
     train_epochs = config.training.epochs
@@ -212,7 +213,17 @@ def train(
         saved = None
         if collective.rank == 0:
             saved = save_run_state(
-                run_dir, model, config, data, pruner, optimizer, history, tracker, iteration, trigger_epoch
+                run_dir,
+                model,
+                config,
+                data,
+                pruner,
+                optimizer,
+                history,
+                tracker,
+                iteration,
+                trigger_epoch,
+                dense_train_flops,
             )
         reporter.report(record, saved)
         hooks.pat_ray_on_epoch_end(epoch=epoch, metrics=record)
@@ -225,7 +236,7 @@ def train(
         dense_flops=pruner.dense_cost.flops,
         final_flops=pruner.cost.flops,
         train_flops=train_flops,
-        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * samples_per_epoch * train_epochs,
+        dense_train_flops=dense_train_flops,
         wall_seconds=time.perf_counter() - started,
         architecture=pruner.architecture.to_dict(),
         checkpoint=checkpoint_path if collective.rank == 0 else None,

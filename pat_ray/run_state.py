@@ -44,6 +44,7 @@ def save_run_state(
     tracker: SnapshotTracker,
     iteration: int,
     trigger_epoch: int | None,
+    dense_train_flops: float,
 ) -> Path:
     path = run_dir / "last.pt"
     save_checkpoint(
@@ -61,6 +62,8 @@ def save_run_state(
             "history": history,
             "tracker": tracker.state(),
             "pruner": pruner.state(),
+            "dense_flops": pruner.dense_cost.flops,
+            "dense_train_flops": dense_train_flops,
         },
     )
     atomic_write(run_dir / "history.json", json.dumps(history, indent=1))

@@ -119,3 +119,13 @@ def test_cli_run_missing_data_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "cifar10: no valid CIFAR-10 batches under" in result.output
     assert "Traceback" not in result.output
+
+
+def test_oracle_grid_default_and_config_error_pickles():
+    import pickle
+
+    from pat_ray.config import oracle_grid
+
+    assert oracle_grid(Config()) == [0, 3, 6, 9, 12, 15, 18]
+    err = ConfigError("f.yaml", ["a: bad"])
+    assert pickle.loads(pickle.dumps(err)).errors == ["a: bad"]

@@ -93,6 +93,6 @@ def test_pipeline_runs_on_cifar10_files(tmp_path):
             "pruning": base.pruning.model_copy(update={"steps": 1}),
         }
     )
-    result = pat_ray.run(cfg, quiet=True)
+    result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 1 and abs(result.flops_kept - 0.5) < 0.02
     assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))

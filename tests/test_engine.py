@@ -35,7 +35,7 @@ def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
 
 
 def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):
-    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=2)), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=2)), local=True, quiet=True)
     assert result.trigger_epoch == 2
     kept = [h["flops_kept"] for h in result.history]
     assert kept[0] == 1.0  # epoch 1 dense
@@ -46,7 +46,7 @@ def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):
 
 
 def test_never_keeps_the_dense_model_and_still_records_epi(tmp_path):
-    result = pat_ray.run(tiny(tmp_path, NeverStart(), epochs=4), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, NeverStart(), epochs=4), local=True, quiet=True)
     assert result.trigger_epoch is None
     assert all(h["flops_kept"] == 1.0 for h in result.history)
     assert result.history[0]["epi"] is None
@@ -56,7 +56,7 @@ def test_never_keeps_the_dense_model_and_still_records_epi(tmp_path):
 
 def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
     start = EPIStart(window=2, patience=2, tau=0.9)
-    result = pat_ray.run(tiny(tmp_path, start, epochs=8), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, start, epochs=8), local=True, quiet=True)
     curve = [h["epi"] for h in result.history if h["epi"] is not None or h["epoch"] == 1]
     expected = next((t + 1 for t in range(len(curve)) if should_trigger(curve[: t + 1], 2, 2, 0.9)), None)
     assert result.trigger_epoch == expected
@@ -67,13 +67,13 @@ def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
 
 def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
     start = EPIStart(window=3, patience=0, tau=0.0)
-    result = pat_ray.run(tiny(tmp_path, start), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, start), local=True, quiet=True)
     assert result.trigger_epoch == 4  # snapshots 1..3 fill the window; epoch 4 may fire
     assert result.flops_kept < 0.52
 
 
 def test_after_training_fine_tunes_the_pruned_model(tmp_path):
-    result = pat_ray.run(tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), local=True, quiet=True)
     assert result.trigger_epoch == 3
     assert [h["phase"] for h in result.history][-2:] == ["finetune", "finetune"]
     assert len(result.history) == 5
@@ -89,13 +89,13 @@ def test_taylor_runs_with_a_pruning_schedule(tmp_path):
             )
         }
     )
-    result = pat_ray.run(cfg, quiet=True)
+    result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 0
     assert abs(result.flops_kept - 0.5) < 0.015
 
 
 def test_final_checkpoint_reproduces_the_reported_accuracy(tmp_path):
-    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=1), epochs=3), quiet=True)
+    result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=1), epochs=3), local=True, quiet=True)
     model, ckpt = load_checkpoint(result.checkpoint)
     data = registry.get_registry().create("dataset", "digits")
     model.eval()
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         cfg = tiny(tmp_path, NeverStart(), epochs=3)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "poisoned_digits"})})
         with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2.*last.pt"):
-            pat_ray.run(cfg, quiet=True)
+            pat_ray.run(cfg, local=True, quiet=True)
         ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
         assert ckpt.extra["epoch"] == 1
     finally:

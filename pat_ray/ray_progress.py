@@ -1,0 +1,45 @@
+"""Driver-side view of a Ray Train run: per-epoch lines and the final result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.train import UserCallback
+
+from pat_ray.checkpoint import Checkpoint
+from pat_ray.comm import PrintReporter
+from pat_ray.config import Config
+from pat_ray.engine import RunResult
+
+
+class ProgressCallback(UserCallback):
+    """Prints rank 0's line per epoch and records every rank's fingerprint and trigger."""
+
+    def __init__(self) -> None:
+        self.printer = PrintReporter(lambda line: print(line, flush=True))
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if metrics:
+            fingerprints = {m["rank"]: m["fingerprint"] for m in metrics}
+            line = dict(metrics[0])
+            self.printer.report(line)
+            if len(set(fingerprints.values())) > 1:
+                print(f"warning: ranks disagree on the architecture: {fingerprints}", flush=True)
+
+
+def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path, wall_seconds: float) -> RunResult:
+    """The run's result from its final checkpoint (which carries the whole history)."""
+    history = ckpt.extra["history"]
+    return RunResult(
+        config=config,
+        history=history,
+        trigger_epoch=ckpt.extra["trigger_epoch"],
+        final_accuracy=history[-1]["val_acc"],
+        dense_flops=ckpt.extra["dense_flops"],
+        final_flops=history[-1]["flops"],
+        train_flops=history[-1]["train_flops"],
+        dense_train_flops=ckpt.extra["dense_train_flops"],
+        wall_seconds=wall_seconds,
+        architecture=ckpt.architecture.to_dict(),
+        checkpoint=path,
+    )

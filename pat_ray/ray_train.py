@@ -1,0 +1,133 @@
+"""Ray Train shell: one PaT run on ``scaling.num_workers`` workers via TorchTrainer (Train V2).
+
+Thin by design: each worker rebuilds the plugin registry and the validated config, then
+runs the same engine as ``--local`` with a DistributedCollective and a reporter that hands
+rank 0's ``last.pt`` to ``ray.train.report`` (every rank reports: it is a barrier). A
+restarted worker group resumes from ``ray.train.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pat_ray.config import Config, config_from_dict
+
+FAULT_MARKER = "injected-fault-done"
+
+
+def run_on_ray(
+    config: Config,
+    storage_path: Path | None = None,
+    run_name: str | None = None,
+    max_failures: int = 1,
+    inject_fault_at_epoch: int | None = None,
+):
+    """Run ``config`` with Ray Train; start a local Ray if none is running.
+
+    ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
+    checkpoint, to exercise recovery.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pat_ray.checkpoint import read_checkpoint
+    from pat_ray.ray_progress import ProgressCallback, result_from_checkpoint
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    storage = Path(storage_path or Path(config.output_dir) / "ray").resolve()
+    name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "fault_epoch": inject_fault_at_epoch,
+            "run_folder": str(storage / name),
+        },
+        scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[ProgressCallback()],
+        ),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        ckpt = read_checkpoint(Path(folder) / "last.pt")
+        local = Path(config.output_dir) / config.name / "last.pt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes((Path(folder) / "last.pt").read_bytes())
+    return result_from_checkpoint(config, ckpt, local, time.perf_counter() - started)
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+
+    from pat_ray.dist import DistributedCollective
+    from pat_ray.engine import train
+
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    device = torch.device("cpu")
+    if config.scaling.use_gpu:
+        device = torch.device("cuda", context.get_local_rank())
+        torch.cuda.set_device(device)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"device": device.type})})
+    collective = DistributedCollective(device)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="pat_ray_resume_"))
+        with checkpoint.as_directory() as folder:
+            (resume_dir / "last.pt").write_bytes((Path(folder) / "last.pt").read_bytes())
+        resume = resume_dir / "last.pt"
+    reporter = RayReporter(collective, loop_config.get("fault_epoch"), Path(loop_config["run_folder"]))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
+    train(config.model_copy(update={"output_dir": run_dir}), collective, reporter, resume=resume)
+
+
+class RayReporter:
+    """Reports every epoch to Ray Train; rank 0 attaches the epoch's checkpoint.
+
+    Each rank also appends its metrics to ``<run folder>/ranks/rank<N>.jsonl`` so that what
+    every rank saw (fingerprints, trigger epoch) can be checked after the run.
+    """
+
+    def __init__(self, collective, fault_epoch: int | None, run_folder: Path) -> None:
+        self.collective, self.fault_epoch = collective, fault_epoch
+        self.marker = run_folder / FAULT_MARKER
+        self.rank_log = run_folder / "ranks" / f"rank{collective.rank}.jsonl"
+        self.rank_log.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
+        import ray.train
+
+        metrics = {
+            **metrics,
+            "rank": self.collective.rank,
+            "gossip_seconds": self.collective.gossip_seconds,
+            "gossip_bytes": self.collective.gossip_bytes,
+        }
+        with self.rank_log.open("a") as log:
+            log.write(json.dumps(metrics) + "\n")
+        if checkpoint is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                shutil.copy2(checkpoint, Path(folder) / "last.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        if self.fault_epoch == metrics["epoch"] and self.collective.rank == 0 and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.touch()
+            raise RuntimeError(f"injected fault after epoch {metrics['epoch']} (test switch)")
