@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pat_ray.registry import get_registry
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _plugin_name(kind: str):
+    """A str field that must name a registered plugin of ``kind``."""
+    return Annotated[str, AfterValidator(lambda name: _registered(kind, name))]
 
 
 def _registered(kind: str, name: str) -> str:
@@ -30,31 +35,23 @@ def _registered(kind: str, name: str) -> str:
 
 
 class ModelConfig(_Strict):
-    name: str = Field("cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)")
+    name: _plugin_name("model") = Field(
+        "cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)"
+    )
     params: dict[str, Any] = Field(
         default_factory=lambda: {"in_channels": 1},
         description="keyword arguments for the model factory; num_classes comes from the dataset",
     )
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("model", v)
-
 
 class DataConfig(_Strict):
-    name: str = Field("digits", description="registered dataset name")
+    name: _plugin_name("dataset") = Field("digits", description="registered dataset name")
     params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
     )
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("dataset", v)
 
     @field_validator("params")
     @classmethod
@@ -100,13 +97,8 @@ class TrainingConfig(_Strict):
 
 
 class CriterionConfig(_Strict):
-    name: str = "magnitude"
+    name: _plugin_name("criterion") = "magnitude"
     params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("criterion", v)
 
 
 class BudgetConfig(_Strict):
@@ -127,26 +119,16 @@ class PruningConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     steps: int = Field(3, ge=1, description="pruning steps after the trigger, each removing an equal share")
     interval: int = Field(10, ge=1, description="training iterations between pruning steps")
-    backend: str = "native"
+    backend: _plugin_name("surgery") = "native"
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
-
-    @field_validator("backend")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("surgery", v)
 
 
 class EPIStart(_Strict):
     kind: Literal["epi"] = "epi"
-    similarity: str = "structural"
+    similarity: _plugin_name("similarity") = "structural"
     window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
     patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
     tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
-
-    @field_validator("similarity")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("similarity", v)
 
 
 class EarlyBirdStart(_Strict):
