@@ -51,8 +51,10 @@ def main() -> None:
             per_epoch_b = lines[-1]["gossip_bytes"] / len(lines)
             epoch_s = sum(x["epoch_seconds"] for x in lines) / len(lines)
             gossip = f"{1000 * per_epoch_s:.2f} | {per_epoch_b:.0f} | {100 * per_epoch_s / epoch_s:.2f}%"
-        table.append(f"| {label} | {r.final_accuracy:.4f} | {r.flops_kept:.3f} | {r.wall_seconds:.1f} "
-                     f"| {r.wall_seconds / local.wall_seconds:.2f} | {gossip} |")
+        table.append(
+            f"| {label} | {r.final_accuracy:.4f} | {r.flops_kept:.3f} | {r.wall_seconds:.1f} "
+            f"| {r.wall_seconds / local.wall_seconds:.2f} | {gossip} |"
+        )
     text = [
         "# Scaling: in-process vs Ray Train workers (digits pipeline)",
         "",

@@ -13,15 +13,21 @@ def run(
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
     By default on Ray Train with ``config.scaling.num_workers`` workers (a local Ray is
-    started if none is running); ``local=True`` runs the same engine in this process.
+    started if none is running); ``local=True`` runs the same engine in this process. With
+    ``tracking.mlflow`` the finished run is logged to MLflow (``result.mlflow_run_id``).
     """
     config = config or Config()
-    if not local:
+    if local:
+        result = train(config, reporter=reporter or (SilentReporter() if quiet else PrintReporter()))
+    else:
         from pat_ray.ray_train import run_on_ray
 
-        return run_on_ray(config)
-    reporter = reporter or (SilentReporter() if quiet else PrintReporter())
-    return train(config, reporter=reporter)
+        result = run_on_ray(config)
+    if config.tracking.mlflow:
+        from pat_ray.tracking import log_run
+
+        result.mlflow_run_id = log_run(config, result)
+    return result
 
 
 __all__ = ["run", "load_config", "Config", "RunResult"]

@@ -88,6 +88,7 @@ def summary(result) -> str:
             f"training FLOPs:   {result.train_flops:.3e} = {result.train_flops_ratio:.3f}x dense training",
             f"wall time:        {result.wall_seconds:.1f} s",
             f"checkpoint:       {result.checkpoint}",
+            *([f"mlflow run:       {result.mlflow_run_id}"] if result.mlflow_run_id else []),
         ]
     )
 

@@ -166,8 +166,8 @@ class ScalingConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    mlflow: bool = False
-    tracking_uri: str | None = None
+    mlflow: bool = Field(False, description="log the finished run to MLflow")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment: str = "pat_ray"
 
 

@@ -48,6 +48,7 @@ class RunResult:
     wall_seconds: float
     architecture: dict = field(repr=False)
     checkpoint: Path | None = None
+    mlflow_run_id: str | None = None
 
     @property
     def flops_kept(self) -> float:

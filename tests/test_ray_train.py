@@ -36,6 +36,12 @@ def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:
     )
 
 
+def ray_mlflow_client(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
 def rank_logs(storage, name):
     logs = {}
     for path in sorted((storage / name / "ranks").glob("rank*.jsonl")):
@@ -58,6 +64,20 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     triggers = {rank: [m["epoch"] for m in lines if m["triggered"]] for rank, lines in logs.items()}
     assert triggers == {"rank0": [2], "rank1": [2]}
     assert all(line["gossip_bytes"] > 0 for lines in logs.values() for line in lines)
+
+    # the MLflow run of the distributed result holds its per-epoch metrics and artifacts
+    from pat_ray.tracking import log_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = result.config.model_copy(
+        update={"tracking": result.config.tracking.model_copy(update={"mlflow": True, "tracking_uri": uri})}
+    )
+    run_id = log_run(cfg, result)
+    client = ray_mlflow_client(uri)
+    assert [m.step for m in client.get_metric_history(run_id, "flops_kept")] == [1, 2, 3, 4]
+    assert {"epi_curve.png", "architecture.json", "config.yaml", "checkpoint"} <= {
+        a.path for a in client.list_artifacts(run_id)
+    }
 
     # a fresh process loads the final checkpoint and reproduces the reported accuracy
     script = (

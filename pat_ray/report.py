@@ -1,0 +1,34 @@
+"""Plots of a run's history (PNG, matplotlib's non-interactive backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_epi_curve(
+    history: list[dict[str, Any]], path: Path, tau: float | None = None, trigger_epoch: int | None = None
+) -> Path:
+    """EPI per epoch, the threshold tau, and the epoch pruning started."""
+    points = [(h["epoch"], h["epi"]) for h in history if h.get("epi") is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if points:
+        ax.plot(*zip(*points), marker="o", label="EPI")
+    if tau is not None:
+        ax.axhline(tau, color="tab:red", linestyle="--", label=f"tau = {tau:g}")
+    if trigger_epoch:
+        ax.axvline(trigger_epoch, color="tab:green", linestyle=":", label=f"pruning starts (epoch {trigger_epoch})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("EPI (structural similarity)")
+    ax.set_title("Early Pruning Indicator")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
