@@ -161,8 +161,9 @@ StartPolicy = Annotated[
 
 
 class ScalingConfig(_Strict):
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL for DDP")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
 
 
 class TrackingConfig(_Strict):

@@ -24,7 +24,7 @@ def run_on_ray(
     config: Config,
     storage_path: Path | None = None,
     run_name: str | None = None,
-    max_failures: int = 1,
+    max_failures: int | None = None,
     inject_fault_at_epoch: int | None = None,
 ):
     """Run ``config`` with Ray Train; start a local Ray if none is running.
@@ -55,7 +55,9 @@ def run_on_ray(
         run_config=RunConfig(
             name=name,
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(
+                max_failures=config.scaling.max_failures if max_failures is None else max_failures
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[ProgressCallback()],
         ),
