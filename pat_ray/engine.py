@@ -72,7 +72,7 @@ def train(
     registry, hooks = get_registry(), get_plugin_manager().hook
     torch.manual_seed(config.training.seed)
     device = _device(config.training.device)
-    run_dir = config.output_dir / config.name
+    run_dir = Path(config.output_dir) / config.name
     checkpoint_path = run_dir / "last.pt"
 
     # data, model, pruning machinery
