@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from pat_ray.core.graph import (
     ModelGraph,
     UnsupportedModelError,
 )
+from pat_ray.core.layout import GroupBuilder, Layout
 from pat_ray.core.tracing_ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
@@ -46,79 +46,6 @@ from pat_ray.core.tracing_ops import (
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-@dataclass
-class _Layout:
-    """The channel structure of one traced tensor's dim 1 (group ids in order)."""
-
-    groups: tuple[int, ...]
-    repeat: int = 1
-
-
-@dataclass
-class _Builder:
-    """Union-find over provisional groups, plus the members and costs seen so far."""
-
-    model: nn.Module
-    excluded: frozenset[str]
-    parent: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    pinned: set[int] = field(default_factory=set)
-    subgroups: dict[int, int] = field(default_factory=dict)
-    slots: list[tuple[str, str, _Layout]] = field(default_factory=list)
-    raw_terms: list[tuple[str, _Layout, _Layout | None, int, int, int, int]] = field(default_factory=list)
-
-    def new_group(self, size: int, label: str, pinned: bool = False) -> _Layout:
-        gid = len(self.parent)
-        self.parent.append(gid)
-        self.sizes.append(size)
-        self.labels.append(label)
-        if pinned:
-            self.pinned.add(gid)
-        return _Layout((gid,))
-
-    def find(self, gid: int) -> int:
-        while self.parent[gid] != gid:
-            self.parent[gid] = self.parent[self.parent[gid]]
-            gid = self.parent[gid]
-        return gid
-
-    def union(self, a: int, b: int, where: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.sizes[ra] != self.sizes[rb]:
-            raise UnsupportedModelError(
-                f"{where}: couples channel groups of sizes {self.sizes[ra]} and {self.sizes[rb]} element-wise"
-            )
-        keep, drop = min(ra, rb), max(ra, rb)  # lower id = earlier in the graph names the group
-        self.parent[drop] = keep
-        if drop in self.pinned:
-            self.pinned.add(keep)
-        g = max(self.subgroups.pop(drop, 1), self.subgroups.get(keep, 1))
-        if g > 1:
-            self.subgroups[keep] = g
-
-    def unify(self, a: _Layout, b: _Layout, where: str) -> _Layout:
-        sizes_a = [self.sizes[self.find(g)] for g in a.groups]
-        sizes_b = [self.sizes[self.find(g)] for g in b.groups]
-        if sizes_a != sizes_b or a.repeat != b.repeat:
-            raise UnsupportedModelError(
-                f"{where}: combines tensors whose channels come from differently split "
-                f"groups ({sizes_a} vs {sizes_b}); partial-group coupling is not supported"
-            )
-        for ga, gb in zip(a.groups, b.groups):
-            self.union(ga, gb, where)
-        return a
-
-    def pin(self, layout: _Layout) -> None:
-        for g in layout.groups:
-            self.pinned.add(self.find(g))
-
-    def width(self, layout: _Layout) -> int:
-        return sum(self.sizes[self.find(g)] for g in layout.groups) * layout.repeat
 
 
 def trace_channel_groups(
@@ -144,11 +71,11 @@ def trace_channel_groups(
         raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
     finally:
         model.train(was_training)
-    builder = _Builder(model=model, excluded=frozenset(exclude))
+    builder = GroupBuilder(model=model, excluded=frozenset(exclude))
     unknown = builder.excluded - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
-    layouts: dict[fx.Node, _Layout | None] = {}
+    layouts: dict[fx.Node, Layout | None] = {}
     for node in graph_module.graph.nodes:
         layouts[node] = _visit(builder, graph_module, node, layouts)
     return _finalize(builder, tuple(example_input.shape))
@@ -162,8 +89,8 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
-def _tensor_layouts(args: Any, layouts: dict[fx.Node, _Layout | None]) -> list[_Layout]:
-    found: list[_Layout] = []
+def _tensor_layouts(args: Any, layouts: dict[fx.Node, Layout | None]) -> list[Layout]:
+    found: list[Layout] = []
     fx.node.map_arg(args, lambda n: found.append(layouts[n]) if layouts.get(n) else None)
     return found
 
@@ -172,7 +99,7 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
 
 
-def _visit(b: _Builder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, _Layout | None]) -> _Layout | None:
+def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, Layout | None]) -> Layout | None:
     shape = _shape(node)
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
@@ -192,7 +119,7 @@ def _visit(b: _Builder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node
     return _visit_function(b, node, inputs, shape, layouts)
 
 
-def _visit_module(b: _Builder, gm: fx.GraphModule, node: fx.Node, inputs: list[_Layout], shape) -> _Layout | None:
+def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: list[Layout], shape) -> Layout | None:
     name = str(node.target)
     module = gm.get_submodule(name)
     where = f"module {name!r} ({type(module).__name__})"
@@ -231,7 +158,7 @@ def _visit_module(b: _Builder, gm: fx.GraphModule, node: fx.Node, inputs: list[_
     )
 
 
-def _visit_conv(b: _Builder, name, module, layout: _Layout, shape, where) -> _Layout:
+def _visit_conv(b: GroupBuilder, name, module, layout: Layout, shape, where) -> Layout:
     if layout.repeat != 1 or b.width(layout) != module.in_channels:
         raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
     kernel = math.prod(module.kernel_size)
@@ -266,7 +193,7 @@ def _visit_conv(b: _Builder, name, module, layout: _Layout, shape, where) -> _La
     )
 
 
-def _visit_function(b: _Builder, node: fx.Node, inputs: list[_Layout], shape, layouts) -> _Layout | None:
+def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape, layouts) -> Layout | None:
     target = node.target
     where = _where(node)
     if shape is None:
@@ -322,7 +249,7 @@ def _visit_function(b: _Builder, node: fx.Node, inputs: list[_Layout], shape, la
     raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
 
 
-def _binary(b: _Builder, node, inputs, shape, layouts, where) -> _Layout:
+def _binary(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layout:
     if len(shape) < 2:
         raise UnsupportedModelError(f"{where}: result has no channel dimension")
     operands = [a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None]
@@ -342,7 +269,7 @@ def _binary(b: _Builder, node, inputs, shape, layouts, where) -> _Layout:
     return result
 
 
-def _reshape(b: _Builder, node: fx.Node, layout: _Layout, where: str) -> _Layout:
+def _reshape(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
     in_shape, out_shape = _shape(node.args[0]), _shape(node)
     if in_shape == out_shape:
         return layout
@@ -353,14 +280,14 @@ def _reshape(b: _Builder, node: fx.Node, layout: _Layout, where: str) -> _Layout
         and out_shape[0] == in_shape[0]
         and out_shape[1] == math.prod(in_shape[1:])
     ):
-        return _Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
+        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
     raise UnsupportedModelError(
         f"{where}: reshape {in_shape} -> {out_shape}; only flattening (N, C, ...) to "
         "(N, C*...) keeps channels traceable"
     )
 
 
-def _reduce(node: fx.Node, layout: _Layout, shape, where: str) -> _Layout:
+def _reduce(node: fx.Node, layout: Layout, shape, where: str) -> Layout:
     in_shape = _shape(node.args[0])
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
@@ -370,7 +297,7 @@ def _reduce(node: fx.Node, layout: _Layout, shape, where: str) -> _Layout:
     raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
 
 
-def _cat(b: _Builder, node: fx.Node, layouts, where: str) -> _Layout:
+def _cat(b: GroupBuilder, node: fx.Node, layouts, where: str) -> Layout:
     tensors = node.args[0]
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
     parts = [layouts.get(t) for t in tensors]
@@ -380,14 +307,14 @@ def _cat(b: _Builder, node: fx.Node, layouts, where: str) -> _Layout:
     if dim % ndim == 1:
         if any(p.repeat != 1 for p in parts):
             raise UnsupportedModelError(f"{where}: concatenates flattened features")
-        return _Layout(tuple(g for p in parts for g in p.groups))
+        return Layout(tuple(g for p in parts for g in p.groups))
     result = parts[0]
     for other in parts[1:]:
         result = b.unify(result, other, where)
     return result
 
 
-def _getitem(node: fx.Node, layout: _Layout, where: str) -> _Layout:
+def _getitem(node: fx.Node, layout: Layout, where: str) -> Layout:
     index = node.args[1]
     index = index if isinstance(index, tuple) else (index,)
     channel_index = index[1] if len(index) > 1 else slice(None)
@@ -398,7 +325,7 @@ def _getitem(node: fx.Node, layout: _Layout, where: str) -> _Layout:
     raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
 
 
-def _finalize(b: _Builder, input_shape: tuple[int, ...]) -> ModelGraph:
+def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
     members: dict[int, list[Member]] = {}
     for module, role, layout in b.slots:
         offset = 0

@@ -1,0 +1,87 @@
+"""Tracing state: tensor channel layouts and the union-find over channel groups.
+
+A ``Layout`` says which groups a tensor's dim 1 is made of; the ``GroupBuilder`` merges
+groups that an element-wise op couples and collects the members and cost terms the tracer
+finds. Kept apart from the op visitors in ``groups.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from pat_ray.core.graph import UnsupportedModelError
+
+
+@dataclass
+class Layout:
+    """The channel structure of one traced tensor's dim 1 (group ids in order)."""
+
+    groups: tuple[int, ...]
+    repeat: int = 1
+
+
+@dataclass
+class GroupBuilder:
+    """Union-find over provisional groups, plus the members and costs seen so far."""
+
+    model: nn.Module
+    excluded: frozenset[str]
+    parent: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    pinned: set[int] = field(default_factory=set)
+    subgroups: dict[int, int] = field(default_factory=dict)
+    slots: list[tuple[str, str, Layout]] = field(default_factory=list)
+    raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
+
+    def new_group(self, size: int, label: str, pinned: bool = False) -> Layout:
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.sizes.append(size)
+        self.labels.append(label)
+        if pinned:
+            self.pinned.add(gid)
+        return Layout((gid,))
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def union(self, a: int, b: int, where: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.sizes[ra] != self.sizes[rb]:
+            raise UnsupportedModelError(
+                f"{where}: couples channel groups of sizes {self.sizes[ra]} and {self.sizes[rb]} element-wise"
+            )
+        keep, drop = min(ra, rb), max(ra, rb)  # lower id = earlier in the graph names the group
+        self.parent[drop] = keep
+        if drop in self.pinned:
+            self.pinned.add(keep)
+        g = max(self.subgroups.pop(drop, 1), self.subgroups.get(keep, 1))
+        if g > 1:
+            self.subgroups[keep] = g
+
+    def unify(self, a: Layout, b: Layout, where: str) -> Layout:
+        sizes_a = [self.sizes[self.find(g)] for g in a.groups]
+        sizes_b = [self.sizes[self.find(g)] for g in b.groups]
+        if sizes_a != sizes_b or a.repeat != b.repeat:
+            raise UnsupportedModelError(
+                f"{where}: combines tensors whose channels come from differently split "
+                f"groups ({sizes_a} vs {sizes_b}); partial-group coupling is not supported"
+            )
+        for ga, gb in zip(a.groups, b.groups):
+            self.union(ga, gb, where)
+        return a
+
+    def pin(self, layout: Layout) -> None:
+        for g in layout.groups:
+            self.pinned.add(self.find(g))
+
+    def width(self, layout: Layout) -> int:
+        return sum(self.sizes[self.find(g)] for g in layout.groups) * layout.repeat
