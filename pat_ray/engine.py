@@ -187,7 +187,6 @@ def train(
             snapshot_seconds = time.perf_counter() - snap_start
             if collective.broadcast_decision(decide(config.start, epoch, train_epochs, tracker)):
                 trigger_epoch = epoch
-            pruner.criterion.reset()  # the next snapshot sees the next epoch's evidence
         record = {
             "epoch": epoch,
             "phase": phase,

@@ -13,7 +13,7 @@ from torch import nn
 
 from pat_ray.comm import Collective
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.cost import Cost, cost_of, graph_cost
+from pat_ray.core.cost import Cost, graph_cost
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
@@ -68,8 +68,11 @@ class Pruner:
         return self.collective.mean_scores(self.criterion.scores(model, self.graph))
 
     def snapshot(self, model: nn.Module) -> tuple[Architecture, Scores]:
-        """The architecture the final budget would select now (base-model indices)."""
+        """The architecture the final budget would select now (base-model indices).
+
+        Consumes the criterion's evidence: the next snapshot sees the next epoch's."""
         scores = self.scores(model)
+        self.criterion.reset()
         selected = select_architecture(self.graph, scores, self.budget, reference=self.reference)
         self.collective.check_agreement(selected.fingerprint())
         return self.architecture.compose(selected), scores
@@ -98,9 +101,7 @@ class Pruner:
         selected = select_architecture(self.graph, scores, target, reference=self.reference)
         self.collective.check_agreement(selected.fingerprint())
         self.surgery.apply(model, self.graph, selected, optimizer)
-        self.architecture = self.architecture.compose(selected)
-        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
-        self.cost = cost_of(self.graph.terms, {g.name: g.size for g in self.graph.groups})
+        self._adopt(model, self.architecture.compose(selected))
         self.criterion.reset()
         self.iters_since_step = 0
         if self.finished:
@@ -113,11 +114,15 @@ class Pruner:
     def restore(self, model: nn.Module, architecture: Architecture, state: dict) -> None:
         """Shrink the freshly built dense ``model`` to a saved architecture and schedule position."""
         self.surgery.apply(model, self.graph, architecture)
-        self.architecture = architecture
-        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
-        self.cost = cost_of(self.graph.terms, {g.name: g.size for g in self.graph.groups})
+        self._adopt(model, architecture)
         self.steps_done, self.active = state["steps_done"], state["active"]
         self.iters_since_step = state["iters_since_step"]
+
+    def _adopt(self, model: nn.Module, architecture: Architecture) -> None:
+        """After surgery: record the base-relative architecture, re-trace the smaller model."""
+        self.architecture = architecture
+        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
+        self.cost = graph_cost(self.graph)
 
     @property
     def flops_kept(self) -> float:

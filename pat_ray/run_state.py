@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from pat_ray.checkpoint import read_checkpoint, save_checkpoint
+from pat_ray.checkpoint import atomic_write_text, read_checkpoint, save_checkpoint
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
 from pat_ray.data import DataBundle
@@ -66,8 +66,8 @@ def save_run_state(
             "dense_train_flops": dense_train_flops,
         },
     )
-    atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
-    atomic_write(run_dir / "config.yaml", config_to_yaml(config))
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
     return path
 
 
@@ -90,9 +90,3 @@ def load_run_state(path: Path, model: nn.Module, pruner: Pruner, tracker: Snapsh
         optimizer=extra["optimizer"],
         model_state=ckpt.state_dict,
     )
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
