@@ -1,6 +1,7 @@
 """pat_ray: pruning-aware training with the Early Pruning Indicator.
 
-Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``prune`` (one-shot
+Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``oracle`` (EPI against
+a grid of start epochs, on Ray Tune), ``read_oracle`` (a finished sweep's summary), ``prune`` (one-shot
 structural pruning), ``measure_cost``, ``save_checkpoint`` / ``load_checkpoint``, and
 ``hookimpl`` for plugin authors.
 """
@@ -14,6 +15,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "run",
+    "oracle",
+    "read_oracle",
     "load_config",
     "Config",
 ]
@@ -30,7 +33,11 @@ def __getattr__(name: str):
         from pat_ray.core.cost import measure_cost
 
         return measure_cost
-    if name in ("run", "load_config", "Config"):
+    if name == "read_oracle":
+        from pat_ray.oracle import read_summary
+
+        return read_summary
+    if name in ("run", "oracle", "load_config", "Config"):
         from pat_ray import api
 
         return getattr(api, name)

@@ -30,4 +30,18 @@ def run(
     return result
 
 
-__all__ = ["run", "load_config", "Config", "RunResult"]
+def oracle(config: Config | None = None, *, name: str | None = None, resume: bool = False, echo=print):
+    """Run the oracle sweep of ``config`` on Ray Tune and return its ``OracleSummary``.
+
+    Trials: the PaT recipe with pruning started at each epoch of ``oracle_grid(config)``,
+    plus one per ``config.oracle.policies`` entry. The report (``report.md``, PNG plots,
+    ``oracle.json``) is written into ``summary.folder``; with ``tracking.mlflow`` the sweep
+    is a parent MLflow run with one child per trial. ``resume=True`` continues the sweep
+    called ``name``.
+    """
+    from pat_ray.ray_tune import run_oracle
+
+    return run_oracle(config or Config(), name=name, resume=resume, echo=echo)
+
+
+__all__ = ["run", "oracle", "load_config", "Config", "RunResult"]

@@ -94,6 +94,54 @@ def summary(result) -> str:
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path), required=False)
+@click.option("--name", help="Sweep name (default: <config name>-<timestamp>); the folder under output_dir/oracle.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted sweep called --name.")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
+def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path | None) -> None:
+    """Compare EPI against a grid of fixed start epochs (Ray Tune); write the report."""
+    from pat_ray.api import oracle as run_oracle
+    from pat_ray.oracle_report import REPORT_FILE, verdict_lines
+
+    if resume and not name:
+        _fail("--resume needs --name, the sweep to continue")
+    cfg = _load(config)
+    if output_dir is not None:
+        cfg = cfg.model_copy(update={"output_dir": output_dir})
+    try:
+        summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
+    except EXPECTED_ERRORS + (FileExistsError,) as err:
+        _fail(str(err).strip("'\""))
+    click.echo("")
+    click.echo("\n".join(verdict_lines(summary)).replace("**", ""))
+    click.echo(f"\nreport: {Path(summary.folder) / REPORT_FILE}")
+    if summary.mlflow_run_id:
+        click.echo(f"mlflow run: {summary.mlflow_run_id}")
+    failed = [t.label for t in summary.trials if not t.ok]
+    if failed:
+        _fail(
+            f"trials failed: {', '.join(failed)}; continue with: pat-ray oracle {config or ''} "
+            f"--name {Path(summary.folder).name} --resume",
+            code=1,
+        )
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+def report(run: Path) -> None:
+    """Redraw and print the report of the oracle sweep in folder RUN."""
+    from pat_ray.oracle import read_summary
+    from pat_ray.oracle_report import write_report
+
+    try:
+        summary = read_summary(run)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        _fail(f"cannot read the oracle sweep at {run}: {err}")
+    folder = run if run.is_dir() else run.parent
+    click.echo(write_report(folder, summary).read_text())
+
+
+@main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 def validate(config: Path) -> None:
     """Validate CONFIG; print the resolved config, or every error as FILE: field: message."""

@@ -172,11 +172,18 @@ class TrackingConfig(_Strict):
     experiment: str = "pat_ray"
 
 
+OraclePolicy = Literal["epi", "early_bird", "never", "after_training"]
+
+
 class OracleConfig(_Strict):
     start_epochs: list[int] | None = Field(
         None, description="fixed start epochs the oracle sweep trains; default: see oracle_grid()"
     )
-    max_concurrent_trials: int = Field(2, ge=1)
+    policies: list[OraclePolicy] = Field(
+        default_factory=lambda: ["epi", "early_bird", "never", "after_training"],
+        description="one trial each besides the fixed grid; `never` = dense, `after_training` = train-prune-fine-tune",
+    )
+    max_concurrent_trials: int = Field(2, ge=1, description="trials run at once (each needs its workers' CPUs/GPUs)")
 
 
 class Config(_Strict):

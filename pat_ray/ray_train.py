@@ -26,11 +26,14 @@ def run_on_ray(
     run_name: str | None = None,
     max_failures: int | None = None,
     inject_fault_at_epoch: int | None = None,
+    callbacks: list | None = None,
 ):
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
+    Re-running with the same ``run_name`` and ``storage_path`` continues that run from its
+    last checkpoint (the oracle relies on this to resume multi-worker trials).
     ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
-    checkpoint, to exercise recovery.
+    checkpoint, to exercise recovery. ``callbacks`` are extra Train ``UserCallback``s.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -59,7 +62,7 @@ def run_on_ray(
                 max_failures=config.scaling.max_failures if max_failures is None else max_failures
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[ProgressCallback()],
+            callbacks=[ProgressCallback(), *(callbacks or [])],
         ),
     )
     started = time.perf_counter()
@@ -73,9 +76,12 @@ def run_on_ray(
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
+    import logging
+
     import ray.train
     import torch
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO; we print our own line
     from pat_ray.dist import DistributedCollective
     from pat_ray.engine import train
 
@@ -123,13 +129,22 @@ class RayReporter:
         }
         with self.rank_log.open("a") as log:
             log.write(json.dumps(metrics) + "\n")
-        if checkpoint is not None:
-            with tempfile.TemporaryDirectory() as folder:
-                shutil.copy2(checkpoint, Path(folder) / "last.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
+        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
         if self.fault_epoch == metrics["epoch"] and self.collective.rank == 0 and not self.marker.exists():
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.touch()
             raise RuntimeError(f"injected fault after epoch {metrics['epoch']} (test switch)")
+
+
+def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], path: Path | None) -> None:
+    """Hand ``metrics`` and the file at ``path`` to Ray's ``report`` (Train's or Tune's).
+
+    Ray takes a directory and persists it to the run's storage, so ``last.pt`` goes into a
+    temporary folder that Ray copies before this returns.
+    """
+    if path is None:
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy2(path, Path(folder) / "last.pt")
+        report(metrics, checkpoint=checkpoint_type.from_directory(folder))

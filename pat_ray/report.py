@@ -9,25 +9,41 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_epi_curve(
-    history: list[dict[str, Any]], path: Path, tau: float | None = None, trigger_epoch: int | None = None
+    history: list[dict[str, Any]],
+    path: Path,
+    tau: float | None = None,
+    trigger_epoch: int | None = None,
+    best_epoch: int | None = None,
+    calibrated_tau: float | None = None,
 ) -> Path:
-    """EPI per epoch, the threshold tau, and the epoch pruning started."""
+    """EPI per epoch, the threshold tau, and the epoch pruning started.
+
+    The oracle report adds the grid's best start epoch and the tau that would have hit it.
+    """
     points = [(h["epoch"], h["epi"]) for h in history if h.get("epi") is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
         ax.plot(*zip(*points), marker="o", label="EPI")
     if tau is not None:
         ax.axhline(tau, color="tab:red", linestyle="--", label=f"tau = {tau:g}")
-    if trigger_epoch:
+    if calibrated_tau is not None:
+        ax.axhline(calibrated_tau, color="tab:orange", linestyle="-.", label=f"calibrated tau = {calibrated_tau:.4f}")
+    if trigger_epoch is not None:
         ax.axvline(trigger_epoch, color="tab:green", linestyle=":", label=f"pruning starts (epoch {trigger_epoch})")
+    if best_epoch is not None:
+        ax.axvline(
+            best_epoch, color="tab:blue", linestyle="--", alpha=0.6, label=f"grid's best start (epoch {best_epoch})"
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("EPI (structural similarity)")
     ax.set_title("Early Pruning Indicator")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -33,14 +33,24 @@ def tracking_uri(config: Config) -> str:
 
 def log_run(config: Config, result) -> str | None:
     """Log ``result`` to MLflow; returns the MLflow run id, or None (with a warning) on failure."""
+    return _guarded(config, f"the run's results are in {result.checkpoint}", lambda: _log(config, result))
+
+
+def log_oracle(config: Config, summary, results: list) -> str | None:
+    """Log an oracle sweep: a parent run with the report, one child run per finished trial.
+
+    ``results`` pairs each finished trial's config with its ``RunResult``. Trial checkpoints
+    stay in the sweep folder (they can be many and large); children get metrics and plots.
+    """
+    return _guarded(config, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(config, summary, results))
+
+
+def _guarded(config: Config, where: str, log) -> str | None:
     try:
-        return _log(config, result)
+        return log()
     except Exception as err:  # any store / network / permission problem
         warnings.warn(
-            f"MLflow tracking to {tracking_uri(config)!r} failed: {err!r}; the run's results "
-            f"are in {result.checkpoint}",
-            TrackingWarning,
-            stacklevel=2,
+            f"MLflow tracking to {tracking_uri(config)!r} failed: {err!r}; {where}", TrackingWarning, stacklevel=3
         )
         return None
 
@@ -56,43 +66,71 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _log(config: Config, result) -> str:
+def _connect(config: Config):
     import mlflow
 
+    mlflow.set_tracking_uri(tracking_uri(config))
+    mlflow.set_experiment(config.tracking.experiment)
+    return mlflow
+
+
+def _log(config: Config, result) -> str:
+    mlflow = _connect(config)
+    with mlflow.start_run(run_name=config.name) as run:
+        _log_into_active_run(mlflow, config, result, log_checkpoint=True)
+        return run.info.run_id
+
+
+def _log_oracle(config: Config, summary, results: list) -> str:
+    mlflow = _connect(config)
+    with mlflow.start_run(run_name=summary.name, tags={"pat_ray.kind": "oracle"}) as parent:
+        mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
+        mlflow.log_param("oracle.grid", str(summary.grid))
+        verdict = {k: float(v) for k, v in summary.verdict().items() if v is not None}
+        if summary.calibrated:
+            verdict["calibrated_tau"] = summary.calibrated["tau"]
+        mlflow.log_metrics(verdict)
+        for path in sorted(Path(summary.folder).glob("*.png")) + [Path(summary.folder) / "report.md"]:
+            if path.is_file():
+                mlflow.log_artifact(str(path))
+        mlflow.log_text(summary.to_json(), "oracle.json")
+        for trial_config, result in results:
+            label = trial_config.name.removeprefix(f"{config.name}-")
+            tags = {"pat_ray.kind": "oracle_trial", "policy": trial_config.start.kind, "trial": label}
+            with mlflow.start_run(run_name=label, nested=True, tags=tags):
+                _log_into_active_run(mlflow, trial_config, result, log_checkpoint=False)
+        return parent.info.run_id
+
+
+def _log_into_active_run(mlflow, config: Config, result, log_checkpoint: bool) -> None:
     from pat_ray.report import plot_epi_curve
 
-    client_uri = tracking_uri(config)
-    mlflow.set_tracking_uri(client_uri)
-    mlflow.set_experiment(config.tracking.experiment)
-    with mlflow.start_run(run_name=config.name) as run:
-        mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
-        for record in result.history:
-            metrics = {
-                k: float(v)
-                for k, v in record.items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"
-            }
-            mlflow.log_metrics(metrics, step=record["epoch"])
-        mlflow.log_metrics(
-            {
-                "final_accuracy": result.final_accuracy,
-                "final_flops_kept": result.flops_kept,
-                "final_train_flops_ratio": result.train_flops_ratio,
-                "final_wall_seconds": result.wall_seconds,
-                "final_trigger_epoch": -1 if result.trigger_epoch is None else result.trigger_epoch,
-            }
+    mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
+    for record in result.history:
+        metrics = {
+            k: float(v)
+            for k, v in record.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"
+        }
+        mlflow.log_metrics(metrics, step=record["epoch"])
+    mlflow.log_metrics(
+        {
+            "final_accuracy": result.final_accuracy,
+            "final_flops_kept": result.flops_kept,
+            "final_train_flops_ratio": result.train_flops_ratio,
+            "final_wall_seconds": result.wall_seconds,
+            "final_trigger_epoch": -1 if result.trigger_epoch is None else result.trigger_epoch,
+        }
+    )
+    mlflow.log_text(config_to_yaml(config), "config.yaml")
+    snapshots = [
+        {"epoch": h["epoch"], "counts": h["snapshot_counts"], "fingerprint": h["fingerprint"]} for h in result.history
+    ]
+    mlflow.log_text(json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
+    with tempfile.TemporaryDirectory() as folder:
+        tau = config.start.tau if isinstance(config.start, EPIStart) else None
+        mlflow.log_artifact(
+            str(plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch))
         )
-        mlflow.log_text(config_to_yaml(config), "config.yaml")
-        snapshots = [
-            {"epoch": h["epoch"], "counts": h["snapshot_counts"], "fingerprint": h["fingerprint"]}
-            for h in result.history
-        ]
-        mlflow.log_text(json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
-        with tempfile.TemporaryDirectory() as folder:
-            tau = config.start.tau if isinstance(config.start, EPIStart) else None
-            mlflow.log_artifact(
-                str(plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch))
-            )
-        if result.checkpoint is not None and Path(result.checkpoint).is_file():
-            mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
-        return run.info.run_id
+    if log_checkpoint and result.checkpoint is not None and Path(result.checkpoint).is_file():
+        mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from pat_ray.cli import main
-from pat_ray.config import Config, ConfigError, config_from_dict, load_config
+from pat_ray.config import Config, ConfigError, config_from_dict, load_config, oracle_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +129,14 @@ def test_oracle_grid_default_and_config_error_pickles():
     assert oracle_grid(Config()) == [0, 3, 6, 9, 12, 15, 18]
     err = ConfigError("f.yaml", ["a: bad"])
     assert pickle.loads(pickle.dumps(err)).errors == ["a: bad"]
+
+
+def test_cifar10_resnet56_pipeline_validates_where_the_data_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = ROOT / "pipelines" / "cifar10_resnet56.yaml"
+    with pytest.raises(ConfigError, match="data root 'data/cifar10' does not exist"):
+        load_config(path)
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    config = load_config(path)
+    assert (config.model.name, config.data.name, config.training.epochs) == ("cifar_resnet56", "cifar10", 160)
+    assert oracle_grid(config)[-1] < config.training.epochs

@@ -7,12 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pat_ray.core.epi import (
+    calibrate_tau,
     early_bird_trigger,
     epi_curve,
     layer_distance,
     mask_similarity,
     should_trigger,
     structural_similarity,
+    trigger_epoch,
 )
 
 counts = st.lists(st.integers(1, 64), min_size=1, max_size=12)
@@ -67,3 +69,36 @@ def test_early_bird_rule():
     assert not early_bird_trigger([0.01, 0.02], window=3, epsilon=0.1)
     assert early_bird_trigger([0.01, 0.02, 0.05], window=3, epsilon=0.1)
     assert not early_bird_trigger([0.01, 0.2, 0.05], window=3, epsilon=0.1)
+
+
+def test_calibrated_tau_on_a_hand_made_curve():
+    # window 2, patience 1: epochs 3.. can fire, each must beat the value before it
+    curve = [None, 0.5, 0.6, 0.7, 0.65, 0.9, 0.95]
+    assert trigger_epoch(curve, 2, 1, 0.7) == 4
+    cal = calibrate_tau(curve, 2, 1, target_epoch=6)
+    # 0.65 is not a record; tau in (0.7, 0.9] fires at 6, tau <= 0.7 fires earlier
+    assert (cal.epoch, cal.low, cal.high, cal.tau) == (6, 0.7, 0.9, 0.8)
+    assert trigger_epoch(curve, 2, 1, cal.tau) == 6
+    unreachable = calibrate_tau(curve, 2, 1, target_epoch=5)  # 0.65 at epoch 5 never fires
+    assert unreachable.epoch in (4, 6)
+    assert unreachable.epoch == 4  # ties go to the earlier, cheaper epoch
+    assert calibrate_tau([None, 0.9], window=3, patience=1, target_epoch=2) is None
+
+
+curves = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=25).map(lambda v: [None, *v])
+
+
+@given(curves, st.integers(1, 5), st.integers(0, 5), st.integers(1, 26))
+def test_calibrated_tau_fires_where_it_says_and_hits_any_reachable_target(curve, window, patience, target):
+    cal = calibrate_tau(curve, window, patience, target)
+    reachable = {trigger_epoch(curve, window, patience, v) for v in curve if v is not None} - {None}
+    if cal is None:
+        assert not reachable
+        return
+    assert (cal.low is None or cal.low < cal.tau) and cal.tau <= cal.high
+    for tau in (cal.tau, cal.high):
+        assert trigger_epoch(curve, window, patience, tau) == cal.epoch
+    if target in reachable:
+        assert cal.epoch == target
+    else:
+        assert all(abs(cal.epoch - target) <= abs(e - target) for e in reachable)

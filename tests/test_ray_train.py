@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -13,15 +12,6 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from pat_ray.config import Config, FixedStart  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:

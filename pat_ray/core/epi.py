@@ -8,7 +8,9 @@ both high (>= tau) and higher than its ``k`` previous values (../shared/PAPER.md
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 Counts = Sequence[int]
 Similarity = Callable[[Counts, Counts], float]
@@ -71,3 +73,56 @@ def should_trigger(curve: Sequence[float | None], window: int, patience: int, ta
 def early_bird_trigger(distances_to_previous: Sequence[float], window: int, epsilon: float) -> bool:
     """Early-Bird's rule: ``window`` previous masks exist and none is ``epsilon`` or farther."""
     return len(distances_to_previous) >= window and max(distances_to_previous) < epsilon
+
+
+def trigger_epoch(curve: Sequence[float | None], window: int, patience: int, tau: float) -> int | None:
+    """The 1-based epoch at which ``should_trigger`` first fires on ``curve``, else None."""
+    for t in range(1, len(curve) + 1):
+        if should_trigger(curve[:t], window, patience, tau):
+            return t
+    return None
+
+
+@dataclass(frozen=True)
+class CalibratedTau:
+    """Any tau in ``(low, high]`` (``[0, high]`` if ``low`` is None) fires the rule at ``epoch``."""
+
+    tau: float
+    low: float | None
+    high: float
+    epoch: int | None
+
+
+def calibrate_tau(curve: Sequence[float | None], window: int, patience: int, target_epoch: int) -> CalibratedTau | None:
+    """The tau whose trigger lands on (or, if none can, nearest to) ``target_epoch``.
+
+    The trigger epoch is a step function of tau that only changes at the curve's own
+    values, so trying each value as tau finds every reachable epoch. Ties in distance go
+    to the earlier epoch (cheaper training). The suggested ``tau`` is the shortest decimal
+    near the middle of the interval that lands there (near its top when nothing below it
+    fires elsewhere), so a slightly different curve on the real run still fires near it.
+    None when no tau triggers at all (the curve is shorter than the window).
+    """
+    values = sorted({v for v in curve if v is not None})
+    landings = [(trigger_epoch(curve, window, patience, tau), tau) for tau in values]
+    reachable = [(epoch, tau) for epoch, tau in landings if epoch is not None]
+    if not reachable:
+        return None
+    best = min(reachable, key=lambda et: (abs(et[0] - target_epoch), et[0]))[0]
+    taus = [tau for epoch, tau in reachable if epoch == best]  # one contiguous run of values
+    high = max(taus)
+    below = [v for v in values if v < min(taus)]
+    low = max(below) if below else None
+    return CalibratedTau(tau=_readable_tau(low, high), low=low, high=high, epoch=best)
+
+
+def _readable_tau(low: float | None, high: float) -> float:
+    """A short decimal in ``(low, high]`` (``[0, high]`` when ``low`` is None)."""
+    if low is None:
+        return math.floor(high * 100) / 100
+    middle = (low + high) / 2
+    for decimals in range(1, 7):
+        candidate = round(middle, decimals)
+        if low < candidate <= high:
+            return candidate
+    return middle

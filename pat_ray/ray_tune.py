@@ -1,0 +1,230 @@
+"""Ray Tune shell for the oracle sweep: one function trainable per trial, a report at the end.
+
+Each trial is the same PaT pipeline with a different start policy (``oracle.trial_configs``).
+A one-worker trial runs the engine inside the Tune trial and reports every epoch with its
+checkpoint; a multi-worker trial launches its own TorchTrainer (Train V2), forwarded to Tune
+by ``TuneReportCallback``. An interrupted sweep continues with ``Tuner.restore``: finished
+trials are kept, unfinished or failed ones continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from pat_ray.checkpoint import read_checkpoint
+from pat_ray.config import Config, FixedStart, config_from_dict
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.epi import epi_curve
+from pat_ray.oracle import (
+    OracleSummary,
+    TrialOutcome,
+    epi_policy,
+    outcome_from_history,
+    summarize,
+    trial_configs,
+    write_summary,
+)
+from pat_ray.oracle_report import write_report
+from pat_ray.ray_train import report_with_checkpoint
+from pat_ray.registry import get_registry
+
+CALIBRATION_SOURCES = ("never", "after_training", "epi")  # longest-watched dense phase first
+
+
+class SweepExistsError(FileExistsError):
+    """A sweep of that name exists; resume it or pick another name."""
+
+
+def run_oracle(
+    config: Config,
+    name: str | None = None,
+    resume: bool = False,
+    storage_path: Path | None = None,
+    echo=print,
+    inject_fault: dict | None = None,
+) -> OracleSummary:
+    """Run (or with ``resume``, continue) the oracle sweep of ``config``; write and return its report.
+
+    The sweep lives in ``<storage_path or output_dir/oracle>/<name>``: Tune's state, the
+    trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. ``inject_fault``
+    (tests only: ``{"label", "epoch", "marker"}``) makes that trial fail once after that epoch.
+    """
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    storage = Path(storage_path or Path(config.output_dir) / "oracle").resolve()
+    name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir = storage / name
+    trials = trial_configs(config)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _run_trial,
+            trials={label: c.model_dump(mode="json") for label, c in trials.items()},
+            sweep_dir=str(sweep_dir),
+            fault=inject_fault,
+        ),
+        _trial_resources(config),
+    )
+    if resume:
+        if not tune.Tuner.can_restore(str(sweep_dir)):
+            raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
+        echo(f"pat-ray oracle: resuming sweep {name!r} in {sweep_dir}")
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if sweep_dir.exists():
+            raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
+        echo(
+            f"pat-ray oracle: {len(trials)} trials ({', '.join(trials)}), "
+            f"{config.oracle.max_concurrent_trials} at a time, in {sweep_dir}"
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"label": tune.grid_search(list(trials))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.oracle.max_concurrent_trials,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=0, callbacks=[TrialProgress(echo, len(trials))]
+            ),
+        )
+    grid = tuner.fit()
+    outcomes, snapshots, results = [], {}, []
+    for result in grid:
+        label = result.config["label"]
+        outcome, ckpt = _collect(label, trials[label], result)
+        outcomes.append(outcome)
+        if ckpt is not None:
+            snapshots[label] = [Architecture.from_dict(a) for a in ckpt.extra["tracker"]["snapshots"]]
+            results.append((trials[label], _run_result(trials[label], ckpt)))
+    source = next((p for p in CALIBRATION_SOURCES if p in snapshots), None)
+    epi = epi_policy(config)
+    similarity = get_registry().create("similarity", epi.similarity)
+    curve = epi_curve(snapshots[source], epi.window, similarity) if source else []
+    summary = summarize(name, config, outcomes, curve, source)
+    summary.folder = str(sweep_dir)
+    write_report(sweep_dir, summary)
+    if config.tracking.mlflow:
+        from pat_ray.tracking import log_oracle
+
+        summary.mlflow_run_id = log_oracle(config, summary, results)
+    write_summary(sweep_dir, summary)
+    return summary
+
+
+def _trial_name(trial) -> str:
+    return trial.config["label"]
+
+
+def _trial_resources(config: Config) -> dict[str, float]:
+    """An in-process trial holds its CPU (or GPU); a multi-worker trial only drives its workers."""
+    if config.scaling.num_workers > 1:
+        # no CPU, or the driver's share would keep the workers' placement group from fitting;
+        # Tune refuses an empty request, so it asks for a token of memory instead
+        return {"cpu": 0, "memory": 2**20}
+    return {"cpu": 1, "gpu": 1 if config.scaling.use_gpu else 0}
+
+
+def _collect(label: str, config: Config, result) -> tuple[TrialOutcome, Any]:
+    start = config.start.epoch if isinstance(config.start, FixedStart) else None
+    if result.error is not None or result.checkpoint is None:
+        error = str(result.error or "the trial reported no checkpoint")
+        return TrialOutcome(label=label, policy=config.start.kind, start_epoch=start, error=error), None
+    with result.checkpoint.as_directory() as folder:
+        ckpt = read_checkpoint(Path(folder) / "last.pt")
+    extra = ckpt.extra
+    return outcome_from_history(
+        label, config, extra["history"], extra["trigger_epoch"], extra["dense_train_flops"]
+    ), ckpt
+
+
+def _run_result(config: Config, ckpt):
+    from pat_ray.ray_progress import result_from_checkpoint
+
+    wall = sum(h["epoch_seconds"] for h in ckpt.extra["history"])
+    return result_from_checkpoint(config, ckpt, None, wall)
+
+
+def _run_trial(params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, fault: dict | None) -> None:
+    """One trial inside a Tune actor: the engine here, or a TorchTrainer for several workers."""
+    from ray import tune
+
+    from pat_ray.engine import train
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
+    label = params["label"]
+    config = config_from_dict(trials[label], source=f"oracle trial {label}")
+    config = config.model_copy(update={"output_dir": Path(tempfile.mkdtemp(prefix=f"pat_ray_{label}_"))})
+    if config.scaling.num_workers > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from pat_ray.ray_train import run_on_ray
+
+        # same run name + storage on a restored sweep: Train continues the run it had begun
+        result = run_on_ray(
+            config, storage_path=Path(sweep_dir) / "train", run_name=label, callbacks=[TuneReportCallback()]
+        )
+        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1]), result.checkpoint)
+        return
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / "last.pt"
+        with checkpoint.as_directory() as folder:
+            resume.write_bytes((Path(folder) / "last.pt").read_bytes())
+    train(config, reporter=TuneReporter(label, fault), resume=resume)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Tune's loggers take numbers and strings; lists (snapshot counts) and None stay in the checkpoint."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+
+
+class TuneReporter:
+    """Reports every epoch with its checkpoint to Tune, so a restored trial continues mid-run."""
+
+    def __init__(self, label: str, fault: dict | None = None) -> None:
+        self.label, self.fault = label, fault
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
+        from ray import tune
+
+        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(metrics), checkpoint)
+        fault = self.fault
+        if fault and fault["label"] == self.label and fault["epoch"] == metrics["epoch"]:
+            marker = Path(fault["marker"])
+            if not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"injected fault in trial {self.label} after epoch {metrics['epoch']} (test switch)")
+
+
+class TrialProgress(Callback):
+    """One line when a trial starts pruning, finishes or fails, with the sweep's count."""
+
+    def __init__(self, echo, total: int) -> None:
+        self.echo, self.total, self.done = echo, total, 0
+
+    def _label(self, trial) -> str:
+        return trial.config.get("label", trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("triggered"):
+            self.echo(f"  [{self._label(trial)}] pruning starts after epoch {result['epoch']}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.done += 1
+        acc, kept = (trial.last_result.get(k, float("nan")) for k in ("val_acc", "flops_kept"))
+        self.echo(f"  [{self._label(trial)}] done ({self.done}/{self.total}): acc {acc:.4f}, FLOPs kept {kept:.3f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.done += 1
+        self.echo(f"  [{self._label(trial)}] FAILED ({self.done}/{self.total}); see {trial.local_path}")

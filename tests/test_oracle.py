@@ -1,0 +1,173 @@
+"""The oracle sweep: its plan and verdict (pure), then real Ray Tune sweeps on 2 CPUs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
+from pat_ray.oracle import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
+from pat_ray.oracle_report import PLOTS, REPORT_FILE, markdown, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def small_config(tmp_path, **oracle) -> Config:
+    return config_from_dict(
+        {
+            "name": "tiny",
+            "output_dir": str(tmp_path / "runs"),
+            "training": {"epochs": 5},
+            "start": {"kind": "epi", "window": 2, "patience": 1, "tau": 0.9},
+            "oracle": {"start_epochs": [0, 2, 3], "policies": ["epi"], "max_concurrent_trials": 2, **oracle},
+            "tracking": {"mlflow": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "o"},
+        }
+    )
+
+
+def test_trial_configs_differ_only_in_start_policy_and_name(tmp_path):
+    config = small_config(tmp_path, policies=["epi", "early_bird", "never", "after_training"])
+    trials = trial_configs(config)
+    assert list(trials) == ["fixed-0", "fixed-2", "fixed-3", "epi", "early_bird", "never", "after_training"]
+    assert trials["fixed-2"].start == FixedStart(epoch=2)
+    assert trials["epi"].start == config.start  # the pipeline's own EPI settings are the ones tested
+    assert trials["early_bird"].start == EarlyBirdStart()
+    assert trials["never"].start == NeverStart()
+    for label, trial in trials.items():
+        assert trial.name == f"tiny-{label}"
+        assert not trial.tracking.mlflow  # the sweep logs parent + children itself
+        assert trial.training == config.training and trial.pruning == config.pruning
+    default = trial_configs(Config())  # 30 epochs: 0 and every 10% up to 2/3
+    assert [k for k in default if k.startswith("fixed")] == [f"fixed-{e}" for e in (0, 3, 6, 9, 12, 15, 18)]
+    assert trial_configs(Config(start=FixedStart(epoch=3)))["epi"].start == EPIStart()
+
+
+def outcome(label, policy, start, acc, flops, curve=()):
+    return TrialOutcome(label, policy, start, acc, 0.5, flops, flops / 10, 1.0, 5, list(curve))
+
+
+def test_verdict_and_calibrated_tau_from_outcomes(tmp_path):
+    config = small_config(tmp_path)
+    curve = [None, 0.80, 0.85, 0.95, 0.97]  # window 2, patience 1: epoch 3 fires for tau in (0.85, 0.95]
+    trials = [
+        outcome("fixed-0", "fixed", 0, 0.90, 5.0),
+        outcome("fixed-2", "fixed", 2, 0.95, 7.0),
+        outcome("fixed-3", "fixed", 3, 0.95, 8.0),  # ties the best: the earlier (cheaper) start wins
+        outcome("epi", "epi", 3, 0.949, 8.0, curve[:3]),
+        TrialOutcome("fixed-4", "fixed", 4, error="boom"),
+    ]
+    summary = summarize("s", config, trials, curve, "never")
+    assert summary.best_fixed == "fixed-2"
+    verdict = summary.verdict()
+    assert verdict["accuracy_gap_points"] == pytest.approx(-0.1)
+    assert verdict["epi_cost_share_of_grid"] == pytest.approx(8.0 / 20.0)  # the failed trial cost nothing
+    assert summary.calibrated["epoch"] == 3  # epoch 2 cannot fire: the window is not full yet
+    text = markdown(summary)
+    for label in ("fixed-0", "fixed-2", "fixed-3", "epi"):
+        assert f"| {label} |" in text
+    assert "| fixed-4 | PaT, fixed start | 4 | failed: boom" in text
+    assert "**-0.10 points**" in text and "not met" in text  # cost share 0.40 > 1/3
+    assert OracleSummary.from_json(summary.to_json()) == summary
+
+
+def test_report_command_redraws_a_sweep_and_rejects_other_folders(tmp_path):
+    summary = summarize("s", small_config(tmp_path), [outcome("fixed-0", "fixed", 0, 0.9, 5.0)], [], None)
+    write_summary(tmp_path, summary)
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| fixed-0 | PaT, fixed start | 0 | 0.9000 |" in result.output
+    assert "No verdict: the sweep has no finished EPI trial." in result.output
+    for name in PLOTS.values():
+        assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
+    bad = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "is not an oracle sweep folder" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_oracle_resume_needs_a_name():
+    result = CliRunner().invoke(main, ["oracle", "--resume"])
+    assert result.exit_code == 2 and "--resume needs --name" in result.output
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
+    import mlflow
+
+    from pat_ray.ray_tune import SweepExistsError, run_oracle
+
+    config, name = small_config(tmp_path), f"sweep-{uuid.uuid4().hex[:8]}"
+    fault = {"label": "fixed-2", "epoch": 3, "marker": str(tmp_path / "fault-done")}
+    first = run_oracle(config, name=name, inject_fault=fault, echo=lambda line: None)
+    assert [t.label for t in first.trials if not t.ok] == ["fixed-2"]
+    with pytest.raises(SweepExistsError, match="--resume"):
+        run_oracle(config, name=name, echo=lambda line: None)
+
+    summary = run_oracle(config, name=name, resume=True, echo=lambda line: None)
+    assert sorted(t.label for t in summary.trials) == ["epi", "fixed-0", "fixed-2", "fixed-3"]
+    for trial in summary.trials:
+        assert trial.ok and trial.epochs == 5
+        assert 0.0 < trial.accuracy <= 1.0 and trial.train_flops > 0 and trial.wall_seconds > 0
+        assert trial.flops_kept == pytest.approx(0.5, abs=0.015)
+    resumed = summary.trial("fixed-2")
+    assert resumed.start_epoch == 2
+    untouched = summary.trial("fixed-0")
+    assert untouched == first.trial("fixed-0")  # finished trials are kept, not re-run
+    epi = summary.trial("epi")
+    assert epi.start_epoch is not None and 3 <= epi.start_epoch < 5  # window 2 fills at epoch 3
+    assert summary.calibration_source == "epi" and summary.calibrated is not None
+
+    folder = tmp_path / "runs" / "oracle" / name
+    reported = [json.loads(line)["epoch"] for line in (folder / "fixed-2" / "result.json").read_text().splitlines()]
+    assert reported == [1, 2, 3, 4, 5]  # continued from its epoch-3 checkpoint, not from scratch
+    assert read_summary(folder) == summary
+    report = (folder / REPORT_FILE).read_text()
+    for trial in summary.trials:
+        assert f"| {trial.label} | " in report and f"{trial.accuracy:.4f}" in report
+    for plot in PLOTS.values():
+        assert (folder / plot).read_bytes().startswith(PNG_SIGNATURE)
+
+    client = mlflow.MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    experiment = client.get_experiment_by_name("o")
+    parent = client.get_run(summary.mlflow_run_id)
+    assert parent.data.metrics["epi_cost_share_of_grid"] == pytest.approx(summary.verdict()["epi_cost_share_of_grid"])
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["trial"] for c in children) == ["epi", "fixed-0", "fixed-2", "fixed-3"]
+    assert all(c.data.metrics["final_accuracy"] > 0 for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {REPORT_FILE, "oracle.json", *PLOTS.values()} <= artifacts
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
+    from pat_ray.ray_tune import run_oracle
+
+    config = small_config(tmp_path, start_epochs=[1], policies=[], max_concurrent_trials=1)
+    config = config.model_copy(
+        update={
+            "training": config.training.model_copy(update={"epochs": 3}),
+            "scaling": config.scaling.model_copy(update={"num_workers": 2}),
+            "tracking": config.tracking.model_copy(update={"mlflow": False}),
+        }
+    )
+    name = f"mw-{uuid.uuid4().hex[:8]}"
+    summary = run_oracle(config, name=name, echo=lambda line: None)
+    (trial,) = summary.trials
+    assert trial.ok and trial.start_epoch == 1 and trial.epochs == 3
+    assert trial.flops_kept == pytest.approx(0.5, abs=0.015)
+    # the trial's Train run lives in the sweep, under a fixed name a restored sweep would continue
+    assert any((tmp_path / "runs" / "oracle" / name / "train" / "fixed-1").glob("checkpoint_*"))
+
+
+def test_write_report_marks_the_chosen_epochs(tmp_path):
+    curve = [None, 0.8, 0.85, 0.95, 0.97]
+    trials = [outcome("fixed-0", "fixed", 0, 0.9, 5.0), outcome("epi", "epi", 3, 0.95, 6.0)]
+    summary = summarize("s", small_config(tmp_path), trials, curve, "never")
+    path = write_report(tmp_path, summary)
+    assert path.name == REPORT_FILE
+    assert "Calibrated tau = **" in path.read_text()
