@@ -14,7 +14,7 @@ import click
 from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
-from pat_ray.registry import PluginError, get_registry
+from pat_ray.registry import PluginError, PluginFailure, get_registry
 
 EXPECTED_ERRORS = (
     PluginError,
@@ -68,6 +68,10 @@ def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
         result = run_pipeline(cfg, local=local)
     except TrainingDivergedError as err:
         _fail(str(err), code=1)
+    except PluginFailure as err:
+        last = Path(cfg.output_dir) / cfg.name / "last.pt"
+        kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
+        _fail(f"{err}\nthe run stopped; {kept}", code=1)
     except EXPECTED_ERRORS as err:
         _fail(str(err).strip("'\""))
     except Exception as err:  # Ray wraps worker errors; show the cause, not a driver traceback

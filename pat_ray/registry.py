@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
 
 class PluginError(RuntimeError):
     """A plugin failed to load or to register."""
+
+
+class PluginFailure(RuntimeError):
+    """Plugin code raised while a run used it; names the plugin and its distribution."""
+
+
+GUARDED_KINDS = ("criterion", "similarity", "surgery")  # called during training, so failures are named
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,47 @@ class Registry:
             raise KeyError(f"unknown {kind} {name!r}; registered: {choices}") from None
 
     def create(self, kind: str, name: str, **params: Any) -> Any:
+        """An instance from ``name``'s factory; criteria, similarities and surgery backends
+        come wrapped so that an exception inside them says which plugin raised it."""
         entry = self.get(kind, name)
         try:
-            return entry.factory(**params)
+            made = entry.factory(**params)
         except TypeError as err:
             raise ValueError(f"{kind} {name!r} ({entry.plugin}): bad parameters: {err}") from err
+        return _Guarded(made, entry) if kind in GUARDED_KINDS else made
+
+
+class _Guarded:
+    """Delegates to a plugin object; turns its exceptions into a ``PluginFailure`` naming it."""
+
+    def __init__(self, target: Any, entry: Entry) -> None:
+        self._target, self._entry = target, entry
+
+    def _fail(self, where: str, err: Exception) -> PluginFailure:
+        e = self._entry
+        return PluginFailure(
+            f"{e.kind} {e.name!r} from plugin {e.plugin!r} ({e.distribution}) raised in {where}: "
+            f"{type(err).__name__}: {err}"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._target(*args, **kwargs)
+        except Exception as err:
+            raise self._fail("its call", err) from err
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self._target, attribute)
+        if not callable(value):
+            return value
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except Exception as err:
+                raise self._fail(f"{attribute}()", err) from err
+
+        return guarded
 
 
 def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
@@ -120,7 +164,7 @@ def collect(manager: pluggy.PluginManager) -> Registry:
     entries: list[Entry] = []
     for kind, hook_name in KINDS.items():
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            dist = dists.get(id(impl.plugin), "pat-ray (built-in)")
+            dist = dists.get(id(impl.plugin)) or _origin(impl.plugin)
 
             def register(name: str, factory: Callable[..., Any], _k=kind, _i=impl, _d=dist):
                 entries.append(Entry(_k, name, factory, _i.plugin_name, _d))
@@ -130,6 +174,12 @@ def collect(manager: pluggy.PluginManager) -> Registry:
             except Exception as err:
                 raise PluginError(f"plugin {impl.plugin_name!r} ({dist}) failed in {hook_name}: {err!r}") from err
     return Registry(entries)
+
+
+def _origin(plugin: object) -> str:
+    """Where a plugin without entry-point metadata came from: pat_ray itself, or this process."""
+    module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+    return "pat-ray (built-in)" if module.startswith("pat_ray.") else "registered in-process"
 
 
 _manager: pluggy.PluginManager | None = None
