@@ -9,6 +9,7 @@ checked against the live registry. The defaults are the embedded digits pipeline
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,14 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pat_ray.registry import get_registry
+
+
+def expand_path(value: str | Path, what: str) -> Path:
+    """``~`` and ``$VARS`` expanded, so one pipeline file serves machines with different mounts."""
+    expanded = os.path.expandvars(os.path.expanduser(str(value)))
+    if "$" in expanded:
+        raise ValueError(f"{what} {str(value)!r} uses an environment variable that is not set")
+    return Path(expanded)
 
 
 class _Strict(BaseModel):
@@ -57,9 +66,12 @@ class DataConfig(_Strict):
     @classmethod
     def _root_exists(cls, v: dict[str, Any]) -> dict[str, Any]:
         root = v.get("root")
-        if root is not None and not Path(root).exists():
-            raise ValueError(f"data root {str(root)!r} does not exist")
-        return v
+        if root is None:
+            return v
+        path = expand_path(root, "data root")
+        if not path.exists():
+            raise ValueError(f"data root {str(root)!r} does not exist" + (f" ({path})" if str(path) != root else ""))
+        return {**v, "root": str(path)}
 
 
 class OptimizerConfig(_Strict):
@@ -197,6 +209,11 @@ class Config(_Strict):
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
     oracle: OracleConfig = OracleConfig()
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _expand_output_dir(cls, v: Any) -> Any:
+        return expand_path(v, "output_dir") if isinstance(v, str | Path) else v
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:

@@ -28,6 +28,29 @@ def apply_architecture(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     """Shrink ``model`` in place to ``architecture`` (indices relative to ``graph``)."""
+    removed, roles = channels_to_drop(graph, architecture)
+    touched = sorted({name for name, _ in removed})
+    state = _Rewriter(optimizer)
+    for name in touched:
+        module = model.get_submodule(name)
+        drop_out = removed.get((name, "out"), _cat(None))
+        drop_in = removed.get((name, "in"), _cat(None))
+        if isinstance(module, CONV_TYPES):
+            _shrink_conv(module, drop_out, drop_in, roles[name], state)
+        elif isinstance(module, nn.Linear):
+            _shrink_linear(module, drop_out, drop_in, state)
+        elif isinstance(module, NORM_TYPES):
+            _shrink_norm(module, drop_out, state)
+        else:
+            raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
+    state.rewire()
+
+
+def channels_to_drop(
+    graph: ModelGraph, architecture: Architecture
+) -> tuple[dict[tuple[str, str], torch.Tensor], dict[str, set[str]]]:
+    """Per ``(module name, "out" | "in")`` the sorted channel indices ``architecture`` removes,
+    and the roles each touched module plays (a surgery backend's whole to-do list)."""
     removed: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
     roles: dict[str, set[str]] = defaultdict(set)
     for group in graph.groups:
@@ -45,21 +68,7 @@ def apply_architecture(
             axis = "in" if member.role == "in" else "out"
             removed[(member.module, axis)].append(member.positions(drop))
             roles[member.module].add(member.role)
-    touched = sorted({name for name, _ in removed})
-    state = _Rewriter(optimizer)
-    for name in touched:
-        module = model.get_submodule(name)
-        drop_out = _cat(removed.get((name, "out")))
-        drop_in = _cat(removed.get((name, "in")))
-        if isinstance(module, CONV_TYPES):
-            _shrink_conv(module, drop_out, drop_in, roles[name], state)
-        elif isinstance(module, nn.Linear):
-            _shrink_linear(module, drop_out, drop_in, state)
-        elif isinstance(module, NORM_TYPES):
-            _shrink_norm(module, drop_out, state)
-        else:
-            raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
-    state.rewire()
+    return {key: _cat(parts) for key, parts in removed.items()}, dict(roles)
 
 
 def _complement(indices: tuple[int, ...], size: int) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""Cluster use as a user does it: the launcher config against Ray's schema, `ray job submit`
+against a real local head, and the ImageNet pipelines through `pat-ray validate`."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "ray_cluster.yaml"
+
+
+def _validate(config: dict) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_cluster_config_passes_rays_schema_and_the_schema_bites():
+    import jsonschema
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    _validate(config)
+    config["available_node_types"]["head"]["bogus"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="bogus"):
+        _validate(config)
+
+
+def test_cluster_config_keeps_control_ports_private_and_token_auth_on():
+    config = yaml.safe_load(CLUSTER.read_text())
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]  # SSH only, never 8265 / 6379 / 5000
+    assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r["IpRanges"])
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in starts if "ray start" in cmd)
+    installs = " ".join(config["setup_commands"])
+    for dist in ("~/pat_ray", "plugins/pat-ray-example-criterion", "plugins/pat-ray-torch-pruning"):
+        assert dist in installs
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the token is not in the repo
+
+
+def test_no_committed_file_holds_a_secret():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    pattern = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]\s*\S+|MLFLOW_TRACKING_PASSWORD\s*[:=]\s*\S+")
+    suspicious = [
+        name
+        for name in tracked.split()
+        if (ROOT / name).is_file()
+        and name.endswith((".yaml", ".yml", ".toml", ".py", ".md", ".cfg", ".env", ".json"))
+        and pattern.search((ROOT / name).read_text(errors="ignore"))
+    ]
+    assert suspicious == []
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50", "imagenet_resnet34", "imagenet_mobilenet_v2"])
+def test_imagenet_pipelines_validate(name, tmp_path, monkeypatch):
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split).mkdir(parents=True)
+    monkeypatch.setenv("PAT_RAY_SHARED", str(tmp_path))
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / f"{name}.yaml")])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output.split("\n", 1)[1])
+    assert resolved["data"]["params"]["root"] == str(tmp_path / "imagenet")
+    assert resolved["output_dir"] == str(tmp_path / "runs")
+    assert resolved["scaling"] == {"num_workers": 8, "use_gpu": True, "max_failures": 3}
+    monkeypatch.delenv("PAT_RAY_SHARED")
+    unset = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / f"{name}.yaml")])
+    assert unset.exit_code == 2 and "environment variable that is not set" in unset.output
+
+
+@pytest.mark.parametrize("include_gitignore", [True, False])
+def test_working_dir_upload_leaves_out_results_stores_and_virtualenvs(include_gitignore):
+    """What `ray job submit --working-dir .` skips, asked of Ray's own ignore-file reader
+    (`.rayignore` alone suffices, even when a user tells Ray to disregard `.gitignore`)."""
+    from ray._private.runtime_env.packaging import get_excludes_from_ignore_files
+
+    excludes = get_excludes_from_ignore_files(ROOT, include_gitignore=include_gitignore)
+
+    def skipped(relative: str) -> bool:
+        return any(exclude(ROOT / relative) for exclude in excludes)
+
+    for path in ("runs/digits/last.pt", "mlflow.db", "mlruns/0/meta.yaml", ".venv/bin/python", "ray_results/x",
+                 "data/cifar10/batch"):  # fmt: skip
+        assert skipped(path), path
+    for path in ("pipelines/digits.yaml", "pat_ray/engine.py", "plugins/pat-ray-torch-pruning/pyproject.toml"):
+        assert not skipped(path), path
+
+
+def _wait_for(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {seconds} s")
+
+
+def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
+    """Exactly the README's command, against `ray start --head` on 127.0.0.1 (auth disabled on
+    both sides, as on a laptop); the head is stopped by signalling its own `ray start --block`."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = f"/tmp/prh_{uuid.uuid4().hex[:6]}"  # short: Unix socket paths are limited
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port=6390",
+         "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for("http://127.0.0.1:8265/api/version", 90)
+        job = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+             "--", "pat-ray", "run", "pipelines/digits.yaml"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+        output = job.stdout + job.stderr
+        assert job.returncode == 0, output[-3000:]
+        assert re.search(r"pruning started:\s+epoch \d+", output), output[-3000:]
+        kept = float(re.search(r"FLOPs kept:\s+([0-9.]+)", output).group(1))
+        assert kept == pytest.approx(0.5, abs=0.015)
+        assert "succeeded" in output
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
