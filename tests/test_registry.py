@@ -51,14 +51,17 @@ def installed_plugin(tmp_path, monkeypatch):
 def test_builtins_are_registered(fresh_registry):
     reg = registry.get_registry()
     assert {"magnitude", "bn_scale", "taylor"} <= set(reg.names("criterion"))
-    assert reg.names("surgery") == ["native"]
+    assert "native" in reg.names("surgery")  # plugin distributions may add more (torch_pruning)
+    assert reg.get("surgery", "native").distribution == "pat-ray (built-in)"
     assert {"cifar_resnet20", "cifar_resnet56", "resnet50", "mobilenet_v2"} <= set(reg.names("model"))
     assert reg.get("criterion", "taylor").distribution == "pat-ray (built-in)"
 
 
 def test_unknown_name_lists_the_choices(fresh_registry):
-    with pytest.raises(KeyError, match="unknown criterion 'magnitud'.*bn_scale, magnitude, taylor"):
+    with pytest.raises(KeyError, match="unknown criterion 'magnitud'; registered: ") as err:
         registry.get_registry().get("criterion", "magnitud")
+    listed = str(err.value).split("registered: ")[1].strip("'\"").split(", ")
+    assert listed == sorted(listed) and {"bn_scale", "magnitude", "taylor"} <= set(listed)
 
 
 def test_bad_factory_parameters_name_the_plugin(fresh_registry):

@@ -1,0 +1,111 @@
+"""EPI's per-epoch overhead: one snapshot (scores + global selection + EPI) against an epoch.
+
+A snapshot's cost does not depend on the dataset, an epoch's grows with it, so both are
+measured on the dense model and the share is extrapolated per image: epoch seconds = images
+per epoch x (seconds per training step / batch). Training steps use --batch images at the
+model's native input size; the snapshot is the engine's own (``Pruner.snapshot`` +
+``SnapshotTracker.record`` over a full window). Medians of --repeats.
+
+    python benchmarks/epi_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from _report import header, write
+from pat_ray.comm import LocalCollective
+from pat_ray.core.selection import Budget
+from pat_ray.policies import SnapshotTracker
+from pat_ray.pruner import Pruner
+from pat_ray.registry import get_registry
+
+SETTINGS = {  # model -> (input size, classes, images per epoch of its usual dataset)
+    "cifar_resnet56": (32, 10, 50_000),
+    "resnet50": (224, 1000, 1_281_167),
+}
+
+
+def measure(name: str, batch: int, repeats: int, criterion: str) -> dict:
+    registry = get_registry()
+    size, classes, epoch_images = SETTINGS[name]
+    torch.manual_seed(0)
+    model = registry.create("model", name, num_classes=classes)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, classes, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    step_s = statistics.median(_time(step) for _ in range(repeats))
+    pruner = Pruner(
+        model,
+        torch.zeros(1, 3, size, size),
+        criterion=registry.create("criterion", criterion),
+        surgery=registry.create("surgery", "native"),
+        budget=Budget(0.5, "flops"),
+        steps=3,
+        interval=10,
+        exclude=[],
+        collective=LocalCollective(),
+    )
+    tracker = SnapshotTracker(registry.create("similarity", "structural"), window=5)
+    for _ in range(5):  # a full window, so every timed record compares with 5 snapshots
+        tracker.record(pruner.snapshot(model)[0])
+
+    def snapshot():
+        if pruner.criterion.needs_gradients:
+            pruner.observe(model)
+        tracker.record(pruner.snapshot(model)[0])
+
+    snapshot_s = statistics.median(_time(snapshot) for _ in range(repeats))
+    epoch_s = epoch_images * step_s / batch
+    return {"step_s": step_s, "snapshot_s": snapshot_s, "epoch_s": epoch_s, "images": epoch_images, "size": size}
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--criteria", nargs="+", default=["magnitude", "taylor"])
+    args = parser.parse_args()
+    rows = []
+    for name in SETTINGS:
+        for criterion in args.criteria:
+            m = measure(name, args.batch, args.repeats, criterion)
+            rows.append(
+                f"| {name} ({m['size']}px) | {criterion} | {m['snapshot_s'] * 1000:.1f} | {m['step_s'] * 1000:.0f} "
+                f"| {m['images']:,} | {m['epoch_s'] / 60:.1f} | {100 * m['snapshot_s'] / m['epoch_s']:.4f}% |"
+            )
+            print(rows[-1], flush=True)
+    lines = header(
+        "EPI overhead per epoch",
+        torch.device("cpu"),
+        f"Training step: batch {args.batch}, SGD, fp32; epoch = images per epoch x step time / batch "
+        f"(CIFAR-10: 50,000; ImageNet: 1,281,167); snapshot = criterion scores + selection at 50% FLOPs + "
+        f"EPI over a window of 5; medians of {args.repeats}.",
+    )
+    lines += [
+        "| model | criterion | snapshot ms | train step ms | images / epoch | epoch min (extrapolated) | overhead |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    write("epi_overhead.md", lines)
+
+
+if __name__ == "__main__":
+    main()
