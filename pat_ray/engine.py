@@ -78,7 +78,8 @@ def train(
     # data, model, pruning machinery
     data = registry.create("dataset", config.data.name, **config.data.params)
     model = registry.create("model", config.model.name, num_classes=data.num_classes, **config.model.params)
-    model = model.to(device)
+    layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
     example = torch.zeros(1, *data.input_shape, device=device)
     budget = Budget(
         config.pruning.budget.fraction,
@@ -123,6 +124,7 @@ def train(
     if resume is not None:
         state = load_run_state(resume, model, pruner, tracker)
         model.load_state_dict(state.model_state)
+        model.to(memory_format=layout)  # the restored, pruned tensors
         history, trigger_epoch, iteration = state.history, state.trigger_epoch, state.iteration
         train_flops, first_epoch = history[-1]["train_flops"], state.epoch + 1
     optimizer = _optimizer(config, model)
@@ -136,7 +138,7 @@ def train(
 
     if resume is None and decide(config.start, 0, train_epochs, tracker):  # fixed 0: prune at init
         trigger_epoch = 0
-        net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0)
+        net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0, layout=layout)
 
     for epoch in range(first_epoch, total_epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -147,9 +149,9 @@ def train(
         net.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for inputs, targets in train_loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+            inputs, targets = _to(inputs, device, layout), targets.to(device)
             if pruner.due():
-                net = _prune_step(pruner, collective, net, optimizer, hooks, epoch)
+                net = _prune_step(pruner, collective, net, optimizer, hooks, epoch, layout=layout)
             lr_iter = iteration - train_epochs * iters_per_epoch if in_finetune else iteration
             lr_epochs = finetune_epochs if in_finetune else train_epochs
             scale = finetune.finetune_lr_scale if in_finetune else 1.0
@@ -175,7 +177,7 @@ def train(
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(inputs)
         train_metrics = collective.mean_metrics({"loss": loss_sum / seen, "acc": correct / seen})
-        val_loss, val_acc = _evaluate(net, val_loader, device, autocast, collective)
+        val_loss, val_acc = _evaluate(net, val_loader, device, layout, autocast, collective)
 
         # the snapshot: which sub-network would the budget keep now?
         epi, counts, snapshot_seconds, scores = None, None, 0.0, None
@@ -207,7 +209,7 @@ def train(
             "fingerprint": pruner.architecture.fingerprint(),
         }
         if trigger_epoch == epoch:
-            net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores)
+            net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores, layout=layout)
             record.update(flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept)
         history.append(record)
         saved = None
@@ -243,17 +245,21 @@ def train(
     )
 
 
-def _start_pruning(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None) -> nn.Module:
+def _start_pruning(
+    pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None, layout=None
+) -> nn.Module:
     """Begin the pruning phase; the first step is immediate when scores are available."""
     pruner.start()
     if scores is not None or not pruner.criterion.needs_gradients:
-        net = _prune_step(pruner, collective, net, optimizer, hooks, epoch, scores)
+        net = _prune_step(pruner, collective, net, optimizer, hooks, epoch, scores, layout)
     return net
 
 
-def _prune_step(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None) -> nn.Module:
+def _prune_step(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, scores=None, layout=None) -> nn.Module:
     model = collective.unwrap(net)
     step = pruner.step(model, optimizer, scores)
+    if layout is not None:
+        model.to(memory_format=layout)  # surgery's index_select returns contiguous (NCHW) tensors
     hooks.pat_ray_on_prune(
         epoch=epoch,
         step=step.step,
@@ -264,11 +270,11 @@ def _prune_step(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, s
 
 
 @torch.no_grad()
-def _evaluate(net: nn.Module, loader, device, autocast, collective) -> tuple[float, float]:
+def _evaluate(net: nn.Module, loader, device, layout, autocast, collective) -> tuple[float, float]:
     net.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = _to(inputs, device, layout), targets.to(device)
         with autocast:
             logits = net(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
@@ -276,6 +282,11 @@ def _evaluate(net: nn.Module, loader, device, autocast, collective) -> tuple[flo
         seen += len(inputs)
     metrics = collective.mean_metrics({"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)})
     return metrics["loss"], metrics["acc"]
+
+
+def _to(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """Images to the device, NHWC when asked (only 4-D batches have a channels-last layout)."""
+    return images.to(device, memory_format=layout) if images.dim() == 4 else images.to(device)
 
 
 def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:

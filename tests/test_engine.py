@@ -14,6 +14,7 @@ from pat_ray.checkpoint import load_checkpoint, read_checkpoint
 from pat_ray.config import (
     AfterTrainingStart,
     Config,
+    CriterionConfig,
     EPIStart,
     FixedStart,
     NeverStart,
@@ -195,3 +196,37 @@ def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
     assert resumed.trigger_epoch == 2
     assert abs(resumed.flops_kept - 0.5) < 0.015
     assert resumed.train_flops < resumed.dense_train_flops
+
+
+class LayoutSpy(pat_ray.core.criterion.Criterion):
+    """Magnitude scores that record whether every conv weight is channels-last when scored."""
+
+    seen: list[bool] = []
+
+    def scores(self, model, graph):
+        convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        LayoutSpy.seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in convs))
+        return registry.get_registry().create("criterion", "magnitude").scores(model, graph)
+
+
+class LayoutSpyPlugin:
+    @pat_ray.hookimpl
+    def pat_ray_register_criteria(self, register):
+        register("layout_spy", LayoutSpy)
+
+
+def test_channels_last_survives_surgery(tmp_path):
+    registry.reset()
+    registry.register_plugin(LayoutSpyPlugin(), name="layout-spy")
+    LayoutSpy.seen = []
+    try:
+        cfg = tiny(tmp_path, FixedStart(epoch=1), epochs=3, criterion=CriterionConfig(name="layout_spy"))
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"channels_last": True})})
+        result = pat_ray.run(cfg, local=True, quiet=True)
+    finally:
+        registry.reset()
+    assert len(LayoutSpy.seen) >= 3 and all(LayoutSpy.seen)  # snapshot + every step after surgery
+    assert result.flops_kept == pytest.approx(0.5, abs=0.015) and result.final_accuracy > 0.5
+    model, _ = load_checkpoint(result.checkpoint)
+    x = torch.zeros(2, 1, 8, 8).to(memory_format=torch.channels_last)
+    assert model(x).shape == (2, 10)
