@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pat_ray.checkpoint import atomic_write_text
 from pat_ray.config import (
@@ -25,6 +25,9 @@ from pat_ray.config import (
     oracle_grid,
 )
 from pat_ray.core.epi import calibrate_tau
+
+if TYPE_CHECKING:
+    from pat_ray.engine import RunResult
 
 RESULT_FILE = "oracle.json"
 
@@ -131,22 +134,19 @@ class OracleSummary:
         return cls(**data)
 
 
-def outcome_from_history(
-    label: str, config: Config, history: list[dict], trigger_epoch: int | None, dense_train_flops: float
-) -> TrialOutcome:
-    """A finished trial's row, from the per-epoch history its checkpoint carries."""
-    last = history[-1]
+def outcome_from_result(label: str, result: RunResult) -> TrialOutcome:
+    """A finished trial's row, from the run result rebuilt from its final checkpoint."""
     return TrialOutcome(
         label=label,
-        policy=config.start.kind,
-        start_epoch=trigger_epoch,
-        accuracy=last["val_acc"],
-        flops_kept=last["flops_kept"],
-        train_flops=last["train_flops"],
-        train_flops_ratio=last["train_flops"] / dense_train_flops,
-        wall_seconds=sum(h["epoch_seconds"] for h in history),
-        epochs=len(history),
-        epi_curve=[h["epi"] for h in history if h["phase"] == "dense"],
+        policy=result.config.start.kind,
+        start_epoch=result.trigger_epoch,
+        accuracy=result.final_accuracy,
+        flops_kept=result.flops_kept,
+        train_flops=result.train_flops,
+        train_flops_ratio=result.train_flops_ratio,
+        wall_seconds=result.wall_seconds,
+        epochs=len(result.history),
+        epi_curve=[h["epi"] for h in result.history if h["phase"] == "dense"],
     )
 
 

@@ -25,12 +25,13 @@ from pat_ray.oracle import (
     OracleSummary,
     TrialOutcome,
     epi_policy,
-    outcome_from_history,
+    outcome_from_result,
     summarize,
     trial_configs,
     write_summary,
 )
 from pat_ray.oracle_report import write_report
+from pat_ray.ray_progress import result_from_checkpoint
 from pat_ray.ray_train import report_with_checkpoint
 from pat_ray.registry import get_registry
 
@@ -99,13 +100,18 @@ def run_oracle(
         )
     grid = tuner.fit()
     outcomes, snapshots, results = [], {}, []
-    for result in grid:
-        label = result.config["label"]
-        outcome, ckpt = _collect(label, trials[label], result)
-        outcomes.append(outcome)
-        if ckpt is not None:
-            snapshots[label] = [Architecture.from_dict(a) for a in ckpt.extra["tracker"]["snapshots"]]
-            results.append((trials[label], _run_result(trials[label], ckpt)))
+    for trial in grid:
+        label = trial.config["label"]
+        if trial.error is not None or trial.checkpoint is None:
+            outcomes.append(_failed(label, trials[label], trial))
+            continue
+        with trial.checkpoint.as_directory() as folder:
+            ckpt = read_checkpoint(Path(folder) / "last.pt")
+        # wall = the trial's epoch times, so a resumed trial counts each epoch once
+        run = result_from_checkpoint(trials[label], ckpt, None, sum(h["epoch_seconds"] for h in ckpt.extra["history"]))
+        outcomes.append(outcome_from_result(label, run))
+        snapshots[label] = [Architecture.from_dict(a) for a in ckpt.extra["tracker"]["snapshots"]]
+        results.append((label, run))
     source = next((p for p in CALIBRATION_SOURCES if p in snapshots), None)
     epi = epi_policy(config)
     similarity = get_registry().create("similarity", epi.similarity)
@@ -134,24 +140,10 @@ def _trial_resources(config: Config) -> dict[str, float]:
     return {"cpu": 1, "gpu": 1 if config.scaling.use_gpu else 0}
 
 
-def _collect(label: str, config: Config, result) -> tuple[TrialOutcome, Any]:
+def _failed(label: str, config: Config, trial) -> TrialOutcome:
     start = config.start.epoch if isinstance(config.start, FixedStart) else None
-    if result.error is not None or result.checkpoint is None:
-        error = str(result.error or "the trial reported no checkpoint")
-        return TrialOutcome(label=label, policy=config.start.kind, start_epoch=start, error=error), None
-    with result.checkpoint.as_directory() as folder:
-        ckpt = read_checkpoint(Path(folder) / "last.pt")
-    extra = ckpt.extra
-    return outcome_from_history(
-        label, config, extra["history"], extra["trigger_epoch"], extra["dense_train_flops"]
-    ), ckpt
-
-
-def _run_result(config: Config, ckpt):
-    from pat_ray.ray_progress import result_from_checkpoint
-
-    wall = sum(h["epoch_seconds"] for h in ckpt.extra["history"])
-    return result_from_checkpoint(config, ckpt, None, wall)
+    error = str(trial.error or "the trial reported no checkpoint")
+    return TrialOutcome(label=label, policy=config.start.kind, start_epoch=start, error=error)
 
 
 def _run_trial(params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, fault: dict | None) -> None:

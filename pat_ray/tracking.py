@@ -39,7 +39,7 @@ def log_run(config: Config, result) -> str | None:
 def log_oracle(config: Config, summary, results: list) -> str | None:
     """Log an oracle sweep: a parent run with the report, one child run per finished trial.
 
-    ``results`` pairs each finished trial's config with its ``RunResult``. Trial checkpoints
+    ``results`` pairs each finished trial's label with its ``RunResult``. Trial checkpoints
     stay in the sweep folder (they can be many and large); children get metrics and plots.
     """
     return _guarded(config, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(config, summary, results))
@@ -94,11 +94,10 @@ def _log_oracle(config: Config, summary, results: list) -> str:
             if path.is_file():
                 mlflow.log_artifact(str(path))
         mlflow.log_text(summary.to_json(), "oracle.json")
-        for trial_config, result in results:
-            label = trial_config.name.removeprefix(f"{config.name}-")
-            tags = {"pat_ray.kind": "oracle_trial", "policy": trial_config.start.kind, "trial": label}
+        for label, result in results:
+            tags = {"pat_ray.kind": "oracle_trial", "policy": result.config.start.kind, "trial": label}
             with mlflow.start_run(run_name=label, nested=True, tags=tags):
-                _log_into_active_run(mlflow, trial_config, result, log_checkpoint=False)
+                _log_into_active_run(mlflow, result.config, result, log_checkpoint=False)
         return parent.info.run_id
 
 

@@ -84,7 +84,8 @@ def _cat(parts: list[torch.Tensor] | None) -> torch.Tensor:
     return torch.cat(parts).unique()
 
 
-def _keep(size: int, drop: torch.Tensor) -> torch.Tensor:
+def kept_indices(size: int, drop: torch.Tensor) -> torch.Tensor:
+    """The sorted indices of ``range(size)`` that survive removing ``drop``."""
     return _complement(tuple(drop.tolist()), size) if drop.numel() else torch.arange(size)
 
 
@@ -129,7 +130,7 @@ class _Rewriter:
 
 
 def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, rewrite) -> None:
-    keep_out = _keep(conv.out_channels, drop_out)
+    keep_out = kept_indices(conv.out_channels, drop_out)
     if "depthwise" in roles:
         rewrite(conv, "weight", _select(0, keep_out))
         conv.groups = conv.in_channels = len(keep_out)
@@ -137,7 +138,7 @@ def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, rew
         rewrite(conv, "weight", _grouped_reindex(conv, keep_out))
         conv.in_channels = len(keep_out)
     else:
-        keep_in = _keep(conv.in_channels, drop_in)
+        keep_in = kept_indices(conv.in_channels, drop_in)
         by_out, by_in = _select(0, keep_out), _select(1, keep_in)
         rewrite(conv, "weight", lambda t: by_in(by_out(t)))
         conv.in_channels = len(keep_in)
@@ -163,8 +164,8 @@ def _grouped_reindex(conv, keep: torch.Tensor) -> Reindex:
 
 
 def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
-    keep_out = _keep(linear.out_features, drop_out)
-    keep_in = _keep(linear.in_features, drop_in)
+    keep_out = kept_indices(linear.out_features, drop_out)
+    keep_in = kept_indices(linear.in_features, drop_in)
     by_out, by_in = _select(0, keep_out), _select(1, keep_in)
     rewrite(linear, "weight", lambda t: by_in(by_out(t)))
     rewrite(linear, "bias", by_out)
@@ -172,7 +173,7 @@ def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
 
 
 def _shrink_norm(norm, drop: torch.Tensor, rewrite) -> None:
-    keep = _keep(norm.num_features, drop)
+    keep = kept_indices(norm.num_features, drop)
     for name in ("weight", "bias", "running_mean", "running_var"):
         rewrite(norm, name, _select(0, keep))
     norm.num_features = len(keep)

@@ -17,7 +17,7 @@ from torch import nn
 import pat_ray
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.graph import ModelGraph
-from pat_ray.core.surgery import channels_to_drop
+from pat_ray.core.surgery import channels_to_drop, kept_indices
 
 PRODUCER_ROLES = ("out", "depthwise", "grouped")
 
@@ -86,11 +86,7 @@ def _move_optimizer_state(model, optimizer, before, removed, roles) -> None:
 def _slicer(module_name: str, shape: torch.Size, removed, roles):
     def keep(axis: str, size: int) -> torch.Tensor | None:
         drop = removed.get((module_name, axis))
-        if drop is None or drop.numel() == 0:
-            return None
-        mask = torch.ones(size, dtype=torch.bool)
-        mask[drop] = False
-        return mask.nonzero().flatten()
+        return None if drop is None or drop.numel() == 0 else kept_indices(size, drop)
 
     keep_out = keep("out", shape[0])
     keep_in = keep("in", shape[1]) if len(shape) > 1 and "depthwise" not in roles else None
