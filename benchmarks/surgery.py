@@ -4,8 +4,10 @@ For each model and FLOPs budget: pat_ray.prune (trace + magnitude scores + globa
 selection under the FLOPs budget + surgery) against Torch-Pruning's MetaPruner with
 global magnitude importance. Torch-Pruning takes a channel ratio, not a FLOPs budget, so
 its ratio is first found by bisection (untimed), then the timed run builds the pruner and
-steps once, as a user would after choosing that ratio. Timings are medians of --repeats
-runs in this process. Writes benchmarks/results/surgery.md.
+steps once, as a user would after choosing that ratio. Both tools are warmed up on each model
+first, their timed runs alternate (so drift in the machine hits both alike) and run with the
+garbage collector paused; timings are medians of --repeats runs in this process.
+Writes benchmarks/results/surgery.md.
 
     python benchmarks/surgery.py                                  # the zoo at 70/50/30% FLOPs
     python benchmarks/surgery.py --models resnet50 --budgets 0.5   # one cell
@@ -14,6 +16,7 @@ runs in this process. Writes benchmarks/results/surgery.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import statistics
 import sys
@@ -56,18 +59,29 @@ def fresh(name: str) -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
+def timed(prune, model):
+    """Seconds ``prune(model)`` takes, with the garbage collector paused."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        prune(model)
+        return time.perf_counter() - start, model
+    finally:
+        gc.enable()
+
+
 def run_native(name, x, budget):
-    model = fresh(name)
-    start = time.perf_counter()
-    pat_ray.prune(model, x, criterion="magnitude", budget=budget)
-    return time.perf_counter() - start, model
+    return timed(lambda model: pat_ray.prune(model, x, criterion="magnitude", budget=budget), fresh(name))
 
 
 def run_torch_pruning(name, x, ratio):
+    return timed(lambda model: torch_pruning_step(model, x, ratio), fresh(name))
+
+
+def torch_pruning_step(model, x, ratio) -> None:
     import torch_pruning as tp
 
-    model = fresh(name)
-    start = time.perf_counter()
     ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
     pruner = tp.pruner.MetaPruner(
         model,
@@ -78,7 +92,6 @@ def run_torch_pruning(name, x, ratio):
         ignored_layers=ignored,
     )
     pruner.step()
-    return time.perf_counter() - start, model
 
 
 def tp_ratio_for(name, x, budget, dense_flops) -> float:
@@ -97,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=ZOO)
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.3])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -106,11 +119,13 @@ def main() -> None:
     for name in args.models:
         dense = measure_cost(fresh(name), x)
         for budget in args.budgets:
-            native_t = [run_native(name, x, budget) for _ in range(args.repeats)]
-            native_cost = measure_cost(native_t[0][1], x)
+            run_native(name, x, budget)  # warm-up: first-call costs (FX, allocator) are nobody's
+            native_t, tp_t = [], []
             try:
-                ratio = tp_ratio_for(name, x, budget, dense.flops)
-                tp_t = [run_torch_pruning(name, x, ratio) for _ in range(args.repeats)]
+                ratio = tp_ratio_for(name, x, budget, dense.flops)  # also TP's warm-up
+                for _ in range(args.repeats):
+                    native_t.append(run_native(name, x, budget))
+                    tp_t.append(run_torch_pruning(name, x, ratio))
                 tp_cost = measure_cost(tp_t[0][1], x)
                 tp_time = statistics.median(t for t, _ in tp_t)
                 tp_cells = (
@@ -119,6 +134,8 @@ def main() -> None:
                 )
             except Exception as err:  # report, do not hide: a failing model is a result too
                 tp_time, tp_cells = float("nan"), f"failed: {type(err).__name__} | - | - | -"
+                native_t = native_t or [run_native(name, x, budget) for _ in range(args.repeats)]
+            native_cost = measure_cost(native_t[0][1], x)
             native_time = statistics.median(t for t, _ in native_t)
             rows.append(
                 f"| {name} | {budget:.2f} | {native_time:.3f} | {native_cost.flops / dense.flops:.3f} "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -45,15 +45,14 @@ class Budget:
             raise BudgetError(f"round_to must be >= 1, got {self.round_to}")
 
 
-@dataclass(frozen=True)
-class _Unit:
+class _Unit(NamedTuple):  # a NamedTuple: selection builds one per channel of the model
     score: float
     group: int
     rank: int
     channels: tuple[int, ...]
 
 
-def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) -> list[_Unit]:
+def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1, index: int = -1) -> list[_Unit]:
     """The group's units, best first; equal scores keep the lower channel index first."""
     if scores.shape != (group.size,):
         raise ValueError(f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}")
@@ -61,17 +60,16 @@ def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) ->
     table = scores.detach().double().cpu().reshape(group.subgroups, per_sub)
     order = torch.sort(-table, dim=1, stable=True).indices  # (subgroups, per_sub)
     row_scores = table.gather(1, order).mean(0).tolist()  # rank r's mean over conv groups
-    rows = (order + torch.arange(group.subgroups)[:, None] * per_sub).T.tolist()
+    rows = [tuple(row) for row in (order + torch.arange(group.subgroups)[:, None] * per_sub).T.tolist()]
     step = max(1, round_to // group.subgroups) if group.subgroups > 1 else round_to
-    return [
-        _Unit(
-            score=sum(row_scores[start : start + step]) / len(row_scores[start : start + step]),
-            group=-1,
-            rank=rank,
-            channels=tuple(c for row in rows[start : start + step] for c in row),
-        )
-        for rank, start in enumerate(range(0, per_sub, step))
-    ]
+    if step == 1:
+        return [_Unit(score, index, rank, row) for rank, (score, row) in enumerate(zip(row_scores, rows))]
+    units = []
+    for rank, start in enumerate(range(0, per_sub, step)):
+        block = row_scores[start : start + step]
+        channels = tuple(c for row in rows[start : start + step] for c in row)
+        units.append(_Unit(sum(block) / len(block), index, rank, channels))
+    return units
 
 
 def select_architecture(
@@ -92,14 +90,18 @@ def select_architecture(
     for gi, group in enumerate(groups):
         if group.name not in scores:
             raise ValueError(f"no scores for channel group {group.name!r}")
-        units = group_units(group, scores[group.name], budget.round_to)
-        removable += [_Unit(u.score, gi, u.rank, u.channels) for u in units[1:]]
+        removable += group_units(group, scores[group.name], budget.round_to, index=gi)[1:]
     removable.sort(key=lambda u: (u.score, u.group, -u.rank))
+    # channels removed from each group by the first i units, for any i, without a Python loop
+    unit_group = torch.tensor([u.group for u in removable], dtype=torch.long)
+    unit_width = torch.tensor([len(u.channels) for u in removable], dtype=torch.long)
 
     def measure_after(n_removed: int) -> float:
+        removed = torch.zeros(len(groups), dtype=torch.long)
+        removed.index_add_(0, unit_group[:n_removed], unit_width[:n_removed])
         counts = dict(sizes)
-        for unit in removable[:n_removed]:
-            counts[groups[unit.group].name] -= len(unit.channels)
+        for group, n in zip(groups, removed.tolist()):
+            counts[group.name] -= n
         if budget.measure == "channels":
             return float(sum(counts[g.name] for g in groups))
         cost = cost_of(graph.terms, counts)
