@@ -259,7 +259,7 @@ def _prune_step(pruner: Pruner, collective, net, optimizer, hooks, epoch: int, s
     model = collective.unwrap(net)
     step = pruner.step(model, optimizer, scores)
     if layout is not None:
-        model.to(memory_format=layout)  # surgery's index_select returns contiguous (NCHW) tensors
+        model.to(memory_format=layout)  # native surgery keeps layouts; a plugin backend may not
     hooks.pat_ray_on_prune(
         epoch=epoch,
         step=step.step,

@@ -48,6 +48,21 @@ def test_optimizer_state_of_kept_channels_is_their_old_slice(optimizer_cls, kw, 
     optimizer.step()
 
 
+def test_surgery_keeps_a_channels_last_model_and_its_momentum_channels_last():
+    model, optimizer, x = trained_step(torch.optim.SGD, momentum=0.9)
+    model.to(memory_format=torch.channels_last)
+    for p in model.parameters():  # the momentum taken before the switch: make it match
+        if p.dim() == 4:
+            state = optimizer.state[p]
+            state["momentum_buffer"] = state["momentum_buffer"].contiguous(memory_format=torch.channels_last)
+    pat_ray.prune(model, x, budget=0.5, optimizer=optimizer)
+    shrunk = [p for p in model.parameters() if p.dim() == 4 and p.shape[2] > 1]  # 3x3: layout is unambiguous
+    assert any(p.shape[0] < 16 for p in shrunk)
+    for p in shrunk:
+        assert p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        assert optimizer.state[p]["momentum_buffer"].stride() == p.stride()
+
+
 def test_iterative_pruning_composes_to_a_base_architecture(tmp_path):
     torch.manual_seed(0)
     model, x = CifarResNet(20, num_classes=4), torch.randn(2, 3, 16, 16)

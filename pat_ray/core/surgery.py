@@ -98,6 +98,15 @@ def _select(dim: int, index: torch.Tensor) -> Reindex:
     return fn
 
 
+def _same_layout(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``index_select`` returns row-major tensors: a channels-last weight (and its momentum,
+    which the optimizer updates alongside) must stay channels-last, or every later step
+    converts layouts."""
+    if old.dim() == 4 and not old.is_contiguous() and old.is_contiguous(memory_format=torch.channels_last):
+        return new.contiguous(memory_format=torch.channels_last)
+    return new
+
+
 class _Rewriter:
     """Replaces module tensors with reindexed copies and moves optimizer state along."""
 
@@ -109,14 +118,14 @@ class _Rewriter:
         old = getattr(module, name)
         if old is None:
             return
-        new_data = fn(old.detach())
+        new_data = _same_layout(fn(old.detach()), old)
         if not isinstance(old, nn.Parameter):
             setattr(module, name, new_data)  # a buffer
             return
         new = nn.Parameter(new_data, requires_grad=old.requires_grad)
         if self.optimizer is not None and old in self.optimizer.state:
             self.optimizer.state[new] = {
-                key: fn(value) if torch.is_tensor(value) and value.shape == old.shape else value
+                key: _same_layout(fn(value), value) if torch.is_tensor(value) and value.shape == old.shape else value
                 for key, value in self.optimizer.state.pop(old).items()
             }
         self.replaced[old] = new
