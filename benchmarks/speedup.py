@@ -12,61 +12,18 @@ The efficiency column is speedup / (1 / FLOPs ratio): 1.0 means time follows FLO
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision
 
 import pat_ray
 from _report import header, write
+from _timing import throughput
 
 
 def fresh(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return torchvision.models.get_model(name, weights=None)
-
-
-def timed(fn, device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def throughput(model, x, device, repeats: int) -> tuple[float, float]:
-    """Images per second for a training step and for inference."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    targets = torch.zeros(len(x), dtype=torch.long, device=device)
-
-    def train_step():
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(model(x), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def infer():
-        with torch.no_grad(), autocast:
-            model(x)
-
-    model.train()
-    train_s = timed(train_step, device, repeats)
-    model.eval()
-    infer_s = timed(infer, device, repeats)
-    return len(x) / train_s, len(x) / infer_s
 
 
 def main() -> None:
@@ -81,20 +38,19 @@ def main() -> None:
     batch = args.batch or (64 if device.type == "cuda" else 16)
     size = args.size or (224 if device.type == "cuda" else 128)
     x = torch.randn(batch, 3, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    channels_last = device.type == "cuda"
     example = torch.randn(1, 3, size, size)
     rows = []
     for name in args.models:
         dense_flops = pat_ray.measure_cost(fresh(name), example).flops
-        dense_train, dense_infer = throughput(fresh(name), x, device, args.repeats)
+        dense_train, dense_infer = throughput(fresh(name), x, device, args.repeats, channels_last)
         rows.append(f"| {name} | 1.000 | {dense_train:.1f} | 1.00 | {dense_infer:.1f} | 1.00 | - |")
         print(rows[-1], flush=True)
         for fraction in args.fractions:
             model = fresh(name)
             pat_ray.prune(model, example, criterion="magnitude", budget=fraction)
             ratio = pat_ray.measure_cost(model, example).flops / dense_flops
-            train, infer = throughput(model, x, device, args.repeats)
+            train, infer = throughput(model, x, device, args.repeats, channels_last)
             ideal = 1 / ratio
             rows.append(
                 f"| {name} | {ratio:.3f} | {train:.1f} | {train / dense_train:.2f} | {infer:.1f} "

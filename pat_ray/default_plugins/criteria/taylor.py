@@ -9,12 +9,14 @@ BatchNorm use the same formula over their producers' weights and biases.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 import pat_ray
-from pat_ray.core.criterion import Criterion, Scores, member_rows, member_tensor
-from pat_ray.core.graph import ChannelGroup, ModelGraph
+from pat_ray.core.criterion import Criterion, Scores, member_rows
+from pat_ray.core.graph import ChannelGroup, Member, ModelGraph
 
 
 class Taylor(Criterion):
@@ -23,15 +25,20 @@ class Taylor(Criterion):
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
         self._batches = 0
+        self._plan: tuple[nn.Module, ModelGraph, list[_GroupPlan]] | None = None
 
     def observe(self, model: nn.Module, graph: ModelGraph) -> None:
+        # runs after every backward: module lookups are resolved once per (model, graph), as a
+        # dozen tiny ops per BatchNorm would otherwise cost ~2 ms per iteration on ResNet-56
+        if self._plan is None or self._plan[0] is not model or self._plan[1] is not graph:
+            self._plan = (model, graph, [_GroupPlan.of(model, group) for group in graph.prunable])
         with torch.no_grad():
-            for group in graph.prunable:
-                estimate = _estimate(model, group)
-                if group.name in self._sums:
-                    self._sums[group.name] += estimate
+            for plan in self._plan[2]:
+                estimate = plan.estimate()
+                if plan.name in self._sums:
+                    self._sums[plan.name] += estimate
                 else:
-                    self._sums[group.name] = estimate
+                    self._sums[plan.name] = estimate
         self._batches += 1
 
     def scores(self, model: nn.Module, graph: ModelGraph) -> Scores:
@@ -45,24 +52,39 @@ class Taylor(Criterion):
     def reset(self) -> None:
         self._sums.clear()
         self._batches = 0
+        self._plan = None
 
 
-def _estimate(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    norms = list(group.members_with_role("norm"))
-    members = norms or list(group.members_with_role("out", "depthwise", "grouped"))
-    device = member_tensor(model, members[0], "weight").device
-    total = torch.zeros(group.size, device=device)  # stays on device: no sync per batch
-    for member in members:
-        first_order = torch.zeros(group.size, device=device)
-        for name in ("weight", "bias"):
-            param = member_tensor(model, member, name)
-            if param is None or param.grad is None:
-                continue
-            value = member_rows(param, member, group.size)
-            grad = member_rows(param.grad, member, group.size)
-            first_order += (value * grad).sum(1).float()
-        total += first_order**2
-    return total
+@dataclass(frozen=True)
+class _GroupPlan:
+    """Where one group's estimate comes from: its BatchNorms, else its producers."""
+
+    name: str
+    size: int
+    members: tuple[tuple[nn.Module, Member], ...]
+
+    @classmethod
+    def of(cls, model: nn.Module, group: ChannelGroup) -> _GroupPlan:
+        members = list(group.members_with_role("norm")) or list(group.members_with_role("out", "depthwise", "grouped"))
+        return cls(group.name, group.size, tuple((model.get_submodule(m.module), m) for m in members))
+
+    def estimate(self) -> torch.Tensor:
+        """Sum over members of (sum over the channel's parameters of value * gradient)^2."""
+        total = None
+        for module, member in self.members:
+            first_order = None
+            for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
+                if param is None or param.grad is None:
+                    continue
+                term = (member_rows(param, member, self.size) * member_rows(param.grad, member, self.size)).sum(1)
+                first_order = term if first_order is None else first_order + term
+            if first_order is not None:
+                square = first_order.float().square()
+                total = square if total is None else total + square
+        if total is None:  # no gradient reached this group
+            device = next(self.members[0][0].parameters()).device
+            return torch.zeros(self.size, device=device)
+        return total
 
 
 @pat_ray.hookimpl

@@ -1,0 +1,152 @@
+"""Where a training step's time goes, stage by stage, against where its FLOPs are.
+
+A FLOPs budget assumes every FLOP costs the same time. This measures how far that holds on
+this machine: each conv and BatchNorm of the model is timed alone (a copy of the layer,
+forward + backward on a random input of the shape it sees in the model, channels_last,
+median of --repeats after warm-up), and the times and FLOPs are summed per stage (the
+model's top-level child: stem, layer1, ...). "time / FLOPs" is the stage's share of the
+measured time over its share of the FLOPs: above 1, a FLOP there costs more than average, so
+pruning there saves more time than its FLOPs say, and below 1, less.
+
+A second table prunes each model once (magnitude at init, 50% of the FLOPs) with kept channel
+counts rounded to 16, 8 and 1, and times a whole training step against the dense model's.
+
+    python benchmarks/time_per_flop.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+import pat_ray
+from _report import header, write
+from _timing import throughput, timed
+from pat_ray.registry import get_registry
+
+SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
+CPU = torch.device("cpu")
+
+
+def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[nn.Module, torch.Size]]:
+    """Each conv / BatchNorm / linear layer with the input shape it sees in ``model(x)``."""
+    seen = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs, _output) -> None:  # None: the output stays as it is
+            seen.setdefault(name, (module, inputs[0].shape))
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def layer_seconds(module: nn.Module, shape: torch.Size, repeats: int) -> float:
+    layer = copy.deepcopy(module).train()
+    x = torch.randn(shape)
+    if x.dim() == 4:
+        layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def step():
+        out = layer(x)
+        out.backward(torch.ones_like(out))
+
+    return timed(step, CPU, repeats)
+
+
+def layer_macs(module: nn.Module, shape: torch.Size) -> int:
+    if isinstance(module, nn.BatchNorm2d):
+        return 0
+    with torch.no_grad():
+        out = module(torch.zeros(shape))
+    return module.weight[0].numel() * out[0].numel()  # per sample, as pat_ray counts FLOPs
+
+
+def build(model_name: str) -> nn.Module:
+    torch.manual_seed(0)
+    params = {"in_channels": 3} if model_name.startswith("cifar_") else {}
+    return get_registry().create("model", model_name, num_classes=10, **params)
+
+
+def rounding_rows(model_name: str, size: int, batch: int, repeats: int) -> list[str]:
+    """Training step of the model pruned to half its FLOPs, per rounding of the kept counts."""
+    x, example = torch.randn(batch, 3, size, size), torch.zeros(1, 3, size, size)
+    dense_ips, _ = throughput(build(model_name), x, CPU, repeats, channels_last=True)
+    dense_flops = pat_ray.measure_cost(build(model_name), example).flops
+    rows = []
+    for round_to in (16, 8, 1):
+        model = build(model_name)
+        pat_ray.prune(model, example, budget=0.5, round_to=round_to)
+        kept = pat_ray.measure_cost(model, example).flops / dense_flops
+        step_ratio = dense_ips / throughput(model, x, CPU, repeats, channels_last=True)[0]
+        rows.append(
+            f"| {model_name} | {size} | {round_to} | {kept:.3f} | {step_ratio:.3f} | {(1 - step_ratio) / (1 - kept):.2f} |"
+        )
+    return rows
+
+
+def stage_table(model_name: str, size: int, batch: int, repeats: int) -> list[str]:
+    model = build(model_name)
+    seconds, macs = defaultdict(float), defaultdict(int)
+    for name, (module, shape) in layer_inputs(model, torch.randn(batch, 3, size, size)).items():
+        stage = name.split(".")[0] if name.startswith("layer") else "stem / head"
+        seconds[stage] += layer_seconds(module, shape, repeats)
+        macs[stage] += layer_macs(module, shape)
+    total_s, total_macs = sum(seconds.values()), sum(macs.values())
+    rows = []
+    for stage in sorted(seconds, key=lambda s: (not s.startswith("layer"), s)):
+        time_share, flops_share = seconds[stage] / total_s, macs[stage] / total_macs
+        rows.append(
+            f"| {model_name} | {size} | {stage} | {flops_share:.3f} | {time_share:.3f} "
+            f"| {time_share / flops_share:.2f} | {seconds[stage] * 1e3:.1f} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rows, rounding = [], []
+    for model_name, size in SETTINGS:
+        rows += stage_table(model_name, size, args.batch, args.repeats)
+        rounding += rounding_rows(model_name, size, args.batch, args.repeats)
+        print("\n".join(rows[-5:] + rounding[-3:]), flush=True)
+    lines = header(
+        "Time per FLOP, stage by stage",
+        CPU,
+        f"Batch {args.batch}, fp32, channels_last; each conv / BatchNorm / linear timed alone (forward + backward), "
+        f"median of {args.repeats}; summed per stage. time / FLOPs = the stage's time share over its FLOPs share.",
+    )
+    lines += [
+        "| model | input px | stage | FLOPs share | time share | time / FLOPs | stage ms |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Pruned once to 50% of the FLOPs (magnitude at init), kept channels rounded to `round_to`; a whole training "
+        "step (forward, backward, SGD) against the dense model's, same batch:",
+        "",
+        "| model | input px | round_to | FLOPs kept | step time x dense | efficiency |",
+        "|---|---|---|---|---|---|",
+        *rounding,
+    ]
+    write("time_per_flop.md", lines)
+
+
+if __name__ == "__main__":
+    main()
