@@ -51,3 +51,8 @@ def throughput(model, x, device, repeats: int, channels_last: bool) -> tuple[flo
     model.eval()
     infer_s = timed(infer, device, repeats)
     return len(x) / train_s, len(x) / infer_s
+
+
+def saving_efficiency(time_ratio: float, flops_ratio: float) -> float:
+    """Time saved over the saving the FLOPs imply: 1.0 when time follows FLOPs exactly."""
+    return (1 - time_ratio) / (1 - flops_ratio)

@@ -25,7 +25,7 @@ from torch import nn
 
 import pat_ray
 from _report import header, write
-from _timing import throughput, timed
+from _timing import saving_efficiency, throughput, timed
 from pat_ray.registry import get_registry
 
 SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
@@ -68,14 +68,6 @@ def layer_seconds(module: nn.Module, shape: torch.Size, repeats: int) -> float:
     return timed(step, CPU, repeats)
 
 
-def layer_macs(module: nn.Module, shape: torch.Size) -> int:
-    if isinstance(module, nn.BatchNorm2d):
-        return 0
-    with torch.no_grad():
-        out = module(torch.zeros(shape))
-    return module.weight[0].numel() * out[0].numel()  # per sample, as pat_ray counts FLOPs
-
-
 def build(model_name: str) -> nn.Module:
     torch.manual_seed(0)
     params = {"in_channels": 3} if model_name.startswith("cifar_") else {}
@@ -94,7 +86,8 @@ def rounding_rows(model_name: str, size: int, batch: int, repeats: int) -> list[
         kept = pat_ray.measure_cost(model, example).flops / dense_flops
         step_ratio = dense_ips / throughput(model, x, CPU, repeats, channels_last=True)[0]
         rows.append(
-            f"| {model_name} | {size} | {round_to} | {kept:.3f} | {step_ratio:.3f} | {(1 - step_ratio) / (1 - kept):.2f} |"
+            f"| {model_name} | {size} | {round_to} | {kept:.3f} | {step_ratio:.3f} "
+            f"| {saving_efficiency(step_ratio, kept):.2f} |"
         )
     return rows
 
@@ -105,7 +98,7 @@ def stage_table(model_name: str, size: int, batch: int, repeats: int) -> list[st
     for name, (module, shape) in layer_inputs(model, torch.randn(batch, 3, size, size)).items():
         stage = name.split(".")[0] if name.startswith("layer") else "stem / head"
         seconds[stage] += layer_seconds(module, shape, repeats)
-        macs[stage] += layer_macs(module, shape)
+        macs[stage] += pat_ray.measure_cost(module, torch.zeros(shape)).flops  # 0 for a BatchNorm
     total_s, total_macs = sum(seconds.values()), sum(macs.values())
     rows = []
     for stage in sorted(seconds, key=lambda s: (not s.startswith("layer"), s)):

@@ -23,7 +23,7 @@ import torch
 
 import pat_ray
 from _report import header, write
-from _timing import throughput
+from _timing import saving_efficiency, throughput
 from pat_ray.config import AfterTrainingStart, Config, EPIStart, FixedStart, NeverStart, config_from_dict
 from pat_ray.engine import RunResult
 from pat_ray.registry import get_registry
@@ -89,12 +89,12 @@ def rows_for(setting: str, results: dict) -> list[str]:
         phases = " / ".join(f"{per_phase[p]:.1f}" for p in PHASES)
         flops_ratio, wall_ratio = r.train_flops / dense.train_flops, r.wall_seconds / dense.wall_seconds
         # defined where pruning saves FLOPs; train-prune-fine-tune spends more than dense
-        efficiency = f"{(1 - wall_ratio) / (1 - flops_ratio):.2f}" if flops_ratio < 1 else "-"
+        efficiency = f"{saving_efficiency(wall_ratio, flops_ratio):.2f}" if flops_ratio < 1 else "-"
         start = "-" if r.trigger_epoch is None else str(r.trigger_epoch)
         step = "-"
         if r.flops_kept < 1:
             ratio = final_step_ratio(r, r.config.data.batch_size, r.config.training.channels_last)
-            step = f"{ratio:.3f} / {(1 - ratio) / (1 - r.flops_kept):.2f}"
+            step = f"{ratio:.3f} / {saving_efficiency(ratio, r.flops_kept):.2f}"
         rows.append(
             f"| {setting} | {label} | {start} | {r.final_accuracy:.4f} | {r.flops_kept:.3f} | {flops_ratio:.3f} "
             f"| {r.wall_seconds:.1f} | {phases} | {wall_ratio:.3f} | {efficiency} | {step} |"
