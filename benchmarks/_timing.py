@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -11,46 +12,91 @@ import torch
 def timed(fn, device, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
 
 
-def throughput(model, x, device, repeats: int, channels_last: bool) -> tuple[float, float]:
-    """Images per second for a training step (forward, backward, SGD) and for inference.
+def _seconds(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
-    bf16 autocast on a GPU, fp32 on a CPU."""
+
+def _autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _prepare(model, x, device, channels_last: bool):
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return model, x
+
+
+def train_step(model, x, device, channels_last: bool) -> Callable[[], None]:
+    """One training step (forward, backward, SGD with momentum) on ``x``, ready to be timed.
+
+    bf16 autocast on a GPU, fp32 on a CPU."""
+    model, x = _prepare(model, x, device, channels_last)
+    model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     targets = torch.zeros(len(x), dtype=torch.long, device=device)
 
-    def train_step():
-        with autocast:
+    def step() -> None:
+        with _autocast(device):
             loss = torch.nn.functional.cross_entropy(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    def infer():
-        with torch.no_grad(), autocast:
+    return step
+
+
+def inference(model, x, device, channels_last: bool) -> Callable[[], None]:
+    """One eval-mode forward pass on ``x`` without gradients, ready to be timed."""
+    model, x = _prepare(model, x, device, channels_last)
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad(), _autocast(device):
             model(x)
 
-    model.train()
-    train_s = timed(train_step, device, repeats)
-    model.eval()
-    infer_s = timed(infer, device, repeats)
+    return forward
+
+
+def throughput(model, x, device, repeats: int, channels_last: bool) -> tuple[float, float]:
+    """Images per second for a training step and for inference."""
+    train_s = timed(train_step(model, x, device, channels_last), device, repeats)
+    infer_s = timed(inference(model, x, device, channels_last), device, repeats)
     return len(x) / train_s, len(x) / infer_s
+
+
+def alternated_ratio(fn, baseline_fn, device, rounds: int = 9, warmup: int = 2) -> float:
+    """Time of ``fn`` over ``baseline_fn``'s, the two run in alternation: the median of the
+    per-round ratios.
+
+    Alternating call by call cancels the slow drifts of a shared machine, which timing one
+    function's repeats and then the other's does not: on the 2-core development VM such
+    sequential medians moved the same model's step-time ratio by up to 0.3 from run to run;
+    alternated, the median stays within ~0.02."""
+    for _ in range(warmup):
+        fn(), baseline_fn()
+    ratios = []
+    for _ in range(rounds):
+        base_s = _seconds(baseline_fn, device)
+        ratios.append(_seconds(fn, device) / base_s)
+    return statistics.median(ratios)
+
+
+def step_time_ratio(model, baseline, x, device, channels_last: bool, rounds: int = 9) -> float:
+    """Training-step time of ``model`` over ``baseline``'s, alternated (``alternated_ratio``)."""
+    return alternated_ratio(
+        train_step(model, x, device, channels_last), train_step(baseline, x, device, channels_last), device, rounds
+    )
 
 
 def saving_efficiency(time_ratio: float, flops_ratio: float) -> float:

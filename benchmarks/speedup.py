@@ -2,8 +2,9 @@
 
 For each model and FLOPs fraction, prune a fresh model with pat_ray (magnitude, global
 selection, native surgery) and time a training step (forward + backward + SGD step) and
-inference (eval, no grad) against the dense model in the same process, median of --repeats
-after warm-up. On a GPU (when one is present): channels_last and bf16 autocast; else CPU.
+inference (eval, no grad) against the dense model in the same process: throughput is the median
+of --repeats after warm-up, the speedup the median ratio of the two models timed in alternation
+(``_timing.alternated_ratio``). On a GPU (when one is present): channels_last and bf16 autocast; else CPU.
 The efficiency column is speedup / (1 / FLOPs ratio): 1.0 means time follows FLOPs exactly.
 
     python benchmarks/speedup.py
@@ -18,7 +19,7 @@ import torchvision
 
 import pat_ray
 from _report import header, write
-from _timing import throughput
+from _timing import alternated_ratio, inference, throughput, train_step
 
 
 def fresh(name: str) -> torch.nn.Module:
@@ -43,7 +44,8 @@ def main() -> None:
     rows = []
     for name in args.models:
         dense_flops = pat_ray.measure_cost(fresh(name), example).flops
-        dense_train, dense_infer = throughput(fresh(name), x, device, args.repeats, channels_last)
+        dense = fresh(name)
+        dense_train, dense_infer = throughput(dense, x, device, args.repeats, channels_last)
         rows.append(f"| {name} | 1.000 | {dense_train:.1f} | 1.00 | {dense_infer:.1f} | 1.00 | - |")
         print(rows[-1], flush=True)
         for fraction in args.fractions:
@@ -51,18 +53,24 @@ def main() -> None:
             pat_ray.prune(model, example, criterion="magnitude", budget=fraction)
             ratio = pat_ray.measure_cost(model, example).flops / dense_flops
             train, infer = throughput(model, x, device, args.repeats, channels_last)
-            ideal = 1 / ratio
+            # speedups from the two models timed in alternation, not from the throughputs above
+            train_speedup = alternated_ratio(
+                train_step(dense, x, device, channels_last), train_step(model, x, device, channels_last), device
+            )
+            infer_speedup = alternated_ratio(
+                inference(dense, x, device, channels_last), inference(model, x, device, channels_last), device
+            )
             rows.append(
-                f"| {name} | {ratio:.3f} | {train:.1f} | {train / dense_train:.2f} | {infer:.1f} "
-                f"| {infer / dense_infer:.2f} | {train / dense_train / ideal:.2f} / {infer / dense_infer / ideal:.2f} |"
+                f"| {name} | {ratio:.3f} | {train:.1f} | {train_speedup:.2f} | {infer:.1f} "
+                f"| {infer_speedup:.2f} | {train_speedup * ratio:.2f} / {infer_speedup * ratio:.2f} |"
             )
             print(rows[-1], flush=True)
     precision = "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
     lines = header(
         "Real speedup of pruned models",
         device,
-        f"Batch {batch} x 3 x {size} x {size}, {precision}, median of {args.repeats} after 2 warm-up steps; "
-        "speedups are against the dense model measured in the same process.",
+        f"Batch {batch} x 3 x {size} x {size}, {precision}, img/s: median of {args.repeats} after 2 warm-up steps; "
+        "speedups: dense time over pruned time, the two timed in alternation, median of 9 per-round ratios.",
     )
     lines += [
         "| model | FLOPs ratio | train img/s | train speedup | inference img/s | inference speedup "

@@ -11,6 +11,11 @@ pruning there saves more time than its FLOPs say, and below 1, less.
 A second table prunes each model once (magnitude at init, 50% of the FLOPs) with kept channel
 counts rounded to 16, 8 and 1, and times a whole training step against the dense model's.
 
+A third asks how much better any allocation of the same FLOPs could do: the magnitude scores of
+each stage are scaled by 1/4, 1 or 4 (every combination), so the global selection moves the
+cuts between stages, and each distinct architecture at 50% FLOPs (round_to 16) is timed. Its
+best efficiency is what a FLOPs budget can reach on this machine with a smarter ranking.
+
     python benchmarks/time_per_flop.py
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 from collections import defaultdict
 
 import torch
@@ -25,7 +31,9 @@ from torch import nn
 
 import pat_ray
 from _report import header, write
-from _timing import saving_efficiency, throughput, timed
+from _timing import saving_efficiency, step_time_ratio, timed
+from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.registry import get_registry
 
 SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
@@ -74,22 +82,62 @@ def build(model_name: str) -> nn.Module:
     return get_registry().create("model", model_name, num_classes=10, **params)
 
 
-def rounding_rows(model_name: str, size: int, batch: int, repeats: int) -> list[str]:
+def rounding_rows(model_name: str, size: int, batch: int) -> list[str]:
     """Training step of the model pruned to half its FLOPs, per rounding of the kept counts."""
     x, example = torch.randn(batch, 3, size, size), torch.zeros(1, 3, size, size)
-    dense_ips, _ = throughput(build(model_name), x, CPU, repeats, channels_last=True)
+    dense = build(model_name)
     dense_flops = pat_ray.measure_cost(build(model_name), example).flops
     rows = []
     for round_to in (16, 8, 1):
         model = build(model_name)
         pat_ray.prune(model, example, budget=0.5, round_to=round_to)
         kept = pat_ray.measure_cost(model, example).flops / dense_flops
-        step_ratio = dense_ips / throughput(model, x, CPU, repeats, channels_last=True)[0]
+        step_ratio = step_time_ratio(model, dense, x, CPU, channels_last=True)
         rows.append(
             f"| {model_name} | {size} | {round_to} | {kept:.3f} | {step_ratio:.3f} "
             f"| {saving_efficiency(step_ratio, kept):.2f} |"
         )
     return rows
+
+
+def allocation_rows(model_name: str, size: int, batch: int, factors=(0.25, 1.0, 4.0)) -> list[str]:
+    """Every distinct 50%-FLOPs architecture that per-stage score weights lead the selection to."""
+    x, example = torch.randn(batch, 3, size, size), torch.zeros(1, 3, size, size)
+    dense = build(model_name)
+    dense_flops = pat_ray.measure_cost(dense, example).flops
+    registry = get_registry()
+    magnitude, surgery = registry.create("criterion", "magnitude"), registry.create("surgery", "native")
+    stages = sorted({name.split(".")[0] for name, _ in dense.named_children() if name.startswith("layer")})
+    timed_widths, rows = set(), []
+    for weights in itertools.product(factors, repeat=len(stages)):
+        model = build(model_name)
+        graph = trace_channel_groups(model, example)
+        scale = dict(zip(stages, weights))
+        scores = {name: s * scale.get(name.split(".")[0], 1.0) for name, s in magnitude.scores(model, graph).items()}
+        surgery.apply(model, graph, select_architecture(graph, scores, Budget(0.5, "flops", round_to=16)), None)
+        widths = tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        if widths in timed_widths:
+            continue
+        timed_widths.add(widths)
+        kept = pat_ray.measure_cost(model, example).flops / dense_flops
+        step_ratio = step_time_ratio(model, dense, x, CPU, channels_last=True)
+        per_stage = " / ".join(
+            str(
+                sum(
+                    m.out_channels
+                    for n, m in model.named_modules()
+                    if n.startswith(f"{stage}.") and isinstance(m, nn.Conv2d)
+                )
+            )
+            for stage in stages
+        )
+        rows.append((saving_efficiency(step_ratio, kept), kept, step_ratio, per_stage, weights))
+        print(model_name, size, weights, f"efficiency {rows[-1][0]:.2f}", flush=True)
+    best = max(rows)
+    return [
+        f"| {model_name} | {size} | {len(rows)} | {min(rows)[0]:.2f} | {best[0]:.2f} | {best[1]:.3f} | {best[2]:.3f} "
+        f"| {best[3]} | {' / '.join(f'{w:g}' for w in best[4])} |"
+    ]
 
 
 def stage_table(model_name: str, size: int, batch: int, repeats: int) -> list[str]:
@@ -115,11 +163,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    rows, rounding = [], []
+    rows, rounding, allocation = [], [], []
     for model_name, size in SETTINGS:
         rows += stage_table(model_name, size, args.batch, args.repeats)
-        rounding += rounding_rows(model_name, size, args.batch, args.repeats)
+        rounding += rounding_rows(model_name, size, args.batch)
         print("\n".join(rows[-5:] + rounding[-3:]), flush=True)
+    for model_name, size in SETTINGS[:2]:
+        allocation += allocation_rows(model_name, size, args.batch)
     lines = header(
         "Time per FLOP, stage by stage",
         CPU,
@@ -137,6 +187,14 @@ def main() -> None:
         "| model | input px | round_to | FLOPs kept | step time x dense | efficiency |",
         "|---|---|---|---|---|---|",
         *rounding,
+        "",
+        "The same 50% of the FLOPs (round_to 16) allocated differently: each stage's scores weighted 1/4, 1 or 4 "
+        "in every combination; each distinct architecture timed (training step, alternated with the dense model's):",
+        "",
+        "| model | input px | architectures | worst efficiency | best efficiency | its FLOPs kept "
+        "| its step time x dense | its conv output channels per stage | its stage weights |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *allocation,
     ]
     write("time_per_flop.md", lines)
 

@@ -23,7 +23,7 @@ import torch
 
 import pat_ray
 from _report import header, write
-from _timing import saving_efficiency, throughput
+from _timing import saving_efficiency, step_time_ratio
 from pat_ray.config import AfterTrainingStart, Config, EPIStart, FixedStart, NeverStart, config_from_dict
 from pat_ray.engine import RunResult
 from pat_ray.registry import get_registry
@@ -71,14 +71,11 @@ def run_all(base: Config) -> dict[str, RunResult]:
 
 
 def final_step_ratio(result: RunResult, batch: int, channels_last: bool) -> float:
-    """Training-step time of the run's final model over the dense model's, each timed alone."""
+    """Training-step time of the run's final model over the dense model's, outside the run."""
     pruned, ckpt = pat_ray.load_checkpoint(result.checkpoint)
     dense = get_registry().create("model", ckpt.model_name, **ckpt.model_params)
     x = torch.randn(batch, *ckpt.input_shape[1:])
-    cpu = torch.device("cpu")
-    dense_ips, _ = throughput(dense, x, cpu, repeats=7, channels_last=channels_last)
-    pruned_ips, _ = throughput(pruned, x, cpu, repeats=7, channels_last=channels_last)
-    return dense_ips / pruned_ips
+    return step_time_ratio(pruned, dense, x, torch.device("cpu"), channels_last)
 
 
 def rows_for(setting: str, results: dict) -> list[str]:
@@ -122,7 +119,8 @@ def main() -> None:
         "pipelines/digits.yaml (30 epochs). train-prune-fine-tune fine-tunes for a full schedule at 0.1x lr. "
         "Wall = the run's wall time (training, evaluation, snapshots, checkpoints); phases in seconds (sums of "
         "epoch times). Final step: the final model's training step alone over the dense model's, and the "
-        "efficiency that alone would give (median of 7, same batch and layout as the run).",
+        "efficiency that alone would give (the two models timed in alternation, median of 9 per-round ratios, same "
+        "batch and layout as the run).",
     )
     lines += [
         "| setting | pipeline | start epoch | final acc | FLOPs kept | train FLOPs x dense | wall s "
