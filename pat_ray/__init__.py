@@ -2,7 +2,8 @@
 
 Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``oracle`` (EPI against
 a grid of start epochs, on Ray Tune), ``read_oracle`` (a finished sweep's summary), ``prune`` (one-shot
-structural pruning), ``measure_cost``, ``save_checkpoint`` / ``load_checkpoint``, and
+structural pruning), ``measure_cost``, ``measure_latency`` (per-layer timings for a budget in
+training-step time), ``save_checkpoint`` / ``load_checkpoint``, and
 ``hookimpl`` for plugin authors.
 """
 
@@ -12,6 +13,7 @@ __all__ = [
     "hookimpl",
     "prune",
     "measure_cost",
+    "measure_latency",
     "save_checkpoint",
     "load_checkpoint",
     "run",
@@ -33,6 +35,10 @@ def __getattr__(name: str):
         from pat_ray.core.cost import measure_cost
 
         return measure_cost
+    if name == "measure_latency":
+        from pat_ray.core.latency_probe import measure_latency
+
+        return measure_latency
     if name == "read_oracle":
         from pat_ray.oracle import read_summary
 

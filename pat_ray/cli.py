@@ -83,12 +83,15 @@ def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
 
 def summary(result) -> str:
     trigger = "never" if result.trigger_epoch is None else f"epoch {result.trigger_epoch}"
+    time_kept = result.history[-1].get("time_kept")
+    time_kept = [] if time_kept is None else [f"step time kept:   {time_kept:.3f} (predicted by the latency table)"]
     return "\n".join(
         [
             "",
             f"pruning started:  {trigger}",
             f"final accuracy:   {result.final_accuracy:.4f}",
             f"FLOPs kept:       {result.flops_kept:.3f} ({result.final_flops:,} of {result.dense_flops:,} per sample)",
+            *time_kept,
             f"training FLOPs:   {result.train_flops:.3e} = {result.train_flops_ratio:.3f}x dense training",
             f"wall time:        {result.wall_seconds:.1f} s",
             f"checkpoint:       {result.checkpoint}",

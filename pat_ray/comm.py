@@ -21,6 +21,7 @@ class Collective(Protocol):
     def unwrap(self, model: nn.Module) -> nn.Module: ...
     def mean_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
     def check_agreement(self, fingerprint: str) -> None: ...
+    def share(self, value: Any) -> Any: ...
     def broadcast_decision(self, decision: bool) -> bool: ...
     def mean_metrics(self, values: dict[str, float]) -> dict[str, float]: ...
 
@@ -53,6 +54,9 @@ class LocalCollective:
     def check_agreement(self, fingerprint):
         return None
 
+    def share(self, value):
+        return value
+
     def broadcast_decision(self, decision):
         return decision
 
@@ -61,6 +65,9 @@ class LocalCollective:
 
 
 class Reporter(Protocol):
+    """Where a run's progress goes. A reporter may also define ``note(text)``: the engine then
+    hands it one-off progress lines (e.g. while it measures layer latencies)."""
+
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Called once per epoch on every rank; ``checkpoint`` is rank 0's saved ``last.pt``."""
 
@@ -72,13 +79,17 @@ class PrintReporter:
         self.echo = echo
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
-        epi = metrics.get("epi")
+        epi, time_kept = metrics.get("epi"), metrics.get("time_kept")
         self.echo(
             f"epoch {metrics['epoch']:>3}  loss {metrics['train_loss']:.4f}  "
             f"acc {metrics['val_acc']:.4f}  EPI {'   -  ' if epi is None else f'{epi:.4f}'}  "
             f"{metrics['phase']:<8} FLOPs kept {metrics['flops_kept']:.3f}  "
-            f"{metrics['epoch_seconds']:.1f}s"
+            + ("" if time_kept is None else f"time kept {time_kept:.3f}  ")
+            + f"{metrics['epoch_seconds']:.1f}s"
         )
+
+    def note(self, text: str) -> None:
+        self.echo(text)
 
 
 class SilentReporter:

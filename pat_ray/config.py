@@ -8,6 +8,7 @@ checked against the live registry. The defaults are the embedded digits pipeline
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pat_ray.core.latency import LatencyTable
 from pat_ray.registry import get_registry
 
 
@@ -118,8 +120,18 @@ class CriterionConfig(_Strict):
 
 class BudgetConfig(_Strict):
     fraction: float = Field(0.5, description="fraction of `measure` to keep, in (0, 1]")
-    measure: Literal["flops", "params", "channels"] = "flops"
-    round_to: int = Field(1, ge=1)
+    measure: Literal["flops", "params", "channels", "latency"] = Field(
+        "flops",
+        description="flops / params / channels: counted; latency: the training step's time on this run's device, "
+        "predicted from per-layer timings measured when the run starts",
+    )
+    round_to: int = Field(1, ge=1, description="kept channels per group: multiples of this (8 or 16 suit most kernels)")
+    latency_grid: int = Field(
+        6, ge=2, le=64, description="latency: channel counts timed per layer and axis (more: slower start, closer fit)"
+    )
+    latency_table: Path | None = Field(
+        None, description="latency: an earlier run's latency_table.json (same device and batch) instead of timing"
+    )
 
     @field_validator("fraction")
     @classmethod
@@ -127,6 +139,26 @@ class BudgetConfig(_Strict):
         if not (0.0 < v <= 1.0) or math.isnan(v):
             raise ValueError(f"must be in (0, 1], got {v}")
         return v
+
+    @field_validator("latency_table", mode="before")
+    @classmethod
+    def _readable_table(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        path = expand_path(v, "latency_table")
+        try:
+            LatencyTable.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"{str(v)!r} does not exist") from None
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{str(v)!r} is not a latency table: {err}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _table_needs_latency(self) -> BudgetConfig:
+        if self.latency_table is not None and self.measure != "latency":
+            raise ValueError(f"latency_table is only used with measure: latency (measure is {self.measure})")
+        return self
 
 
 class PruningConfig(_Strict):

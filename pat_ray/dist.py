@@ -10,6 +10,7 @@ default group is NCCL. ``gossip_seconds`` / ``gossip_bytes`` accumulate its cost
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,12 +67,16 @@ class DistributedCollective:
         if len(set(everyone)) != 1:
             raise ArchitectureMismatchError(f"ranks selected different architectures: {dict(enumerate(everyone))}")
 
-    def broadcast_decision(self, decision: bool) -> bool:
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (what the others pass is ignored)."""
         start = time.perf_counter()
-        box = [decision]
+        box = [value]
         dist.broadcast_object_list(box, src=0, group=self.side)
         self.gossip_seconds += time.perf_counter() - start
-        return bool(box[0])
+        return box[0]
+
+    def broadcast_decision(self, decision: bool) -> bool:
+        return bool(self.share(decision))
 
     def mean_metrics(self, values: dict[str, float]) -> dict[str, float]:
         names = sorted(values)

@@ -8,7 +8,6 @@ metrics leave through ``reporter``.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pat_ray.checkpoint import read_checkpoint
 from pat_ray.comm import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.config import AfterTrainingStart, Config, EPIStart
+from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget
+from pat_ray.latency_budget import run_latency_table
 from pat_ray.policies import SnapshotTracker, decide, tracker_window
 from pat_ray.pruner import Pruner
 from pat_ray.registry import get_plugin_manager, get_registry
+from pat_ray.run_setup import autocast as run_autocast
+from pat_ray.run_setup import build_run
 from pat_ray.run_state import load_run_state, save_run_state
 from pat_ray.schedule import lr_multiplier
 
@@ -35,7 +39,8 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class RunResult:
-    """Everything a run measured; ``history`` holds one dict per epoch."""
+    """Everything a run measured; ``history`` holds one dict per epoch. ``wall_seconds`` is
+    the whole run, setup included (tracing, and timing layers for a latency budget)."""
 
     config: Config
     history: list[dict[str, Any]]
@@ -65,26 +70,37 @@ def train(
     collective: Collective | None = None,
     reporter: Reporter | None = None,
     resume: Path | None = None,
+    latency_table: LatencyTable | None = None,
 ) -> RunResult:
-    """Run one PaT pipeline; ``resume`` continues from a ``last.pt`` this function wrote."""
+    """Run one PaT pipeline; ``resume`` continues from a ``last.pt`` this function wrote.
+
+    ``latency_table``: for a budget in step time, a table the caller measured (the oracle
+    times the layers once for all its trials); by default the run measures its own."""
+    started = time.perf_counter()
     collective = collective or LocalCollective()
     reporter = reporter or PrintReporter()
+    resumed = read_checkpoint(resume) if resume is not None else None
     registry, hooks = get_registry(), get_plugin_manager().hook
-    torch.manual_seed(config.training.seed)
-    device = _device(config.training.device)
     run_dir = Path(config.output_dir) / config.name
     checkpoint_path = run_dir / "last.pt"
 
     # data, model, pruning machinery
-    data = registry.create("dataset", config.data.name, **config.data.params)
-    model = registry.create("model", config.model.name, num_classes=data.num_classes, **config.model.params)
-    layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    example = torch.zeros(1, *data.input_shape, device=device)
+    setup = build_run(config)
+    data, model, device, layout, example = setup.data, setup.model, setup.device, setup.layout, setup.example
     budget = Budget(
         config.pruning.budget.fraction,
         config.pruning.budget.measure,
         config.pruning.budget.round_to,
+    )
+    latency = run_latency_table(
+        config,
+        model,
+        example,
+        collective,
+        run_dir,
+        saved=resumed.extra.get("latency_table") if resumed else None,
+        given=latency_table,
+        note=getattr(reporter, "note", None) if collective.rank == 0 else None,
     )
     pruner = Pruner(
         model,
@@ -96,6 +112,7 @@ def train(
         interval=config.pruning.interval,
         exclude=config.pruning.exclude,
         collective=collective,
+        latency=latency,
     )
     similarity = (
         registry.create("similarity", config.start.similarity)
@@ -121,22 +138,21 @@ def train(
     train_flops = 0.0
     iteration = 0
     first_epoch = 1
-    if resume is not None:
-        state = load_run_state(resume, model, pruner, tracker)
+    if resumed is not None:
+        state = load_run_state(resumed, model, pruner, tracker)
         model.load_state_dict(state.model_state)
         model.to(memory_format=layout)  # the restored, pruned tensors
         history, trigger_epoch, iteration = state.history, state.trigger_epoch, state.iteration
         train_flops, first_epoch = history[-1]["train_flops"], state.epoch + 1
     optimizer = _optimizer(config, model)
-    if resume is not None:
+    if resumed is not None:
         optimizer.load_state_dict(state.optimizer)
     base_lr = config.training.optimizer.lr
-    autocast = _autocast(config.training.precision, device)
+    autocast = run_autocast(config.training.precision, device)
 
     net = collective.wrap(model)
-    started = time.perf_counter()
 
-    if resume is None and decide(config.start, 0, train_epochs, tracker):  # fixed 0: prune at init
+    if resumed is None and decide(config.start, 0, train_epochs, tracker):  # fixed 0: prune at init
         trigger_epoch = 0
         net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0, layout=layout)
 
@@ -201,6 +217,7 @@ def train(
             "flops": pruner.cost.flops,
             "params": pruner.cost.params,
             "flops_kept": pruner.flops_kept,
+            "time_kept": pruner.time_kept,
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - epoch_start,
             "snapshot_seconds": snapshot_seconds,
@@ -210,7 +227,12 @@ def train(
         }
         if trigger_epoch == epoch:
             net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch, scores, layout=layout)
-            record.update(flops=pruner.cost.flops, params=pruner.cost.params, flops_kept=pruner.flops_kept)
+            record.update(
+                flops=pruner.cost.flops,
+                params=pruner.cost.params,
+                flops_kept=pruner.flops_kept,
+                time_kept=pruner.time_kept,
+            )
         history.append(record)
         saved = None
         if collective.rank == 0:
@@ -300,19 +322,3 @@ def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
             nesterov=opt.nesterov,
         )
     return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -11,6 +11,7 @@ from torch import nn
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.criterion import Criterion
 from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, select_architecture
 from pat_ray.registry import get_registry
 
@@ -28,6 +29,7 @@ def prune(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
     criterion_params: Mapping[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    latency: LatencyTable | None = None,
 ) -> Architecture:
     """Physically prune ``model`` in place to keep ``budget`` of its ``measure``.
 
@@ -35,7 +37,9 @@ def prune(
     plugin's) or a Criterion instance. Gradient criteria need ``calibration`` batches of
     ``(inputs, targets)``: each is run forward and backward through ``loss_fn`` (the
     gradients are cleared again afterwards). Pass ``optimizer`` to keep its state for the
-    kept channels. Returns the architecture applied, with indices relative to the model as
+    kept channels. ``measure="latency"`` keeps ``budget`` of the training step's time as
+    ``latency`` (``pat_ray.measure_latency(model, ...)``, timed on the target device) predicts
+    it. Returns the architecture applied, with indices relative to the model as
     it was before this call.
     """
     registry = get_registry()
@@ -48,7 +52,7 @@ def prune(
         _observe(model, graph, criterion, calibration, loss_fn)
     elif criterion.needs_gradients:
         raise ValueError(f"criterion {type(criterion).__name__} needs gradients: pass calibration batches")
-    architecture = select_architecture(graph, criterion.scores(model, graph), target)
+    architecture = select_architecture(graph, criterion.scores(model, graph), target, latency=latency)
     surgery.apply(model, graph, architecture, optimizer)
     return architecture
 

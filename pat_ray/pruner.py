@@ -17,7 +17,8 @@ from pat_ray.core.cost import Cost, graph_cost
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.latency import LatencyTable
+from pat_ray.core.selection import Budget, budget_measure, select_architecture
 
 
 @dataclass
@@ -42,15 +43,20 @@ class Pruner:
         interval: int,
         exclude: list[str],
         collective: Collective,
+        latency: LatencyTable | None = None,
     ) -> None:
         self.example, self.criterion, self.surgery = example, criterion, surgery
         self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
-        self.collective = collective
+        self.collective, self.latency = collective, latency
         self.graph = trace_channel_groups(model, example, exclude=exclude)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
         self.architecture = Architecture.full({g.name: g.size for g in self.graph.prunable})
-        self.reference = self._measure(self.graph, self.dense_cost)
+        self.reference = self._measure(self.graph, budget.measure)
+        self.dense_seconds = self.seconds = self._measure(self.graph, "latency") if latency else None
+        # an unreachable budget fails now, not after the first dense epoch
+        uniform = {g.name: torch.ones(g.size) for g in self.graph.prunable}
+        select_architecture(self.graph, uniform, budget, reference=self.reference, latency=latency)
         self.steps_done = 0
         self.active = False
         self.iters_since_step = 0
@@ -59,10 +65,8 @@ class Pruner:
     def finished(self) -> bool:
         return self.steps_done >= self.steps
 
-    def _measure(self, graph: ModelGraph, cost: Cost) -> float:
-        if self.budget.measure == "channels":
-            return float(sum(g.size for g in graph.prunable))
-        return float(cost.flops if self.budget.measure == "flops" else cost.params)
+    def _measure(self, graph: ModelGraph, measure: str) -> float:
+        return budget_measure(graph, measure, self.latency)({g.name: g.size for g in graph.groups})
 
     def scores(self, model: nn.Module) -> Scores:
         return self.collective.mean_scores(self.criterion.scores(model, self.graph))
@@ -73,7 +77,7 @@ class Pruner:
         Consumes the criterion's evidence: the next snapshot sees the next epoch's."""
         scores = self.scores(model)
         self.criterion.reset()
-        selected = select_architecture(self.graph, scores, self.budget, reference=self.reference)
+        selected = select_architecture(self.graph, scores, self.budget, self.reference, self.latency)
         self.collective.check_agreement(selected.fingerprint())
         return self.architecture.compose(selected), scores
 
@@ -98,7 +102,7 @@ class Pruner:
         fraction = 1.0 - (1.0 - self.budget.fraction) * self.steps_done / self.steps
         scores = scores if scores is not None else self.scores(model)
         target = Budget(fraction, self.budget.measure, self.budget.round_to)
-        selected = select_architecture(self.graph, scores, target, reference=self.reference)
+        selected = select_architecture(self.graph, scores, target, self.reference, self.latency)
         self.collective.check_agreement(selected.fingerprint())
         self.surgery.apply(model, self.graph, selected, optimizer)
         self._adopt(model, self.architecture.compose(selected))
@@ -123,7 +127,14 @@ class Pruner:
         self.architecture = architecture
         self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
         self.cost = graph_cost(self.graph)
+        if self.latency:
+            self.seconds = self._measure(self.graph, "latency")
 
     @property
     def flops_kept(self) -> float:
         return self.cost.flops / self.dense_cost.flops
+
+    @property
+    def time_kept(self) -> float | None:
+        """The training step's time over the dense model's, as the latency table predicts it."""
+        return self.seconds / self.dense_seconds if self.latency else None

@@ -27,11 +27,13 @@ def run_on_ray(
     max_failures: int | None = None,
     inject_fault_at_epoch: int | None = None,
     callbacks: list | None = None,
+    latency_table: dict | None = None,
 ):
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
     Re-running with the same ``run_name`` and ``storage_path`` continues that run from its
     last checkpoint (the oracle relies on this to resume multi-worker trials).
+    ``latency_table`` (a ``LatencyTable.to_dict()``) is handed to the workers' engine.
     ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
     checkpoint, to exercise recovery. ``callbacks`` are extra Train ``UserCallback``s.
     """
@@ -40,6 +42,8 @@ def run_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pat_ray.checkpoint import read_checkpoint
+    from pat_ray.core.latency import LatencyTable
+    from pat_ray.latency_budget import TABLE_FILE, write_table
     from pat_ray.ray_progress import ProgressCallback, result_from_checkpoint
 
     if not ray.is_initialized():
@@ -52,6 +56,7 @@ def run_on_ray(
             "config": config.model_dump(mode="json"),
             "fault_epoch": inject_fault_at_epoch,
             "run_folder": str(storage / name),
+            "latency_table": latency_table,
         },
         scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu),
         torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
@@ -72,6 +77,8 @@ def run_on_ray(
         local = Path(config.output_dir) / config.name / "last.pt"
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes((Path(folder) / "last.pt").read_bytes())
+    if ckpt.extra.get("latency_table"):
+        write_table(local.parent / TABLE_FILE, LatencyTable.from_dict(ckpt.extra["latency_table"]))
     return result_from_checkpoint(config, ckpt, local, time.perf_counter() - started)
 
 
@@ -82,6 +89,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO; we print our own line
+    from pat_ray.core.latency import LatencyTable
     from pat_ray.dist import DistributedCollective
     from pat_ray.engine import train
 
@@ -102,7 +110,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         resume = resume_dir / "last.pt"
     reporter = RayReporter(collective, loop_config.get("fault_epoch"), Path(loop_config["run_folder"]))
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
-    train(config.model_copy(update={"output_dir": run_dir}), collective, reporter, resume=resume)
+    given = loop_config.get("latency_table")
+    table = LatencyTable.from_dict(given) if given else None
+    train(config.model_copy(update={"output_dir": run_dir}), collective, reporter, resume=resume, latency_table=table)
 
 
 class RayReporter:
@@ -117,6 +127,10 @@ class RayReporter:
         self.marker = run_folder / FAULT_MARKER
         self.rank_log = run_folder / "ranks" / f"rank{collective.rank}.jsonl"
         self.rank_log.parent.mkdir(parents=True, exist_ok=True)
+
+    def note(self, text: str) -> None:
+        if self.collective.rank == 0:
+            print(text, flush=True)  # Ray forwards worker output to the driver's console
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
         import ray.train

@@ -9,6 +9,7 @@ trials are kept, unfinished or failed ones continue from their last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -21,6 +22,8 @@ from pat_ray.checkpoint import read_checkpoint
 from pat_ray.config import Config, FixedStart, config_from_dict
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
+from pat_ray.core.latency import LatencyTable
+from pat_ray.latency_budget import TABLE_FILE, measure_for_config, write_table
 from pat_ray.oracle import (
     OracleSummary,
     TrialOutcome,
@@ -64,6 +67,10 @@ def run_oracle(
     storage = Path(storage_path or Path(config.output_dir) / "oracle").resolve()
     name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage / name
+    if resume and not tune.Tuner.can_restore(str(sweep_dir)):
+        raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
+    if not resume and sweep_dir.exists():
+        raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
     trials = trial_configs(config)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -71,17 +78,14 @@ def run_oracle(
             trials={label: c.model_dump(mode="json") for label, c in trials.items()},
             sweep_dir=str(sweep_dir),
             fault=inject_fault,
+            latency_table=_shared_latency_table(config, sweep_dir, echo),
         ),
         _trial_resources(config),
     )
     if resume:
-        if not tune.Tuner.can_restore(str(sweep_dir)):
-            raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
         echo(f"pat-ray oracle: resuming sweep {name!r} in {sweep_dir}")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if sweep_dir.exists():
-            raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
         echo(
             f"pat-ray oracle: {len(trials)} trials ({', '.join(trials)}), "
             f"{config.oracle.max_concurrent_trials} at a time, in {sweep_dir}"
@@ -127,6 +131,30 @@ def run_oracle(
     return summary
 
 
+def _shared_latency_table(config: Config, sweep_dir: Path, echo) -> dict | None:
+    """For a budget in step time, one table for every trial of the sweep: tables timed per
+    trial would price the same sub-network with different noise. Timed once by a Ray task
+    holding what one trial worker holds (its GPU, if any), kept in the sweep for ``--resume``."""
+    import ray
+
+    budget = config.pruning.budget
+    if budget.measure != "latency" or budget.latency_table is not None:
+        return None  # not a time budget, or every trial reads the configured file
+    path = sweep_dir / TABLE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    echo("pat-ray oracle: timing the model's layers once, for every trial's step-time budget")
+    measure = ray.remote(num_cpus=1, num_gpus=1 if config.scaling.use_gpu else 0)(_measure_table)
+    table = ray.get(measure.remote(config.model_dump(mode="json")))
+    write_table(path, LatencyTable.from_dict(table))
+    return table
+
+
+def _measure_table(config: dict) -> dict:
+    """In a Ray worker: the config is validated again there, against that worker's plugins."""
+    return measure_for_config(config_from_dict(config, source="oracle latency table"))
+
+
 def _trial_name(trial) -> str:
     return trial.config["label"]
 
@@ -146,7 +174,9 @@ def _failed(label: str, config: Config, trial) -> TrialOutcome:
     return TrialOutcome(label=label, policy=config.start.kind, start_epoch=start, error=error)
 
 
-def _run_trial(params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, fault: dict | None) -> None:
+def _run_trial(
+    params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, fault: dict | None, latency_table: dict | None
+) -> None:
     """One trial inside a Tune actor: the engine here, or a TorchTrainer for several workers."""
     from ray import tune
 
@@ -163,7 +193,11 @@ def _run_trial(params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, 
 
         # same run name + storage on a restored sweep: Train continues the run it had begun
         result = run_on_ray(
-            config, storage_path=Path(sweep_dir) / "train", run_name=label, callbacks=[TuneReportCallback()]
+            config,
+            storage_path=Path(sweep_dir) / "train",
+            run_name=label,
+            callbacks=[TuneReportCallback()],
+            latency_table=latency_table,
         )
         report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1]), result.checkpoint)
         return
@@ -173,7 +207,8 @@ def _run_trial(params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, 
         resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / "last.pt"
         with checkpoint.as_directory() as folder:
             resume.write_bytes((Path(folder) / "last.pt").read_bytes())
-    train(config, reporter=TuneReporter(label, fault), resume=resume)
+    table = LatencyTable.from_dict(latency_table) if latency_table else None
+    train(config, reporter=TuneReporter(label, fault), resume=resume, latency_table=table)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

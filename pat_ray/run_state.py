@@ -2,7 +2,8 @@
 
 One checkpoint file (``last.pt``) holds the pruned model (base name + architecture +
 weights) and everything needed to continue mid-run: optimizer state, epoch and iteration,
-the epoch history, the snapshot tracker and the pruning-schedule position. Every file is
+the epoch history, the snapshot tracker, the pruning-schedule position and, for a latency
+budget, the latency table. Every file is
 written to a temp name and renamed, so a crash never leaves a half-written result.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from pat_ray.checkpoint import atomic_write_text, read_checkpoint, save_checkpoint
+from pat_ray.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
 from pat_ray.data import DataBundle
@@ -64,6 +65,7 @@ def save_run_state(
             "pruner": pruner.state(),
             "dense_flops": pruner.dense_cost.flops,
             "dense_train_flops": dense_train_flops,
+            "latency_table": pruner.latency.to_dict() if pruner.latency else None,
         },
     )
     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
@@ -71,9 +73,8 @@ def save_run_state(
     return path
 
 
-def load_run_state(path: Path, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker) -> ResumeState:
+def load_run_state(ckpt: Checkpoint, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker) -> ResumeState:
     """Bring a freshly built dense ``model``, ``pruner`` and ``tracker`` to the saved state."""
-    ckpt = read_checkpoint(path)
     extra = ckpt.extra
     pruner.restore(model, ckpt.architecture, extra["pruner"])
     for snapshot, epi, distances in zip(

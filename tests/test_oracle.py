@@ -8,6 +8,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
+from pat_ray.checkpoint import read_checkpoint
 from pat_ray.cli import main
 from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
 from pat_ray.oracle import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
@@ -27,6 +28,16 @@ def small_config(tmp_path, **oracle) -> Config:
             "tracking": {"mlflow": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "o"},
         }
     )
+
+
+def with_time_budget(config: Config, fraction: float = 0.75) -> Config:
+    budget = config.pruning.budget.model_copy(update={"measure": "latency", "fraction": fraction, "latency_grid": 3})
+    return config.model_copy(update={"pruning": config.pruning.model_copy(update={"budget": budget})})
+
+
+def final_checkpoint(trial_folder):
+    """The last checkpoint a trial (or a trial's Train run) left, by its epoch."""
+    return max((read_checkpoint(p) for p in trial_folder.glob("checkpoint_*/last.pt")), key=lambda c: c.extra["epoch"])
 
 
 def test_trial_configs_differ_only_in_start_policy_and_name(tmp_path):
@@ -99,7 +110,8 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
 
     from pat_ray.ray_tune import SweepExistsError, run_oracle
 
-    config, name = small_config(tmp_path), f"sweep-{uuid.uuid4().hex[:8]}"
+    # a budget in step time: the sweep times the layers once and every trial prices with that table
+    config, name = with_time_budget(small_config(tmp_path)), f"sweep-{uuid.uuid4().hex[:8]}"
     fault = {"label": "fixed-2", "epoch": 3, "marker": str(tmp_path / "fault-done")}
     first = run_oracle(config, name=name, inject_fault=fault, echo=lambda line: None)
     assert [t.label for t in first.trials if not t.ok] == ["fixed-2"]
@@ -108,10 +120,14 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
 
     summary = run_oracle(config, name=name, resume=True, echo=lambda line: None)
     assert sorted(t.label for t in summary.trials) == ["epi", "fixed-0", "fixed-2", "fixed-3"]
+    folder = tmp_path / "runs" / "oracle" / name
+    table = json.loads((folder / "latency_table.json").read_text())
     for trial in summary.trials:
         assert trial.ok and trial.epochs == 5
         assert 0.0 < trial.accuracy <= 1.0 and trial.train_flops > 0 and trial.wall_seconds > 0
-        assert trial.flops_kept == pytest.approx(0.5, abs=0.015)
+        final = final_checkpoint(folder / trial.label)
+        assert final.extra["history"][-1]["time_kept"] == pytest.approx(0.75, abs=0.03)
+        assert final.extra["latency_table"] == table  # the resumed fixed-2 too: one table, never timed again
     resumed = summary.trial("fixed-2")
     assert resumed.start_epoch == 2
     untouched = summary.trial("fixed-0")
@@ -120,7 +136,6 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
     assert epi.start_epoch is not None and 3 <= epi.start_epoch < 5  # window 2 fills at epoch 3
     assert summary.calibration_source == "epi" and summary.calibrated is not None
 
-    folder = tmp_path / "runs" / "oracle" / name
     reported = [json.loads(line)["epoch"] for line in (folder / "fixed-2" / "result.json").read_text().splitlines()]
     assert reported == [1, 2, 3, 4, 5]  # continued from its epoch-3 checkpoint, not from scratch
     assert read_summary(folder) == summary
@@ -147,7 +162,7 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
 def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
     from pat_ray.ray_tune import run_oracle
 
-    config = small_config(tmp_path, start_epochs=[1], policies=[], max_concurrent_trials=1)
+    config = with_time_budget(small_config(tmp_path, start_epochs=[1], policies=[], max_concurrent_trials=1))
     config = config.model_copy(
         update={
             "training": config.training.model_copy(update={"epochs": 3}),
@@ -159,9 +174,12 @@ def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
     summary = run_oracle(config, name=name, echo=lambda line: None)
     (trial,) = summary.trials
     assert trial.ok and trial.start_epoch == 1 and trial.epochs == 3
-    assert trial.flops_kept == pytest.approx(0.5, abs=0.015)
-    # the trial's Train run lives in the sweep, under a fixed name a restored sweep would continue
-    assert any((tmp_path / "runs" / "oracle" / name / "train" / "fixed-1").glob("checkpoint_*"))
+    # the trial's Train run lives in the sweep, under a fixed name a restored sweep would continue;
+    # its workers priced with the sweep's table, handed through the TorchTrainer
+    final = final_checkpoint(tmp_path / "runs" / "oracle" / name / "train" / "fixed-1")
+    assert final.extra["history"][-1]["time_kept"] == pytest.approx(0.75, abs=0.03)
+    sweep_table = tmp_path / "runs" / "oracle" / name / "latency_table.json"
+    assert final.extra["latency_table"] == json.loads(sweep_table.read_text())
 
 
 def test_write_report_marks_the_chosen_epochs(tmp_path):

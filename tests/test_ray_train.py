@@ -83,15 +83,32 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
 
 
 def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp_path):
+    """With a budget in step time, so that it also shows: rank 0 times the layers once, every
+    rank prices with that table, and the restarted group reuses the one in the checkpoint."""
+    from pat_ray.checkpoint import read_checkpoint
     from pat_ray.ray_train import run_on_ray
 
+    base = two_workers(tmp_path)
+    budget = base.pruning.budget.model_copy(update={"measure": "latency", "fraction": 0.75, "latency_grid": 3})
+    config = base.model_copy(update={"pruning": base.pruning.model_copy(update={"budget": budget})})
     name = f"fault-{uuid.uuid4().hex[:8]}"
     result = run_on_ray(
-        two_workers(tmp_path), storage_path=tmp_path / "storage", run_name=name, max_failures=1, inject_fault_at_epoch=3
+        config, storage_path=tmp_path / "storage", run_name=name, max_failures=1, inject_fault_at_epoch=3
     )
     assert (tmp_path / "storage" / name / "injected-fault-done").exists()
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
-    assert abs(result.flops_kept - 0.5) < 0.015
+    assert result.history[-1]["time_kept"] == pytest.approx(0.75, abs=0.03)
+    logs = rank_logs(tmp_path / "storage", name)
     # rank 0 reported epoch 3 before failing, then the restarted group went on from epoch 4
-    assert [m["epoch"] for m in rank_logs(tmp_path / "storage", name)["rank0"]] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in logs["rank0"]] == [1, 2, 3, 4]
+    per_epoch = {rank: {m["epoch"]: m["fingerprint"] for m in lines} for rank, lines in logs.items()}
+    assert per_epoch["rank0"] == per_epoch["rank1"]
+    # epoch 3's checkpoint (before the fault) and epoch 4's (after) price with one table:
+    # a table timed again would differ in every entry
+    tables = {
+        json.dumps(read_checkpoint(path).extra["latency_table"], sort_keys=True)
+        for path in (tmp_path / "storage" / name).rglob("last.pt")
+    }
+    assert len(tables) == 1 and None not in tables
+    assert (tmp_path / "runs" / config.name / "latency_table.json").is_file()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
+
 
 class UnsupportedModelError(ValueError):
     """The tracer met an op whose channel semantics it cannot guarantee."""

@@ -24,6 +24,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pat_ray.core.graph import (
+    INPUT_GROUP_PREFIX,
     ChannelGroup,
     ComputeTerm,
     Member,
@@ -104,7 +105,7 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
             return None
-        return b.new_group(shape[1], f"<input {node.name}>", pinned=True)
+        return b.new_group(shape[1], f"{INPUT_GROUP_PREFIX}{node.name}>", pinned=True)
     if node.op == "output":
         for layout in _tensor_layouts(node.args, layouts):
             b.pin(layout)

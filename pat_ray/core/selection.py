@@ -1,7 +1,8 @@
 """Global channel ranking under a budget: which channels the target would keep.
 
 Channels are ranked across all groups by score and removed lowest first until the budget
-(a fraction of FLOPs, params or channels) is met. Each group keeps at least its best
+(a fraction of FLOPs, params, channels, or the training step's time as a ``LatencyTable``
+predicts it) is met: the measure decides where the ranking is cut, never the ranking. Each group keeps at least its best
 unit. A unit is one channel, or — for groups feeding a grouped conv, or with
 ``round_to`` > 1 — a block of channels ranked within the group so that the kept count stays
 legal (the same per conv group) or a multiple of ``round_to``. Cost is monotone in the
@@ -11,7 +12,7 @@ number of units removed, so the cut point is found by bisection over the ranked 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -20,8 +21,10 @@ import torch
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost import cost_of
 from pat_ray.core.graph import ChannelGroup, ModelGraph
+from pat_ray.core.latency import LatencyTable
 
-Measure = Literal["flops", "params", "channels"]
+Measure = Literal["flops", "params", "channels", "latency"]
+MEASURES: tuple[Measure, ...] = ("flops", "params", "channels", "latency")
 
 
 class BudgetError(ValueError):
@@ -39,8 +42,8 @@ class Budget:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise BudgetError(f"budget fraction must be in (0, 1], got {self.fraction}")
-        if self.measure not in ("flops", "params", "channels"):
-            raise BudgetError(f"budget measure must be flops, params or channels, got {self.measure!r}")
+        if self.measure not in MEASURES:
+            raise BudgetError(f"budget measure must be one of {', '.join(MEASURES)}; got {self.measure!r}")
         if self.round_to < 1:
             raise BudgetError(f"round_to must be >= 1, got {self.round_to}")
 
@@ -77,13 +80,16 @@ def select_architecture(
     scores: Mapping[str, torch.Tensor],
     budget: Budget,
     reference: float | None = None,
+    latency: LatencyTable | None = None,
 ) -> Architecture:
     """Keep the best-scored channels such that ``measure <= budget.fraction * reference``.
 
     ``reference`` defaults to the current model's full measure; pass the dense model's to
     express the budget against the unpruned model during iterative pruning. Of the two
-    cut points around the target the closer one is taken.
+    cut points around the target the closer one is taken. A ``latency`` budget needs the
+    model's ``latency`` table.
     """
+    measure = budget_measure(graph, budget.measure, latency)
     groups = graph.prunable
     sizes = {g.name: g.size for g in graph.groups}
     removable: list[_Unit] = []
@@ -102,10 +108,7 @@ def select_architecture(
         counts = dict(sizes)
         for group, n in zip(groups, removed.tolist()):
             counts[group.name] -= n
-        if budget.measure == "channels":
-            return float(sum(counts[g.name] for g in groups))
-        cost = cost_of(graph.terms, counts)
-        return float(cost.flops if budget.measure == "flops" else cost.params)
+        return measure(counts)
 
     full = measure_after(0)
     target = budget.fraction * (full if reference is None else reference)
@@ -113,7 +116,8 @@ def select_architecture(
     if smallest > target * (1 + 1e-9):
         raise BudgetError(
             f"cannot keep only {budget.fraction:.1%} of {budget.measure}: the smallest legal "
-            f"sub-network keeps {smallest / (reference or full):.1%}"
+            f"sub-network keeps {smallest / (reference or full):.1%}; raise the fraction"
+            + (" or lower round_to" if budget.round_to > 1 else "")
         )
 
     class _Probe:  # lazy sequence for bisect: is the prefix of length i within budget?
@@ -131,3 +135,18 @@ def select_architecture(
         removed[groups[unit.group].name].update(unit.channels)
     kept = {g.name: tuple(i for i in range(g.size) if i not in removed[g.name]) for g in groups}
     return Architecture(kept, {g.name: g.size for g in groups})
+
+
+def budget_measure(
+    graph: ModelGraph, measure: Measure, latency: LatencyTable | None = None
+) -> Callable[[Mapping[str, int]], float]:
+    """The budget's measure of ``graph``'s model as a function of every group's channel count."""
+    if measure == "channels":
+        prunable = [g.name for g in graph.prunable]
+        return lambda counts: float(sum(counts[name] for name in prunable))
+    if measure == "latency":
+        if latency is None:
+            raise BudgetError("a latency budget needs the model's latency table (pat_ray.measure_latency)")
+        return lambda counts: latency.predict(graph.terms, counts)
+    field = "flops" if measure == "flops" else "params"
+    return lambda counts: float(getattr(cost_of(graph.terms, counts), field))

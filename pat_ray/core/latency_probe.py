@@ -1,0 +1,243 @@
+"""Measure a model's ``LatencyTable`` on the device it is on.
+
+Each conv / linear / norm that tracing found is rebuilt alone at a grid of channel counts
+and timed for one forward + backward at the training batch size, in the run's layout and
+autocast precision (median of ``repeats`` after a warm-up). Timing layers alone and adding
+them up ignores what runs between them (activations other than the one counted with each
+norm, residual adds, pooling, the optimizer step), so the table predicts the *share* of the
+step a sub-network keeps better than the absolute seconds: on the 2-core development CPU the
+predicted time kept of pruned ResNet-18 / ResNet-56 was within 0.03 of the measured step
+time kept (``benchmarks/train_cost.py`` reports this for every run). ResNets repeat the same
+layer shapes, so identical configurations are timed once.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pat_ray.core.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph
+from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, trace_channel_groups
+from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_size: int,
+    *,
+    round_to: int = 1,
+    points: int = 6,
+    repeats: int = 5,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    exclude: Iterable[str] = (),
+    echo: Callable[[str], None] | None = None,
+) -> LatencyTable:
+    """Time every layer of ``model`` (on ``example_input``'s device) at ``points`` channel
+    counts per axis, multiples of ``round_to`` between ``round_to`` and the layer's width.
+
+    ``channels_last`` and ``autocast_dtype`` should be the training run's: both change which
+    kernels run. ``exclude`` as in ``trace_channel_groups`` (an excluded layer's width is
+    timed at its full size only). ``echo`` receives a line before and after the measurement.
+    """
+    if points < 2:
+        raise ValueError(f"points must be >= 2, got {points}")
+    device = example_input.device
+    graph = trace_channel_groups(model, example_input, exclude=exclude)
+    shapes = _input_shapes(model, example_input)
+    timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
+    plans = [_Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points) for t in graph.terms]
+    configurations = {plan.key(n_in, n_out) for plan in plans for n_in in plan.in_widths for n_out in plan.out_counts}
+    if echo:
+        echo(f"measuring layer latencies: {len(configurations)} layer configurations on {_device_name(device)}")
+    started = time.perf_counter()
+    # the timed layers' random weights and inputs must not shift the run's random stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        layers = {
+            plan.name: LayerTimes(
+                plan.in_counts,
+                plan.out_counts,
+                monotone([[timer.seconds(plan, n_in, n_out) for n_out in plan.out_counts] for n_in in plan.in_widths]),
+            )
+            for plan in plans
+        }
+    if echo:
+        echo(f"measured layer latencies in {time.perf_counter() - started:.1f} s")
+    return LatencyTable(layers, batch_size, device.type, _device_name(device))
+
+
+def count_grid(full: int, step: int, points: int) -> tuple[int, ...]:
+    """Up to ``points`` counts from ``step`` to ``full`` in multiples of ``step``, evenly
+    spread, always including both ends (``(full,)`` when the layer is narrower than a step)."""
+    legal = [*range(step, full, step), full] if full > step else [full]
+    if len(legal) <= points:
+        return tuple(legal)
+    picks = {round(i * (len(legal) - 1) / (points - 1)) for i in range(points)}
+    return tuple(legal[i] for i in sorted(picks))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which widths to time one layer at, and everything that identifies its configuration."""
+
+    name: str
+    module: nn.Module
+    in_counts: tuple[int, ...]  # () when the input width is fixed or follows the output
+    out_counts: tuple[int, ...]
+    in_full: int
+    spatial: tuple[int, ...]
+    input_grad: bool  # False for a layer reading the model's input: training computes no grad there
+
+    @classmethod
+    def of(cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape, round_to: int, points: int) -> _Plan:
+        variable = {g.name for g in graph.prunable}
+        size = {g.name: g.size for g in graph.groups}
+        grouped = isinstance(module, CONV_TYPES) and 1 < module.groups < module.in_channels
+        out_step = math.lcm(round_to, module.groups) if grouped else round_to  # conv groups stay, each narrowed
+        out_full = sum(size[g] for g in term.out_groups)
+        out_counts = count_grid(out_full, out_step, points) if variable & set(term.out_groups) else (out_full,)
+        in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
+        in_counts: tuple[int, ...] = ()
+        if not _follows_output(module) and variable & set(term.in_groups):
+            channels = count_grid(in_full // term.in_repeat, round_to, points)
+            in_counts = tuple(c * term.in_repeat for c in channels)
+        input_grad = not term.in_groups or not all(g.startswith(INPUT_GROUP_PREFIX) for g in term.in_groups)
+        return cls(term.module, module, in_counts, out_counts, in_full, tuple(shape[2:]), input_grad)
+
+    @property
+    def in_widths(self) -> tuple[int, ...]:
+        return self.in_counts or (self.in_full,)
+
+    def key(self, n_in: int, n_out: int) -> tuple:
+        m = self.module
+        if _follows_output(m):
+            n_in = n_out
+        if isinstance(m, CONV_TYPES):
+            hyper = (m.kernel_size, m.stride, m.padding, m.dilation, m.bias is not None, m.padding_mode)
+            groups = n_out if _is_depthwise(m) else m.groups
+            return (type(m).__name__, hyper, groups, n_in, n_out, self.spatial, self.input_grad)
+        if isinstance(m, nn.Linear):
+            return ("Linear", m.bias is not None, n_in, n_out, self.input_grad)
+        return (type(m).__name__, m.affine, n_out, self.spatial, self.input_grad)
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, CONV_TYPES) and module.groups > 1 and module.groups == module.in_channels
+
+
+def _follows_output(module: nn.Module) -> bool:
+    """A layer whose input width is its output width: norms, depthwise and grouped convs."""
+    return isinstance(module, NORM_TYPES) or (isinstance(module, CONV_TYPES) and module.groups > 1)
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
+    """The input shape every module sees in ``model(example[:1])``."""
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(_module, inputs, _output) -> None:  # returns None: the output stays as it is
+            shapes.setdefault(name, inputs[0].shape)
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+class _LayerTimer:
+    """Builds a layer at given widths and times its forward + backward; caches by configuration."""
+
+    def __init__(self, device, batch_size: int, repeats: int, channels_last: bool, autocast_dtype) -> None:
+        self.device, self.batch_size, self.repeats = device, batch_size, repeats
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+        self.cache: dict[tuple, float] = {}
+
+    def seconds(self, plan: _Plan, n_in: int, n_out: int) -> float:
+        key = plan.key(n_in, n_out)
+        if key not in self.cache:
+            if _follows_output(plan.module):
+                n_in = n_out
+            self.cache[key] = self._time(_layer_like(plan.module, n_in, n_out), n_in, plan)
+        return self.cache[key]
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _time(self, layer: nn.Module, n_in: int, plan: _Plan) -> float:
+        layer = layer.to(self.device).train()
+        x = torch.randn(self.batch_size, n_in, *plan.spatial, device=self.device)
+        if self.channels_last and x.dim() == 4:
+            layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(plan.input_grad)
+        with self._autocast():
+            grad = torch.ones_like(layer(x))
+
+        def step() -> None:
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            with self._autocast():
+                out = layer(x)
+            out.backward(grad)
+
+        step()  # warm-up: allocations, kernel selection
+        return statistics.median(self._seconds(step) for _ in range(self.repeats))
+
+    def _seconds(self, fn) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
+    """A fresh layer of ``module``'s kind with ``n_in`` inputs and ``n_out`` outputs.
+
+    A norm is timed with the ReLU that follows most norms: element-wise activations scale
+    with the same channels and would otherwise be missing from the sum."""
+    if isinstance(module, CONV_TYPES):
+        return type(module)(
+            n_in,
+            n_out,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=n_out if _is_depthwise(module) else module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+    if isinstance(module, nn.Linear):
+        return nn.Linear(n_in, n_out, bias=module.bias is not None)
+    if isinstance(module, NORM_TYPES):
+        return nn.Sequential(type(module)(n_out, affine=module.affine), nn.ReLU())
+    raise TypeError(f"cannot time a {type(module).__name__}: supported are conv, linear and batch-norm layers")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

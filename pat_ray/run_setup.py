@@ -1,0 +1,57 @@
+"""What a run builds from its config before it trains: data, the model on its device and in
+its memory layout, an example input, and the precision it trains in.
+
+The engine starts every run here; so does anything that must see the model exactly as the
+run will, such as the oracle, which times the model's layers once for all its trials.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pat_ray.config import Config
+from pat_ray.data import DataBundle
+from pat_ray.registry import get_registry
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
+
+
+@dataclass
+class RunSetup:
+    data: DataBundle
+    model: nn.Module  # on ``device``, in ``layout``
+    device: torch.device
+    layout: torch.memory_format
+    example: torch.Tensor  # one zero input, for tracing
+
+
+def build_run(config: Config) -> RunSetup:
+    """Seed, then build the dataset and the model (its initial weights follow the seed)."""
+    registry = get_registry()
+    torch.manual_seed(config.training.seed)
+    device = training_device(config.training.device)
+    data = registry.create("dataset", config.data.name, **config.data.params)
+    model = registry.create("model", config.model.name, num_classes=data.num_classes, **config.model.params)
+    layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
+    return RunSetup(data, model, device, layout, torch.zeros(1, *data.input_shape, device=device))
+
+
+def training_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
