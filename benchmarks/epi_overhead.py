@@ -7,6 +7,11 @@ every iteration; that cost is counted per iteration. Training steps use --batch 
 model's native input size; the snapshot is the engine's own (``Pruner.snapshot`` +
 ``SnapshotTracker.record`` over a full window). Medians of --repeats.
 
+A budget in step time (``measure: latency``) prices every candidate of the selection's
+bisection with the latency table instead of counting FLOPs, and the run times its layers
+once before training: both are measured for the magnitude criterion, the one-time cost as a
+share of one extrapolated epoch.
+
     python benchmarks/epi_overhead.py
 """
 
@@ -20,6 +25,7 @@ import torch
 
 from _report import header, write
 from pat_ray.comm import LocalCollective
+from pat_ray.core.latency_probe import measure_latency
 from pat_ray.core.selection import Budget
 from pat_ray.policies import SnapshotTracker
 from pat_ray.pruner import Pruner
@@ -31,7 +37,7 @@ SETTINGS = {  # model -> (input size, classes, images per epoch of its usual dat
 }
 
 
-def measure(name: str, batch: int, repeats: int, criterion: str) -> dict:
+def measure(name: str, batch: int, repeats: int, criterion: str, budget: str = "flops") -> dict:
     registry = get_registry()
     size, classes, epoch_images = SETTINGS[name]
     torch.manual_seed(0)
@@ -47,16 +53,21 @@ def measure(name: str, batch: int, repeats: int, criterion: str) -> dict:
 
     step()
     step_s = statistics.median(_time(step) for _ in range(repeats))
+    example = torch.zeros(1, 3, size, size)
+    started = time.perf_counter()
+    table = measure_latency(model, example, batch) if budget == "latency" else None
+    table_s = time.perf_counter() - started if table else 0.0
     pruner = Pruner(
         model,
-        torch.zeros(1, 3, size, size),
+        example,
         criterion=registry.create("criterion", criterion),
         surgery=registry.create("surgery", "native"),
-        budget=Budget(0.5, "flops"),
+        budget=Budget(0.5, budget),
         steps=3,
         interval=10,
         exclude=[],
         collective=LocalCollective(),
+        latency=table,
     )
     tracker = SnapshotTracker(registry.create("similarity", "structural"), window=5)
     gradient_criterion = pruner.criterion.needs_gradients  # observes every iteration, not only per snapshot
@@ -81,6 +92,7 @@ def measure(name: str, batch: int, repeats: int, criterion: str) -> dict:
         "observe_s": observe_s,
         "epoch_s": epoch_s,
         "overhead_s": overhead_s,
+        "table_s": table_s,
         "images": epoch_images,
         "size": size,
     }
@@ -100,25 +112,27 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name in SETTINGS:
-        for criterion in args.criteria:
-            m = measure(name, args.batch, args.repeats, criterion)
+        for criterion, budget in [*((c, "flops") for c in args.criteria), ("magnitude", "latency")]:
+            m = measure(name, args.batch, args.repeats, criterion, budget)
+            once = f"{m['table_s']:.1f} s = {100 * m['table_s'] / m['epoch_s']:.2f}%" if m["table_s"] else "-"
             rows.append(
-                f"| {name} ({m['size']}px) | {criterion} | {m['snapshot_s'] * 1000:.1f} | {m['observe_s'] * 1000:.2f} "
-                f"| {m['step_s'] * 1000:.0f} | {m['images']:,} | {m['epoch_s'] / 60:.1f} "
-                f"| {100 * m['overhead_s'] / m['epoch_s']:.3f}% |"
+                f"| {name} ({m['size']}px) | {criterion} | {budget} | {m['snapshot_s'] * 1000:.1f} "
+                f"| {m['observe_s'] * 1000:.2f} | {m['step_s'] * 1000:.0f} | {m['images']:,} "
+                f"| {m['epoch_s'] / 60:.1f} | {100 * m['overhead_s'] / m['epoch_s']:.3f}% | {once} |"
             )
             print(rows[-1], flush=True)
     lines = header(
         "EPI overhead per epoch",
         torch.device("cpu"),
         f"Training step: batch {args.batch}, SGD, fp32; epoch = images per epoch x step time / batch "
-        f"(CIFAR-10: 50,000; ImageNet: 1,281,167); snapshot = criterion scores + selection at 50% FLOPs + "
-        f"EPI over a window of 5; medians of {args.repeats}.",
+        f"(CIFAR-10: 50,000; ImageNet: 1,281,167); snapshot = criterion scores + selection at 50% of the budget's "
+        f"measure + EPI over a window of 5; medians of {args.repeats}. latency: the run's one-time layer timing "
+        "(batch as the step, 6 widths per axis, median of 5 each) against one epoch.",
     )
     lines += [
-        "| model | criterion | snapshot ms | observe ms / iteration | train step ms | images / epoch "
-        "| epoch min (extrapolated) | overhead (snapshot + observes) / epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | criterion | budget | snapshot ms | observe ms / iteration | train step ms | images / epoch "
+        "| epoch min (extrapolated) | overhead (snapshot + observes) / epoch | once per run: layer timing / one epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     write("epi_overhead.md", lines)

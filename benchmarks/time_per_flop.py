@@ -16,6 +16,12 @@ each stage are scaled by 1/4, 1 or 4 (every combination), so the global selectio
 cuts between stages, and each distinct architecture at 50% FLOPs (round_to 16) is timed. Its
 best efficiency is what a FLOPs budget can reach on this machine with a smarter ranking.
 
+A fourth checks the cost model of a budget in step time: the model's latency table (each
+layer timed alone at a grid of widths, ``pat_ray.measure_latency``) predicts the step time a
+sub-network keeps; each model is pruned (magnitude at init, round_to 16) to several time
+budgets, down to its smallest legal sub-network, and the prediction is set against its
+measured training step.
+
     python benchmarks/time_per_flop.py
 """
 
@@ -33,7 +39,7 @@ import pat_ray
 from _report import header, write
 from _timing import saving_efficiency, step_time_ratio, timed
 from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.selection import Budget, budget_measure, group_units, select_architecture
 from pat_ray.registry import get_registry
 
 SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
@@ -140,6 +146,36 @@ def allocation_rows(model_name: str, size: int, batch: int, factors=(0.25, 1.0, 
     ]
 
 
+def latency_rows(model_name: str, size: int, batch: int, fractions=(0.8, 0.65, 0.5)) -> list[str]:
+    """Predicted against measured step time kept, per time budget and at the smallest legal sub-network."""
+    x, example = torch.randn(batch, 3, size, size), torch.zeros(1, 3, size, size)
+    dense = build(model_name)
+    graph = trace_channel_groups(dense, example)
+    table = pat_ray.measure_latency(build(model_name), example, batch, round_to=16, channels_last=True)
+    seconds = budget_measure(graph, "latency", table)
+    full = {g.name: g.size for g in graph.groups}
+    smallest = full | {g.name: len(group_units(g, torch.ones(g.size), 16)[0].channels) for g in graph.prunable}
+    floor = seconds(smallest) / seconds(full)
+    dense_flops = pat_ray.measure_cost(dense, example).flops
+    rows = []
+    for fraction in sorted({f for f in fractions if f > floor} | {floor}, reverse=True):
+        model = build(model_name)
+        pat_ray.prune(
+            model, example, budget=min(1.0, fraction * (1 + 1e-9)), measure="latency", round_to=16, latency=table
+        )
+        pruned = trace_channel_groups(model, example)
+        predicted = table.predict(pruned.terms, {g.name: g.size for g in pruned.groups}) / seconds(full)
+        measured = step_time_ratio(model, dense, x, CPU, channels_last=True)
+        kept = pat_ray.measure_cost(model, example).flops / dense_flops
+        label = f"{fraction:.2f}" if fraction > floor else f"smallest legal ({floor:.3f})"
+        rows.append(
+            f"| {model_name} | {size} | {label} | {predicted:.3f} | {measured:.3f} | {measured - predicted:+.3f} "
+            f"| {kept:.3f} | {saving_efficiency(measured, kept):.2f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def stage_table(model_name: str, size: int, batch: int, repeats: int) -> list[str]:
     model = build(model_name)
     seconds, macs = defaultdict(float), defaultdict(int)
@@ -163,10 +199,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    rows, rounding, allocation = [], [], []
+    rows, rounding, allocation, latency = [], [], [], []
     for model_name, size in SETTINGS:
         rows += stage_table(model_name, size, args.batch, args.repeats)
         rounding += rounding_rows(model_name, size, args.batch)
+        latency += latency_rows(model_name, size, args.batch)
         print("\n".join(rows[-5:] + rounding[-3:]), flush=True)
     for model_name, size in SETTINGS[:2]:
         allocation += allocation_rows(model_name, size, args.batch)
@@ -195,6 +232,15 @@ def main() -> None:
         "| its step time x dense | its conv output channels per stage | its stage weights |",
         "|---|---|---|---|---|---|---|---|---|",
         *allocation,
+        "",
+        "Pruned to a budget in step time (magnitude at init, round_to 16): the step time kept as the model's latency "
+        "table predicts it (each layer timed alone, 6 widths per axis) against the measured training step "
+        "(alternated with the dense model's), and the FLOPs that cut kept:",
+        "",
+        "| model | input px | time budget | predicted time kept | measured time kept | measured - predicted "
+        "| FLOPs kept | efficiency |",
+        "|---|---|---|---|---|---|---|---|",
+        *latency,
     ]
     write("time_per_flop.md", lines)
 

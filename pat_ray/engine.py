@@ -156,6 +156,7 @@ def train(
         trigger_epoch = 0
         net = _start_pruning(pruner, collective, net, optimizer, hooks, epoch=0, layout=layout)
 
+    setup_seconds = time.perf_counter() - started  # tracing, layer timing, a prune at init
     for epoch in range(first_epoch, total_epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # distributed shuffling differs per epoch
@@ -220,6 +221,8 @@ def train(
             "time_kept": pruner.time_kept,
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - epoch_start,
+            # this process's setup, on the first epoch it runs (so a resumed run has two)
+            "setup_seconds": setup_seconds if epoch == first_epoch else 0.0,
             "snapshot_seconds": snapshot_seconds,
             "train_flops": train_flops,
             "triggered": trigger_epoch == epoch,

@@ -102,7 +102,7 @@ def small_resnet() -> nn.Module:
 def test_the_probe_times_every_layer_at_legal_widths():
     model = small_resnet()
     example = torch.zeros(1, 1, 8, 8)
-    table = measure_latency(model, example, batch_size=4, round_to=8, points=3, repeats=1)
+    table = measure_latency(model, example, batch_size=4, round_to=8, points=3, repeats=1, rounds=1)
     graph = trace_channel_groups(model, example)
     assert set(table.layers) == {t.module for t in graph.terms}
     assert (table.batch_size, table.device_type) == (4, "cpu")
@@ -135,7 +135,7 @@ class DepthwiseAndGrouped(nn.Module):
 
 def test_the_probe_builds_depthwise_grouped_and_flattened_layers():
     model = DepthwiseAndGrouped()
-    table = measure_latency(model, torch.zeros(1, 3, 4, 4), batch_size=2, round_to=2, points=4, repeats=1)
+    table = measure_latency(model, torch.zeros(1, 3, 4, 4), batch_size=2, round_to=2, points=4, repeats=1, rounds=1)
     assert table.layers["dw"].in_counts == ()  # a depthwise conv's input follows its output
     assert all(c % 4 == 0 for c in table.layers["grouped"].out_counts)  # conv groups stay, each narrowed
     assert table.layers["head"].in_counts[-1] == 32 * 16  # flattened features, counted per channel x 16
@@ -147,7 +147,7 @@ def test_measuring_does_not_move_the_random_stream():
     expected = torch.rand(4)
     model = small_resnet()
     torch.manual_seed(3)
-    measure_latency(model, torch.zeros(1, 1, 8, 8), batch_size=2, points=2, repeats=1)
+    measure_latency(model, torch.zeros(1, 1, 8, 8), batch_size=2, points=2, repeats=1, rounds=2)
     assert torch.equal(torch.rand(4), expected)
 
 

@@ -8,7 +8,7 @@ counts without touching the model, so selection can try thousands of candidates;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +48,15 @@ def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
         fan_in = module.weight[0].numel()  # in_features, or in_channels/groups * kernel
         total += fan_in * output[0].numel()
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-    ]
+    layers = (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
+    hooked_forward(model, example_input, {m: hook for m in layers})
+    return Cost(total, sum(p.numel() for p in model.parameters()))
+
+
+def hooked_forward(model: nn.Module, example_input: torch.Tensor, hooks: Mapping[nn.Module, Callable]) -> None:
+    """One eval-mode, no-grad forward of one example with ``hooks`` attached as forward hooks;
+    the model's mode is restored and the hooks removed whatever happens."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     was_training = model.training
     model.eval()
     try:
@@ -60,6 +64,5 @@ def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
             model(example_input[:1])
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return Cost(total, sum(p.numel() for p in model.parameters()))
+        for handle in handles:
+            handle.remove()

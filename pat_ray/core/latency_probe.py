@@ -2,19 +2,20 @@
 
 Each conv / linear / norm that tracing found is rebuilt alone at a grid of channel counts
 and timed for one forward + backward at the training batch size, in the run's layout and
-autocast precision (median of ``repeats`` after a warm-up). Timing layers alone and adding
-them up ignores what runs between them (activations other than the one counted with each
-norm, residual adds, pooling, the optimizer step), so the table predicts the *share* of the
-step a sub-network keeps better than the absolute seconds: on the 2-core development CPU the
-predicted time kept of pruned ResNet-18 / ResNet-56 was within 0.03 of the measured step
-time kept (``benchmarks/train_cost.py`` reports this for every run). ResNets repeat the same
-layer shapes, so identical configurations are timed once.
+autocast precision. Identical configurations (ResNets repeat their block shapes) are timed
+once, which also means one configuration's error repeats in every layer that shares it: so
+every configuration is timed in several rounds, in a new order each round, and keeps its
+median. Timing layers alone and adding them up leaves out what runs between them (residual
+adds, pooling, the optimizer step), so the table predicts the *share* of the step a
+sub-network keeps better than the absolute seconds: on the 2-core development CPU within
+-0.014 .. +0.032 of the measured step (``benchmarks/time_per_flop.py``).
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pat_ray.core.cost import hooked_forward
 from pat_ray.core.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph
 from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
@@ -36,40 +38,49 @@ def measure_latency(
     *,
     round_to: int = 1,
     points: int = 6,
-    repeats: int = 5,
+    repeats: int = 3,
+    rounds: int = 3,
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
     exclude: Iterable[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> LatencyTable:
     """Time every layer of ``model`` (on ``example_input``'s device) at ``points`` channel
-    counts per axis, multiples of ``round_to`` between ``round_to`` and the layer's width.
+    counts per axis, multiples of ``round_to`` between ``round_to`` and the layer's width:
+    each configuration ``rounds`` times (the median of ``repeats`` steps after a warm-up),
+    once per round, the rounds in shuffled orders; its time is the median over the rounds.
 
     ``channels_last`` and ``autocast_dtype`` should be the training run's: both change which
     kernels run. ``exclude`` as in ``trace_channel_groups`` (an excluded layer's width is
     timed at its full size only). ``echo`` receives a line before and after the measurement.
     """
-    if points < 2:
-        raise ValueError(f"points must be >= 2, got {points}")
+    if points < 2 or repeats < 1 or rounds < 1:
+        raise ValueError(f"points must be >= 2, repeats and rounds >= 1; got {points}, {repeats}, {rounds}")
     device = example_input.device
     graph = trace_channel_groups(model, example_input, exclude=exclude)
     shapes = _input_shapes(model, example_input)
     timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
     plans = [_Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points) for t in graph.terms]
-    configurations = {plan.key(n_in, n_out) for plan in plans for n_in in plan.in_widths for n_out in plan.out_counts}
+    jobs = {
+        plan.key(n_in, n_out): (plan, n_in, n_out)
+        for plan in plans
+        for n_in in plan.in_widths
+        for n_out in plan.out_counts
+    }
     if echo:
-        echo(f"measuring layer latencies: {len(configurations)} layer configurations on {_device_name(device)}")
+        echo(f"measuring layer latencies: {len(jobs)} layer configurations x {rounds} rounds on {_device_name(device)}")
     started = time.perf_counter()
     # the timed layers' random weights and inputs must not shift the run's random stream
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        layers = {
-            plan.name: LayerTimes(
-                plan.in_counts,
-                plan.out_counts,
-                monotone([[timer.seconds(plan, n_in, n_out) for n_out in plan.out_counts] for n_in in plan.in_widths]),
-            )
-            for plan in plans
-        }
+        seconds = timer.in_rounds(jobs, rounds)
+    layers = {
+        plan.name: LayerTimes(
+            plan.in_counts,
+            plan.out_counts,
+            monotone([[seconds[plan.key(n_in, n_out)] for n_out in plan.out_counts] for n_in in plan.in_widths]),
+        )
+        for plan in plans
+    }
     if echo:
         echo(f"measured layer latencies in {time.perf_counter() - started:.1f} s")
     return LatencyTable(layers, batch_size, device.type, _device_name(device))
@@ -149,56 +160,56 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Si
 
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, example, {m: record(n) for n, m in model.named_modules() if n})
     return shapes
 
 
 class _LayerTimer:
-    """Builds a layer at given widths and times its forward + backward; caches by configuration."""
+    """Builds a layer at given widths and times its forward + backward."""
 
     def __init__(self, device, batch_size: int, repeats: int, channels_last: bool, autocast_dtype) -> None:
         self.device, self.batch_size, self.repeats = device, batch_size, repeats
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
-        self.cache: dict[tuple, float] = {}
 
-    def seconds(self, plan: _Plan, n_in: int, n_out: int) -> float:
-        key = plan.key(n_in, n_out)
-        if key not in self.cache:
-            if _follows_output(plan.module):
-                n_in = n_out
-            self.cache[key] = self._time(_layer_like(plan.module, n_in, n_out), n_in, plan)
-        return self.cache[key]
+    def in_rounds(self, jobs: dict[tuple, tuple[_Plan, int, int]], rounds: int) -> dict[tuple, float]:
+        """Each configuration's median time over ``rounds`` rounds, each round in a new order.
+
+        A machine's speed drifts over seconds. On the 2-core development VM, four tables timed
+        back to back in one round each put ResNet-56's smallest sub-network at 0.587-0.675 of
+        the step, and timing each configuration longer did not narrow that; in three shuffled
+        rounds, 0.600-0.630. A slow spell then hits different layers each round and the median
+        drops it, instead of biasing whichever layers were being timed."""
+        samples: dict[tuple, list[float]] = {key: [] for key in jobs}
+        order, shuffle = list(jobs), random.Random(0)
+        for _ in range(rounds):
+            shuffle.shuffle(order)
+            for key in order:
+                samples[key].append(self._time(*jobs[key]))
+        return {key: statistics.median(times) for key, times in samples.items()}
 
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _time(self, layer: nn.Module, n_in: int, plan: _Plan) -> float:
-        layer = layer.to(self.device).train()
+    def _time(self, plan: _Plan, n_in: int, n_out: int) -> float:
+        if _follows_output(plan.module):
+            n_in = n_out
+        layer = _layer_like(plan.module, n_in, n_out).to(self.device).train()
         x = torch.randn(self.batch_size, n_in, *plan.spatial, device=self.device)
         if self.channels_last and x.dim() == 4:
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(plan.input_grad)
-        with self._autocast():
-            grad = torch.ones_like(layer(x))
+        grads = []  # the output's gradient, made once by the warm-up step
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             x.grad = None
             with self._autocast():
                 out = layer(x)
-            out.backward(grad)
+            grads or grads.append(torch.ones_like(out))
+            out.backward(grads[0])
 
         step()  # warm-up: allocations, kernel selection
         return statistics.median(self._seconds(step) for _ in range(self.repeats))
