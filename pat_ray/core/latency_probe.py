@@ -8,7 +8,7 @@ every configuration is timed in several rounds, in a new order each round, and k
 median. Timing layers alone and adding them up leaves out what runs between them (residual
 adds, pooling, the optimizer step), so the table predicts the *share* of the step a
 sub-network keeps better than the absolute seconds: on the 2-core development CPU within
--0.014 .. +0.032 of the measured step (``benchmarks/time_per_flop.py``).
+-0.035 .. +0.038 of the measured step in 11 cases (``benchmarks/time_per_flop.py``).
 """
 
 from __future__ import annotations
