@@ -64,10 +64,10 @@ def write_table(path: Path, table: LatencyTable) -> None:
     atomic_write_text(path, json.dumps(table.to_dict(), indent=1))
 
 
-def measure_for_config(config: Config, note: Callable[[str], None] | None = None) -> dict:
+def measure_for_config(config: Config) -> dict:
     """``config``'s table, timed outside a run on this process's device, as ``to_dict()``."""
     setup = build_run(config)
-    return _measure(config, setup.model, setup.example, note).to_dict()
+    return _measure(config, setup.model, setup.example, None).to_dict()
 
 
 def _measure(config: Config, model, example, note) -> LatencyTable:
