@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+
+from pat_ray.core.latency_probe import seconds_of
 
 
 @contextmanager
@@ -30,17 +31,7 @@ def timed(fn, device, repeats: int, warmup: int = 2) -> float:
     with _denormals_flushed():
         for _ in range(warmup):
             fn()
-        return statistics.median(_seconds(fn, device) for _ in range(repeats))
-
-
-def _seconds(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        return statistics.median(seconds_of(fn, device) for _ in range(repeats))
 
 
 def _autocast(device):
@@ -107,8 +98,8 @@ def alternated_ratio(fn, baseline_fn, device, rounds: int = 9, warmup: int = 2) 
             fn(), baseline_fn()
         ratios = []
         for _ in range(rounds):
-            base_s = _seconds(baseline_fn, device)
-            ratios.append(_seconds(fn, device) / base_s)
+            base_s = seconds_of(baseline_fn, device)
+            ratios.append(seconds_of(fn, device) / base_s)
     return statistics.median(ratios)
 
 

@@ -127,7 +127,7 @@ def main() -> None:
         f"Training step: batch {args.batch}, SGD, fp32; epoch = images per epoch x step time / batch "
         f"(CIFAR-10: 50,000; ImageNet: 1,281,167); snapshot = criterion scores + selection at 50% of the budget's "
         f"measure + EPI over a window of 5; medians of {args.repeats}. latency: the run's one-time layer timing "
-        "(batch as the step, 6 widths per axis, median of 5 each) against one epoch.",
+        "(batch as the step, 6 widths per axis, 3 shuffled rounds of a median of 3) against one epoch.",
     )
     lines += [
         "| model | criterion | budget | snapshot ms | observe ms / iteration | train step ms | images / epoch "

@@ -39,7 +39,7 @@ import pat_ray
 from _report import header, write
 from _timing import saving_efficiency, step_time_ratio, timed
 from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.selection import Budget, budget_measure, group_units, select_architecture
+from pat_ray.core.selection import Budget, budget_measure, select_architecture, smallest_counts
 from pat_ray.registry import get_registry
 
 SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
@@ -154,8 +154,7 @@ def latency_rows(model_name: str, size: int, batch: int, fractions=(0.8, 0.65, 0
     table = pat_ray.measure_latency(build(model_name), example, batch, round_to=16, channels_last=True)
     seconds = budget_measure(graph, "latency", table)
     full = {g.name: g.size for g in graph.groups}
-    smallest = full | {g.name: len(group_units(g, torch.ones(g.size), 16)[0].channels) for g in graph.prunable}
-    floor = seconds(smallest) / seconds(full)
+    floor = seconds(smallest_counts(graph, round_to=16)) / seconds(full)
     dense_flops = pat_ray.measure_cost(dense, example).flops
     rows = []
     for fraction in sorted({f for f in fractions if f > floor} | {floor}, reverse=True):

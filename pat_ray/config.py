@@ -18,6 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pat_ray.core.latency import LatencyTable
+from pat_ray.core.selection import Measure
 from pat_ray.registry import get_registry
 
 
@@ -120,7 +121,7 @@ class CriterionConfig(_Strict):
 
 class BudgetConfig(_Strict):
     fraction: float = Field(0.5, description="fraction of `measure` to keep, in (0, 1]")
-    measure: Literal["flops", "params", "channels", "latency"] = Field(
+    measure: Measure = Field(
         "flops",
         description="flops / params / channels: counted; latency: the training step's time on this run's device, "
         "predicted from per-layer timings measured when the run starts",

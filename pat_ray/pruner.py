@@ -18,7 +18,7 @@ from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
-from pat_ray.core.selection import Budget, budget_measure, select_architecture
+from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
 
 
 @dataclass
@@ -54,9 +54,7 @@ class Pruner:
         self.architecture = Architecture.full({g.name: g.size for g in self.graph.prunable})
         self.reference = self._measure(self.graph, budget.measure)
         self.dense_seconds = self.seconds = self._measure(self.graph, "latency") if latency else None
-        # an unreachable budget fails now, not after the first dense epoch
-        uniform = {g.name: torch.ones(g.size) for g in self.graph.prunable}
-        select_architecture(self.graph, uniform, budget, reference=self.reference, latency=latency)
+        check_reachable(self.graph, budget, self.reference, latency)  # fail now, not after a dense epoch
         self.steps_done = 0
         self.active = False
         self.iters_since_step = 0

@@ -62,7 +62,7 @@ def measure_latency(
     timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
     plans = [_Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points) for t in graph.terms]
     jobs = {
-        plan.key(n_in, n_out): (plan, n_in, n_out)
+        plan.key(n_in, n_out): (plan, *plan.widths(n_in, n_out))
         for plan in plans
         for n_in in plan.in_widths
         for n_out in plan.out_counts
@@ -128,10 +128,15 @@ class _Plan:
     def in_widths(self) -> tuple[int, ...]:
         return self.in_counts or (self.in_full,)
 
+    def widths(self, n_in: int, n_out: int) -> tuple[int, int]:
+        """The (input, output) widths the layer is built with: a layer whose input follows its
+        output (``_follows_output``) has as many inputs as outputs."""
+        return (n_out if _follows_output(self.module) else n_in), n_out
+
     def key(self, n_in: int, n_out: int) -> tuple:
+        """What identifies a timing: identical keys are timed once, whichever layer asks."""
         m = self.module
-        if _follows_output(m):
-            n_in = n_out
+        n_in, n_out = self.widths(n_in, n_out)
         if isinstance(m, CONV_TYPES):
             hyper = (m.kernel_size, m.stride, m.padding, m.dilation, m.bias is not None, m.padding_mode)
             groups = n_out if _is_depthwise(m) else m.groups
@@ -194,8 +199,7 @@ class _LayerTimer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _time(self, plan: _Plan, n_in: int, n_out: int) -> float:
-        if _follows_output(plan.module):
-            n_in = n_out
+        """The median of ``repeats`` forward + backward steps at ``plan.widths``, after a warm-up."""
         layer = _layer_like(plan.module, n_in, n_out).to(self.device).train()
         x = torch.randn(self.batch_size, n_in, *plan.spatial, device=self.device)
         if self.channels_last and x.dim() == 4:
@@ -212,16 +216,18 @@ class _LayerTimer:
             out.backward(grads[0])
 
         step()  # warm-up: allocations, kernel selection
-        return statistics.median(self._seconds(step) for _ in range(self.repeats))
+        return statistics.median(seconds_of(step, self.device) for _ in range(self.repeats))
 
-    def _seconds(self, fn) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        fn()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+
+def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn``, with the device's queued work finished on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:

@@ -2,8 +2,8 @@
 
 Channels are ranked across all groups by score and removed lowest first until the budget
 (a fraction of FLOPs, params, channels, or the training step's time as a ``LatencyTable``
-predicts it) is met: the measure decides where the ranking is cut, never the ranking. Each group keeps at least its best
-unit. A unit is one channel, or — for groups feeding a grouped conv, or with
+predicts it) is met: the measure decides where the ranking is cut, never the ranking. Each
+group keeps at least its best unit. A unit is one channel, or — for groups feeding a grouped conv, or with
 ``round_to`` > 1 — a block of channels ranked within the group so that the kept count stays
 legal (the same per conv group) or a multiple of ``round_to``. Cost is monotone in the
 number of units removed, so the cut point is found by bisection over the ranked list.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
@@ -24,7 +24,7 @@ from pat_ray.core.graph import ChannelGroup, ModelGraph
 from pat_ray.core.latency import LatencyTable
 
 Measure = Literal["flops", "params", "channels", "latency"]
-MEASURES: tuple[Measure, ...] = ("flops", "params", "channels", "latency")
+MEASURES: tuple[Measure, ...] = get_args(Measure)
 
 
 class BudgetError(ValueError):
@@ -110,15 +110,7 @@ def select_architecture(
             counts[group.name] -= n
         return measure(counts)
 
-    full = measure_after(0)
-    target = budget.fraction * (full if reference is None else reference)
-    smallest = measure_after(len(removable))
-    if smallest > target * (1 + 1e-9):
-        raise BudgetError(
-            f"cannot keep only {budget.fraction:.1%} of {budget.measure}: the smallest legal "
-            f"sub-network keeps {smallest / (reference or full):.1%}; raise the fraction"
-            + (" or lower round_to" if budget.round_to > 1 else "")
-        )
+    target = _reachable_target(budget, measure_after(len(removable)), measure_after(0), reference)
 
     class _Probe:  # lazy sequence for bisect: is the prefix of length i within budget?
         def __len__(self) -> int:
@@ -135,6 +127,34 @@ def select_architecture(
         removed[groups[unit.group].name].update(unit.channels)
     kept = {g.name: tuple(i for i in range(g.size) if i not in removed[g.name]) for g in groups}
     return Architecture(kept, {g.name: g.size for g in groups})
+
+
+def smallest_counts(graph: ModelGraph, round_to: int = 1) -> dict[str, int]:
+    """Every group's channel count in the smallest legal sub-network: each prunable group keeps
+    only its best unit, whose width does not depend on the scores."""
+    full = {g.name: g.size for g in graph.groups}
+    return full | {g.name: len(group_units(g, torch.ones(g.size), round_to)[0].channels) for g in graph.prunable}
+
+
+def check_reachable(
+    graph: ModelGraph, budget: Budget, reference: float | None = None, latency: LatencyTable | None = None
+) -> None:
+    """Raise BudgetError unless some legal sub-network meets ``budget`` (as in ``select_architecture``)."""
+    measure = budget_measure(graph, budget.measure, latency)
+    full = measure({g.name: g.size for g in graph.groups})
+    _reachable_target(budget, measure(smallest_counts(graph, budget.round_to)), full, reference)
+
+
+def _reachable_target(budget: Budget, smallest: float, full: float, reference: float | None) -> float:
+    """The measure the budget allows, once the smallest legal sub-network is known to fit it."""
+    target = budget.fraction * (full if reference is None else reference)
+    if smallest > target * (1 + 1e-9):
+        raise BudgetError(
+            f"cannot keep only {budget.fraction:.1%} of {budget.measure}: the smallest legal "
+            f"sub-network keeps {smallest / (reference or full):.1%}; raise the fraction"
+            + (" or lower round_to" if budget.round_to > 1 else "")
+        )
+    return target
 
 
 def budget_measure(
