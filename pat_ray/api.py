@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from pat_ray.comm import PrintReporter, Reporter, SilentReporter
 from pat_ray.config import Config, load_config
 from pat_ray.engine import RunResult, train
+from pat_ray.preflight import check_runnable
+from pat_ray.run_state import check_new_run, resume_point
 
 
 def run(
-    config: Config | None = None, *, local: bool = False, quiet: bool = False, reporter: Reporter | None = None
+    config: Config | None = None,
+    *,
+    local: bool = False,
+    quiet: bool = False,
+    reporter: Reporter | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
     By default on Ray Train with ``config.scaling.num_workers`` workers (a local Ray is
     started if none is running); ``local=True`` runs the same engine in this process. With
     ``tracking.mlflow`` the finished run is logged to MLflow (``result.mlflow_run_id``).
+
+    A run never replaces an earlier one: when ``output_dir/name`` already holds a run this
+    raises ``RunExistsError``, unless ``resume=True``, which continues that run from its
+    last checkpoint (or the one before it, when the last is damaged).
     """
     config = config or Config()
+    run_dir = Path(config.output_dir) / config.name
+    check_runnable(config, local=local)
+    if resume:
+        resume_from = resume_point(run_dir, warn=lambda line: print(line, file=sys.stderr))
+    else:
+        check_new_run(run_dir)
+        resume_from = None
     if local:
-        result = train(config, reporter=reporter or (SilentReporter() if quiet else PrintReporter()))
+        result = train(
+            config, reporter=reporter or (SilentReporter() if quiet else PrintReporter()), resume=resume_from
+        )
     else:
         from pat_ray.ray_train import run_on_ray
 
-        result = run_on_ray(config)
+        result = run_on_ray(config, resume=resume_from)
     if config.tracking.mlflow:
         from pat_ray.tracking import log_run
 

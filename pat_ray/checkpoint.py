@@ -3,13 +3,19 @@
 A checkpoint holds the base model's registry name and build parameters, the input shape
 used for tracing, the architecture relative to the *base* model, the state dict, and any
 extra training state (optimizer, epoch, EPI history). Loading rebuilds the base model,
-applies the architecture with native surgery and loads the weights. Writes go to a temp
-file in the same directory, then ``os.replace``: a crash never leaves a half-written file.
+applies the architecture with native surgery and loads the weights.
+
+Everything in a checkpoint is tensors and plain Python data, so it is read with
+``torch.load(weights_only=True)``: a file crafted to run code is refused, not executed.
+Every way a file can be wrong surfaces as one ``CheckpointError`` naming the file. Writes
+go to a temp file in the same directory, then ``os.replace``: a crash never leaves a
+half-written file.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +30,25 @@ from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.surgery import apply_architecture
 
 FORMAT_VERSION = 1
+_FIELDS = {
+    "model_name": str,
+    "model_params": dict,
+    "input_shape": list,
+    "architecture": dict,
+    "state_dict": dict,
+    "extra": dict,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, unsafe or does not fit its model."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"checkpoint {str(path)!r}: {problem}")
+
+    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
+        return (type(self), (self.path, self.problem))
 
 
 @dataclass
@@ -34,24 +59,42 @@ class Checkpoint:
     architecture: Architecture
     state_dict: dict[str, torch.Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the file it was read from
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temp file next to ``path``, then rename it into place."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], None], backup: str | os.PathLike | None = None
+) -> None:
+    """Call ``write`` on a temp file next to ``path``, then rename it into place.
+
+    ``backup``: where the file being replaced goes, so that a new file that turns out to be
+    damaged (a disk error, a kill during a later copy) never costs the one before it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's umask
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, so never race other threads
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, backup: str | os.PathLike | None = None) -> None:
+    atomic_write(path, lambda handle: torch.save(obj, handle), backup)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -66,8 +109,12 @@ def save_checkpoint(
     input_shape: tuple[int, ...],
     model_params: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    backup: str | os.PathLike | None = None,
 ) -> None:
-    """Save ``model`` (pruned to ``architecture``, relative to the base model) atomically."""
+    """Save ``model`` (pruned to ``architecture``, relative to the base model) atomically.
+
+    ``extra`` must hold tensors and plain data only (what ``weights_only`` loading reads);
+    ``backup``: keep the file this replaces under that name."""
     atomic_torch_save(
         {
             "format_version": FORMAT_VERSION,
@@ -79,24 +126,53 @@ def save_checkpoint(
             "extra": dict(extra or {}),
         },
         path,
+        backup,
     )
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The contents of a pat_ray checkpoint; never runs code stored in the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=False)
+        raise CheckpointError(path, "is a folder, not a file" if path.is_dir() else "does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "is empty (a write was interrupted?)")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            raise CheckpointError(
+                path,
+                "holds Python objects other than tensors and plain data; refused, since loading them could run code",
+            ) from None
+        raise CheckpointError(path, f"is damaged ({_first_line(err)})") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, zip errors... for broken files
+        raise CheckpointError(path, f"is damaged or not a PyTorch file ({_first_line(err)})") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a pat_ray checkpoint (format {FORMAT_VERSION})")
+        plain = isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values())
+        what = "a plain state dict" if plain else f"a {type(data).__name__}"
+        raise CheckpointError(path, f"is not a pat_ray checkpoint (format {FORMAT_VERSION}); it holds {what}")
+    for name, kind in _FIELDS.items():
+        if not isinstance(data.get(name), kind):
+            raise CheckpointError(path, f"field {name!r} is missing or not a {kind.__name__}")
+    try:
+        architecture = Architecture.from_dict(data["architecture"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(path, f"its architecture is invalid ({err})") from None
     return Checkpoint(
         model_name=data["model_name"],
         model_params=data["model_params"],
         input_shape=tuple(data["input_shape"]),
-        architecture=Architecture.from_dict(data["architecture"]),
+        architecture=architecture,
         state_dict=data["state_dict"],
         extra=data["extra"],
+        source=path,
     )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def build_pruned_model(
@@ -116,7 +192,19 @@ def build_pruned_model(
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Rebuild the pruned model saved at ``path``; returns it with the checkpoint's contents."""
+    from pat_ray.registry import PluginError
+
     ckpt = read_checkpoint(path, map_location)
-    model = build_pruned_model(ckpt.model_name, ckpt.model_params, ckpt.architecture, ckpt.input_shape)
-    model.load_state_dict(ckpt.state_dict)
+    try:
+        model = build_pruned_model(ckpt.model_name, ckpt.model_params, ckpt.architecture, ckpt.input_shape)
+    except PluginError as err:
+        raise CheckpointError(
+            path, f"was written for model {ckpt.model_name!r}, which cannot be built here: {err}"
+        ) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(path, f"its architecture does not fit model {ckpt.model_name!r} ({err})") from None
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as err:
+        raise CheckpointError(path, f"its weights do not fit model {ckpt.model_name!r} ({_first_line(err)})") from None
     return model.to(map_location), ckpt

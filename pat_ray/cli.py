@@ -1,7 +1,9 @@
 """The ``pat-ray`` command line: parse, validate, call the library; no logic of its own.
 
-Every expected failure (bad config, missing data, a plugin error, a diverged run) prints
-one clear message and exits non-zero without a traceback.
+Every expected failure prints one clear message and exits non-zero without a traceback:
+2 when the input is wrong (config, checkpoint, plugin, model, an existing run), 1 when a
+run failed, 130 when interrupted. ``pat-ray --debug ...`` shows the traceback instead,
+for bug reports.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from pathlib import Path
 
 import click
 
+from pat_ray.checkpoint import CheckpointError
 from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
 from pat_ray.registry import PluginError, PluginFailure, get_registry
 
-EXPECTED_ERRORS = (
+INPUT_ERRORS = (  # exit 2: what the user gave is wrong
+    CheckpointError,
     PluginError,
     FileNotFoundError,
+    FileExistsError,
     UnsupportedModelError,
     BudgetError,
     ValueError,
@@ -31,20 +36,50 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _load(path: Path | None) -> Config:
-    try:
-        return load_config(path) if path is not None else Config()
-    except ConfigError as err:
+class _Cli(click.Group):
+    """Maps the project's exceptions to one line and an exit code, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as err:
+            if ctx.params.get("debug"):
+                raise
+            _report(err)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            _fail("interrupted; a run continues from its last finished epoch with `pat-ray run --resume`", 130)
+
+
+def _report(err: Exception) -> None:
+    from pat_ray.engine import TrainingDivergedError
+
+    if isinstance(err, ConfigError):
         for line in err.errors:
             click.echo(f"{err.source}: {line}", err=True)
         sys.exit(2)
-    except PluginError as err:
-        _fail(str(err))
+    if isinstance(err, TrainingDivergedError | PluginFailure):
+        _fail(str(err), 1)
+    if isinstance(err, INPUT_ERRORS):
+        _fail(str(err).strip("'\""))
+    if type(err).__module__.startswith("ray"):  # Ray wraps worker errors; show the cause, not a driver traceback
+        _fail(f"the Ray run failed: {err}", 1)
+    if isinstance(err, OSError):
+        _fail(f"{err.strerror or err} ({err.filename or 'no file named'})", 1)
+    _fail(f"internal error {type(err).__name__}: {err} (pat-ray --debug ... shows the traceback; please report it)", 1)
 
 
-@click.group()
+def _load(path: Path | None) -> Config:
+    return load_config(path) if path is not None else Config()
+
+
+@click.group(cls=_Cli)
 @click.version_option(package_name="pat-ray")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error (for bug reports).")
+def main(debug: bool) -> None:
     """Pruning-aware training with the Early Pruning Indicator."""
 
 
@@ -52,32 +87,25 @@ def main() -> None:
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
-def run(config: Path | None, local: bool, output_dir: Path | None) -> None:
+@click.option("--resume", is_flag=True, help="Continue the run in output_dir/name from its last checkpoint.")
+def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool) -> None:
     """Run a PaT pipeline; with no CONFIG, the embedded digits pipeline."""
     from pat_ray.api import run as run_pipeline
-    from pat_ray.engine import TrainingDivergedError
 
     cfg = _load(config)
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
     click.echo(
-        f"pat-ray: running {cfg.name!r} ({config or 'embedded default: pipelines/digits.yaml'}), "
+        f"pat-ray: {'resuming' if resume else 'running'} {cfg.name!r} "
+        f"({config or 'embedded default: pipelines/digits.yaml'}), "
         f"start policy {cfg.start.kind}, budget {cfg.pruning.budget.fraction:g} of {cfg.pruning.budget.measure}"
     )
     try:
-        result = run_pipeline(cfg, local=local)
-    except TrainingDivergedError as err:
-        _fail(str(err), code=1)
+        result = run_pipeline(cfg, local=local, resume=resume)
     except PluginFailure as err:
         last = Path(cfg.output_dir) / cfg.name / "last.pt"
         kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
         _fail(f"{err}\nthe run stopped; {kept}", code=1)
-    except EXPECTED_ERRORS as err:
-        _fail(str(err).strip("'\""))
-    except Exception as err:  # Ray wraps worker errors; show the cause, not a driver traceback
-        if type(err).__module__.startswith("ray"):
-            _fail(f"the Ray Train run failed: {err}", code=1)
-        raise
     click.echo(summary(result))
 
 
@@ -115,10 +143,7 @@ def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path
     cfg = _load(config)
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
-    try:
-        summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
-    except EXPECTED_ERRORS + (FileExistsError,) as err:
-        _fail(str(err).strip("'\""))
+    summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
     click.echo("")
     click.echo("\n".join(verdict_lines(summary)).replace("**", ""))
     click.echo(f"\nreport: {Path(summary.folder) / REPORT_FILE}")
@@ -140,10 +165,7 @@ def report(run: Path) -> None:
     from pat_ray.oracle import read_summary
     from pat_ray.oracle_report import write_report
 
-    try:
-        summary = read_summary(run)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        _fail(f"cannot read the oracle sweep at {run}: {err}")
+    summary = read_summary(run)
     folder = run if run.is_dir() else run.parent
     click.echo(write_report(folder, summary).read_text())
 
@@ -151,8 +173,14 @@ def report(run: Path) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 def validate(config: Path) -> None:
-    """Validate CONFIG; print the resolved config, or every error as FILE: field: message."""
+    """Validate CONFIG; print the resolved config, or every error as FILE: field: message.
+
+    Also checks what this machine must provide for a local run (a writable output_dir, the
+    device and precision asked for)."""
+    from pat_ray.preflight import check_runnable
+
     cfg = _load(config)
+    check_runnable(cfg, local=not cfg.scaling.use_gpu, source=str(config))
     click.echo(f"{config}: OK")
     click.echo(config_to_yaml(cfg))
 
@@ -165,12 +193,13 @@ def validate(config: Path) -> None:
 )
 def plugins(kind: str | None) -> None:
     """List every registered name, its kind, and the plugin and distribution providing it."""
-    try:
-        entries = get_registry().entries()
-    except PluginError as err:
-        _fail(str(err))
+    entries = get_registry().entries()
     header = ("kind", "name", "plugin", "distribution")
     rows = [(e.kind, e.name, e.plugin, e.distribution) for e in entries if kind in (None, e.kind)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         click.echo("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class Collective(Protocol):
@@ -32,15 +32,10 @@ class LocalCollective:
     rank, world_size = 0, 1
 
     def loader(self, dataset, batch_size, shuffle, seed, num_workers):
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=num_workers,
-            drop_last=False,
-        )
+        # The order of epoch e depends only on (seed, e), as on Ray workers: a resumed run
+        # sees the same batches as an uninterrupted one, and --local matches one Ray worker.
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
     def wrap(self, model):
         return model

@@ -31,7 +31,18 @@ def expand_path(value: str | Path, what: str) -> Path:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: an infinite lr or weight decay is a typo, and it diverges at iteration 1
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _check_params(field: str, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
+    """Plugin params the factory does not accept fail at validation, naming what it accepts.
+    (Checked on the whole Config, not per section: the sections' default instances are built
+    at import time, before any plugin is loaded.)"""
+    try:
+        get_registry().check_params(kind, name, params, supplied)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
 
 
 def _plugin_name(kind: str):
@@ -235,7 +246,7 @@ class OracleConfig(_Strict):
 
 
 class Config(_Strict):
-    name: str = "digits"
+    name: str = Field("digits", description="the run's folder under output_dir: a plain folder name")
     output_dir: Path = Path("runs")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -246,10 +257,34 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     oracle: OracleConfig = OracleConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or any(c in v for c in "/\\\0") or v != v.strip():
+            raise ValueError(f"{v!r} is not a plain folder name (no slashes, not '.' or '..', no surrounding spaces)")
+        return v
+
     @field_validator("output_dir", mode="before")
     @classmethod
     def _expand_output_dir(cls, v: Any) -> Any:
         return expand_path(v, "output_dir") if isinstance(v, str | Path) else v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_a_file(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{str(v)!r} is a file, not a folder")
+        return v
+
+    @model_validator(mode="after")
+    def _plugin_params_accepted(self) -> Config:
+        if "num_classes" in self.model.params:
+            raise ValueError("model.params: num_classes is set from the dataset; remove it")
+        _check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
+        _check_params("data.params", "dataset", self.data.name, self.data.params)
+        criterion = self.pruning.criterion
+        _check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
+        return self
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:
@@ -286,9 +321,9 @@ class ConfigError(ValueError):
 def _format(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in e["loc"])
         message = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}")
+        lines.append(f"{path}: {message}" if path else message)  # whole-config checks name their fields
     return lines
 
 
@@ -303,9 +338,15 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a YAML pipeline config; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), ["file does not exist"]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), ["is a folder; give the path of a YAML config file"]) from None
+    except PermissionError:
+        raise ConfigError(str(path), ["cannot be read (permission denied)"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [f"is not UTF-8 text (byte {err.start}); is it a YAML config file?"]) from None
     except yaml.YAMLError as err:
         raise ConfigError(str(path), [f"not valid YAML: {err}"]) from None
     return config_from_dict(data, str(path))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pat_ray.checkpoint import read_checkpoint
+from pat_ray.checkpoint import CheckpointError, read_checkpoint
 from pat_ray.comm import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.config import AfterTrainingStart, Config, EPIStart
 from pat_ray.core.latency import LatencyTable
@@ -140,13 +140,13 @@ def train(
     first_epoch = 1
     if resumed is not None:
         state = load_run_state(resumed, model, pruner, tracker)
-        model.load_state_dict(state.model_state)
+        _load_state(resumed, model.load_state_dict, state.model_state, "weights")
         model.to(memory_format=layout)  # the restored, pruned tensors
         history, trigger_epoch, iteration = state.history, state.trigger_epoch, state.iteration
         train_flops, first_epoch = history[-1]["train_flops"], state.epoch + 1
     optimizer = _optimizer(config, model)
     if resumed is not None:
-        optimizer.load_state_dict(state.optimizer)
+        _load_state(resumed, optimizer.load_state_dict, state.optimizer, "optimizer state")
     base_lr = config.training.optimizer.lr
     autocast = run_autocast(config.training.precision, device)
 
@@ -268,6 +268,13 @@ def train(
         architecture=pruner.architecture.to_dict(),
         checkpoint=checkpoint_path if collective.rank == 0 else None,
     )
+
+
+def _load_state(ckpt, load, state, what: str) -> None:
+    try:
+        load(state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(ckpt.source, f"its {what} do not fit this run's model ({err})") from None
 
 
 def _start_pruning(

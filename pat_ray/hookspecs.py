@@ -38,7 +38,11 @@ def pat_ray_register_models(register):
 
 @hookspec
 def pat_ray_register_datasets(register):
-    """Register datasets: ``register(name, factory)``; see ``pat_ray.data`` for the contract."""
+    """Register datasets: ``register(name, factory)``; see ``pat_ray.data`` for the contract.
+
+    A factory may carry a ``check(**params)`` attribute that raises ``ValueError`` or
+    ``OSError`` for params it cannot use (missing files, say): config validation calls it,
+    so ``pat-ray validate`` reports the problem instead of the run's first second."""
 
 
 @hookspec

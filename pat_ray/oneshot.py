@@ -13,6 +13,7 @@ from pat_ray.core.criterion import Criterion
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, select_architecture
+from pat_ray.core.verify import check_pruned, output_shapes
 from pat_ray.registry import get_registry
 
 
@@ -40,7 +41,8 @@ def prune(
     kept channels. ``measure="latency"`` keeps ``budget`` of the training step's time as
     ``latency`` (``pat_ray.measure_latency(model, ...)``, timed on the target device) predicts
     it. Returns the architecture applied, with indices relative to the model as
-    it was before this call.
+    it was before this call. The pruned model is run once on ``example_input``: should it
+    fail (a tracer or backend bug), PrunedModelError names the layer.
     """
     registry = get_registry()
     if isinstance(criterion, str):
@@ -53,7 +55,9 @@ def prune(
     elif criterion.needs_gradients:
         raise ValueError(f"criterion {type(criterion).__name__} needs gradients: pass calibration batches")
     architecture = select_architecture(graph, criterion.scores(model, graph), target, latency=latency)
+    expected = output_shapes(model, example_input)
     surgery.apply(model, graph, architecture, optimizer)
+    check_pruned(model, example_input, expected)
     return architecture
 
 

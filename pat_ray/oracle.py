@@ -184,4 +184,7 @@ def read_summary(run: Path) -> OracleSummary:
     path = run / RESULT_FILE if run.is_dir() else run
     if not path.is_file():
         raise FileNotFoundError(f"{run} is not an oracle sweep folder (no {RESULT_FILE} in it)")
-    return OracleSummary.from_json(path.read_text())
+    try:
+        return OracleSummary.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a readable oracle summary ({type(err).__name__}: {err})") from None

@@ -19,6 +19,7 @@ from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
+from pat_ray.core.verify import check_pruned, output_shapes
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Pruner:
         self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
         self.collective, self.latency = collective, latency
         self.graph = trace_channel_groups(model, example, exclude=exclude)
+        self.output_shapes = output_shapes(model, example)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
         self.architecture = Architecture.full({g.name: g.size for g in self.graph.prunable})
@@ -121,7 +123,9 @@ class Pruner:
         self.iters_since_step = state["iters_since_step"]
 
     def _adopt(self, model: nn.Module, architecture: Architecture) -> None:
-        """After surgery: record the base-relative architecture, re-trace the smaller model."""
+        """After surgery: check the smaller model runs, record the base-relative architecture,
+        re-trace it."""
+        check_pruned(model, self.example, self.output_shapes)
         self.architecture = architecture
         self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
         self.cost = graph_cost(self.graph)

@@ -6,19 +6,27 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from pat_ray.checkpoint import Checkpoint
+from pat_ray.checkpoint import Checkpoint, atomic_write
 from pat_ray.comm import PrintReporter
 from pat_ray.config import Config
 from pat_ray.engine import RunResult
 
 
 class ProgressCallback(UserCallback):
-    """Prints rank 0's line per epoch and records every rank's fingerprint and trigger."""
+    """Prints rank 0's line per epoch, warns when ranks disagree on the architecture, and
+    copies each checkpoint to ``run_dir/last.pt`` (keeping the one before as previous.pt)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.printer = PrintReporter(lambda line: print(line, flush=True))
+        self.run_dir = run_dir
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is not None:
+            from pat_ray.run_state import LAST, PREVIOUS
+
+            with checkpoint.as_directory() as folder:
+                data = (Path(folder) / LAST).read_bytes()
+            atomic_write(self.run_dir / LAST, lambda handle: handle.write(data), backup=self.run_dir / PREVIOUS)
         if metrics:
             fingerprints = {m["rank"]: m["fingerprint"] for m in metrics}
             line = dict(metrics[0])

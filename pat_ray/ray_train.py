@@ -28,12 +28,16 @@ def run_on_ray(
     inject_fault_at_epoch: int | None = None,
     callbacks: list | None = None,
     latency_table: dict | None = None,
+    resume: Path | None = None,
 ):
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
     Re-running with the same ``run_name`` and ``storage_path`` continues that run from its
     last checkpoint (the oracle relies on this to resume multi-worker trials).
     ``latency_table`` (a ``LatencyTable.to_dict()``) is handed to the workers' engine.
+    ``resume``: a run's ``last.pt`` to continue from (on a cluster: on storage every node sees).
+    Every checkpoint is also copied to ``output_dir/name/last.pt`` as it is reported, so an
+    interrupted Ray run can be resumed like a local one.
     ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
     checkpoint, to exercise recovery. ``callbacks`` are extra Train ``UserCallback``s.
     """
@@ -41,7 +45,7 @@ def run_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pat_ray.checkpoint import read_checkpoint
+    from pat_ray.checkpoint import atomic_write, read_checkpoint
     from pat_ray.core.latency import LatencyTable
     from pat_ray.latency_budget import TABLE_FILE, write_table
     from pat_ray.ray_progress import ProgressCallback, result_from_checkpoint
@@ -57,6 +61,7 @@ def run_on_ray(
             "fault_epoch": inject_fault_at_epoch,
             "run_folder": str(storage / name),
             "latency_table": latency_table,
+            "resume_path": str(resume) if resume is not None else None,
         },
         scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu),
         torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
@@ -67,16 +72,16 @@ def run_on_ray(
                 max_failures=config.scaling.max_failures if max_failures is None else max_failures
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[ProgressCallback(), *(callbacks or [])],
+            callbacks=[ProgressCallback(Path(config.output_dir) / config.name), *(callbacks or [])],
         ),
     )
     started = time.perf_counter()
     result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        ckpt = read_checkpoint(Path(folder) / "last.pt")
-        local = Path(config.output_dir) / config.name / "last.pt"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes((Path(folder) / "last.pt").read_bytes())
+    local = Path(config.output_dir) / config.name / "last.pt"
+    with result.checkpoint.as_directory() as folder:  # the callback copied it too; make sure it is the final one
+        data = (Path(folder) / "last.pt").read_bytes()
+    atomic_write(local, lambda handle: handle.write(data))
+    ckpt = read_checkpoint(local)
     if ckpt.extra.get("latency_table"):
         write_table(local.parent / TABLE_FILE, LatencyTable.from_dict(ckpt.extra["latency_table"]))
     return result_from_checkpoint(config, ckpt, local, time.perf_counter() - started)
@@ -108,6 +113,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             (resume_dir / "last.pt").write_bytes((Path(folder) / "last.pt").read_bytes())
         resume = resume_dir / "last.pt"
+    elif loop_config.get("resume_path"):
+        resume = Path(loop_config["resume_path"])
     reporter = RayReporter(collective, loop_config.get("fault_epoch"), Path(loop_config["run_folder"]))
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
     given = loop_config.get("latency_table")

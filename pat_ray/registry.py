@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "pat_ray.default_plugins.surgery_native",
     "pat_ray.default_plugins.models",
     "pat_ray.default_plugins.datasets",
+    "pat_ray.default_plugins.idx_datasets",
 )
 AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -87,6 +88,29 @@ class Registry:
         except KeyError:
             choices = ", ".join(self.names(kind)) or "none"
             raise KeyError(f"unknown {kind} {name!r}; registered: {choices}") from None
+
+    def check_params(self, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
+        """Raise ValueError unless ``name``'s factory accepts ``params`` (plus the keyword
+        arguments the caller ``supplied`` itself), so a typo fails at validation, not at run start."""
+        entry = self.get(kind, name)
+        try:
+            signature = inspect.signature(entry.factory)
+        except (TypeError, ValueError):
+            return  # a builtin or C factory: nothing to check against
+        try:
+            signature.bind(**params, **{key: None for key in supplied})
+        except TypeError as err:
+            accepted = [p for p in signature.parameters if p not in supplied and not p.startswith("_")]
+            raise ValueError(
+                f"{kind} {name!r} ({entry.plugin}) does not take these params: {err}; "
+                f"it accepts: {', '.join(accepted) or 'none'}"
+            ) from None
+        check = getattr(entry.factory, "check", None)  # a factory's own early check, e.g. files exist
+        if callable(check):
+            try:
+                check(**params)
+            except (OSError, ValueError) as err:
+                raise ValueError(str(err)) from None
 
     def create(self, kind: str, name: str, **params: Any) -> Any:
         """An instance from ``name``'s factory; criteria, similarities and surgery backends
@@ -144,8 +168,18 @@ def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.Plugin
             manager.load_setuptools_entrypoints("pat_ray")
         except Exception as err:
             raise PluginError(f"{_failing_entry_point()} failed to load: {err!r}") from err
-    manager.check_pending()
+    _check_pending(manager)
     return manager
+
+
+def _check_pending(manager: pluggy.PluginManager) -> None:
+    """pluggy's check, with the offending plugin and its distribution named."""
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as err:
+        dists = {id(p): f"{d.project_name} {d.version}" for p, d in manager.list_plugin_distinfo()}
+        dist = dists.get(id(err.plugin)) or _origin(err.plugin)
+        raise PluginError(f"plugin {manager.get_name(err.plugin)!r} ({dist}): {err}") from None
 
 
 def _failing_entry_point() -> str:
@@ -210,9 +244,12 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     """
     global _registry
     manager = get_plugin_manager()
-    manager.register(plugin, name=name)
     try:
-        manager.check_pending()
+        manager.register(plugin, name=name)
+    except pluggy.PluginValidationError as err:
+        raise PluginError(f"plugin {name or _origin(plugin)!r}: {err}") from None
+    try:
+        _check_pending(manager)
         registry = collect(manager)
     except Exception:
         manager.unregister(plugin)

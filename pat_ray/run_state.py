@@ -10,18 +10,62 @@ written to a temp name and renamed, so a crash never leaves a half-written resul
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from pat_ray.checkpoint import Checkpoint, atomic_write_text, save_checkpoint
+from pat_ray.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
 from pat_ray.data import DataBundle
 from pat_ray.policies import SnapshotTracker
 from pat_ray.pruner import Pruner
+
+LAST, PREVIOUS, HISTORY = "last.pt", "previous.pt", "history.json"
+_RUN_FIELDS = ("epoch", "iteration", "trigger_epoch", "optimizer", "history", "tracker", "pruner")
+
+
+class RunExistsError(FileExistsError):
+    """``output_dir/name`` already holds a run, and the caller did not ask to continue it."""
+
+
+def check_new_run(run_dir: Path) -> None:
+    """Refuse to start a run over an earlier one; say what the user can do instead."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} is a file; output_dir/name must be a folder")
+    found = [name for name in (LAST, PREVIOUS, HISTORY) if (run_dir / name).exists()]
+    if found:
+        raise RunExistsError(
+            f"{run_dir} already holds a run ({', '.join(found)}); nothing was changed. Continue it with "
+            "`pat-ray run --resume` (run(..., resume=True)), choose another `name`, or delete the folder"
+        )
+
+
+def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path:
+    """The newest readable checkpoint of the run in ``run_dir``: ``last.pt``, or the one it
+    replaced when ``last.pt`` is damaged (``warn`` says so)."""
+    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    if not last.exists() and not previous.exists():
+        raise CheckpointError(last, f"does not exist: there is no run to resume in {run_dir}")
+    try:
+        return _check_run_checkpoint(read_checkpoint(last))
+    except CheckpointError as err:
+        if not previous.is_file():
+            raise
+        ckpt = read_checkpoint(previous)
+        _check_run_checkpoint(ckpt)
+        warn(f"warning: {err}; resuming from {previous} (epoch {ckpt.extra['epoch']}) instead")
+        return previous
+
+
+def _check_run_checkpoint(ckpt: Checkpoint) -> Path:
+    missing = [name for name in _RUN_FIELDS if name not in ckpt.extra]
+    if missing:
+        raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")
+    return ckpt.source
 
 
 @dataclass
@@ -47,7 +91,7 @@ def save_run_state(
     trigger_epoch: int | None,
     dense_train_flops: float,
 ) -> Path:
-    path = run_dir / "last.pt"
+    path = run_dir / LAST
     save_checkpoint(
         path,
         model,
@@ -67,16 +111,21 @@ def save_run_state(
             "dense_train_flops": dense_train_flops,
             "latency_table": pruner.latency.to_dict() if pruner.latency else None,
         },
+        backup=run_dir / PREVIOUS,
     )
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
+    atomic_write_text(run_dir / HISTORY, json.dumps(history, indent=1))
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
     return path
 
 
 def load_run_state(ckpt: Checkpoint, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker) -> ResumeState:
     """Bring a freshly built dense ``model``, ``pruner`` and ``tracker`` to the saved state."""
+    _check_run_checkpoint(ckpt)
     extra = ckpt.extra
-    pruner.restore(model, ckpt.architecture, extra["pruner"])
+    try:
+        pruner.restore(model, ckpt.architecture, extra["pruner"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(ckpt.source, f"does not fit this run's model ({err})") from None
     for snapshot, epi, distances in zip(
         extra["tracker"]["snapshots"], extra["tracker"]["epi"], extra["tracker"]["mask_distances"]
     ):

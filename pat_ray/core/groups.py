@@ -35,7 +35,10 @@ from pat_ray.core.layout import GroupBuilder, Layout
 from pat_ray.core.tracing_ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
+    CAT_FUNCTIONS,
     CHANNEL_PINNING_MODULES,
+    MULTI_OUTPUT_FUNCTIONS,
+    MULTI_OUTPUT_METHODS,
     PASSTHROUGH_FUNCTIONS,
     PASSTHROUGH_METHODS,
     PASSTHROUGH_MODULES,
@@ -44,6 +47,9 @@ from pat_ray.core.tracing_ops import (
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
 )
+from pat_ray.core.tuples import Pieces, pick, piece_shapes, split_layout
+
+Traced = Layout | Pieces | None  # what the tracer knows of a node's result
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -76,7 +82,7 @@ def trace_channel_groups(
     unknown = builder.excluded - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
-    layouts: dict[fx.Node, Layout | None] = {}
+    layouts: dict[fx.Node, Traced] = {}
     for node in graph_module.graph.nodes:
         layouts[node] = _visit(builder, graph_module, node, layouts)
     return _finalize(builder, tuple(example_input.shape))
@@ -90,9 +96,16 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
-def _tensor_layouts(args: Any, layouts: dict[fx.Node, Layout | None]) -> list[Layout]:
+def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
+    """The layouts of the tensors in ``args``, each piece of a tuple result included."""
     found: list[Layout] = []
-    fx.node.map_arg(args, lambda n: found.append(layouts[n]) if layouts.get(n) else None)
+
+    def add(n: fx.Node) -> None:
+        traced = layouts.get(n)
+        pieces = traced if isinstance(traced, tuple) else (traced,)
+        found.extend(p for p in pieces if p is not None)
+
+    fx.node.map_arg(args, add)
     return found
 
 
@@ -100,7 +113,7 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
 
 
-def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, Layout | None]) -> Layout | None:
+def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced:
     shape = _shape(node)
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
@@ -112,12 +125,55 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
         return None
     if node.op == "get_attr":
         return None
+    where = _where(node)
+    tuples = [n for n in node.all_input_nodes if isinstance(layouts.get(n), tuple)]
+    if tuples:
+        return _use_pieces(b, node, tuples[0], layouts, where)
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
     if not inputs:
+        if node.op == "call_module" and any(True for _ in gm.get_submodule(str(node.target)).parameters()):
+            raise UnsupportedModelError(
+                f"{where}: its input is a tensor whose channels pat_ray could not follow from the model's input"
+            )
         return None  # no channel-carrying tensor flows in (shape arithmetic, constants)
+    pieces = piece_shapes(node.meta.get("tensor_meta"))
+    if pieces is not None:
+        return _visit_multi_output(b, node, inputs[0], pieces, where)
     if node.op == "call_module":
-        return _visit_module(b, gm, node, inputs, shape)
-    return _visit_function(b, node, inputs, shape, layouts)
+        result = _visit_module(b, gm, node, inputs, shape)
+    else:
+        result = _visit_function(b, node, inputs, shape, layouts)
+    if isinstance(result, Layout) and shape is not None and len(shape) >= 2 and b.width(result) != shape[1]:
+        raise UnsupportedModelError(  # a table entry whose channel semantics do not hold here
+            f"{where}: its result has {shape[1]} channels, but the channels traced into it add up to "
+            f"{b.width(result)}; pat_ray does not know how this op maps channels"
+        )
+    return result
+
+
+def _visit_multi_output(b: GroupBuilder, node: fx.Node, layout: Layout, pieces, where: str) -> Pieces:
+    table = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
+    dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
+    first = node.args[0] if node.args else None
+    if dim_position is None or _shape(first) is None:
+        raise UnsupportedModelError(
+            f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
+            "its input's; supported: split, chunk, unbind, tensor_split"
+        )
+    return split_layout(b, node, layout, dim_position, _shape(first), pieces, where)
+
+
+def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts, where: str) -> Traced:
+    """A node that consumes a whole tuple of tensors: indexing it, or concatenating it."""
+    pieces = layouts[source]
+    if node.op == "call_function" and node.target is operator.getitem and node.args[0] is source:
+        return pick(node, pieces, where)
+    if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
+        return _cat(b, node, layouts, where)
+    raise UnsupportedModelError(
+        f"{where}: takes the tuple of tensors {source.name!r} returns; "
+        "pat_ray follows such tuples only through indexing and cat"
+    )
 
 
 def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: list[Layout], shape) -> Layout | None:
@@ -223,7 +279,7 @@ def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape,
             else "reduce"
             if target in REDUCTION_FUNCTIONS
             else "cat"
-            if target is torch.cat
+            if target in CAT_FUNCTIONS
             else "getitem"
             if target is operator.getitem
             else "softmax"
@@ -251,19 +307,32 @@ def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape,
 
 
 def _binary(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layout:
+    """Element-wise op: operands that vary over the result's channels are coupled to them.
+
+    Broadcasting aligns shapes from the right, so an operand's dim ``len(s) - len(shape) + 1``
+    is the one that lines up with the result's channels (a ``(C,)`` weight times an
+    ``(N, C)`` activation varies over channels; times an ``(N, C, H, W)`` one it does not)."""
     if len(shape) < 2:
         raise UnsupportedModelError(f"{where}: result has no channel dimension")
-    operands = [a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None]
-    carried = [(layouts.get(a), _shape(a)) for a in operands]
-    wide = [lay for lay, s in carried if lay is not None and len(s) >= 2 and s[1] == shape[1]]
-    for lay, s in carried:
-        broadcast = len(s) < 2 or s[1] == 1
-        if lay is None and not broadcast and shape[1] > 1:
+    channels = shape[1]
+    wide = []
+    for operand in (a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None):
+        lay, s = layouts.get(operand), _shape(operand)
+        axis = len(s) - len(shape) + 1
+        extent = s[axis] if axis >= 0 else 1
+        if lay is not None and axis == 1 and extent == channels:
+            wide.append(lay)
+        elif extent == 1:
+            if lay is not None:
+                b.pin(lay)  # broadcast across the result's channels: its own channels must stay
+        elif lay is None:
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
             )
-        if lay is not None and s[1] == 1 and shape[1] > 1:
-            b.pin(lay)  # a one-channel gate broadcast over channels keeps its channel
+        else:
+            raise UnsupportedModelError(f"{where}: an operand's dim {axis} lines up with the result's channels")
+    if not wide:
+        raise UnsupportedModelError(f"{where}: no operand carries the result's channels")
     result = wide[0]
     for other in wide[1:]:
         result = b.unify(result, other, where)
@@ -301,8 +370,9 @@ def _reduce(node: fx.Node, layout: Layout, shape, where: str) -> Layout:
 def _cat(b: GroupBuilder, node: fx.Node, layouts, where: str) -> Layout:
     tensors = node.args[0]
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    parts = [layouts.get(t) for t in tensors]
-    if any(p is None for p in parts):
+    traced = layouts.get(tensors) if isinstance(tensors, fx.Node) else tuple(layouts.get(t) for t in tensors)
+    parts = traced if isinstance(traced, tuple) else (traced,)
+    if any(not isinstance(p, Layout) for p in parts):
         raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
     ndim = len(_shape(node))
     if dim % ndim == 1:

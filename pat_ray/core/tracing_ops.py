@@ -145,3 +145,11 @@ RESHAPE_METHODS = {"flatten", "view", "reshape"}
 # Reductions that keep channels when they reduce only spatial dimensions.
 REDUCTION_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+
+# Ops that return a tuple of tensors; the tracer follows each piece (``core/tuples.py``).
+# Value: the position of their ``dim`` argument (after the tensor) when given positionally.
+MULTI_OUTPUT_FUNCTIONS = {torch.split: 2, torch.chunk: 2, torch.tensor_split: 2, torch.unbind: 1}
+MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
+
+# Aliases of ``torch.cat``.
+CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}

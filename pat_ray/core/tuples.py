@@ -1,0 +1,83 @@
+"""Tracing ops that return several tensors (``split``, ``chunk``, ``unbind``, ``tensor_split``).
+
+Each piece of the result gets its own layout, so every later use of a piece (``getitem``,
+``cat``, a conv) is traced like any other tensor. A split *across channels* is the subtle
+case: the piece sizes are either constants in the model's code (``split``) or derived from
+the channel count (``chunk``), so removing any channel of the input would change which
+channels land in which piece. Such an input is pinned (kept whole); its pieces are
+followed exactly, so the layers they feed can still be pruned. Splitting any other axis
+leaves the channels alone.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.layout import GroupBuilder, Layout
+
+Pieces = tuple[Layout | None, ...]
+
+
+def split_layout(
+    b: GroupBuilder,
+    node: fx.Node,
+    layout: Layout,
+    dim_position: int,
+    in_shape: tuple[int, ...],
+    piece_shapes: list[tuple[int, ...] | None],
+    where: str,
+) -> Pieces:
+    """The layouts of the pieces a multi-output op cuts ``layout``'s tensor into."""
+    dim = node.kwargs.get("dim", node.args[dim_position] if len(node.args) > dim_position else 0)
+    if not isinstance(dim, int):
+        raise UnsupportedModelError(f"{where}: splits along a dimension known only at run time ({dim!r})")
+    axis = dim % len(in_shape)
+    unbinds = any(s is not None and len(s) < len(in_shape) for s in piece_shapes)
+    if axis == 0 and unbinds:
+        raise UnsupportedModelError(f"{where}: unbinds the batch dimension, so channels move to dim 0")
+    if axis != 1:
+        return tuple(layout if s is not None else None for s in piece_shapes)
+    b.pin(layout)  # piece boundaries are fixed by the code or by the channel count
+    widths = [1 if unbinds else (s[1] if s is not None else 0) for s in piece_shapes]
+    aligned = _aligned_pieces(b, layout, widths)
+    if aligned is not None and not unbinds:
+        return aligned
+    return tuple(
+        b.new_group(s[1], f"<{node.name}[{i}]>", pinned=True) if s is not None and len(s) >= 2 else None
+        for i, s in enumerate(piece_shapes)
+    )
+
+
+def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Pieces | None:
+    """The input's own groups for each piece, when every boundary falls between groups."""
+    if layout.repeat != 1:
+        return None
+    pieces: list[Layout | None] = []
+    groups = list(layout.groups)
+    for width in widths:
+        taken: list[int] = []
+        while groups and sum(b.sizes[b.find(g)] for g in taken) < width:
+            taken.append(groups.pop(0))
+        if sum(b.sizes[b.find(g)] for g in taken) != width:
+            return None
+        pieces.append(Layout(tuple(taken)) if taken else None)
+    return tuple(pieces) if not groups else None
+
+
+def pick(node: fx.Node, pieces: Pieces, where: str) -> Layout | Pieces | None:
+    """``pieces[i]`` or ``pieces[a:b]`` of a multi-output op's result."""
+    index = node.args[1]
+    if isinstance(index, int):
+        return pieces[index]
+    if isinstance(index, slice):
+        return pieces[index]
+    raise UnsupportedModelError(f"{where}: indexes a tuple of tensors with {index!r}")
+
+
+def piece_shapes(meta: object) -> list[tuple[int, ...] | None] | None:
+    """The shape of each tensor in a node's ``tensor_meta`` when the node returned a
+    tuple or list; None when it returned a single tensor or nothing."""
+    if not isinstance(meta, list | tuple) or hasattr(meta, "shape"):
+        return None
+    return [tuple(m.shape) if hasattr(m, "shape") else None for m in meta]

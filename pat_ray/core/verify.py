@@ -1,0 +1,81 @@
+"""The last line of defence after surgery: the pruned model must still run.
+
+The tracer refuses every op it does not understand, so a pruned model should always run;
+this check makes sure that a gap in that reasoning (or in a third-party surgery backend)
+surfaces as an error naming the layer, at the moment of pruning, instead of as a model that
+fails later in someone's training loop. It costs one forward pass on a one-sample batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from pat_ray.core.graph import UnsupportedModelError
+
+
+class PrunedModelError(UnsupportedModelError):
+    """Surgery produced a model that fails on the example input or changed its outputs' shapes."""
+
+
+def output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shapes of every tensor ``model`` returns for ``example[:1]`` (eval mode, no grad)."""
+    with _evaluating(model), torch.no_grad():
+        return [tuple(t.shape) for t in _tensors(model(example[:1]))]
+
+
+def check_pruned(model: nn.Module, example: torch.Tensor, expected: list[tuple[int, ...]]) -> None:
+    """Raise PrunedModelError unless the pruned ``model`` runs and returns ``expected`` shapes."""
+    running: list[str] = []  # the modules whose forward is in progress, innermost last
+    names = {module: name for name, module in model.named_modules() if module is not model}
+
+    def enter(module: nn.Module, _args: Any) -> None:
+        running.append(names[module])
+
+    def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
+        running.pop()  # a hook that returns a value would replace the module's output
+
+    hooks = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        got = output_shapes(model, example)
+    except Exception as err:
+        layer = f"layer {running[-1]!r}" if running else "an op of the top-level forward"
+        raise PrunedModelError(
+            f"the pruned model fails at {layer} ({type(err).__name__}: {err}); "
+            "pat_ray traced an op whose channels it did not follow correctly: please report this model"
+        ) from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if got != expected:
+        raise PrunedModelError(
+            f"the pruned model returns tensors of shapes {got}, the model before pruning {expected}; "
+            "pruning must keep the outputs' shapes"
+        )
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors(item)
+
+
+class _evaluating:
+    """Eval mode for the duration of a block, then the model's previous mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)

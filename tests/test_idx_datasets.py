@@ -1,0 +1,100 @@
+"""MNIST / Fashion-MNIST: the real Debian files when installed, and small idx files written here."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+from pat_ray.default_plugins.idx_datasets import FASHION_ROOT, FILES, check_files, fashion_mnist, mnist
+
+
+def write_idx(folder: Path, per_class: int, test_per_class: int, gz: bool) -> None:
+    """The four files in the idx format (magic, dims, uint8 data), as the official release."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        labels = torch.arange(10).repeat_interleave(n)
+        labels = labels[torch.randperm(len(labels), generator=gen)]
+        images = (labels[:, None, None] * 25 + torch.randint(0, 5, (len(labels), 28, 28), generator=gen)).to(torch.uint8)
+        stem = "train" if split == "train" else "t10k"
+        blobs = {
+            f"{stem}-images-idx3-ubyte": struct.pack(">IIII", 0x0803, len(labels), 28, 28) + images.numpy().tobytes(),
+            f"{stem}-labels-idx1-ubyte": struct.pack(">II", 0x0801, len(labels)) + labels.to(torch.uint8).numpy().tobytes(),
+        }
+        for name, blob in blobs.items():
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(blob))
+            else:
+                (folder / name).write_bytes(blob)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
+def test_reads_the_idx_format_gzipped_or_not(tmp_path, gz):
+    write_idx(tmp_path, per_class=12, test_per_class=3, gz=gz)
+    bundle = mnist(root=str(tmp_path))
+    assert len(bundle.train) == 120 and len(bundle.val) == 30
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    images, labels = bundle.train.tensors
+    assert images.shape == (120, 1, 28, 28) and labels.bincount().tolist() == [12] * 10
+    # the labels were written into the pixels: reading kept image i with label i
+    raw = (images * 0.3081 + 0.1307) * 255
+    assert torch.allclose((raw.mean((1, 2, 3)) / 25).floor(), labels.float(), atol=0)
+
+
+def test_balanced_subsets_and_a_seeded_validation_split(tmp_path):
+    write_idx(tmp_path, per_class=12, test_per_class=3, gz=True)
+    bundle = fashion_mnist(root=str(tmp_path), train_per_class=5, val_per_class=4, seed=1)
+    train_x, train_y = bundle.train.tensors
+    val_x, val_y = bundle.val.tensors
+    assert train_y.bincount().tolist() == [5] * 10 and val_y.bincount().tolist() == [4] * 10
+    pairs = {tuple(x.flatten()[:50].tolist()) for x in train_x}
+    assert not any(tuple(x.flatten()[:50].tolist()) in pairs for x in val_x)  # disjoint
+    again = fashion_mnist(root=str(tmp_path), train_per_class=5, val_per_class=4, seed=1)
+    assert torch.equal(again.train.tensors[0], train_x)
+    other = fashion_mnist(root=str(tmp_path), train_per_class=5, val_per_class=4, seed=2)
+    assert not torch.equal(other.train.tensors[0], train_x)
+    tested = fashion_mnist(root=str(tmp_path), train_per_class=5, test_per_class=2)
+    assert tested.val.tensors[1].bincount().tolist() == [2] * 10
+
+
+def test_asking_for_more_images_than_a_class_has_is_an_error(tmp_path):
+    write_idx(tmp_path, per_class=4, test_per_class=1, gz=False)
+    with pytest.raises(ValueError, match="class 0 has 4 images"):
+        mnist(root=str(tmp_path), train_per_class=3, val_per_class=2)
+
+
+def test_augmentation_keeps_shapes_and_labels(tmp_path):
+    write_idx(tmp_path, per_class=2, test_per_class=1, gz=False)
+    bundle = mnist(root=str(tmp_path), augment=True)
+    image, label = bundle.train[0]
+    assert image.shape == (1, 28, 28) and int(label) in range(10)
+
+
+def test_missing_files_are_a_validate_error_naming_the_folder_and_the_package(tmp_path):
+    (tmp_path / FILES["train_images"]).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        check_files("fashion_mnist", str(tmp_path))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"name": "fashion_mnist", "params": {"root": str(tmp_path)}}}))
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 2 and str(tmp_path) in result.output and "dataset-fashion-mnist" in result.output
+    assert "train-labels-idx1-ubyte" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not Path(FASHION_ROOT).is_dir(), reason=f"{FASHION_ROOT} absent: apt-get install dataset-fashion-mnist")
+def test_the_real_fashion_mnist_files():
+    bundle = fashion_mnist()
+    train_x, train_y = bundle.train.tensors
+    val_x, val_y = bundle.val.tensors
+    assert train_x.shape == (60000, 1, 28, 28) and val_x.shape == (10000, 1, 28, 28)
+    assert train_y.bincount().tolist() == [6000] * 10 and val_y.bincount().tolist() == [1000] * 10
+    pixels = train_x * 0.3530 + 0.2860  # back to [0, 1]
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6 and pixels.max() > 0.99
+    assert abs(train_x.mean().item()) < 0.01 and abs(train_x.std().item() - 1) < 0.01  # the constants fit

@@ -1,0 +1,231 @@
+"""Ops returning several tensors, broadcast parameters, and the post-surgery check.
+
+Every model here is either pruned into a model that computes exactly what the dense model
+computes with the removed channels zeroed, or refused with UnsupportedModelError: never a
+model that prunes and then fails.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pat_ray
+from _helpers import randomize_norms, zero_removed_channels
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.surgery import apply_architecture
+from pat_ray.core.verify import PrunedModelError, check_pruned, output_shapes
+from pat_ray.default_plugins.criteria.magnitude import Magnitude
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class SplitSizes(nn.Module):
+    """``torch.split`` with sizes written in the code: pruning its input would break them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = conv_bn(3, 24), conv_bn(8, 8), conv_bn(16, 8)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        p, q = torch.split(self.stem(x), [8, 16], dim=1)
+        return self.head(torch.cat([self.a(p), self.b(q)], 1).mean((2, 3)))
+
+
+class ChunkMethod(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = conv_bn(3, 16), conv_bn(8, 8), conv_bn(8, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        parts = self.stem(x).chunk(2, 1)
+        return self.head((self.a(parts[0]) + self.b(parts[1])).mean((2, 3)))
+
+
+class CatOfTwoConvsSplitBack(nn.Module):
+    """The split boundary falls between the two producers' groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = conv_bn(3, 8), conv_bn(3, 12)
+        self.c, self.d = conv_bn(8, 8), conv_bn(12, 8)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        left, right = torch.concat([self.a(x), self.b(x)], 1).split([8, 12], 1)
+        return self.head(torch.cat([self.c(left), self.d(right)], 1).mean((2, 3)))
+
+
+class SpatialSplitThenCat(nn.Module):
+    """Split and re-join along height: channels untouched, everything stays prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mid = conv_bn(3, 16), conv_bn(16, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        top, bottom = torch.tensor_split(self.stem(x), 2, dim=2)
+        y = torch.cat(torch.chunk(self.mid(torch.cat([bottom, top], 2)), 2, 3), 3)
+        return self.head(y.mean((2, 3)))
+
+
+class UnbindSpatial(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 12), nn.Linear(12, 5)
+
+    def forward(self, x):
+        rows = torch.unbind(self.stem(x), dim=2)  # (N, C, W) each
+        return self.head(torch.stack(rows, 2).mean((2, 3)))
+
+
+PRUNABLE = [SplitSizes, ChunkMethod, CatOfTwoConvsSplitBack, SpatialSplitThenCat]
+
+
+@pytest.mark.parametrize("build", PRUNABLE, ids=lambda b: b.__name__)
+def test_pruned_model_equals_the_dense_model_with_removed_channels_zeroed(build):
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(3, 3, 8, 8)
+    randomize_norms(model)
+    model.eval()
+    graph = trace_channel_groups(model, x)
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(0.6))
+    assert not arch.is_full, "the budget must remove channels for this test to mean anything"
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", PRUNABLE, ids=lambda b: b.__name__)
+def test_prune_shrinks_the_model_as_its_architecture_says_and_trains_on(build):
+    model, x = build(), torch.randn(4, 3, 8, 8)
+    dense = pat_ray.measure_cost(model, x).flops
+    arch = pat_ray.prune(model, x, budget=0.6)
+    assert pat_ray.measure_cost(model, x).flops < dense
+    sizes = {g.name: g.size for g in trace_channel_groups(model, x).groups}
+    assert all(sizes[name] == len(kept) for name, kept in arch.kept.items())
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
+
+
+def test_a_split_across_channels_pins_its_input_and_keeps_the_pieces_consumers_prunable():
+    groups = {g.name: g for g in trace_channel_groups(SplitSizes(), torch.randn(1, 3, 8, 8)).groups}
+    assert groups["stem.0"].pinned
+    assert not groups["a.0"].pinned and not groups["b.0"].pinned
+    assert [m.module for m in groups["b.0"].members_with_role("in")] == ["head"]
+
+
+def test_a_split_on_group_boundaries_keeps_the_producers_groups():
+    graph = trace_channel_groups(CatOfTwoConvsSplitBack(), torch.randn(1, 3, 8, 8))
+    groups = {g.name: g for g in graph.groups}
+    assert groups["a.0"].pinned and groups["b.0"].pinned
+    assert [m.module for m in groups["a.0"].members_with_role("in")] == ["c.0"]
+    assert [m.module for m in groups["b.0"].members_with_role("in")] == ["d.0"]
+
+
+def test_splits_along_other_axes_leave_channels_prunable():
+    graph = trace_channel_groups(SpatialSplitThenCat(), torch.randn(1, 3, 8, 8))
+    assert {g.name for g in graph.prunable} == {"stem.0", "mid.0"}
+
+
+class ScaledLinear(nn.Module):
+    """A (C,) parameter times an (N, C) activation varies over the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.scale = nn.Parameter(torch.ones(16))
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x.flatten(1)) * self.scale)
+
+
+class MaxOverChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 8), nn.Linear(64, 4)
+
+    def forward(self, x):
+        values, _ = torch.max(self.stem(x), dim=1)  # a tuple-returning op the tracer does not know
+        return self.head(values.flatten(1))
+
+
+class StackedPieces(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 8), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.head(torch.stack(self.stem(x).chunk(2, 1)).mean((0, 3, 4)))
+
+
+class ListInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 8), nn.Linear(8, 4)
+
+    def forward(self, xs):
+        return self.head(self.stem(xs[0]).mean((2, 3)))
+
+
+class ChannelSliceAfterSplit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 8), nn.Linear(2, 4)
+
+    def forward(self, x):
+        first, _ = self.stem(x).split(4, 1)
+        return self.head(first[:, :2].mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model, x, named",
+    [
+        (ScaledLinear(), torch.randn(2, 8), "mul"),
+        (MaxOverChannels(), torch.randn(2, 3, 8, 8), "max"),
+        (StackedPieces(), torch.randn(2, 3, 8, 8), "stack"),
+        (ListInput(), [torch.randn(2, 3, 8, 8)], "stem.0"),
+        (ChannelSliceAfterSplit(), torch.randn(2, 3, 8, 8), "getitem"),
+    ],
+    ids=["param-times-features", "tuple-op-unknown", "tuple-to-stack", "list-input", "channel-slice"],
+)
+def test_what_the_tracer_cannot_follow_is_refused_naming_the_op(model, x, named):
+    with pytest.raises(UnsupportedModelError, match=named):
+        pat_ray.prune(model, x, budget=0.5)
+
+
+def test_unbinding_a_spatial_axis_is_followed_but_stack_is_refused():
+    with pytest.raises(UnsupportedModelError, match="stack"):
+        trace_channel_groups(UnbindSpatial(), torch.randn(1, 3, 8, 8))
+
+
+def test_check_pruned_names_the_layer_a_broken_surgery_left_inconsistent():
+    model, x = ChunkMethod(), torch.randn(2, 3, 8, 8)
+    expected = output_shapes(model, x)
+    check_pruned(model, x, expected)  # the intact model passes
+    conv = model.a[0]
+    conv.weight = nn.Parameter(conv.weight[:5].detach())  # drop outputs, but not from the BatchNorm
+    conv.out_channels = 5
+    with pytest.raises(PrunedModelError, match="'a.1'"):
+        check_pruned(model, x, expected)
+
+
+def test_check_pruned_refuses_changed_output_shapes():
+    model, x = SplitSizes(), torch.randn(2, 3, 8, 8)
+    expected = output_shapes(model, x)
+    model.head = nn.Linear(16, 3)
+    with pytest.raises(PrunedModelError, match="shapes"):
+        check_pruned(model, x, expected)
