@@ -22,11 +22,14 @@ def write_idx(folder: Path, per_class: int, test_per_class: int, gz: bool) -> No
     for split, n in (("train", per_class), ("test", test_per_class)):
         labels = torch.arange(10).repeat_interleave(n)
         labels = labels[torch.randperm(len(labels), generator=gen)]
-        images = (labels[:, None, None] * 25 + torch.randint(0, 5, (len(labels), 28, 28), generator=gen)).to(torch.uint8)
+        noise = torch.randint(0, 5, (len(labels), 28, 28), generator=gen)
+        images = (labels[:, None, None] * 25 + noise).to(torch.uint8)
         stem = "train" if split == "train" else "t10k"
+        image_header = struct.pack(">IIII", 0x0803, len(labels), 28, 28)
+        label_header = struct.pack(">II", 0x0801, len(labels))
         blobs = {
-            f"{stem}-images-idx3-ubyte": struct.pack(">IIII", 0x0803, len(labels), 28, 28) + images.numpy().tobytes(),
-            f"{stem}-labels-idx1-ubyte": struct.pack(">II", 0x0801, len(labels)) + labels.to(torch.uint8).numpy().tobytes(),
+            f"{stem}-images-idx3-ubyte": image_header + images.numpy().tobytes(),
+            f"{stem}-labels-idx1-ubyte": label_header + labels.to(torch.uint8).numpy().tobytes(),
         }
         for name, blob in blobs.items():
             if gz:
@@ -88,7 +91,9 @@ def test_missing_files_are_a_validate_error_naming_the_folder_and_the_package(tm
     assert "train-labels-idx1-ubyte" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.skipif(not Path(FASHION_ROOT).is_dir(), reason=f"{FASHION_ROOT} absent: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not Path(FASHION_ROOT).is_dir(), reason=f"{FASHION_ROOT} absent: apt-get install dataset-fashion-mnist"
+)
 def test_the_real_fashion_mnist_files():
     bundle = fashion_mnist()
     train_x, train_y = bundle.train.tensors

@@ -85,13 +85,15 @@ def _idx_bundle(name, root, train_per_class, val_per_class, test_per_class, augm
         if value is not None and value < 1:
             raise ValueError(f"{name}: {field} must be >= 1, got {value}")
     files = check_files(name, root)
-    train_images, train_labels = _read(files["train_images"], read_image_file), _read(files["train_labels"], read_label_file)
+    train_images = _read(files["train_images"], read_image_file)
+    train_labels = _read(files["train_labels"], read_label_file)
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = _balanced_split(train_labels, train_per_class, val_per_class, gen)
     if val_per_class is not None:
         val_images, val_labels = train_images[val_idx], train_labels[val_idx]
     else:
-        val_images, val_labels = _read(files["test_images"], read_image_file), _read(files["test_labels"], read_label_file)
+        val_images = _read(files["test_images"], read_image_file)
+        val_labels = _read(files["test_labels"], read_label_file)
         if test_per_class is not None:
             keep, _ = _balanced_split(val_labels, test_per_class, None, gen)
             val_images, val_labels = val_images[keep], val_labels[keep]
