@@ -243,6 +243,17 @@ class OracleConfig(_Strict):
         description="one trial each besides the fixed grid; `never` = dense, `after_training` = train-prune-fine-tune",
     )
     max_concurrent_trials: int = Field(2, ge=1, description="trials run at once (each needs its workers' CPUs/GPUs)")
+    seeds: list[int] | None = Field(
+        None,
+        description="run every trial once per seed (3+ for a verdict that survives noise); default: training.seed",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"must be a non-empty list of distinct seeds, got {v}")
+        return v
 
 
 class Config(_Strict):

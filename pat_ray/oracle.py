@@ -24,7 +24,8 @@ from pat_ray.config import (
     NeverStart,
     oracle_grid,
 )
-from pat_ray.core.epi import calibrate_tau
+from pat_ray.core.epi import calibrate_tau_curves
+from pat_ray.oracle_stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
 
 if TYPE_CHECKING:
     from pat_ray.engine import RunResult
@@ -36,16 +37,32 @@ def fixed_label(epoch: int) -> str:
     return f"fixed-{epoch}"
 
 
+def seeds_of(config: Config) -> list[int]:
+    """The seeds every trial runs with: ``oracle.seeds``, else the pipeline's own seed."""
+    return list(config.oracle.seeds) if config.oracle.seeds else [config.training.seed]
+
+
+def trial_label(group: str, seed: int, seeds: list[int]) -> str:
+    """``fixed-4`` for a one-seed sweep; ``fixed-4-s1`` when every trial runs per seed."""
+    return group if len(seeds) == 1 else f"{group}-s{seed}"
+
+
+def group_of(label: str) -> str:
+    head, _, tail = label.rpartition("-s")
+    return head if head and tail.isdigit() else label
+
+
 def epi_policy(config: Config) -> EPIStart:
     """The EPI settings under test: the config's own, else the paper's defaults."""
     return config.start if isinstance(config.start, EPIStart) else EPIStart()
 
 
 def trial_configs(config: Config) -> dict[str, Config]:
-    """One config per trial, keyed by its label: ``fixed-<epoch>`` for the grid, then policies.
+    """One config per trial, keyed by its label: ``fixed-<epoch>`` for the grid, then policies,
+    each once per seed of ``oracle.seeds`` (label suffix ``-s<seed>``).
 
-    Trials only differ in their start policy (and name); everything else, the seed included,
-    is the pipeline's, so accuracy differences come from when pruning started.
+    Trials of one seed only differ in their start policy (and name); everything else is the
+    pipeline's, so accuracy differences within a seed come from when pruning started.
     """
     starts: dict[str, Any] = {fixed_label(e): FixedStart(epoch=e) for e in oracle_grid(config)}
     baselines = {
@@ -56,10 +73,16 @@ def trial_configs(config: Config) -> dict[str, Config]:
     }
     starts.update({policy: baselines[policy] for policy in config.oracle.policies})
     untracked = config.tracking.model_copy(update={"mlflow": False})  # the sweep logs its trials itself
-    return {
-        label: config.model_copy(update={"name": f"{config.name}-{label}", "start": start, "tracking": untracked})
-        for label, start in starts.items()
-    }
+    seeds = seeds_of(config)
+    trials = {}
+    for seed in seeds:
+        training = config.training.model_copy(update={"seed": seed})
+        for group, start in starts.items():
+            label = trial_label(group, seed, seeds)
+            trials[label] = config.model_copy(
+                update={"name": f"{config.name}-{label}", "start": start, "tracking": untracked, "training": training}
+            )
+    return trials
 
 
 @dataclass
@@ -77,6 +100,11 @@ class TrialOutcome:
     epochs: int = 0
     epi_curve: list[float | None] = field(default_factory=list)
     error: str | None = None
+    group: str = ""  # the label without the seed suffix: grid point or policy
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.group = self.group or group_of(self.label)
 
     @property
     def ok(self) -> bool:
@@ -91,10 +119,12 @@ class OracleSummary:
     grid: list[int]
     trials: list[TrialOutcome]
     tau: float | None  # the EPI trial's threshold
-    calibration_curve: list[float | None]  # EPI per epoch of the longest-watched trial
+    calibration_curves: list[list[float | None]]  # per seed: EPI per epoch of the longest-watched trial
     calibration_source: str | None
-    best_fixed: str | None = None
-    calibrated: dict | None = None  # CalibratedTau fields
+    best_fixed: str | None = None  # the grid group with the best mean accuracy
+    reference: str | None = None  # the earliest grid group within one standard error of the best
+    calibrated: dict | None = None  # CalibratedTau fields, over every seed's curve
+    seeds: list[int] = field(default_factory=lambda: [0])
     folder: str | None = None  # where the sweep, its report and plots live
     mlflow_run_id: str | None = None  # the sweep's parent run
 
@@ -103,26 +133,33 @@ class OracleSummary:
 
     @property
     def fixed(self) -> list[TrialOutcome]:
-        return sorted((t for t in self.trials if t.policy == "fixed" and t.ok), key=lambda t: t.start_epoch)
+        return sorted((t for t in self.trials if t.policy == "fixed" and t.ok), key=lambda t: (t.start_epoch, t.seed))
 
-    @property
-    def grid_train_flops(self) -> float:
-        return sum(t.train_flops for t in self.fixed)
+    def groups(self) -> list[GroupStats]:
+        return group_stats(self.trials)
 
-    def verdict(self) -> dict[str, float | int | None]:
-        """EPI's accuracy gap to the best fixed start and its cost share of the whole grid."""
-        epi, best = self.trial("epi"), self.trial(self.best_fixed) if self.best_fixed else None
-        if epi is None or not epi.ok or best is None:
-            return {}
-        return {
-            "epi_start_epoch": epi.start_epoch,
-            "best_fixed_epoch": best.start_epoch,
-            "epi_accuracy": epi.accuracy,
-            "best_fixed_accuracy": best.accuracy,
-            "accuracy_gap_points": 100 * (epi.accuracy - best.accuracy),
-            "epi_cost_share_of_grid": epi.train_flops / self.grid_train_flops,
-            "one_over_grid_size": 1 / len(self.fixed),
-        }
+    def group(self, name: str | None) -> GroupStats | None:
+        return next((g for g in self.groups() if g.group == name), None)
+
+    def fixed_groups(self) -> list[GroupStats]:
+        return sorted((g for g in self.groups() if g.policy == "fixed"), key=lambda g: g.mean_start or 0.0)
+
+    def verdict(self) -> Verdict | None:
+        """EPI against the reference start (see ``oracle_stats``); None without EPI or a grid."""
+        epi, picked = self.group("epi"), best_and_reference(self.fixed_groups())
+        if epi is None or picked is None:
+            return None
+        fixed = self.fixed_groups()
+        return Verdict(
+            epi=epi,
+            best=picked[0],
+            reference=picked[1],
+            noise_std=pooled_std(fixed),
+            grid_size=len(fixed),
+            grid_train_flops=sum(g.mean_train_flops for g in fixed),
+            dense=self.group("never"),
+            finetune=self.group("after_training"),
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -131,6 +168,8 @@ class OracleSummary:
     def from_json(cls, text: str) -> OracleSummary:
         data = json.loads(text)
         data["trials"] = [TrialOutcome(**t) for t in data["trials"]]
+        if "calibration_curve" in data:  # written before sweeps had seeds
+            data["calibration_curves"] = [data.pop("calibration_curve")]
         return cls(**data)
 
 
@@ -147,27 +186,34 @@ def outcome_from_result(label: str, result: RunResult) -> TrialOutcome:
         wall_seconds=result.wall_seconds,
         epochs=len(result.history),
         epi_curve=[h["epi"] for h in result.history if h["phase"] == "dense"],
+        seed=result.config.training.seed,
     )
 
 
 def summarize(
-    name: str, config: Config, trials: list[TrialOutcome], calibration_curve: list[float | None], source: str | None
+    name: str,
+    config: Config,
+    trials: list[TrialOutcome],
+    calibration_curves: list[list[float | None]],
+    source: str | None,
 ) -> OracleSummary:
-    """Pick the grid's best start (highest accuracy; ties: earliest, i.e. cheapest) and calibrate tau."""
+    """Pick the grid's best and reference starts, and calibrate tau on every seed's curve."""
     epi = epi_policy(config)
     summary = OracleSummary(
         name=name,
         grid=oracle_grid(config),
         trials=trials,
         tau=epi.tau,
-        calibration_curve=calibration_curve,
+        calibration_curves=calibration_curves,
         calibration_source=source,
+        seeds=seeds_of(config),
     )
-    fixed = summary.fixed
-    if fixed:
-        best = max(fixed, key=lambda t: (t.accuracy, -t.start_epoch))
-        summary.best_fixed = best.label
-        calibrated = calibrate_tau(calibration_curve, epi.window, epi.patience, best.start_epoch)
+    picked = best_and_reference(summary.fixed_groups())
+    if picked is not None:
+        best, reference = picked
+        summary.best_fixed, summary.reference = best.group, reference.group
+        target = round(reference.mean_start or 0)
+        calibrated = calibrate_tau_curves(calibration_curves, epi.window, epi.patience, target)
         summary.calibrated = asdict(calibrated) if calibrated else None
     return summary
 

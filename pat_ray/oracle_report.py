@@ -1,4 +1,4 @@
-"""The oracle sweep's report: a Markdown table, the verdict in numbers, and three PNG plots.
+"""The oracle sweep's report: tables (mean +- std over seeds), the verdict, three PNG plots.
 
 Rendered from an ``OracleSummary`` alone, so ``pat-ray report RUN`` can redraw it from the
 sweep folder at any time without Ray or the checkpoints.
@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pat_ray.checkpoint import atomic_write_text
 from pat_ray.oracle import OracleSummary, TrialOutcome
-from pat_ray.report import MaxNLocator, plot_epi_curve, plt
+from pat_ray.oracle_stats import GroupStats, Verdict
+from pat_ray.report import MaxNLocator, plt
 
 REPORT_FILE = "report.md"
 PLOTS = {
@@ -26,66 +27,107 @@ POLICY_NAMES = {
     "after_training": "train-prune-fine-tune",
 }
 MARKERS = {"epi": ("*", "tab:red"), "early_bird": ("D", "tab:purple")}
+ORDER = ["fixed", "epi", "early_bird", "never", "after_training"]
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _starts(g: GroupStats) -> str:
+    return ", ".join("-" if s is None else str(s) for s in g.start_epochs)
 
 
-def _row(t: TrialOutcome) -> str:
-    start = "-" if t.start_epoch is None else str(t.start_epoch)
-    if not t.ok:
-        return f"| {t.label} | {POLICY_NAMES[t.policy]} | {start} | failed: {t.error.splitlines()[0][:80]} | | | |"
+def _group_row(g: GroupStats) -> str:
     return (
-        f"| {t.label} | {POLICY_NAMES[t.policy]} | {start} | {t.accuracy:.4f} | {t.flops_kept:.3f} | "
-        f"{t.train_flops:.3e} ({t.train_flops_ratio:.3f}x) | {t.wall_seconds:.1f} |"
+        f"| {g.group} | {POLICY_NAMES[g.policy]} | {_starts(g)} | {g.mean:.4f} ± {g.std:.4f} | {g.n} | "
+        f"{g.flops_kept:.3f} | {g.train_flops_ratio:.3f}x | {g.wall_seconds:.1f} |"
     )
+
+
+def _trial_row(t: TrialOutcome) -> str:
+    start = "-" if t.start_epoch is None else str(t.start_epoch)
+    seed = "-" if t.seed is None else str(t.seed)
+    if not t.ok:
+        return f"| {t.label} | {seed} | {start} | failed: {t.error.splitlines()[0][:80]} | | |"
+    return f"| {t.label} | {seed} | {start} | {t.accuracy:.4f} | {t.flops_kept:.3f} | {t.train_flops_ratio:.3f}x |"
 
 
 def verdict_lines(summary: OracleSummary) -> list[str]:
     v = summary.verdict()
-    if not v:
-        epi = summary.trial("epi")
-        missing = "EPI trial" if epi is None or not epi.ok else "fixed-start trial"
-        return [f"No verdict: the sweep has no finished {missing}."]
-    n = len(summary.fixed)
-    gap, share = v["accuracy_gap_points"], v["epi_cost_share_of_grid"]
-    met = gap >= -0.5 and share <= 1 / n
+    if v is None:
+        epi = summary.group("epi")
+        return [f"No verdict: the sweep has no finished {'EPI trial' if epi is None else 'fixed-start trial'}."]
+    gap_std = "" if v.gap_in_std is None else f" = {v.gap_in_std:+.2f} seed std"
+    seeds = "" if None in v.epi.seeds else f" (seeds {', '.join(str(s) for s in v.epi.seeds)})"
     return [
-        f"- EPI started pruning after epoch **{v['epi_start_epoch']}**; the grid's best start epoch is "
-        f"**{v['best_fixed_epoch']}** (accuracy {v['best_fixed_accuracy']:.4f}).",
-        f"- EPI's accuracy {v['epi_accuracy']:.4f} is **{gap:+.2f} points** against the grid's best.",
-        f"- EPI's training cost is **{share:.3f}** of the whole grid's ({n} trials; 1/N = {1 / n:.3f}), "
-        f"i.e. the grid costs {1 / share:.1f}x one EPI run.",
-        f"- Target (within 0.5 points of the best, at <= 1/N of the grid's cost): **{'met' if met else 'not met'}**.",
+        f"- EPI started pruning after epoch{'s' if v.epi.n > 1 else ''} **{_starts(v.epi)}**{seeds}.",
+        f"- The grid's best mean is start epoch {_epoch(v.best)} ({v.best.mean:.4f}); the reference, the earliest "
+        f"start within one standard error of it, is **epoch {_epoch(v.reference)}** ({v.reference.mean:.4f}).",
+        f"- EPI's mean accuracy {v.epi.mean:.4f} is **{v.gap_points:+.2f} points**{gap_std} against the reference "
+        f"(seed-to-seed std {100 * v.noise_std:.2f} points, {v.epi.n} seed{'s' if v.epi.n > 1 else ''}).",
+        f"- EPI's training cost is **{v.cost_share:.3f}** of the whole grid's ({v.grid_size} start epochs; "
+        f"1/N = {1 / v.grid_size:.3f}), i.e. the grid costs {1 / v.cost_share:.1f}x one EPI run.",
+        f"- Targets: accuracy within max(1 seed std, 0.3) = {v.tolerance_points:.2f} points of the reference: "
+        f"**{'met' if v.accuracy_met else 'not met'}**; cost <= 1/N of the grid: "
+        f"**{'met' if v.cost_met else 'not met'}**.",
+        *_baseline_lines(v, summary),
     ]
 
 
+def _epoch(g: GroupStats) -> str:
+    return "-" if g.mean_start is None else f"{g.mean_start:g}"
+
+
+def _baseline_lines(v: Verdict, summary: OracleSummary) -> list[str]:
+    lines = []
+    if v.dense is not None:
+        lines.append(
+            f"- Against dense training ({v.dense.mean:.4f}): PaT + EPI is {100 * (v.epi.mean - v.dense.mean):+.2f} "
+            f"points at {v.epi.flops_kept:.3f} of the FLOPs, for {v.epi.train_flops_ratio:.3f}x dense training FLOPs."
+        )
+    if v.finetune is not None:
+        lines.append(
+            f"- Against train-prune-fine-tune ({v.finetune.mean:.4f}, {v.finetune.train_flops_ratio:.3f}x dense): "
+            f"PaT + EPI costs {v.epi.mean_train_flops / v.finetune.mean_train_flops:.3f}x its training FLOPs."
+        )
+    bird = summary.group("early_bird")
+    if bird is not None:
+        lines.append(
+            f"- Early-Bird started after epochs {_starts(bird)}: {bird.mean:.4f} ± {bird.std:.4f} "
+            f"({100 * (bird.mean - v.reference.mean):+.2f} points against the reference)."
+        )
+    at_init = next((g for g in summary.fixed_groups() if g.mean_start == 0), None)
+    if at_init is not None:
+        lines.append(
+            f"- Pruning at initialization (start epoch 0): {at_init.mean:.4f} ± {at_init.std:.4f} "
+            f"({100 * (at_init.mean - v.reference.mean):+.2f} points against the reference)."
+        )
+    return lines
+
+
 def calibration_lines(summary: OracleSummary) -> list[str]:
-    cal = summary.calibrated
-    if cal is None or summary.best_fixed is None:
-        return ["No calibrated tau: the EPI curve is too short for the window, or there is no grid."]
-    best = summary.trial(summary.best_fixed).start_epoch
+    cal, reference = summary.calibrated, summary.group(summary.reference)
+    if cal is None or reference is None:
+        return ["No calibrated tau: the EPI curves are too short for the window, or there is no grid."]
     interval = f"({cal['low']:.4f}, {cal['high']:.4f}]" if cal["low"] is not None else f"[0, {cal['high']:.4f}]"
-    where = (
-        f"lands exactly on the best start epoch {best}"
-        if cal["epoch"] == best
-        else f"lands on epoch {cal['epoch']}, the closest the EPI rule can get to the best start epoch {best}"
-    )
+    curves = len(summary.calibration_curves)
     return [
-        f"Calibrated tau = **{cal['tau']:.4f}** (any tau in {interval} {where}; "
-        f"curve from the `{summary.calibration_source}` trial, configured tau = {summary.tau:g}). "
-        "Calibrate on a cheap proxy run like this one, then put it in `start.tau` for the expensive run."
+        f"Calibrated tau = **{cal['tau']:.4f}**: any tau in {interval} fires, on average over the {curves} "
+        f"seed{'s' if curves > 1 else ''}' curves (from the `{summary.calibration_source}` trials), at epoch "
+        f"{cal['epoch']}, the nearest the EPI rule gets to the reference start epoch {_epoch(reference)} "
+        f"(configured tau = {summary.tau:g}). Calibrate on a cheap proxy run like this one, then put it in "
+        "`start.tau` for the expensive run."
     ]
 
 
 def markdown(summary: OracleSummary) -> str:
+    groups = sorted(summary.groups(), key=lambda g: (ORDER.index(g.policy), g.mean_start or 0.0))
     lines = [
         f"# Oracle sweep `{summary.name}`",
         "",
-        "| trial | policy | start epoch | final accuracy | FLOPs kept | training FLOPs (x dense) | wall time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-        *(_row(t) for t in sorted(summary.trials, key=_order)),
+        f"Seeds: {', '.join(str(s) for s in summary.seeds)}. Accuracy: mean ± sample std over seeds.",
+        "",
+        "| trial | policy | start epoch per seed | final accuracy | seeds | FLOPs kept | training FLOPs (x dense) "
+        "| wall time per run (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *(_group_row(g) for g in groups),
         "",
         "Start epoch = dense epochs trained before pruning began (epi / early_bird: the epoch they chose). "
         "Training FLOPs = 3 x forward FLOPs per sample of the model as it was at every step; wall time = sum "
@@ -103,49 +145,86 @@ def markdown(summary: OracleSummary) -> str:
         f"![training cost vs start epoch]({PLOTS['cost']})",
         f"![EPI curve]({PLOTS['epi']})",
         "",
+        "## Every trial",
+        "",
+        "| trial | seed | start epoch | final accuracy | FLOPs kept | training FLOPs (x dense) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(_trial_row(t) for t in sorted(summary.trials, key=_order)),
+        "",
     ]
     return "\n".join(lines)
 
 
 def _order(t: TrialOutcome) -> tuple:
-    policies = ["fixed", "epi", "early_bird", "never", "after_training"]
-    return (policies.index(t.policy), t.start_epoch if t.start_epoch is not None else -1)
+    return (ORDER.index(t.policy), t.start_epoch if t.start_epoch is not None else -1, t.seed or 0)
 
 
 def _plot_against_start(summary: OracleSummary, path: Path, value, ylabel: str, title: str) -> Path:
-    """One metric of the fixed grid against the start epoch, with the chosen epochs marked."""
+    """Mean +- std over seeds of one metric against the start epoch, the chosen epochs marked."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
-    fixed = summary.fixed
+    fixed = summary.fixed_groups()
     if fixed:
-        ax.plot(
-            [t.start_epoch for t in fixed],
-            [value(t) for t in fixed],
+        ax.errorbar(
+            [g.mean_start for g in fixed],
+            [value(g)[0] for g in fixed],
+            yerr=[value(g)[1] for g in fixed],
             marker="o",
+            capsize=3,
             color="tab:blue",
             label="fixed start (grid)",
         )
     for policy, (marker, color) in MARKERS.items():
-        t = summary.trial(policy)
-        if t is not None and t.ok and t.start_epoch is not None:
-            ax.plot(
-                [t.start_epoch],
-                [value(t)],
+        g = summary.group(policy)
+        if g is not None and g.mean_start is not None:
+            starts = [s for s in g.start_epochs if s is not None]
+            ax.errorbar(
+                [g.mean_start],
+                [value(g)[0]],
+                xerr=[[g.mean_start - min(starts)], [max(starts) - g.mean_start]],
+                yerr=[value(g)[1]],
                 marker=marker,
                 markersize=13,
                 linestyle="none",
+                capsize=3,
                 color=color,
-                label=f"{POLICY_NAMES[policy]} (epoch {t.start_epoch})",
+                label=f"{POLICY_NAMES[policy]} (epochs {_starts(g)})",
             )
     for policy, style in (("never", "--"), ("after_training", ":")):
-        t = summary.trial(policy)
-        if t is not None and t.ok:
-            ax.axhline(value(t), color="gray", linestyle=style, label=POLICY_NAMES[policy])
+        g = summary.group(policy)
+        if g is not None:
+            ax.axhline(value(g)[0], color="gray", linestyle=style, label=POLICY_NAMES[policy])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("start epoch (dense epochs before pruning)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(summary: OracleSummary, path: Path) -> Path:
+    """Every seed's EPI curve, the configured and calibrated tau, EPI's and the reference's epochs."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for seed, curve in zip(summary.seeds, summary.calibration_curves):
+        points = [(i + 1, v) for i, v in enumerate(curve) if v is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, alpha=0.8, label=f"EPI, seed {seed}")
+    if summary.tau is not None:
+        ax.axhline(summary.tau, color="tab:red", linestyle="--", label=f"tau = {summary.tau:g}")
+    if summary.calibrated:
+        ax.axhline(summary.calibrated["tau"], color="tab:orange", linestyle="-.", label="calibrated tau")
+    reference = summary.group(summary.reference)
+    if reference is not None and reference.mean_start is not None:
+        ax.axvline(reference.mean_start, color="tab:blue", linestyle="--", alpha=0.6, label="reference start")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("EPI (structural similarity)")
+    ax.set_title("Early Pruning Indicator per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -158,26 +237,18 @@ def write_report(folder: Path, summary: OracleSummary) -> Path:
     _plot_against_start(
         summary,
         folder / PLOTS["accuracy"],
-        lambda t: t.accuracy,
-        "final accuracy",
+        lambda g: (g.mean, g.std),
+        "final accuracy (mean ± std over seeds)",
         "Final accuracy vs pruning start epoch",
     )
     _plot_against_start(
         summary,
         folder / PLOTS["cost"],
-        lambda t: t.train_flops_ratio,
+        lambda g: (g.train_flops_ratio, 0.0),
         "training FLOPs (x dense training)",
         "Training cost vs pruning start epoch",
     )
-    epi = summary.trial("epi")
-    plot_epi_curve(
-        [{"epoch": i + 1, "epi": v} for i, v in enumerate(summary.calibration_curve)],
-        folder / PLOTS["epi"],
-        summary.tau,
-        epi.start_epoch if epi is not None and epi.ok else None,
-        best_epoch=summary.trial(summary.best_fixed).start_epoch if summary.best_fixed else None,
-        calibrated_tau=summary.calibrated["tau"] if summary.calibrated else None,
-    )
+    _plot_curves(summary, folder / PLOTS["epi"])
     path = folder / REPORT_FILE
     atomic_write_text(path, markdown(summary))
     return path

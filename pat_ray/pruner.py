@@ -53,7 +53,10 @@ class Pruner:
         self.output_shapes = output_shapes(model, example)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
-        self.architecture = Architecture.full({g.name: g.size for g in self.graph.prunable})
+        self.architecture = Architecture.full(
+            {g.name: g.size for g in self.graph.prunable},
+            {g.name: sum(1 for _ in g.members_with_role("out", "depthwise", "grouped")) for g in self.graph.prunable},
+        )
         self.reference = self._measure(self.graph, budget.measure)
         self.dense_seconds = self.seconds = self._measure(self.graph, "latency") if latency else None
         check_reachable(self.graph, budget, self.reference, latency)  # fail now, not after a dense epoch

@@ -29,8 +29,10 @@ from pat_ray.oracle import (
     TrialOutcome,
     epi_policy,
     outcome_from_result,
+    seeds_of,
     summarize,
     trial_configs,
+    trial_label,
     write_summary,
 )
 from pat_ray.oracle_report import write_report
@@ -116,11 +118,8 @@ def run_oracle(
         outcomes.append(outcome_from_result(label, run))
         snapshots[label] = [Architecture.from_dict(a) for a in ckpt.extra["tracker"]["snapshots"]]
         results.append((label, run))
-    source = next((p for p in CALIBRATION_SOURCES if p in snapshots), None)
-    epi = epi_policy(config)
-    similarity = get_registry().create("similarity", epi.similarity)
-    curve = epi_curve(snapshots[source], epi.window, similarity) if source else []
-    summary = summarize(name, config, outcomes, curve, source)
+    source, curves = _calibration_curves(config, snapshots)
+    summary = summarize(name, config, outcomes, curves, source)
     summary.folder = str(sweep_dir)
     write_report(sweep_dir, summary)
     if config.tracking.mlflow:
@@ -129,6 +128,19 @@ def run_oracle(
         summary.mlflow_run_id = log_oracle(config, summary, results)
     write_summary(sweep_dir, summary)
     return summary
+
+
+def _calibration_curves(config: Config, snapshots: dict[str, list[Architecture]]) -> tuple[str | None, list]:
+    """Per seed, the EPI curve of the trial that watched the dense phase longest; the same
+    policy for every seed, so the curves are comparable."""
+    seeds = seeds_of(config)
+    labels = {policy: [trial_label(policy, seed, seeds) for seed in seeds] for policy in CALIBRATION_SOURCES}
+    source = next((p for p in CALIBRATION_SOURCES if all(label in snapshots for label in labels[p])), None)
+    if source is None:
+        return None, []
+    epi = epi_policy(config)
+    similarity = get_registry().create("similarity", epi.similarity)
+    return source, [epi_curve(snapshots[label], epi.window, similarity) for label in labels[source]]
 
 
 def _shared_latency_table(config: Config, sweep_dir: Path, echo) -> dict | None:

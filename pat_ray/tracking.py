@@ -86,7 +86,8 @@ def _log_oracle(config: Config, summary, results: list) -> str:
     with mlflow.start_run(run_name=summary.name, tags={"pat_ray.kind": "oracle"}) as parent:
         mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
         mlflow.log_param("oracle.grid", str(summary.grid))
-        verdict = {k: float(v) for k, v in summary.verdict().items() if v is not None}
+        found = summary.verdict()
+        verdict = found.metrics() if found is not None else {}
         if summary.calibrated:
             verdict["calibrated_tau"] = summary.calibrated["tau"]
         mlflow.log_metrics(verdict)

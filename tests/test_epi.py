@@ -102,3 +102,55 @@ def test_calibrated_tau_fires_where_it_says_and_hits_any_reachable_target(curve,
         assert cal.epoch == target
     else:
         assert all(abs(cal.epoch - target) <= abs(e - target) for e in reachable)
+
+
+def test_calibrating_on_several_curves_lands_nearest_on_average():
+    from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
+
+    early = [None, 0.90, 0.95, 0.99, 0.995]  # window 1, patience 1: fires at 2 for tau <= 0.90
+    late = [None, 0.50, 0.60, 0.70, 0.96]
+    cal = calibrate_tau_curves([early, late], window=1, patience=1, target_epoch=3)
+    landings = [trigger_epoch(c, 1, 1, cal.tau) for c in (early, late)]
+    assert cal.low is None or cal.low < cal.tau <= cal.high
+    best = min(
+        sum(abs((trigger_epoch(c, 1, 1, t) or len(c) + 1) - 3) for c in (early, late))
+        for t in [0.5, 0.6, 0.7, 0.9, 0.95, 0.96, 0.99, 0.995]
+    )
+    assert sum(abs(e - 3) for e in landings) == best
+    assert cal.epoch == round(sum(landings) / 2)
+
+
+@given(st.data())
+def test_per_layer_similarity_counts_a_group_once_per_layer_it_sets(data):
+    from pat_ray.core.epi import weighted_structural_similarity
+
+    a = data.draw(counts)
+    b = data.draw(st.lists(st.integers(1, 64), min_size=len(a), max_size=len(a)))
+    weights = data.draw(st.lists(st.integers(1, 4), min_size=len(a), max_size=len(a)))
+    repeated_a = [x for x, w in zip(a, weights) for _ in range(w)]
+    repeated_b = [y for y, w in zip(b, weights) for _ in range(w)]
+    assert weighted_structural_similarity(a, b, weights) == pytest.approx(structural_similarity(repeated_a, repeated_b))
+    assert weighted_structural_similarity(a, b, [1] * len(a)) == pytest.approx(structural_similarity(a, b))
+
+
+def test_snapshots_carry_layer_counts_for_the_per_layer_metric():
+    import torch
+
+    from pat_ray.comm import LocalCollective
+    from pat_ray.core.architecture import Architecture
+    from pat_ray.core.selection import Budget
+    from pat_ray.default_plugins.criteria.magnitude import Magnitude
+    from pat_ray.default_plugins.similarity import structural, structural_layers
+    from pat_ray.default_plugins.surgery_native import NativeSurgery
+    from pat_ray.models.cifar_resnet import CifarResNet
+    from pat_ray.pruner import Pruner
+
+    model = CifarResNet(20, num_classes=4)
+    pruner = Pruner(model, torch.zeros(1, 3, 16, 16), Magnitude(), NativeSurgery(), Budget(0.5), 1, 1, [],
+                    LocalCollective())  # fmt: skip
+    snapshot, _ = pruner.snapshot(model)
+    assert snapshot.layers["conv1"] == 4  # the stem and the three blocks' second convs set stage 1's width
+    assert snapshot.layers["layer1.0.conv1"] == 1
+    assert Architecture.from_dict(snapshot.to_dict()) == snapshot
+    full = pruner.architecture
+    assert structural_layers(snapshot, full) != pytest.approx(structural(snapshot, full))

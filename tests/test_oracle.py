@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -71,17 +73,17 @@ def test_verdict_and_calibrated_tau_from_outcomes(tmp_path):
         outcome("epi", "epi", 3, 0.949, 8.0, curve[:3]),
         TrialOutcome("fixed-4", "fixed", 4, error="boom"),
     ]
-    summary = summarize("s", config, trials, curve, "never")
-    assert summary.best_fixed == "fixed-2"
+    summary = summarize("s", config, trials, [curve], "never")
+    assert summary.best_fixed == summary.reference == "fixed-2"  # one seed: no standard error
     verdict = summary.verdict()
-    assert verdict["accuracy_gap_points"] == pytest.approx(-0.1)
-    assert verdict["epi_cost_share_of_grid"] == pytest.approx(8.0 / 20.0)  # the failed trial cost nothing
+    assert verdict.gap_points == pytest.approx(-0.1)
+    assert verdict.cost_share == pytest.approx(8.0 / 20.0)  # the failed trial cost nothing
     assert summary.calibrated["epoch"] == 3  # epoch 2 cannot fire: the window is not full yet
     text = markdown(summary)
     for label in ("fixed-0", "fixed-2", "fixed-3", "epi"):
         assert f"| {label} |" in text
-    assert "| fixed-4 | PaT, fixed start | 4 | failed: boom" in text
-    assert "**-0.10 points**" in text and "not met" in text  # cost share 0.40 > 1/3
+    assert "| fixed-4 | - | 4 | failed: boom" in text
+    assert "**-0.10 points**" in text and "cost <= 1/N of the grid: **not met**" in text  # 0.40 > 1/3
     assert OracleSummary.from_json(summary.to_json()) == summary
 
 
@@ -90,7 +92,7 @@ def test_report_command_redraws_a_sweep_and_rejects_other_folders(tmp_path):
     write_summary(tmp_path, summary)
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "| fixed-0 | PaT, fixed start | 0 | 0.9000 |" in result.output
+    assert "| fixed-0 | PaT, fixed start | 0 | 0.9000 ± 0.0000 | 1 |" in result.output
     assert "No verdict: the sweep has no finished EPI trial." in result.output
     for name in PLOTS.values():
         assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
@@ -148,7 +150,7 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=config.tracking.tracking_uri)
     experiment = client.get_experiment_by_name("o")
     parent = client.get_run(summary.mlflow_run_id)
-    assert parent.data.metrics["epi_cost_share_of_grid"] == pytest.approx(summary.verdict()["epi_cost_share_of_grid"])
+    assert parent.data.metrics["epi_cost_share_of_grid"] == pytest.approx(summary.verdict().cost_share)
     children = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -185,7 +187,54 @@ def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
 def test_write_report_marks_the_chosen_epochs(tmp_path):
     curve = [None, 0.8, 0.85, 0.95, 0.97]
     trials = [outcome("fixed-0", "fixed", 0, 0.9, 5.0), outcome("epi", "epi", 3, 0.95, 6.0)]
-    summary = summarize("s", small_config(tmp_path), trials, curve, "never")
+    summary = summarize("s", small_config(tmp_path), trials, [curve], "never")
     path = write_report(tmp_path, summary)
     assert path.name == REPORT_FILE
     assert "Calibrated tau = **" in path.read_text()
+
+
+def test_seeds_run_every_trial_once_per_seed(tmp_path):
+    config = small_config(tmp_path, policies=["epi", "never"])
+    config = config.model_copy(update={"oracle": config.oracle.model_copy(update={"seeds": [0, 1, 2]})})
+    trials = trial_configs(config)
+    assert len(trials) == 3 * 5
+    assert trials["fixed-2-s1"].start == FixedStart(epoch=2) and trials["fixed-2-s1"].training.seed == 1
+    assert trials["epi-s2"].start == config.start and trials["epi-s2"].training.seed == 2
+    assert {c.training.seed for label, c in trials.items() if label.startswith("never")} == {0, 1, 2}
+
+
+def seeded(group, policy, start, accuracies, flops=5.0):
+    return [
+        TrialOutcome(f"{group}-s{seed}", policy, start, acc, 0.5, flops, flops / 10, 1.0, 5, seed=seed)
+        for seed, acc in enumerate(accuracies)
+    ]
+
+
+def test_the_reference_is_the_earliest_start_within_one_standard_error_of_the_best(tmp_path):
+    trials = [
+        *seeded("fixed-0", "fixed", 0, [0.80, 0.81, 0.79]),
+        *seeded("fixed-2", "fixed", 2, [0.900, 0.910, 0.905]),  # mean 0.905: within one SE of the best
+        *seeded("fixed-4", "fixed", 4, [0.915, 0.895, 0.920]),  # mean 0.910 (the best), SE 0.0076
+        *seeded("epi", "epi", None, [0.904, 0.902, 0.909]),
+    ]
+    for t, start in zip(trials[-3:], (2, 3, 2)):
+        t.start_epoch = start
+    summary = summarize("s", small_config(tmp_path), trials, [[None, 0.5, 0.9, 0.99]] * 3, "never")
+    assert summary.best_fixed == "fixed-4" and summary.reference == "fixed-2"
+    v = summary.verdict()
+    assert v.gap_points == pytest.approx(100 * (0.905 - 0.905))
+    fixed = [[0.80, 0.81, 0.79], [0.900, 0.910, 0.905], [0.915, 0.895, 0.920]]
+    pooled = (sum(statistics.variance(a) for a in fixed) / 3) ** 0.5  # equal seeds per group
+    assert v.noise_std == pytest.approx(pooled)
+    assert v.tolerance_points == pytest.approx(max(100 * pooled, 0.3))
+    assert v.cost_share == pytest.approx(5.0 / 15.0)
+    text = markdown(summary)
+    assert "| epi | PaT + EPI | 2, 3, 2 | 0.9050 ± 0.0036 | 3 |" in text
+    assert "**epoch 2**" in text and "| fixed-4-s2 | 2 | 4 | 0.9200 |" in text
+    assert OracleSummary.from_json(summary.to_json()) == summary
+
+
+def test_an_old_single_seed_summary_still_reads(tmp_path):
+    summary = read_summary(Path(__file__).parents[1] / "benchmarks" / "results" / "oracle_digits")
+    assert summary.group("epi").n == 1 and len(summary.calibration_curves) == 1
+    assert summary.verdict() is not None

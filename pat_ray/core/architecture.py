@@ -15,10 +15,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Architecture:
-    """Kept channel indices (sorted) per group, and each group's size before pruning."""
+    """Kept channel indices (sorted) per group, and each group's size before pruning.
+
+    ``layers`` (optional): how many layers each group's channel count sets (its producers and
+    the depthwise convs that follow it), for similarity metrics that count per layer as the
+    paper does rather than per coupled group."""
 
     kept: Mapping[str, tuple[int, ...]]
     sizes: Mapping[str, int]
+    layers: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if set(self.kept) != set(self.sizes):
@@ -30,8 +35,8 @@ class Architecture:
                 raise ValueError(f"group {name!r}: kept indices must be sorted, unique, in range")
 
     @classmethod
-    def full(cls, sizes: Mapping[str, int]) -> Architecture:
-        return cls({n: tuple(range(s)) for n, s in sizes.items()}, dict(sizes))
+    def full(cls, sizes: Mapping[str, int], layers: Mapping[str, int] | None = None) -> Architecture:
+        return cls({n: tuple(range(s)) for n, s in sizes.items()}, dict(sizes), layers)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -62,10 +67,11 @@ class Architecture:
             if inner.sizes.get(name, len(idx)) != len(idx):
                 raise ValueError(f"group {name!r}: inner architecture has a different size")
             kept[name] = tuple(idx[i] for i in local)
-        return Architecture(kept, dict(self.sizes))
+        return Architecture(kept, dict(self.sizes), self.layers)
 
     def to_dict(self) -> dict:
-        return {"sizes": dict(self.sizes), "kept": {n: list(i) for n, i in self.kept.items()}}
+        data = {"sizes": dict(self.sizes), "kept": {n: list(i) for n, i in self.kept.items()}}
+        return data if self.layers is None else {**data, "layers": dict(self.layers)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -74,7 +80,8 @@ class Architecture:
     def from_dict(cls, data: Mapping) -> Architecture:
         sizes = {str(n): int(s) for n, s in data["sizes"].items()}
         kept = {str(n): tuple(int(i) for i in data["kept"][n]) for n in sizes}
-        return cls(kept, sizes)
+        layers = data.get("layers")
+        return cls(kept, sizes, {str(n): int(c) for n, c in layers.items()} if layers is not None else None)
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:

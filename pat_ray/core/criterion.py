@@ -47,15 +47,19 @@ def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor
     return tensor.detach().narrow(0, member.offset, size).reshape(size, -1)
 
 
-def filter_norms(model: nn.Module, group: ChannelGroup, p: float) -> torch.Tensor:
-    """Sum over the group's producers of each channel's filter (weight + bias) Lp norm."""
+def filter_norms(model: nn.Module, group: ChannelGroup, p: float, per_weight: bool = False) -> torch.Tensor:
+    """Sum over the group's producers of each channel's filter (weight + bias) Lp norm.
+
+    ``per_weight``: the paper's reading, each producer's filter-weight norm divided by the
+    square root of the number of weights in one filter (``||W_n||_p / sqrt(P)``), biases left out."""
     total = torch.zeros(group.size)
     for member in group.members_with_role("out", "depthwise", "grouped"):
-        for name in ("weight", "bias"):
+        for name in ("weight",) if per_weight else ("weight", "bias"):
             tensor = member_tensor(model, member, name)
             if tensor is not None:
-                rows = member_rows(tensor, member, group.size)
-                total += rows.float().norm(p=p, dim=1).cpu() ** p
+                rows = member_rows(tensor, member, group.size).float()
+                norms = rows.norm(p=p, dim=1).cpu()
+                total += (norms / rows.shape[1] ** 0.5 if per_weight else norms) ** p
     return total ** (1.0 / p)
 
 

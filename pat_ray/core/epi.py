@@ -30,6 +30,14 @@ def structural_similarity(a: Counts, b: Counts) -> float:
     return 1.0 - sum(layer_distance(x, y) for x, y in zip(a, b)) / len(a)
 
 
+def weighted_structural_similarity(a: Counts, b: Counts, weights: Counts) -> float:
+    """``Psi`` with each entry counted ``weights[i]`` times: per layer, when entry i is a
+    group of coupled channels that sets the width of ``weights[i]`` layers."""
+    if not len(a) == len(b) == len(weights) or not a or sum(weights) <= 0:
+        raise ValueError("snapshots and weights must have the same non-zero length and positive total weight")
+    return 1.0 - sum(w * layer_distance(x, y) for x, y, w in zip(a, b, weights)) / sum(weights)
+
+
 def mask_similarity(a: Sequence[frozenset[int]], b: Sequence[frozenset[int]], sizes: Counts) -> float:
     """Early-Bird's: 1 - normalized Hamming distance between the binary channel masks."""
     differing = sum(len(x ^ y) for x, y in zip(a, b))
@@ -94,26 +102,54 @@ class CalibratedTau:
 
 
 def calibrate_tau(curve: Sequence[float | None], window: int, patience: int, target_epoch: int) -> CalibratedTau | None:
-    """The tau whose trigger lands on (or, if none can, nearest to) ``target_epoch``.
+    """The tau whose trigger lands on (or, if none can, nearest to) ``target_epoch``: the
+    one-curve case of ``calibrate_tau_curves``."""
+    return calibrate_tau_curves([curve], window, patience, target_epoch)
 
-    The trigger epoch is a step function of tau that only changes at the curve's own
-    values, so trying each value as tau finds every reachable epoch. Ties in distance go
-    to the earlier epoch (cheaper training). The suggested ``tau`` is the shortest decimal
-    near the middle of the interval that lands there (near its top when nothing below it
-    fires elsewhere), so a slightly different curve on the real run still fires near it.
-    None when no tau triggers at all (the curve is shorter than the window).
+
+def calibrate_tau_curves(
+    curves: Sequence[Sequence[float | None]], window: int, patience: int, target_epoch: int
+) -> CalibratedTau | None:
+    """The tau whose triggers land, on average over ``curves`` (one per seed), nearest to
+    ``target_epoch``.
+
+    The trigger epoch is a step function of tau that only changes at the curves' own
+    values, so trying each value as tau finds every reachable outcome: each value ``v``
+    stands for the interval of taus above the next smaller value up to ``v``. A curve on
+    which tau never fires counts as firing after its last epoch. Ties in mean distance go to
+    the earlier mean epoch (cheaper training), then to the widest interval (a slightly
+    different curve on the real run still fires near it). ``epoch`` is the mean landing
+    epoch, rounded. The suggested ``tau`` is the shortest decimal near the middle of the
+    interval. None when no tau triggers on any curve (curves shorter than the window).
     """
-    values = sorted({v for v in curve if v is not None})
-    landings = [(trigger_epoch(curve, window, patience, tau), tau) for tau in values]
-    reachable = [(epoch, tau) for epoch, tau in landings if epoch is not None]
-    if not reachable:
+    values = sorted({v for curve in curves for v in curve if v is not None})
+    intervals: list[tuple[tuple[int, ...] | None, float | None, float]] = []  # (landings, low, high)
+    for i, tau in enumerate(values):
+        epochs = [trigger_epoch(curve, window, patience, tau) for curve in curves]
+        landed = (
+            None
+            if all(e is None for e in epochs)
+            else tuple(len(c) + 1 if e is None else e for e, c in zip(epochs, curves))
+        )
+        if intervals and intervals[-1][0] == landed:
+            intervals[-1] = (landed, intervals[-1][1], tau)  # same outcome: one wider interval
+        else:
+            intervals.append((landed, values[i - 1] if i > 0 else None, tau))
+    scored = [
+        (
+            sum(abs(e - target_epoch) for e in landed) / len(landed),
+            sum(landed) / len(landed),
+            (low or 0.0) - high,
+            high,
+            low,
+        )
+        for landed, low, high in intervals
+        if landed is not None
+    ]
+    if not scored:
         return None
-    best = min(reachable, key=lambda et: (abs(et[0] - target_epoch), et[0]))[0]
-    taus = [tau for epoch, tau in reachable if epoch == best]  # one contiguous run of values
-    high = max(taus)
-    below = [v for v in values if v < min(taus)]
-    low = max(below) if below else None
-    return CalibratedTau(tau=_readable_tau(low, high), low=low, high=high, epoch=best)
+    _, mean_epoch, _, high, low = min(scored)
+    return CalibratedTau(tau=_readable_tau(low, high), low=low, high=high, epoch=round(mean_epoch))
 
 
 def _readable_tau(low: float | None, high: float) -> float:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pat_ray
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.epi import mask_similarity, structural_similarity
+from pat_ray.core.epi import mask_similarity, structural_similarity, weighted_structural_similarity
 
 
 def structural(a: Architecture, b: Architecture) -> float:
     """EPI's: compares the channels kept per group, not which channels."""
     return structural_similarity(a.counts, b.counts)
+
+
+def structural_layers(a: Architecture, b: Architecture) -> float:
+    """EPI's as the paper counts: per layer, so a group that sets the width of k layers
+    (a residual stream, say) weighs k times. Snapshots without layer counts weigh 1 each."""
+    weights = [a.layers[n] for n in a.names] if a.layers else [1] * len(a.names)
+    return weighted_structural_similarity(a.counts, b.counts, weights)
 
 
 def mask_hamming(a: Architecture, b: Architecture) -> float:
@@ -21,4 +28,5 @@ def mask_hamming(a: Architecture, b: Architecture) -> float:
 @pat_ray.hookimpl
 def pat_ray_register_similarity_metrics(register) -> None:
     register("structural", lambda: structural)
+    register("structural_layers", lambda: structural_layers)
     register("mask_hamming", lambda: mask_hamming)
