@@ -24,7 +24,7 @@ from pat_ray.config import (
     NeverStart,
     oracle_grid,
 )
-from pat_ray.core.epi import calibrate_tau_curves
+from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
 from pat_ray.oracle_stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
 
 if TYPE_CHECKING:
@@ -111,6 +111,17 @@ class TrialOutcome:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """EPI on one seed with the tau calibrated on the other seeds (see ``held_out_calibration``)."""
+
+    seed: int
+    tau: float
+    trigger_epoch: int | None  # None: the rule never fires, the run stays dense
+    grid_epoch: int | None  # the grid start whose trial stands in for it (= trigger_epoch when on the grid)
+    accuracy: float | None
+
+
 @dataclass
 class OracleSummary:
     """The verdict: EPI against the grid's best start epoch, in accuracy and training cost."""
@@ -125,6 +136,8 @@ class OracleSummary:
     reference: str | None = None  # the earliest grid group within one standard error of the best
     calibrated: dict | None = None  # CalibratedTau fields, over every seed's curve
     seeds: list[int] = field(default_factory=lambda: [0])
+    epi_window: int | None = None  # r and k of the EPI rule under test
+    epi_patience: int | None = None
     folder: str | None = None  # where the sweep, its report and plots live
     mlflow_run_id: str | None = None  # the sweep's parent run
 
@@ -160,6 +173,40 @@ class OracleSummary:
             dense=self.group("never"),
             finetune=self.group("after_training"),
         )
+
+    def held_out_calibration(self) -> list[HeldOut]:
+        """EPI with a calibrated tau, judged honestly: for each seed, tau is calibrated on the
+        *other* seeds' curves, then applied to this seed's curve. Pruning started after epoch
+        t is the run the grid's ``fixed-t`` trial of this seed already made (same seed, same
+        batches, same snapshots up to t), so its accuracy is read off the grid; when t is not
+        a grid epoch, the nearest one stands in (``grid_epoch`` says which)."""
+        reference = self.group(self.reference)
+        curves, window, patience = self.calibration_curves, self.epi_window, self.epi_patience
+        if len(curves) < 2 or reference is None or window is None or patience is None:
+            return []
+        target, held_out = round(reference.mean_start or 0), []
+        for i, seed in enumerate(self.seeds[: len(curves)]):
+            calibrated = calibrate_tau_curves(curves[:i] + curves[i + 1 :], window, patience, target)
+            if calibrated is None:
+                continue
+            fired = trigger_epoch(curves[i], window, patience, calibrated.tau)
+            grid = [t for t in self.fixed if t.seed == seed or (t.seed is None and len(self.seeds) == 1)]
+            dense = next((t for t in self.trials if t.policy == "never" and t.ok and t.seed == seed), None)
+            stand_in = (
+                dense
+                if fired is None
+                else min(grid, key=lambda t: (abs(t.start_epoch - fired), t.start_epoch), default=None)
+            )
+            held_out.append(
+                HeldOut(
+                    seed=seed,
+                    tau=calibrated.tau,
+                    trigger_epoch=fired,
+                    grid_epoch=stand_in.start_epoch if stand_in is not None else None,
+                    accuracy=stand_in.accuracy if stand_in is not None else None,
+                )
+            )
+        return held_out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -207,6 +254,8 @@ def summarize(
         calibration_curves=calibration_curves,
         calibration_source=source,
         seeds=seeds_of(config),
+        epi_window=epi.window,
+        epi_patience=epi.patience,
     )
     picked = best_and_reference(summary.fixed_groups())
     if picked is not None:

@@ -238,3 +238,30 @@ def test_an_old_single_seed_summary_still_reads(tmp_path):
     summary = read_summary(Path(__file__).parents[1] / "benchmarks" / "results" / "oracle_digits")
     assert summary.group("epi").n == 1 and len(summary.calibration_curves) == 1
     assert summary.verdict() is not None
+
+
+def test_held_out_calibration_applies_the_other_seeds_tau_and_reads_the_grid(tmp_path):
+    config = small_config(tmp_path)
+    config = config.model_copy(update={"start": EPIStart(window=1, patience=1, tau=0.99)})
+    trials = [
+        *seeded("fixed-0", "fixed", 0, [0.70, 0.71, 0.72]),
+        *seeded("fixed-2", "fixed", 2, [0.90, 0.91, 0.92]),
+        *seeded("fixed-4", "fixed", 4, [0.88, 0.89, 0.90]),
+        *seeded("epi", "epi", 4, [0.88, 0.89, 0.90]),
+    ]
+    # index i is epoch i + 1; every seed's EPI first reaches 0.93 at epoch 2 (the reference)
+    curves = [[None, 0.93, 0.95, 0.99], [None, 0.93, 0.96, 0.99], [None, 0.93, 0.97, 0.99]]
+    summary = summarize("s", config, trials, curves, "never")
+    summary.seeds = [0, 1, 2]
+    assert summary.reference == "fixed-2"
+    rows = summary.held_out_calibration()
+    assert [r.seed for r in rows] == [0, 1, 2]
+    for row, accuracy in zip(rows, [0.90, 0.91, 0.92]):
+        assert row.tau <= 0.93
+        assert row.trigger_epoch == row.grid_epoch == 2 and row.accuracy == accuracy
+    summary.calibration_curves = [curves[0], [None, 0.5, 0.6, 0.7], curves[2]]  # seed 1 stabilizes later
+    late = summary.held_out_calibration()[1]
+    assert late.trigger_epoch is None and late.accuracy is None  # never fires; no dense trial to read
+    text = markdown(summary)
+    assert "| 0 | " in text and "| 2 | fixed-2 | 0.9000 |" in text
+    assert "epi-s1 0.8900 = fixed-4-s1 0.8900" in text  # an EPI trial on a grid epoch repeats that trial
