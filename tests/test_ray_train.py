@@ -112,3 +112,30 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
     }
     assert len(tables) == 1 and None not in tables
     assert (tmp_path / "runs" / config.name / "latency_table.json").is_file()
+
+
+def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(local_ray, tmp_path):
+    import pat_ray
+    from pat_ray import registry
+    from pat_ray.checkpoint import read_checkpoint
+
+    class StopAfterTwo:
+        @pat_ray.hookimpl
+        def pat_ray_on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    config = two_workers(tmp_path, epochs=4, start_epoch=1)
+    config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})})
+    registry.reset()
+    registry.register_plugin(StopAfterTwo(), name="stop-after-two")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pat_ray.run(config, local=True, quiet=True)
+    finally:
+        registry.reset()
+    last = tmp_path / "runs" / "digits" / "last.pt"
+    assert read_checkpoint(last).extra["epoch"] == 2
+    result = pat_ray.run(config, resume=True)  # on Ray Train, from the local run's last.pt
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 1
+    assert read_checkpoint(last).extra["epoch"] == 4  # the Ray run's checkpoints land in the same folder

@@ -72,7 +72,13 @@ def check_files(name: str, root: str) -> dict[str, Path]:
         else:
             found[key] = path
     if missing:
-        where = f"{str(folder)!r} does not exist" if not folder.is_dir() else f"{str(folder)!r} lacks {missing}"
+        where = (
+            f"{str(folder)!r} lacks {missing}"
+            if folder.is_dir()
+            else f"{str(folder)!r} is a file, not a folder"
+            if folder.exists()
+            else f"{str(folder)!r} does not exist"
+        )
         raise FileNotFoundError(
             f"{name}: {where}; {HOW_TO_GET[name]}, or set data.params.root to any folder holding "
             f"the four standard files ({', '.join(FILES.values())}, gzipped or not)"
