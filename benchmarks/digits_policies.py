@@ -49,9 +49,9 @@ def main() -> None:
         )
     epi = results["PaT + EPI (default)"]
     tpf = results["train-prune-fine-tune"]
-    curve = [h["epi"] for h in dense.history]
-    snapshot_share = sum(h["snapshot_seconds"] for h in dense.history[1:]) / sum(
-        h["epoch_seconds"] for h in dense.history[1:]
+    curve = [h.epi for h in dense.history]
+    snapshot_share = sum(h.snapshot_seconds for h in dense.history[1:]) / sum(
+        h.epoch_seconds for h in dense.history[1:]
     )
     text = [
         "# Digits pipeline: start policies",

@@ -30,8 +30,8 @@ import pat_ray
 from _report import header, write
 from _timing import saving_efficiency, step_time_ratio
 from pat_ray.config import AfterTrainingStart, Config, EPIStart, FixedStart, NeverStart, config_from_dict
-from pat_ray.engine import RunResult
 from pat_ray.registry import get_registry
+from pat_ray.run_record import RunResult
 
 POLICIES = {
     "dense": NeverStart(),
@@ -116,11 +116,11 @@ def rows_for(setting: str, results: dict) -> list[str]:
     dense = results["dense"]
     rows = []
     for label, r in results.items():
-        per_phase = {p: sum(h["epoch_seconds"] for h in r.history if h["phase"] == p) for p in PHASES}
+        per_phase = {p: sum(h.epoch_seconds for h in r.history if h.phase == p) for p in PHASES}
         phases = " / ".join(f"{per_phase[p]:.1f}" for p in PHASES)
         flops_ratio, wall_ratio = r.train_flops / dense.train_flops, r.wall_seconds / dense.wall_seconds
-        setup = sum(h["setup_seconds"] for h in r.history)
-        steady_ratio = (r.wall_seconds - setup) / (dense.wall_seconds - sum(h["setup_seconds"] for h in dense.history))
+        setup = sum(h.setup_seconds for h in r.history)
+        steady_ratio = (r.wall_seconds - setup) / (dense.wall_seconds - sum(h.setup_seconds for h in dense.history))
         # defined where pruning saves FLOPs; train-prune-fine-tune spends more than dense
         efficiency, steady = "-", "-"
         if flops_ratio < 1:
@@ -130,7 +130,7 @@ def rows_for(setting: str, results: dict) -> list[str]:
         step, step_efficiency = "-", "-"
         if r.flops_kept < 1:
             ratio = final_step_ratio(r, r.config.data.batch_size, r.config.training.channels_last)
-            predicted = r.history[-1]["time_kept"]
+            predicted = r.history[-1].time_kept
             step = f"{'-' if predicted is None else f'{predicted:.3f}'} / {ratio:.3f}"
             step_efficiency = f"{saving_efficiency(ratio, r.flops_kept):.2f}"
         rows.append(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pat_ray.comm import PrintReporter, Reporter, SilentReporter
 from pat_ray.config import Config, load_config
-from pat_ray.engine import RunResult, train
+from pat_ray.engine import train
 from pat_ray.preflight import check_runnable
+from pat_ray.run_record import RunResult
 from pat_ray.run_state import check_new_run, resume_point
 
 

@@ -115,7 +115,7 @@ def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool)
 
 def summary(result) -> str:
     trigger = "never" if result.trigger_epoch is None else f"epoch {result.trigger_epoch}"
-    time_kept = result.history[-1].get("time_kept")
+    time_kept = result.history[-1].time_kept
     time_kept = [] if time_kept is None else [f"step time kept:   {time_kept:.3f} (predicted by the latency table)"]
     return "\n".join(
         [

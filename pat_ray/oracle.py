@@ -28,7 +28,7 @@ from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
 from pat_ray.oracle_stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
 
 if TYPE_CHECKING:
-    from pat_ray.engine import RunResult
+    from pat_ray.run_record import RunResult
 
 RESULT_FILE = "oracle.json"
 
@@ -232,7 +232,7 @@ def outcome_from_result(label: str, result: RunResult) -> TrialOutcome:
         train_flops_ratio=result.train_flops_ratio,
         wall_seconds=result.wall_seconds,
         epochs=len(result.history),
-        epi_curve=[h["epi"] for h in result.history if h["phase"] == "dense"],
+        epi_curve=[r.epi for r in result.history if r.phase == "dense"],
         seed=result.config.training.seed,
     )
 

@@ -9,7 +9,7 @@ from ray.train import UserCallback
 from pat_ray.checkpoint import Checkpoint, atomic_write
 from pat_ray.comm import PrintReporter
 from pat_ray.config import Config
-from pat_ray.engine import RunResult
+from pat_ray.run_record import RunResult, RunState
 
 
 class ProgressCallback(UserCallback):
@@ -35,19 +35,6 @@ class ProgressCallback(UserCallback):
                 print(f"warning: ranks disagree on the architecture: {fingerprints}", flush=True)
 
 
-def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path, wall_seconds: float) -> RunResult:
+def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path | None, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint (which carries the whole history)."""
-    history = ckpt.extra["history"]
-    return RunResult(
-        config=config,
-        history=history,
-        trigger_epoch=ckpt.extra["trigger_epoch"],
-        final_accuracy=history[-1]["val_acc"],
-        dense_flops=ckpt.extra["dense_flops"],
-        final_flops=history[-1]["flops"],
-        train_flops=history[-1]["train_flops"],
-        dense_train_flops=ckpt.extra["dense_train_flops"],
-        wall_seconds=wall_seconds,
-        architecture=ckpt.architecture.to_dict(),
-        checkpoint=path,
-    )
+    return RunResult.from_state(config, RunState.from_checkpoint(ckpt), ckpt.architecture.to_dict(), path, wall_seconds)

@@ -39,6 +39,7 @@ from pat_ray.oracle_report import write_report
 from pat_ray.ray_progress import result_from_checkpoint
 from pat_ray.ray_train import report_with_checkpoint
 from pat_ray.registry import get_registry
+from pat_ray.run_record import RunState
 
 CALIBRATION_SOURCES = ("never", "after_training", "epi")  # longest-watched dense phase first
 
@@ -104,20 +105,7 @@ def run_oracle(
                 name=name, storage_path=str(storage), verbose=0, callbacks=[TrialProgress(echo, len(trials))]
             ),
         )
-    grid = tuner.fit()
-    outcomes, snapshots, results = [], {}, []
-    for trial in grid:
-        label = trial.config["label"]
-        if trial.error is not None or trial.checkpoint is None:
-            outcomes.append(_failed(label, trials[label], trial))
-            continue
-        with trial.checkpoint.as_directory() as folder:
-            ckpt = read_checkpoint(Path(folder) / "last.pt")
-        # wall = the trial's epoch times, so a resumed trial counts each epoch once
-        run = result_from_checkpoint(trials[label], ckpt, None, sum(h["epoch_seconds"] for h in ckpt.extra["history"]))
-        outcomes.append(outcome_from_result(label, run))
-        snapshots[label] = [Architecture.from_dict(a) for a in ckpt.extra["tracker"]["snapshots"]]
-        results.append((label, run))
+    outcomes, snapshots, results = _collect(tuner.fit(), trials)
     source, curves = _calibration_curves(config, snapshots)
     summary = summarize(name, config, outcomes, curves, source)
     summary.folder = str(sweep_dir)
@@ -128,6 +116,25 @@ def run_oracle(
         summary.mlflow_run_id = log_oracle(config, summary, results)
     write_summary(sweep_dir, summary)
     return summary
+
+
+def _collect(grid, trials: dict[str, Config]) -> tuple[list[TrialOutcome], dict[str, list[Architecture]], list]:
+    """Each trial's outcome (failed ones too), its snapshots, and its result, from its final checkpoint."""
+    outcomes, snapshots, results = [], {}, []
+    for trial in grid:
+        label = trial.config["label"]
+        if trial.error is not None or trial.checkpoint is None:
+            outcomes.append(_failed(label, trials[label], trial))
+            continue
+        with trial.checkpoint.as_directory() as folder:
+            ckpt = read_checkpoint(Path(folder) / "last.pt")
+        state = RunState.from_checkpoint(ckpt)
+        # wall = the trial's epoch times, so a resumed trial counts each epoch once
+        run = result_from_checkpoint(trials[label], ckpt, None, sum(r.epoch_seconds for r in state.history))
+        outcomes.append(outcome_from_result(label, run))
+        snapshots[label] = [Architecture.from_dict(a) for a in state.tracker["snapshots"]]
+        results.append((label, run))
+    return outcomes, snapshots, results
 
 
 def _calibration_curves(config: Config, snapshots: dict[str, list[Architecture]]) -> tuple[str | None, list]:
@@ -211,7 +218,7 @@ def _run_trial(
             callbacks=[TuneReportCallback()],
             latency_table=latency_table,
         )
-        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1]), result.checkpoint)
+        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1].to_dict()), result.checkpoint)
         return
     resume = None
     checkpoint = tune.get_checkpoint()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,9 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+if TYPE_CHECKING:
+    from pat_ray.run_record import EpochRecord
+
 
 def plot_epi_curve(
-    history: list[dict[str, Any]],
+    history: list[EpochRecord],
     path: Path,
     tau: float | None = None,
     trigger_epoch: int | None = None,
@@ -24,7 +27,7 @@ def plot_epi_curve(
 
     The oracle report adds the grid's best start epoch and the tau that would have hit it.
     """
-    points = [(h["epoch"], h["epi"]) for h in history if h.get("epi") is not None]
+    points = [(r.epoch, r.epi) for r in history if r.epi is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
         ax.plot(*zip(*points), marker="o", label="EPI")

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from pat_ray.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
-from pat_ray.data import DataBundle
 from pat_ray.policies import SnapshotTracker
 from pat_ray.pruner import Pruner
+from pat_ray.run_record import RunState
 
 LAST, PREVIOUS, HISTORY = "last.pt", "previous.pt", "history.json"
-_RUN_FIELDS = ("epoch", "iteration", "trigger_epoch", "optimizer", "history", "tracker", "pruner")
 
 
 class RunExistsError(FileExistsError):
@@ -57,86 +54,53 @@ def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path:
             raise
         ckpt = read_checkpoint(previous)
         _check_run_checkpoint(ckpt)
-        warn(f"warning: {err}; resuming from {previous} (epoch {ckpt.extra['epoch']}) instead")
+        warn(f"warning: {err}; resuming from {previous} (epoch {RunState.from_checkpoint(ckpt).epoch}) instead")
         return previous
 
 
 def _check_run_checkpoint(ckpt: Checkpoint) -> Path:
-    missing = [name for name in _RUN_FIELDS if name not in ckpt.extra]
-    if missing:
-        raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")
+    RunState.from_checkpoint(ckpt)  # raises CheckpointError naming what is missing
     return ckpt.source
-
-
-@dataclass
-class ResumeState:
-    epoch: int
-    iteration: int
-    trigger_epoch: int | None
-    history: list[dict[str, Any]]
-    optimizer: dict
-    model_state: dict
 
 
 def save_run_state(
     run_dir: Path,
     model: nn.Module,
     config: Config,
-    data: DataBundle,
+    input_shape: tuple[int, ...],
+    num_classes: int,
     pruner: Pruner,
-    optimizer,
-    history: list[dict[str, Any]],
-    tracker: SnapshotTracker,
-    iteration: int,
-    trigger_epoch: int | None,
-    dense_train_flops: float,
+    state: RunState,
 ) -> Path:
+    """Write ``last.pt`` (keeping the one it replaces as ``previous.pt``), ``history.json``
+    and ``config.yaml``; returns the checkpoint's path."""
     path = run_dir / LAST
     save_checkpoint(
         path,
         model,
         config.model.name,
         pruner.architecture,
-        (1, *data.input_shape),
-        model_params={"num_classes": data.num_classes, **config.model.params},
-        extra={
-            "epoch": history[-1]["epoch"],
-            "iteration": iteration,
-            "trigger_epoch": trigger_epoch,
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "tracker": tracker.state(),
-            "pruner": pruner.state(),
-            "dense_flops": pruner.dense_cost.flops,
-            "dense_train_flops": dense_train_flops,
-            "latency_table": pruner.latency.to_dict() if pruner.latency else None,
-        },
+        input_shape,
+        model_params={"num_classes": num_classes, **config.model.params},
+        extra=state.to_extra(),
         backup=run_dir / PREVIOUS,
     )
-    atomic_write_text(run_dir / HISTORY, json.dumps(history, indent=1))
+    atomic_write_text(run_dir / HISTORY, json.dumps([r.to_dict() for r in state.history], indent=1))
     atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
     return path
 
 
-def load_run_state(ckpt: Checkpoint, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker) -> ResumeState:
-    """Bring a freshly built dense ``model``, ``pruner`` and ``tracker`` to the saved state."""
-    _check_run_checkpoint(ckpt)
-    extra = ckpt.extra
+def restore_run_state(
+    ckpt: Checkpoint, state: RunState, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker
+) -> None:
+    """Bring a freshly built dense ``model``, its ``pruner`` and ``tracker`` to the saved state
+    (the weights and optimizer are the caller's to load, on the shrunk model)."""
     try:
-        pruner.restore(model, ckpt.architecture, extra["pruner"])
+        pruner.restore(model, ckpt.architecture, state.pruner)
+        snapshots = zip(state.tracker["snapshots"], state.tracker["epi"], state.tracker["mask_distances"])
+        for snapshot, epi, distances in snapshots:
+            tracker.snapshots.append(Architecture.from_dict(snapshot))
+            tracker.epi.append(epi)
+            tracker.mask_distances.append(distances)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(ckpt.source, f"does not fit this run's model ({err})") from None
-    for snapshot, epi, distances in zip(
-        extra["tracker"]["snapshots"], extra["tracker"]["epi"], extra["tracker"]["mask_distances"]
-    ):
-        tracker.snapshots.append(Architecture.from_dict(snapshot))
-        tracker.epi.append(epi)
-        tracker.mask_distances.append(distances)
-    return ResumeState(
-        epoch=extra["epoch"],
-        iteration=extra["iteration"],
-        trigger_epoch=extra["trigger_epoch"],
-        history=extra["history"],
-        optimizer=extra["optimizer"],
-        model_state=ckpt.state_dict,
-    )

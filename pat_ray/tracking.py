@@ -109,10 +109,10 @@ def _log_into_active_run(mlflow, config: Config, result, log_checkpoint: bool) -
     for record in result.history:
         metrics = {
             k: float(v)
-            for k, v in record.items()
+            for k, v in record.to_dict().items()
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"
         }
-        mlflow.log_metrics(metrics, step=record["epoch"])
+        mlflow.log_metrics(metrics, step=record.epoch)
     mlflow.log_metrics(
         {
             "final_accuracy": result.final_accuracy,
@@ -123,9 +123,7 @@ def _log_into_active_run(mlflow, config: Config, result, log_checkpoint: bool) -
         }
     )
     mlflow.log_text(config_to_yaml(config), "config.yaml")
-    snapshots = [
-        {"epoch": h["epoch"], "counts": h["snapshot_counts"], "fingerprint": h["fingerprint"]} for h in result.history
-    ]
+    snapshots = [{"epoch": r.epoch, "counts": r.snapshot_counts, "fingerprint": r.fingerprint} for r in result.history]
     mlflow.log_text(json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
     with tempfile.TemporaryDirectory() as folder:
         tau = config.start.tau if isinstance(config.start, EPIStart) else None

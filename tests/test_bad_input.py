@@ -314,11 +314,11 @@ def test_an_interrupted_run_resumes_to_the_same_result_with_every_epoch_once(tmp
     assert result.exit_code == 130 and "--resume" in result.output and "Traceback" not in result.output
     assert read_checkpoint(tmp_path / "runs" / "cut" / "last.pt").extra["epoch"] == 2
     resumed = pat_ray.run(config, local=True, quiet=True, resume=True)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5]
     assert resumed.trigger_epoch == whole.trigger_epoch
     assert resumed.architecture == whole.architecture
     for a, b in zip(resumed.history, whole.history):
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
+        assert a.val_acc == pytest.approx(b.val_acc, abs=1e-6)
 
 
 # ---- plugins -------------------------------------------------------------------------------

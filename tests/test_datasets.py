@@ -95,4 +95,4 @@ def test_pipeline_runs_on_cifar10_files(tmp_path):
     )
     result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 1 and abs(result.flops_kept - 0.5) < 0.02
-    assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
+    assert torch.isfinite(torch.tensor(result.history[-1].train_loss))

@@ -38,32 +38,32 @@ def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
 def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):
     result = pat_ray.run(tiny(tmp_path, FixedStart(epoch=2)), local=True, quiet=True)
     assert result.trigger_epoch == 2
-    kept = [h["flops_kept"] for h in result.history]
+    kept = [h.flops_kept for h in result.history]
     assert kept[0] == 1.0  # epoch 1 dense
     assert kept[1] < 1.0  # the first step happens right after epoch 2
     assert abs(result.flops_kept - 0.5) < 0.015
-    assert [h["triggered"] for h in result.history] == [False, True, False, False, False, False]
+    assert [h.triggered for h in result.history] == [False, True, False, False, False, False]
     assert result.train_flops < result.dense_train_flops
 
 
 def test_never_keeps_the_dense_model_and_still_records_epi(tmp_path):
     result = pat_ray.run(tiny(tmp_path, NeverStart(), epochs=4), local=True, quiet=True)
     assert result.trigger_epoch is None
-    assert all(h["flops_kept"] == 1.0 for h in result.history)
-    assert result.history[0]["epi"] is None
-    assert all(0 < h["epi"] <= 1 for h in result.history[1:])
+    assert all(h.flops_kept == 1.0 for h in result.history)
+    assert result.history[0].epi is None
+    assert all(0 < h.epi <= 1 for h in result.history[1:])
     assert result.train_flops == pytest.approx(result.dense_train_flops)
 
 
 def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
     start = EPIStart(window=2, patience=2, tau=0.9)
     result = pat_ray.run(tiny(tmp_path, start, epochs=8), local=True, quiet=True)
-    curve = [h["epi"] for h in result.history if h["epi"] is not None or h["epoch"] == 1]
+    curve = [h.epi for h in result.history if h.epi is not None or h.epoch == 1]
     expected = next((t + 1 for t in range(len(curve)) if should_trigger(curve[: t + 1], 2, 2, 0.9)), None)
     assert result.trigger_epoch == expected
     # after the trigger no more snapshots are taken
     if expected is not None:
-        assert all(h["epi"] is None for h in result.history[expected:])
+        assert all(h.epi is None for h in result.history[expected:])
 
 
 def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
@@ -76,7 +76,7 @@ def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
 def test_after_training_fine_tunes_the_pruned_model(tmp_path):
     result = pat_ray.run(tiny(tmp_path, AfterTrainingStart(finetune_epochs=2), epochs=3), local=True, quiet=True)
     assert result.trigger_epoch == 3
-    assert [h["phase"] for h in result.history][-2:] == ["finetune", "finetune"]
+    assert [h.phase for h in result.history][-2:] == ["finetune", "finetune"]
     assert len(result.history) == 5
     assert result.train_flops > result.dense_train_flops
 
@@ -192,7 +192,7 @@ def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
     from pat_ray.comm import SilentReporter
 
     resumed = train(cfg, reporter=SilentReporter(), resume=checkpoint)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5]
     assert resumed.trigger_epoch == 2
     assert abs(resumed.flops_kept - 0.5) < 0.015
     assert resumed.train_flops < resumed.dense_train_flops

@@ -50,7 +50,7 @@ def test_a_time_budget_run_keeps_its_share_of_the_step_and_saves_its_table(tmp_p
     lines = []
     result = pat_ray.run(time_budget(tmp_path), local=True, reporter=PrintReporter(echo=lines.append))
     assert lines[0].startswith("measuring layer latencies:") and lines[1].startswith("measured layer latencies in")
-    kept = [h["time_kept"] for h in result.history]
+    kept = [h.time_kept for h in result.history]
     assert kept[0] == 1.0 and all(a >= b for a, b in zip(kept, kept[1:]))
     assert kept[-1] == pytest.approx(0.75, abs=0.03)  # the cut closest to the target
     assert result.flops_kept < 1.0
@@ -70,7 +70,7 @@ def test_a_resumed_run_prices_with_the_table_in_its_checkpoint(tmp_path, monkeyp
     table = read_checkpoint(checkpoint).extra["latency_table"]
     forbid_measuring(monkeypatch)
     resumed = train(config, reporter=PrintReporter(echo=lambda line: None), resume=checkpoint)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
     assert read_checkpoint(resumed.checkpoint).extra["latency_table"] == table
 
 

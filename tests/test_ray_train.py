@@ -45,7 +45,7 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     name = f"agree-{uuid.uuid4().hex[:8]}"
     result = run_on_ray(two_workers(tmp_path), storage_path=tmp_path / "storage", run_name=name)
     assert result.trigger_epoch == 2
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
     logs = rank_logs(tmp_path / "storage", name)
     assert set(logs) == {"rank0", "rank1"}
@@ -96,9 +96,9 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
         config, storage_path=tmp_path / "storage", run_name=name, max_failures=1, inject_fault_at_epoch=3
     )
     assert (tmp_path / "storage" / name / "injected-fault-done").exists()
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
-    assert result.history[-1]["time_kept"] == pytest.approx(0.75, abs=0.03)
+    assert result.history[-1].time_kept == pytest.approx(0.75, abs=0.03)
     logs = rank_logs(tmp_path / "storage", name)
     # rank 0 reported epoch 3 before failing, then the restarted group went on from epoch 4
     assert [m["epoch"] for m in logs["rank0"]] == [1, 2, 3, 4]
@@ -137,5 +137,5 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(l
     last = tmp_path / "runs" / "digits" / "last.pt"
     assert read_checkpoint(last).extra["epoch"] == 2
     result = pat_ray.run(config, resume=True)  # on Ray Train, from the local run's last.pt
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 1
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 1
     assert read_checkpoint(last).extra["epoch"] == 4  # the Ray run's checkpoints land in the same folder

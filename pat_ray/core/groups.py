@@ -32,6 +32,14 @@ from pat_ray.core.graph import (
     UnsupportedModelError,
 )
 from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.tensor_ops import (
+    binary_layout,
+    cat_layout,
+    getitem_layout,
+    reduce_layout,
+    reshape_layout,
+    shape_of,
+)
 from pat_ray.core.tracing_ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
@@ -88,14 +96,6 @@ def trace_channel_groups(
     return _finalize(builder, tuple(example_input.shape))
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
-    if not isinstance(node, fx.Node):
-        return None
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    return tuple(shape) if shape is not None else None
-
-
 def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
     """The layouts of the tensors in ``args``, each piece of a tuple result included."""
     found: list[Layout] = []
@@ -114,7 +114,7 @@ def _where(node: fx.Node) -> str:
 
 
 def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced:
-    shape = _shape(node)
+    shape = shape_of(node)
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
             return None
@@ -155,12 +155,12 @@ def _visit_multi_output(b: GroupBuilder, node: fx.Node, layout: Layout, pieces, 
     table = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
     dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
     first = node.args[0] if node.args else None
-    if dim_position is None or _shape(first) is None:
+    if dim_position is None or shape_of(first) is None:
         raise UnsupportedModelError(
             f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
             "its input's; supported: split, chunk, unbind, tensor_split"
         )
-    return split_layout(b, node, layout, dim_position, _shape(first), pieces, where)
+    return split_layout(b, node, layout, dim_position, shape_of(first), pieces, where)
 
 
 def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts, where: str) -> Traced:
@@ -169,7 +169,7 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts, where:
     if node.op == "call_function" and node.target is operator.getitem and node.args[0] is source:
         return pick(node, pieces, where)
     if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
-        return _cat(b, node, layouts, where)
+        return cat_layout(b, node, layouts, where)
     raise UnsupportedModelError(
         f"{where}: takes the tuple of tensors {source.name!r} returns; "
         "pat_ray follows such tuples only through indexing and cat"
@@ -184,7 +184,7 @@ def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: li
     if isinstance(module, CONV_TYPES):
         return _visit_conv(b, name, module, layout, shape, where)
     if isinstance(module, nn.Linear):
-        in_shape = _shape(node.args[0])
+        in_shape = shape_of(node.args[0])
         if in_shape is None or len(in_shape) != 2:
             raise UnsupportedModelError(f"{where}: Linear on a tensor of shape {in_shape}")
         if b.width(layout) != module.in_features:
@@ -204,7 +204,7 @@ def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: li
         return layout
     if isinstance(module, PASSTHROUGH_MODULES):
         if isinstance(module, nn.Flatten):
-            return _reshape(b, node, layout, where)
+            return reshape_layout(b, node, layout, where)
         return layout
     if isinstance(module, CHANNEL_PINNING_MODULES):
         b.pin(layout)
@@ -289,111 +289,21 @@ def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape,
     if kind == "pass" and first is not None:
         return first
     if kind == "binary":
-        return _binary(b, node, inputs, shape, layouts, where)
+        return binary_layout(b, node, inputs, shape, layouts, where)
     if kind == "reshape" and first is not None:
-        return _reshape(b, node, first, where)
+        return reshape_layout(b, node, first, where)
     if kind == "reduce" and first is not None:
-        return _reduce(node, first, shape, where)
+        return reduce_layout(node, first, shape, where)
     if kind == "cat":
-        return _cat(b, node, layouts, where)
+        return cat_layout(b, node, layouts, where)
     if kind == "softmax":
         b.pin(inputs[0])
         return inputs[0]
     if kind == "getitem" and first is not None:
-        return _getitem(node, first, where)
+        return getitem_layout(node, first, where)
     if kind == "getitem":
         return None  # indexing a python container of tensors is handled via cat/args
     raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
-
-
-def _binary(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layout:
-    """Element-wise op: operands that vary over the result's channels are coupled to them.
-
-    Broadcasting aligns shapes from the right, so an operand's dim ``len(s) - len(shape) + 1``
-    is the one that lines up with the result's channels (a ``(C,)`` weight times an
-    ``(N, C)`` activation varies over channels; times an ``(N, C, H, W)`` one it does not)."""
-    if len(shape) < 2:
-        raise UnsupportedModelError(f"{where}: result has no channel dimension")
-    channels = shape[1]
-    wide = []
-    for operand in (a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None):
-        lay, s = layouts.get(operand), _shape(operand)
-        axis = len(s) - len(shape) + 1
-        extent = s[axis] if axis >= 0 else 1
-        if lay is not None and axis == 1 and extent == channels:
-            wide.append(lay)
-        elif extent == 1:
-            if lay is not None:
-                b.pin(lay)  # broadcast across the result's channels: its own channels must stay
-        elif lay is None:
-            raise UnsupportedModelError(
-                f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
-            )
-        else:
-            raise UnsupportedModelError(f"{where}: an operand's dim {axis} lines up with the result's channels")
-    if not wide:
-        raise UnsupportedModelError(f"{where}: no operand carries the result's channels")
-    result = wide[0]
-    for other in wide[1:]:
-        result = b.unify(result, other, where)
-    return result
-
-
-def _reshape(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
-    in_shape, out_shape = _shape(node.args[0]), _shape(node)
-    if in_shape == out_shape:
-        return layout
-    if (
-        in_shape is not None
-        and out_shape is not None
-        and len(out_shape) == 2
-        and out_shape[0] == in_shape[0]
-        and out_shape[1] == math.prod(in_shape[1:])
-    ):
-        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
-    raise UnsupportedModelError(
-        f"{where}: reshape {in_shape} -> {out_shape}; only flattening (N, C, ...) to "
-        "(N, C*...) keeps channels traceable"
-    )
-
-
-def _reduce(node: fx.Node, layout: Layout, shape, where: str) -> Layout:
-    in_shape = _shape(node.args[0])
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-    ndim = len(in_shape)
-    if dims and all(d % ndim >= 2 for d in dims) and len(shape) >= 2:
-        return layout
-    raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
-
-
-def _cat(b: GroupBuilder, node: fx.Node, layouts, where: str) -> Layout:
-    tensors = node.args[0]
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    traced = layouts.get(tensors) if isinstance(tensors, fx.Node) else tuple(layouts.get(t) for t in tensors)
-    parts = traced if isinstance(traced, tuple) else (traced,)
-    if any(not isinstance(p, Layout) for p in parts):
-        raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
-    ndim = len(_shape(node))
-    if dim % ndim == 1:
-        if any(p.repeat != 1 for p in parts):
-            raise UnsupportedModelError(f"{where}: concatenates flattened features")
-        return Layout(tuple(g for p in parts for g in p.groups))
-    result = parts[0]
-    for other in parts[1:]:
-        result = b.unify(result, other, where)
-    return result
-
-
-def _getitem(node: fx.Node, layout: Layout, where: str) -> Layout:
-    index = node.args[1]
-    index = index if isinstance(index, tuple) else (index,)
-    channel_index = index[1] if len(index) > 1 else slice(None)
-    if index and index[0] is Ellipsis:
-        raise UnsupportedModelError(f"{where}: indexing with ... may slice channels")
-    if channel_index == slice(None) and not isinstance(index[0], int):
-        return layout
-    raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
 
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:

@@ -1,0 +1,114 @@
+"""How the tracer maps channel layouts through tensor ops: element-wise ops between tensors,
+flattening reshapes, spatial reductions, concatenation and indexing.
+
+Each function gets the node and the layouts of its inputs and returns the result's layout, or
+raises UnsupportedModelError naming the node: these are the rules ``groups.py`` applies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch.fx as fx
+
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.layout import GroupBuilder, Layout
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layout:
+    """Element-wise op: operands that vary over the result's channels are coupled to them.
+
+    Broadcasting aligns shapes from the right, so an operand's dim ``len(s) - len(shape) + 1``
+    is the one that lines up with the result's channels (a ``(C,)`` weight times an
+    ``(N, C)`` activation varies over channels; times an ``(N, C, H, W)`` one it does not)."""
+    if len(shape) < 2:
+        raise UnsupportedModelError(f"{where}: result has no channel dimension")
+    channels = shape[1]
+    wide = []
+    for operand in (a for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None):
+        lay, s = layouts.get(operand), shape_of(operand)
+        axis = len(s) - len(shape) + 1
+        extent = s[axis] if axis >= 0 else 1
+        if lay is not None and axis == 1 and extent == channels:
+            wide.append(lay)
+        elif extent == 1:
+            if lay is not None:
+                b.pin(lay)  # broadcast across the result's channels: its own channels must stay
+        elif lay is None:
+            raise UnsupportedModelError(
+                f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
+            )
+        else:
+            raise UnsupportedModelError(f"{where}: an operand's dim {axis} lines up with the result's channels")
+    if not wide:
+        raise UnsupportedModelError(f"{where}: no operand carries the result's channels")
+    result = wide[0]
+    for other in wide[1:]:
+        result = b.unify(result, other, where)
+    return result
+
+
+def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
+    if in_shape == out_shape:
+        return layout
+    if (
+        in_shape is not None
+        and out_shape is not None
+        and len(out_shape) == 2
+        and out_shape[0] == in_shape[0]
+        and out_shape[1] == math.prod(in_shape[1:])
+    ):
+        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
+    raise UnsupportedModelError(
+        f"{where}: reshape {in_shape} -> {out_shape}; only flattening (N, C, ...) to "
+        "(N, C*...) keeps channels traceable"
+    )
+
+
+def reduce_layout(node: fx.Node, layout: Layout, shape, where: str) -> Layout:
+    in_shape = shape_of(node.args[0])
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    ndim = len(in_shape)
+    if dims and all(d % ndim >= 2 for d in dims) and len(shape) >= 2:
+        return layout
+    raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
+
+
+def cat_layout(b: GroupBuilder, node: fx.Node, layouts, where: str) -> Layout:
+    tensors = node.args[0]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    traced = layouts.get(tensors) if isinstance(tensors, fx.Node) else tuple(layouts.get(t) for t in tensors)
+    parts = traced if isinstance(traced, tuple) else (traced,)
+    if any(not isinstance(p, Layout) for p in parts):
+        raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
+    ndim = len(shape_of(node))
+    if dim % ndim == 1:
+        if any(p.repeat != 1 for p in parts):
+            raise UnsupportedModelError(f"{where}: concatenates flattened features")
+        return Layout(tuple(g for p in parts for g in p.groups))
+    result = parts[0]
+    for other in parts[1:]:
+        result = b.unify(result, other, where)
+    return result
+
+
+def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
+    index = node.args[1]
+    index = index if isinstance(index, tuple) else (index,)
+    channel_index = index[1] if len(index) > 1 else slice(None)
+    if index and index[0] is Ellipsis:
+        raise UnsupportedModelError(f"{where}: indexing with ... may slice channels")
+    if channel_index == slice(None) and not isinstance(index[0], int):
+        return layout
+    raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")

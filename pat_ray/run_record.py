@@ -1,0 +1,129 @@
+"""The records a run hands to other modules: one epoch's metrics, the state a checkpoint
+carries to continue the run, and the run's result.
+
+Typed here, in one place, so that the engine, the Ray shells, the oracle, tracking and the
+CLI read the same fields by name. On disk (inside ``last.pt``, read with
+``weights_only=True``) they are plain dicts: ``to_dict`` / ``from_dict`` are the only
+conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pat_ray.checkpoint import Checkpoint, CheckpointError
+from pat_ray.config import Config
+
+Phase = Literal["dense", "pruning", "pruned", "finetune"]
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch measured, as reporters, MLflow and ``history.json`` see it."""
+
+    epoch: int
+    phase: Phase
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    epi: float | None  # None: no snapshot this epoch, or nothing yet to compare it with
+    snapshot_counts: list[int] | None  # channels the budget would keep per group (A_t)
+    flops: int  # per sample, of the model as it is at the end of the epoch
+    params: int
+    flops_kept: float
+    time_kept: float | None  # latency budgets: predicted step time over the dense model's
+    lr: float
+    epoch_seconds: float
+    setup_seconds: float  # this process's setup, on the first epoch it runs (a resumed run has two)
+    snapshot_seconds: float
+    train_flops: float  # cumulative training FLOPs up to the end of this epoch
+    triggered: bool  # pruning starts after this epoch
+    fingerprint: str  # of the architecture in effect
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass
+class RunState:
+    """Everything a run checkpoint holds besides the model: what ``--resume`` continues from."""
+
+    epoch: int  # the last finished epoch
+    iteration: int
+    trigger_epoch: int | None
+    history: list[EpochRecord]
+    optimizer: dict
+    tracker: dict  # SnapshotTracker.state()
+    pruner: dict  # Pruner.state()
+    dense_flops: int
+    dense_train_flops: float
+    latency_table: dict | None
+
+    def to_extra(self) -> dict[str, Any]:
+        return {**asdict(self), "history": [r.to_dict() for r in self.history]}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> RunState:
+        """The run state in ``ckpt``; CheckpointError naming the file when it is not a run's."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in ckpt.extra]
+        if missing:
+            raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")
+        try:
+            data = {name: ckpt.extra[name] for name in names}
+            return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]]})
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(ckpt.source, f"its run history is malformed ({err!r})") from None
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured. ``wall_seconds`` is the whole run, setup included."""
+
+    config: Config
+    history: list[EpochRecord]
+    trigger_epoch: int | None
+    final_accuracy: float
+    dense_flops: int
+    final_flops: int
+    train_flops: float
+    dense_train_flops: float
+    wall_seconds: float
+    architecture: dict = field(repr=False)
+    checkpoint: Path | None = None
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def from_state(
+        cls, config: Config, state: RunState, architecture: dict, checkpoint: Path | None, wall_seconds: float
+    ) -> RunResult:
+        last = state.history[-1]
+        return cls(
+            config=config,
+            history=state.history,
+            trigger_epoch=state.trigger_epoch,
+            final_accuracy=last.val_acc,
+            dense_flops=state.dense_flops,
+            final_flops=last.flops,
+            train_flops=last.train_flops,
+            dense_train_flops=state.dense_train_flops,
+            wall_seconds=wall_seconds,
+            architecture=architecture,
+            checkpoint=checkpoint,
+        )
+
+    @property
+    def flops_kept(self) -> float:
+        return self.final_flops / self.dense_flops
+
+    @property
+    def train_flops_ratio(self) -> float:
+        """Training FLOPs spent relative to training the dense model for the same epochs."""
+        return self.train_flops / self.dense_train_flops

@@ -1,0 +1,75 @@
+"""The layers of ../shared/DESIGN.md as a check: every import (module level or inside a
+function) of every module, read from the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "pat_ray"
+
+# lower layers first; a module may import its own layer and the layers below it
+LAYERS = {
+    "core": ["core"],
+    "plugins": ["hookspecs", "registry", "default_plugins", "models", "data"],
+    "training": [
+        "config",
+        "checkpoint",
+        "comm",
+        "schedule",
+        "policies",
+        "pruner",
+        "run_setup",
+        "latency_budget",
+        "run_record",
+        "run_state",
+        "preflight",
+        "engine",
+        "oneshot",
+    ],
+    "shells": ["dist", "ray_progress", "ray_train", "oracle_stats", "oracle", "ray_tune", "report", "oracle_report",
+               "tracking"],  # fmt: skip
+    "top": ["api", "cli", "__init__"],
+}
+FORBIDDEN = {  # third-party packages a layer must not touch
+    "core": {"ray", "mlflow", "pydantic", "pluggy", "click", "yaml"},
+    "training": {"ray", "mlflow", "click"},
+}
+
+
+def layer_of(module: str) -> str:
+    head = module.split(".")[0]
+    return next(layer for layer, members in LAYERS.items() if head in members)
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_and_the_lower_layers_stay_free_of_ray_and_mlflow(path):
+    module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    own = layer_of(module)
+    order = list(LAYERS)
+    for imported in imports(path):
+        top = imported.split(".")[0]
+        assert top not in FORBIDDEN.get(own, set()), f"{module} ({own}) imports {imported}"
+        if top == "pat_ray" and imported != "pat_ray":
+            target = layer_of(imported.removeprefix("pat_ray."))
+            assert order.index(target) <= order.index(own), f"{module} ({own}) imports {imported} ({target})"
+
+
+def test_every_module_belongs_to_a_layer():
+    for path in MODULES:
+        layer_of(".".join(path.relative_to(PACKAGE).with_suffix("").parts))  # raises StopIteration if not
