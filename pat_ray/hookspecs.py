@@ -1,44 +1,64 @@
 """The hooks a pat_ray plugin may implement (pluggy project ``pat_ray``).
 
 Registration hooks receive a ``register(name, factory)`` callback; calling it makes
-``name`` selectable in configs and in the Python API. Observer hooks are called by the
-training engine; their return values are ignored.
+``name`` selectable in configs and in the Python API. A config's ``params`` become the
+factory's keyword arguments, checked against its signature when the config is validated.
+Observer hooks are called by the training engine; their return values are ignored.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pat_ray.core.architecture import Architecture
+    from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
+    from pat_ray.core.criterion import Criterion
+    from pat_ray.data import DataBundle
 
 hookspec = HookspecMarker("pat_ray")
 hookimpl = HookimplMarker("pat_ray")
 
+Register = Callable[[str, Callable[..., Any]], None]
+
 
 @hookspec
-def pat_ray_register_criteria(register):
+def pat_ray_register_criteria(register: Callable[[str, Callable[..., Criterion]], None]) -> None:
     """Register importance criteria: ``register(name, factory)``, where ``factory(**params)``
     returns a :class:`pat_ray.core.criterion.Criterion`."""
 
 
 @hookspec
-def pat_ray_register_similarity_metrics(register):
+def pat_ray_register_similarity_metrics(register: Callable[[str, Callable[..., SimilarityMetric]], None]) -> None:
     """Register architecture similarity metrics: ``register(name, factory)``, where
-    ``factory(**params)`` returns a callable ``(Architecture, Architecture) -> float`` in [0, 1]."""
+    ``factory(**params)`` returns a :class:`pat_ray.core.contracts.SimilarityMetric`: a callable
+    ``(Architecture, Architecture) -> float`` in [0, 1]."""
 
 
 @hookspec
-def pat_ray_register_surgery_backends(register):
-    """Register surgery backends: ``register(name, factory)``, where ``factory()`` returns an
-    object with ``apply(model, graph, architecture, optimizer=None)`` that shrinks the model
-    in place and remaps the optimizer state of the kept channels."""
+def pat_ray_register_surgery_backends(register: Callable[[str, Callable[..., SurgeryBackend]], None]) -> None:
+    """Register surgery backends: ``register(name, factory)``, where ``factory()`` returns a
+    :class:`pat_ray.core.contracts.SurgeryBackend`: an object whose ``apply(model, graph,
+    architecture, optimizer=None)`` shrinks the model in place and remaps the optimizer state
+    of the kept channels. Every pruning step then runs the model once on the example input, so
+    a backend that leaves it broken is caught at once, naming the layer."""
 
 
 @hookspec
-def pat_ray_register_models(register):
+def pat_ray_register_models(register: Callable[[str, Callable[..., nn.Module]], None]) -> None:
     """Register model builders: ``register(name, factory)``, where
-    ``factory(num_classes=..., **params)`` returns an ``nn.Module``."""
+    ``factory(num_classes=..., **params)`` returns an ``nn.Module`` that torch.fx can trace."""
 
 
 @hookspec
-def pat_ray_register_datasets(register):
-    """Register datasets: ``register(name, factory)``; see ``pat_ray.data`` for the contract.
+def pat_ray_register_datasets(register: Callable[[str, Callable[..., DataBundle]], None]) -> None:
+    """Register datasets: ``register(name, factory)``, where ``factory(**params)`` returns a
+    :class:`pat_ray.data.DataBundle`.
 
     A factory may carry a ``check(**params)`` attribute that raises ``ValueError`` or
     ``OSError`` for params it cannot use (missing files, say): config validation calls it,
@@ -46,10 +66,12 @@ def pat_ray_register_datasets(register):
 
 
 @hookspec
-def pat_ray_on_epoch_end(epoch, metrics):
-    """Called after every training epoch with the epoch index and that epoch's metrics dict."""
+def pat_ray_on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+    """Called after every training epoch (after its checkpoint is written) with the epoch
+    and that epoch's :class:`pat_ray.run_record.EpochRecord` as a dict."""
 
 
 @hookspec
-def pat_ray_on_prune(epoch, step, architecture, metrics):
-    """Called after every pruning step with the architecture now in effect (base-model indices)."""
+def pat_ray_on_prune(epoch: int, step: int, architecture: Architecture, metrics: dict[str, float]) -> None:
+    """Called after every pruning step with the architecture now in effect (base-model
+    indices) and the model's ``flops``, ``params`` and the ``fraction`` of the budget reached."""

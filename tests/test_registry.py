@@ -137,3 +137,16 @@ def test_cli_lists_every_kind(fresh_registry):
     assert lines[0].split() == ["kind", "name", "plugin", "distribution"]
     kinds = {line.split()[0] for line in lines[1:]}
     assert {"criterion", "surgery", "model"} <= kinds
+
+
+def test_every_registered_metric_and_backend_meets_its_contract():
+    from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
+    from pat_ray.core.criterion import Criterion
+
+    reg = registry.get_registry()
+    for name in reg.names("similarity"):
+        assert isinstance(reg.get("similarity", name).factory(), SimilarityMetric), name
+    for name in reg.names("surgery"):
+        assert isinstance(reg.get("surgery", name).factory(), SurgeryBackend), name
+    for name in reg.names("criterion"):
+        assert isinstance(reg.get("criterion", name).factory(), Criterion), name
