@@ -24,12 +24,12 @@ import time
 import torch
 
 from _report import header, write
-from pat_ray.comm import LocalCollective
 from pat_ray.core.latency_probe import measure_latency
 from pat_ray.core.selection import Budget
-from pat_ray.policies import SnapshotTracker
-from pat_ray.pruner import Pruner
-from pat_ray.registry import get_registry
+from pat_ray.plugins.registry import get_registry
+from pat_ray.training.collective import LocalCollective
+from pat_ray.training.policies import SnapshotTracker
+from pat_ray.training.pruner import Pruner
 
 SETTINGS = {  # model -> (input size, classes, images per epoch of its usual dataset)
     "cifar_resnet56": (32, 10, 50_000),

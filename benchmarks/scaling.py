@@ -19,7 +19,7 @@ import torch
 
 import pat_ray
 from pat_ray.config import Config
-from pat_ray.ray_train import run_on_ray
+from pat_ray.distributed.train import run_on_ray
 
 RESULTS = Path(__file__).parent / "results" / "scaling.md"
 

@@ -30,8 +30,8 @@ import pat_ray
 from _report import header, write
 from _timing import saving_efficiency, step_time_ratio
 from pat_ray.config import AfterTrainingStart, Config, EPIStart, FixedStart, NeverStart, config_from_dict
-from pat_ray.registry import get_registry
-from pat_ray.run_record import RunResult
+from pat_ray.plugins.registry import get_registry
+from pat_ray.training.records import RunResult
 
 POLICIES = {
     "dense": NeverStart(),

@@ -7,7 +7,7 @@ training-step time), ``save_checkpoint`` / ``load_checkpoint``, and
 ``hookimpl`` for plugin authors.
 """
 
-from pat_ray.hookspecs import hookimpl
+from pat_ray.plugins.hookspecs import hookimpl
 
 __all__ = [
     "hookimpl",
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy: plugin modules import ``pat_ray.hookimpl`` while the registry is being built.
     if name == "prune":
-        from pat_ray.oneshot import prune
+        from pat_ray.training.oneshot import prune
 
         return prune
     if name == "measure_cost":
@@ -40,7 +40,7 @@ def __getattr__(name: str):
 
         return measure_latency
     if name == "read_oracle":
-        from pat_ray.oracle import read_summary
+        from pat_ray.sweep.plan import read_summary
 
         return read_summary
     if name in ("run", "oracle", "load_config", "Config"):
@@ -48,7 +48,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name in ("save_checkpoint", "load_checkpoint"):
-        from pat_ray import checkpoint
+        from pat_ray.training import checkpoint
 
         return getattr(checkpoint, name)
     raise AttributeError(f"module 'pat_ray' has no attribute {name!r}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pat_ray.comm import PrintReporter, Reporter, SilentReporter
 from pat_ray.config import Config, load_config
-from pat_ray.engine import train
-from pat_ray.preflight import check_runnable
-from pat_ray.run_record import RunResult
-from pat_ray.run_state import check_new_run, resume_point
+from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
+from pat_ray.training.engine import train
+from pat_ray.training.preflight import check_runnable
+from pat_ray.training.records import RunResult
+from pat_ray.training.run_state import check_new_run, resume_point
 
 
 def run(
@@ -44,11 +44,11 @@ def run(
             config, reporter=reporter or (SilentReporter() if quiet else PrintReporter()), resume=resume_from
         )
     else:
-        from pat_ray.ray_train import run_on_ray
+        from pat_ray.distributed.train import run_on_ray
 
         result = run_on_ray(config, resume=resume_from)
     if config.tracking.mlflow:
-        from pat_ray.tracking import log_run
+        from pat_ray.tracking.mlflow_log import log_run
 
         result.mlflow_run_id = log_run(config, result)
     return result
@@ -63,7 +63,7 @@ def oracle(config: Config | None = None, *, name: str | None = None, resume: boo
     is a parent MLflow run with one child per trial. ``resume=True`` continues the sweep
     called ``name``.
     """
-    from pat_ray.ray_tune import run_oracle
+    from pat_ray.distributed.tune import run_oracle
 
     return run_oracle(config or Config(), name=name, resume=resume, echo=echo)
 

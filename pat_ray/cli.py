@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from pat_ray.checkpoint import CheckpointError
 from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
-from pat_ray.registry import PluginError, PluginFailure, get_registry
+from pat_ray.plugins.registry import PluginError, PluginFailure, get_registry
+from pat_ray.training.checkpoint import CheckpointError
 
 INPUT_ERRORS = (  # exit 2: what the user gave is wrong
     CheckpointError,
@@ -59,7 +59,7 @@ class _Cli(click.Group):
 
 
 def _report(err: Exception) -> None:
-    from pat_ray.engine import TrainingDivergedError
+    from pat_ray.training.engine import TrainingDivergedError
 
     if isinstance(err, ConfigError):
         for line in err.errors:
@@ -140,7 +140,7 @@ def summary(result) -> str:
 def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path | None) -> None:
     """Compare EPI against a grid of fixed start epochs (Ray Tune); write the report."""
     from pat_ray.api import oracle as run_oracle
-    from pat_ray.oracle_report import REPORT_FILE, verdict_lines
+    from pat_ray.sweep.report import REPORT_FILE, verdict_lines
 
     if resume and not name:
         _fail("--resume needs --name, the sweep to continue")
@@ -166,8 +166,8 @@ def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path
 @click.argument("run", type=click.Path(path_type=Path))
 def report(run: Path) -> None:
     """Redraw and print the report of the oracle sweep in folder RUN."""
-    from pat_ray.oracle import read_summary
-    from pat_ray.oracle_report import write_report
+    from pat_ray.sweep.plan import read_summary
+    from pat_ray.sweep.report import write_report
 
     summary = read_summary(run)
     folder = run if run.is_dir() else run.parent
@@ -181,7 +181,7 @@ def validate(config: Path) -> None:
 
     Also checks what this machine must provide for a local run (a writable output_dir, the
     device and precision asked for)."""
-    from pat_ray.preflight import check_runnable
+    from pat_ray.training.preflight import check_runnable
 
     cfg = _load(config)
     check_runnable(cfg, local=not cfg.scaling.use_gpu, source=str(config))

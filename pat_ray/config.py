@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Measure
-from pat_ray.registry import get_registry
+from pat_ray.plugins.registry import get_registry
 
 
 def expand_path(value: str | Path, what: str) -> Path:

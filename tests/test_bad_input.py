@@ -15,11 +15,11 @@ import yaml
 from click.testing import CliRunner
 
 import pat_ray
-from pat_ray import registry
-from pat_ray.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pat_ray.cli import main
 from pat_ray.core.architecture import Architecture
 from pat_ray.models.cifar_resnet import CifarResNet
+from pat_ray.plugins import registry
+from pat_ray.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 TINY = {"training": {"epochs": 3, "schedule": {"warmup_epochs": 0}}, "start": {"kind": "fixed", "epoch": 1}}
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import pat_ray
 from pat_ray.config import Config, FixedStart
-from pat_ray.registry import get_registry
+from pat_ray.plugins.registry import get_registry
 
 
 def write_cifar10(root, per_batch: int = 8) -> None:

@@ -9,8 +9,6 @@ import torch
 from torch.utils.data import Dataset
 
 import pat_ray
-from pat_ray import registry
-from pat_ray.checkpoint import load_checkpoint, read_checkpoint
 from pat_ray.config import (
     AfterTrainingStart,
     Config,
@@ -20,7 +18,9 @@ from pat_ray.config import (
     NeverStart,
 )
 from pat_ray.core.epi import should_trigger
-from pat_ray.engine import TrainingDivergedError
+from pat_ray.plugins import registry
+from pat_ray.training.checkpoint import load_checkpoint, read_checkpoint
+from pat_ray.training.engine import TrainingDivergedError
 
 
 def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
@@ -182,14 +182,14 @@ class CrashAfter:
 
 
 def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
-    from pat_ray.engine import train
+    from pat_ray.training.engine import train
 
     cfg = tiny(tmp_path, FixedStart(epoch=2), epochs=5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, reporter=CrashAfter(3))
     checkpoint = tmp_path / "digits" / "last.pt"
     assert read_checkpoint(checkpoint).extra["epoch"] == 3
-    from pat_ray.comm import SilentReporter
+    from pat_ray.training.collective import SilentReporter
 
     resumed = train(cfg, reporter=SilentReporter(), resume=checkpoint)
     assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5]

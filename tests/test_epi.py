@@ -136,14 +136,14 @@ def test_per_layer_similarity_counts_a_group_once_per_layer_it_sets(data):
 def test_snapshots_carry_layer_counts_for_the_per_layer_metric():
     import torch
 
-    from pat_ray.comm import LocalCollective
     from pat_ray.core.architecture import Architecture
     from pat_ray.core.selection import Budget
-    from pat_ray.default_plugins.criteria.magnitude import Magnitude
-    from pat_ray.default_plugins.similarity import structural, structural_layers
-    from pat_ray.default_plugins.surgery_native import NativeSurgery
     from pat_ray.models.cifar_resnet import CifarResNet
-    from pat_ray.pruner import Pruner
+    from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+    from pat_ray.plugins.builtin.similarity import structural, structural_layers
+    from pat_ray.plugins.builtin.surgery_native import NativeSurgery
+    from pat_ray.training.collective import LocalCollective
+    from pat_ray.training.pruner import Pruner
 
     model = CifarResNet(20, num_classes=4)
     pruner = Pruner(model, torch.zeros(1, 3, 16, 16), Magnitude(), NativeSurgery(), Budget(0.5), 1, 1, [],

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from pat_ray.cli import main
-from pat_ray.default_plugins.idx_datasets import FASHION_ROOT, FILES, check_files, fashion_mnist, mnist
+from pat_ray.plugins.builtin.idx_datasets import FASHION_ROOT, FILES, check_files, fashion_mnist, mnist
 
 
 def write_idx(folder: Path, per_class: int, test_per_class: int, gz: bool) -> None:

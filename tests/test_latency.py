@@ -15,7 +15,7 @@ from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
 from pat_ray.core.latency_probe import count_grid, measure_latency
 from pat_ray.core.selection import Budget, BudgetError, budget_measure, select_architecture
-from pat_ray.registry import get_registry
+from pat_ray.plugins.registry import get_registry
 
 counts_axis = st.lists(st.integers(1, 512), min_size=1, max_size=5, unique=True).map(lambda xs: tuple(sorted(xs)))
 raw_seconds = st.floats(0, 1, allow_nan=False)

@@ -9,12 +9,12 @@ import yaml
 from click.testing import CliRunner
 
 import pat_ray
-from pat_ray.checkpoint import read_checkpoint
 from pat_ray.cli import main
-from pat_ray.comm import PrintReporter
 from pat_ray.config import ConfigError, FixedStart, config_from_dict
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import BudgetError
+from pat_ray.training.checkpoint import read_checkpoint
+from pat_ray.training.collective import PrintReporter
 
 
 def time_budget(tmp_path, fraction=0.75, epochs=4, name="digits", **budget):
@@ -43,7 +43,7 @@ def forbid_measuring(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the run timed its layers again instead of using its table")
 
-    monkeypatch.setattr("pat_ray.latency_budget.measure_latency", refuse)
+    monkeypatch.setattr("pat_ray.training.latency_budget.measure_latency", refuse)
 
 
 def test_a_time_budget_run_keeps_its_share_of_the_step_and_saves_its_table(tmp_path):
@@ -61,7 +61,7 @@ def test_a_time_budget_run_keeps_its_share_of_the_step_and_saves_its_table(tmp_p
 
 
 def test_a_resumed_run_prices_with_the_table_in_its_checkpoint(tmp_path, monkeypatch):
-    from pat_ray.engine import train
+    from pat_ray.training.engine import train
 
     config = time_budget(tmp_path, epochs=4)
     with pytest.raises(KeyboardInterrupt):

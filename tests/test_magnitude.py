@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pat_ray.core.groups import trace_channel_groups
-from pat_ray.default_plugins.criteria.magnitude import Magnitude
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 
 
 class TwoConvs(nn.Module):

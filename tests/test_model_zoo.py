@@ -14,8 +14,8 @@ from pat_ray.core.cost import graph_cost, measure_cost
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
-from pat_ray.default_plugins.criteria.magnitude import Magnitude
 from pat_ray.models.cifar_resnet import CifarResNet
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 
 TORCHVISION = [
     "resnet18",

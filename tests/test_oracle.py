@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pat_ray.checkpoint import read_checkpoint
 from pat_ray.cli import main
 from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
-from pat_ray.oracle import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
-from pat_ray.oracle_report import PLOTS, REPORT_FILE, markdown, write_report
+from pat_ray.sweep.plan import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
+from pat_ray.sweep.report import PLOTS, REPORT_FILE, markdown, write_report
+from pat_ray.training.checkpoint import read_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -110,7 +110,7 @@ def test_oracle_resume_needs_a_name():
 def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
     import mlflow
 
-    from pat_ray.ray_tune import SweepExistsError, run_oracle
+    from pat_ray.distributed.tune import SweepExistsError, run_oracle
 
     # a budget in step time: the sweep times the layers once and every trial prices with that table
     config, name = with_time_budget(small_config(tmp_path)), f"sweep-{uuid.uuid4().hex[:8]}"
@@ -162,7 +162,7 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
 
 @pytest.mark.usefixtures("local_ray")
 def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
-    from pat_ray.ray_tune import run_oracle
+    from pat_ray.distributed.tune import run_oracle
 
     config = with_time_budget(small_config(tmp_path, start_epochs=[1], policies=[], max_concurrent_trials=1))
     config = config.model_copy(

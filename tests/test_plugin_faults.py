@@ -7,10 +7,10 @@ import yaml
 from click.testing import CliRunner
 
 import pat_ray
-from pat_ray import registry
-from pat_ray.checkpoint import read_checkpoint
 from pat_ray.cli import main
 from pat_ray.core.criterion import filter_norms
+from pat_ray.plugins import registry
+from pat_ray.training.checkpoint import read_checkpoint
 
 
 class FlakyCriterion(pat_ray.core.criterion.Criterion):

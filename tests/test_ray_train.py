@@ -40,7 +40,7 @@ def rank_logs(storage, name):
 
 
 def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
-    from pat_ray.ray_train import run_on_ray
+    from pat_ray.distributed.train import run_on_ray
 
     name = f"agree-{uuid.uuid4().hex[:8]}"
     result = run_on_ray(two_workers(tmp_path), storage_path=tmp_path / "storage", run_name=name)
@@ -56,7 +56,7 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     assert all(line["gossip_bytes"] > 0 for lines in logs.values() for line in lines)
 
     # the MLflow run of the distributed result holds its per-epoch metrics and artifacts
-    from pat_ray.tracking import log_run
+    from pat_ray.tracking.mlflow_log import log_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = result.config.model_copy(
@@ -71,7 +71,7 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
 
     # a fresh process loads the final checkpoint and reproduces the reported accuracy
     script = (
-        "import sys, torch; from pat_ray import load_checkpoint; from pat_ray.registry import get_registry;"
+        "import sys, torch; from pat_ray import load_checkpoint; from pat_ray.plugins.registry import get_registry;"
         "m, _ = load_checkpoint(sys.argv[1]); m.eval(); d = get_registry().create('dataset', 'digits');"
         "x = torch.stack([a for a, _ in d.val]); y = torch.tensor([b for _, b in d.val]);"
         "print((m(x).argmax(1) == y).float().mean().item())"
@@ -85,8 +85,8 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
 def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp_path):
     """With a budget in step time, so that it also shows: rank 0 times the layers once, every
     rank prices with that table, and the restarted group reuses the one in the checkpoint."""
-    from pat_ray.checkpoint import read_checkpoint
-    from pat_ray.ray_train import run_on_ray
+    from pat_ray.distributed.train import run_on_ray
+    from pat_ray.training.checkpoint import read_checkpoint
 
     base = two_workers(tmp_path)
     budget = base.pruning.budget.model_copy(update={"measure": "latency", "fraction": 0.75, "latency_grid": 3})
@@ -116,8 +116,8 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
 
 def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(local_ray, tmp_path):
     import pat_ray
-    from pat_ray import registry
-    from pat_ray.checkpoint import read_checkpoint
+    from pat_ray.plugins import registry
+    from pat_ray.training.checkpoint import read_checkpoint
 
     class StopAfterTwo:
         @pat_ray.hookimpl

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import pat_ray
-from pat_ray import registry
 from pat_ray.cli import main
+from pat_ray.plugins import registry
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
 from pat_ray.core.verify import PrunedModelError, check_pruned, output_shapes
-from pat_ray.default_plugins.criteria.magnitude import Magnitude
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:

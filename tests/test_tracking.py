@@ -6,7 +6,7 @@ import pytest
 
 import pat_ray
 from pat_ray.config import Config, FixedStart
-from pat_ray.tracking import TrackingWarning
+from pat_ray.tracking.mlflow_log import TrackingWarning
 
 mlflow = pytest.importorskip("mlflow")
 

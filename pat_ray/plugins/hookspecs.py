@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pat_ray.core.architecture import Architecture
     from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
     from pat_ray.core.criterion import Criterion
-    from pat_ray.data import DataBundle
+    from pat_ray.core.data import DataBundle
 
 hookspec = HookspecMarker("pat_ray")
 hookimpl = HookimplMarker("pat_ray")
@@ -58,7 +58,7 @@ def pat_ray_register_models(register: Callable[[str, Callable[..., nn.Module]], 
 @hookspec
 def pat_ray_register_datasets(register: Callable[[str, Callable[..., DataBundle]], None]) -> None:
     """Register datasets: ``register(name, factory)``, where ``factory(**params)`` returns a
-    :class:`pat_ray.data.DataBundle`.
+    :class:`pat_ray.core.data.DataBundle`.
 
     A factory may carry a ``check(**params)`` attribute that raises ``ValueError`` or
     ``OSError`` for params it cannot use (missing files, say): config validation calls it,
@@ -68,7 +68,7 @@ def pat_ray_register_datasets(register: Callable[[str, Callable[..., DataBundle]
 @hookspec
 def pat_ray_on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
     """Called after every training epoch (after its checkpoint is written) with the epoch
-    and that epoch's :class:`pat_ray.run_record.EpochRecord` as a dict."""
+    and that epoch's :class:`pat_ray.training.records.EpochRecord` as a dict."""
 
 
 @hookspec

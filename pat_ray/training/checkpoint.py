@@ -182,7 +182,7 @@ def build_pruned_model(
     input_shape: tuple[int, ...],
 ) -> nn.Module:
     """The registered base model, physically pruned to ``architecture``."""
-    from pat_ray.registry import get_registry
+    from pat_ray.plugins.registry import get_registry
 
     model = get_registry().create("model", model_name, **model_params)
     graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]))
@@ -192,7 +192,7 @@ def build_pruned_model(
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Rebuild the pruned model saved at ``path``; returns it with the checkpoint's contents."""
-    from pat_ray.registry import PluginError
+    from pat_ray.plugins.registry import PluginError
 
     ckpt = read_checkpoint(path, map_location)
     try:

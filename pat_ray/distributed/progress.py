@@ -6,10 +6,10 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from pat_ray.checkpoint import Checkpoint, atomic_write
-from pat_ray.comm import PrintReporter
 from pat_ray.config import Config
-from pat_ray.run_record import RunResult, RunState
+from pat_ray.training.checkpoint import Checkpoint, atomic_write
+from pat_ray.training.collective import PrintReporter
+from pat_ray.training.records import RunResult, RunState
 
 
 class ProgressCallback(UserCallback):
@@ -22,7 +22,7 @@ class ProgressCallback(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is not None:
-            from pat_ray.run_state import LAST, PREVIOUS
+            from pat_ray.training.run_state import LAST, PREVIOUS
 
             with checkpoint.as_directory() as folder:
                 data = (Path(folder) / LAST).read_bytes()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from torch import nn
 
-from pat_ray.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
-from pat_ray.policies import SnapshotTracker
-from pat_ray.pruner import Pruner
-from pat_ray.run_record import RunState
+from pat_ray.training.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
+from pat_ray.training.policies import SnapshotTracker
+from pat_ray.training.pruner import Pruner
+from pat_ray.training.records import RunState
 
 LAST, PREVIOUS, HISTORY = "last.pt", "previous.pt", "history.json"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pat_ray.checkpoint import atomic_write_text
-from pat_ray.comm import Collective
 from pat_ray.config import Config
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.latency_probe import measure_latency
-from pat_ray.run_setup import AUTOCAST_DTYPES, build_run
+from pat_ray.training.checkpoint import atomic_write_text
+from pat_ray.training.collective import Collective
+from pat_ray.training.setup import AUTOCAST_DTYPES, build_run
 
 TABLE_FILE = "latency_table.json"
 

@@ -19,7 +19,7 @@ from pat_ray.config import (
 )
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import early_bird_trigger, epi_value, should_trigger
-from pat_ray.default_plugins.similarity import mask_hamming
+from pat_ray.plugins.builtin.similarity import mask_hamming
 
 Similarity = Callable[[Architecture, Architecture], float]
 

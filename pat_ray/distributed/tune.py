@@ -18,13 +18,14 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pat_ray.checkpoint import read_checkpoint
 from pat_ray.config import Config, FixedStart, config_from_dict
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
-from pat_ray.latency_budget import TABLE_FILE, measure_for_config, write_table
-from pat_ray.oracle import (
+from pat_ray.distributed.progress import result_from_checkpoint
+from pat_ray.distributed.train import report_with_checkpoint
+from pat_ray.plugins.registry import get_registry
+from pat_ray.sweep.plan import (
     OracleSummary,
     TrialOutcome,
     epi_policy,
@@ -35,11 +36,10 @@ from pat_ray.oracle import (
     trial_label,
     write_summary,
 )
-from pat_ray.oracle_report import write_report
-from pat_ray.ray_progress import result_from_checkpoint
-from pat_ray.ray_train import report_with_checkpoint
-from pat_ray.registry import get_registry
-from pat_ray.run_record import RunState
+from pat_ray.sweep.report import write_report
+from pat_ray.training.checkpoint import read_checkpoint
+from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config, write_table
+from pat_ray.training.records import RunState
 
 CALIBRATION_SOURCES = ("never", "after_training", "epi")  # longest-watched dense phase first
 
@@ -111,7 +111,7 @@ def run_oracle(
     summary.folder = str(sweep_dir)
     write_report(sweep_dir, summary)
     if config.tracking.mlflow:
-        from pat_ray.tracking import log_oracle
+        from pat_ray.tracking.mlflow_log import log_oracle
 
         summary.mlflow_run_id = log_oracle(config, summary, results)
     write_summary(sweep_dir, summary)
@@ -199,7 +199,7 @@ def _run_trial(
     """One trial inside a Tune actor: the engine here, or a TorchTrainer for several workers."""
     from ray import tune
 
-    from pat_ray.engine import train
+    from pat_ray.training.engine import train
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     label = params["label"]
@@ -208,7 +208,7 @@ def _run_trial(
     if config.scaling.num_workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from pat_ray.ray_train import run_on_ray
+        from pat_ray.distributed.train import run_on_ray
 
         # same run name + storage on a restored sweep: Train continues the run it had begun
         result = run_on_ray(

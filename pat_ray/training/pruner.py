@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pat_ray.comm import Collective
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost import Cost, graph_cost
 from pat_ray.core.criterion import Criterion, Scores
@@ -20,6 +19,7 @@ from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
 from pat_ray.core.verify import check_pruned, output_shapes
+from pat_ray.training.collective import Collective
 
 
 @dataclass

@@ -45,10 +45,10 @@ def run_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pat_ray.checkpoint import atomic_write, read_checkpoint
     from pat_ray.core.latency import LatencyTable
-    from pat_ray.latency_budget import TABLE_FILE, write_table
-    from pat_ray.ray_progress import ProgressCallback, result_from_checkpoint
+    from pat_ray.distributed.progress import ProgressCallback, result_from_checkpoint
+    from pat_ray.training.checkpoint import atomic_write, read_checkpoint
+    from pat_ray.training.latency_budget import TABLE_FILE, write_table
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
@@ -95,8 +95,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO; we print our own line
     from pat_ray.core.latency import LatencyTable
-    from pat_ray.dist import DistributedCollective
-    from pat_ray.engine import train
+    from pat_ray.distributed.torch_collective import DistributedCollective
+    from pat_ray.training.engine import train
 
     config = config_from_dict(loop_config["config"])
     context = ray.train.get_context()

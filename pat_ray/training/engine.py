@@ -19,20 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pat_ray.checkpoint import Checkpoint, CheckpointError, read_checkpoint
-from pat_ray.comm import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.config import AfterTrainingStart, Config, EPIStart
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget
-from pat_ray.latency_budget import run_latency_table
-from pat_ray.policies import SnapshotTracker, decide, tracker_window
-from pat_ray.pruner import Pruner
-from pat_ray.registry import get_plugin_manager, get_registry
-from pat_ray.run_record import EpochRecord, Phase, RunResult, RunState
-from pat_ray.run_setup import autocast as run_autocast
-from pat_ray.run_setup import build_run
-from pat_ray.run_state import restore_run_state, save_run_state
-from pat_ray.schedule import lr_multiplier
+from pat_ray.plugins.registry import get_plugin_manager, get_registry
+from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
+from pat_ray.training.latency_budget import run_latency_table
+from pat_ray.training.policies import SnapshotTracker, decide, tracker_window
+from pat_ray.training.pruner import Pruner
+from pat_ray.training.records import EpochRecord, Phase, RunResult, RunState
+from pat_ray.training.run_state import restore_run_state, save_run_state
+from pat_ray.training.schedule import lr_multiplier
+from pat_ray.training.setup import autocast as run_autocast
+from pat_ray.training.setup import build_run
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pat_ray.checkpoint import atomic_write_text
-from pat_ray.oracle import OracleSummary, TrialOutcome
-from pat_ray.oracle_stats import GroupStats, Verdict
-from pat_ray.report import MaxNLocator, plt
+from pat_ray.sweep.plan import OracleSummary, TrialOutcome
+from pat_ray.sweep.stats import GroupStats, Verdict
+from pat_ray.tracking.plots import MaxNLocator, plt
+from pat_ray.training.checkpoint import atomic_write_text
 
 REPORT_FILE = "report.md"
 PLOTS = {

@@ -20,7 +20,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms import v2
 
 import pat_ray
-from pat_ray.data import DataBundle
+from pat_ray.core.data import DataBundle
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

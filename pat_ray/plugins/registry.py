@@ -1,6 +1,6 @@
 """The plugin manager and the name registry built from it.
 
-Built-ins in ``pat_ray.default_plugins`` register through the same hooks as third-party
+Built-ins in ``pat_ray.plugins.builtin`` register through the same hooks as third-party
 plugins, which are discovered through the ``pat_ray`` entry-point group (set
 ``PAT_RAY_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them). A name registered twice is an error
 naming both plugins, never a silent override.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from pat_ray import hookspecs
+from pat_ray.plugins import hookspecs
 
 KINDS = {
     "criterion": "pat_ray_register_criteria",
@@ -28,14 +28,14 @@ KINDS = {
     "dataset": "pat_ray_register_datasets",
 }
 DEFAULT_PLUGINS = (
-    "pat_ray.default_plugins.criteria.magnitude",
-    "pat_ray.default_plugins.criteria.bn_scale",
-    "pat_ray.default_plugins.criteria.taylor",
-    "pat_ray.default_plugins.similarity",
-    "pat_ray.default_plugins.surgery_native",
-    "pat_ray.default_plugins.models",
-    "pat_ray.default_plugins.datasets",
-    "pat_ray.default_plugins.idx_datasets",
+    "pat_ray.plugins.builtin.criteria.magnitude",
+    "pat_ray.plugins.builtin.criteria.bn_scale",
+    "pat_ray.plugins.builtin.criteria.taylor",
+    "pat_ray.plugins.builtin.similarity",
+    "pat_ray.plugins.builtin.surgery_native",
+    "pat_ray.plugins.builtin.models",
+    "pat_ray.plugins.builtin.datasets",
+    "pat_ray.plugins.builtin.idx_datasets",
 )
 AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
 

@@ -103,7 +103,7 @@ def _log_oracle(config: Config, summary, results: list) -> str:
 
 
 def _log_into_active_run(mlflow, config: Config, result, log_checkpoint: bool) -> None:
-    from pat_ray.report import plot_epi_curve
+    from pat_ray.tracking.plots import plot_epi_curve
 
     mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
     for record in result.history:

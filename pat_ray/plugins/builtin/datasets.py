@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from torchvision import datasets, transforms
 
 import pat_ray
-from pat_ray.data import DataBundle
+from pat_ray.core.data import DataBundle
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

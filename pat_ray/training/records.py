@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pat_ray.checkpoint import Checkpoint, CheckpointError
 from pat_ray.config import Config
+from pat_ray.training.checkpoint import Checkpoint, CheckpointError
 
 Phase = Literal["dense", "pruning", "pruned", "finetune"]
 

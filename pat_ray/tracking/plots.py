@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 if TYPE_CHECKING:
-    from pat_ray.run_record import EpochRecord
+    from pat_ray.training.records import EpochRecord
 
 
 def plot_epi_curve(

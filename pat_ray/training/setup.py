@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from pat_ray.config import Config
-from pat_ray.data import DataBundle
-from pat_ray.registry import get_registry
+from pat_ray.core.data import DataBundle
+from pat_ray.plugins.registry import get_registry
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
 

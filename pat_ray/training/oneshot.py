@@ -14,7 +14,7 @@ from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, select_architecture
 from pat_ray.core.verify import check_pruned, output_shapes
-from pat_ray.registry import get_registry
+from pat_ray.plugins.registry import get_registry
 
 
 def prune(

@@ -4,7 +4,7 @@ The paper's evidence that EPI picks a good start epoch is a grid search: the sam
 with pruning started at every candidate epoch, next to the single EPI run. ``trial_configs``
 turns one pipeline config into that grid (plus the Early-Bird, dense and
 train-prune-fine-tune baselines); ``summarize`` reduces the finished trials to the numbers
-the report states. ``pat_ray.ray_tune`` runs the trials.
+the report states. ``pat_ray.distributed.tune`` runs the trials.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pat_ray.checkpoint import atomic_write_text
 from pat_ray.config import (
     AfterTrainingStart,
     Config,
@@ -25,10 +24,11 @@ from pat_ray.config import (
     oracle_grid,
 )
 from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
-from pat_ray.oracle_stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
+from pat_ray.sweep.stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
+from pat_ray.training.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
-    from pat_ray.run_record import RunResult
+    from pat_ray.training.records import RunResult
 
 RESULT_FILE = "oracle.json"
 
