@@ -35,7 +35,7 @@ def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architectur
             mask[list(arch.kept[group.name])] = False
             drop = mask.nonzero().flatten()
             for member in group.members:
-                if member.role == "in":
+                if member.role in ("in", "param"):  # consumers, and per-channel scales of zeroed channels
                     continue
                 module = model.get_submodule(member.module)
                 for name in ("weight", "bias"):

@@ -141,18 +141,6 @@ def test_splits_along_other_axes_leave_channels_prunable():
     assert {g.name for g in graph.prunable} == {"stem.0", "mid.0"}
 
 
-class ScaledLinear(nn.Module):
-    """A (C,) parameter times an (N, C) activation varies over the channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
-        self.scale = nn.Parameter(torch.ones(16))
-
-    def forward(self, x):
-        return self.fc2(self.fc1(x.flatten(1)) * self.scale)
-
-
 class MaxOverChannels(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -194,13 +182,12 @@ class ChannelSliceAfterSplit(nn.Module):
 @pytest.mark.parametrize(
     "model, x, named",
     [
-        (ScaledLinear(), torch.randn(2, 8), "mul"),
         (MaxOverChannels(), torch.randn(2, 3, 8, 8), "max"),
         (StackedPieces(), torch.randn(2, 3, 8, 8), "stack"),
         (ListInput(), [torch.randn(2, 3, 8, 8)], "stem.0"),
         (ChannelSliceAfterSplit(), torch.randn(2, 3, 8, 8), "getitem"),
     ],
-    ids=["param-times-features", "tuple-op-unknown", "tuple-to-stack", "list-input", "channel-slice"],
+    ids=["tuple-op-unknown", "tuple-to-stack", "list-input", "channel-slice"],
 )
 def test_what_the_tracer_cannot_follow_is_refused_naming_the_op(model, x, named):
     with pytest.raises(UnsupportedModelError, match=named):
@@ -229,3 +216,91 @@ def test_check_pruned_refuses_changed_output_shapes():
     model.head = nn.Linear(16, 3)
     with pytest.raises(PrunedModelError, match="shapes"):
         check_pruned(model, x, expected)
+
+
+class LayerScale(nn.Module):
+    """A (1, C, 1, 1) layer scale and a (C,) scale on features: parameters sliced with their group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block = conv_bn(3, 16), conv_bn(16, 16)
+        self.gamma = nn.Parameter(torch.rand(1, 16, 1, 1) + 0.5)
+        self.fc1, self.fc2 = nn.Linear(16, 12), nn.Linear(12, 5)
+        self.feature_scale = nn.Parameter(torch.rand(12) + 0.5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.block(x) * self.gamma
+        return self.fc2(self.fc1(x.mean((2, 3))) * self.feature_scale)
+
+
+def test_per_channel_parameters_are_sliced_with_their_group_and_keep_the_model_exact():
+    torch.manual_seed(0)
+    model, x = LayerScale(), torch.randn(3, 3, 8, 8)
+    randomize_norms(model)
+    model.eval()
+    graph = trace_channel_groups(model, x)
+    params = {m.module: (g.name, m.axis) for g in graph.groups for m in g.members_with_role("param")}
+    assert params == {"gamma": ("stem.0", 1), "feature_scale": ("fc1", 0)}
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(0.5))
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(3, dtype=torch.long)).backward()
+    optimizer.step()
+    momentum = optimizer.state[model.gamma]["momentum_buffer"].clone()
+    reference.load_state_dict(model.state_dict())  # the same trained weights...
+    zero_removed_channels(reference, graph, arch)  # ...with the removed channels zeroed
+    apply_architecture(model, graph, arch, optimizer)
+    kept = torch.tensor(arch.kept["stem.0"])
+    assert model.gamma.shape == (1, len(kept), 1, 1) and model.feature_scale.shape == (len(arch.kept["fc1"]),)
+    torch.testing.assert_close(optimizer.state[model.gamma]["momentum_buffer"], momentum[:, kept])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_parameter_applied_to_channels_twice_is_refused():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = conv_bn(3, 8), conv_bn(3, 8)
+            self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(torch.cat([self.a(x) * self.scale, self.b(x) * self.scale], 1).mean((2, 3)))
+
+    with pytest.raises(UnsupportedModelError, match="'scale'.*more than one place"):
+        trace_channel_groups(Twice(), torch.randn(1, 3, 8, 8))
+
+
+def test_a_model_with_several_inputs_and_outputs_prunes_with_a_tuple_of_examples():
+    class TwoInTwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rgb, self.depth = conv_bn(3, 8), conv_bn(1, 8)
+            self.mid, self.head = conv_bn(8, 12), nn.Linear(12, 4)
+
+        def forward(self, image, depth):
+            features = self.mid(self.rgb(image) + self.depth(depth))
+            return self.head(features.mean((2, 3))), features
+
+    model, example = TwoInTwoOut(), (torch.randn(2, 3, 8, 8), torch.randn(2, 1, 8, 8))
+    arch = pat_ray.prune(model, example, budget=0.6)
+    assert "rgb.0" in arch.kept and len(arch.kept["rgb.0"]) < 8  # the summed inputs' group is pruned
+    logits, features = model(*example)
+    assert logits.shape == (2, 4) and features.shape == (2, 12, 8, 8)  # a returned tensor keeps its channels
+
+
+def test_parameters_no_forward_uses_are_left_alone():
+    class Spare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.spare, self.head = conv_bn(3, 8), nn.Conv2d(8, 8, 3), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.stem(x).mean((2, 3)))
+
+    model = Spare()
+    pat_ray.prune(model, torch.randn(2, 3, 8, 8), budget=0.5)
+    assert model.stem[0].out_channels < 8 and model.spare.weight.shape == (8, 8, 3, 3)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pat_ray.core.graph import ComputeTerm, ModelGraph
+from pat_ray.core.graph import ComputeTerm, Example, ModelGraph, first_sample
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def graph_cost(graph: ModelGraph) -> Cost:
     return cost_of(graph.terms, {g.name: g.size for g in graph.groups})
 
 
-def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
+def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     """Count conv/linear MACs with forward hooks and all parameters of the model."""
     total = 0
 
@@ -53,7 +53,7 @@ def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
     return Cost(total, sum(p.numel() for p in model.parameters()))
 
 
-def hooked_forward(model: nn.Module, example_input: torch.Tensor, hooks: Mapping[nn.Module, Callable]) -> None:
+def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable]) -> None:
     """One eval-mode, no-grad forward of one example with ``hooks`` attached as forward hooks;
     the model's mode is restored and the hooks removed whatever happens."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
@@ -61,7 +61,7 @@ def hooked_forward(model: nn.Module, example_input: torch.Tensor, hooks: Mapping
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input[:1])
+            model(*first_sample(example_input))
     finally:
         model.train(was_training)
         for handle in handles:

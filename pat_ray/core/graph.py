@@ -12,6 +12,14 @@ import torch
 
 INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
 
+Example = torch.Tensor | tuple[torch.Tensor, ...]  # a model's example input: one tensor, or one per argument
+
+
+def first_sample(example: Example) -> tuple[torch.Tensor, ...]:
+    """The first sample of every input, as positional arguments for the model."""
+    inputs = example if isinstance(example, tuple | list) else (example,)
+    return tuple(t[:1] for t in inputs)
+
 
 class UnsupportedModelError(ValueError):
     """The tracer met an op whose channel semantics it cannot guarantee."""
@@ -22,8 +30,10 @@ class Member:
     """One place a group's channels live: ``module``'s dimension selected by ``role``.
 
     role: ``out`` (conv/linear weight dim 0), ``in`` (weight dim 1), ``norm`` (BatchNorm),
-    ``depthwise`` (a depthwise conv whose input and output follow the group), or
-    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed).
+    ``depthwise`` (a depthwise conv whose input and output follow the group),
+    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed), or
+    ``param`` (a parameter or buffer that an element-wise op applies per channel, e.g. a
+    layer scale: ``module`` is then the parameter's dotted name, sliced along ``axis``).
     Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
     """
 
@@ -31,6 +41,7 @@ class Member:
     role: str
     offset: int = 0
     repeat: int = 1
+    axis: int = 0
 
     def positions(self, channels: torch.Tensor) -> torch.Tensor:
         """Positions in the module's dimension occupied by the given group channels."""

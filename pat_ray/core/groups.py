@@ -27,9 +27,11 @@ from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
     ChannelGroup,
     ComputeTerm,
+    Example,
     Member,
     ModelGraph,
     UnsupportedModelError,
+    first_sample,
 )
 from pat_ray.core.layout import GroupBuilder, Layout
 from pat_ray.core.tensor_ops import (
@@ -65,11 +67,12 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def trace_channel_groups(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Example,
     exclude: Iterable[str] = (),
 ) -> ModelGraph:
     """Trace ``model`` and return its channel groups and cost terms.
 
+    ``example_input``: one tensor, or a tuple with one tensor per argument of ``forward``.
     ``exclude`` names modules whose output channels must be kept (their groups are pinned).
     The model is traced in eval mode (stochastic depth and dropout become identities) and
     restored to its previous mode afterwards.
@@ -79,7 +82,7 @@ def trace_channel_groups(
     try:
         graph_module = fx.symbolic_trace(model)
         with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input[:1])
+            ShapeProp(graph_module).propagate(*first_sample(example_input))
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
@@ -93,7 +96,7 @@ def trace_channel_groups(
     layouts: dict[fx.Node, Traced] = {}
     for node in graph_module.graph.nodes:
         layouts[node] = _visit(builder, graph_module, node, layouts)
-    return _finalize(builder, tuple(example_input.shape))
+    return _finalize(builder, tuple(first_sample(example_input)[0].shape))
 
 
 def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
@@ -308,11 +311,13 @@ def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape,
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
     members: dict[int, list[Member]] = {}
-    for module, role, layout in b.slots:
+    slots = [(module, role, layout, 0) for module, role, layout in b.slots]
+    slots += [(target, "param", layout, axis) for target, (axis, layout) in b.params.items()]
+    for module, role, layout, axis in slots:
         offset = 0
         for gid in layout.groups:
             root = b.find(gid)
-            members.setdefault(root, []).append(Member(module, role, offset, layout.repeat))
+            members.setdefault(root, []).append(Member(module, role, offset, layout.repeat, axis))
             offset += b.sizes[root] * layout.repeat
     roots = sorted({b.find(g) for g in range(len(b.parent))})
     names = {r: b.labels[r] for r in roots}

@@ -34,6 +34,7 @@ class GroupBuilder:
     pinned: set[int] = field(default_factory=set)
     subgroups: dict[int, int] = field(default_factory=dict)
     slots: list[tuple[str, str, Layout]] = field(default_factory=list)
+    params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
 
     def new_group(self, size: int, label: str, pinned: bool = False) -> Layout:
@@ -78,6 +79,12 @@ class GroupBuilder:
         for ga, gb in zip(a.groups, b.groups):
             self.union(ga, gb, where)
         return a
+
+    def add_param(self, target: str, axis: int, layout: Layout, where: str) -> None:
+        """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group."""
+        if target in self.params:
+            raise UnsupportedModelError(f"{where}: parameter {target!r} is applied to channels in more than one place")
+        self.params[target] = (axis, layout)
 
     def pin(self, layout: Layout) -> None:
         for g in layout.groups:

@@ -30,8 +30,12 @@ def apply_architecture(
     """Shrink ``model`` in place to ``architecture`` (indices relative to ``graph``)."""
     removed, roles = channels_to_drop(graph, architecture)
     touched = sorted({name for name, _ in removed})
+    param_axes = {m.module: m.axis for g in graph.groups for m in g.members_with_role("param")}
     state = _Rewriter(optimizer)
     for name in touched:
+        if name in param_axes:
+            _shrink_param(model, name, param_axes[name], removed[(name, "param")], state)
+            continue
         module = model.get_submodule(name)
         drop_out = removed.get((name, "out"), _cat(None))
         drop_in = removed.get((name, "in"), _cat(None))
@@ -49,7 +53,7 @@ def apply_architecture(
 def channels_to_drop(
     graph: ModelGraph, architecture: Architecture
 ) -> tuple[dict[tuple[str, str], torch.Tensor], dict[str, set[str]]]:
-    """Per ``(module name, "out" | "in")`` the sorted channel indices ``architecture`` removes,
+    """Per ``(module name, "out" | "in" | "param")`` the sorted channel indices ``architecture`` removes,
     and the roles each touched module plays (a surgery backend's whole to-do list)."""
     removed: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
     roles: dict[str, set[str]] = defaultdict(set)
@@ -65,7 +69,7 @@ def channels_to_drop(
         if drop.numel() == 0:
             continue
         for member in group.members:
-            axis = "in" if member.role == "in" else "out"
+            axis = member.role if member.role in ("in", "param") else "out"
             removed[(member.module, axis)].append(member.positions(drop))
             roles[member.module].add(member.role)
     return {key: _cat(parts) for key, parts in removed.items()}, dict(roles)
@@ -179,6 +183,14 @@ def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
     rewrite(linear, "weight", lambda t: by_in(by_out(t)))
     rewrite(linear, "bias", by_out)
     linear.out_features, linear.in_features = len(keep_out), len(keep_in)
+
+
+def _shrink_param(model: nn.Module, name: str, axis: int, drop: torch.Tensor, rewrite) -> None:
+    """A per-channel parameter or buffer (a layer scale, say), sliced along its channel axis."""
+    owner, _, attribute = name.rpartition(".")
+    module = model.get_submodule(owner)
+    keep = kept_indices(getattr(module, attribute).shape[axis], drop)
+    rewrite(module, attribute, _select(axis, keep))
 
 
 def _shrink_norm(norm, drop: torch.Tensor, rewrite) -> None:

@@ -33,7 +33,7 @@ def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layou
     if len(shape) < 2:
         raise UnsupportedModelError(f"{where}: result has no channel dimension")
     channels = shape[1]
-    wide = []
+    wide, params = [], []
     for operand in (a for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None):
         lay, s = layouts.get(operand), shape_of(operand)
         axis = len(s) - len(shape) + 1
@@ -43,6 +43,8 @@ def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layou
         elif extent == 1:
             if lay is not None:
                 b.pin(lay)  # broadcast across the result's channels: its own channels must stay
+        elif lay is None and _is_parameter(b, operand):
+            params.append((str(operand.target), axis))
         elif lay is None:
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
@@ -54,7 +56,21 @@ def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layou
     result = wide[0]
     for other in wide[1:]:
         result = b.unify(result, other, where)
+    for target, axis in params:
+        b.add_param(target, axis, result, where)
     return result
+
+
+def _is_parameter(b: GroupBuilder, node: fx.Node) -> bool:
+    """A ``get_attr`` of one of the model's own parameters or buffers (not a traced constant)."""
+    if node.op != "get_attr":
+        return False
+    owner, _, name = str(node.target).rpartition(".")
+    try:
+        module = b.model.get_submodule(owner)
+    except AttributeError:
+        return False
+    return name in dict(module.named_parameters(recurse=False)) or name in dict(module.named_buffers(recurse=False))
 
 
 def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:

@@ -14,20 +14,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.graph import Example, UnsupportedModelError, first_sample
 
 
 class PrunedModelError(UnsupportedModelError):
     """Surgery produced a model that fails on the example input or changed its outputs' shapes."""
 
 
-def output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[int, ...]]:
-    """The shapes of every tensor ``model`` returns for ``example[:1]`` (eval mode, no grad)."""
+def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:
+    """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad)."""
     with _evaluating(model), torch.no_grad():
-        return [tuple(t.shape) for t in _tensors(model(example[:1]))]
+        return [tuple(t.shape) for t in _tensors(model(*first_sample(example)))]
 
 
-def check_pruned(model: nn.Module, example: torch.Tensor, expected: list[tuple[int, ...]]) -> None:
+def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, ...]]) -> None:
     """Raise PrunedModelError unless the pruned ``model`` runs and returns ``expected`` shapes."""
     running: list[str] = []  # the modules whose forward is in progress, innermost last
     names = {module: name for name, module in model.named_modules() if module is not model}

@@ -10,6 +10,7 @@ from torch import nn
 
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.criterion import Criterion
+from pat_ray.core.graph import Example
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, select_architecture
@@ -19,7 +20,7 @@ from pat_ray.plugins.registry import get_registry
 
 def prune(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Example,
     criterion: str | Criterion = "magnitude",
     budget: float = 0.5,
     measure: Measure = "flops",
@@ -41,7 +42,8 @@ def prune(
     kept channels. ``measure="latency"`` keeps ``budget`` of the training step's time as
     ``latency`` (``pat_ray.measure_latency(model, ...)``, timed on the target device) predicts
     it. Returns the architecture applied, with indices relative to the model as
-    it was before this call. The pruned model is run once on ``example_input``: should it
+    it was before this call. ``example_input`` is one tensor, or a tuple with one tensor per
+    argument of ``forward``. The pruned model is run once on ``example_input``: should it
     fail (a tracer or backend bug), PrunedModelError names the layer.
     """
     registry = get_registry()
