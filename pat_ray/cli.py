@@ -87,15 +87,25 @@ def main(debug: bool) -> None:
     """Pruning-aware training with the Early Pruning Indicator."""
 
 
+VERBOSE = click.option("--verbose", is_flag=True, help="Show Ray's own INFO lines (worker set-up, every report).")
+
+
+def _set_verbose(verbose: bool) -> None:
+    if verbose:
+        os.environ["PAT_RAY_VERBOSE"] = "1"  # read where Ray starts, and inherited by its workers
+
+
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
 @click.option("--resume", is_flag=True, help="Continue the run in output_dir/name from its last checkpoint.")
-def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool) -> None:
+@VERBOSE
+def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool, verbose: bool) -> None:
     """Run a PaT pipeline; with no CONFIG, the embedded digits pipeline."""
     from pat_ray.api import run as run_pipeline
 
+    _set_verbose(verbose)
     cfg = _load(config)
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
@@ -137,8 +147,10 @@ def summary(result) -> str:
 @click.option("--name", help="Sweep name (default: <config name>-<timestamp>); the folder under output_dir/oracle.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted sweep called --name.")
 @click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
-def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path | None) -> None:
+@VERBOSE
+def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path | None, verbose: bool) -> None:
     """Compare EPI against a grid of fixed start epochs (Ray Tune); write the report."""
+    _set_verbose(verbose)
     from pat_ray.api import oracle as run_oracle
     from pat_ray.sweep.report import REPORT_FILE, verdict_lines
 

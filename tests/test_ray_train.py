@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -139,3 +140,24 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(l
     result = pat_ray.run(config, resume=True)  # on Ray Train, from the local run's last.pt
     assert [h.epoch for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 1
     assert read_checkpoint(last).extra["epoch"] == 4  # the Ray run's checkpoints land in the same folder
+
+
+def test_a_ray_run_prints_our_lines_and_not_ray_trains_chatter(tmp_path):
+    """The CLI on Ray Train, as a user runs it, in a fresh process (its own local Ray)."""
+    config = tmp_path / "short.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'runs'}\ntraining: {{epochs: 3}}\nstart: {{kind: fixed, epoch: 1}}\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("PAT_RAY_VERBOSE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pat_ray.cli", "run", str(config)], env=env, capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert len([line for line in output.splitlines() if line.startswith("epoch ")]) == 3
+    for chatter in (
+        "Reporting training result",
+        "Attempting to start training worker group",
+        "Setting up process group",
+    ):
+        assert chatter not in output, chatter
+    assert "dashboard at" in output and "pruning started:  epoch 1" in output

@@ -41,8 +41,7 @@ def run_on_ray(
     ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
     checkpoint, to exercise recovery. ``callbacks`` are extra Train ``UserCallback``s.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pat_ray.core.latency import LatencyTable
@@ -50,8 +49,7 @@ def run_on_ray(
     from pat_ray.training.checkpoint import atomic_write, read_checkpoint
     from pat_ray.training.latency_budget import TABLE_FILE, write_table
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    start_ray()
     storage = Path(storage_path or Path(config.output_dir) / "ray").resolve()
     name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
@@ -72,6 +70,7 @@ def run_on_ray(
                 max_failures=config.scaling.max_failures if max_failures is None else max_failures
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
             callbacks=[ProgressCallback(Path(config.output_dir) / config.name), *(callbacks or [])],
         ),
     )
@@ -87,13 +86,35 @@ def run_on_ray(
     return result_from_checkpoint(config, ckpt, local, time.perf_counter() - started)
 
 
+def ray_log_level() -> str:
+    """WARNING unless ``PAT_RAY_VERBOSE`` is set: our own per-epoch lines are printed, and Ray
+    Train's INFO adds its set-up chatter and a ~900-character line per report."""
+    import os
+
+    return "INFO" if os.environ.get("PAT_RAY_VERBOSE") else "WARNING"
+
+
+def start_ray() -> None:
+    """A local Ray for this process, unless one is up; its workers and actors log at ``ray_log_level()``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    context = ray.init(log_to_driver=True, logging_config=ray.LoggingConfig(log_level=ray_log_level()))
+    if ray_log_level() != "INFO" and context.dashboard_url:  # Ray's own line about it is INFO
+        print(f"Ray: a local instance started; dashboard at http://{context.dashboard_url}", flush=True)
+
+
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     import logging
 
     import ray.train
     import torch
+    from ray.train.v2._internal.execution import context as train_context
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray logs every report at INFO; we print our own line
+    # Ray Train logs every report (~900 characters) at INFO through a logger named by its
+    # source file's path, outside the `ray.train` tree that LoggingConfig governs
+    logging.getLogger(train_context.__file__).setLevel(ray_log_level())
     from pat_ray.core.latency import LatencyTable
     from pat_ray.distributed.torch_collective import DistributedCollective
     from pat_ray.training.engine import train

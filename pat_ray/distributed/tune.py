@@ -23,7 +23,7 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
 from pat_ray.distributed.progress import result_from_checkpoint
-from pat_ray.distributed.train import report_with_checkpoint
+from pat_ray.distributed.train import report_with_checkpoint, start_ray
 from pat_ray.plugins.registry import get_registry
 from pat_ray.sweep.plan import (
     OracleSummary,
@@ -62,11 +62,9 @@ def run_oracle(
     trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. ``inject_fault``
     (tests only: ``{"label", "epoch", "marker"}``) makes that trial fail once after that epoch.
     """
-    import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    start_ray()
     storage = Path(storage_path or Path(config.output_dir) / "oracle").resolve()
     name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage / name
