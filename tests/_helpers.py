@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pat_ray.config import Config
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.graph import ModelGraph
 
@@ -42,3 +43,31 @@ def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architectur
                     tensor = getattr(module, name, None)
                     if tensor is not None:
                         tensor[member.positions(drop)] = 0.0
+
+
+def configured(base: Config | None = None, **overrides) -> Config:
+    """``base`` (default: the embedded pipeline) with ``overrides`` merged in section by section,
+    then validated as a YAML file would be: tests never build a config validation did not see.
+    A pydantic section given as an override (``start=FixedStart(epoch=1)``) replaces that section,
+    and so does a plugin's ``params`` dict."""
+    from pydantic import BaseModel
+
+    from pat_ray.config import config_from_dict
+
+    data = (base or Config()).model_dump(mode="json")
+    for key, value in overrides.items():
+        if isinstance(value, BaseModel):
+            data[key] = value.model_dump(mode="json")
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = _merged(data[key], value)
+        else:
+            data[key] = str(value) if hasattr(value, "__fspath__") else value
+    return config_from_dict(data, source="test config")
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("start", "params")
+        out[key] = _merged(out[key], value) if nested else value
+    return out

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import pat_ray
-from pat_ray.config import Config, FixedStart
+from _helpers import configured
+from pat_ray.config import FixedStart
 from pat_ray.plugins.registry import get_registry
 
 
@@ -76,22 +77,17 @@ def test_synthetic_has_the_requested_shape():
 
 def test_pipeline_runs_on_cifar10_files(tmp_path):
     write_cifar10(tmp_path / "data")
-    base = Config()
-    cfg = base.model_copy(
-        update={
-            "output_dir": tmp_path / "runs",
-            "model": base.model.model_copy(update={"params": {}}),
-            "data": base.data.model_copy(
-                update={
-                    "name": "cifar10",
-                    "batch_size": 8,
-                    "params": {"root": str(tmp_path / "data"), "verify_checksums": False},
-                }
-            ),
-            "training": base.training.model_copy(update={"epochs": 2}),
-            "start": FixedStart(epoch=1),
-            "pruning": base.pruning.model_copy(update={"steps": 1}),
-        }
+    cfg = configured(
+        output_dir=tmp_path / "runs",
+        model={"params": {}},
+        data={
+            "name": "cifar10",
+            "batch_size": 8,
+            "params": {"root": str(tmp_path / "data"), "verify_checksums": False},
+        },
+        training={"epochs": 2},
+        start=FixedStart(epoch=1),
+        pruning={"steps": 1},
     )
     result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 1 and abs(result.flops_kept - 0.5) < 0.02

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 import pat_ray
+from _helpers import configured
 from pat_ray.config import (
     AfterTrainingStart,
     Config,
@@ -24,15 +25,7 @@ from pat_ray.training.engine import TrainingDivergedError
 
 
 def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
-    base = Config()
-    return base.model_copy(
-        update={
-            "output_dir": tmp_path,
-            "start": start,
-            "training": base.training.model_copy(update={"epochs": epochs}),
-            "pruning": base.pruning.model_copy(update=pruning),
-        }
-    )
+    return configured(output_dir=tmp_path, start=start, training={"epochs": epochs}, pruning=pruning)
 
 
 def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):
@@ -83,13 +76,7 @@ def test_after_training_fine_tunes_the_pruned_model(tmp_path):
 
 def test_taylor_runs_with_a_pruning_schedule(tmp_path):
     cfg = tiny(tmp_path, FixedStart(epoch=0), epochs=3, steps=2, interval=5)
-    cfg = cfg.model_copy(
-        update={
-            "pruning": cfg.pruning.model_copy(
-                update={"criterion": cfg.pruning.criterion.model_copy(update={"name": "taylor"})}
-            )
-        }
-    )
+    cfg = configured(cfg, pruning={"criterion": {"name": "taylor"}})
     result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 0
     assert abs(result.flops_kept - 0.5) < 0.015
@@ -139,7 +126,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     registry.register_plugin(PoisonPlugin(), name="poison")
     try:
         cfg = tiny(tmp_path, NeverStart(), epochs=3)
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": "poisoned_digits"})})
+        cfg = configured(cfg, data={"name": "poisoned_digits"})
         with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 2.*last.pt"):
             pat_ray.run(cfg, local=True, quiet=True)
         ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
@@ -221,7 +208,7 @@ def test_channels_last_survives_surgery(tmp_path):
     LayoutSpy.seen = []
     try:
         cfg = tiny(tmp_path, FixedStart(epoch=1), epochs=3, criterion=CriterionConfig(name="layout_spy"))
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"channels_last": True})})
+        cfg = configured(cfg, training={"channels_last": True})
         result = pat_ray.run(cfg, local=True, quiet=True)
     finally:
         registry.reset()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from _helpers import configured
 from pat_ray.cli import main
 from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
@@ -33,8 +34,7 @@ def small_config(tmp_path, **oracle) -> Config:
 
 
 def with_time_budget(config: Config, fraction: float = 0.75) -> Config:
-    budget = config.pruning.budget.model_copy(update={"measure": "latency", "fraction": fraction, "latency_grid": 3})
-    return config.model_copy(update={"pruning": config.pruning.model_copy(update={"budget": budget})})
+    return configured(config, pruning={"budget": {"measure": "latency", "fraction": fraction, "latency_grid": 3}})
 
 
 def final_checkpoint(trial_folder):
@@ -165,13 +165,7 @@ def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
     from pat_ray.distributed.tune import run_oracle
 
     config = with_time_budget(small_config(tmp_path, start_epochs=[1], policies=[], max_concurrent_trials=1))
-    config = config.model_copy(
-        update={
-            "training": config.training.model_copy(update={"epochs": 3}),
-            "scaling": config.scaling.model_copy(update={"num_workers": 2}),
-            "tracking": config.tracking.model_copy(update={"mlflow": False}),
-        }
-    )
+    config = configured(config, training={"epochs": 3}, scaling={"num_workers": 2}, tracking={"mlflow": False})
     name = f"mw-{uuid.uuid4().hex[:8]}"
     summary = run_oracle(config, name=name, echo=lambda line: None)
     (trial,) = summary.trials
@@ -195,7 +189,7 @@ def test_write_report_marks_the_chosen_epochs(tmp_path):
 
 def test_seeds_run_every_trial_once_per_seed(tmp_path):
     config = small_config(tmp_path, policies=["epi", "never"])
-    config = config.model_copy(update={"oracle": config.oracle.model_copy(update={"seeds": [0, 1, 2]})})
+    config = configured(config, oracle={"seeds": [0, 1, 2]})
     trials = trial_configs(config)
     assert len(trials) == 3 * 5
     assert trials["fixed-2-s1"].start == FixedStart(epoch=2) and trials["fixed-2-s1"].training.seed == 1
@@ -242,7 +236,7 @@ def test_an_old_single_seed_summary_still_reads(tmp_path):
 
 def test_held_out_calibration_applies_the_other_seeds_tau_and_reads_the_grid(tmp_path):
     config = small_config(tmp_path)
-    config = config.model_copy(update={"start": EPIStart(window=1, patience=1, tau=0.99)})
+    config = configured(config, start=EPIStart(window=1, patience=1, tau=0.99))
     trials = [
         *seeded("fixed-0", "fixed", 0, [0.70, 0.71, 0.72]),
         *seeded("fixed-2", "fixed", 2, [0.90, 0.91, 0.92]),

@@ -12,18 +12,16 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from _helpers import configured  # noqa: E402
 from pat_ray.config import Config, FixedStart  # noqa: E402
 
 
 def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:
-    base = Config()
-    return base.model_copy(
-        update={
-            "output_dir": tmp_path / "runs",
-            "start": FixedStart(epoch=start_epoch),
-            "training": base.training.model_copy(update={"epochs": epochs}),
-            "scaling": base.scaling.model_copy(update={"num_workers": 2}),
-        }
+    return configured(
+        output_dir=tmp_path / "runs",
+        start=FixedStart(epoch=start_epoch),
+        training={"epochs": epochs},
+        scaling={"num_workers": 2},
     )
 
 
@@ -60,9 +58,7 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     from pat_ray.tracking.mlflow_log import log_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = result.config.model_copy(
-        update={"tracking": result.config.tracking.model_copy(update={"mlflow": True, "tracking_uri": uri})}
-    )
+    cfg = configured(result.config, tracking={"mlflow": True, "tracking_uri": uri})
     run_id = log_run(cfg, result)
     client = ray_mlflow_client(uri)
     assert [m.step for m in client.get_metric_history(run_id, "flops_kept")] == [1, 2, 3, 4]
@@ -90,8 +86,7 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
     from pat_ray.training.checkpoint import read_checkpoint
 
     base = two_workers(tmp_path)
-    budget = base.pruning.budget.model_copy(update={"measure": "latency", "fraction": 0.75, "latency_grid": 3})
-    config = base.model_copy(update={"pruning": base.pruning.model_copy(update={"budget": budget})})
+    config = configured(base, pruning={"budget": {"measure": "latency", "fraction": 0.75, "latency_grid": 3}})
     name = f"fault-{uuid.uuid4().hex[:8]}"
     result = run_on_ray(
         config, storage_path=tmp_path / "storage", run_name=name, max_failures=1, inject_fault_at_epoch=3
@@ -127,7 +122,7 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(l
                 raise KeyboardInterrupt
 
     config = two_workers(tmp_path, epochs=4, start_epoch=1)
-    config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})})
+    config = configured(config, scaling={"num_workers": 1})
     registry.reset()
     registry.register_plugin(StopAfterTwo(), name="stop-after-two")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import pat_ray
+from _helpers import configured
 from pat_ray.config import Config, FixedStart
 from pat_ray.tracking.mlflow_log import TrackingWarning
 
@@ -12,14 +13,11 @@ mlflow = pytest.importorskip("mlflow")
 
 
 def tracked(tmp_path, uri: str) -> Config:
-    base = Config()
-    return base.model_copy(
-        update={
-            "output_dir": tmp_path / "runs",
-            "start": FixedStart(epoch=1),
-            "training": base.training.model_copy(update={"epochs": 2}),
-            "tracking": base.tracking.model_copy(update={"mlflow": True, "tracking_uri": uri, "experiment": "t"}),
-        }
+    return configured(
+        output_dir=tmp_path / "runs",
+        start=FixedStart(epoch=1),
+        training={"epochs": 2},
+        tracking={"mlflow": True, "tracking_uri": uri, "experiment": "t"},
     )
 
 
