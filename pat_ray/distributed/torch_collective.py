@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+
+from pat_ray.training.collective import seeded_loader
 
 
 class ArchitectureMismatchError(RuntimeError):
@@ -32,9 +33,10 @@ class DistributedCollective:
         self.gossip_seconds = 0.0
         self.gossip_bytes = 0
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-        sampler = DistributedSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    def loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool = False
+    ) -> DataLoader:
+        return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory, self.rank, self.world_size)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         ids = [self.device.index] if self.device.type == "cuda" else None

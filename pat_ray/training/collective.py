@@ -16,7 +16,9 @@ class Collective(Protocol):
     rank: int
     world_size: int
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader: ...
+    def loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool = False
+    ) -> DataLoader: ...
     def wrap(self, model: nn.Module) -> nn.Module: ...
     def unwrap(self, model: nn.Module) -> nn.Module: ...
     def mean_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
@@ -26,16 +28,30 @@ class Collective(Protocol):
     def mean_metrics(self, values: dict[str, float]) -> dict[str, float]: ...
 
 
+def seeded_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool,
+    rank: int,
+    world_size: int,
+) -> DataLoader:
+    """This rank's share of ``dataset``. The order of epoch e depends only on (seed, e) (the
+    engine calls ``sampler.set_epoch``): a resumed run sees the batches an uninterrupted one
+    would, and one process sees what one Ray worker sees."""
+    sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
+
+
 class LocalCollective:
     """One process: nothing to agree on."""
 
     rank, world_size = 0, 1
 
-    def loader(self, dataset, batch_size, shuffle, seed, num_workers):
-        # The order of epoch e depends only on (seed, e), as on Ray workers: a resumed run
-        # sees the same batches as an uninterrupted one, and --local matches one Ray worker.
-        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    def loader(self, dataset, batch_size, shuffle, seed, num_workers, pin_memory=False):
+        return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory, rank=0, world_size=1)
 
     def wrap(self, model):
         return model

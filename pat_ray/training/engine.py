@@ -35,6 +35,7 @@ from pat_ray.training.setup import autocast as run_autocast
 from pat_ray.training.setup import build_run
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
+DIVERGENCE_CHECK_EVERY = 50  # iterations between the host's looks at the finite-loss flag
 
 __all__ = ["train", "RunResult", "TrainingDivergedError", "BACKWARD_FACTOR"]
 
@@ -173,6 +174,7 @@ def _build(
     )
     similarity = config.start.similarity if isinstance(config.start, EPIStart) else "structural"
     data, seed, workers = setup.data, config.training.seed, config.data.num_workers
+    pinned = setup.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     finetune = config.start if isinstance(config.start, AfterTrainingStart) else None
     train_epochs = config.training.epochs
     return Run(
@@ -187,8 +189,8 @@ def _build(
         pruner=pruner,
         tracker=SnapshotTracker(registry.create("similarity", similarity), tracker_window(config.start)),
         optimizer=_optimizer(config, setup.model),
-        train_loader=collective.loader(data.train, config.data.batch_size, True, seed, workers),
-        val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers),
+        train_loader=collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned),
+        val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
         autocast=run_autocast(config.training.precision, setup.device),
         run_dir=run_dir,
         input_shape=(1, *data.input_shape),
@@ -221,38 +223,53 @@ def _phase(run: Run, epoch: int) -> Phase:
 
 def train_one_epoch(run: Run, progress: Progress, epoch: int) -> tuple[float, float]:
     """One pass over the training data, with the pruning steps that fall due in it; returns
-    the mean loss and accuracy over every worker's samples."""
+    the mean loss and accuracy over every worker's samples.
+
+    Loss, accuracy and the finite-loss check accumulate on the device: the host waits for
+    the GPU only every ``DIVERGENCE_CHECK_EVERY`` iterations, before a pruning step, and once
+    at the end of the epoch."""
     sampler = run.train_loader.sampler
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)  # each epoch's order depends on (seed, epoch) only
     run.net.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for inputs, targets in run.train_loader:
-        inputs, targets = _to(inputs, run.device, run.layout), targets.to(run.device)
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), dtype=torch.long, device=run.device)
+    diverged = torch.zeros((), dtype=torch.bool, device=run.device)
+    seen = 0
+    for step, (inputs, targets) in enumerate(run.train_loader, start=1):
+        inputs, targets = _to(inputs, run.device, run.layout), targets.to(run.device, non_blocking=True)
         if run.pruner.due():
+            _check_finite(run, progress, epoch, diverged)  # never score channels of a diverged model
             _prune_step(run, epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = _lr(run, progress.iteration, epoch)
         with run.autocast:
             logits = run.net(inputs)
             loss = F.cross_entropy(logits, targets, label_smoothing=run.config.training.label_smoothing)
-        if not torch.isfinite(loss):
-            last = run.run_dir / "last.pt" if progress.history else "none (first epoch)"
-            raise TrainingDivergedError(
-                f"loss became {loss.item()} at epoch {epoch}, iteration {progress.iteration}; "
-                f"stopped. Last good checkpoint: {last}"
-            )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.pruner.observe(run.model)
         run.optimizer.step()
         progress.iteration += 1
         progress.train_flops += BACKWARD_FACTOR * run.pruner.cost.flops * len(inputs) * run.collective.world_size
-        loss_sum += loss.item() * len(inputs)
-        correct += (logits.argmax(1) == targets).sum().item()
+        loss_sum += loss.detach() * len(inputs)
+        correct += (logits.argmax(1) == targets).sum()
+        diverged |= ~torch.isfinite(loss.detach())
         seen += len(inputs)
-    metrics = run.collective.mean_metrics({"loss": loss_sum / seen, "acc": correct / seen})
+        if step % DIVERGENCE_CHECK_EVERY == 0:
+            _check_finite(run, progress, epoch, diverged)
+    _check_finite(run, progress, epoch, diverged)
+    metrics = run.collective.mean_metrics({"loss": loss_sum.item() / seen, "acc": correct.item() / seen})
     return metrics["loss"], metrics["acc"]
+
+
+def _check_finite(run: Run, progress: Progress, epoch: int, diverged: torch.Tensor) -> None:
+    if bool(diverged):
+        last = run.run_dir / "last.pt" if progress.history else "none (first epoch)"
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite in epoch {epoch} (by iteration {progress.iteration}); "
+            f"stopped. Last good checkpoint: {last}"
+        )
 
 
 def _lr(run: Run, iteration: int, epoch: int) -> float:
@@ -352,7 +369,9 @@ def _prune_step(run: Run, epoch: int, scores=None) -> None:
 
 def _to(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
     """Images to the device, NHWC when asked (only 4-D batches have a channels-last layout)."""
-    return images.to(device, memory_format=layout) if images.dim() == 4 else images.to(device)
+    if images.dim() == 4:
+        return images.to(device, memory_format=layout, non_blocking=True)
+    return images.to(device, non_blocking=True)
 
 
 def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
