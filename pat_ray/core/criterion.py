@@ -53,7 +53,7 @@ def filter_norms(model: nn.Module, group: ChannelGroup, p: float, per_weight: bo
     ``per_weight``: the paper's reading, each producer's filter-weight norm divided by the
     square root of the number of weights in one filter (``||W_n||_p / sqrt(P)``), biases left out."""
     total = torch.zeros(group.size)
-    for member in group.members_with_role("out", "depthwise", "grouped"):
+    for member in group.producers():
         for name in ("weight",) if per_weight else ("weight", "bias"):
             tensor = member_tensor(model, member, name)
             if tensor is not None:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
+
+Role = Literal["out", "in", "norm", "depthwise", "grouped", "param"]  # see Member
+PRODUCER_ROLES: tuple[Role, ...] = ("out", "depthwise", "grouped")  # members whose weights make the channels
 
 Example = torch.Tensor | tuple[torch.Tensor, ...]  # a model's example input: one tensor, or one per argument
 
@@ -38,7 +42,7 @@ class Member:
     """
 
     module: str
-    role: str
+    role: Role
     offset: int = 0
     repeat: int = 1
     axis: int = 0
@@ -62,7 +66,11 @@ class ChannelGroup:
     pinned: bool
     subgroups: int = 1
 
-    def members_with_role(self, *roles: str) -> Iterator[Member]:
+    def producers(self) -> Iterator[Member]:
+        """The members whose weights make the group's channels (convs, linears, depthwise)."""
+        return self.members_with_role(*PRODUCER_ROLES)
+
+    def members_with_role(self, *roles: Role) -> Iterator[Member]:
         return (m for m in self.members if m.role in roles)
 
 

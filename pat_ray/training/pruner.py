@@ -55,7 +55,7 @@ class Pruner:
         self.cost = self.dense_cost
         self.architecture = Architecture.full(
             {g.name: g.size for g in self.graph.prunable},
-            {g.name: sum(1 for _ in g.members_with_role("out", "depthwise", "grouped")) for g in self.graph.prunable},
+            {g.name: sum(1 for _ in g.producers()) for g in self.graph.prunable},
         )
         self.reference = self._measure(self.graph, budget.measure)
         self.dense_seconds = self.seconds = self._measure(self.graph, "latency") if latency else None

@@ -34,7 +34,7 @@ class FPGM(Criterion):
 
     def _distances(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         total = torch.zeros(group.size)
-        for member in group.members_with_role("out", "depthwise", "grouped"):
+        for member in group.producers():
             weight = member_tensor(model, member, "weight")
             filters = member_rows(weight, member, group.size).float()
             total += torch.cdist(filters[None], filters[None], p=self.p)[0].sum(1).cpu()

@@ -19,8 +19,6 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.graph import ModelGraph
 from pat_ray.core.surgery import channels_to_drop, kept_indices
 
-PRODUCER_ROLES = ("out", "depthwise", "grouped")
-
 
 class TorchPruningSurgery:
     def apply(
@@ -36,7 +34,7 @@ class TorchPruningSurgery:
         before = {(m, n): p for m, module in model.named_modules() for n, p in module.named_parameters(recurse=False)}
         dependencies = _dependency_graph(model, graph)
         for group in graph.prunable:
-            producer = next(iter(group.members_with_role(*PRODUCER_ROLES)), None)
+            producer = next(group.producers(), None)
             drop = removed.get((producer.module, "out")) if producer else None
             if drop is None or drop.numel() == 0:
                 continue

@@ -65,7 +65,7 @@ class _GroupPlan:
 
     @classmethod
     def of(cls, model: nn.Module, group: ChannelGroup) -> _GroupPlan:
-        members = list(group.members_with_role("norm")) or list(group.members_with_role("out", "depthwise", "grouped"))
+        members = list(group.members_with_role("norm")) or list(group.producers())
         return cls(group.name, group.size, tuple((model.get_submodule(m.module), m) for m in members))
 
     def estimate(self) -> torch.Tensor:
