@@ -122,7 +122,9 @@ FIELD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("overrides, named", FIELD_CASES, ids=[str(i) for i in range(len(FIELD_CASES))])
+@pytest.mark.parametrize(
+    "overrides, named", FIELD_CASES, ids=[f"{i}-{named}" for i, (_, named) in enumerate(FIELD_CASES)]
+)
 def test_bad_fields_are_named_by_validate_and_run(tmp_path, overrides, named):
     path = write_config(tmp_path, overrides)
     for args in (["validate", path], ["run", path, "--local"]):
