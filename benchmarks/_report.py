@@ -13,6 +13,13 @@ import torchvision
 RESULTS = Path(__file__).parent / "results"
 
 
+def fresh_output_dir() -> Path:
+    """Runs of one benchmark invocation go to a new folder: pat_ray never overwrites a run."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="pat_ray_bench_"))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 import pat_ray
+from _report import fresh_output_dir
 from pat_ray.config import AfterTrainingStart, Config, EarlyBirdStart, NeverStart
 
 RESULTS = Path(__file__).parent / "results" / "digits_policies.md"
 
 
 def main() -> None:
-    base = Config(output_dir=Path("runs/benchmarks"))
+    base = Config(output_dir=fresh_output_dir())
     policies = {
         "dense (never)": NeverStart(),
         "PaT + EPI (default)": base.start,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import pat_ray
+from _report import fresh_output_dir
 from pat_ray.config import Config
 from pat_ray.distributed.train import run_on_ray
 
@@ -28,7 +29,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    base = Config(output_dir=Path("runs/benchmarks"))
+    base = Config(output_dir=fresh_output_dir())
     rows = []
     local = pat_ray.run(base, local=True, quiet=True)
     rows.append(("in-process (--local)", local, None))

@@ -22,12 +22,11 @@ here. Its table's prediction is compared with the final model's measured step.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 import pat_ray
-from _report import header, write
+from _report import fresh_output_dir, header, write
 from _timing import saving_efficiency, step_time_ratio
 from pat_ray.config import AfterTrainingStart, Config, EPIStart, FixedStart, NeverStart, config_from_dict
 from pat_ray.plugins.registry import get_registry
@@ -48,7 +47,7 @@ def speed_config(epochs: int, samples: int, model: str = "cifar_resnet56", size:
     return config_from_dict(
         {
             "name": f"speed-{model}",
-            "output_dir": "runs/benchmarks",
+            "output_dir": str(fresh_output_dir()),
             "model": {"name": model, "params": params},
             "data": {
                 "name": "synthetic",
@@ -151,7 +150,7 @@ def main() -> None:
     rows = rows_for("speed: ResNet-56, synthetic 3x32x32", run_all(narrow, time_fraction=0.65))
     wide = speed_config(args.epochs, args.samples, model="resnet18", size=64)
     rows += rows_for("speed: ResNet-18, synthetic 3x64x64", run_all(wide, time_fraction=0.5))
-    digits = Config(output_dir=Path("runs/benchmarks"), name="accuracy")
+    digits = Config(output_dir=fresh_output_dir(), name="accuracy")
     assert isinstance(digits.start, EPIStart)
     rows += rows_for("accuracy: digits default", run_all(digits))
     lines = header(
