@@ -71,3 +71,26 @@ def _merged(base: dict, extra: dict) -> dict:
         nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("start", "params")
         out[key] = _merged(out[key], value) if nested else value
     return out
+
+
+def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0.5) -> Architecture:
+    """Prune ``model`` (eval mode, magnitude scores) and check it computes what the dense model
+    computes with the removed channels zeroed; returns the architecture applied."""
+    import copy
+
+    from pat_ray.core.groups import trace_channel_groups
+    from pat_ray.core.selection import Budget, select_architecture
+    from pat_ray.core.surgery import apply_architecture
+    from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+
+    model.eval()
+    graph = trace_channel_groups(model, x)
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(budget))
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        expected, got = reference(x), model(x)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    return arch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome
 from pat_ray.sweep.stats import GroupStats, Verdict
-from pat_ray.tracking.plots import MaxNLocator, plt
+from pat_ray.tracking.plots import finish, plt
 from pat_ray.training.checkpoint import atomic_write_text
 
 REPORT_FILE = "report.md"
@@ -237,16 +237,7 @@ def _plot_against_start(summary: OracleSummary, path: Path, value, ylabel: str, 
         g = summary.group(policy)
         if g is not None:
             ax.axhline(value(g)[0], color="gray", linestyle=style, label=POLICY_NAMES[policy])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("start epoch (dense epochs before pruning)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path, "start epoch (dense epochs before pruning)", ylabel, title)
 
 
 def _plot_curves(summary: OracleSummary, path: Path) -> Path:
@@ -263,16 +254,9 @@ def _plot_curves(summary: OracleSummary, path: Path) -> Path:
     reference = summary.group(summary.reference)
     if reference is not None and reference.mean_start is not None:
         ax.axvline(reference.mean_start, color="tab:blue", linestyle="--", alpha=0.6, label="reference start")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("EPI (structural similarity)")
-    ax.set_title("Early Pruning Indicator per seed")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return finish(
+        fig, ax, path, "epoch", "EPI (structural similarity)", "Early Pruning Indicator per seed", "lower right"
+    )
 
 
 def write_report(folder: Path, summary: OracleSummary) -> Path:

@@ -16,37 +16,28 @@ if TYPE_CHECKING:
 
 
 def plot_epi_curve(
-    history: list[EpochRecord],
-    path: Path,
-    tau: float | None = None,
-    trigger_epoch: int | None = None,
-    best_epoch: int | None = None,
-    calibrated_tau: float | None = None,
+    history: list[EpochRecord], path: Path, tau: float | None = None, trigger_epoch: int | None = None
 ) -> Path:
-    """EPI per epoch, the threshold tau, and the epoch pruning started.
-
-    The oracle report adds the grid's best start epoch and the tau that would have hit it.
-    """
+    """EPI per epoch, the threshold tau, and the epoch pruning started."""
     points = [(r.epoch, r.epi) for r in history if r.epi is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
         ax.plot(*zip(*points), marker="o", label="EPI")
     if tau is not None:
         ax.axhline(tau, color="tab:red", linestyle="--", label=f"tau = {tau:g}")
-    if calibrated_tau is not None:
-        ax.axhline(calibrated_tau, color="tab:orange", linestyle="-.", label=f"calibrated tau = {calibrated_tau:.4f}")
     if trigger_epoch is not None:
         ax.axvline(trigger_epoch, color="tab:green", linestyle=":", label=f"pruning starts (epoch {trigger_epoch})")
-    if best_epoch is not None:
-        ax.axvline(
-            best_epoch, color="tab:blue", linestyle="--", alpha=0.6, label=f"grid's best start (epoch {best_epoch})"
-        )
+    return finish(fig, ax, path, "epoch", "EPI (structural similarity)", "Early Pruning Indicator", "lower right")
+
+
+def finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str = "best") -> Path:
+    """Integer epochs on x, labels, a light grid and a small legend; saved as PNG and closed."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("EPI (structural similarity)")
-    ax.set_title("Early Pruning Indicator")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc=legend, fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
