@@ -295,6 +295,10 @@ class Config(_Strict):
         _check_params("data.params", "dataset", self.data.name, self.data.params)
         criterion = self.pruning.criterion
         _check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
+        try:  # a criterion is cheap to build: its own checks of the values run now, not at run start
+            get_registry().create("criterion", criterion.name, **criterion.params)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"pruning.criterion.params: {err}") from None
         return self
 
     @model_validator(mode="after")

@@ -107,6 +107,8 @@ FIELD_CASES = [
     ({"data": {"batch_size": -1}}, "data.batch_size"),
     ({"pruning": {"criterion": {"name": "magnitude", "params": {"q": 3}}}}, "accepts"),
     ({"pruning": {"criterion": {"name": "random"}}}, "pruning.criterion.name"),
+    ({"pruning": {"criterion": {"name": "magnitude", "params": {"p": 3}}}}, "p must be 1 or 2"),
+    ({"pruning": {"criterion": {"name": "magnitude", "params": {"normalize": "layer"}}}}, "group_mean, filter_size"),
     ({"pruning": {"backend": "scissors"}}, "pruning.backend"),
     ({"pruning": {"budget": {"measure": "watts"}}}, "pruning.budget.measure"),
     ({"pruning": {"budget": {"latency_table": "/no/table.json", "measure": "latency"}}}, "/no/table.json"),
