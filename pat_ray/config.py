@@ -114,6 +114,12 @@ class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        description="epochs between checkpoints; the trigger epoch, pruning epochs and the last epoch are always "
+        "saved (a resumed run repeats the epochs since its last checkpoint)",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> TrainingConfig:

@@ -217,3 +217,31 @@ def test_channels_last_survives_surgery(tmp_path):
     model, _ = load_checkpoint(result.checkpoint)
     x = torch.zeros(2, 1, 8, 8).to(memory_format=torch.channels_last)
     assert model(x).shape == (2, 10)
+
+
+class Saves:
+    """Records which epochs came with a checkpoint; optionally crashes after one epoch."""
+
+    def __init__(self, crash_after=None):
+        self.saved, self.crash_after = [], crash_after
+
+    def report(self, metrics, checkpoint=None):
+        if checkpoint is not None:
+            self.saved.append(metrics["epoch"])
+        if metrics["epoch"] == self.crash_after:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_checkpoint_cadence_saves_every_k_epochs_and_where_the_run_changes_course(tmp_path):
+    from pat_ray.training.engine import train
+
+    cfg = configured(tiny(tmp_path, FixedStart(epoch=1), epochs=7), training={"checkpoint_every": 3})
+    saves = Saves(crash_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, reporter=saves)
+    assert saves.saved == [1, 2, 3]  # the trigger, the epoch of the pruning steps, then every third
+    assert read_checkpoint(tmp_path / "digits" / "last.pt").extra["epoch"] == 3
+    resumed_saves = Saves()
+    resumed = train(cfg, reporter=resumed_saves, resume=tmp_path / "digits" / "last.pt")
+    assert resumed_saves.saved == [6, 7]  # epochs 4-5 are run again, not saved; 7 is the last
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5, 6, 7]

@@ -314,15 +314,25 @@ def snapshot_and_decide(run: Run, progress: Progress, epoch: int) -> tuple[float
 
 
 def save_and_report(run: Run, progress: Progress) -> None:
-    """Rank 0 writes ``last.pt`` (the one before kept as ``previous.pt``); every rank reports."""
+    """Rank 0 writes ``last.pt`` (the one before kept as ``previous.pt``) when one is due;
+    every rank reports (with the checkpoint, if one was written)."""
     record = progress.history[-1]
     saved = None
-    if run.collective.rank == 0:
+    if run.collective.rank == 0 and _checkpoint_due(run, record):
         saved = save_run_state(
             run.run_dir, run.model, run.config, run.input_shape, run.num_classes, run.pruner, _state(run, progress)
         )
     run.reporter.report(record.to_dict(), saved)
     run.hooks.pat_ray_on_epoch_end(epoch=record.epoch, metrics=record.to_dict())
+
+
+def _checkpoint_due(run: Run, record: EpochRecord) -> bool:
+    """Every ``training.checkpoint_every`` epochs, and always where the run changes course:
+    the trigger, the epochs with pruning steps, the last epoch."""
+    every = run.config.training.checkpoint_every
+    return (
+        record.epoch % every == 0 or record.triggered or record.phase == "pruning" or record.epoch == run.total_epochs
+    )
 
 
 def _state(run: Run, progress: Progress) -> RunState:
