@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,15 +54,15 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     return Cost(total, sum(p.numel() for p in model.parameters()))
 
 
-def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable]) -> None:
+def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable]) -> Any:
     """One eval-mode, no-grad forward of one example with ``hooks`` attached as forward hooks;
-    the model's mode is restored and the hooks removed whatever happens."""
+    the model's mode is restored and the hooks removed whatever happens. Returns the output."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(*first_sample(example_input))
+            return model(*first_sample(example_input))
     finally:
         model.train(was_training)
         for handle in handles:

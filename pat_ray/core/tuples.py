@@ -68,9 +68,7 @@ def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Piece
 def pick(node: fx.Node, pieces: Pieces, where: str) -> Layout | Pieces | None:
     """``pieces[i]`` or ``pieces[a:b]`` of a multi-output op's result."""
     index = node.args[1]
-    if isinstance(index, int):
-        return pieces[index]
-    if isinstance(index, slice):
+    if isinstance(index, int | slice):
         return pieces[index]
     raise UnsupportedModelError(f"{where}: indexes a tuple of tensors with {index!r}")
 

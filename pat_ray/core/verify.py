@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pat_ray.core.graph import Example, UnsupportedModelError, first_sample
+from pat_ray.core.cost import hooked_forward
+from pat_ray.core.graph import Example, UnsupportedModelError
 
 
 class PrunedModelError(UnsupportedModelError):
@@ -23,8 +24,7 @@ class PrunedModelError(UnsupportedModelError):
 
 def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:
     """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad)."""
-    with _evaluating(model), torch.no_grad():
-        return [tuple(t.shape) for t in _tensors(model(*first_sample(example)))]
+    return [tuple(t.shape) for t in _tensors(hooked_forward(model, example, {}))]
 
 
 def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, ...]]) -> None:
@@ -66,16 +66,3 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _tensors(item)
-
-
-class _evaluating:
-    """Eval mode for the duration of a block, then the model's previous mode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)

@@ -159,10 +159,10 @@ class OracleSummary:
 
     def verdict(self) -> Verdict | None:
         """EPI against the reference start (see ``oracle_stats``); None without EPI or a grid."""
-        epi, picked = self.group("epi"), best_and_reference(self.fixed_groups())
+        fixed = self.fixed_groups()
+        epi, picked = self.group("epi"), best_and_reference(fixed)
         if epi is None or picked is None:
             return None
-        fixed = self.fixed_groups()
         return Verdict(
             epi=epi,
             best=picked[0],

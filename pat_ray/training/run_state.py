@@ -48,19 +48,14 @@ def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path:
     if not last.exists() and not previous.exists():
         raise CheckpointError(last, f"does not exist: there is no run to resume in {run_dir}")
     try:
-        return _check_run_checkpoint(read_checkpoint(last))
+        RunState.from_checkpoint(read_checkpoint(last))  # raises CheckpointError naming what is wrong
+        return last
     except CheckpointError as err:
         if not previous.is_file():
             raise
-        ckpt = read_checkpoint(previous)
-        _check_run_checkpoint(ckpt)
-        warn(f"warning: {err}; resuming from {previous} (epoch {RunState.from_checkpoint(ckpt).epoch}) instead")
+        state = RunState.from_checkpoint(read_checkpoint(previous))
+        warn(f"warning: {err}; resuming from {previous} (epoch {state.epoch}) instead")
         return previous
-
-
-def _check_run_checkpoint(ckpt: Checkpoint) -> Path:
-    RunState.from_checkpoint(ckpt)  # raises CheckpointError naming what is missing
-    return ckpt.source
 
 
 def save_run_state(

@@ -30,6 +30,7 @@ FILES = {
 }
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian: apt-get install dataset-fashion-mnist
 MNIST_ROOT = "/usr/share/datasets/mnist"
+ROOTS = {"fashion_mnist": FASHION_ROOT, "mnist": MNIST_ROOT}
 NORMALIZATION = {"fashion_mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}  # training-set pixel mean, std
 HOW_TO_GET = {
     "fashion_mnist": "install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
@@ -160,7 +161,7 @@ class _Augmented(Dataset):
 
 def _check(name: str):
     def check(root: str | None = None, **_params: object) -> None:
-        check_files(name, root or (FASHION_ROOT if name == "fashion_mnist" else MNIST_ROOT))
+        check_files(name, root or ROOTS[name])
 
     return check
 
