@@ -94,3 +94,28 @@ def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0
     assert expected.abs().max() > 0
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     return arch
+
+
+def fail_once_after(epoch: int, marker) -> object:
+    """An observer plugin that raises once, in whichever process first finishes ``epoch``
+    (a Ray worker or a Tune trial: the class is local, so Ray ships it by value), and
+    creates ``marker`` to say it did. How tests exercise recovery without a switch in the
+    public API."""
+    import os
+
+    import pat_ray
+
+    class FailOnce:
+        @pat_ray.hookimpl
+        def pat_ray_on_epoch_end(self, epoch: int, metrics: dict) -> None:
+            if epoch != self.epoch:
+                return
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            raise RuntimeError(f"injected fault after epoch {epoch} in run with fingerprint {metrics['fingerprint']}")
+
+    plugin = FailOnce()
+    plugin.epoch, plugin.marker = epoch, str(marker)
+    return plugin

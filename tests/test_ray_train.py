@@ -12,7 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from _helpers import configured  # noqa: E402
+from _helpers import configured, fail_once_after  # noqa: E402
 from pat_ray.config import Config, FixedStart  # noqa: E402
 
 
@@ -83,20 +83,24 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
     """With a budget in step time, so that it also shows: rank 0 times the layers once, every
     rank prices with that table, and the restarted group reuses the one in the checkpoint."""
     from pat_ray.distributed.train import run_on_ray
+    from pat_ray.plugins import registry
     from pat_ray.training.checkpoint import read_checkpoint
 
     base = two_workers(tmp_path)
     config = configured(base, pruning={"budget": {"measure": "latency", "fraction": 0.75, "latency_grid": 3}})
-    name = f"fault-{uuid.uuid4().hex[:8]}"
-    result = run_on_ray(
-        config, storage_path=tmp_path / "storage", run_name=name, max_failures=1, inject_fault_at_epoch=3
-    )
-    assert (tmp_path / "storage" / name / "injected-fault-done").exists()
+    name, marker = f"fault-{uuid.uuid4().hex[:8]}", tmp_path / "fault-done"
+    registry.reset()
+    registry.register_plugin(fail_once_after(3, marker), name="fail-once")  # shipped to both workers
+    try:
+        result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, max_failures=1)
+    finally:
+        registry.reset()
+    assert marker.exists()
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
     assert result.history[-1].time_kept == pytest.approx(0.75, abs=0.03)
     logs = rank_logs(tmp_path / "storage", name)
-    # rank 0 reported epoch 3 before failing, then the restarted group went on from epoch 4
+    # both ranks reported epoch 3 before one failed, then the restarted group went on from epoch 4
     assert [m["epoch"] for m in logs["rank0"]] == [1, 2, 3, 4]
     per_epoch = {rank: {m["epoch"]: m["fingerprint"] for m in lines} for rank, lines in logs.items()}
     assert per_epoch["rank0"] == per_epoch["rank1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -128,6 +129,46 @@ def test_plugin_failing_to_import_names_it(fresh_registry, tmp_path, monkeypatch
     assert "plugin 'broken' (pat-ray-broken 0.1) failed to load" in result.output
     assert "missing dependency foo" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_module_registered_in_process_reaches_a_fresh_process(
+    fresh_registry, installed_plugin, tmp_path, monkeypatch
+):
+    """What a Ray worker gets: the module by its file, since the worker lacks the driver's path."""
+    import importlib
+    import pickle
+    import subprocess
+
+    monkeypatch.setenv(registry.AUTOLOAD_SWITCH, "1")  # the module is registered by hand, not as an entry point
+    module = importlib.import_module("my_criterion_plugin")
+    registry.register_plugin(module, name="my-random")
+    shipped = registry.shipped_plugins()
+    assert [(p.name, p.module_file) for p in shipped] == [("my-random", module.__file__)]
+    (tmp_path / "shipped.pkl").write_bytes(pickle.dumps(shipped))
+    child = (
+        "import pickle, sys; from pat_ray.plugins import registry;"
+        "registry.install_shipped(pickle.load(open(sys.argv[1], 'rb')));"
+        "print(registry.get_registry().get('criterion', 'random').plugin)"
+    )
+    env = {**os.environ, registry.AUTOLOAD_SWITCH: "1"}  # so only the shipped module can provide it
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path / "shipped.pkl")], capture_output=True, text=True, env=env, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "my-random"
+
+
+def test_an_unregistered_plugin_is_not_shipped(fresh_registry):
+    class Observer:
+        @pat_ray.hookimpl
+        def pat_ray_on_epoch_end(self, epoch, metrics):
+            pass
+
+    observer = Observer()
+    registry.register_plugin(observer, name="observer")
+    assert [(p.name, p.instance) for p in registry.shipped_plugins()] == [("observer", observer)]
+    registry.get_plugin_manager().unregister(observer)
+    assert registry.shipped_plugins() == []
 
 
 def test_cli_lists_every_kind(fresh_registry):

@@ -17,15 +17,12 @@ from typing import Any
 
 from pat_ray.config import Config, config_from_dict
 
-FAULT_MARKER = "injected-fault-done"
-
 
 def run_on_ray(
     config: Config,
     storage_path: Path | None = None,
     run_name: str | None = None,
     max_failures: int | None = None,
-    inject_fault_at_epoch: int | None = None,
     callbacks: list | None = None,
     latency_table: dict | None = None,
     resume: Path | None = None,
@@ -37,15 +34,16 @@ def run_on_ray(
     ``latency_table`` (a ``LatencyTable.to_dict()``) is handed to the workers' engine.
     ``resume``: a run's ``last.pt`` to continue from (on a cluster: on storage every node sees).
     Every checkpoint is also copied to ``output_dir/name/last.pt`` as it is reported, so an
-    interrupted Ray run can be resumed like a local one.
-    ``inject_fault_at_epoch`` (tests only) makes rank 0 raise once after that epoch's
-    checkpoint, to exercise recovery. ``callbacks`` are extra Train ``UserCallback``s.
+    interrupted Ray run can be resumed like a local one. Plugins registered in this process
+    with ``register_plugin`` are registered on every worker too. ``callbacks`` are extra
+    Train ``UserCallback``s.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pat_ray.core.latency import LatencyTable
     from pat_ray.distributed.progress import ProgressCallback, result_from_checkpoint
+    from pat_ray.plugins.registry import shipped_plugins
     from pat_ray.training.checkpoint import atomic_write, read_checkpoint
     from pat_ray.training.latency_budget import TABLE_FILE, write_table
 
@@ -56,7 +54,7 @@ def run_on_ray(
         _worker_loop,
         train_loop_config={
             "config": config.model_dump(mode="json"),
-            "fault_epoch": inject_fault_at_epoch,
+            "plugins": shipped_plugins(),
             "run_folder": str(storage / name),
             "latency_table": latency_table,
             "resume_path": str(resume) if resume is not None else None,
@@ -117,8 +115,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     logging.getLogger(train_context.__file__).setLevel(ray_log_level())
     from pat_ray.core.latency import LatencyTable
     from pat_ray.distributed.torch_collective import DistributedCollective
+    from pat_ray.plugins.registry import install_shipped
     from pat_ray.training.engine import train
 
+    install_shipped(loop_config["plugins"])
     config = config_from_dict(loop_config["config"])
     context = ray.train.get_context()
     device = torch.device("cpu")
@@ -136,7 +136,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         resume = resume_dir / "last.pt"
     elif loop_config.get("resume_path"):
         resume = Path(loop_config["resume_path"])
-    reporter = RayReporter(collective, loop_config.get("fault_epoch"), Path(loop_config["run_folder"]))
+    reporter = RayReporter(collective, Path(loop_config["run_folder"]))
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
     given = loop_config.get("latency_table")
     table = LatencyTable.from_dict(given) if given else None
@@ -150,9 +150,8 @@ class RayReporter:
     every rank saw (fingerprints, trigger epoch) can be checked after the run.
     """
 
-    def __init__(self, collective, fault_epoch: int | None, run_folder: Path) -> None:
-        self.collective, self.fault_epoch = collective, fault_epoch
-        self.marker = run_folder / FAULT_MARKER
+    def __init__(self, collective, run_folder: Path) -> None:
+        self.collective = collective
         self.rank_log = run_folder / "ranks" / f"rank{collective.rank}.jsonl"
         self.rank_log.parent.mkdir(parents=True, exist_ok=True)
 
@@ -172,10 +171,6 @@ class RayReporter:
         with self.rank_log.open("a") as log:
             log.write(json.dumps(metrics) + "\n")
         report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
-        if self.fault_epoch == metrics["epoch"] and self.collective.rank == 0 and not self.marker.exists():
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.touch()
-            raise RuntimeError(f"injected fault after epoch {metrics['epoch']} (test switch)")
 
 
 def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], path: Path | None) -> None:

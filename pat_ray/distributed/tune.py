@@ -24,7 +24,7 @@ from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
 from pat_ray.distributed.progress import result_from_checkpoint
 from pat_ray.distributed.train import report_with_checkpoint, start_ray
-from pat_ray.plugins.registry import get_registry
+from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
 from pat_ray.sweep.plan import (
     OracleSummary,
     TrialOutcome,
@@ -54,13 +54,12 @@ def run_oracle(
     resume: bool = False,
     storage_path: Path | None = None,
     echo=print,
-    inject_fault: dict | None = None,
 ) -> OracleSummary:
     """Run (or with ``resume``, continue) the oracle sweep of ``config``; write and return its report.
 
     The sweep lives in ``<storage_path or output_dir/oracle>/<name>``: Tune's state, the
-    trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. ``inject_fault``
-    (tests only: ``{"label", "epoch", "marker"}``) makes that trial fail once after that epoch.
+    trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. Plugins registered in
+    this process with ``register_plugin`` are registered in every trial too.
     """
     from ray import tune
 
@@ -78,7 +77,7 @@ def run_oracle(
             _run_trial,
             trials={label: c.model_dump(mode="json") for label, c in trials.items()},
             sweep_dir=str(sweep_dir),
-            fault=inject_fault,
+            plugins=shipped_plugins(),
             latency_table=_shared_latency_table(config, sweep_dir, echo),
         ),
         _trial_resources(config),
@@ -192,7 +191,11 @@ def _failed(label: str, config: Config, trial) -> TrialOutcome:
 
 
 def _run_trial(
-    params: dict[str, Any], trials: dict[str, dict], sweep_dir: str, fault: dict | None, latency_table: dict | None
+    params: dict[str, Any],
+    trials: dict[str, dict],
+    sweep_dir: str,
+    plugins: list[ShippedPlugin],
+    latency_table: dict | None,
 ) -> None:
     """One trial inside a Tune actor: the engine here, or a TorchTrainer for several workers."""
     from ray import tune
@@ -200,6 +203,7 @@ def _run_trial(
     from pat_ray.training.engine import train
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
+    install_shipped(plugins)
     label = params["label"]
     config = config_from_dict(trials[label], source=f"oracle trial {label}")
     config = config.model_copy(update={"output_dir": Path(tempfile.mkdtemp(prefix=f"pat_ray_{label}_"))})
@@ -225,7 +229,7 @@ def _run_trial(
         with checkpoint.as_directory() as folder:
             resume.write_bytes((Path(folder) / "last.pt").read_bytes())
     table = LatencyTable.from_dict(latency_table) if latency_table else None
-    train(config, reporter=TuneReporter(label, fault), resume=resume, latency_table=table)
+    train(config, reporter=TuneReporter(), resume=resume, latency_table=table)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -236,19 +240,10 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 class TuneReporter:
     """Reports every epoch with its checkpoint to Tune, so a restored trial continues mid-run."""
 
-    def __init__(self, label: str, fault: dict | None = None) -> None:
-        self.label, self.fault = label, fault
-
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
         from ray import tune
 
         report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(metrics), checkpoint)
-        fault = self.fault
-        if fault and fault["label"] == self.label and fault["epoch"] == metrics["epoch"]:
-            marker = Path(fault["marker"])
-            if not marker.exists():
-                marker.touch()
-                raise RuntimeError(f"injected fault in trial {self.label} after epoch {metrics['epoch']} (test switch)")
 
 
 class TrialProgress(Callback):

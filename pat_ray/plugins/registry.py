@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import os
 from collections.abc import Callable
@@ -218,6 +219,7 @@ def _origin(plugin: object) -> str:
 
 _manager: pluggy.PluginManager | None = None
 _registry: Registry | None = None
+_in_process: dict[str, object] = {}  # what register_plugin added, by name, for shipped_plugins
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -240,13 +242,14 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     """Register a plugin object or module in this process (no entry point needed).
 
     Duplicate names fail here, and the plugin is unregistered again, so a bad plugin never
-    leaves the registry half-changed.
+    leaves the registry half-changed. Ray workers started by this process get it too (see
+    :func:`shipped_plugins`).
     """
     global _registry
     manager = get_plugin_manager()
     try:
-        manager.register(plugin, name=name)
-    except pluggy.PluginValidationError as err:
+        registered_name = manager.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as err:  # ValueError: registered already
         raise PluginError(f"plugin {name or _origin(plugin)!r}: {err}") from None
     try:
         _check_pending(manager)
@@ -255,9 +258,54 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         manager.unregister(plugin)
         raise
     _registry = registry
+    _in_process[registered_name or manager.get_name(plugin)] = plugin
+
+
+@dataclass(frozen=True)
+class ShippedPlugin:
+    """An in-process plugin as it travels to a Ray worker: a module by its file (a worker
+    may not have the driver's ``sys.path``), any other object as itself (Ray pickles it)."""
+
+    name: str
+    module_file: str | None = None
+    instance: object = None
+
+
+def shipped_plugins() -> list[ShippedPlugin]:
+    """The plugins this process registered with :func:`register_plugin` and still holds,
+    ready to hand to Ray workers, which otherwise see only built-ins and entry points."""
+    manager = get_plugin_manager()
+    shipped = []
+    for name, plugin in _in_process.items():
+        if manager.get_plugin(name) is not plugin:
+            continue  # unregistered since
+        if inspect.ismodule(plugin):
+            if getattr(plugin, "__file__", None) is None:
+                raise PluginError(f"plugin {name!r} is a module without a file; Ray workers cannot load it")
+            shipped.append(ShippedPlugin(name, module_file=plugin.__file__))
+        else:
+            shipped.append(ShippedPlugin(name, instance=plugin))
+    return shipped
+
+
+def install_shipped(plugins: list[ShippedPlugin]) -> None:
+    """Register, in a Ray worker, the plugins its driver registered in-process (once each)."""
+    manager = get_plugin_manager()
+    for shipped in plugins:
+        if manager.get_plugin(shipped.name) is not None:
+            continue  # a reused worker process, or the driver itself
+        plugin = shipped.instance
+        if shipped.module_file is not None:
+            spec = importlib.util.spec_from_file_location(shipped.name, shipped.module_file)
+            if spec is None or spec.loader is None:
+                raise PluginError(f"plugin {shipped.name!r}: cannot load {shipped.module_file}")
+            plugin = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(plugin)
+        register_plugin(plugin, name=shipped.name)
 
 
 def reset() -> None:
     """Forget the process-wide manager and registry (they are rebuilt on next use)."""
     global _manager, _registry
     _manager = _registry = None
+    _in_process.clear()
