@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,22 +46,27 @@ def _check_params(field: str, kind: str, name: str, params: dict[str, Any], supp
         raise ValueError(f"{field}: {err}") from None
 
 
-def _plugin_name(kind: str):
-    """A str field that must name a registered plugin of ``kind``."""
-    return Annotated[str, AfterValidator(lambda name: _registered(kind, name))]
+def _registered(kind: str) -> Callable[[str], str]:
+    """A validator: the name must be registered as a plugin of ``kind``."""
+
+    def check(name: str) -> str:
+        names = get_registry().names(kind)
+        if name not in names:
+            raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(names) or 'none'}")
+        return name
+
+    return check
 
 
-def _registered(kind: str, name: str) -> str:
-    names = get_registry().names(kind)
-    if name not in names:
-        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(names) or 'none'}")
-    return name
+ModelName = Annotated[str, AfterValidator(_registered("model"))]
+DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
+CriterionName = Annotated[str, AfterValidator(_registered("criterion"))]
+SurgeryName = Annotated[str, AfterValidator(_registered("surgery"))]
+SimilarityName = Annotated[str, AfterValidator(_registered("similarity"))]
 
 
 class ModelConfig(_Strict):
-    name: _plugin_name("model") = Field(
-        "cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)"
-    )
+    name: ModelName = Field("cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)")
     params: dict[str, Any] = Field(
         default_factory=lambda: {"in_channels": 1},
         description="keyword arguments for the model factory; num_classes comes from the dataset",
@@ -68,7 +74,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: _plugin_name("dataset") = Field("digits", description="registered dataset name")
+    name: DatasetName = Field("digits", description="registered dataset name")
     params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
     )
@@ -132,7 +138,7 @@ class TrainingConfig(_Strict):
 
 
 class CriterionConfig(_Strict):
-    name: _plugin_name("criterion") = "magnitude"
+    name: CriterionName = "magnitude"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -184,13 +190,18 @@ class PruningConfig(_Strict):
     budget: BudgetConfig = BudgetConfig()
     steps: int = Field(3, ge=1, description="pruning steps after the trigger, each removing an equal share")
     interval: int = Field(10, ge=1, description="training iterations between pruning steps")
-    backend: _plugin_name("surgery") = "native"
+    backend: SurgeryName = "native"
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
+
+
+StartKind = Literal["epi", "early_bird", "fixed", "never", "after_training"]  # the start policies' `kind`s
+OraclePolicy = Literal["epi", "early_bird", "never", "after_training"]  # those an oracle trial runs once
+ORACLE_POLICIES: tuple[OraclePolicy, ...] = ("epi", "early_bird", "never", "after_training")
 
 
 class EPIStart(_Strict):
     kind: Literal["epi"] = "epi"
-    similarity: _plugin_name("similarity") = "structural"
+    similarity: SimilarityName = "structural"
     window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
     patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
     tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
@@ -237,15 +248,12 @@ class TrackingConfig(_Strict):
     experiment: str = "pat_ray"
 
 
-OraclePolicy = Literal["epi", "early_bird", "never", "after_training"]
-
-
 class OracleConfig(_Strict):
     start_epochs: list[int] | None = Field(
         None, description="fixed start epochs the oracle sweep trains; default: see oracle_grid()"
     )
     policies: list[OraclePolicy] = Field(
-        default_factory=lambda: ["epi", "early_bird", "never", "after_training"],
+        default_factory=lambda: list(ORACLE_POLICIES),
         description="one trial each besides the fixed grid; `never` = dense, `after_training` = train-prune-fine-tune",
     )
     max_concurrent_trials: int = Field(2, ge=1, description="trials run at once (each needs its workers' CPUs/GPUs)")

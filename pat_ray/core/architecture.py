@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Architecture:
             kept[name] = tuple(idx[i] for i in local)
         return Architecture(kept, dict(self.sizes), self.layers)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = {"sizes": dict(self.sizes), "kept": {n: list(i) for n, i in self.kept.items()}}
         return data if self.layers is None else {**data, "layers": dict(self.layers)}
 
@@ -77,7 +78,7 @@ class Architecture:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Architecture:
+    def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
         sizes = {str(n): int(s) for n, s in data["sizes"].items()}
         kept = {str(n): tuple(int(i) for i in data["kept"][n]) for n in sizes}
         layers = data.get("layers")

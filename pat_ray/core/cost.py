@@ -44,8 +44,9 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     """Count conv/linear MACs with forward hooks and all parameters of the model."""
     total = 0
 
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         nonlocal total
+        assert isinstance(module.weight, torch.Tensor)
         fan_in = module.weight[0].numel()  # in_features, or in_channels/groups * kernel
         total += fan_in * output[0].numel()
 
@@ -54,7 +55,7 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     return Cost(total, sum(p.numel() for p in model.parameters()))
 
 
-def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable]) -> Any:
+def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable[..., None]]) -> Any:
     """One eval-mode, no-grad forward of one example with ``hooks`` attached as forward hooks;
     the model's mode is restored and the hooks removed whatever happens. Returns the output."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -15,7 +16,7 @@ class DataBundle:
     FLOPs are counted for it. Items are ``(image_tensor, int_label)``.
     """
 
-    train: Dataset
-    val: Dataset
+    train: Dataset[Any]
+    val: Dataset[Any]
     num_classes: int
     input_shape: tuple[int, ...]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 Counts = Sequence[int]
 Similarity = Callable[[Counts, Counts], float]
+Snapshot = TypeVar("Snapshot")  # what a similarity compares: counts, or a whole Architecture
 
 
 def layer_distance(a: int, b: int) -> float:
@@ -52,7 +54,9 @@ def epi_value(similarities_to_previous: Sequence[float]) -> float:
 
 
 def epi_curve(
-    snapshots: Sequence[Counts], window: int, similarity: Similarity = structural_similarity
+    snapshots: Sequence[Snapshot],
+    window: int,
+    similarity: Callable[[Snapshot, Snapshot], float] = structural_similarity,  # type: ignore[assignment]
 ) -> list[float | None]:
     """EPI for every snapshot (None for the first, which has nothing to compare with)."""
     curve: list[float | None] = [None]
@@ -71,9 +75,9 @@ def should_trigger(curve: Sequence[float | None], window: int, patience: int, ta
     triggers even if an earlier value was 1 too, or a fully stable curve would never fire.
     """
     t = len(curve) - 1
-    if t < window or curve[t] is None:
+    current = curve[t] if t >= 0 else None
+    if t < window or current is None:
         return False
-    current = curve[t]
     past = [v for v in curve[max(0, t - patience) : t] if v is not None]
     return current >= tau and (current >= 1.0 or all(current > v for v in past))
 

@@ -22,6 +22,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
@@ -33,7 +34,7 @@ from pat_ray.core.graph import (
     UnsupportedModelError,
     first_sample,
 )
-from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.layout import GroupBuilder, Layout, Pieces, Traced
 from pat_ray.core.tensor_ops import (
     binary_layout,
     cat_layout,
@@ -57,9 +58,7 @@ from pat_ray.core.tracing_ops import (
     RESHAPE_FUNCTIONS,
     RESHAPE_METHODS,
 )
-from pat_ray.core.tuples import Pieces, pick, piece_shapes, split_layout
-
-Traced = Layout | Pieces | None  # what the tracer knows of a node's result
+from pat_ray.core.tuples import pick, piece_shapes, split_layout
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -154,21 +153,25 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
     return result
 
 
-def _visit_multi_output(b: GroupBuilder, node: fx.Node, layout: Layout, pieces, where: str) -> Pieces:
-    table = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
+def _visit_multi_output(
+    b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
+) -> Pieces:
+    table: dict[Any, int] = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
     dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
     first = node.args[0] if node.args else None
-    if dim_position is None or shape_of(first) is None:
+    in_shape = shape_of(first)
+    if dim_position is None or in_shape is None:
         raise UnsupportedModelError(
             f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
             "its input's; supported: split, chunk, unbind, tensor_split"
         )
-    return split_layout(b, node, layout, dim_position, shape_of(first), pieces, where)
+    return split_layout(b, node, layout, dim_position, in_shape, pieces, where)
 
 
-def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts, where: str) -> Traced:
+def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Traced:
     """A node that consumes a whole tuple of tensors: indexing it, or concatenating it."""
     pieces = layouts[source]
+    assert isinstance(pieces, tuple), "only a multi-output node's layouts are pieces"
     if node.op == "call_function" and node.target is operator.getitem and node.args[0] is source:
         return pick(node, pieces, where)
     if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
@@ -179,7 +182,9 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts, where:
     )
 
 
-def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: list[Layout], shape) -> Layout | None:
+def _visit_module(
+    b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: list[Layout], shape: tuple[int, ...] | None
+) -> Layout | None:
     name = str(node.target)
     module = gm.get_submodule(name)
     where = f"module {name!r} ({type(module).__name__})"
@@ -218,9 +223,13 @@ def _visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: li
     )
 
 
-def _visit_conv(b: GroupBuilder, name, module, layout: Layout, shape, where) -> Layout:
+def _visit_conv(
+    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, shape: tuple[int, ...] | None, where: str
+) -> Layout:
     if layout.repeat != 1 or b.width(layout) != module.in_channels:
         raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
+    if shape is None:
+        raise UnsupportedModelError(f"{where}: the shape of its output is unknown")
     kernel = math.prod(module.kernel_size)
     spatial = math.prod(shape[2:])
     per_out = 1 if module.bias is not None else 0
@@ -253,12 +262,19 @@ def _visit_conv(b: GroupBuilder, name, module, layout: Layout, shape, where) -> 
     )
 
 
-def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape, layouts) -> Layout | None:
+def _visit_function(
+    b: GroupBuilder,
+    node: fx.Node,
+    inputs: list[Layout],
+    shape: tuple[int, ...] | None,
+    layouts: dict[fx.Node, Traced],
+) -> Layout | None:
     target = node.target
     where = _where(node)
     if shape is None:
         return None  # a non-tensor result (size, shape, a python number)
-    first = layouts.get(node.args[0]) if node.args else None
+    traced = layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    first = traced if isinstance(traced, Layout) else None  # a tuple's pieces are used in _use_pieces
     if node.op == "call_method":
         kind = (
             "pass"
@@ -292,7 +308,7 @@ def _visit_function(b: GroupBuilder, node: fx.Node, inputs: list[Layout], shape,
     if kind == "pass" and first is not None:
         return first
     if kind == "binary":
-        return binary_layout(b, node, inputs, shape, layouts, where)
+        return binary_layout(b, node, shape, layouts, where)
     if kind == "reshape" and first is not None:
         return reshape_layout(b, node, first, where)
     if kind == "reduce" and first is not None:

@@ -18,9 +18,10 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ from pat_ray.core.cost import hooked_forward
 from pat_ray.core.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph
 from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
+
+Key = tuple[Hashable, ...]  # what identifies one timing (layer kind, hyper-parameters, widths)
 
 
 def measure_latency(
@@ -109,11 +112,14 @@ class _Plan:
     input_grad: bool  # False for a layer reading the model's input: training computes no grad there
 
     @classmethod
-    def of(cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape, round_to: int, points: int) -> _Plan:
+    def of(
+        cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape: Sequence[int], round_to: int, points: int
+    ) -> _Plan:
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
         grouped = isinstance(module, CONV_TYPES) and 1 < module.groups < module.in_channels
-        out_step = math.lcm(round_to, module.groups) if grouped else round_to  # conv groups stay, each narrowed
+        conv_groups = module.groups if isinstance(module, CONV_TYPES) and grouped else 1
+        out_step = math.lcm(round_to, conv_groups)  # conv groups stay, each narrowed
         out_full = sum(size[g] for g in term.out_groups)
         out_counts = count_grid(out_full, out_step, points) if variable & set(term.out_groups) else (out_full,)
         in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
@@ -133,7 +139,7 @@ class _Plan:
         output (``_follows_output``) has as many inputs as outputs."""
         return (n_out if _follows_output(self.module) else n_in), n_out
 
-    def key(self, n_in: int, n_out: int) -> tuple:
+    def key(self, n_in: int, n_out: int) -> Key:
         """What identifies a timing: identical keys are timed once, whichever layer asks."""
         m = self.module
         n_in, n_out = self.widths(n_in, n_out)
@@ -159,8 +165,8 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Si
     """The input shape every module sees in ``model(example[:1])``."""
     shapes: dict[str, torch.Size] = {}
 
-    def record(name: str):
-        def hook(_module, inputs, _output) -> None:  # returns None: the output stays as it is
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: object) -> None:  # output kept
             shapes.setdefault(name, inputs[0].shape)
 
         return hook
@@ -172,20 +178,26 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Si
 class _LayerTimer:
     """Builds a layer at given widths and times its forward + backward."""
 
-    def __init__(self, device, batch_size: int, repeats: int, channels_last: bool, autocast_dtype) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        batch_size: int,
+        repeats: int,
+        channels_last: bool,
+        autocast_dtype: torch.dtype | None,
+    ) -> None:
         self.device, self.batch_size, self.repeats = device, batch_size, repeats
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
 
-    def in_rounds(self, jobs: dict[tuple, tuple[_Plan, int, int]], rounds: int) -> dict[tuple, float]:
+    def in_rounds(self, jobs: dict[Key, tuple[_Plan, int, int]], rounds: int) -> dict[Key, float]:
         """Each configuration's median time over ``rounds`` rounds, each round in a new order.
 
-        A machine's speed drifts over seconds. On the 2-core development VM, four tables timed
-        back to back in one round each put ResNet-56's smallest sub-network at 0.587-0.675 of
-        the step, and timing each configuration longer did not narrow that; in three shuffled
-        rounds, 0.600-0.630. A slow spell then hits different layers each round and the median
-        drops it, instead of biasing whichever layers were being timed."""
-        samples: dict[tuple, list[float]] = {key: [] for key in jobs}
+        A machine's speed drifts over seconds, and timing each configuration longer does not
+        average a slow spell away: it lands on whichever layers were being timed. Shuffled
+        rounds put a slow spell on different layers each round, and the median drops it
+        (BENCHMARKS.md, "latency table spread", has the measurement)."""
+        samples: dict[Key, list[float]] = {key: [] for key in jobs}
         order, shuffle = list(jobs), random.Random(0)
         for _ in range(rounds):
             shuffle.shuffle(order)
@@ -193,7 +205,7 @@ class _LayerTimer:
                 samples[key].append(self._time(*jobs[key]))
         return {key: statistics.median(times) for key, times in samples.items()}
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -205,14 +217,15 @@ class _LayerTimer:
         if self.channels_last and x.dim() == 4:
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(plan.input_grad)
-        grads = []  # the output's gradient, made once by the warm-up step
+        grads: list[torch.Tensor] = []  # the output's gradient, made once by the warm-up step
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             x.grad = None
             with self._autocast():
                 out = layer(x)
-            grads or grads.append(torch.ones_like(out))
+            if not grads:
+                grads.append(torch.ones_like(out))
             out.backward(grads[0])
 
         step()  # warm-up: allocations, kernel selection
@@ -236,7 +249,8 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
     A norm is timed with the ReLU that follows most norms: element-wise activations scale
     with the same channels and would otherwise be missing from the sum."""
     if isinstance(module, CONV_TYPES):
-        return type(module)(
+        conv_type: Any = type(module)  # Conv1d/2d/3d take the same arguments
+        built: nn.Module = conv_type(
             n_in,
             n_out,
             module.kernel_size,
@@ -247,6 +261,7 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
         )
+        return built
     if isinstance(module, nn.Linear):
         return nn.Linear(n_in, n_out, bias=module.bias is not None)
     if isinstance(module, NORM_TYPES):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.graph import Role, UnsupportedModelError
 
 
 @dataclass
@@ -20,6 +20,10 @@ class Layout:
 
     groups: tuple[int, ...]
     repeat: int = 1
+
+
+Pieces = tuple[Layout | None, ...]  # the layouts of an op's several results (split, chunk)
+Traced = Layout | Pieces | None  # what the tracer knows of a node's result
 
 
 @dataclass
@@ -33,7 +37,7 @@ class GroupBuilder:
     labels: list[str] = field(default_factory=list)
     pinned: set[int] = field(default_factory=set)
     subgroups: dict[int, int] = field(default_factory=dict)
-    slots: list[tuple[str, str, Layout]] = field(default_factory=list)
+    slots: list[tuple[str, Role, Layout]] = field(default_factory=list)
     params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
 

@@ -13,12 +13,15 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph
+from pat_ray.core.graph import ModelGraph, Role
 from pat_ray.core.groups import CONV_TYPES, NORM_TYPES
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]
+Rewrite = Callable[[nn.Module, str, Reindex], None]  # replace module.<name> by reindex(it)
 
 
 def apply_architecture(
@@ -52,11 +55,11 @@ def apply_architecture(
 
 def channels_to_drop(
     graph: ModelGraph, architecture: Architecture
-) -> tuple[dict[tuple[str, str], torch.Tensor], dict[str, set[str]]]:
+) -> tuple[dict[tuple[str, str], torch.Tensor], dict[str, set[Role]]]:
     """Per ``(module name, "out" | "in" | "param")`` the sorted channel indices ``architecture`` removes,
     and the roles each touched module plays (a surgery backend's whole to-do list)."""
     removed: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
-    roles: dict[str, set[str]] = defaultdict(set)
+    roles: dict[str, set[Role]] = defaultdict(set)
     for group in graph.groups:
         if group.name not in architecture.kept:
             continue
@@ -85,7 +88,8 @@ def _complement(indices: tuple[int, ...], size: int) -> torch.Tensor:
 def _cat(parts: list[torch.Tensor] | None) -> torch.Tensor:
     if not parts:
         return torch.empty(0, dtype=torch.long)
-    return torch.cat(parts).unique()
+    merged: torch.Tensor = torch.unique(torch.cat(parts))
+    return merged
 
 
 def kept_indices(size: int, drop: torch.Tensor) -> torch.Tensor:
@@ -142,7 +146,9 @@ class _Rewriter:
             group["params"] = [self.replaced.get(p, p) for p in group["params"]]
 
 
-def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, rewrite) -> None:
+def _shrink_conv(
+    conv: _ConvNd, drop_out: torch.Tensor, drop_in: torch.Tensor, roles: set[Role], rewrite: Rewrite
+) -> None:
     keep_out = kept_indices(conv.out_channels, drop_out)
     if "depthwise" in roles:
         rewrite(conv, "weight", _select(0, keep_out))
@@ -159,7 +165,7 @@ def _shrink_conv(conv, drop_out: torch.Tensor, drop_in: torch.Tensor, roles, rew
     conv.out_channels = len(keep_out)
 
 
-def _grouped_reindex(conv, keep: torch.Tensor) -> Reindex:
+def _grouped_reindex(conv: _ConvNd, keep: torch.Tensor) -> Reindex:
     """Grouped conv with in == out channels: keep the same channels on both sides, so
     each output row keeps the inputs of its own conv group that survived."""
     groups, width = conv.groups, conv.out_channels // conv.groups
@@ -176,7 +182,7 @@ def _grouped_reindex(conv, keep: torch.Tensor) -> Reindex:
     return fn
 
 
-def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
+def _shrink_linear(linear: nn.Linear, drop_out: torch.Tensor, drop_in: torch.Tensor, rewrite: Rewrite) -> None:
     keep_out = kept_indices(linear.out_features, drop_out)
     keep_in = kept_indices(linear.in_features, drop_in)
     by_out, by_in = _select(0, keep_out), _select(1, keep_in)
@@ -185,7 +191,7 @@ def _shrink_linear(linear: nn.Linear, drop_out, drop_in, rewrite) -> None:
     linear.out_features, linear.in_features = len(keep_out), len(keep_in)
 
 
-def _shrink_param(model: nn.Module, name: str, axis: int, drop: torch.Tensor, rewrite) -> None:
+def _shrink_param(model: nn.Module, name: str, axis: int, drop: torch.Tensor, rewrite: Rewrite) -> None:
     """A per-channel parameter or buffer (a layer scale, say), sliced along its channel axis."""
     owner, _, attribute = name.rpartition(".")
     module = model.get_submodule(owner)
@@ -193,7 +199,7 @@ def _shrink_param(model: nn.Module, name: str, axis: int, drop: torch.Tensor, re
     rewrite(module, attribute, _select(axis, keep))
 
 
-def _shrink_norm(norm, drop: torch.Tensor, rewrite) -> None:
+def _shrink_norm(norm: _NormBase, drop: torch.Tensor, rewrite: Rewrite) -> None:
     keep = kept_indices(norm.num_features, drop)
     for name in ("weight", "bias", "running_mean", "running_var"):
         rewrite(norm, name, _select(0, keep))

@@ -13,7 +13,7 @@ from typing import Any
 import torch.fx as fx
 
 from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.layout import GroupBuilder, Layout, Traced
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
@@ -24,7 +24,24 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
-def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layout:
+def known_shape(node: Any, where: str) -> tuple[int, ...]:
+    """``shape_of`` for a tensor whose shape a rule needs: unknown is the model's problem, named."""
+    shape = shape_of(node)
+    if shape is None:
+        raise UnsupportedModelError(f"{where}: the shape of {node} is unknown (not a traced tensor)")
+    return shape
+
+
+def int_arg(value: object, where: str) -> int:
+    """A dim argument the tracer can read (an int, not a value computed at run time)."""
+    if not isinstance(value, int):
+        raise UnsupportedModelError(f"{where}: dim {value!r} is not a constant int")
+    return value
+
+
+def binary_layout(
+    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], layouts: dict[fx.Node, Traced], where: str
+) -> Layout:
     """Element-wise op: operands that vary over the result's channels are coupled to them.
 
     Broadcasting aligns shapes from the right, so an operand's dim ``len(s) - len(shape) + 1``
@@ -33,9 +50,11 @@ def binary_layout(b: GroupBuilder, node, inputs, shape, layouts, where) -> Layou
     if len(shape) < 2:
         raise UnsupportedModelError(f"{where}: result has no channel dimension")
     channels = shape[1]
-    wide, params = [], []
+    wide: list[Layout] = []
+    params: list[tuple[str, int]] = []
     for operand in (a for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None):
-        lay, s = layouts.get(operand), shape_of(operand)
+        traced, s = layouts.get(operand), known_shape(operand, where)
+        lay = traced if isinstance(traced, Layout) else None
         axis = len(s) - len(shape) + 1
         extent = s[axis] if axis >= 0 else 1
         if lay is not None and axis == 1 and extent == channels:
@@ -91,24 +110,31 @@ def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -
     )
 
 
-def reduce_layout(node: fx.Node, layout: Layout, shape, where: str) -> Layout:
-    in_shape = shape_of(node.args[0])
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+def reduce_layout(node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str) -> Layout:
+    in_shape = known_shape(node.args[0], where)
+    given = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
+    dims = [int_arg(d, where) for d in listed]
     ndim = len(in_shape)
     if dims and all(d % ndim >= 2 for d in dims) and len(shape) >= 2:
         return layout
     raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
 
 
-def cat_layout(b: GroupBuilder, node: fx.Node, layouts, where: str) -> Layout:
+def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:
     tensors = node.args[0]
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    traced = layouts.get(tensors) if isinstance(tensors, fx.Node) else tuple(layouts.get(t) for t in tensors)
-    parts = traced if isinstance(traced, tuple) else (traced,)
-    if any(not isinstance(p, Layout) for p in parts):
+    dim = int_arg(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0), where)
+    found: list[Traced]
+    if isinstance(tensors, fx.Node):  # the tuple a split returned
+        traced = layouts.get(tensors)
+        found = list(traced) if isinstance(traced, tuple) else [traced]
+    else:
+        listed = tensors if isinstance(tensors, list | tuple) else ()
+        found = [layouts.get(t) if isinstance(t, fx.Node) else None for t in listed]
+    parts = [p for p in found if isinstance(p, Layout)]
+    if not parts or len(parts) != len(found):
         raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
-    ndim = len(shape_of(node))
+    ndim = len(known_shape(node, where))
     if dim % ndim == 1:
         if any(p.repeat != 1 for p in parts):
             raise UnsupportedModelError(f"{where}: concatenates flattened features")

@@ -14,9 +14,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout
-
-Pieces = tuple[Layout | None, ...]
+from pat_ray.core.layout import GroupBuilder, Layout, Pieces
 
 
 def split_layout(

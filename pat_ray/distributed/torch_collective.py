@@ -29,7 +29,9 @@ class DistributedCollective:
     def __init__(self, device: torch.device) -> None:
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = device
-        self.side = dist.new_group(backend="gloo")
+        side = dist.new_group(backend="gloo")  # every rank is a member, so never NON_GROUP_MEMBER
+        assert isinstance(side, dist.ProcessGroup)
+        self.side = side
         self.gossip_seconds = 0.0
         self.gossip_bytes = 0
 

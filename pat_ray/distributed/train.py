@@ -61,7 +61,7 @@ def run_on_ray(
         },
         scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu),
         torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # mypy sees Train V1's RunConfig; V2's at run time
             name=name,
             storage_path=str(storage),
             failure_config=FailureConfig(
@@ -69,12 +69,14 @@ def run_on_ray(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
-            callbacks=[ProgressCallback(Path(config.output_dir) / config.name), *(callbacks or [])],
+            callbacks=[ProgressCallback(Path(config.output_dir) / config.name), *(callbacks or [])],  # type: ignore[list-item]
         ),
     )
     started = time.perf_counter()
     result = trainer.fit()
     local = Path(config.output_dir) / config.name / "last.pt"
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name!r} ended without a checkpoint; see {storage / name}")
     with result.checkpoint.as_directory() as folder:  # the callback copied it too; make sure it is the final one
         data = (Path(folder) / "last.pt").read_bytes()
     atomic_write(local, lambda handle: handle.write(data))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pat_ray.config import Config, FixedStart, config_from_dict
+from pat_ray.config import Config, FixedStart, OraclePolicy, config_from_dict
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
@@ -41,7 +41,7 @@ from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config, write_table
 from pat_ray.training.records import RunState
 
-CALIBRATION_SOURCES = ("never", "after_training", "epi")  # longest-watched dense phase first
+CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first
 
 
 class SweepExistsError(FileExistsError):

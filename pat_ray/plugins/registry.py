@@ -258,7 +258,9 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         manager.unregister(plugin)
         raise
     _registry = registry
-    _in_process[registered_name or manager.get_name(plugin)] = plugin
+    shipped_name = registered_name or manager.get_name(plugin)
+    if shipped_name is not None:
+        _in_process[shipped_name] = plugin
 
 
 @dataclass(frozen=True)

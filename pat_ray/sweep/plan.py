@@ -21,6 +21,7 @@ from pat_ray.config import (
     EPIStart,
     FixedStart,
     NeverStart,
+    StartKind,
     oracle_grid,
 )
 from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
@@ -90,7 +91,7 @@ class TrialOutcome:
     """One finished (or failed) trial, as the report needs it."""
 
     label: str
-    policy: str
+    policy: StartKind
     start_epoch: int | None  # the epoch pruning started after (fixed: as set; epi/early_bird: chosen)
     accuracy: float | None = None
     flops_kept: float | None = None
@@ -195,7 +196,7 @@ class OracleSummary:
             stand_in = (
                 dense
                 if fired is None
-                else min(grid, key=lambda t: (abs(t.start_epoch - fired), t.start_epoch), default=None)
+                else min(grid, key=lambda t: (abs((t.start_epoch or 0) - fired), t.start_epoch or 0), default=None)
             )
             held_out.append(
                 HeldOut(

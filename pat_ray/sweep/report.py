@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pat_ray.config import StartKind
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome
 from pat_ray.sweep.stats import GroupStats, Verdict
 from pat_ray.tracking.plots import finish, plt
@@ -19,15 +20,15 @@ PLOTS = {
     "cost": "cost_vs_start.png",
     "epi": "epi_curve.png",
 }
-POLICY_NAMES = {
+POLICY_NAMES: dict[StartKind, str] = {
     "fixed": "PaT, fixed start",
     "epi": "PaT + EPI",
     "early_bird": "PaT + Early-Bird",
     "never": "dense (no pruning)",
     "after_training": "train-prune-fine-tune",
 }
-MARKERS = {"epi": ("*", "tab:red"), "early_bird": ("D", "tab:purple")}
-ORDER = ["fixed", "epi", "early_bird", "never", "after_training"]
+MARKERS: dict[StartKind, tuple[str, str]] = {"epi": ("*", "tab:red"), "early_bird": ("D", "tab:purple")}
+ORDER: list[StartKind] = ["fixed", "epi", "early_bird", "never", "after_training"]
 
 
 def _starts(g: GroupStats) -> str:
@@ -45,7 +46,8 @@ def _trial_row(t: TrialOutcome) -> str:
     start = "-" if t.start_epoch is None else str(t.start_epoch)
     seed = "-" if t.seed is None else str(t.seed)
     if not t.ok:
-        return f"| {t.label} | {seed} | {start} | failed: {t.error.splitlines()[0][:80]} | | |"
+        first_line = (t.error or "no error recorded").splitlines()[0][:80]
+        return f"| {t.label} | {seed} | {start} | failed: {first_line} | | |"
     return f"| {t.label} | {seed} | {start} | {t.accuracy:.4f} | {t.flops_kept:.3f} | {t.train_flops_ratio:.3f}x |"
 
 
@@ -209,7 +211,7 @@ def _plot_against_start(summary: OracleSummary, path: Path, value, ylabel: str, 
     fixed = summary.fixed_groups()
     if fixed:
         ax.errorbar(
-            [g.mean_start for g in fixed],
+            [g.mean_start or 0.0 for g in fixed],
             [value(g)[0] for g in fixed],
             yerr=[value(g)[1] for g in fixed],
             marker="o",

@@ -15,10 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pat_ray.config import StartKind
+
 
 class _Trial(Protocol):
     group: str
-    policy: str
+    policy: StartKind
     seed: int | None
     start_epoch: int | None
     accuracy: float | None
@@ -36,7 +38,7 @@ class GroupStats:
     """One trial group (a grid point or a policy) over its finished seeds."""
 
     group: str
-    policy: str
+    policy: StartKind
     seeds: tuple[int | None, ...]
     start_epochs: tuple[int | None, ...]  # per seed: the epoch pruning started after
     accuracies: tuple[float, ...]
@@ -87,12 +89,19 @@ def _stats(name: str, members: Sequence[_Trial]) -> GroupStats:
         policy=members[0].policy,
         seeds=tuple(t.seed for t in members),
         start_epochs=tuple(t.start_epoch for t in members),
-        accuracies=tuple(float(t.accuracy) for t in members),
-        flops_kept=statistics.fmean(float(t.flops_kept) for t in members),
-        train_flops=sum(float(t.train_flops) for t in members),
-        train_flops_ratio=statistics.fmean(float(t.train_flops_ratio) for t in members),
-        wall_seconds=statistics.fmean(float(t.wall_seconds) for t in members),
+        accuracies=tuple(_measured(t.accuracy) for t in members),
+        flops_kept=statistics.fmean(_measured(t.flops_kept) for t in members),
+        train_flops=sum(_measured(t.train_flops) for t in members),
+        train_flops_ratio=statistics.fmean(_measured(t.train_flops_ratio) for t in members),
+        wall_seconds=statistics.fmean(_measured(t.wall_seconds) for t in members),
     )
+
+
+def _measured(value: float | None) -> float:
+    """A finished trial's number (only failed trials lack them, and they are never grouped)."""
+    if value is None:
+        raise ValueError("a finished trial lacks a measurement")
+    return float(value)
 
 
 def best_and_reference(fixed: Sequence[GroupStats]) -> tuple[GroupStats, GroupStats] | None:

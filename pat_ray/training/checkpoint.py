@@ -43,9 +43,10 @@ _FIELDS = {
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged, unsafe or does not fit its model."""
 
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        self.path, self.problem = Path(path), problem
-        super().__init__(f"checkpoint {str(path)!r}: {problem}")
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path, self.problem = (None if path is None else Path(path)), problem
+        where = "read from memory" if path is None else repr(str(path))
+        super().__init__(f"checkpoint {where}: {problem}")
 
     def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
         return (type(self), (self.path, self.problem))
@@ -63,7 +64,7 @@ class Checkpoint:
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[BinaryIO], None], backup: str | os.PathLike | None = None
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], backup: str | os.PathLike | None = None
 ) -> None:
     """Call ``write`` on a temp file next to ``path``, then rename it into place.
 

@@ -41,7 +41,7 @@ def seeded_loader(
     """This rank's share of ``dataset``. The order of epoch e depends only on (seed, e) (the
     engine calls ``sampler.set_epoch``): a resumed run sees the batches an uninterrupted one
     would, and one process sees what one Ray worker sees."""
-    sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
+    sampler: DistributedSampler[Any] = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 

@@ -9,10 +9,11 @@ leave through ``reporter``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -195,7 +196,7 @@ def _build(
         run_dir=run_dir,
         input_shape=(1, *data.input_shape),
         num_classes=data.num_classes,
-        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(data.train) * train_epochs,
+        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
         train_epochs=train_epochs,
         finetune=finetune,
         finetune_epochs=(finetune.finetune_epochs or train_epochs) if finetune else 0,

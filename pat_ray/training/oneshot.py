@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ def prune(
     """
     registry = get_registry()
     if isinstance(criterion, str):
-        criterion = registry.create("criterion", criterion, **dict(criterion_params or {}))
+        criterion = cast(Criterion, registry.create("criterion", criterion, **dict(criterion_params or {})))
     surgery = registry.create("surgery", backend)
     target = Budget(budget, measure, round_to)
     graph = trace_channel_groups(model, example_input, exclude=exclude)

@@ -17,7 +17,7 @@ from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
-from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
+from pat_ray.core.selection import Budget, Measure, budget_measure, check_reachable, select_architecture
 from pat_ray.core.verify import check_pruned, output_shapes
 from pat_ray.training.collective import Collective
 
@@ -68,7 +68,7 @@ class Pruner:
     def finished(self) -> bool:
         return self.steps_done >= self.steps
 
-    def _measure(self, graph: ModelGraph, measure: str) -> float:
+    def _measure(self, graph: ModelGraph, measure: Measure) -> float:
         return budget_measure(graph, measure, self.latency)({g.name: g.size for g in graph.groups})
 
     def scores(self, model: nn.Module) -> Scores:
@@ -142,4 +142,6 @@ class Pruner:
     @property
     def time_kept(self) -> float | None:
         """The training step's time over the dense model's, as the latency table predicts it."""
-        return self.seconds / self.dense_seconds if self.latency else None
+        if self.seconds is None or self.dense_seconds is None:
+            return None
+        return self.seconds / self.dense_seconds
