@@ -109,11 +109,35 @@ class Transposed(nn.Module):
         return self.up(self.conv(x))
 
 
+class ComputedDim(nn.Module):
+    """Reduces over a dim computed in the forward: the tracer sees a node, not a number."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.mean(dim=y.dim() - 1)
+
+
+class CatOfComputed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.cat([y, y], dim=y.dim() - 3)
+
+
 @pytest.mark.parametrize(
     "model, message",
     [
         (ChannelSlice(), "node 'getitem'.*slices the channel"),
         (Transposed(), "module 'up' \\(ConvTranspose2d\\)"),
+        (ComputedDim(), "node 'mean'.*is not a constant int"),
+        (CatOfComputed(), "node 'cat'.*is not a constant int"),
     ],
 )
 def test_unsupported_ops_are_named(model, message):
