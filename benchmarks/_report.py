@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 from datetime import date
 from pathlib import Path
 
 import torch
 import torchvision
+
+from pat_ray.core.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -18,12 +19,6 @@ def fresh_output_dir() -> Path:
     import tempfile
 
     return Path(tempfile.mkdtemp(prefix="pat_ray_bench_"))
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(device)}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def header(title: str, device: torch.device, notes: str) -> list[str]:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pat_ray.core.latency_probe import seconds_of
+from pat_ray.core.timing import seconds_of
 
 
 @contextmanager
@@ -16,10 +16,9 @@ def _denormals_flushed() -> Iterator[None]:
     """Flush denormal floats to zero while timing on a CPU.
 
     A timed training step repeats on one batch, so its loss falls towards 0 and its gradients
-    pass through the denormal range, where x86 arithmetic is ~50x slower: one such ResNet-50
-    step took 21.7 s against 0.45 s (99.9% of its gradients denormal), and a speedup table
-    read 0.04. Real training rarely gets there; a benchmark loop always does. (torch has no
-    getter for the setting: it is restored to torch's default, off.)"""
+    pass through the denormal range, where x86 arithmetic is far slower (BENCHMARKS.md,
+    "Denormals", has the measurement). Real training rarely gets there; a benchmark loop
+    always does. (torch has no getter for the setting: it is restored to torch's default, off.)"""
     torch.set_flush_denormal(True)
     try:
         yield

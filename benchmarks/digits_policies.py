@@ -11,14 +11,12 @@ snapshot overhead (share of epoch time spent computing scores + selection + EPI)
 
 from __future__ import annotations
 
-import platform
-from datetime import date
 from pathlib import Path
 
 import torch
 
 import pat_ray
-from _report import fresh_output_dir
+from _report import fresh_output_dir, header
 from pat_ray.config import AfterTrainingStart, Config, EarlyBirdStart, NeverStart
 
 RESULTS = Path(__file__).parent / "results" / "digits_policies.md"
@@ -55,13 +53,11 @@ def main() -> None:
         h.epoch_seconds for h in dense.history[1:]
     )
     text = [
-        "# Digits pipeline: start policies",
-        "",
-        f"{date.today()} · {platform.machine()} · {torch.get_num_threads()} threads · torch {torch.__version__}",
-        "",
-        f"Command: `python benchmarks/{Path(__file__).name}` (config: pipelines/digits.yaml, "
-        "one run per policy, same seed).",
-        "",
+        *header(
+            "Digits pipeline: start policies",
+            torch.device("cpu"),
+            "Config: pipelines/digits.yaml, one run per policy, same seed.",
+        ),
         *rows,
         "",
         f"PaT + EPI vs train-prune-fine-tune: training FLOPs {epi.train_flops / tpf.train_flops:.3f}x, "

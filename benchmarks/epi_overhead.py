@@ -26,11 +26,13 @@ import torch
 from _report import header, write
 from pat_ray.core.latency_probe import measure_latency
 from pat_ray.core.selection import Budget
+from pat_ray.core.timing import seconds_of
 from pat_ray.plugins.registry import get_registry
 from pat_ray.training.collective import LocalCollective
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
 
+CPU = torch.device("cpu")
 SETTINGS = {  # model -> (input size, classes, images per epoch of its usual dataset)
     "cifar_resnet56": (32, 10, 50_000),
     "resnet50": (224, 1000, 1_281_167),
@@ -52,9 +54,9 @@ def measure(name: str, batch: int, repeats: int, criterion: str, budget: str = "
         optimizer.step()
 
     step()
-    step_s = statistics.median(_time(step) for _ in range(repeats))
+    step_s = statistics.median(seconds_of(step, CPU) for _ in range(repeats))
     example = torch.zeros(1, 3, size, size)
-    started = time.perf_counter()
+    started = time.perf_counter()  # the table's one-off measurement, itself many timings
     table = measure_latency(model, example, batch) if budget == "latency" else None
     table_s = time.perf_counter() - started if table else 0.0
     pruner = Pruner(
@@ -72,7 +74,9 @@ def measure(name: str, batch: int, repeats: int, criterion: str, budget: str = "
     tracker = SnapshotTracker(registry.create("similarity", "structural"), window=5)
     gradient_criterion = pruner.criterion.needs_gradients  # observes every iteration, not only per snapshot
     observe_s = (
-        statistics.median(_time(lambda: pruner.observe(model)) for _ in range(repeats)) if gradient_criterion else 0.0
+        statistics.median(seconds_of(lambda: pruner.observe(model), CPU) for _ in range(repeats))
+        if gradient_criterion
+        else 0.0
     )
 
     def snapshot():
@@ -82,7 +86,7 @@ def measure(name: str, batch: int, repeats: int, criterion: str, budget: str = "
 
     for _ in range(5):  # a full window, so every timed record compares with 5 snapshots
         snapshot()
-    snapshot_s = statistics.median(_time(snapshot) for _ in range(repeats))
+    snapshot_s = statistics.median(seconds_of(snapshot, CPU) for _ in range(repeats))
     iterations = epoch_images / batch
     epoch_s = iterations * step_s
     overhead_s = snapshot_s + iterations * observe_s
@@ -96,12 +100,6 @@ def measure(name: str, batch: int, repeats: int, criterion: str, budget: str = "
         "images": epoch_images,
         "size": size,
     }
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import uuid
-from datetime import date
 from pathlib import Path
 
 import torch
 
 import pat_ray
-from _report import fresh_output_dir
+from _report import fresh_output_dir, header
 from pat_ray.config import Config
 from pat_ray.distributed.train import run_on_ray
 
@@ -57,13 +55,12 @@ def main() -> None:
             f"| {r.wall_seconds / local.wall_seconds:.2f} | {gossip} |"
         )
     text = [
-        "# Scaling: in-process vs Ray Train workers (digits pipeline)",
-        "",
-        f"{date.today()} · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · ray {ray.__version__}",
-        "",
-        "Command: `RAY_AUTH_MODE=disabled python benchmarks/scaling.py` (config: pipelines/digits.yaml; Ray runs "
-        "checkpoint every epoch). Gossip numbers are rank 0's, averaged over all epochs.",
-        "",
+        *header(
+            "Scaling: in-process vs Ray Train workers (digits pipeline)",
+            torch.device("cpu"),
+            f"ray {ray.__version__}, {os.cpu_count()} CPUs; config: pipelines/digits.yaml (RAY_AUTH_MODE=disabled). "
+            "Gossip numbers are rank 0's, averaged over all epochs.",
+        ),
         *table,
     ]
     RESULTS.write_text("\n".join(text) + "\n")

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
-import sys
-import time
-from datetime import date
 from pathlib import Path
 
 import torch
 import torchvision
 
 import pat_ray
+from _report import header as report_header
 from pat_ray.core.cost import measure_cost
+from pat_ray.core.timing import seconds_of
 
 RESULTS = Path(__file__).parent / "results" / "surgery.md"
 ZOO = [
@@ -64,9 +62,7 @@ def timed(prune, model):
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter()
-        prune(model)
-        return time.perf_counter() - start, model
+        return seconds_of(lambda: prune(model), torch.device("cpu")), model
     finally:
         gc.enable()
 
@@ -146,14 +142,12 @@ def main() -> None:
     import torch_pruning as tp
 
     header = [
-        "# Surgery: native vs Torch-Pruning",
-        "",
-        f"{date.today()} · {platform.processor() or platform.machine()} · {torch.get_num_threads()} threads · "
-        f"torch {torch.__version__} · torchvision {torchvision.__version__} · torch-pruning {tp.__version__}",
-        "",
-        f"Command: `python benchmarks/surgery.py {' '.join(sys.argv[1:])}` (input 1x3x{args.size}x{args.size}, "
-        f"median of {args.repeats}). FLOPs/params columns are the fraction of the dense model kept.",
-        "",
+        *report_header(
+            "Surgery: native vs Torch-Pruning",
+            torch.device("cpu"),
+            f"torch-pruning {tp.__version__}; input 1x3x{args.size}x{args.size}, median of {args.repeats}. "
+            "FLOPs/params columns are the fraction of the dense model kept.",
+        ),
         "| model | FLOPs budget | native s | native FLOPs | native params | native runs | Torch-Pruning s | TP FLOPs "
         "| TP params | TP runs | TP time / native time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

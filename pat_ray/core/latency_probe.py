@@ -7,8 +7,8 @@ once, which also means one configuration's error repeats in every layer that sha
 every configuration is timed in several rounds, in a new order each round, and keeps its
 median. Timing layers alone and adding them up leaves out what runs between them (residual
 adds, pooling, the optimizer step), so the table predicts the *share* of the step a
-sub-network keeps better than the absolute seconds: on the 2-core development CPU within
--0.035 .. +0.038 of the measured step in 11 cases (``benchmarks/time_per_flop.py``).
+sub-network keeps better than the absolute seconds (BENCHMARKS.md, "Time per FLOP", compares
+the prediction with the measured step; ``benchmarks/time_per_flop.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pat_ray.core.cost import hooked_forward
 from pat_ray.core.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph
 from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
+from pat_ray.core.timing import device_name, seconds_of
 
 Key = tuple[Hashable, ...]  # what identifies one timing (layer kind, hyper-parameters, widths)
 
@@ -71,7 +72,7 @@ def measure_latency(
         for n_out in plan.out_counts
     }
     if echo:
-        echo(f"measuring layer latencies: {len(jobs)} layer configurations x {rounds} rounds on {_device_name(device)}")
+        echo(f"measuring layer latencies: {len(jobs)} layer configurations x {rounds} rounds on {device_name(device)}")
     started = time.perf_counter()
     # the timed layers' random weights and inputs must not shift the run's random stream
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -86,7 +87,7 @@ def measure_latency(
     }
     if echo:
         echo(f"measured layer latencies in {time.perf_counter() - started:.1f} s")
-    return LatencyTable(layers, batch_size, device.type, _device_name(device))
+    return LatencyTable(layers, batch_size, device.type, device_name(device))
 
 
 def count_grid(full: int, step: int, points: int) -> tuple[int, ...]:
@@ -232,17 +233,6 @@ class _LayerTimer:
         return statistics.median(seconds_of(step, self.device) for _ in range(self.repeats))
 
 
-def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call of ``fn``, with the device's queued work finished on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
     """A fresh layer of ``module``'s kind with ``n_in`` inputs and ``n_out`` outputs.
 
@@ -267,9 +257,3 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
     if isinstance(module, NORM_TYPES):
         return nn.Sequential(type(module)(n_out, affine=module.affine), nn.ReLU())
     raise TypeError(f"cannot time a {type(module).__name__}: supported are conv, linear and batch-norm layers")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
