@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray (2 CPUs, like CI) for every Ray test in the session."""
+"""Shared fixtures: one local Ray (2 CPUs, like CI) for every Ray test in the session, and
+plugins registered for one test only."""
 
 from __future__ import annotations
 
@@ -16,3 +17,24 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=True, dashboard_port=8266, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def plugins():
+    """``register_plugin`` into a fresh registry for this test; forgotten when it ends, so a
+    test's plugin never leaks into the next test's runs."""
+    from pat_ray.plugins import registry
+
+    registry.reset()
+    yield registry.register_plugin
+    registry.reset()
+
+
+@pytest.fixture
+def fresh_registry():
+    """The built-ins and entry points only, rebuilt for this test and again after it."""
+    from pat_ray.plugins import registry
+
+    registry.reset()
+    yield registry
+    registry.reset()

@@ -18,7 +18,6 @@ import pat_ray
 from pat_ray.cli import main
 from pat_ray.core.architecture import Architecture
 from pat_ray.models.cifar_resnet import CifarResNet
-from pat_ray.plugins import registry
 from pat_ray.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 TINY = {"training": {"epochs": 3, "schedule": {"warmup_epochs": 0}}, "start": {"kind": "fixed", "epoch": 1}}
@@ -303,18 +302,14 @@ class _StopAfter:
             raise KeyboardInterrupt
 
 
-def test_an_interrupted_run_resumes_to_the_same_result_with_every_epoch_once(tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_result_with_every_epoch_once(plugins, tmp_path):
     overrides = {"training": {"epochs": 5}, "start": {"kind": "epi", "window": 1, "patience": 1, "tau": 0.5}}
     whole = pat_ray.run(
         pat_ray.load_config(write_config(tmp_path, {**overrides, "name": "whole"})), local=True, quiet=True
     )
     config = pat_ray.load_config(write_config(tmp_path, {**overrides, "name": "cut"}))
-    registry.reset()
-    registry.register_plugin(_StopAfter(2), name="stop-after-2")
-    try:
-        result = CliRunner().invoke(main, ["run", str(tmp_path / "bad.yaml"), "--local"])
-    finally:
-        registry.reset()
+    plugins(_StopAfter(2), name="stop-after-2")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "bad.yaml"), "--local"])
     assert result.exit_code == 130 and "--resume" in result.output and "Traceback" not in result.output
     assert read_checkpoint(tmp_path / "runs" / "cut" / "last.pt").extra["epoch"] == 2
     resumed = pat_ray.run(config, local=True, quiet=True, resume=True)

@@ -121,18 +121,14 @@ class PoisonPlugin:
         register("poisoned_digits", poisoned)
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
-    registry.reset()
-    registry.register_plugin(PoisonPlugin(), name="poison")
-    try:
-        cfg = tiny(tmp_path, NeverStart(), epochs=3)
-        cfg = configured(cfg, data={"name": "poisoned_digits"})
-        with pytest.raises(TrainingDivergedError, match="NaN or infinite in epoch 2.*last.pt"):
-            pat_ray.run(cfg, local=True, quiet=True)
-        ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
-        assert ckpt.extra["epoch"] == 1
-    finally:
-        registry.reset()
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(plugins, tmp_path):
+    plugins(PoisonPlugin(), name="poison")
+    cfg = tiny(tmp_path, NeverStart(), epochs=3)
+    cfg = configured(cfg, data={"name": "poisoned_digits"})
+    with pytest.raises(TrainingDivergedError, match="NaN or infinite in epoch 2.*last.pt"):
+        pat_ray.run(cfg, local=True, quiet=True)
+    ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
+    assert ckpt.extra["epoch"] == 1
 
 
 def test_cli_run_default_pipeline_end_to_end(tmp_path):
@@ -202,16 +198,12 @@ class LayoutSpyPlugin:
         register("layout_spy", LayoutSpy)
 
 
-def test_channels_last_survives_surgery(tmp_path):
-    registry.reset()
-    registry.register_plugin(LayoutSpyPlugin(), name="layout-spy")
+def test_channels_last_survives_surgery(plugins, tmp_path):
+    plugins(LayoutSpyPlugin(), name="layout-spy")
     LayoutSpy.seen = []
-    try:
-        cfg = tiny(tmp_path, FixedStart(epoch=1), epochs=3, criterion=CriterionConfig(name="layout_spy"))
-        cfg = configured(cfg, training={"channels_last": True})
-        result = pat_ray.run(cfg, local=True, quiet=True)
-    finally:
-        registry.reset()
+    cfg = tiny(tmp_path, FixedStart(epoch=1), epochs=3, criterion=CriterionConfig(name="layout_spy"))
+    cfg = configured(cfg, training={"channels_last": True})
+    result = pat_ray.run(cfg, local=True, quiet=True)
     assert len(LayoutSpy.seen) >= 3 and all(LayoutSpy.seen)  # snapshot + every step after surgery
     assert result.flops_kept == pytest.approx(0.5, abs=0.015) and result.final_accuracy > 0.5
     model, _ = load_checkpoint(result.checkpoint)

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from _helpers import configured, fail_once_after
 from pat_ray.cli import main
 from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
-from pat_ray.plugins import registry
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
 from pat_ray.sweep.report import PLOTS, REPORT_FILE, markdown, write_report
 from pat_ray.training.checkpoint import read_checkpoint
@@ -108,19 +107,15 @@ def test_oracle_resume_needs_a_name():
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_sweep_resumes_a_failed_trial_and_reports_every_trial(tmp_path):
+def test_sweep_resumes_a_failed_trial_and_reports_every_trial(plugins, tmp_path):
     import mlflow
 
     from pat_ray.distributed.tune import SweepExistsError, run_oracle
 
     # a budget in step time: the sweep times the layers once and every trial prices with that table
     config, name = with_time_budget(small_config(tmp_path)), f"sweep-{uuid.uuid4().hex[:8]}"
-    registry.reset()
-    registry.register_plugin(fail_once_after(3, tmp_path / "fault-done"), name="fail-once")  # shipped to trials
-    try:
-        first = run_oracle(config, name=name, echo=lambda line: None)
-    finally:
-        registry.reset()
+    plugins(fail_once_after(3, tmp_path / "fault-done"), name="fail-once")  # shipped to trials
+    first = run_oracle(config, name=name, echo=lambda line: None)
     failed = [t.label for t in first.trials if not t.ok]
     assert len(failed) == 1  # the first trial to finish epoch 3, whichever that was
     with pytest.raises(SweepExistsError, match="--resume"):

@@ -33,11 +33,8 @@ class FlakyPlugin:
 
 
 @pytest.fixture
-def flaky_registered():
-    registry.reset()
-    registry.register_plugin(FlakyPlugin(), name="flaky-plugin")
-    yield
-    registry.reset()
+def flaky_registered(plugins):
+    plugins(FlakyPlugin(), name="flaky-plugin")
 
 
 def test_a_criterion_that_raises_stops_the_run_naming_the_plugin_and_keeps_the_checkpoint(flaky_registered, tmp_path):

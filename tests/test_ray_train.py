@@ -79,22 +79,17 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     assert float(out.stdout.strip()) == pytest.approx(result.final_accuracy, abs=1e-6)
 
 
-def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp_path):
+def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(plugins, local_ray, tmp_path):
     """With a budget in step time, so that it also shows: rank 0 times the layers once, every
     rank prices with that table, and the restarted group reuses the one in the checkpoint."""
     from pat_ray.distributed.train import run_on_ray
-    from pat_ray.plugins import registry
     from pat_ray.training.checkpoint import read_checkpoint
 
     base = two_workers(tmp_path)
     config = configured(base, pruning={"budget": {"measure": "latency", "fraction": 0.75, "latency_grid": 3}})
     name, marker = f"fault-{uuid.uuid4().hex[:8]}", tmp_path / "fault-done"
-    registry.reset()
-    registry.register_plugin(fail_once_after(3, marker), name="fail-once")  # shipped to both workers
-    try:
-        result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, max_failures=1)
-    finally:
-        registry.reset()
+    plugins(fail_once_after(3, marker), name="fail-once")  # shipped to both workers
+    result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, max_failures=1)
     assert marker.exists()
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
@@ -114,9 +109,8 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(local_ray, tmp
     assert (tmp_path / "runs" / config.name / "latency_table.json").is_file()
 
 
-def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(local_ray, tmp_path):
+def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(plugins, local_ray, tmp_path):
     import pat_ray
-    from pat_ray.plugins import registry
     from pat_ray.training.checkpoint import read_checkpoint
 
     class StopAfterTwo:
@@ -127,13 +121,9 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(l
 
     config = two_workers(tmp_path, epochs=4, start_epoch=1)
     config = configured(config, scaling={"num_workers": 1})
-    registry.reset()
-    registry.register_plugin(StopAfterTwo(), name="stop-after-two")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pat_ray.run(config, local=True, quiet=True)
-    finally:
-        registry.reset()
+    plugins(StopAfterTwo(), name="stop-after-two")
+    with pytest.raises(KeyboardInterrupt):
+        pat_ray.run(config, local=True, quiet=True)
     last = tmp_path / "runs" / "digits" / "last.pt"
     assert read_checkpoint(last).extra["epoch"] == 2
     result = pat_ray.run(config, resume=True)  # on Ray Train, from the local run's last.pt

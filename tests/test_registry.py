@@ -15,13 +15,6 @@ from pat_ray.plugins import registry
 
 
 @pytest.fixture
-def fresh_registry():
-    registry.reset()
-    yield
-    registry.reset()
-
-
-@pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
     """A real distribution on sys.path with a ``pat_ray`` entry point, as pip would leave it."""
     (tmp_path / "my_criterion_plugin.py").write_text(
