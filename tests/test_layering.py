@@ -61,3 +61,15 @@ def test_imports_point_down_and_the_lower_layers_stay_free_of_ray_and_mlflow(pat
 def test_every_module_belongs_to_a_layer():
     for path in MODULES:
         layer_of(".".join(path.relative_to(PACKAGE).with_suffix("").parts))  # raises StopIteration if not
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small_enough_to_read(path):
+    """The style bar as a check: a module over ~400 lines or a function over ~80 does more
+    than one job; split it rather than raise the limit."""
+    source = path.read_text()
+    assert len(source.splitlines()) <= 400, f"{path.name}: {len(source.splitlines())} lines"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 80, f"{path.name}: {node.name} is {length} lines"
