@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from pat_ray.config import Config, load_config
+from pat_ray.tracking.live import TrackingReporter, abandon_run, close_run, open_run
 from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
@@ -25,7 +26,9 @@ def run(
 
     By default on Ray Train with ``config.scaling.num_workers`` workers (a local Ray is
     started if none is running); ``local=True`` runs the same engine in this process. With
-    ``tracking.mlflow`` the finished run is logged to MLflow (``result.mlflow_run_id``).
+    ``tracking.mlflow`` (the default) the run is tracked in MLflow as it trains: params at
+    the start, each epoch's metrics as it ends, the summary and artifacts at the end
+    (``result.mlflow_run_id``); a resumed run continues its MLflow run.
 
     A run never replaces an earlier one: when ``output_dir/name`` already holds a run this
     raises ``RunExistsError``, unless ``resume=True``, which continues that run from its
@@ -39,18 +42,21 @@ def run(
     else:
         check_new_run(run_dir)
         resume_from = None
-    if local:
-        result = train(
-            config, reporter=reporter or (SilentReporter() if quiet else PrintReporter()), resume=resume_from
-        )
-    else:
-        from pat_ray.distributed.train import run_on_ray
+    tracked = open_run(config, run_dir, resume) if config.tracking.mlflow else None
+    try:
+        if local:
+            shown = reporter or (SilentReporter() if quiet else PrintReporter())
+            result = train(config, reporter=TrackingReporter(shown, tracked) if tracked else shown, resume=resume_from)
+        else:
+            from pat_ray.distributed.train import run_on_ray
 
-        result = run_on_ray(config, resume=resume_from)
-    if config.tracking.mlflow:
-        from pat_ray.tracking.mlflow_log import log_run
-
-        result.mlflow_run_id = log_run(config, result)
+            result = run_on_ray(config, resume=resume_from, tracking=tracked)
+    except BaseException as err:
+        if tracked:
+            abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))
+        raise
+    if tracked:
+        result.mlflow_run_id = close_run(tracked, config, result)
     return result
 
 

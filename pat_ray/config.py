@@ -243,8 +243,12 @@ class ScalingConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    mlflow: bool = Field(False, description="log the finished run to MLflow")
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    mlflow: bool = Field(
+        True, description="track the run in MLflow as it trains (params, per-epoch metrics, artifacts); false: off"
+    )
+    tracking_uri: str | None = Field(
+        None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
+    )
     experiment: str = "pat_ray"
 
 

@@ -19,6 +19,20 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Runs track to MLflow by default: the suite's go to one store of its own, not to
+    ./mlflow.db (subprocesses inherit the variable)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture
 def plugins():
     """``register_plugin`` into a fresh registry for this test; forgotten when it ends, so a

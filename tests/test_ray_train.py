@@ -40,9 +40,12 @@ def rank_logs(storage, name):
 
 def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     from pat_ray.distributed.train import run_on_ray
+    from pat_ray.tracking.live import close_run, open_run
 
-    name = f"agree-{uuid.uuid4().hex[:8]}"
-    result = run_on_ray(two_workers(tmp_path), storage_path=tmp_path / "storage", run_name=name)
+    name, uri = f"agree-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = configured(two_workers(tmp_path), tracking={"tracking_uri": uri})
+    tracked = open_run(config, tmp_path / "runs" / config.name, resume=False)
+    result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, tracking=tracked)
     assert result.trigger_epoch == 2
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
@@ -54,14 +57,11 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     assert triggers == {"rank0": [2], "rank1": [2]}
     assert all(line["gossip_bytes"] > 0 for lines in logs.values() for line in lines)
 
-    # the MLflow run of the distributed result holds its per-epoch metrics and artifacts
-    from pat_ray.tracking.mlflow_log import log_run
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = configured(result.config, tracking={"mlflow": True, "tracking_uri": uri})
-    run_id = log_run(cfg, result)
+    # rank 0 (only: each step once) logged every epoch into the MLflow run the driver opened
     client = ray_mlflow_client(uri)
-    assert [m.step for m in client.get_metric_history(run_id, "flops_kept")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(tracked.run_id, "flops_kept")] == [1, 2, 3, 4]
+    run_id = close_run(tracked, config, result)
+    assert run_id == tracked.run_id and client.get_run(run_id).info.status == "FINISHED"
     assert {"epi_curve.png", "architecture.json", "config.yaml", "checkpoint"} <= {
         a.path for a in client.list_artifacts(run_id)
     }

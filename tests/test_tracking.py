@@ -1,24 +1,48 @@
-"""MLflow tracking: the run's params, per-epoch metrics and artifacts, and clean failure."""
+"""MLflow tracking: on by default, live while the run trains, continued by a resumed run;
+params, per-epoch metrics and artifacts; a store that fails is a warning, never a lost run."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 import pat_ray
 from _helpers import configured
 from pat_ray.config import Config, FixedStart
+from pat_ray.tracking import live
 from pat_ray.tracking.mlflow_log import TrackingWarning
 
 mlflow = pytest.importorskip("mlflow")
 
 
-def tracked(tmp_path, uri: str) -> Config:
+def tracked(tmp_path, uri: str, epochs: int = 2) -> Config:
     return configured(
         output_dir=tmp_path / "runs",
         start=FixedStart(epoch=1),
-        training={"epochs": 2},
-        tracking={"mlflow": True, "tracking_uri": uri, "experiment": "t"},
+        training={"epochs": epochs},
+        tracking={"tracking_uri": uri, "experiment": "t"},  # mlflow: on by default
     )
+
+
+class StoreReader:
+    """An observer that reads the MLflow store from inside the run, after an epoch."""
+
+    def __init__(self, uri: str, run_dir, epoch: int, interrupt: bool = False) -> None:
+        self.uri, self.run_dir, self.epoch, self.interrupt = uri, run_dir, epoch, interrupt
+        self.seen: tuple[str, list[int]] | None = None
+
+    @pat_ray.hookimpl
+    def pat_ray_on_epoch_end(self, epoch, metrics):
+        if epoch != self.epoch:
+            return
+        run_id = json.loads((self.run_dir / live.RUN_FILE).read_text())["run_id"]
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
+        steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+        self.seen = (client.get_run(run_id).info.status, steps)
+        if self.interrupt:
+            self.interrupt = False  # once: the resumed run runs this epoch again
+            raise KeyboardInterrupt
 
 
 def test_run_is_logged_with_metrics_and_artifacts(tmp_path):
@@ -44,3 +68,54 @@ def test_tracking_failure_warns_and_keeps_the_result(tmp_path):
         result = pat_ray.run(tracked(tmp_path, bad), local=True, quiet=True)
     assert result.mlflow_run_id is None
     assert result.checkpoint.is_file() and result.trigger_epoch == 1
+
+
+def test_metrics_are_in_the_store_while_the_run_is_still_going(plugins, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tracked(tmp_path, uri, epochs=3)
+    reader = StoreReader(uri, tmp_path / "runs" / config.name, epoch=2)
+    plugins(reader, name="store-reader")
+    result = pat_ray.run(config, local=True, quiet=True)
+    assert reader.seen == ("RUNNING", [1, 2])  # mid-run: the epochs so far, the run still open
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "val_acc")] == [1, 2, 3]
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_each_epoch_once(plugins, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = configured(tracked(tmp_path, uri, epochs=4), training={"checkpoint_every": 2})
+    run_dir = tmp_path / "runs" / config.name
+    plugins(StoreReader(uri, run_dir, epoch=3, interrupt=True), name="cut-after-3")
+    with pytest.raises(KeyboardInterrupt):
+        pat_ray.run(config, local=True, quiet=True)
+    first = json.loads((run_dir / live.RUN_FILE).read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert client.get_run(first).info.status == "KILLED"
+    result = pat_ray.run(config, local=True, quiet=True, resume=True)  # from epoch 2's checkpoint: epoch 3 again
+    assert result.mlflow_run_id == first
+    assert [m.step for m in client.get_metric_history(first, "val_acc")] == [1, 2, 3, 4]
+    assert client.get_run(first).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_experiment_by_name("t").experiment_id])) == 1
+
+
+def test_a_store_that_fails_mid_run_is_one_warning_and_the_run_finishes(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(live, "log_epochs", failing)
+    with pytest.warns(TrackingWarning, match="went away.*goes on untracked") as caught:
+        result = pat_ray.run(tracked(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=3), local=True, quiet=True)
+    assert len(calls) == 1 and len([w for w in caught if w.category is TrackingWarning]) == 1
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.mlflow_run_id is not None
+
+
+def test_tracking_off_writes_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = configured(tracked(tmp_path, uri), tracking={"mlflow": False})
+    result = pat_ray.run(config, local=True, quiet=True)
+    assert result.mlflow_run_id is None
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs" / config.name / live.RUN_FILE).exists()

@@ -14,7 +14,6 @@ the prediction with the measured step; ``benchmarks/time_per_flop.py``).
 from __future__ import annotations
 
 import math
-import platform
 import random
 import statistics
 import time

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pat_ray.config import Config, config_from_dict
+from pat_ray.tracking.live import LiveTarget
+from pat_ray.training.collective import Reporter
 
 
 def run_on_ray(
@@ -26,6 +28,7 @@ def run_on_ray(
     callbacks: list | None = None,
     latency_table: dict | None = None,
     resume: Path | None = None,
+    tracking: LiveTarget | None = None,
 ):
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
@@ -36,7 +39,7 @@ def run_on_ray(
     Every checkpoint is also copied to ``output_dir/name/last.pt`` as it is reported, so an
     interrupted Ray run can be resumed like a local one. Plugins registered in this process
     with ``register_plugin`` are registered on every worker too. ``callbacks`` are extra
-    Train ``UserCallback``s.
+    Train ``UserCallback``s. ``tracking``: the MLflow run rank 0 logs each epoch into.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -58,6 +61,7 @@ def run_on_ray(
             "run_folder": str(storage / name),
             "latency_table": latency_table,
             "resume_path": str(resume) if resume is not None else None,
+            "tracking": tracking,
         },
         scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu),
         torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
@@ -118,6 +122,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     from pat_ray.core.latency import LatencyTable
     from pat_ray.distributed.torch_collective import DistributedCollective
     from pat_ray.plugins.registry import install_shipped
+    from pat_ray.tracking.live import TrackingReporter
     from pat_ray.training.engine import train
 
     install_shipped(loop_config["plugins"])
@@ -138,7 +143,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         resume = resume_dir / "last.pt"
     elif loop_config.get("resume_path"):
         resume = Path(loop_config["resume_path"])
-    reporter = RayReporter(collective, Path(loop_config["run_folder"]))
+    reporter: Reporter = RayReporter(collective, Path(loop_config["run_folder"]))
+    if loop_config["tracking"] is not None and collective.rank == 0:
+        reporter = TrackingReporter(reporter, loop_config["tracking"])
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
     given = loop_config.get("latency_table")
     table = LatencyTable.from_dict(given) if given else None

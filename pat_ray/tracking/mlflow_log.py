@@ -1,10 +1,11 @@
-"""MLflow tracking of a finished run: params, per-epoch metrics, artifacts.
+"""What pat_ray writes to MLflow: a run's params, per-epoch metrics, final numbers and artifacts,
+and an oracle sweep as a parent run with one child per trial.
 
-Logged by one writer (the driver) once the run has ended, from the run's own history: SQLite
-stores lock under concurrent writers, and a tracking failure can then never cost the
-training result, it is reported and the result is returned as usual. Store: the config's
+Everything goes through ``MlflowClient`` with explicit run ids (no fluent "active run"), so
+the same calls work in the driver and in a Ray worker. Store: the config's
 ``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
-working directory.
+working directory. A tracking failure never costs a training result: ``guarded`` turns it
+into a ``TrackingWarning``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pat_ray.config import Config, EPIStart, config_to_yaml
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from pat_ray.sweep.plan import OracleSummary
+    from pat_ray.training.records import RunResult
+
+T = TypeVar("T")
+BATCH = 100  # MLflow's log_batch takes at most 100 params per call
 
 
 class TrackingWarning(UserWarning):
@@ -31,28 +43,124 @@ def tracking_uri(config: Config) -> str:
     )
 
 
-def log_run(config: Config, result) -> str | None:
-    """Log ``result`` to MLflow; returns the MLflow run id, or None (with a warning) on failure."""
-    return _guarded(config, f"the run's results are in {result.checkpoint}", lambda: _log(config, result))
+def guarded(uri: str, where: str, log: Callable[[], T]) -> T | None:
+    """``log()``, or None and a warning naming the store when any store / network / permission
+    problem stops it."""
+    try:
+        return log()
+    except Exception as err:
+        warnings.warn(f"MLflow tracking to {uri!r} failed: {err!r}; {where}", TrackingWarning, stacklevel=3)
+        return None
 
 
-def log_oracle(config: Config, summary, results: list) -> str | None:
+def client_for(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_run(client: MlflowClient, config: Config, name: str, tags: dict[str, str] | None = None) -> str:
+    """A new run in the config's experiment (created on first use) with the config as params."""
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.tracking.experiment)
+    run_id: str = client.create_run(experiment_id, run_name=name, tags=tags or {}).info.run_id
+    log_params(client, run_id, config)
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, config: Config) -> None:
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)) for k, v in _flatten(config.model_dump(mode="json")).items()]
+    for start in range(0, len(params), BATCH):
+        client.log_batch(run_id, params=params[start : start + BATCH])
+
+
+def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict[str, Any]]) -> None:
+    """Each record's numbers as metrics at step ``epoch`` (the epoch record's booleans and
+    lists are left to the history and the checkpoint)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, record["epoch"])
+        for record in records
+        for key, value in record.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch"
+    ]
+    for start in range(0, len(metrics), 1000):  # log_batch's limit for metrics
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def log_result(client: MlflowClient, run_id: str, config: Config, result: RunResult, checkpoint: bool) -> None:
+    """The finished run's summary numbers, config, architecture, EPI plot and (optionally) its
+    pruned checkpoint."""
+    from mlflow.entities import Metric
+
+    from pat_ray.tracking.plots import plot_epi_curve
+
+    now = int(time.time() * 1000)
+    final = {
+        "final_accuracy": result.final_accuracy,
+        "final_flops_kept": result.flops_kept,
+        "final_train_flops_ratio": result.train_flops_ratio,
+        "final_wall_seconds": result.wall_seconds,
+        "final_trigger_epoch": -1 if result.trigger_epoch is None else result.trigger_epoch,
+    }
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()])
+    client.log_text(run_id, config_to_yaml(config), "config.yaml")
+    snapshots = [{"epoch": r.epoch, "counts": r.snapshot_counts, "fingerprint": r.fingerprint} for r in result.history]
+    client.log_text(run_id, json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
+    with tempfile.TemporaryDirectory() as folder:
+        tau = config.start.tau if isinstance(config.start, EPIStart) else None
+        plot = plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch)
+        client.log_artifact(run_id, str(plot))
+    if checkpoint and result.checkpoint is not None and Path(result.checkpoint).is_file():
+        client.log_artifact(run_id, str(result.checkpoint), artifact_path="checkpoint")
+
+
+def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str | None:
     """Log an oracle sweep: a parent run with the report, one child run per finished trial.
 
     ``results`` pairs each finished trial's label with its ``RunResult``. Trial checkpoints
     stay in the sweep folder (they can be many and large); children get metrics and plots.
     """
-    return _guarded(config, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(config, summary, results))
+    uri = tracking_uri(config)
+    return guarded(
+        uri, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(uri, config, summary, results)
+    )
 
 
-def _guarded(config: Config, where: str, log) -> str | None:
-    try:
-        return log()
-    except Exception as err:  # any store / network / permission problem
-        warnings.warn(
-            f"MLflow tracking to {tracking_uri(config)!r} failed: {err!r}; {where}", TrackingWarning, stacklevel=3
-        )
-        return None
+def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str:
+    from mlflow.entities import Metric, Param
+
+    client = client_for(uri)
+    parent = create_run(client, config, summary.name, tags={"pat_ray.kind": "oracle"})
+    client.log_batch(parent, params=[Param("oracle.grid", str(summary.grid))])
+    found = summary.verdict()
+    verdict = found.metrics() if found is not None else {}
+    if summary.calibrated:
+        verdict["calibrated_tau"] = summary.calibrated["tau"]
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in verdict.items()])
+    folder = Path(summary.folder or ".")
+    for path in sorted(folder.glob("*.png")) + [folder / "report.md"]:
+        if path.is_file():
+            client.log_artifact(parent, str(path))
+    client.log_text(parent, summary.to_json(), "oracle.json")
+    for label, result in results:
+        tags = {
+            "pat_ray.kind": "oracle_trial",
+            "policy": result.config.start.kind,
+            "trial": label,
+            "mlflow.parentRunId": parent,
+        }
+        child = create_run(client, result.config, label, tags=tags)
+        log_epochs(client, child, (record.to_dict() for record in result.history))
+        log_result(client, child, result.config, result, checkpoint=False)
+        client.set_terminated(child)
+    client.set_terminated(parent)
+    return parent
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,71 +172,3 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def _connect(config: Config):
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(config))
-    mlflow.set_experiment(config.tracking.experiment)
-    return mlflow
-
-
-def _log(config: Config, result) -> str:
-    mlflow = _connect(config)
-    with mlflow.start_run(run_name=config.name) as run:
-        _log_into_active_run(mlflow, config, result, log_checkpoint=True)
-        return run.info.run_id
-
-
-def _log_oracle(config: Config, summary, results: list) -> str:
-    mlflow = _connect(config)
-    with mlflow.start_run(run_name=summary.name, tags={"pat_ray.kind": "oracle"}) as parent:
-        mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
-        mlflow.log_param("oracle.grid", str(summary.grid))
-        found = summary.verdict()
-        verdict = found.metrics() if found is not None else {}
-        if summary.calibrated:
-            verdict["calibrated_tau"] = summary.calibrated["tau"]
-        mlflow.log_metrics(verdict)
-        for path in sorted(Path(summary.folder).glob("*.png")) + [Path(summary.folder) / "report.md"]:
-            if path.is_file():
-                mlflow.log_artifact(str(path))
-        mlflow.log_text(summary.to_json(), "oracle.json")
-        for label, result in results:
-            tags = {"pat_ray.kind": "oracle_trial", "policy": result.config.start.kind, "trial": label}
-            with mlflow.start_run(run_name=label, nested=True, tags=tags):
-                _log_into_active_run(mlflow, result.config, result, log_checkpoint=False)
-        return parent.info.run_id
-
-
-def _log_into_active_run(mlflow, config: Config, result, log_checkpoint: bool) -> None:
-    from pat_ray.tracking.plots import plot_epi_curve
-
-    mlflow.log_params({k: str(v) for k, v in _flatten(config.model_dump(mode="json")).items()})
-    for record in result.history:
-        metrics = {
-            k: float(v)
-            for k, v in record.to_dict().items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"
-        }
-        mlflow.log_metrics(metrics, step=record.epoch)
-    mlflow.log_metrics(
-        {
-            "final_accuracy": result.final_accuracy,
-            "final_flops_kept": result.flops_kept,
-            "final_train_flops_ratio": result.train_flops_ratio,
-            "final_wall_seconds": result.wall_seconds,
-            "final_trigger_epoch": -1 if result.trigger_epoch is None else result.trigger_epoch,
-        }
-    )
-    mlflow.log_text(config_to_yaml(config), "config.yaml")
-    snapshots = [{"epoch": r.epoch, "counts": r.snapshot_counts, "fingerprint": r.fingerprint} for r in result.history]
-    mlflow.log_text(json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
-    with tempfile.TemporaryDirectory() as folder:
-        tau = config.start.tau if isinstance(config.start, EPIStart) else None
-        mlflow.log_artifact(
-            str(plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch))
-        )
-    if log_checkpoint and result.checkpoint is not None and Path(result.checkpoint).is_file():
-        mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
