@@ -18,6 +18,7 @@ from typing import Any
 from pat_ray.config import Config, config_from_dict
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.collective import Reporter
+from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
 
 
 def run_on_ray(
@@ -167,6 +168,10 @@ class RayReporter:
     def note(self, text: str) -> None:
         if self.collective.rank == 0:
             print(text, flush=True)  # Ray forwards worker output to the driver's console
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        """Rank 0's: plain lines (a worker's output is forwarded, never a terminal)."""
+        return ProgressLines(epoch, images, self.note) if self.collective.rank == 0 else NoProgress()
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
         import ray.train

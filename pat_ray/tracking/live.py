@@ -27,6 +27,7 @@ from pat_ray.tracking.mlflow_log import (
     tracking_uri,
 )
 from pat_ray.training.checkpoint import atomic_write_text
+from pat_ray.training.epoch_progress import EpochProgress, progress_of
 
 if TYPE_CHECKING:
     from pat_ray.training.collective import Reporter
@@ -120,6 +121,9 @@ class TrackingReporter:
         note = getattr(self.inner, "note", None)
         if note is not None:
             note(text)
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        return progress_of(self.inner, epoch, images)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         self.inner.report(metrics, checkpoint)

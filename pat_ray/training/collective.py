@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pat_ray.training.epoch_progress import EpochProgress, lines_or_bar
+
 
 class Collective(Protocol):
     rank: int
@@ -77,7 +79,9 @@ class LocalCollective:
 
 class Reporter(Protocol):
     """Where a run's progress goes. A reporter may also define ``note(text)``: the engine then
-    hands it one-off progress lines (e.g. while it measures layer latencies)."""
+    hands it one-off progress lines (e.g. while it measures layer latencies); and
+    ``epoch_progress(epoch, images)``, returning an ``EpochProgress`` the engine updates with
+    every batch."""
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Called once per epoch on every rank; ``checkpoint`` is rank 0's saved ``last.pt``."""
@@ -101,6 +105,9 @@ class PrintReporter:
 
     def note(self, text: str) -> None:
         self.echo(text)
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        return lines_or_bar(epoch, images, self.echo)
 
 
 class SilentReporter:

@@ -26,6 +26,7 @@ from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
+from pat_ray.training.epoch_progress import progress_of
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.policies import SnapshotTracker, decide, tracker_window
 from pat_ray.training.pruner import Pruner
@@ -33,7 +34,7 @@ from pat_ray.training.records import EpochRecord, Phase, RunResult, RunState
 from pat_ray.training.run_state import restore_run_state, save_run_state
 from pat_ray.training.schedule import lr_multiplier
 from pat_ray.training.setup import autocast as run_autocast
-from pat_ray.training.setup import build_run
+from pat_ray.training.setup import build_run, make_optimizer, to_device
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
 DIVERGENCE_CHECK_EVERY = 50  # iterations between the host's looks at the finite-loss flag
@@ -189,7 +190,7 @@ def _build(
         layout=setup.layout,
         pruner=pruner,
         tracker=SnapshotTracker(registry.create("similarity", similarity), tracker_window(config.start)),
-        optimizer=_optimizer(config, setup.model),
+        optimizer=make_optimizer(config, setup.model),
         train_loader=collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned),
         val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
         autocast=run_autocast(config.training.precision, setup.device),
@@ -210,7 +211,7 @@ def _restore(run: Run, resumed: Checkpoint) -> Progress:
     restore_run_state(resumed, state, run.model, run.pruner, run.tracker)
     _load_state(resumed, run.model.load_state_dict, resumed.state_dict, "weights")
     run.model.to(memory_format=run.layout)  # the restored, pruned tensors
-    run.optimizer = _optimizer(run.config, run.model)
+    run.optimizer = make_optimizer(run.config, run.model)
     _load_state(resumed, run.optimizer.load_state_dict, state.optimizer, "optimizer state")
     last = state.history[-1]
     return Progress(state.epoch, state.iteration, state.trigger_epoch, last.train_flops, state.history)
@@ -237,8 +238,9 @@ def train_one_epoch(run: Run, progress: Progress, epoch: int) -> tuple[float, fl
     correct = torch.zeros((), dtype=torch.long, device=run.device)
     diverged = torch.zeros((), dtype=torch.bool, device=run.device)
     seen = 0
+    shown = progress_of(run.reporter, epoch, len(cast(Sized, sampler)))
     for step, (inputs, targets) in enumerate(run.train_loader, start=1):
-        inputs, targets = _to(inputs, run.device, run.layout), targets.to(run.device, non_blocking=True)
+        inputs, targets = to_device(inputs, run.device, run.layout), targets.to(run.device, non_blocking=True)
         if run.pruner.due():
             _check_finite(run, progress, epoch, diverged)  # never score channels of a diverged model
             _prune_step(run, epoch)
@@ -257,8 +259,10 @@ def train_one_epoch(run: Run, progress: Progress, epoch: int) -> tuple[float, fl
         correct += (logits.argmax(1) == targets).sum()
         diverged |= ~torch.isfinite(loss.detach())
         seen += len(inputs)
+        shown.update(len(inputs))
         if step % DIVERGENCE_CHECK_EVERY == 0:
             _check_finite(run, progress, epoch, diverged)
+    shown.close()
     _check_finite(run, progress, epoch, diverged)
     metrics = run.collective.mean_metrics({"loss": loss_sum.item() / seen, "acc": correct.item() / seen})
     return metrics["loss"], metrics["acc"]
@@ -288,7 +292,7 @@ def evaluate(net: nn.Module, loader, device, layout, autocast, collective) -> tu
     net.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
-        inputs, targets = _to(inputs, device, layout), targets.to(device)
+        inputs, targets = to_device(inputs, device, layout), targets.to(device)
         with autocast:
             logits = net(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
@@ -376,23 +380,3 @@ def _prune_step(run: Run, epoch: int, scores=None) -> None:
         metrics={"flops": step.cost.flops, "params": step.cost.params, "fraction": step.fraction},
     )
     run.net = run.collective.wrap(model)
-
-
-def _to(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
-    """Images to the device, NHWC when asked (only 4-D batches have a channels-last layout)."""
-    if images.dim() == 4:
-        return images.to(device, memory_format=layout, non_blocking=True)
-    return images.to(device, non_blocking=True)
-
-
-def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    opt = config.training.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=opt.lr,
-            momentum=opt.momentum,
-            weight_decay=opt.weight_decay,
-            nesterov=opt.nesterov,
-        )
-    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)

@@ -55,3 +55,23 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if precision == "fp16" and device.type != "cuda":
         raise RuntimeError("training.precision fp16 needs a CUDA device; use bf16 on CPU")
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def to_device(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """Images to the device, NHWC when asked (only 4-D batches have a channels-last layout)."""
+    if images.dim() == 4:
+        return images.to(device, memory_format=layout, non_blocking=True)
+    return images.to(device, non_blocking=True)
+
+
+def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    opt = config.training.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            weight_decay=opt.weight_decay,
+            nesterov=opt.nesterov,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
