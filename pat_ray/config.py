@@ -240,6 +240,12 @@ class ScalingConfig(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL for DDP")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
+    cpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="CPU cores (and torch threads) per Ray Train worker; default: on a one-node Ray, its cores "
+        "shared among the workers (one worker trains like --local), else 1",
+    )
 
 
 class TrackingConfig(_Strict):

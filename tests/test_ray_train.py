@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -150,3 +151,29 @@ def test_a_ray_run_prints_our_lines_and_not_ray_trains_chatter(tmp_path):
     ):
         assert chatter not in output, chatter
     assert "dashboard at" in output and "pruning started:  epoch 1" in output
+
+
+def test_one_ray_worker_trains_like_local_and_two_worker_runs_agree(local_ray, tmp_path):
+    """Same config and seed, same numbers: each epoch's batches depend on (seed, epoch) only,
+    and a worker gets the threads --local uses (the fixture's Ray has 2 CPUs, so 2 threads)."""
+    import pat_ray
+
+    config = configured(output_dir=tmp_path / "runs", training={"epochs": 5}, tracking={"mlflow": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local = pat_ray.run(configured(config, name="local"), local=True, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    on_ray = pat_ray.run(configured(config, name="ray"))
+    assert on_ray.trigger_epoch == local.trigger_epoch is not None
+    assert [(h.train_loss, h.val_acc, h.fingerprint) for h in on_ray.history] == [
+        (h.train_loss, h.val_acc, h.fingerprint) for h in local.history
+    ]
+    first, second = (
+        pat_ray.run(configured(config, name=name, scaling={"num_workers": 2})) for name in ("two-a", "two-b")
+    )
+    assert first.trigger_epoch == second.trigger_epoch
+    assert [(h.train_loss, h.val_acc, h.fingerprint) for h in first.history] == [
+        (h.train_loss, h.val_acc, h.fingerprint) for h in second.history
+    ]
