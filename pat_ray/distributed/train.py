@@ -201,9 +201,11 @@ class RayReporter:
             "gossip_seconds": self.collective.gossip_seconds,
             "gossip_bytes": self.collective.gossip_bytes,
         }
+        started = time.perf_counter()
+        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
+        metrics["report_seconds"] = time.perf_counter() - started  # Ray's own cost of this epoch
         with self.rank_log.open("a") as log:
             log.write(json.dumps(metrics) + "\n")
-        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
 
 
 def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], path: Path | None) -> None:
