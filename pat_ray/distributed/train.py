@@ -9,7 +9,9 @@ restarted worker group resumes from ``ray.train.get_checkpoint()``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -112,9 +114,27 @@ def start_ray() -> None:
 
     if ray.is_initialized():
         return
-    context = ray.init(log_to_driver=True, logging_config=ray.LoggingConfig(log_level=ray_log_level()))
+    runtime_env = None
+    if not os.environ.get("RAY_ADDRESS"):  # a new local Ray (on a cluster, ray job submit sets it)
+        # Train's preemption watcher follows node drains (spot instances): nothing to watch on
+        # one machine, and its actor logs an error line from C++ at start (ray-project/ray#53727)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Train's placement-group cleaner looks the cluster up without an address and fails
+        # when another Ray runs on the machine: our GCS gets a known port, its actors the address
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port := _free_port())
+        runtime_env = {"env_vars": {"RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}}
+    context = ray.init(
+        log_to_driver=True, logging_config=ray.LoggingConfig(log_level=ray_log_level()), runtime_env=runtime_env
+    )
+    os.environ.pop("RAY_GCS_SERVER_PORT", None)  # read once, by the GCS just started
     if ray_log_level() != "INFO" and context.dashboard_url:  # Ray's own line about it is INFO
         print(f"Ray: a local instance started; dashboard at http://{context.dashboard_url}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
 
 
 def cpus_per_worker(num_workers: int) -> int:
