@@ -42,7 +42,8 @@ def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architectur
                 for name in ("weight", "bias"):
                     tensor = getattr(module, name, None)
                     if tensor is not None:
-                        tensor[member.positions(drop)] = 0.0
+                        axis = member.axis if tensor.dim() > 1 else 0  # a transposed conv's outputs: dim 1
+                        tensor.index_fill_(axis, member.positions(drop), 0.0)
 
 
 def configured(base: Config | None = None, **overrides) -> Config:

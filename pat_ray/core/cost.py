@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pat_ray.core.graph import ComputeTerm, Example, ModelGraph, first_sample
+from pat_ray.core.graph import TRANSPOSED_CONV_TYPES, ComputeTerm, Example, ModelGraph, first_sample
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,17 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     """Count conv/linear MACs with forward hooks and all parameters of the model."""
     total = 0
 
-    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         assert isinstance(module.weight, torch.Tensor)
+        if isinstance(module, TRANSPOSED_CONV_TYPES):  # every input pixel meets the whole (in, out/groups, k) weight
+            total += module.weight.numel() * inputs[0][0, 0].numel()
+            return
         fan_in = module.weight[0].numel()  # in_features, or in_channels/groups * kernel
         total += fan_in * output[0].numel()
 
-    layers = (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *TRANSPOSED_CONV_TYPES)
+    layers = (m for m in model.modules() if isinstance(m, kinds))
     hooked_forward(model, example_input, {m: hook for m in layers})
     return Cost(total, sum(p.numel() for p in model.parameters()))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
 
@@ -25,6 +26,11 @@ def first_sample(example: Example) -> tuple[torch.Tensor, ...]:
     return tuple(t[:1] for t in inputs)
 
 
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)  # weight: (in, out, k...)
+
+
 class UnsupportedModelError(ValueError):
     """The tracer met an op whose channel semantics it cannot guarantee."""
 
@@ -33,11 +39,14 @@ class UnsupportedModelError(ValueError):
 class Member:
     """One place a group's channels live: ``module``'s dimension selected by ``role``.
 
-    role: ``out`` (conv/linear weight dim 0), ``in`` (weight dim 1), ``norm`` (BatchNorm),
-    ``depthwise`` (a depthwise conv whose input and output follow the group),
-    ``grouped`` (a grouped conv with in == out channels whose groups stay, each narrowed), or
-    ``param`` (a parameter or buffer that an element-wise op applies per channel, e.g. a
-    layer scale: ``module`` is then the parameter's dotted name, sliced along ``axis``).
+    role: ``out`` (the output channels of a conv / linear / transposed conv), ``in`` (its
+    input channels), ``norm`` (BatchNorm), ``depthwise`` (a depthwise conv whose input and
+    output follow the group), ``grouped`` (a grouped conv with in == out channels whose groups
+    stay, each narrowed), or ``param`` (a parameter or buffer that an element-wise op applies
+    per channel, e.g. a layer scale: ``module`` is then the parameter's dotted name).
+    ``axis``: the dim of the weight (of the parameter, for ``param``) that holds the channels:
+    0 for outputs and 1 for inputs of a conv or linear, the other way round for a transposed
+    conv; biases and norms hold them on dim 0.
     Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
     """
 

@@ -25,7 +25,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.graph import (
+    CONV_TYPES,
     INPUT_GROUP_PREFIX,
+    NORM_TYPES,
+    TRANSPOSED_CONV_TYPES,
     ChannelGroup,
     ComputeTerm,
     Example,
@@ -39,6 +42,7 @@ from pat_ray.core.tensor_ops import (
     binary_layout,
     cat_layout,
     getitem_layout,
+    known_shape,
     reduce_layout,
     reshape_layout,
     shape_of,
@@ -59,9 +63,6 @@ from pat_ray.core.tracing_ops import (
     RESHAPE_METHODS,
 )
 from pat_ray.core.tuples import pick, piece_shapes, split_layout
-
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def trace_channel_groups(
@@ -191,22 +192,24 @@ def _visit_module(
     layout = inputs[0]
     if isinstance(module, CONV_TYPES):
         return _visit_conv(b, name, module, layout, shape, where)
+    if isinstance(module, TRANSPOSED_CONV_TYPES):
+        return _visit_transposed(b, name, module, layout, known_shape(node.args[0], where), where)
     if isinstance(module, nn.Linear):
         in_shape = shape_of(node.args[0])
         if in_shape is None or len(in_shape) != 2:
             raise UnsupportedModelError(f"{where}: Linear on a tensor of shape {in_shape}")
         if b.width(layout) != module.in_features:
             raise UnsupportedModelError(f"{where}: input width does not match in_features")
-        b.slots.append((name, "in", layout))
+        b.slots.append((name, "in", layout, 1))
         out = b.new_group(module.out_features, name, pinned=name in b.excluded)
-        b.slots.append((name, "out", out))
+        b.slots.append((name, "out", out, 0))
         per_out = 1 if module.bias is not None else 0
         b.raw_terms.append((name, out, layout, 1, 1, 1, per_out))
         return out
     if isinstance(module, NORM_TYPES):
         if layout.repeat != 1:
             raise UnsupportedModelError(f"{where}: BatchNorm over flattened features")
-        b.slots.append((name, "norm", layout))
+        b.slots.append((name, "norm", layout, 0))
         per_out = 2 if module.affine else 0
         b.raw_terms.append((name, layout, None, 1, 0, 0, per_out))
         return layout
@@ -235,15 +238,15 @@ def _visit_conv(
     per_out = 1 if module.bias is not None else 0
     groups, cin, cout = module.groups, module.in_channels, module.out_channels
     if groups == 1:
-        b.slots.append((name, "in", layout))
+        b.slots.append((name, "in", layout, 1))
         out = b.new_group(cout, name, pinned=name in b.excluded)
-        b.slots.append((name, "out", out))
+        b.slots.append((name, "out", out, 0))
         b.raw_terms.append((name, out, layout, 1, kernel * spatial, kernel, per_out))
         return out
     if groups == cin == cout:  # depthwise: channel i in -> channel i out
         if name in b.excluded:
             b.pin(layout)
-        b.slots.append((name, "depthwise", layout))
+        b.slots.append((name, "depthwise", layout, 0))
         b.raw_terms.append((name, layout, None, 1, kernel * spatial, kernel, per_out))
         return layout
     if cin == cout and len(layout.groups) == 1:  # grouped, e.g. ResNeXt / RegNet
@@ -253,13 +256,31 @@ def _visit_conv(
         b.subgroups[root] = groups
         if name in b.excluded:
             b.pin(layout)
-        b.slots.append((name, "grouped", layout))
+        b.slots.append((name, "grouped", layout, 0))
         b.raw_terms.append((name, layout, layout, groups, kernel * spatial, kernel, per_out))
         return layout
     raise UnsupportedModelError(
         f"{where}: grouped conv with groups={groups}, in={cin}, out={cout} is not supported "
         "(supported: groups=1, depthwise, or in == out channels fed by one group)"
     )
+
+
+def _visit_transposed(
+    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, in_shape: tuple[int, ...], where: str
+) -> Layout:
+    """A transposed conv: its weight holds input channels on dim 0 and output channels on dim 1,
+    and each input pixel costs ``in * out * kernel`` MACs."""
+    if layout.repeat != 1 or b.width(layout) != module.in_channels:
+        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
+    if module.groups != 1:
+        raise UnsupportedModelError(f"{where}: a grouped transposed conv (groups={module.groups}) is not supported")
+    kernel = math.prod(module.kernel_size)
+    b.slots.append((name, "in", layout, 0))
+    out = b.new_group(module.out_channels, name, pinned=name in b.excluded)
+    b.slots.append((name, "out", out, 1))
+    per_out = 1 if module.bias is not None else 0
+    b.raw_terms.append((name, out, layout, 1, kernel * math.prod(in_shape[2:]), kernel, per_out))
+    return out
 
 
 def _visit_function(
@@ -327,7 +348,7 @@ def _visit_function(
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
     members: dict[int, list[Member]] = {}
-    slots = [(module, role, layout, 0) for module, role, layout in b.slots]
+    slots = list(b.slots)
     slots += [(target, "param", layout, axis) for target, (axis, layout) in b.params.items()]
     for module, role, layout, axis in slots:
         offset = 0

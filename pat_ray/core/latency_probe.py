@@ -26,8 +26,15 @@ import torch
 from torch import nn
 
 from pat_ray.core.cost import hooked_forward
-from pat_ray.core.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph
-from pat_ray.core.groups import CONV_TYPES, NORM_TYPES, trace_channel_groups
+from pat_ray.core.graph import (
+    CONV_TYPES,
+    INPUT_GROUP_PREFIX,
+    NORM_TYPES,
+    TRANSPOSED_CONV_TYPES,
+    ComputeTerm,
+    ModelGraph,
+)
+from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
 from pat_ray.core.timing import device_name, seconds_of
 
@@ -143,8 +150,16 @@ class _Plan:
         """What identifies a timing: identical keys are timed once, whichever layer asks."""
         m = self.module
         n_in, n_out = self.widths(n_in, n_out)
-        if isinstance(m, CONV_TYPES):
-            hyper = (m.kernel_size, m.stride, m.padding, m.dilation, m.bias is not None, m.padding_mode)
+        if isinstance(m, CONV_TYPES + TRANSPOSED_CONV_TYPES):
+            hyper = (
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.output_padding,
+                m.dilation,
+                m.bias is not None,
+                m.padding_mode,
+            )
             groups = n_out if _is_depthwise(m) else m.groups
             return (type(m).__name__, hyper, groups, n_in, n_out, self.spatial, self.input_grad)
         if isinstance(m, nn.Linear):
@@ -237,6 +252,19 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
 
     A norm is timed with the ReLU that follows most norms: element-wise activations scale
     with the same channels and would otherwise be missing from the sum."""
+    if isinstance(module, TRANSPOSED_CONV_TYPES):
+        transposed: Any = type(module)
+        built_transposed: nn.Module = transposed(
+            n_in,
+            n_out,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            output_padding=module.output_padding,
+            dilation=module.dilation,
+            bias=module.bias is not None,
+        )
+        return built_transposed
     if isinstance(module, CONV_TYPES):
         conv_type: Any = type(module)  # Conv1d/2d/3d take the same arguments
         built: nn.Module = conv_type(

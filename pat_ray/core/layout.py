@@ -37,7 +37,7 @@ class GroupBuilder:
     labels: list[str] = field(default_factory=list)
     pinned: set[int] = field(default_factory=set)
     subgroups: dict[int, int] = field(default_factory=dict)
-    slots: list[tuple[str, Role, Layout]] = field(default_factory=list)
+    slots: list[tuple[str, Role, Layout, int]] = field(default_factory=list)  # module, role, layout, weight axis
     params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
 

@@ -17,8 +17,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph, Role
-from pat_ray.core.groups import CONV_TYPES, NORM_TYPES
+from pat_ray.core.graph import CONV_TYPES, NORM_TYPES, TRANSPOSED_CONV_TYPES, ModelGraph, Role
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]
 Rewrite = Callable[[nn.Module, str, Reindex], None]  # replace module.<name> by reindex(it)
@@ -44,6 +43,8 @@ def apply_architecture(
         drop_in = removed.get((name, "in"), _cat(None))
         if isinstance(module, CONV_TYPES):
             _shrink_conv(module, drop_out, drop_in, roles[name], state)
+        elif isinstance(module, TRANSPOSED_CONV_TYPES):
+            _shrink_transposed(module, drop_out, drop_in, state)
         elif isinstance(module, nn.Linear):
             _shrink_linear(module, drop_out, drop_in, state)
         elif isinstance(module, NORM_TYPES):
@@ -163,6 +164,15 @@ def _shrink_conv(
         conv.in_channels = len(keep_in)
     rewrite(conv, "bias", _select(0, keep_out))
     conv.out_channels = len(keep_out)
+
+
+def _shrink_transposed(conv: _ConvNd, drop_out: torch.Tensor, drop_in: torch.Tensor, rewrite: Rewrite) -> None:
+    """A transposed conv (groups=1): its weight is (in, out, k...)."""
+    keep_out, keep_in = kept_indices(conv.out_channels, drop_out), kept_indices(conv.in_channels, drop_in)
+    by_in, by_out = _select(0, keep_in), _select(1, keep_out)
+    rewrite(conv, "weight", lambda t: by_out(by_in(t)))
+    rewrite(conv, "bias", _select(0, keep_out))
+    conv.in_channels, conv.out_channels = len(keep_in), len(keep_out)
 
 
 def _grouped_reindex(conv: _ConvNd, keep: torch.Tensor) -> Reindex:
