@@ -4,13 +4,15 @@ Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``oracle`` 
 a grid of start epochs, on Ray Tune), ``read_oracle`` (a finished sweep's summary), ``prune`` (one-shot
 structural pruning), ``measure_cost``, ``measure_latency`` (per-layer timings for a budget in
 training-step time), ``save_checkpoint`` / ``load_checkpoint``, and
-``hookimpl`` for plugin authors.
+``hookimpl`` and ``LayerRule`` (a custom module's channel map) for plugin authors.
 """
 
+from pat_ray.core.custom_layers import LayerRule
 from pat_ray.plugins.hookspecs import hookimpl
 
 __all__ = [
     "hookimpl",
+    "LayerRule",
     "prune",
     "measure_cost",
     "measure_latency",

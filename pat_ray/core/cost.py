@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pat_ray.core.custom_layers import rule_for
 from pat_ray.core.graph import TRANSPOSED_CONV_TYPES, ComputeTerm, Example, ModelGraph, first_sample
 
 
@@ -46,6 +47,11 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
+        rule = rule_for(module)
+        if rule is not None:  # declared by a plugin: MACs per channel pair (or per channel)
+            macs = rule.macs(module, tuple(inputs[0].shape), tuple(output.shape)) if rule.macs else 0
+            total += macs * (inputs[0].shape[1] * output.shape[1] if rule.maps == "produces" else output.shape[1])
+            return
         assert isinstance(module.weight, torch.Tensor)
         if isinstance(module, TRANSPOSED_CONV_TYPES):  # every input pixel meets the whole (in, out/groups, k) weight
             total += module.weight.numel() * inputs[0][0, 0].numel()
@@ -54,7 +60,7 @@ def measure_cost(model: nn.Module, example_input: Example) -> Cost:
         total += fan_in * output[0].numel()
 
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *TRANSPOSED_CONV_TYPES)
-    layers = (m for m in model.modules() if isinstance(m, kinds))
+    layers = (m for m in model.modules() if isinstance(m, kinds) or rule_for(m) is not None)
     hooked_forward(model, example_input, {m: hook for m in layers})
     return Cost(total, sum(p.numel() for p in model.parameters()))
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.conv import _ConvNd
 
+from pat_ray.core.custom_layers import rule_for, trace_custom
 from pat_ray.core.graph import (
     CONV_TYPES,
     INPUT_GROUP_PREFIX,
@@ -80,7 +81,7 @@ def trace_channel_groups(
     was_training = model.training
     model.eval()
     try:
-        graph_module = fx.symbolic_trace(model)
+        graph_module = fx.GraphModule(model, _Tracer().trace(model))
         with torch.no_grad():
             ShapeProp(graph_module).propagate(*first_sample(example_input))
     except UnsupportedModelError:
@@ -154,6 +155,13 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
     return result
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return rule_for(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
 def _visit_multi_output(
     b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
 ) -> Pieces:
@@ -190,6 +198,9 @@ def _visit_module(
     module = gm.get_submodule(name)
     where = f"module {name!r} ({type(module).__name__})"
     layout = inputs[0]
+    if (rule := rule_for(module)) is not None:  # declared by a plugin: before the built-in kinds
+        shapes = (known_shape(node.args[0], where), known_shape(node, where))
+        return trace_custom(b, name, module, rule, layout, shapes, where)
     if isinstance(module, CONV_TYPES):
         return _visit_conv(b, name, module, layout, shape, where)
     if isinstance(module, TRANSPOSED_CONV_TYPES):
@@ -221,8 +232,9 @@ def _visit_module(
         b.pin(layout)
         return layout
     raise UnsupportedModelError(
-        f"{where}: pat_ray does not know how this module treats channels; "
-        "supported: Conv, Linear, BatchNorm, activations, pooling, dropout"
+        f"{where}: pat_ray does not know how this module treats channels; supported: Conv, "
+        "ConvTranspose, Linear, BatchNorm, activations, pooling, dropout, and modules a plugin "
+        "declares with pat_ray_register_layers"
     )
 
 

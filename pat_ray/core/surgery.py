@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.architecture import Architecture
+from pat_ray.core.custom_layers import LayerRule, rule_for, sync_counts
 from pat_ray.core.graph import CONV_TYPES, NORM_TYPES, TRANSPOSED_CONV_TYPES, ModelGraph, Role
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]
@@ -41,7 +42,9 @@ def apply_architecture(
         module = model.get_submodule(name)
         drop_out = removed.get((name, "out"), _cat(None))
         drop_in = removed.get((name, "in"), _cat(None))
-        if isinstance(module, CONV_TYPES):
+        if (rule := rule_for(module)) is not None:
+            _shrink_custom(module, rule, drop_out, drop_in, state)
+        elif isinstance(module, CONV_TYPES):
             _shrink_conv(module, drop_out, drop_in, roles[name], state)
         elif isinstance(module, TRANSPOSED_CONV_TYPES):
             _shrink_transposed(module, drop_out, drop_in, state)
@@ -52,6 +55,7 @@ def apply_architecture(
         else:
             raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
     state.rewire()
+    sync_counts(model)
 
 
 def channels_to_drop(
@@ -164,6 +168,28 @@ def _shrink_conv(
         conv.in_channels = len(keep_in)
     rewrite(conv, "bias", _select(0, keep_out))
     conv.out_channels = len(keep_out)
+
+
+def _shrink_custom(
+    module: nn.Module, rule: LayerRule, drop_out: torch.Tensor, drop_in: torch.Tensor, rewrite: Rewrite
+) -> None:
+    """A module a plugin declared: each listed tensor loses the dropped channels on each axis."""
+    for param, sides in rule.params.items():
+        tensor = getattr(module, param)
+        steps = [
+            _select(axis, kept_indices(tensor.shape[axis], drop_out if side == "out" else drop_in))
+            for side, axis in sides.items()
+        ]
+        rewrite(module, param, _chained(steps))
+
+
+def _chained(steps: list[Reindex]) -> Reindex:
+    def fn(tensor: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            tensor = step(tensor)
+        return tensor
+
+    return fn
 
 
 def _shrink_transposed(conv: _ConvNd, drop_out: torch.Tensor, drop_in: torch.Tensor, rewrite: Rewrite) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pat_ray.core.architecture import Architecture
     from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
     from pat_ray.core.criterion import Criterion
+    from pat_ray.core.custom_layers import LayerRule
     from pat_ray.core.data import DataBundle
 
 hookspec = HookspecMarker("pat_ray")
@@ -63,6 +64,14 @@ def pat_ray_register_datasets(register: Callable[[str, Callable[..., DataBundle]
     A factory may carry a ``check(**params)`` attribute that raises ``ValueError`` or
     ``OSError`` for params it cannot use (missing files, say): config validation calls it,
     so ``pat-ray validate`` reports the problem instead of the run's first second."""
+
+
+@hookspec
+def pat_ray_register_layers(register: Callable[[str, LayerRule], None]) -> None:
+    """Declare how custom modules treat channels: ``register(name, LayerRule(ModuleClass,
+    maps=..., params=..., counts=..., macs=...))``. Instances of ``ModuleClass`` (that exact
+    type) are then traced, pruned, sliced in the optimizer and costed like built-in layers
+    instead of stopping the trace; see :class:`pat_ray.core.custom_layers.LayerRule`."""
 
 
 @hookspec

@@ -15,10 +15,11 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
+from pat_ray.core.custom_layers import LayerRule, set_rules
 from pat_ray.plugins import hookspecs
 
 KINDS = {
@@ -27,6 +28,7 @@ KINDS = {
     "surgery": "pat_ray_register_surgery_backends",
     "model": "pat_ray_register_models",
     "dataset": "pat_ray_register_datasets",
+    "layer": "pat_ray_register_layers",
 }
 DEFAULT_PLUGINS = (
     "pat_ray.plugins.builtin.criteria.magnitude",
@@ -76,6 +78,25 @@ class Registry:
                     f"{entry.plugin!r} ({entry.distribution})"
                 )
             table[entry.name] = entry
+
+    def layer_rules(self) -> dict[type, LayerRule]:
+        """The declared custom modules, by module type; a type declared twice names both plugins."""
+        rules: dict[type, Entry] = {}
+        for entry in self._entries["layer"].values():
+            rule = entry.factory
+            if not isinstance(rule, LayerRule):
+                raise PluginError(
+                    f"layer {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}): "
+                    f"register a pat_ray.LayerRule, not {type(rule).__name__}"
+                )
+            first = rules.get(rule.module_type)
+            if first is not None:
+                raise PluginError(
+                    f"module {rule.module_type.__name__} is declared twice: as layer {first.name!r} by plugin "
+                    f"{first.plugin!r} and as layer {entry.name!r} by plugin {entry.plugin!r}"
+                )
+            rules[rule.module_type] = entry
+        return {module_type: cast(LayerRule, entry.factory) for module_type, entry in rules.items()}
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
@@ -234,7 +255,9 @@ def get_registry() -> Registry:
     """The process-wide registry of names (built on first use)."""
     global _registry
     if _registry is None:
-        _registry = collect(get_plugin_manager())
+        registry = collect(get_plugin_manager())
+        set_rules(registry.layer_rules())  # the tracer reads them from core
+        _registry = registry
     return _registry
 
 
@@ -254,6 +277,7 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     try:
         _check_pending(manager)
         registry = collect(manager)
+        set_rules(registry.layer_rules())
     except Exception:
         manager.unregister(plugin)
         raise
@@ -311,3 +335,4 @@ def reset() -> None:
     global _manager, _registry
     _manager = _registry = None
     _in_process.clear()
+    set_rules({})
