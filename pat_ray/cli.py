@@ -17,7 +17,7 @@ import click
 from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
-from pat_ray.plugins.registry import PluginError, PluginFailure, get_registry
+from pat_ray.plugins.registry import KINDS, PluginError, PluginFailure, get_registry
 from pat_ray.training.checkpoint import CheckpointError
 
 INPUT_ERRORS = (  # exit 2: what the user gave is wrong
@@ -204,7 +204,7 @@ def validate(config: Path) -> None:
 @main.command()
 @click.option(
     "--kind",
-    type=click.Choice(["criterion", "similarity", "surgery", "model", "dataset"]),
+    type=click.Choice(list(KINDS)),
     help="Only list names of this kind.",
 )
 def plugins(kind: str | None) -> None:
