@@ -170,6 +170,10 @@ def test_one_ray_worker_trains_like_local_and_two_worker_runs_agree(local_ray, t
         torch.set_num_threads(threads)
     on_ray = pat_ray.run(configured(config, name="ray"))
     assert on_ray.trigger_epoch == local.trigger_epoch is not None
+    for name in ("history.json", "config.yaml", "last.pt"):  # a Ray run leaves what a local run leaves
+        assert (tmp_path / "runs" / "ray" / name).is_file(), name
+    ray_history = json.loads((tmp_path / "runs" / "ray" / "history.json").read_text())
+    assert [r["val_acc"] for r in ray_history] == [h.val_acc for h in local.history]
     assert [(h.train_loss, h.val_acc, h.fingerprint) for h in on_ray.history] == [
         (h.train_loss, h.val_acc, h.fingerprint) for h in local.history
     ]

@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ray.train import UserCallback
 
-from pat_ray.config import Config
-from pat_ray.training.checkpoint import Checkpoint, atomic_write
+from pat_ray.config import Config, config_to_yaml
+from pat_ray.training.checkpoint import Checkpoint, atomic_write, atomic_write_text, read_checkpoint
 from pat_ray.training.collective import PrintReporter
 from pat_ray.training.records import RunResult, RunState
 
 
 class ProgressCallback(UserCallback):
     """Prints rank 0's line per epoch, warns when ranks disagree on the architecture, and
-    copies each checkpoint to ``run_dir/last.pt`` (keeping the one before as previous.pt)."""
+    leaves in ``run_dir`` what a local run leaves there: each checkpoint as ``last.pt``
+    (keeping the one before as previous.pt), ``history.json`` and ``config.yaml``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, config: Config) -> None:
         self.printer = PrintReporter(lambda line: print(line, flush=True))
-        self.run_dir = run_dir
+        self.run_dir, self.config = run_dir, config
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is not None:
-            from pat_ray.training.run_state import LAST, PREVIOUS
+            from pat_ray.training.run_state import HISTORY, LAST, PREVIOUS
 
             with checkpoint.as_directory() as folder:
                 data = (Path(folder) / LAST).read_bytes()
             atomic_write(self.run_dir / LAST, lambda handle: handle.write(data), backup=self.run_dir / PREVIOUS)
+            history = RunState.from_checkpoint(read_checkpoint(self.run_dir / LAST)).history
+            atomic_write_text(self.run_dir / HISTORY, json.dumps([r.to_dict() for r in history], indent=1))
+            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.config))
         if metrics:
             fingerprints = {m["rank"]: m["fingerprint"] for m in metrics}
             line = dict(metrics[0])

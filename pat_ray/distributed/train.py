@@ -83,7 +83,7 @@ def run_on_ray(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
-            callbacks=[ProgressCallback(Path(config.output_dir) / config.name), *(callbacks or [])],  # type: ignore[list-item]
+            callbacks=[ProgressCallback(Path(config.output_dir) / config.name, config), *(callbacks or [])],  # type: ignore[list-item]
         ),
     )
     started = time.perf_counter()
