@@ -119,6 +119,9 @@ def start_ray() -> None:
         # Train's preemption watcher follows node drains (spot instances): nothing to watch on
         # one machine, and its actor logs an error line from C++ at start (ray-project/ray#53727)
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # A worker's report waits until Train's controller polls it (a one-slot queue), every
+        # 2 s by default: longer than a short epoch. Polling 1-2 local workers often is cheap.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
         # Train's placement-group cleaner looks the cluster up without an address and fails
         # when another Ray runs on the machine: our GCS gets a known port, its actors the address
         os.environ["RAY_GCS_SERVER_PORT"] = str(port := _free_port())
