@@ -252,22 +252,10 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
 
     A norm is timed with the ReLU that follows most norms: element-wise activations scale
     with the same channels and would otherwise be missing from the sum."""
-    if isinstance(module, TRANSPOSED_CONV_TYPES):
-        transposed: Any = type(module)
-        built_transposed: nn.Module = transposed(
-            n_in,
-            n_out,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            output_padding=module.output_padding,
-            dilation=module.dilation,
-            bias=module.bias is not None,
-        )
-        return built_transposed
-    if isinstance(module, CONV_TYPES):
-        conv_type: Any = type(module)  # Conv1d/2d/3d take the same arguments
-        built: nn.Module = conv_type(
+    if isinstance(module, CONV_TYPES + TRANSPOSED_CONV_TYPES):
+        kind: Any = type(module)  # the conv and transposed-conv families take these arguments
+        extra = {"output_padding": module.output_padding} if isinstance(module, TRANSPOSED_CONV_TYPES) else {}
+        built: nn.Module = kind(
             n_in,
             n_out,
             module.kernel_size,
@@ -277,6 +265,7 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
             groups=n_out if _is_depthwise(module) else module.groups,
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
+            **extra,
         )
         return built
     if isinstance(module, nn.Linear):
