@@ -114,7 +114,7 @@ def start_ray() -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = None
+    runtime_env, chosen = None, False
     if not os.environ.get("RAY_ADDRESS"):  # a new local Ray (on a cluster, ray job submit sets it)
         # Train's preemption watcher follows node drains (spot instances): nothing to watch on
         # one machine, and its actor logs an error line from C++ at start (ray-project/ray#53727)
@@ -124,12 +124,16 @@ def start_ray() -> None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
         # Train's placement-group cleaner looks the cluster up without an address and fails
         # when another Ray runs on the machine: our GCS gets a known port, its actors the address
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port := _free_port())
-        runtime_env = {"env_vars": {"RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}}
+        chosen = not os.environ.get("RAY_GCS_SERVER_PORT")  # else the user's port
+        if chosen:
+            os.environ["RAY_GCS_SERVER_PORT"] = str(_free_port())
+        address = f"{ray.util.get_node_ip_address()}:{os.environ['RAY_GCS_SERVER_PORT']}"
+        runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
     context = ray.init(
         log_to_driver=True, logging_config=ray.LoggingConfig(log_level=ray_log_level()), runtime_env=runtime_env
     )
-    os.environ.pop("RAY_GCS_SERVER_PORT", None)  # read once, by the GCS just started
+    if chosen:
+        os.environ.pop("RAY_GCS_SERVER_PORT")  # read once, by the GCS just started
     if ray_log_level() != "INFO" and context.dashboard_url:  # Ray's own line about it is INFO
         print(f"Ray: a local instance started; dashboard at http://{context.dashboard_url}", flush=True)
 
