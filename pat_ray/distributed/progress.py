@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ray.train import UserCallback
 
-from pat_ray.config import Config, config_to_yaml
-from pat_ray.training.checkpoint import Checkpoint, atomic_write, atomic_write_text, read_checkpoint
+from pat_ray.config import Config
+from pat_ray.training.checkpoint import Checkpoint, atomic_write, read_checkpoint
 from pat_ray.training.collective import PrintReporter
 from pat_ray.training.records import RunResult, RunState
 
@@ -24,14 +23,13 @@ class ProgressCallback(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is not None:
-            from pat_ray.training.run_state import HISTORY, LAST, PREVIOUS
+            from pat_ray.training.run_state import LAST, PREVIOUS, write_run_files
 
             with checkpoint.as_directory() as folder:
                 data = (Path(folder) / LAST).read_bytes()
             atomic_write(self.run_dir / LAST, lambda handle: handle.write(data), backup=self.run_dir / PREVIOUS)
             history = RunState.from_checkpoint(read_checkpoint(self.run_dir / LAST)).history
-            atomic_write_text(self.run_dir / HISTORY, json.dumps([r.to_dict() for r in history], indent=1))
-            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.config))
+            write_run_files(self.run_dir, self.config, history)
         if metrics:
             fingerprints = {m["rank"]: m["fingerprint"] for m in metrics}
             line = dict(metrics[0])

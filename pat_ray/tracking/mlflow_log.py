@@ -95,11 +95,8 @@ def log_epochs(client: MlflowClient, run_id: str, records: Iterable[dict[str, An
 def log_result(client: MlflowClient, run_id: str, config: Config, result: RunResult, checkpoint: bool) -> None:
     """The finished run's summary numbers, config, architecture, EPI plot and (optionally) its
     pruned checkpoint."""
-    from mlflow.entities import Metric
-
     from pat_ray.tracking.plots import plot_epi_curve
 
-    now = int(time.time() * 1000)
     final = {
         "final_accuracy": result.final_accuracy,
         "final_flops_kept": result.flops_kept,
@@ -107,7 +104,7 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
         "final_wall_seconds": result.wall_seconds,
         "final_trigger_epoch": -1 if result.trigger_epoch is None else result.trigger_epoch,
     }
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()])
+    log_epochs(client, run_id, [{"epoch": 0, **final}])  # summary numbers: step 0
     client.log_text(run_id, config_to_yaml(config), "config.yaml")
     snapshots = [{"epoch": r.epoch, "counts": r.snapshot_counts, "fingerprint": r.fingerprint} for r in result.history]
     client.log_text(run_id, json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
@@ -132,7 +129,7 @@ def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, 
 
 
 def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str:
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     client = client_for(uri)
     parent = create_run(client, config, summary.name, tags={"pat_ray.kind": "oracle"})
@@ -141,8 +138,7 @@ def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[
     verdict = found.metrics() if found is not None else {}
     if summary.calibrated:
         verdict["calibrated_tau"] = summary.calibrated["tau"]
-    now = int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in verdict.items()])
+    log_epochs(client, parent, [{"epoch": 0, **verdict}])  # summary numbers: step 0
     folder = Path(summary.folder or ".")
     for path in sorted(folder.glob("*.png")) + [folder / "report.md"]:
         if path.is_file():

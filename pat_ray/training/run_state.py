@@ -20,7 +20,7 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import RunState
+from pat_ray.training.records import EpochRecord, RunState
 
 LAST, PREVIOUS, HISTORY = "last.pt", "previous.pt", "history.json"
 
@@ -80,9 +80,14 @@ def save_run_state(
         extra=state.to_extra(),
         backup=run_dir / PREVIOUS,
     )
-    atomic_write_text(run_dir / HISTORY, json.dumps([r.to_dict() for r in state.history], indent=1))
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
+    write_run_files(run_dir, config, state.history)
     return path
+
+
+def write_run_files(run_dir: Path, config: Config, history: list[EpochRecord]) -> None:
+    """``history.json`` and ``config.yaml`` beside a run's checkpoint, locally or from Ray."""
+    atomic_write_text(run_dir / HISTORY, json.dumps([r.to_dict() for r in history], indent=1))
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
 
 
 def restore_run_state(
