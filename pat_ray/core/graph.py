@@ -89,6 +89,8 @@ class ComputeTerm:
 
     macs = macs_per_pair * n_out * n_in / in_divisor (n_in = 1 for depthwise and norms)
     params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
+    ``is_layer`` is False for a per-channel parameter (``module`` is then its dotted name): it
+    is counted, but a latency table has no layer of it to time.
     """
 
     module: str
@@ -99,6 +101,7 @@ class ComputeTerm:
     macs_per_pair: int
     params_per_pair: int
     params_per_out: int
+    is_layer: bool = True
 
 
 @dataclass(frozen=True)

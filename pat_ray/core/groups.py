@@ -12,24 +12,18 @@ error that names it: a silently wrong prune is worse than no prune.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.modules.conv import _ConvNd
 
-from pat_ray.core.custom_layers import rule_for, trace_custom
+from pat_ray.core.custom_layers import rule_for
 from pat_ray.core.graph import (
-    CONV_TYPES,
     INPUT_GROUP_PREFIX,
-    NORM_TYPES,
-    TRANSPOSED_CONV_TYPES,
     ChannelGroup,
     ComputeTerm,
     Example,
@@ -39,30 +33,19 @@ from pat_ray.core.graph import (
     first_sample,
 )
 from pat_ray.core.layout import GroupBuilder, Layout, Pieces, Traced
+from pat_ray.core.module_rules import layer_norm_layout, visit_module
 from pat_ray.core.tensor_ops import (
     binary_layout,
     cat_layout,
     getitem_layout,
     known_shape,
+    permute_layout,
     reduce_layout,
+    reordered_layout,
     reshape_layout,
     shape_of,
 )
-from pat_ray.core.tracing_ops import (
-    BINARY_FUNCTIONS,
-    BINARY_METHODS,
-    CAT_FUNCTIONS,
-    CHANNEL_PINNING_MODULES,
-    MULTI_OUTPUT_FUNCTIONS,
-    MULTI_OUTPUT_METHODS,
-    PASSTHROUGH_FUNCTIONS,
-    PASSTHROUGH_METHODS,
-    PASSTHROUGH_MODULES,
-    REDUCTION_FUNCTIONS,
-    REDUCTION_METHODS,
-    RESHAPE_FUNCTIONS,
-    RESHAPE_METHODS,
-)
+from pat_ray.core.tracing_ops import CAT_FUNCTIONS, MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, op_kind
 from pat_ray.core.tuples import pick, piece_shapes, split_layout
 
 
@@ -144,12 +127,17 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
     if pieces is not None:
         return _visit_multi_output(b, node, inputs[0], pieces, where)
     if node.op == "call_module":
-        result = _visit_module(b, gm, node, inputs, shape)
+        result = visit_module(b, gm, node, inputs[0])
     else:
         result = _visit_function(b, node, inputs, shape, layouts)
-    if isinstance(result, Layout) and shape is not None and len(shape) >= 2 and b.width(result) != shape[1]:
+    if (
+        isinstance(result, Layout)
+        and shape is not None
+        and len(shape) > result.axis
+        and b.width(result) != shape[result.axis]
+    ):
         raise UnsupportedModelError(  # a table entry whose channel semantics do not hold here
-            f"{where}: its result has {shape[1]} channels, but the channels traced into it add up to "
+            f"{where}: its result has {shape[result.axis]} channels, but the channels traced into it add up to "
             f"{b.width(result)}; pat_ray does not know how this op maps channels"
         )
     return result
@@ -191,110 +179,6 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts: dict[f
     )
 
 
-def _visit_module(
-    b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, inputs: list[Layout], shape: tuple[int, ...] | None
-) -> Layout | None:
-    name = str(node.target)
-    module = gm.get_submodule(name)
-    where = f"module {name!r} ({type(module).__name__})"
-    layout = inputs[0]
-    if (rule := rule_for(module)) is not None:  # declared by a plugin: before the built-in kinds
-        shapes = (known_shape(node.args[0], where), known_shape(node, where))
-        return trace_custom(b, name, module, rule, layout, shapes, where)
-    if isinstance(module, CONV_TYPES):
-        return _visit_conv(b, name, module, layout, shape, where)
-    if isinstance(module, TRANSPOSED_CONV_TYPES):
-        return _visit_transposed(b, name, module, layout, known_shape(node.args[0], where), where)
-    if isinstance(module, nn.Linear):
-        in_shape = shape_of(node.args[0])
-        if in_shape is None or len(in_shape) != 2:
-            raise UnsupportedModelError(f"{where}: Linear on a tensor of shape {in_shape}")
-        if b.width(layout) != module.in_features:
-            raise UnsupportedModelError(f"{where}: input width does not match in_features")
-        b.slots.append((name, "in", layout, 1))
-        out = b.new_group(module.out_features, name, pinned=name in b.excluded)
-        b.slots.append((name, "out", out, 0))
-        per_out = 1 if module.bias is not None else 0
-        b.raw_terms.append((name, out, layout, 1, 1, 1, per_out))
-        return out
-    if isinstance(module, NORM_TYPES):
-        if layout.repeat != 1:
-            raise UnsupportedModelError(f"{where}: BatchNorm over flattened features")
-        b.slots.append((name, "norm", layout, 0))
-        per_out = 2 if module.affine else 0
-        b.raw_terms.append((name, layout, None, 1, 0, 0, per_out))
-        return layout
-    if isinstance(module, PASSTHROUGH_MODULES):
-        if isinstance(module, nn.Flatten):
-            return reshape_layout(b, node, layout, where)
-        return layout
-    if isinstance(module, CHANNEL_PINNING_MODULES):
-        b.pin(layout)
-        return layout
-    raise UnsupportedModelError(
-        f"{where}: pat_ray does not know how this module treats channels; supported: Conv, "
-        "ConvTranspose, Linear, BatchNorm, activations, pooling, dropout, and modules a plugin "
-        "declares with pat_ray_register_layers"
-    )
-
-
-def _visit_conv(
-    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, shape: tuple[int, ...] | None, where: str
-) -> Layout:
-    if layout.repeat != 1 or b.width(layout) != module.in_channels:
-        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
-    if shape is None:
-        raise UnsupportedModelError(f"{where}: the shape of its output is unknown")
-    kernel = math.prod(module.kernel_size)
-    spatial = math.prod(shape[2:])
-    per_out = 1 if module.bias is not None else 0
-    groups, cin, cout = module.groups, module.in_channels, module.out_channels
-    if groups == 1:
-        b.slots.append((name, "in", layout, 1))
-        out = b.new_group(cout, name, pinned=name in b.excluded)
-        b.slots.append((name, "out", out, 0))
-        b.raw_terms.append((name, out, layout, 1, kernel * spatial, kernel, per_out))
-        return out
-    if groups == cin == cout:  # depthwise: channel i in -> channel i out
-        if name in b.excluded:
-            b.pin(layout)
-        b.slots.append((name, "depthwise", layout, 0))
-        b.raw_terms.append((name, layout, None, 1, kernel * spatial, kernel, per_out))
-        return layout
-    if cin == cout and len(layout.groups) == 1:  # grouped, e.g. ResNeXt / RegNet
-        root = b.find(layout.groups[0])
-        if b.subgroups.get(root, groups) != groups:
-            raise UnsupportedModelError(f"{where}: channels feed convs of different groups")
-        b.subgroups[root] = groups
-        if name in b.excluded:
-            b.pin(layout)
-        b.slots.append((name, "grouped", layout, 0))
-        b.raw_terms.append((name, layout, layout, groups, kernel * spatial, kernel, per_out))
-        return layout
-    raise UnsupportedModelError(
-        f"{where}: grouped conv with groups={groups}, in={cin}, out={cout} is not supported "
-        "(supported: groups=1, depthwise, or in == out channels fed by one group)"
-    )
-
-
-def _visit_transposed(
-    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, in_shape: tuple[int, ...], where: str
-) -> Layout:
-    """A transposed conv: its weight holds input channels on dim 0 and output channels on dim 1,
-    and each input pixel costs ``in * out * kernel`` MACs."""
-    if layout.repeat != 1 or b.width(layout) != module.in_channels:
-        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
-    if module.groups != 1:
-        raise UnsupportedModelError(f"{where}: a grouped transposed conv (groups={module.groups}) is not supported")
-    kernel = math.prod(module.kernel_size)
-    b.slots.append((name, "in", layout, 0))
-    out = b.new_group(module.out_channels, name, pinned=name in b.excluded)
-    b.slots.append((name, "out", out, 1))
-    per_out = 1 if module.bias is not None else 0
-    b.raw_terms.append((name, out, layout, 1, kernel * math.prod(in_shape[2:]), kernel, per_out))
-    return out
-
-
 def _visit_function(
     b: GroupBuilder,
     node: fx.Node,
@@ -302,60 +186,49 @@ def _visit_function(
     shape: tuple[int, ...] | None,
     layouts: dict[fx.Node, Traced],
 ) -> Layout | None:
-    target = node.target
     where = _where(node)
     if shape is None:
         return None  # a non-tensor result (size, shape, a python number)
     traced = layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
     first = traced if isinstance(traced, Layout) else None  # a tuple's pieces are used in _use_pieces
-    if node.op == "call_method":
-        kind = (
-            "pass"
-            if target in PASSTHROUGH_METHODS
-            else "binary"
-            if target in BINARY_METHODS
-            else "reshape"
-            if target in RESHAPE_METHODS
-            else "reduce"
-            if target in REDUCTION_METHODS
-            else None
-        )
-    else:
-        kind = (
-            "pass"
-            if target in PASSTHROUGH_FUNCTIONS
-            else "binary"
-            if target in BINARY_FUNCTIONS
-            else "reshape"
-            if target in RESHAPE_FUNCTIONS
-            else "reduce"
-            if target in REDUCTION_FUNCTIONS
-            else "cat"
-            if target in CAT_FUNCTIONS
-            else "getitem"
-            if target is operator.getitem
-            else "softmax"
-            if target in (F.softmax, F.log_softmax, torch.softmax)
-            else None
-        )
-    if kind == "pass" and first is not None:
-        return first
+    kind = op_kind(node.op, node.target)
     if kind == "binary":
         return binary_layout(b, node, shape, layouts, where)
-    if kind == "reshape" and first is not None:
-        return reshape_layout(b, node, first, where)
-    if kind == "reduce" and first is not None:
-        return reduce_layout(node, first, shape, where)
     if kind == "cat":
         return cat_layout(b, node, layouts, where)
     if kind == "softmax":
         b.pin(inputs[0])
         return inputs[0]
-    if kind == "getitem" and first is not None:
-        return getitem_layout(node, first, where)
-    if kind == "getitem":
+    if kind == "getitem" and first is None:
         return None  # indexing a python container of tensors is handled via cat/args
+    if first is None:
+        raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
+    if kind == "pass":
+        return first
+    if kind == "reshape":
+        return reshape_layout(b, node, first, where)
+    if kind == "reduce":
+        return reduce_layout(node, first, shape, where)
+    if kind == "permute":
+        return permute_layout(node, first, where)
+    if kind == "reorder":
+        return reordered_layout(b, node, first, where)
+    if kind == "getitem":
+        return getitem_layout(node, first, where)
+    if kind == "layer_norm":
+        return _functional_layer_norm(b, node, first, where)
     raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
+
+
+def _functional_layer_norm(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``F.layer_norm(x, shape, weight, bias)`` as called inside a LayerNorm subclass's forward
+    (torchvision's LayerNorm2d): the module owning ``weight`` is the one to resize."""
+    args = dict(zip(("input", "normalized_shape", "weight", "bias"), node.args)) | dict(node.kwargs)
+    weight = args.get("weight")
+    owner = str(weight.target).rpartition(".")[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" else None
+    module = b.model.get_submodule(owner) if owner is not None else None
+    in_shape = known_shape(node.args[0], where)
+    return layer_norm_layout(b, owner, module, layout, in_shape, args.get("normalized_shape"), where)
 
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
@@ -394,6 +267,7 @@ def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
             macs_per_pair=macs,
             params_per_pair=params,
             params_per_out=per_out,
+            is_layer=module not in b.params,
         )
         for module, out, inp, divisor, macs, params, per_out in b.raw_terms
     )

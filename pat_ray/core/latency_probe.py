@@ -70,7 +70,11 @@ def measure_latency(
     graph = trace_channel_groups(model, example_input, exclude=exclude)
     shapes = _input_shapes(model, example_input)
     timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
-    plans = [_Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points) for t in graph.terms]
+    plans = [
+        _Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points)
+        for t in graph.terms
+        if t.is_layer
+    ]
     jobs = {
         plan.key(n_in, n_out): (plan, *plan.widths(n_in, n_out))
         for plan in plans

@@ -1,6 +1,7 @@
 """Tracing state: tensor channel layouts and the union-find over channel groups.
 
-A ``Layout`` says which groups a tensor's dim 1 is made of; the ``GroupBuilder`` merges
+A ``Layout`` says which groups a tensor's channel axis is made of (dim 1, or the last dim
+after a permute to channels-last); the ``GroupBuilder`` merges
 groups that an element-wise op couples and collects the members and cost terms the tracer
 finds. Kept apart from the op visitors in ``groups.py``.
 """
@@ -16,10 +17,22 @@ from pat_ray.core.graph import Role, UnsupportedModelError
 
 @dataclass
 class Layout:
-    """The channel structure of one traced tensor's dim 1 (group ids in order)."""
+    """The channel structure of one traced tensor: the group ids along its channel ``axis``, in
+    order; each channel fills ``repeat`` consecutive positions (> 1 after a flatten)."""
 
     groups: tuple[int, ...]
     repeat: int = 1
+    axis: int = 1
+
+    def on_dim1(self, where: str, allow_repeat: bool = False) -> Layout:
+        """This layout, if its channels are where a conv / BatchNorm / flatten expects them."""
+        if self.axis != 1:
+            raise UnsupportedModelError(
+                f"{where}: its input holds channels on dim {self.axis} (after a permute), not on dim 1"
+            )
+        if self.repeat != 1 and not allow_repeat:
+            raise UnsupportedModelError(f"{where}: its input is flattened features, not channels")
+        return self
 
 
 Pieces = tuple[Layout | None, ...]  # the layouts of an op's several results (split, chunk)
@@ -41,14 +54,14 @@ class GroupBuilder:
     params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
 
-    def new_group(self, size: int, label: str, pinned: bool = False) -> Layout:
+    def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         gid = len(self.parent)
         self.parent.append(gid)
         self.sizes.append(size)
         self.labels.append(label)
         if pinned:
             self.pinned.add(gid)
-        return Layout((gid,))
+        return Layout((gid,), axis=axis)
 
     def find(self, gid: int) -> int:
         while self.parent[gid] != gid:
@@ -75,7 +88,7 @@ class GroupBuilder:
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:
         sizes_a = [self.sizes[self.find(g)] for g in a.groups]
         sizes_b = [self.sizes[self.find(g)] for g in b.groups]
-        if sizes_a != sizes_b or a.repeat != b.repeat:
+        if sizes_a != sizes_b or a.repeat != b.repeat or a.axis != b.axis:
             raise UnsupportedModelError(
                 f"{where}: combines tensors whose channels come from differently split "
                 f"groups ({sizes_a} vs {sizes_b}); partial-group coupling is not supported"
@@ -89,6 +102,12 @@ class GroupBuilder:
         if target in self.params:
             raise UnsupportedModelError(f"{where}: parameter {target!r} is applied to channels in more than one place")
         self.params[target] = (axis, layout)
+
+    def count_param(self, target: str, layout: Layout) -> None:
+        """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""
+        if any(name == target for name, _ in self.model.named_parameters()):
+            channels = self.width(layout) // layout.repeat
+            self.raw_terms.append((target, layout, None, 1, 0, 0, self.model.get_parameter(target).numel() // channels))
 
     def pin(self, layout: Layout) -> None:
         for g in layout.groups:

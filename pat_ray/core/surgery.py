@@ -52,6 +52,8 @@ def apply_architecture(
             _shrink_linear(module, drop_out, drop_in, state)
         elif isinstance(module, NORM_TYPES):
             _shrink_norm(module, drop_out, state)
+        elif isinstance(module, nn.LayerNorm):
+            _shrink_layer_norm(module, drop_out, state)
         else:
             raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
     state.rewire()
@@ -240,3 +242,11 @@ def _shrink_norm(norm: _NormBase, drop: torch.Tensor, rewrite: Rewrite) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         rewrite(norm, name, _select(0, keep))
     norm.num_features = len(keep)
+
+
+def _shrink_layer_norm(norm: nn.LayerNorm, drop: torch.Tensor, rewrite: Rewrite) -> None:
+    """A LayerNorm over the channels alone (the tracer pins any other)."""
+    keep = kept_indices(norm.normalized_shape[0], drop)
+    for name in ("weight", "bias"):
+        rewrite(norm, name, _select(0, keep))
+    norm.normalized_shape = (len(keep),)

@@ -44,39 +44,41 @@ def binary_layout(
 ) -> Layout:
     """Element-wise op: operands that vary over the result's channels are coupled to them.
 
-    Broadcasting aligns shapes from the right, so an operand's dim ``len(s) - len(shape) + 1``
-    is the one that lines up with the result's channels (a ``(C,)`` weight times an
-    ``(N, C)`` activation varies over channels; times an ``(N, C, H, W)`` one it does not)."""
-    if len(shape) < 2:
-        raise UnsupportedModelError(f"{where}: result has no channel dimension")
-    channels = shape[1]
-    wide: list[Layout] = []
-    params: list[tuple[str, int]] = []
-    for operand in (a for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None):
-        traced, s = layouts.get(operand), known_shape(operand, where)
-        lay = traced if isinstance(traced, Layout) else None
-        axis = len(s) - len(shape) + 1
-        extent = s[axis] if axis >= 0 else 1
-        if lay is not None and axis == 1 and extent == channels:
-            wide.append(lay)
-        elif extent == 1:
-            if lay is not None:
+    Broadcasting aligns shapes from the right, so an operand's dim ``d`` lines up with the
+    result's dim ``len(shape) - len(s) + d`` (a ``(C,)`` weight times an ``(N, C)`` activation
+    varies over channels; times an ``(N, C, H, W)`` one it does not)."""
+    operands = [(a, known_shape(a, where)) for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None]
+    traced = [(layouts.get(a), s) for a, s in operands]
+    with_layout = [(lay, s) for lay, s in traced if isinstance(lay, Layout)]
+    wide = [lay for lay, s in with_layout if s[lay.axis] == shape[len(shape) - len(s) + lay.axis]]
+    axes = {len(shape) - len(s) + lay.axis for lay, s in with_layout if lay in wide}
+    if not wide or len(axes) != 1:
+        raise UnsupportedModelError(
+            f"{where}: no operand carries the result's channels"
+            if not wide
+            else f"{where}: its operands hold channels on different dims of the result ({sorted(axes)})"
+        )
+    channel_axis = axes.pop()
+    for (operand, s), (lay, _) in zip(operands, traced):
+        dim = len(s) - len(shape) + channel_axis  # the operand's dim that lines up with the channels
+        extent = s[dim] if dim >= 0 else 1
+        if isinstance(lay, Layout) and any(lay is w for w in wide):
+            continue
+        if extent == 1:
+            if isinstance(lay, Layout):
                 b.pin(lay)  # broadcast across the result's channels: its own channels must stay
         elif lay is None and _is_parameter(b, operand):
-            params.append((str(operand.target), axis))
+            b.add_param(str(operand.target), dim, wide[0], where)
+            b.count_param(str(operand.target), wide[0])
         elif lay is None:
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
             )
         else:
-            raise UnsupportedModelError(f"{where}: an operand's dim {axis} lines up with the result's channels")
-    if not wide:
-        raise UnsupportedModelError(f"{where}: no operand carries the result's channels")
+            raise UnsupportedModelError(f"{where}: an operand's dim {dim} lines up with the result's channels")
     result = wide[0]
     for other in wide[1:]:
         result = b.unify(result, other, where)
-    for target, axis in params:
-        b.add_param(target, axis, result, where)
     return result
 
 
@@ -93,32 +95,65 @@ def _is_parameter(b: GroupBuilder, node: fx.Node) -> bool:
 
 
 def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
-    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
+    """A reshape that keeps the channel axis whole (or flattens (N, C, ...) to (N, C*...)) is
+    followed exactly. Any other (a channel shuffle's view to (N, groups, C/groups, ...),
+    space-to-depth) moves channels among other axes: its input is kept whole (pinned) and its
+    result's dim 1 is a new pinned group, so nothing downstream depends on their order."""
+    in_shape, out_shape = known_shape(node.args[0], where), known_shape(node, where)
     if in_shape == out_shape:
         return layout
-    if (
-        in_shape is not None
-        and out_shape is not None
-        and len(out_shape) == 2
-        and out_shape[0] == in_shape[0]
-        and out_shape[1] == math.prod(in_shape[1:])
-    ):
-        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))
-    raise UnsupportedModelError(
-        f"{where}: reshape {in_shape} -> {out_shape}; only flattening (N, C, ...) to "
-        "(N, C*...) keeps channels traceable"
-    )
+    if layout.axis == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0]:
+        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))  # flatten
+    before = math.prod(in_shape[: layout.axis])
+    kept_axis = [
+        j
+        for j in range(1, len(out_shape))
+        if math.prod(out_shape[:j]) == before and out_shape[j] == in_shape[layout.axis]
+    ]
+    if layout.repeat == 1 and kept_axis and out_shape[0] == in_shape[0]:
+        return Layout(layout.groups, 1, kept_axis[0])
+    return reordered_layout(b, node, layout, where)
+
+
+def reordered_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """An op that moves channels to other positions or axes (a channel shuffle, pixel shuffle,
+    a reshape that splits the channel axis): pruning its input would change which channel
+    lands where, so the input is kept whole and the result's dim 1 is a new pinned group."""
+    out_shape = known_shape(node, where)
+    if len(out_shape) < 2:
+        raise UnsupportedModelError(f"{where}: its result {out_shape} has no channel dimension")
+    b.pin(layout)
+    return b.new_group(out_shape[1], f"<{node.name}>", pinned=True)
+
+
+def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``permute`` / ``transpose``: the channels go wherever their axis goes."""
+    ndim = len(known_shape(node.args[0], where))
+    rest = node.args[1:]
+    if str(getattr(node.target, "__name__", node.target)) == "permute":
+        listed: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], list | tuple) else rest
+        dims: Any = listed or node.kwargs.get("dims", ())
+        order = [int_arg(d, where) % ndim for d in dims]
+        axis = order.index(layout.axis)
+    else:
+        given: Any = rest or (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+        first, second = (int_arg(d, where) % ndim for d in given)
+        axis = second if layout.axis == first else first if layout.axis == second else layout.axis
+    if axis == 0 or (layout.repeat != 1 and axis != layout.axis):
+        raise UnsupportedModelError(f"{where}: moves the channels to dim {axis}")
+    return Layout(layout.groups, layout.repeat, axis)
 
 
 def reduce_layout(node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str) -> Layout:
     in_shape = known_shape(node.args[0], where)
     given = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
-    dims = [int_arg(d, where) for d in listed]
     ndim = len(in_shape)
-    if dims and all(d % ndim >= 2 for d in dims) and len(shape) >= 2:
-        return layout
-    raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
+    dims = [int_arg(d, where) % ndim for d in listed]
+    if not dims or 0 in dims or layout.axis in dims or layout.repeat != 1:
+        raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
+    axis = layout.axis if len(shape) == ndim else layout.axis - sum(d < layout.axis for d in dims)
+    return Layout(layout.groups, 1, axis)
 
 
 def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:
@@ -135,10 +170,10 @@ def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], w
     if not parts or len(parts) != len(found):
         raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
     ndim = len(known_shape(node, where))
-    if dim % ndim == 1:
-        if any(p.repeat != 1 for p in parts):
-            raise UnsupportedModelError(f"{where}: concatenates flattened features")
-        return Layout(tuple(g for p in parts for g in p.groups))
+    if any(dim % ndim == p.axis for p in parts):
+        if any(p.repeat != 1 or p.axis != parts[0].axis for p in parts):
+            raise UnsupportedModelError(f"{where}: concatenates flattened features or differently laid out channels")
+        return Layout(tuple(g for p in parts for g in p.groups), 1, parts[0].axis)
     result = parts[0]
     for other in parts[1:]:
         result = b.unify(result, other, where)
@@ -146,11 +181,17 @@ def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], w
 
 
 def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
-    index = node.args[1]
-    index = index if isinstance(index, tuple) else (index,)
-    channel_index = index[1] if len(index) > 1 else slice(None)
-    if index and index[0] is Ellipsis:
-        raise UnsupportedModelError(f"{where}: indexing with ... may slice channels")
-    if channel_index == slice(None) and not isinstance(index[0], int):
+    """Indexing that leaves the batch and channel axes whole (spatial crops, ``x[:, :, 0]``)."""
+    ndim = len(known_shape(node.args[0], where))
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    tensors = [i for i, entry in enumerate(index) if isinstance(entry, fx.Node)]
+    if index.count(Ellipsis) > 1 or any(i is None for i in index) or len(tensors) > 1:
+        raise UnsupportedModelError(f"{where}: indexing {index} adds or moves dimensions")
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
+    if isinstance(index[0], int):
+        raise UnsupportedModelError(f"{where}: indexing {index} removes the batch dimension")
+    if all(i == slice(None) for i in index[1 : layout.axis + 1]) and all(t > layout.axis for t in tensors):
         return layout
     raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")

@@ -1,4 +1,4 @@
-"""How the tracer treats each known op's channel dimension (dim 1).
+"""How the tracer treats each known op's channel dimension.
 
 Kept apart from the tracer so that supporting a new op is one line in one table. An op
 missing from every table stops the trace with an error naming it: extending these tables
@@ -153,3 +153,39 @@ MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
 
 # Aliases of ``torch.cat``.
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+
+# Ops that reorder a tensor's axes: the channels move with theirs (to the last one, channels-last).
+PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
+
+SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax}
+
+# Ops that move channels to other positions: their input is kept whole (``reordered_layout``).
+REORDERING_FUNCTIONS = {torch.channel_shuffle, torch.native_channel_shuffle, torch.pixel_shuffle, torch.pixel_unshuffle}
+REORDERING_MODULES = (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)
+
+_FUNCTION_KINDS = (
+    ("pass", PASSTHROUGH_FUNCTIONS),
+    ("binary", BINARY_FUNCTIONS),
+    ("reshape", RESHAPE_FUNCTIONS),
+    ("reduce", REDUCTION_FUNCTIONS),
+    ("cat", CAT_FUNCTIONS),
+    ("permute", PERMUTE_FUNCTIONS),
+    ("reorder", REORDERING_FUNCTIONS),
+    ("softmax", SOFTMAX_FUNCTIONS),
+    ("layer_norm", {F.layer_norm}),
+    ("getitem", {operator.getitem}),
+)
+_METHOD_KINDS = (
+    ("pass", PASSTHROUGH_METHODS),
+    ("binary", BINARY_METHODS),
+    ("reshape", RESHAPE_METHODS),
+    ("reduce", REDUCTION_METHODS),
+    ("permute", PERMUTE_METHODS),
+)
+
+
+def op_kind(op: str, target: object) -> str | None:
+    """Which table a ``call_function`` / ``call_method`` node's target is in (None: in none)."""
+    tables = _METHOD_KINDS if op == "call_method" else _FUNCTION_KINDS
+    return next((kind for kind, targets in tables if target in targets), None)

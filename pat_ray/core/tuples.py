@@ -34,15 +34,16 @@ def split_layout(
     unbinds = any(s is not None and len(s) < len(in_shape) for s in piece_shapes)
     if axis == 0 and unbinds:
         raise UnsupportedModelError(f"{where}: unbinds the batch dimension, so channels move to dim 0")
-    if axis != 1:
-        return tuple(layout if s is not None else None for s in piece_shapes)
+    if axis != layout.axis:
+        moved = Layout(layout.groups, layout.repeat, layout.axis - (unbinds and axis < layout.axis))
+        return tuple(moved if s is not None else None for s in piece_shapes)
     b.pin(layout)  # piece boundaries are fixed by the code or by the channel count
-    widths = [1 if unbinds else (s[1] if s is not None else 0) for s in piece_shapes]
+    widths = [1 if unbinds else (s[axis] if s is not None else 0) for s in piece_shapes]
     aligned = _aligned_pieces(b, layout, widths)
     if aligned is not None and not unbinds:
         return aligned
     return tuple(
-        b.new_group(s[1], f"<{node.name}[{i}]>", pinned=True) if s is not None and len(s) >= 2 else None
+        b.new_group(s[axis], f"<{node.name}[{i}]>", pinned=True, axis=axis) if s is not None and len(s) > axis else None
         for i, s in enumerate(piece_shapes)
     )
 
@@ -59,7 +60,7 @@ def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Piece
             taken.append(groups.pop(0))
         if sum(b.sizes[b.find(g)] for g in taken) != width:
             return None
-        pieces.append(Layout(tuple(taken)) if taken else None)
+        pieces.append(Layout(tuple(taken), axis=layout.axis) if taken else None)
     return tuple(pieces) if not groups else None
 
 

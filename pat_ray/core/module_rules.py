@@ -1,0 +1,169 @@
+"""How the tracer treats a call to a module: which channels it reads, makes or follows.
+
+A conv, transposed conv or Linear starts a new group for its outputs and records its input
+layout as an ``in`` member; a norm or depthwise conv follows its input's group. Modules a
+plugin declared (``custom_layers``) come first. Linear and LayerNorm also work on
+channels-last tensors (ConvNeXt's permute -> LayerNorm -> Linear), where the channels are on
+the last axis; everything else wants them on dim 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from pat_ray.core.custom_layers import rule_for, trace_custom
+from pat_ray.core.graph import CONV_TYPES, NORM_TYPES, TRANSPOSED_CONV_TYPES, UnsupportedModelError
+from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.tensor_ops import known_shape, reordered_layout, reshape_layout
+from pat_ray.core.tracing_ops import CHANNEL_PINNING_MODULES, PASSTHROUGH_MODULES, REORDERING_MODULES
+
+
+def visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layout: Layout) -> Layout | None:
+    name = str(node.target)
+    module = gm.get_submodule(name)
+    where = f"module {name!r} ({type(module).__name__})"
+    in_shape = known_shape(node.args[0], where)
+    if (rule := rule_for(module)) is not None:  # declared by a plugin: before the built-in kinds
+        return trace_custom(b, name, module, rule, layout.on_dim1(where), (in_shape, known_shape(node, where)), where)
+    if isinstance(module, CONV_TYPES):
+        return _visit_conv(b, name, module, layout.on_dim1(where), known_shape(node, where), where)
+    if isinstance(module, TRANSPOSED_CONV_TYPES):
+        return _visit_transposed(b, name, module, layout.on_dim1(where), in_shape, where)
+    if isinstance(module, nn.Linear):
+        return _visit_linear(b, name, module, layout, in_shape, where)
+    if isinstance(module, NORM_TYPES):
+        b.slots.append((name, "norm", layout.on_dim1(where), 0))
+        b.raw_terms.append((name, layout, None, 1, 0, 0, 2 if module.affine else 0))
+        return layout
+    if isinstance(module, nn.LayerNorm):
+        return layer_norm_layout(b, name, module, layout, in_shape, module.normalized_shape, where)
+    if isinstance(module, PASSTHROUGH_MODULES):
+        return reshape_layout(b, node, layout, where) if isinstance(module, nn.Flatten) else layout
+    if isinstance(module, REORDERING_MODULES):
+        return reordered_layout(b, node, layout, where)
+    if isinstance(module, CHANNEL_PINNING_MODULES):
+        b.pin(layout)
+        return layout
+    raise UnsupportedModelError(
+        f"{where}: pat_ray does not know how this module treats channels; supported: Conv, "
+        "ConvTranspose, Linear, BatchNorm, LayerNorm, activations, pooling, dropout, and modules a "
+        "plugin declares with pat_ray_register_layers"
+    )
+
+
+def layer_norm_layout(
+    b: GroupBuilder,
+    owner: str | None,
+    module: Any,
+    layout: Layout,
+    in_shape: tuple[int, ...],
+    normalized_shape: Any,
+    where: str,
+) -> Layout:
+    """A LayerNorm (the module, or ``F.layer_norm`` inside one such as torchvision's LayerNorm2d).
+
+    Over the channels alone (``normalized_shape == (C,)`` on a channels-last tensor) it is
+    pruned with them: weight, bias and ``normalized_shape`` shrink. Pruning then changes the
+    mean and variance it normalizes with, so the pruned model is not the dense one with
+    channels zeroed (training goes on after pruning, as with any LayerNorm model). Over other
+    axes only it is per-channel and left alone; over channels *and* other axes, or in a
+    module pat_ray cannot resize, the channels are kept (pinned)."""
+    normalized = tuple(normalized_shape) if isinstance(normalized_shape, list | tuple) else None
+    if normalized is None:
+        raise UnsupportedModelError(f"{where}: normalized_shape {normalized_shape!r} is not a constant")
+    ndim = len(in_shape)
+    if layout.axis < ndim - len(normalized):
+        return layout  # normalizes each channel on its own: no per-channel state
+    if (
+        normalized == (b.width(layout),)
+        and layout.repeat == 1
+        and owner is not None
+        and isinstance(module, nn.LayerNorm)
+    ):
+        b.slots.append((owner, "norm", layout, 0))
+        tensors = [t for t in (module.weight, module.bias) if t is not None]
+        b.raw_terms.append((owner, layout, None, 1, 0, 0, len(tensors)))
+        return layout
+    b.pin(layout)
+    return layout
+
+
+def _visit_linear(
+    b: GroupBuilder, name: str, module: nn.Linear, layout: Layout, in_shape: tuple[int, ...], where: str
+) -> Layout:
+    """A Linear reads its input's last axis: (N, features), or a channels-last (N, ..., C)."""
+    last = len(in_shape) - 1
+    if layout.axis != last or (last > 1 and layout.repeat != 1):
+        raise UnsupportedModelError(
+            f"{where}: Linear on a tensor of shape {in_shape} whose channels are on dim {layout.axis}, "
+            "not on the last one"
+        )
+    if b.width(layout) != module.in_features:
+        raise UnsupportedModelError(f"{where}: input width does not match in_features")
+    b.slots.append((name, "in", layout, 1))
+    out = b.new_group(module.out_features, name, pinned=name in b.excluded, axis=last)
+    b.slots.append((name, "out", out, 0))
+    per_out = 1 if module.bias is not None else 0
+    positions = math.prod(in_shape[1:-1])  # a channels-last Linear runs once per pixel
+    b.raw_terms.append((name, out, layout, 1, positions, 1, per_out))
+    return out
+
+
+def _visit_conv(
+    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, shape: tuple[int, ...], where: str
+) -> Layout:
+    if b.width(layout) != module.in_channels:
+        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
+    kernel = math.prod(module.kernel_size)
+    spatial = math.prod(shape[2:])
+    per_out = 1 if module.bias is not None else 0
+    groups, cin, cout = module.groups, module.in_channels, module.out_channels
+    if groups == 1:
+        b.slots.append((name, "in", layout, 1))
+        out = b.new_group(cout, name, pinned=name in b.excluded)
+        b.slots.append((name, "out", out, 0))
+        b.raw_terms.append((name, out, layout, 1, kernel * spatial, kernel, per_out))
+        return out
+    if groups == cin == cout:  # depthwise: channel i in -> channel i out
+        if name in b.excluded:
+            b.pin(layout)
+        b.slots.append((name, "depthwise", layout, 0))
+        b.raw_terms.append((name, layout, None, 1, kernel * spatial, kernel, per_out))
+        return layout
+    if cin == cout and len(layout.groups) == 1:  # grouped, e.g. ResNeXt / RegNet
+        root = b.find(layout.groups[0])
+        if b.subgroups.get(root, groups) != groups:
+            raise UnsupportedModelError(f"{where}: channels feed convs of different groups")
+        b.subgroups[root] = groups
+        if name in b.excluded:
+            b.pin(layout)
+        b.slots.append((name, "grouped", layout, 0))
+        b.raw_terms.append((name, layout, layout, groups, kernel * spatial, kernel, per_out))
+        return layout
+    raise UnsupportedModelError(
+        f"{where}: grouped conv with groups={groups}, in={cin}, out={cout} is not supported "
+        "(supported: groups=1, depthwise, or in == out channels fed by one group)"
+    )
+
+
+def _visit_transposed(
+    b: GroupBuilder, name: str, module: _ConvNd, layout: Layout, in_shape: tuple[int, ...], where: str
+) -> Layout:
+    """A transposed conv: its weight holds input channels on dim 0 and output channels on dim 1,
+    and each input pixel costs ``in * out * kernel`` MACs."""
+    if b.width(layout) != module.in_channels:
+        raise UnsupportedModelError(f"{where}: input channels do not match in_channels")
+    if module.groups != 1:
+        raise UnsupportedModelError(f"{where}: a grouped transposed conv (groups={module.groups}) is not supported")
+    kernel = math.prod(module.kernel_size)
+    b.slots.append((name, "in", layout, 0))
+    out = b.new_group(module.out_channels, name, pinned=name in b.excluded)
+    b.slots.append((name, "out", out, 1))
+    per_out = 1 if module.bias is not None else 0
+    b.raw_terms.append((name, out, layout, 1, kernel * math.prod(in_shape[2:]), kernel, per_out))
+    return out
