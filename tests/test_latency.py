@@ -225,3 +225,13 @@ def test_one_shot_prune_by_time_needs_and_uses_a_table():
     pruned = trace_channel_groups(model, example)
     seconds = table.predict(pruned.terms, {g.name: g.size for g in pruned.groups})
     assert seconds / table.predict(graph.terms, {g.name: g.size for g in graph.groups}) == pytest.approx(0.5, abs=0.03)
+
+
+def test_a_layer_the_probe_cannot_time_is_named_before_any_timing():
+    """A channels-last Linear (ConvNeXt's MLP) has no timing model yet: a clear refusal, not a crash."""
+    from test_channel_layouts import ConvNeXtLike
+
+    from pat_ray.core.graph import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'stem_norm'.*measure: flops"):
+        measure_latency(ConvNeXtLike(), torch.randn(1, 3, 8, 8), batch_size=2)

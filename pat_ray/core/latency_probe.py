@@ -33,6 +33,7 @@ from pat_ray.core.graph import (
     TRANSPOSED_CONV_TYPES,
     ComputeTerm,
     ModelGraph,
+    UnsupportedModelError,
 )
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
@@ -126,6 +127,13 @@ class _Plan:
     def of(
         cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape: Sequence[int], round_to: int, points: int
     ) -> _Plan:
+        if not isinstance(module, CONV_TYPES + TRANSPOSED_CONV_TYPES + NORM_TYPES + (nn.Linear,)) or (
+            isinstance(module, nn.Linear) and len(shape) != 2
+        ):
+            raise UnsupportedModelError(
+                f"a latency budget cannot time layer {term.module!r} ({type(module).__name__} on an input of shape "
+                f"{tuple(shape)}): only convs, BatchNorms and Linears on (N, features) are timed; use measure: flops"
+            )
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
         grouped = isinstance(module, CONV_TYPES) and 1 < module.groups < module.in_channels
