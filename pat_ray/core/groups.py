@@ -224,11 +224,14 @@ def _functional_layer_norm(b: GroupBuilder, node: fx.Node, layout: Layout, where
     """``F.layer_norm(x, shape, weight, bias)`` as called inside a LayerNorm subclass's forward
     (torchvision's LayerNorm2d): the module owning ``weight`` is the one to resize."""
     args = dict(zip(("input", "normalized_shape", "weight", "bias"), node.args)) | dict(node.kwargs)
-    weight = args.get("weight")
-    owner = str(weight.target).rpartition(".")[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" else None
-    module = b.model.get_submodule(owner) if owner is not None else None
+    params = [
+        str(a.target) for a in (args.get("weight"), args.get("bias")) if isinstance(a, fx.Node) and a.op == "get_attr"
+    ]
+    owner = params[0].rpartition(".")[0] if params else None
+    if owner is not None and not isinstance(b.model.get_submodule(owner), nn.LayerNorm):
+        owner = None  # its normalized_shape lives in code pat_ray cannot change
     in_shape = known_shape(node.args[0], where)
-    return layer_norm_layout(b, owner, module, layout, in_shape, args.get("normalized_shape"), where)
+    return layer_norm_layout(b, owner, params, layout, in_shape, args.get("normalized_shape"), where)
 
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
@@ -267,7 +270,7 @@ def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
             macs_per_pair=macs,
             params_per_pair=params,
             params_per_out=per_out,
-            is_layer=module not in b.params,
+            is_layer=module not in b.untimed,
         )
         for module, out, inp, divisor, macs, params, per_out in b.raw_terms
     )

@@ -53,6 +53,7 @@ class GroupBuilder:
     slots: list[tuple[str, Role, Layout, int]] = field(default_factory=list)  # module, role, layout, weight axis
     params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
+    untimed: set[str] = field(default_factory=set)  # terms of tensors, not layers: no latency of their own
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         gid = len(self.parent)
@@ -105,9 +106,19 @@ class GroupBuilder:
 
     def count_param(self, target: str, layout: Layout) -> None:
         """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""
-        if any(name == target for name, _ in self.model.named_parameters()):
-            channels = self.width(layout) // layout.repeat
-            self.raw_terms.append((target, layout, None, 1, 0, 0, self.model.get_parameter(target).numel() // channels))
+        channels = self.width(layout) // layout.repeat
+        self.raw_terms.append((target, layout, None, 1, 0, 0, self._numel(target) // channels))
+        self.untimed.add(target)
+
+    def count_fixed(self, target: str) -> None:
+        """Count a parameter whose size no pruning changes (a PReLU's one slope, a LayerNorm's
+        weight over spatial axes), so the traced cost equals the measured one."""
+        self.raw_terms.append((target, Layout(()), None, 1, 0, 0, self._numel(target)))
+        self.untimed.add(target)
+
+    def _numel(self, target: str) -> int:
+        is_param = any(name == target for name, _ in self.model.named_parameters())
+        return self.model.get_parameter(target).numel() if is_param else 0
 
     def pin(self, layout: Layout) -> None:
         for g in layout.groups:

@@ -41,9 +41,19 @@ def visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layout: Lay
         b.raw_terms.append((name, layout, None, 1, 0, 0, 2 if module.affine else 0))
         return layout
     if isinstance(module, nn.LayerNorm):
-        return layer_norm_layout(b, name, module, layout, in_shape, module.normalized_shape, where)
+        params = [f"{name}.{p}" for p, t in (("weight", module.weight), ("bias", module.bias)) if t is not None]
+        return layer_norm_layout(b, name, params, layout, in_shape, module.normalized_shape, where)
+    if isinstance(module, nn.GroupNorm):
+        return _visit_group_norm(b, name, module, layout, where)
+    if isinstance(module, nn.PReLU):  # one slope per channel, or one for all
+        if module.num_parameters == 1:
+            b.count_fixed(f"{name}.weight")
+            return layout
+        b.add_param(f"{name}.weight", 0, layout.on_dim1(where), where)
+        b.count_param(f"{name}.weight", layout)
+        return layout
     if isinstance(module, PASSTHROUGH_MODULES):
-        return reshape_layout(b, node, layout, where) if isinstance(module, nn.Flatten) else layout
+        return reshape_layout(b, node, layout, where) if isinstance(module, nn.Flatten | nn.Unflatten) else layout
     if isinstance(module, REORDERING_MODULES):
         return reordered_layout(b, node, layout, where)
     if isinstance(module, CHANNEL_PINNING_MODULES):
@@ -56,16 +66,35 @@ def visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layout: Lay
     )
 
 
+def _visit_group_norm(b: GroupBuilder, name: str, module: nn.GroupNorm, layout: Layout, where: str) -> Layout:
+    """A GroupNorm normalizes each of its ``num_groups`` runs of channels together: the channels
+    shrink by the same count in every run (like a grouped conv's), so each stays in its own
+    norm group. Its statistics change with the channels, as a LayerNorm's do. Fed by channels
+    of several groups (a concatenation) or by a differently grouped conv, it keeps them."""
+    layout.on_dim1(where)
+    root = b.find(layout.groups[0]) if len(layout.groups) == 1 else None
+    if root is None or b.subgroups.get(root, module.num_groups) != module.num_groups:
+        b.pin(layout)
+        for param in ("weight", "bias") if module.affine else ():
+            b.count_fixed(f"{name}.{param}")
+        return layout
+    b.subgroups[root] = module.num_groups
+    b.slots.append((name, "norm", layout, 0))
+    b.raw_terms.append((name, layout, None, 1, 0, 0, 2 if module.affine else 0))
+    return layout
+
+
 def layer_norm_layout(
     b: GroupBuilder,
     owner: str | None,
-    module: Any,
+    params: list[str],
     layout: Layout,
     in_shape: tuple[int, ...],
     normalized_shape: Any,
     where: str,
 ) -> Layout:
-    """A LayerNorm (the module, or ``F.layer_norm`` inside one such as torchvision's LayerNorm2d).
+    """A LayerNorm (the module, or ``F.layer_norm`` inside one such as torchvision's LayerNorm2d):
+    ``owner`` names the nn.LayerNorm to resize (None: none can be), ``params`` its weight / bias.
 
     Over the channels alone (``normalized_shape == (C,)`` on a channels-last tensor) it is
     pruned with them: weight, bias and ``normalized_shape`` shrink. Pruning then changes the
@@ -76,20 +105,15 @@ def layer_norm_layout(
     normalized = tuple(normalized_shape) if isinstance(normalized_shape, list | tuple) else None
     if normalized is None:
         raise UnsupportedModelError(f"{where}: normalized_shape {normalized_shape!r} is not a constant")
-    ndim = len(in_shape)
-    if layout.axis < ndim - len(normalized):
-        return layout  # normalizes each channel on its own: no per-channel state
-    if (
-        normalized == (b.width(layout),)
-        and layout.repeat == 1
-        and owner is not None
-        and isinstance(module, nn.LayerNorm)
-    ):
+    per_channel = normalized == (b.width(layout),) and layout.repeat == 1 and layout.axis == len(in_shape) - 1
+    if per_channel and owner is not None:
         b.slots.append((owner, "norm", layout, 0))
-        tensors = [t for t in (module.weight, module.bias) if t is not None]
-        b.raw_terms.append((owner, layout, None, 1, 0, 0, len(tensors)))
+        b.raw_terms.append((owner, layout, None, 1, 0, 0, len(params)))
         return layout
-    b.pin(layout)
+    for param in params:
+        b.count_fixed(param)
+    if layout.axis >= len(in_shape) - len(normalized):
+        b.pin(layout)  # normalizes the channels together with other axes, or cannot be resized
     return layout
 
 

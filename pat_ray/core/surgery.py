@@ -54,6 +54,8 @@ def apply_architecture(
             _shrink_norm(module, drop_out, state)
         elif isinstance(module, nn.LayerNorm):
             _shrink_layer_norm(module, drop_out, state)
+        elif isinstance(module, nn.GroupNorm):
+            _shrink_group_norm(module, drop_out, state)
         else:
             raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
     state.rewire()
@@ -250,3 +252,11 @@ def _shrink_layer_norm(norm: nn.LayerNorm, drop: torch.Tensor, rewrite: Rewrite)
     for name in ("weight", "bias"):
         rewrite(norm, name, _select(0, keep))
     norm.normalized_shape = (len(keep),)
+
+
+def _shrink_group_norm(norm: nn.GroupNorm, drop: torch.Tensor, rewrite: Rewrite) -> None:
+    """A GroupNorm whose channels the selection shrank equally in each of its groups."""
+    keep = kept_indices(norm.num_channels, drop)
+    for name in ("weight", "bias"):
+        rewrite(norm, name, _select(0, keep))
+    norm.num_channels = len(keep)

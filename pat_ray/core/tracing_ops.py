@@ -52,10 +52,11 @@ PASSTHROUGH_MODULES = (
     nn.ReflectionPad2d,
     nn.ReplicationPad2d,
     nn.Flatten,
+    nn.Unflatten,
 )
 
 # Modules that mix all channels of their input without parameters: the input is kept whole.
-CHANNEL_PINNING_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d)
+CHANNEL_PINNING_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Softmin, nn.LocalResponseNorm)
 
 PASSTHROUGH_FUNCTIONS = {
     F.relu,
@@ -158,11 +159,12 @@ CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
 PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 
-SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax}
+# Functions that mix all channels of their input without parameters: the input is kept whole.
+SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, F.softmin, F.normalize, F.local_response_norm}
 
 # Ops that move channels to other positions: their input is kept whole (``reordered_layout``).
 REORDERING_FUNCTIONS = {torch.channel_shuffle, torch.native_channel_shuffle, torch.pixel_shuffle, torch.pixel_unshuffle}
-REORDERING_MODULES = (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)
+REORDERING_MODULES = (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.GLU)
 
 _FUNCTION_KINDS = (
     ("pass", PASSTHROUGH_FUNCTIONS),

@@ -1,0 +1,105 @@
+"""Norms and activations beyond BatchNorm + ReLU: GroupNorm (pruned in equal shares per norm
+group), InstanceNorm and per-channel PReLU (pruned exactly), and layers that mix channels
+without parameters (LocalResponseNorm, GLU, F.normalize), whose input is kept whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pat_ray
+from _helpers import assert_pruning_is_exact
+from pat_ray.core.cost import graph_cost, measure_cost
+from pat_ray.core.groups import trace_channel_groups
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.b, self.head = nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.b(F.relu(self.norm(self.a(x)))).mean((2, 3)))
+
+
+def test_group_norm_channels_shrink_equally_in_every_norm_group():
+    torch.manual_seed(0)
+    model, x = GroupNormNet(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.a.weight[:4] *= 10  # norm group 0 would keep everything on magnitude alone
+    graph = trace_channel_groups(model, x)
+    assert graph.group("a").subgroups == 4 and graph_cost(graph) == measure_cost(model, x)
+    arch = pat_ray.prune(model, x, budget=0.5)
+    kept = torch.tensor(arch.kept["a"])
+    assert torch.bincount(kept // 4, minlength=4).unique().numel() == 1  # as many kept in each norm group
+    assert model.norm.num_channels == model.a.out_channels == len(kept) < 16
+    assert model.norm.weight.shape == (len(kept),)
+    model.train()
+    model(x).sum().backward()
+
+
+class GroupNormOverACat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.norm = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 16)
+        self.c = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c(self.norm(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def test_a_group_norm_over_channels_of_several_groups_keeps_them():
+    model, x = GroupNormOverACat(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("a").pinned and graph.group("b").pinned
+    assert graph_cost(graph) == measure_cost(model, x)
+
+
+class InstanceNormPReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.InstanceNorm2d(12, affine=True), nn.PReLU(12))
+        self.b = nn.Sequential(nn.Conv2d(12, 10, 3, padding=1), nn.InstanceNorm2d(10), nn.PReLU())
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)).mean((2, 3)))
+
+
+def test_instance_norm_and_per_channel_prelu_prune_exactly():
+    torch.manual_seed(0)
+    model, x = InstanceNormPReLU(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.a[2].weight.uniform_(0.1, 0.5)
+    assert graph_cost(trace_channel_groups(model, x)) == measure_cost(model, x)
+    assert_pruning_is_exact(model, x, 0.5)
+    assert model.a[2].weight.shape == (model.a[0].out_channels,) and model.a[0].out_channels < 12
+
+
+class ChannelMixers(nn.Module):
+    """Each mixer's input must stay whole; the layers after them remain prunable."""
+
+    def __init__(self, mixer: str) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.a = nn.Conv2d(3, 12, 3, padding=1)
+        self.lrn, self.glu = nn.LocalResponseNorm(3), nn.GLU(dim=1)
+        width = 6 if mixer == "glu" else 12
+        self.b, self.head = nn.Conv2d(width, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = self.lrn(y) if self.mixer == "lrn" else self.glu(y) if self.mixer == "glu" else F.normalize(y, dim=1)
+        return self.head(F.relu(self.b(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("mixer", ["lrn", "glu", "normalize"])
+def test_channel_mixing_layers_keep_their_input(mixer):
+    torch.manual_seed(0)
+    model, x = ChannelMixers(mixer), torch.randn(2, 3, 8, 8)
+    assert trace_channel_groups(model, x).group("a").pinned
+    assert_pruning_is_exact(model, x, 0.8)
+    assert model.a.out_channels == 12 and model.b.out_channels < 8
