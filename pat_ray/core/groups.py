@@ -44,6 +44,7 @@ from pat_ray.core.tensor_ops import (
     reordered_layout,
     reshape_layout,
     shape_of,
+    stack_layout,
 )
 from pat_ray.core.tracing_ops import CAT_FUNCTIONS, MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, op_kind
 from pat_ray.core.tuples import pick, piece_shapes, split_layout
@@ -196,6 +197,8 @@ def _visit_function(
         return binary_layout(b, node, shape, layouts, where)
     if kind == "cat":
         return cat_layout(b, node, layouts, where)
+    if kind == "stack":
+        return stack_layout(b, node, layouts, where)
     if kind == "softmax":
         b.pin(inputs[0])
         return inputs[0]
@@ -204,8 +207,8 @@ def _visit_function(
     if first is None:
         raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
     if kind == "pass":
-        return first
-    if kind == "reshape":
+        return _unary(node, first, where)
+    if kind in ("reshape", "axes"):
         return reshape_layout(b, node, first, where)
     if kind == "reduce":
         return reduce_layout(node, first, shape, where)
@@ -218,6 +221,15 @@ def _visit_function(
     if kind == "layer_norm":
         return _functional_layer_norm(b, node, first, where)
     raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
+
+
+def _unary(node: fx.Node, layout: Layout, where: str) -> Layout:
+    """An op applied to each element alone: any other tensor among its arguments (a clamp's
+    bounds, say) would need slicing with the channels, which a pass-through does not do."""
+    extra = [a for a in node.all_input_nodes[1:] if shape_of(a) is not None]
+    if extra and node.target not in ("type_as", "to"):  # these read only the other's dtype / device
+        raise UnsupportedModelError(f"{where}: takes tensor {extra[0].name!r} besides its input")
+    return layout
 
 
 def _functional_layer_norm(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:

@@ -181,17 +181,43 @@ def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], w
 
 
 def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
-    """Indexing that leaves the batch and channel axes whole (spatial crops, ``x[:, :, 0]``)."""
+    """Indexing that leaves the batch and channel axes whole (spatial crops, ``x[:, :, 0]``,
+    ``y[:, :, None, None]``): the channels move by the axes added or removed before them."""
     ndim = len(known_shape(node.args[0], where))
     index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-    tensors = [i for i, entry in enumerate(index) if isinstance(entry, fx.Node)]
-    if index.count(Ellipsis) > 1 or any(i is None for i in index) or len(tensors) > 1:
-        raise UnsupportedModelError(f"{where}: indexing {index} adds or moves dimensions")
+    if index.count(Ellipsis) > 1:
+        raise UnsupportedModelError(f"{where}: indexing {index} has several ellipses")
     if Ellipsis in index:
-        at = index.index(Ellipsis)
-        index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
-    if isinstance(index[0], int):
-        raise UnsupportedModelError(f"{where}: indexing {index} removes the batch dimension")
-    if all(i == slice(None) for i in index[1 : layout.axis + 1]) and all(t > layout.axis for t in tensors):
-        return layout
-    raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
+        at, explicit = index.index(Ellipsis), sum(e is not None and e is not Ellipsis for e in index)
+        index = index[:at] + (slice(None),) * (ndim - explicit) + index[at + 1 :]
+    out_pos, in_dim, axis = 0, 0, None
+    for entry in index:
+        if entry is None:
+            out_pos += 1
+            continue
+        if in_dim == layout.axis:
+            if entry != slice(None):
+                raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
+            axis = out_pos
+        elif in_dim < layout.axis and (isinstance(entry, fx.Node) or (in_dim == 0 and isinstance(entry, int))):
+            raise UnsupportedModelError(f"{where}: indexing {index} moves or removes the batch dimension")
+        out_pos += 0 if isinstance(entry, int) else 1
+        in_dim += 1
+    return Layout(layout.groups, layout.repeat, axis if axis is not None else out_pos + layout.axis - in_dim)
+
+
+def stack_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:
+    """``torch.stack``: its tensors are coupled (like an element-wise op's operands, the safe
+    reading for whatever combines them later), their channels one axis further right when
+    the new axis comes before them."""
+    tensors = node.args[0] if isinstance(node.args[0], list | tuple) else ()
+    parts = [layouts.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+    if not parts or not all(isinstance(p, Layout) and p.repeat == 1 for p in parts):
+        raise UnsupportedModelError(f"{where}: stacks a tensor of unknown channels or flattened features")
+    layouts_in = [p for p in parts if isinstance(p, Layout)]
+    result = layouts_in[0]
+    for other in layouts_in[1:]:
+        result = b.unify(result, other, where)
+    dim = int_arg(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0), where)
+    new_axis = dim % len(known_shape(node, where))
+    return Layout(result.groups, 1, result.axis + (new_axis <= result.axis))

@@ -48,9 +48,36 @@ PASSTHROUGH_MODULES = (
     nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d,
     nn.Upsample,
+    nn.ZeroPad1d,
     nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
     nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
     nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+    nn.FractionalMaxPool3d,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.CELU,
+    nn.Tanhshrink,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Threshold,
+    nn.RReLU,
     nn.Flatten,
     nn.Unflatten,
 )
@@ -101,6 +128,27 @@ PASSTHROUGH_FUNCTIONS = {
     torch.clone,
     torch.abs,
     operator.pos,
+    torch.clamp,
+    torch.clip,
+    torch.exp,
+    torch.log,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.square,
+    torch.erf,
+    torch.sin,
+    torch.cos,
+    F.softplus,
+    F.softsign,
+    F.logsigmoid,
+    F.celu,
+    F.hardshrink,
+    F.softshrink,
+    F.tanhshrink,
+    F.threshold,
+    F.rrelu,
+    F.lp_pool1d,
+    F.lp_pool2d,
 }
 PASSTHROUGH_METHODS = {
     "relu",
@@ -118,6 +166,21 @@ PASSTHROUGH_METHODS = {
     "neg",
     "abs",
     "detach",
+    "type",
+    "clamp",
+    "clamp_",
+    "clip",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "square",
+    "erf",
+    "sin",
+    "cos",
+    "expand",
+    "hardtanh",
+    "hardtanh_",
 }
 
 # Elementwise ops between tensors: operands that vary over channels are coupled.
@@ -136,8 +199,11 @@ BINARY_FUNCTIONS = {
     torch.div,
     torch.maximum,
     torch.minimum,
+    operator.pow,
+    operator.ipow,
+    torch.pow,
 }
-BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"}
+BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as", "pow", "pow_"}
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
@@ -159,6 +225,10 @@ CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
 PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 
+# Ops that add or remove size-1 axes (``unsqueeze``, ``squeeze``) or stack tensors on a new one.
+AXIS_FUNCTIONS = {torch.unsqueeze, torch.squeeze}
+AXIS_METHODS = {"unsqueeze", "squeeze", "unsqueeze_", "squeeze_"}
+
 # Functions that mix all channels of their input without parameters: the input is kept whole.
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, F.softmin, F.normalize, F.local_response_norm}
 
@@ -173,6 +243,8 @@ _FUNCTION_KINDS = (
     ("reduce", REDUCTION_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),
+    ("axes", AXIS_FUNCTIONS),
+    ("stack", {torch.stack}),
     ("reorder", REORDERING_FUNCTIONS),
     ("softmax", SOFTMAX_FUNCTIONS),
     ("layer_norm", {F.layer_norm}),
@@ -184,6 +256,7 @@ _METHOD_KINDS = (
     ("reshape", RESHAPE_METHODS),
     ("reduce", REDUCTION_METHODS),
     ("permute", PERMUTE_METHODS),
+    ("axes", AXIS_METHODS),
 )
 
 

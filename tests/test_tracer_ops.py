@@ -1,0 +1,106 @@
+"""Everyday ops written by hand rather than as modules: squeeze-excitation gates shaped with
+``unsqueeze`` / ``None`` indexing / ``view`` / ``expand``, activations written with ``clamp``,
+``pow`` and ``exp``, and selective-kernel branches combined with ``torch.stack``. Each prunes
+into a model that computes what the dense one computes with the removed channels zeroed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from _helpers import assert_pruning_is_exact, randomize_norms
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.groups import trace_channel_groups
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, shape_gate: str) -> None:
+        super().__init__()
+        self.shape_gate = shape_gate
+        self.a, self.b = conv_bn(3, 16), conv_bn(16, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 4), nn.Linear(4, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3))))))
+        n, c, h, w = y.shape
+        if self.shape_gate == "unsqueeze":
+            gate = gate.unsqueeze(-1).unsqueeze(3)
+        elif self.shape_gate == "none":
+            gate = gate[:, :, None, None]
+        elif self.shape_gate == "view_expand":
+            gate = gate.view(n, c, 1, 1).expand(-1, -1, h, w)
+        else:
+            gate = torch.unsqueeze(gate[..., None], -1)
+        return self.head((y * gate).mean((2, 3)))
+
+
+@pytest.mark.parametrize("shape_gate", ["unsqueeze", "none", "view_expand", "ellipsis"])
+def test_squeeze_excitation_gates_shaped_by_hand_prune_exactly(shape_gate):
+    torch.manual_seed(0)
+    model, x = SqueezeExcite(shape_gate), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    stream = next(g for g in graph.groups if ("b.0", "out") in {(m.module, m.role) for m in g.members})
+    assert ("fc2", "out") in {(m.module, m.role) for m in stream.members}  # the gate is coupled to what it scales
+    arch = assert_pruning_is_exact(model, x, 0.5)
+    assert len(arch.kept[stream.name]) < 16
+
+
+class HandWrittenActivations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = conv_bn(3, 12), conv_bn(12, 12), nn.Conv2d(12, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y * (y + 3).clamp(0, 6) / 6  # hard-swish
+        y = torch.exp(-(self.b(y) ** 2)) * torch.pow(y, 2)  # couples b's channels with a's
+        return self.head(torch.sqrt(self.c(y).abs()).mean((2, 3)))  # zero stays zero: a fair reference
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's fuse: two branches stacked on a new axis, summed over it, then weighted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 12)
+        self.k3, self.k5 = conv_bn(12, 12), nn.Sequential(nn.Conv2d(12, 12, 5, padding=2), nn.BatchNorm2d(12))
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        y = self.stem(x)
+        branches = torch.stack([self.k3(y), self.k5(y)], dim=1)  # (N, 2, C, H, W)
+        attention = torch.softmax(branches.mean((3, 4)), dim=1)  # over the branches, per channel
+        return self.head((branches * attention[..., None, None]).sum(1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("build", [HandWrittenActivations, SelectiveKernel])
+def test_elementwise_and_stacked_ops_prune_exactly(build):
+    torch.manual_seed(0)
+    model, x = build(), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    arch = assert_pruning_is_exact(model, x, 0.6)
+    assert any(len(kept) < arch.sizes[name] for name, kept in arch.kept.items())
+
+
+class TensorBounds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return torch.clamp(self.a(x), max=self.b(x))
+
+
+def test_an_elementwise_op_with_a_tensor_argument_is_refused():
+    with pytest.raises(UnsupportedModelError, match="takes tensor"):
+        trace_channel_groups(TensorBounds(), torch.randn(2, 3, 8, 8))
