@@ -104,3 +104,30 @@ class TensorBounds(nn.Module):
 def test_an_elementwise_op_with_a_tensor_argument_is_refused():
     with pytest.raises(UnsupportedModelError, match="takes tensor"):
         trace_channel_groups(TensorBounds(), torch.randn(2, 3, 8, 8))
+
+
+class GroupedWidening(nn.Module):
+    """ShuffleNet V1's grouped 1x1 convs, and AlexNet's two-group 3x3: groups > 1, in != out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 12)
+        self.expand = nn.Sequential(nn.Conv2d(12, 24, 1, groups=3, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(24, 16, 3, padding=1, groups=2), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.mix(self.expand(self.stem(x))).mean((2, 3)))
+
+
+def test_a_grouped_conv_that_changes_width_keeps_its_input_and_shrinks_its_groups_equally():
+    torch.manual_seed(0)
+    model, x = GroupedWidening(), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("stem.0").pinned and graph.group("expand.0").pinned  # each feeds a grouped conv
+    assert graph.group("mix.0").subgroups == 2 and not graph.group("mix.0").pinned
+    arch = assert_pruning_is_exact(model, x, 0.8)
+    kept = torch.tensor(arch.kept["mix.0"])
+    assert len(kept) < 16 and (kept < 8).sum() == (kept >= 8).sum()  # as many in each conv group
+    assert model.mix[0].groups == 2 and model.mix[0].in_channels == 24

@@ -185,7 +185,8 @@ def _is_depthwise(module: nn.Module) -> bool:
 
 def _follows_output(module: nn.Module) -> bool:
     """A layer whose input width is its output width: norms, depthwise and grouped convs."""
-    return isinstance(module, NORM_TYPES) or (isinstance(module, CONV_TYPES) and module.groups > 1)
+    grouped = isinstance(module, CONV_TYPES) and module.groups > 1 and module.in_channels == module.out_channels
+    return isinstance(module, NORM_TYPES) or grouped
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:

@@ -169,10 +169,14 @@ def _visit_conv(
         b.slots.append((name, "grouped", layout, 0))
         b.raw_terms.append((name, layout, layout, groups, kernel * spatial, kernel, per_out))
         return layout
-    raise UnsupportedModelError(
-        f"{where}: grouped conv with groups={groups}, in={cin}, out={cout} is not supported "
-        "(supported: groups=1, depthwise, or in == out channels fed by one group)"
-    )
+    # grouped, in != out (ShuffleNet V1's 1x1s): the input stays whole, the outputs shrink by the
+    # same count in every conv group (each output channel reads only its own group's inputs)
+    b.pin(layout)
+    out = b.new_group(cout, name, pinned=name in b.excluded)
+    b.subgroups[out.groups[0]] = groups
+    b.slots.append((name, "out", out, 0))
+    b.raw_terms.append((name, out, layout, groups, kernel * spatial, kernel, per_out))
+    return out
 
 
 def _visit_transposed(

@@ -166,8 +166,9 @@ def _shrink_conv(
         rewrite(conv, "weight", _grouped_reindex(conv, keep_out))
         conv.in_channels = len(keep_out)
     else:
-        keep_in = kept_indices(conv.in_channels, drop_in)
-        by_out, by_in = _select(0, keep_out), _select(1, keep_in)
+        keep_in = kept_indices(conv.in_channels, drop_in)  # all of them for groups > 1: its inputs stay
+        by_out = _select(0, keep_out)
+        by_in = _select(1, keep_in) if conv.groups == 1 else _chained([])
         rewrite(conv, "weight", lambda t: by_in(by_out(t)))
         conv.in_channels = len(keep_in)
     rewrite(conv, "bias", _select(0, keep_out))
