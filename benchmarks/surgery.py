@@ -9,7 +9,8 @@ first, their timed runs alternate (so drift in the machine hits both alike) and 
 garbage collector paused; timings are medians of --repeats runs in this process.
 Writes benchmarks/results/surgery.md.
 
-    python benchmarks/surgery.py                                  # the zoo at 70/50/30% FLOPs
+    python benchmarks/surgery.py                                  # nine zoo models at 70/50/30% FLOPs
+    python benchmarks/surgery.py --models all --repeats 3         # every torchvision CNN (~1 h)
     python benchmarks/surgery.py --models resnet50 --budgets 0.5   # one cell
 """
 
@@ -21,10 +22,10 @@ import statistics
 from pathlib import Path
 
 import torch
-import torchvision
 
 import pat_ray
 from _report import header as report_header
+from _zoo import build, every_cnn, input_size
 from pat_ray.core.cost import measure_cost
 from pat_ray.core.timing import seconds_of
 
@@ -53,8 +54,7 @@ def runs(model: torch.nn.Module, x: torch.Tensor) -> str:
 
 
 def fresh(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None)
+    return build(name)
 
 
 def timed(prune, model):
@@ -110,9 +110,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    x = torch.randn(1, 3, args.size, args.size)
     rows = []
-    for name in args.models:
+    for name in every_cnn() if args.models == ["all"] else args.models:
+        side = input_size(name) if args.models == ["all"] else args.size
+        x = torch.randn(1, 3, side, side)
         dense = measure_cost(fresh(name), x)
         for budget in args.budgets:
             run_native(name, x, budget)  # warm-up: first-call costs (FX, allocator) are nobody's
@@ -134,7 +135,7 @@ def main() -> None:
             native_cost = measure_cost(native_t[0][1], x)
             native_time = statistics.median(t for t, _ in native_t)
             rows.append(
-                f"| {name} | {budget:.2f} | {native_time:.3f} | {native_cost.flops / dense.flops:.3f} "
+                f"| {name} | {side} | {budget:.2f} | {native_time:.3f} | {native_cost.flops / dense.flops:.3f} "
                 f"| {native_cost.params / dense.params:.3f} | {runs(native_t[0][1], x)} | {tp_cells} "
                 f"| {tp_time / native_time:.2f} |"
             )
@@ -145,12 +146,12 @@ def main() -> None:
         *report_header(
             "Surgery: native vs Torch-Pruning",
             torch.device("cpu"),
-            f"torch-pruning {tp.__version__}; input 1x3x{args.size}x{args.size}, median of {args.repeats}. "
+            f"torch-pruning {tp.__version__}; input 1x3xSxS (S: the px column), median of {args.repeats}. "
             "FLOPs/params columns are the fraction of the dense model kept.",
         ),
-        "| model | FLOPs budget | native s | native FLOPs | native params | native runs | Torch-Pruning s | TP FLOPs "
+        "| model | px | FLOPs budget | native s | native FLOPs | native params | native runs | Torch-Pruning s | TP FLOPs "
         "| TP params | TP runs | TP time / native time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(header + rows) + "\n")
