@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from _helpers import assert_pruning_is_exact, randomize_norms
+from pat_ray.core.cost import graph_cost, measure_cost
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.groups import trace_channel_groups
 
@@ -131,3 +132,31 @@ def test_a_grouped_conv_that_changes_width_keeps_its_input_and_shrinks_its_group
     kept = torch.tensor(arch.kept["mix.0"])
     assert len(kept) < 16 and (kept < 8).sum() == (kept >= 8).sum()  # as many in each conv group
     assert model.mix[0].groups == 2 and model.mix[0].in_channels == 24
+
+
+class SharedWeights(nn.Module):
+    """One conv + BN applied twice (weights shared), and one ReLU module reused everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.c, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.side = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.head, self.relu = nn.Linear(24, 4), nn.ReLU()
+
+    def forward(self, x):
+        a = self.relu(self.bn(self.c(self.relu(self.stem(x)))))
+        b = self.relu(self.bn(self.c(a)))
+        return self.head(torch.cat([a + b, self.relu(self.side(x))], 1).mean((2, 3)))
+
+
+def test_a_module_called_twice_keeps_the_same_channels_in_both_calls():
+    torch.manual_seed(0)
+    model, x = SharedWeights(), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)  # MACs of both calls, weights once
+    c = next(g for g in graph.groups if ("c", "out") in {(m.module, m.role) for m in g.members})
+    assert ("stem", "out") in {(m.module, m.role) for m in c.members}  # c's shared inputs tie stem to c
+    assert graph.group("side.0").name != c.name and not graph.group("side.0").pinned  # the reused ReLU ties nothing
+    assert_pruning_is_exact(model, x, 0.5)
+    assert model.c.in_channels == model.c.out_channels == model.stem.out_channels < 16

@@ -54,6 +54,7 @@ class GroupBuilder:
     params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
     untimed: set[str] = field(default_factory=set)  # terms of tensors, not layers: no latency of their own
+    calls: dict[str, tuple[Layout, Layout | None]] = field(default_factory=dict)  # module: first call's in, out
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         gid = len(self.parent)

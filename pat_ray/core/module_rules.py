@@ -24,8 +24,26 @@ from pat_ray.core.tracing_ops import CHANNEL_PINNING_MODULES, PASSTHROUGH_MODULE
 
 
 def visit_module(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layout: Layout) -> Layout | None:
+    """One call of a module. A module with weights called again (weights shared between two
+    places) must keep the same channels in both: its inputs and outputs are coupled with the
+    first call's, and only its MACs count again (its parameters exist once)."""
     name = str(node.target)
     module = gm.get_submodule(name)
+    terms_before = len(b.raw_terms)
+    result = _visit_call(b, node, name, module, layout)
+    first = b.calls.get(name)
+    if first is None or not any(True for _ in module.parameters()):
+        b.calls.setdefault(name, (layout, result))
+        return result
+    where = f"module {name!r} ({type(module).__name__}), called again"
+    b.unify(first[0], layout, where)
+    if first[1] is not None and result is not None:
+        b.unify(first[1], result, where)
+    b.raw_terms[terms_before:] = [(*term[:5], 0, 0) for term in b.raw_terms[terms_before:]]
+    return result
+
+
+def _visit_call(b: GroupBuilder, node: fx.Node, name: str, module: nn.Module, layout: Layout) -> Layout | None:
     where = f"module {name!r} ({type(module).__name__})"
     in_shape = known_shape(node.args[0], where)
     if (rule := rule_for(module)) is not None:  # declared by a plugin: before the built-in kinds
