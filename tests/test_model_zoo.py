@@ -105,3 +105,30 @@ def test_full_budget_changes_nothing(name):
     assert arch.is_full
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convnext_tiny", "shufflenet_v2_x0_5"])
+def test_the_pat_engine_trains_prunes_and_reloads_the_newly_supported_families(name, tmp_path):
+    """Channels-last LayerNorm / Linear (ConvNeXt) and channel shuffles (ShuffleNet V2) through a
+    whole PaT run: pruned mid-training with SGD momentum sliced, checkpoint rebuilt and equal."""
+    from _helpers import configured
+    from pat_ray.config import FixedStart
+    from pat_ray.training.checkpoint import load_checkpoint
+
+    config = configured(
+        output_dir=tmp_path,
+        model={"name": name, "params": {}},
+        data={
+            "name": "synthetic",
+            "params": {"num_samples": 32, "num_classes": 4, "shape": [3, 32, 32]},
+            "batch_size": 16,
+        },  # fmt: skip
+        training={"epochs": 2},
+        start=FixedStart(epoch=1),
+        pruning={"steps": 1},
+    )
+    result = pat_ray.run(config, local=True, quiet=True)
+    assert result.trigger_epoch == 1 and abs(result.final_flops / (0.5 * result.dense_flops) - 1) < 0.03
+    model, _ = load_checkpoint(result.checkpoint)
+    assert measure_cost(model, torch.randn(1, 3, 32, 32)).flops == result.final_flops
