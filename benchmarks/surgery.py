@@ -140,13 +140,18 @@ def main() -> None:
                 f"| {tp_time / native_time:.2f} |"
             )
             print(rows[-1], flush=True)
+            write_table(rows, args.repeats)  # after every cell: a long run leaves what it measured
+    print(f"wrote {RESULTS}")
+
+
+def write_table(rows: list[str], repeats: int) -> None:
     import torch_pruning as tp
 
     header = [
         *report_header(
             "Surgery: native vs Torch-Pruning",
             torch.device("cpu"),
-            f"torch-pruning {tp.__version__}; input 1x3xSxS (S: the px column), median of {args.repeats}. "
+            f"torch-pruning {tp.__version__}; input 1x3xSxS (S: the px column), median of {repeats}. "
             "FLOPs/params columns are the fraction of the dense model kept.",
         ),
         "| model | px | FLOPs budget | native s | native FLOPs | native params | native runs | Torch-Pruning s | TP FLOPs "
@@ -154,8 +159,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(header + rows) + "\n")
-    print(f"wrote {RESULTS}")
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text("\n".join(header + rows) + "\n")
+    tmp.replace(RESULTS)
 
 
 if __name__ == "__main__":
