@@ -132,3 +132,28 @@ def test_the_pat_engine_trains_prunes_and_reloads_the_newly_supported_families(n
     assert result.trigger_epoch == 1 and abs(result.final_flops / (0.5 * result.dense_flops) - 1) < 0.03
     model, _ = load_checkpoint(result.checkpoint)
     assert measure_cost(model, torch.randn(1, 3, 32, 32)).flops == result.final_flops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "name", "shape"),
+    [
+        ("video", "r3d_18", (2, 3, 4, 32, 32)),  # Conv3DSimple: a subclass of nn.Conv3d
+        ("video", "mc3_18", (2, 3, 4, 32, 32)),
+        ("video", "r2plus1d_18", (2, 3, 4, 32, 32)),
+        ("segmentation", "fcn_resnet50", (2, 3, 64, 64)),  # returns a dict of outputs
+        ("segmentation", "deeplabv3_mobilenet_v3_large", (2, 3, 64, 64)),
+        ("segmentation", "lraspp_mobilenet_v3_large", (2, 3, 64, 64)),
+    ],
+)
+def test_video_and_segmentation_models_prune_to_budget(family, name, shape):
+    torch.manual_seed(0)
+    extra = {"weights_backbone": None} if family == "segmentation" else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=5, **extra)
+    x = torch.randn(*shape)
+    before = measure_cost(model, x)
+    assert graph_cost(trace_channel_groups(model, x)) == before
+    pat_ray.prune(model, x, budget=0.5)
+    assert abs(measure_cost(model, x).flops / (0.5 * before.flops) - 1) < 0.03
+    out = model.train()(x)
+    (out["out"] if isinstance(out, dict) else out).sum().backward()

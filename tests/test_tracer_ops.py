@@ -160,3 +160,20 @@ def test_a_module_called_twice_keeps_the_same_channels_in_both_calls():
     assert graph.group("side.0").name != c.name and not graph.group("side.0").pinned  # the reused ReLU ties nothing
     assert_pruning_is_exact(model, x, 0.5)
     assert model.c.in_channels == model.c.out_channels == model.stem.out_channels < 16
+
+
+class MyConv(nn.Conv2d):
+    """A subclass that keeps nn.Conv2d's forward: traced as the conv it is."""
+
+
+class DoubledConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_a_layer_subclass_is_a_conv_unless_it_rewrites_forward():
+    plain = nn.Sequential(MyConv(3, 8, 3), nn.ReLU(), MyConv(8, 4, 3))
+    assert not trace_channel_groups(plain, torch.randn(2, 3, 8, 8)).group("0").pinned
+    rewritten = nn.Sequential(DoubledConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    with pytest.raises(UnsupportedModelError, match="conv2d"):
+        trace_channel_groups(rewritten, torch.randn(2, 3, 8, 8))

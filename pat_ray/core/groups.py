@@ -145,10 +145,21 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d."""
+    """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d,
+    and so is a subclass of a torch.nn layer that keeps its forward (torchvision's
+    ``Conv3DSimple(nn.Conv3d)``): fx would otherwise trace into it and meet a bare ``conv3d``."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return rule_for(m) is not None or super().is_leaf_module(m, module_qualified_name)
+        return (
+            rule_for(m) is not None
+            or super().is_leaf_module(m, module_qualified_name)
+            or _inherits_torch_forward(type(m))
+        )
+
+
+def _inherits_torch_forward(kind: type) -> bool:
+    base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), None)
+    return base is not None and base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
 
 
 def _visit_multi_output(
