@@ -157,9 +157,9 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _inherits_torch_forward(kind: type) -> bool:
-    base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), None)
-    return base is not None and base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
+def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
+    base: type[nn.Module] = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), nn.Module)
+    return base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
 
 
 def _visit_multi_output(
