@@ -10,7 +10,7 @@ garbage collector paused; timings are medians of --repeats runs in this process.
 Writes benchmarks/results/surgery.md.
 
     python benchmarks/surgery.py                                  # nine zoo models at 70/50/30% FLOPs
-    python benchmarks/surgery.py --models all --repeats 3         # every torchvision CNN (~1 h)
+    python benchmarks/surgery.py --models all --budgets 0.5 --repeats 3   # every torchvision CNN
     python benchmarks/surgery.py --models resnet50 --budgets 0.5   # one cell
 """
 
@@ -29,7 +29,7 @@ from _zoo import build, every_cnn, input_size
 from pat_ray.core.cost import measure_cost
 from pat_ray.core.timing import seconds_of
 
-RESULTS = Path(__file__).parent / "results" / "surgery.md"
+RESULTS = Path(__file__).parent / "results"  # surgery.md; surgery_all.md for --models all
 ZOO = [
     "resnet18",
     "resnet50",
@@ -140,28 +140,33 @@ def main() -> None:
                 f"| {tp_time / native_time:.2f} |"
             )
             print(rows[-1], flush=True)
-            write_table(rows, args.repeats)  # after every cell: a long run leaves what it measured
-    print(f"wrote {RESULTS}")
+            write_table(rows, args)  # after every cell: a long run leaves what it measured
+    print(f"wrote {table_path(args)}")
 
 
-def write_table(rows: list[str], repeats: int) -> None:
+def table_path(args: argparse.Namespace) -> Path:
+    return RESULTS / ("surgery_all.md" if args.models == ["all"] else "surgery.md")
+
+
+def write_table(rows: list[str], args: argparse.Namespace) -> None:
     import torch_pruning as tp
 
     header = [
         *report_header(
             "Surgery: native vs Torch-Pruning",
             torch.device("cpu"),
-            f"torch-pruning {tp.__version__}; input 1x3xSxS (S: the px column), median of {repeats}. "
+            f"torch-pruning {tp.__version__}; input 1x3xSxS (S: the px column), median of {args.repeats}. "
             "FLOPs/params columns are the fraction of the dense model kept.",
         ),
         "| model | px | FLOPs budget | native s | native FLOPs | native params | native runs | Torch-Pruning s | TP FLOPs "
         "| TP params | TP runs | TP time / native time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    path = table_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(header + rows) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
