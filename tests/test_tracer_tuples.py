@@ -89,7 +89,7 @@ class UnbindSpatial(nn.Module):
         return self.head(torch.stack(rows, 2).mean((2, 3)))
 
 
-PRUNABLE = [SplitSizes, ChunkMethod, CatOfTwoConvsSplitBack, SpatialSplitThenCat]
+PRUNABLE = [SplitSizes, ChunkMethod, CatOfTwoConvsSplitBack, SpatialSplitThenCat, UnbindSpatial]
 
 
 @pytest.mark.parametrize("build", PRUNABLE, ids=lambda b: b.__name__)
@@ -185,9 +185,22 @@ def test_what_the_tracer_cannot_follow_is_refused_naming_the_op(model, x, named)
         pat_ray.prune(model, x, budget=0.5)
 
 
-def test_unbinding_a_spatial_axis_is_followed_but_stack_is_refused():
-    with pytest.raises(UnsupportedModelError, match="stack"):
-        trace_channel_groups(UnbindSpatial(), torch.randn(1, 3, 8, 8))
+class NestedOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = conv_bn(3, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        features = self.stem(x)
+        return self.head(features.mean((2, 3))), {"map": features, "parts": [features[:, :, 0], x]}
+
+
+def test_output_shapes_come_from_the_trace_in_the_order_the_check_reads_them():
+    for model, x in [
+        (ChunkMethod(), torch.randn(2, 3, 8, 8)),
+        (NestedOutputs(), torch.randn(2, 3, 8, 8)),
+    ]:
+        assert list(trace_channel_groups(model, x).output_shapes) == output_shapes(model, x)
 
 
 def test_check_pruned_names_the_layer_a_broken_surgery_left_inconsistent():

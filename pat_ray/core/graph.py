@@ -112,6 +112,7 @@ class ModelGraph:
     groups: tuple[ChannelGroup, ...]
     terms: tuple[ComputeTerm, ...]
     input_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # of every tensor the model returns (one sample)
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

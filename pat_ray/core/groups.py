@@ -81,7 +81,8 @@ def trace_channel_groups(
     layouts: dict[fx.Node, Traced] = {}
     for node in graph_module.graph.nodes:
         layouts[node] = _visit(builder, graph_module, node, layouts)
-    return _finalize(builder, tuple(first_sample(example_input)[0].shape))
+    outputs = next(n for n in graph_module.graph.nodes if n.op == "output").meta.get("tensor_meta")
+    return _finalize(builder, tuple(first_sample(example_input)[0].shape), tuple(_shapes(outputs)))
 
 
 def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
@@ -185,9 +186,11 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts: dict[f
         return pick(node, pieces, where)
     if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
         return cat_layout(b, node, layouts, where)
+    if node.op == "call_function" and node.target is torch.stack and node.args[0] is source:
+        return stack_layout(b, node, layouts, where)
     raise UnsupportedModelError(
         f"{where}: takes the tuple of tensors {source.name!r} returns; "
-        "pat_ray follows such tuples only through indexing and cat"
+        "pat_ray follows such tuples only through indexing, cat and stack"
     )
 
 
@@ -257,7 +260,19 @@ def _functional_layer_norm(b: GroupBuilder, node: fx.Node, layout: Layout, where
     return layer_norm_layout(b, owner, params, layout, in_shape, args.get("normalized_shape"), where)
 
 
-def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
+def _shapes(meta: Any) -> Iterable[tuple[int, ...]]:
+    """The shapes in ShapeProp's record of a node's result, in ``verify.output_shapes``' order."""
+    if hasattr(meta, "shape"):
+        yield tuple(meta.shape)
+    elif isinstance(meta, dict):
+        for item in meta.values():
+            yield from _shapes(item)
+    elif isinstance(meta, list | tuple):
+        for item in meta:
+            yield from _shapes(item)
+
+
+def _finalize(b: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tuple[tuple[int, ...], ...]) -> ModelGraph:
     members: dict[int, list[Member]] = {}
     slots = list(b.slots)
     slots += [(target, "param", layout, axis) for target, (axis, layout) in b.params.items()]
@@ -297,4 +312,4 @@ def _finalize(b: GroupBuilder, input_shape: tuple[int, ...]) -> ModelGraph:
         )
         for module, out, inp, divisor, macs, params, per_out in b.raw_terms
     )
-    return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape)
+    return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape, output_shapes=output_shapes)

@@ -156,16 +156,18 @@ def reduce_layout(node: fx.Node, layout: Layout, shape: tuple[int, ...], where: 
     return Layout(layout.groups, 1, axis)
 
 
-def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:
-    tensors = node.args[0]
-    dim = int_arg(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0), where)
-    found: list[Traced]
-    if isinstance(tensors, fx.Node):  # the tuple a split returned
+def _listed_layouts(tensors: Any, layouts: dict[fx.Node, Traced]) -> list[Traced]:
+    """The layouts of a cat's / stack's tensors: a list of nodes, or the tuple a split returned."""
+    if isinstance(tensors, fx.Node):
         traced = layouts.get(tensors)
-        found = list(traced) if isinstance(traced, tuple) else [traced]
-    else:
-        listed = tensors if isinstance(tensors, list | tuple) else ()
-        found = [layouts.get(t) if isinstance(t, fx.Node) else None for t in listed]
+        return list(traced) if isinstance(traced, tuple) else [traced]
+    listed = tensors if isinstance(tensors, list | tuple) else ()
+    return [layouts.get(t) if isinstance(t, fx.Node) else None for t in listed]
+
+
+def cat_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:
+    dim = int_arg(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0), where)
+    found = _listed_layouts(node.args[0], layouts)
     parts = [p for p in found if isinstance(p, Layout)]
     if not parts or len(parts) != len(found):
         raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
@@ -210,8 +212,7 @@ def stack_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced],
     """``torch.stack``: its tensors are coupled (like an element-wise op's operands, the safe
     reading for whatever combines them later), their channels one axis further right when
     the new axis comes before them."""
-    tensors = node.args[0] if isinstance(node.args[0], list | tuple) else ()
-    parts = [layouts.get(t) if isinstance(t, fx.Node) else None for t in tensors]
+    parts = _listed_layouts(node.args[0], layouts)
     if not parts or not all(isinstance(p, Layout) and p.repeat == 1 for p in parts):
         raise UnsupportedModelError(f"{where}: stacks a tensor of unknown channels or flattened features")
     layouts_in = [p for p in parts if isinstance(p, Layout)]
@@ -220,4 +221,6 @@ def stack_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced],
         result = b.unify(result, other, where)
     dim = int_arg(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0), where)
     new_axis = dim % len(known_shape(node, where))
+    if new_axis == 0:
+        raise UnsupportedModelError(f"{where}: stacks on dim 0, in front of the batch dimension")
     return Layout(result.groups, 1, result.axis + (new_axis <= result.axis))

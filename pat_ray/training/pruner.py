@@ -18,7 +18,7 @@ from pat_ray.core.graph import ModelGraph
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, budget_measure, check_reachable, select_architecture
-from pat_ray.core.verify import check_pruned, output_shapes
+from pat_ray.core.verify import check_pruned
 from pat_ray.training.collective import Collective
 
 
@@ -50,7 +50,7 @@ class Pruner:
         self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
         self.collective, self.latency = collective, latency
         self.graph = trace_channel_groups(model, example, exclude=exclude)
-        self.output_shapes = output_shapes(model, example)
+        self.output_shapes = list(self.graph.output_shapes)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
         self.architecture = Architecture.full(
