@@ -227,11 +227,27 @@ def test_one_shot_prune_by_time_needs_and_uses_a_table():
     assert seconds / table.predict(graph.terms, {g.name: g.size for g in graph.groups}) == pytest.approx(0.5, abs=0.03)
 
 
-def test_a_layer_the_probe_cannot_time_is_named_before_any_timing():
-    """A channels-last Linear (ConvNeXt's MLP) has no timing model yet: a clear refusal, not a crash."""
+def test_channels_last_linears_and_layer_norms_are_timed_at_their_widths():
+    """ConvNeXt's per-pixel Linear and LayerNorm (plain, channels-last; LayerNorm2d, NCHW)."""
     from test_channel_layouts import ConvNeXtLike
+
+    model, x = ConvNeXtLike(), torch.randn(1, 3, 8, 8)
+    table = measure_latency(model, x, batch_size=2, points=2, repeats=1, rounds=1)
+    for layer in ("stem_norm", "blocks.0.norm", "blocks.0.up", "blocks.0.down", "head_norm"):
+        assert layer in table.layers
+    assert table.layers["blocks.0.up"].out_counts == (1, 64)  # the hidden MLP width varies
+    graph = trace_channel_groups(model, x)
+    full = {g.name: g.size for g in graph.groups}
+    narrow = full | {name: 1 for name in ("blocks.0.up", "blocks.1.up")}  # the hidden MLP widths
+    assert table.predict(graph.terms, narrow) < table.predict(graph.terms, full)
+
+
+def test_a_layer_the_probe_cannot_time_is_named_before_any_timing(plugins):
+    """A plugin-declared layer has no timing model: a clear refusal, not a crash."""
+    from test_custom_layers import Declarations, Net
 
     from pat_ray.core.graph import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'stem_norm'.*measure: flops"):
-        measure_latency(ConvNeXtLike(), torch.randn(1, 3, 8, 8), batch_size=2)
+    plugins(Declarations(), name="declarations")
+    with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'custom' \(ScaledConv\).*measure: flops"):
+        measure_latency(Net(), torch.randn(1, 3, 8, 8), batch_size=2)

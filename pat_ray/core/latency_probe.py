@@ -122,23 +122,23 @@ class _Plan:
     in_full: int
     spatial: tuple[int, ...]
     input_grad: bool  # False for a layer reading the model's input: training computes no grad there
+    channels_last: bool = False  # features on the input's last axis (a Linear per pixel, a LayerNorm)
 
     @classmethod
     def of(
         cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape: Sequence[int], round_to: int, points: int
     ) -> _Plan:
-        if not isinstance(module, CONV_TYPES + TRANSPOSED_CONV_TYPES + NORM_TYPES + (nn.Linear,)) or (
-            isinstance(module, nn.Linear) and len(shape) != 2
-        ):
+        if not isinstance(module, TIMED_TYPES):
             raise UnsupportedModelError(
-                f"a latency budget cannot time layer {term.module!r} ({type(module).__name__} on an input of shape "
-                f"{tuple(shape)}): only convs, BatchNorms and Linears on (N, features) are timed; use measure: flops"
+                f"a latency budget cannot time layer {term.module!r} ({type(module).__name__}): only convs, "
+                "norms and Linears are timed; use measure: flops"
             )
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
         grouped = isinstance(module, CONV_TYPES) and 1 < module.groups < module.in_channels
         conv_groups = module.groups if isinstance(module, CONV_TYPES) and grouped else 1
-        out_step = math.lcm(round_to, conv_groups)  # conv groups stay, each narrowed
+        conv_groups = module.num_groups if isinstance(module, nn.GroupNorm) else conv_groups
+        out_step = math.lcm(round_to, conv_groups)  # conv (and norm) groups stay, each narrowed
         out_full = sum(size[g] for g in term.out_groups)
         out_counts = count_grid(out_full, out_step, points) if variable & set(term.out_groups) else (out_full,)
         in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
@@ -147,7 +147,9 @@ class _Plan:
             channels = count_grid(in_full // term.in_repeat, round_to, points)
             in_counts = tuple(c * term.in_repeat for c in channels)
         input_grad = not term.in_groups or not all(g.startswith(INPUT_GROUP_PREFIX) for g in term.in_groups)
-        return cls(term.module, module, in_counts, out_counts, in_full, tuple(shape[2:]), input_grad)
+        last = _channels_last(module, shape)
+        spatial = tuple(shape[1:-1]) if last else tuple(shape[2:])
+        return cls(term.module, module, in_counts, out_counts, in_full, spatial, input_grad, last)
 
     @property
     def in_widths(self) -> tuple[int, ...]:
@@ -175,18 +177,30 @@ class _Plan:
             groups = n_out if _is_depthwise(m) else m.groups
             return (type(m).__name__, hyper, groups, n_in, n_out, self.spatial, self.input_grad)
         if isinstance(m, nn.Linear):
-            return ("Linear", m.bias is not None, n_in, n_out, self.input_grad)
-        return (type(m).__name__, m.affine, n_out, self.spatial, self.input_grad)
+            return ("Linear", m.bias is not None, n_in, n_out, self.spatial, self.input_grad)
+        affine = getattr(m, "affine", getattr(m, "elementwise_affine", False))
+        return (type(m).__name__, affine, n_out, self.spatial, self.channels_last, self.input_grad)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, CONV_TYPES) and module.groups > 1 and module.groups == module.in_channels
 
 
+TIMED_TYPES = (*CONV_TYPES, *TRANSPOSED_CONV_TYPES, *NORM_TYPES, nn.GroupNorm, nn.LayerNorm, nn.Linear)
+
+
+def _channels_last(module: nn.Module, shape: Sequence[int]) -> bool:
+    """Whether ``module`` reads its features from the input's last axis: a Linear on more than
+    (N, features), a plain LayerNorm (a subclass such as LayerNorm2d permutes NCHW itself)."""
+    if isinstance(module, nn.Linear):
+        return len(shape) > 2
+    return isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward
+
+
 def _follows_output(module: nn.Module) -> bool:
     """A layer whose input width is its output width: norms, depthwise and grouped convs."""
     grouped = isinstance(module, CONV_TYPES) and module.groups > 1 and module.in_channels == module.out_channels
-    return isinstance(module, NORM_TYPES) or grouped
+    return isinstance(module, (*NORM_TYPES, nn.GroupNorm, nn.LayerNorm)) or grouped
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -241,7 +255,8 @@ class _LayerTimer:
     def _time(self, plan: _Plan, n_in: int, n_out: int) -> float:
         """The median of ``repeats`` forward + backward steps at ``plan.widths``, after a warm-up."""
         layer = _layer_like(plan.module, n_in, n_out).to(self.device).train()
-        x = torch.randn(self.batch_size, n_in, *plan.spatial, device=self.device)
+        at = (*plan.spatial, n_in) if plan.channels_last else (n_in, *plan.spatial)
+        x = torch.randn(self.batch_size, *at, device=self.device)
         if self.channels_last and x.dim() == 4:
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(plan.input_grad)
@@ -285,4 +300,9 @@ def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
         return nn.Linear(n_in, n_out, bias=module.bias is not None)
     if isinstance(module, NORM_TYPES):
         return nn.Sequential(type(module)(n_out, affine=module.affine), nn.ReLU())
+    if isinstance(module, nn.GroupNorm):
+        return nn.Sequential(nn.GroupNorm(module.num_groups, n_out, affine=module.affine), nn.ReLU())
+    if isinstance(module, nn.LayerNorm):
+        built_norm: nn.Module = type(module)(n_out, eps=module.eps, elementwise_affine=module.elementwise_affine)
+        return built_norm
     raise TypeError(f"cannot time a {type(module).__name__}: supported are conv, linear and batch-norm layers")
