@@ -177,3 +177,62 @@ def test_a_layer_subclass_is_a_conv_unless_it_rewrites_forward():
     rewritten = nn.Sequential(DoubledConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     with pytest.raises(UnsupportedModelError, match="conv2d"):
         trace_channel_groups(rewritten, torch.randn(2, 3, 8, 8))
+
+
+class OptionABlock(nn.Module):
+    """The CIFAR ResNet block with the paper's parameter-free shortcut: subsample, then zero-pad
+    the channels (``F.pad`` on dim 1), added to a conv's output that is twice as wide."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.stride, self.pad = stride, (cout - cin) // 2
+
+    def forward(self, x):
+        shortcut = x if self.stride == 1 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(self.body(x) + shortcut)
+
+
+class OptionAResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.blocks = nn.Sequential(OptionABlock(8, 8, 1), OptionABlock(8, 16, 2), OptionABlock(16, 16, 1))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_a_zero_padded_shortcut_splits_the_wider_stream_around_the_padding():
+    torch.manual_seed(0)
+    model, x = OptionAResNet(), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)
+    wide = {g.name: g for g in graph.groups if any(m.module == "blocks.1.body.3" for m in g.producers())}
+    assert sorted((g.size, g.pinned) for g in wide.values()) == [(4, True), (4, True), (8, False)]
+    middle = next(g for g in wide.values() if not g.pinned)
+    assert ("stem.0", "out") in {(m.module, m.role) for m in middle.members}  # the padded input's channels
+    assert_pruning_is_exact(model, x, 0.6)
+    assert model.stem[0].out_channels < 8 and model.blocks[1].body[3].out_channels == model.stem[0].out_channels + 8
+
+
+class ReflectedChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return F.pad(self.a(x).unsqueeze(1), (0, 0, 0, 0, 1, 1), mode="replicate")
+
+
+def test_padding_channels_with_anything_but_a_constant_is_refused():
+    with pytest.raises(UnsupportedModelError, match="pads"):
+        trace_channel_groups(ReflectedChannels(), torch.randn(2, 3, 8, 8))

@@ -39,6 +39,7 @@ from pat_ray.core.tensor_ops import (
     cat_layout,
     getitem_layout,
     known_shape,
+    pad_layout,
     permute_layout,
     reduce_layout,
     reordered_layout,
@@ -230,6 +231,8 @@ def _visit_function(
         return permute_layout(node, first, where)
     if kind == "reorder":
         return reordered_layout(b, node, first, where)
+    if kind == "pad":
+        return pad_layout(b, node, first, where)
     if kind == "getitem":
         return getitem_layout(node, first, where)
     if kind == "layer_norm":
@@ -278,12 +281,15 @@ def _finalize(b: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tupl
     slots += [(target, "param", layout, axis) for target, (axis, layout) in b.params.items()]
     for module, role, layout, axis in slots:
         offset = 0
-        for gid in layout.groups:
-            root = b.find(gid)
+        for root in b.leaves(layout).groups:
             members.setdefault(root, []).append(Member(module, role, offset, layout.repeat, axis))
             offset += b.sizes[root] * layout.repeat
-    roots = sorted({b.find(g) for g in range(len(b.parent))})
-    names = {r: b.labels[r] for r in roots}
+    roots = sorted({b.find(g) for g in range(len(b.parent))} - set(b.children))
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for r in roots:  # labels are unique by construction; a repeat must still not merge two groups
+        names[r] = b.labels[r] if b.labels[r] not in taken else f"{b.labels[r]}#{r}"
+        taken.add(names[r])
     groups = []
     for root in roots:
         sub = b.subgroups.get(root, 1)
@@ -301,8 +307,8 @@ def _finalize(b: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tupl
     terms = tuple(
         ComputeTerm(
             module=module,
-            out_groups=tuple(names[b.find(g)] for g in out.groups),
-            in_groups=tuple(names[b.find(g)] for g in inp.groups) if inp else (),
+            out_groups=tuple(names[g] for g in b.leaves(out).groups),
+            in_groups=tuple(names[g] for g in b.leaves(inp).groups) if inp else (),
             in_repeat=inp.repeat if inp else 1,
             in_divisor=divisor,
             macs_per_pair=macs,

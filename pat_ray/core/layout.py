@@ -55,6 +55,7 @@ class GroupBuilder:
     raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
     untimed: set[str] = field(default_factory=set)  # terms of tensors, not layers: no latency of their own
     calls: dict[str, tuple[Layout, Layout | None]] = field(default_factory=dict)  # module: first call's in, out
+    children: dict[int, tuple[int, int]] = field(default_factory=dict)  # a root split in two: its parts
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         gid = len(self.parent)
@@ -88,16 +89,47 @@ class GroupBuilder:
             self.subgroups[keep] = g
 
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:
-        sizes_a = [self.sizes[self.find(g)] for g in a.groups]
-        sizes_b = [self.sizes[self.find(g)] for g in b.groups]
-        if sizes_a != sizes_b or a.repeat != b.repeat or a.axis != b.axis:
+        """Couple two tensors' channels position by position. Where one side's group boundary
+        falls inside a group of the other (a zero-padded shortcut added to a conv's output), that
+        group is split in two at the boundary, so each part can follow its own partner."""
+        if a.repeat != b.repeat or a.axis != b.axis or self.width(a) != self.width(b):
             raise UnsupportedModelError(
-                f"{where}: combines tensors whose channels come from differently split "
-                f"groups ({sizes_a} vs {sizes_b}); partial-group coupling is not supported"
+                f"{where}: combines tensors whose channels are laid out differently "
+                f"({self.width(a)} vs {self.width(b)} channels on dims {a.axis} and {b.axis})"
             )
-        for ga, gb in zip(a.groups, b.groups):
-            self.union(ga, gb, where)
+        left, right, k = list(a.groups), list(b.groups), 0
+        while k < len(left):
+            ra, rb = self.find(left[k]), self.find(right[k])
+            if ra in self.children or rb in self.children:  # split since: use its parts
+                left[k : k + 1] = self.children.get(ra, (ra,))
+                right[k : k + 1] = self.children.get(rb, (rb,))
+            elif self.sizes[ra] != self.sizes[rb]:
+                larger, at = (ra, self.sizes[rb]) if self.sizes[ra] > self.sizes[rb] else (rb, self.sizes[ra])
+                self._split(larger, at, where)
+            else:
+                self.union(ra, rb, where)
+                k += 1
         return a
+
+    def _split(self, root: int, at: int, where: str) -> None:
+        if self.subgroups.get(root, 1) > 1:
+            raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
+        label, pinned = self.labels[root], root in self.pinned
+        head = self.new_group(at, f"{label}[:{at}]", pinned).groups[0]
+        tail = self.new_group(self.sizes[root] - at, f"{label}[{at}:]", pinned).groups[0]
+        self.children[root] = (head, tail)
+
+    def leaves(self, layout: Layout) -> Layout:
+        """``layout`` with every group split since it was made replaced by its parts, in order."""
+        found: list[int] = []
+        pending = [self.find(g) for g in reversed(layout.groups)]
+        while pending:
+            root = self.find(pending.pop())
+            if root in self.children:
+                pending.extend(reversed(self.children[root]))
+            else:
+                found.append(root)
+        return Layout(tuple(found), layout.repeat, layout.axis)
 
     def add_param(self, target: str, axis: int, layout: Layout, where: str) -> None:
         """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group."""
@@ -122,8 +154,8 @@ class GroupBuilder:
         return self.model.get_parameter(target).numel() if is_param else 0
 
     def pin(self, layout: Layout) -> None:
-        for g in layout.groups:
-            self.pinned.add(self.find(g))
+        for g in self.leaves(layout).groups:
+            self.pinned.add(g)
 
     def width(self, layout: Layout) -> int:
         return sum(self.sizes[self.find(g)] for g in layout.groups) * layout.repeat

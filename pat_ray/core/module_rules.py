@@ -90,7 +90,8 @@ def _visit_group_norm(b: GroupBuilder, name: str, module: nn.GroupNorm, layout: 
     norm group. Its statistics change with the channels, as a LayerNorm's do. Fed by channels
     of several groups (a concatenation) or by a differently grouped conv, it keeps them."""
     layout.on_dim1(where)
-    root = b.find(layout.groups[0]) if len(layout.groups) == 1 else None
+    parts = b.leaves(layout).groups
+    root = parts[0] if len(parts) == 1 else None
     if root is None or b.subgroups.get(root, module.num_groups) != module.num_groups:
         b.pin(layout)
         for param in ("weight", "bias") if module.affine else ():
@@ -177,8 +178,9 @@ def _visit_conv(
         b.slots.append((name, "depthwise", layout, 0))
         b.raw_terms.append((name, layout, None, 1, kernel * spatial, kernel, per_out))
         return layout
-    if cin == cout and len(layout.groups) == 1:  # grouped, e.g. ResNeXt / RegNet
-        root = b.find(layout.groups[0])
+    parts = b.leaves(layout).groups
+    if cin == cout and len(parts) == 1:  # grouped, e.g. ResNeXt / RegNet
+        root = parts[0]
         if b.subgroups.get(root, groups) != groups:
             raise UnsupportedModelError(f"{where}: channels feed convs of different groups")
         b.subgroups[root] = groups

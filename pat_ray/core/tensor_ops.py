@@ -224,3 +224,24 @@ def stack_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced],
     if new_axis == 0:
         raise UnsupportedModelError(f"{where}: stacks on dim 0, in front of the batch dimension")
     return Layout(result.groups, 1, result.axis + (new_axis <= result.axis))
+
+
+def pad_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``F.pad``: padding the channel axis with a constant (ResNet's parameter-free "option A"
+    shortcut) adds channels that are always zero: pinned groups around the input's."""
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    pairs = [int_arg(p, where) for p in pad] if isinstance(pad, list | tuple) else []
+    last = len(known_shape(node.args[0], where)) - 1 - layout.axis  # pad's pairs start at the last axis
+    before, after = pairs[2 * last : 2 * last + 2] if len(pairs) >= 2 * last + 2 else (0, 0)
+    if not (before or after):
+        return layout
+    if mode != "constant" or layout.repeat != 1 or before < 0 or after < 0:
+        raise UnsupportedModelError(f"{where}: pads (or crops) the channels with mode {mode!r}")
+    zeros = [
+        b.new_group(n, f"<{node.name} {side}>", True).groups[0]
+        for n, side in ((before, "before"), (after, "after"))
+        if n
+    ]
+    groups = (zeros[:1] if before else []) + list(layout.groups) + (zeros[-1:] if after else [])
+    return Layout(tuple(groups), 1, layout.axis)

@@ -53,7 +53,7 @@ def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Piece
     if layout.repeat != 1:
         return None
     pieces: list[Layout | None] = []
-    groups = list(layout.groups)
+    groups = list(b.leaves(layout).groups)
     for width in widths:
         taken: list[int] = []
         while groups and sum(b.sizes[b.find(g)] for g in taken) < width:
