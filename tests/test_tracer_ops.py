@@ -222,6 +222,8 @@ def test_a_zero_padded_shortcut_splits_the_wider_stream_around_the_padding():
     assert ("stem.0", "out") in {(m.module, m.role) for m in middle.members}  # the padded input's channels
     assert_pruning_is_exact(model, x, 0.6)
     assert model.stem[0].out_channels < 8 and model.blocks[1].body[3].out_channels == model.stem[0].out_channels + 8
+    names = {g.name for g in graph.groups}
+    assert {g.name for g in trace_channel_groups(model, x).groups} == names  # a PaT step re-traces by name
 
 
 class ReflectedChannels(nn.Module):

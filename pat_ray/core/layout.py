@@ -114,9 +114,9 @@ class GroupBuilder:
     def _split(self, root: int, at: int, where: str) -> None:
         if self.subgroups.get(root, 1) > 1:
             raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
-        label, pinned = self.labels[root], root in self.pinned
-        head = self.new_group(at, f"{label}[:{at}]", pinned).groups[0]
-        tail = self.new_group(self.sizes[root] - at, f"{label}[{at}:]", pinned).groups[0]
+        label, pinned = self.labels[root], root in self.pinned  # names without sizes: the same after pruning
+        head = self.new_group(at, f"{label}/0", pinned).groups[0]
+        tail = self.new_group(self.sizes[root] - at, f"{label}/1", pinned).groups[0]
         self.children[root] = (head, tail)
 
     def leaves(self, layout: Layout) -> Layout:
