@@ -13,7 +13,7 @@ error that names it: a silently wrong prune is worse than no prune.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -49,6 +49,7 @@ from pat_ray.core.tensor_ops import (
 )
 from pat_ray.core.tracing_ops import CAT_FUNCTIONS, MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, op_kind
 from pat_ray.core.tuples import pick, piece_shapes, split_layout
+from pat_ray.core.verify import nested_leaves
 
 
 def trace_channel_groups(
@@ -83,7 +84,11 @@ def trace_channel_groups(
     for node in graph_module.graph.nodes:
         layouts[node] = _visit(builder, graph_module, node, layouts)
     outputs = next(n for n in graph_module.graph.nodes if n.op == "output").meta.get("tensor_meta")
-    return _finalize(builder, tuple(first_sample(example_input)[0].shape), tuple(_shapes(outputs)))
+    return _finalize(
+        builder,
+        tuple(first_sample(example_input)[0].shape),
+        tuple(tuple(m.shape) for m in nested_leaves(outputs, lambda m: hasattr(m, "shape"))),
+    )
 
 
 def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
@@ -219,25 +224,24 @@ def _visit_function(
         return inputs[0]
     if kind == "getitem" and first is None:
         return None  # indexing a python container of tensors is handled via cat/args
-    if first is None:
+    rule = _ON_ONE_LAYOUT.get(kind or "")
+    if rule is None or first is None:
         raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
-    if kind == "pass":
-        return _unary(node, first, where)
-    if kind in ("reshape", "axes"):
-        return reshape_layout(b, node, first, where)
-    if kind == "reduce":
-        return reduce_layout(node, first, shape, where)
-    if kind == "permute":
-        return permute_layout(node, first, where)
-    if kind == "reorder":
-        return reordered_layout(b, node, first, where)
-    if kind == "pad":
-        return pad_layout(b, node, first, where)
-    if kind == "getitem":
-        return getitem_layout(node, first, where)
-    if kind == "layer_norm":
-        return _functional_layer_norm(b, node, first, where)
-    raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
+    return rule(b, node, first, shape, where)
+
+
+OneLayoutRule = Callable[[GroupBuilder, fx.Node, Layout, tuple[int, ...], str], Layout]
+_ON_ONE_LAYOUT: dict[str, OneLayoutRule] = {  # op kind -> how its one traced input's layout maps
+    "pass": lambda b, node, layout, shape, where: _unary(node, layout, where),
+    "reshape": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
+    "axes": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
+    "reduce": lambda b, node, layout, shape, where: reduce_layout(node, layout, shape, where),
+    "permute": lambda b, node, layout, shape, where: permute_layout(node, layout, where),
+    "reorder": lambda b, node, layout, shape, where: reordered_layout(b, node, layout, where),
+    "pad": lambda b, node, layout, shape, where: pad_layout(b, node, layout, where),
+    "getitem": lambda b, node, layout, shape, where: getitem_layout(node, layout, where),
+    "layer_norm": lambda b, node, layout, shape, where: _functional_layer_norm(b, node, layout, where),
+}
 
 
 def _unary(node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -261,18 +265,6 @@ def _functional_layer_norm(b: GroupBuilder, node: fx.Node, layout: Layout, where
         owner = None  # its normalized_shape lives in code pat_ray cannot change
     in_shape = known_shape(node.args[0], where)
     return layer_norm_layout(b, owner, params, layout, in_shape, args.get("normalized_shape"), where)
-
-
-def _shapes(meta: Any) -> Iterable[tuple[int, ...]]:
-    """The shapes in ShapeProp's record of a node's result, in ``verify.output_shapes``' order."""
-    if hasattr(meta, "shape"):
-        yield tuple(meta.shape)
-    elif isinstance(meta, dict):
-        for item in meta.values():
-            yield from _shapes(item)
-    elif isinstance(meta, list | tuple):
-        for item in meta:
-            yield from _shapes(item)
 
 
 def _finalize(b: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tuple[tuple[int, ...], ...]) -> ModelGraph:

@@ -8,7 +8,7 @@ fails later in someone's training loop. It costs one forward pass on a one-sampl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -58,11 +58,17 @@ def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, .
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if torch.is_tensor(value):
+    return nested_leaves(value, torch.is_tensor)
+
+
+def nested_leaves(value: Any, is_leaf: Callable[[Any], bool]) -> Iterator[Any]:
+    """The leaves of nested dicts / lists / tuples in order: how a model's outputs are read,
+    both from the model itself and from the trace's record of them."""
+    if is_leaf(value):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _tensors(item)
+            yield from nested_leaves(item, is_leaf)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _tensors(item)
+            yield from nested_leaves(item, is_leaf)
