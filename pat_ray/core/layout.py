@@ -24,13 +24,13 @@ class Layout:
     repeat: int = 1
     axis: int = 1
 
-    def on_dim1(self, where: str, allow_repeat: bool = False) -> Layout:
+    def on_dim1(self, where: str) -> Layout:
         """This layout, if its channels are where a conv / BatchNorm / flatten expects them."""
         if self.axis != 1:
             raise UnsupportedModelError(
                 f"{where}: its input holds channels on dim {self.axis} (after a permute), not on dim 1"
             )
-        if self.repeat != 1 and not allow_repeat:
+        if self.repeat != 1:
             raise UnsupportedModelError(f"{where}: its input is flattened features, not channels")
         return self
 
@@ -150,8 +150,10 @@ class GroupBuilder:
         self.untimed.add(target)
 
     def _numel(self, target: str) -> int:
-        is_param = any(name == target for name, _ in self.model.named_parameters())
-        return self.model.get_parameter(target).numel() if is_param else 0
+        try:
+            return self.model.get_parameter(target).numel()
+        except AttributeError:  # a buffer
+            return 0
 
     def pin(self, layout: Layout) -> None:
         for g in self.leaves(layout).groups:

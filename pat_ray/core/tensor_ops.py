@@ -238,10 +238,9 @@ def pad_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> La
         return layout
     if mode != "constant" or layout.repeat != 1 or before < 0 or after < 0:
         raise UnsupportedModelError(f"{where}: pads (or crops) the channels with mode {mode!r}")
-    zeros = [
-        b.new_group(n, f"<{node.name} {side}>", True).groups[0]
-        for n, side in ((before, "before"), (after, "after"))
-        if n
-    ]
-    groups = (zeros[:1] if before else []) + list(layout.groups) + (zeros[-1:] if after else [])
+
+    def zeros(n: int, side: str) -> list[int]:
+        return list(b.new_group(n, f"<{node.name} {side}>", True).groups) if n else []
+
+    groups = zeros(before, "before") + list(layout.groups) + zeros(after, "after")
     return Layout(tuple(groups), 1, layout.axis)
