@@ -122,3 +122,37 @@ def test_round_to_keeps_multiples():
 def test_bad_budgets_are_rejected(bad):
     with pytest.raises(BudgetError):
         Budget(**bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(models, fractions, st.integers(0, 1000), st.booleans())
+def test_the_cut_is_one_global_threshold_on_the_scores(widths, fraction, seed, coarse):
+    """Every removed channel scores at most every kept one, across groups (each group's best
+    channel aside: it is never removable); with coarse scores, many ties cross groups."""
+    graph = trace_channel_groups(chain(widths), torch.randn(1, 3, 4, 4))
+    gen = torch.Generator().manual_seed(seed)
+    scores = {
+        g.name: (torch.randint(0, 3, (g.size,), generator=gen).float() if coarse else torch.rand(g.size, generator=gen))
+        for g in graph.prunable
+    }
+    try:
+        arch = select_architecture(graph, scores, Budget(fraction, "channels"))
+    except BudgetError:
+        return
+    kept_scores, removed_scores = [], []
+    for g in graph.prunable:
+        best = int(torch.argmax(scores[g.name]))  # the lowest index among the best: always kept
+        assert best in arch.kept[g.name]
+        for c in range(g.size):
+            if c != best:
+                (kept_scores if c in arch.kept[g.name] else removed_scores).append(float(scores[g.name][c]))
+    if kept_scores and removed_scores:
+        assert max(removed_scores) <= min(kept_scores)
+
+
+def test_nan_scores_are_refused_naming_the_group():
+    graph = trace_channel_groups(chain([8, 4]), torch.randn(1, 3, 4, 4))
+    scores = random_scores(graph, 0)
+    scores["3"][2] = float("nan")
+    with pytest.raises(ValueError, match="'3'.*NaN"):
+        select_architecture(graph, scores, Budget(0.5))

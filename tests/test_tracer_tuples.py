@@ -308,3 +308,23 @@ def test_parameters_no_forward_uses_are_left_alone():
     model = Spare()
     pat_ray.prune(model, torch.randn(2, 3, 8, 8), budget=0.5)
     assert model.stem[0].out_channels < 8 and model.spare.weight.shape == (8, 8, 3, 3)
+
+
+class FailsOnce(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("transient")
+        return self.conv(x)
+
+
+def test_check_pruned_says_so_when_a_failure_does_not_repeat_and_leaves_no_hooks_behind():
+    model, x = FailsOnce(), torch.randn(1, 3, 4, 4)
+    with pytest.raises(PrunedModelError, match="did not repeat"):
+        check_pruned(model, x, [(1, 4, 4, 4)])
+    assert not model.conv._forward_hooks and not model.conv._forward_pre_hooks

@@ -19,9 +19,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
-from pat_ray.core.custom_layers import rule_for
+from pat_ray.core.fx_trace import piece_shapes, shape_of, trace_with_shapes
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
     ChannelGroup,
@@ -44,12 +43,10 @@ from pat_ray.core.tensor_ops import (
     reduce_layout,
     reordered_layout,
     reshape_layout,
-    shape_of,
     stack_layout,
 )
 from pat_ray.core.tracing_ops import CAT_FUNCTIONS, MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, op_kind
-from pat_ray.core.tuples import pick, piece_shapes, split_layout
-from pat_ray.core.verify import nested_leaves
+from pat_ray.core.tuples import pick, split_layout
 
 
 def trace_channel_groups(
@@ -64,31 +61,15 @@ def trace_channel_groups(
     The model is traced in eval mode (stochastic depth and dropout become identities) and
     restored to its previous mode afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        graph_module = fx.GraphModule(model, _Tracer().trace(model))
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(*first_sample(example_input))
-    except UnsupportedModelError:
-        raise
-    except Exception as err:  # fx raises many types; name the model and the cause
-        raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
-    finally:
-        model.train(was_training)
+    graph, output_shapes = trace_with_shapes(model, example_input)
     builder = GroupBuilder(model=model, excluded=frozenset(exclude))
     unknown = builder.excluded - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
     layouts: dict[fx.Node, Traced] = {}
-    for node in graph_module.graph.nodes:
-        layouts[node] = _visit(builder, graph_module, node, layouts)
-    outputs = next(n for n in graph_module.graph.nodes if n.op == "output").meta.get("tensor_meta")
-    return _finalize(
-        builder,
-        tuple(first_sample(example_input)[0].shape),
-        tuple(tuple(m.shape) for m in nested_leaves(outputs, lambda m: hasattr(m, "shape"))),
-    )
+    for node in graph.nodes:
+        layouts[node] = _visit(builder, node, layouts)
+    return _finalize(builder, tuple(first_sample(example_input)[0].shape), output_shapes)
 
 
 def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
@@ -108,7 +89,7 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
 
 
-def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced:
+def _visit(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced:
     shape = shape_of(node)
     if node.op == "placeholder":
         if shape is None or len(shape) < 2:
@@ -126,16 +107,16 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
         return _use_pieces(b, node, tuples[0], layouts, where)
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
     if not inputs:
-        if node.op == "call_module" and any(True for _ in gm.get_submodule(str(node.target)).parameters()):
+        if node.op == "call_module" and any(True for _ in b.model.get_submodule(str(node.target)).parameters()):
             raise UnsupportedModelError(
                 f"{where}: its input is a tensor whose channels pat_ray could not follow from the model's input"
             )
         return None  # no channel-carrying tensor flows in (shape arithmetic, constants)
-    pieces = piece_shapes(node.meta.get("tensor_meta"))
+    pieces = piece_shapes(node)
     if pieces is not None:
         return _visit_multi_output(b, node, inputs[0], pieces, where)
     if node.op == "call_module":
-        result = visit_module(b, gm, node, inputs[0])
+        result = visit_module(b, node, inputs[0])
     else:
         result = _visit_function(b, node, inputs, shape, layouts)
     if (
@@ -149,24 +130,6 @@ def _visit(b: GroupBuilder, gm: fx.GraphModule, node: fx.Node, layouts: dict[fx.
             f"{b.width(result)}; pat_ray does not know how this op maps channels"
         )
     return result
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d,
-    and so is a subclass of a torch.nn layer that keeps its forward (torchvision's
-    ``Conv3DSimple(nn.Conv3d)``): fx would otherwise trace into it and meet a bare ``conv3d``."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            rule_for(m) is not None
-            or super().is_leaf_module(m, module_qualified_name)
-            or _inherits_torch_forward(type(m))
-        )
-
-
-def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
-    base: type[nn.Module] = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), nn.Module)
-    return base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
 
 
 def _visit_multi_output(

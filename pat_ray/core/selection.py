@@ -48,31 +48,36 @@ class Budget:
             raise BudgetError(f"round_to must be >= 1, got {self.round_to}")
 
 
-class _Unit(NamedTuple):  # a NamedTuple: selection builds one per channel of the model
-    score: float
-    group: int
-    rank: int
-    channels: tuple[int, ...]
+class GroupRanking(NamedTuple):
+    """One group's channels ranked best first and cut into units. Unit scores never increase
+    with rank, so removing ``n`` units from a group always removes its last ``n``."""
+
+    channels: torch.Tensor  # every channel index, best rank first (a rank spans every conv group)
+    unit_scores: torch.Tensor  # (units,) float64: each unit's mean score
+    unit_ends: torch.Tensor  # (units,) how many of ``channels`` the first u + 1 units hold
+
+    def kept(self, units: int) -> tuple[int, ...]:
+        """The channels the best ``units`` units hold, in index order."""
+        return tuple(sorted(self.channels[: int(self.unit_ends[units - 1])].tolist()))
 
 
-def group_units(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1, index: int = -1) -> list[_Unit]:
-    """The group's units, best first; equal scores keep the lower channel index first."""
+def rank_group(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) -> GroupRanking:
+    """Rank ``group``'s channels by ``scores``; equal scores keep the lower channel index first."""
     if scores.shape != (group.size,):
         raise ValueError(f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}")
+    if torch.isnan(scores).any():
+        raise ValueError(f"group {group.name!r}: its scores contain NaN (diverged weights, or a criterion bug)")
     per_sub = group.size // group.subgroups
     table = scores.detach().double().cpu().reshape(group.subgroups, per_sub)
     order = torch.sort(-table, dim=1, stable=True).indices  # (subgroups, per_sub)
-    row_scores = table.gather(1, order).mean(0).tolist()  # rank r's mean over conv groups
-    rows = [tuple(row) for row in (order + torch.arange(group.subgroups)[:, None] * per_sub).T.tolist()]
+    rank_scores = table.gather(1, order).mean(0)  # rank r's mean over conv groups
+    channels = (order + torch.arange(group.subgroups)[:, None] * per_sub).T.reshape(-1)
     step = max(1, round_to // group.subgroups) if group.subgroups > 1 else round_to
-    if step == 1:
-        return [_Unit(score, index, rank, row) for rank, (score, row) in enumerate(zip(row_scores, rows))]
-    units = []
-    for rank, start in enumerate(range(0, per_sub, step)):
-        block = row_scores[start : start + step]
-        channels = tuple(c for row in rows[start : start + step] for c in row)
-        units.append(_Unit(sum(block) / len(block), index, rank, channels))
-    return units
+    unit_of_rank = torch.arange(per_sub) // step
+    widths = torch.bincount(unit_of_rank)
+    sums = torch.zeros(len(widths), dtype=torch.float64).index_add_(0, unit_of_rank, rank_scores)
+    unit_scores = rank_scores if step == 1 else sums / widths
+    return GroupRanking(channels, unit_scores, torch.cumsum(widths, 0) * group.subgroups)
 
 
 def select_architecture(
@@ -91,16 +96,12 @@ def select_architecture(
     """
     measure = budget_measure(graph, budget.measure, latency)
     groups = graph.prunable
+    missing = [g.name for g in groups if g.name not in scores]
+    if missing:
+        raise ValueError(f"no scores for channel group {missing[0]!r}")
+    rankings = [rank_group(g, scores[g.name], budget.round_to) for g in groups]
+    unit_group, unit_width = _removal_order(rankings)  # every unit but each group's best, worst first
     sizes = {g.name: g.size for g in graph.groups}
-    removable: list[_Unit] = []
-    for gi, group in enumerate(groups):
-        if group.name not in scores:
-            raise ValueError(f"no scores for channel group {group.name!r}")
-        removable += group_units(group, scores[group.name], budget.round_to, index=gi)[1:]
-    removable.sort(key=lambda u: (u.score, u.group, -u.rank))
-    # channels removed from each group by the first i units, for any i, without a Python loop
-    unit_group = torch.tensor([u.group for u in removable], dtype=torch.long)
-    unit_width = torch.tensor([len(u.channels) for u in removable], dtype=torch.long)
 
     def measure_after(n_removed: int) -> float:
         removed = torch.zeros(len(groups), dtype=torch.long)
@@ -110,11 +111,11 @@ def select_architecture(
             counts[group.name] -= n
         return measure(counts)
 
-    target = _reachable_target(budget, measure_after(len(removable)), measure_after(0), reference)
+    target = _reachable_target(budget, measure_after(len(unit_group)), measure_after(0), reference)
 
     class _Probe:  # lazy sequence for bisect: is the prefix of length i within budget?
         def __len__(self) -> int:
-            return len(removable) + 1
+            return len(unit_group) + 1
 
         def __getitem__(self, i: int) -> bool:
             return measure_after(i) <= target
@@ -122,18 +123,30 @@ def select_architecture(
     cut = bisect.bisect_left(_Probe(), True)
     if cut > 0 and abs(measure_after(cut - 1) - target) < abs(measure_after(cut) - target):
         cut -= 1
-    removed: dict[str, set[int]] = {g.name: set() for g in groups}
-    for unit in removable[:cut]:
-        removed[groups[unit.group].name].update(unit.channels)
-    kept = {g.name: tuple(i for i in range(g.size) if i not in removed[g.name]) for g in groups}
+    removed_units = torch.bincount(unit_group[:cut], minlength=len(groups)).tolist()
+    kept = {g.name: r.kept(len(r.unit_scores) - n) for g, r, n in zip(groups, rankings, removed_units)}
     return Architecture(kept, {g.name: g.size for g in groups})
+
+
+def _removal_order(rankings: list[GroupRanking]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The group index and channel width of every removable unit (all but each group's best), in
+    removal order: lowest score first; ties go to the lower group index, then the higher rank
+    (so a group always loses its last units first)."""
+    score = torch.cat([r.unit_scores[1:] for r in rankings])
+    group = torch.cat([torch.full((len(r.unit_scores) - 1,), i, dtype=torch.long) for i, r in enumerate(rankings)])
+    rank = torch.cat([torch.arange(1, len(r.unit_scores)) for r in rankings])
+    width = torch.cat([r.unit_ends.diff() for r in rankings])
+    order = torch.sort(-rank, stable=True).indices  # a lexicographic sort: least significant key first
+    order = order[torch.sort(group[order], stable=True).indices]
+    order = order[torch.sort(score[order], stable=True).indices]
+    return group[order], width[order]
 
 
 def smallest_counts(graph: ModelGraph, round_to: int = 1) -> dict[str, int]:
     """Every group's channel count in the smallest legal sub-network: each prunable group keeps
     only its best unit, whose width does not depend on the scores."""
     full = {g.name: g.size for g in graph.groups}
-    return full | {g.name: len(group_units(g, torch.ones(g.size), round_to)[0].channels) for g in graph.prunable}
+    return full | {g.name: int(rank_group(g, torch.ones(g.size), round_to).unit_ends[0]) for g in graph.prunable}
 
 
 def check_reachable(

@@ -77,7 +77,7 @@ def channels_to_drop(
                 f"group {group.name!r} has {group.size} channels in the model but "
                 f"{architecture.sizes[group.name]} in the architecture"
             )
-        drop = _complement(architecture.kept[group.name], group.size)
+        drop = _complement(torch.tensor(architecture.kept[group.name], dtype=torch.long), group.size)
         if drop.numel() == 0:
             continue
         for member in group.members:
@@ -87,10 +87,10 @@ def channels_to_drop(
     return {key: _cat(parts) for key, parts in removed.items()}, dict(roles)
 
 
-def _complement(indices: tuple[int, ...], size: int) -> torch.Tensor:
-    """The indices of ``range(size)`` that are not in ``indices``."""
+def _complement(indices: torch.Tensor, size: int) -> torch.Tensor:
+    """The indices of ``range(size)`` that are not in ``indices``, sorted."""
     mask = torch.ones(size, dtype=torch.bool)
-    mask[list(indices)] = False
+    mask[indices] = False
     return mask.nonzero().flatten()
 
 
@@ -103,7 +103,7 @@ def _cat(parts: list[torch.Tensor] | None) -> torch.Tensor:
 
 def kept_indices(size: int, drop: torch.Tensor) -> torch.Tensor:
     """The sorted indices of ``range(size)`` that survive removing ``drop``."""
-    return _complement(tuple(drop.tolist()), size) if drop.numel() else torch.arange(size)
+    return _complement(drop, size) if drop.numel() else torch.arange(size)
 
 
 def _select(dim: int, index: torch.Tensor) -> Reindex:

@@ -12,16 +12,9 @@ from typing import Any
 
 import torch.fx as fx
 
+from pat_ray.core.fx_trace import shape_of
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.layout import GroupBuilder, Layout, Traced
-
-
-def shape_of(node: Any) -> tuple[int, ...] | None:
-    if not isinstance(node, fx.Node):
-        return None
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    return tuple(shape) if shape is not None else None
 
 
 def known_shape(node: Any, where: str) -> tuple[int, ...]:

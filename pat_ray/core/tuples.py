@@ -70,11 +70,3 @@ def pick(node: fx.Node, pieces: Pieces, where: str) -> Layout | Pieces | None:
     if isinstance(index, int | slice):
         return pieces[index]
     raise UnsupportedModelError(f"{where}: indexes a tuple of tensors with {index!r}")
-
-
-def piece_shapes(meta: object) -> list[tuple[int, ...] | None] | None:
-    """The shape of each tensor in a node's ``tensor_meta`` when the node returned a
-    tuple or list; None when it returned a single tensor or nothing."""
-    if not isinstance(meta, list | tuple) or hasattr(meta, "shape"):
-        return None
-    return [tuple(m.shape) if hasattr(m, "shape") else None for m in meta]

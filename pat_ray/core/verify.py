@@ -29,6 +29,23 @@ def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:
 
 def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, ...]]) -> None:
     """Raise PrunedModelError unless the pruned ``model`` runs and returns ``expected`` shapes."""
+    try:
+        got = output_shapes(model, example)
+    except Exception as err:
+        raise PrunedModelError(
+            f"the pruned model fails at {_failing_layer(model, example)} ({type(err).__name__}: {err}); "
+            "pat_ray traced an op whose channels it did not follow correctly: please report this model"
+        ) from err
+    if got != expected:
+        raise PrunedModelError(
+            f"the pruned model returns tensors of shapes {got}, the model before pruning {expected}; "
+            "pruning must keep the outputs' shapes"
+        )
+
+
+def _failing_layer(model: nn.Module, example: Example) -> str:
+    """Which module's forward the failure happens in, found by running the model again with a
+    hook on every module: only after a failure, so that the check itself stays one plain forward."""
     running: list[str] = []  # the modules whose forward is in progress, innermost last
     names = {module: name for name, module in model.named_modules() if module is not model}
 
@@ -40,21 +57,13 @@ def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, .
 
     hooks = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
-        got = output_shapes(model, example)
-    except Exception as err:
-        layer = f"layer {running[-1]!r}" if running else "an op of the top-level forward"
-        raise PrunedModelError(
-            f"the pruned model fails at {layer} ({type(err).__name__}: {err}); "
-            "pat_ray traced an op whose channels it did not follow correctly: please report this model"
-        ) from err
+        output_shapes(model, example)
+    except Exception:
+        return f"layer {running[-1]!r}" if running else "an op of the top-level forward"
     finally:
         for hook in hooks:
             hook.remove()
-    if got != expected:
-        raise PrunedModelError(
-            f"the pruned model returns tensors of shapes {got}, the model before pruning {expected}; "
-            "pruning must keep the outputs' shapes"
-        )
+    return "a layer that failed only once (the failure did not repeat)"
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

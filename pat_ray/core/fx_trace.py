@@ -1,0 +1,80 @@
+"""Trace a model with torch.fx and record the shape of every value on one example.
+
+The channel tracer reads each node's shape (how many channels, where the channel axis
+went). Running the graph through an Interpreter bound to the model itself skips building a
+``GraphModule`` (its code generation and module copies cost more than the run on small
+CNNs), and recording bare shapes instead of ShapeProp's full tensor metadata keeps the
+per-node overhead low.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from pat_ray.core.custom_layers import rule_for
+from pat_ray.core.graph import Example, UnsupportedModelError, first_sample
+from pat_ray.core.verify import nested_leaves
+
+SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
+PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its shape or None
+
+
+def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
+    """The model's fx graph with every node's result shapes in its ``meta``, and the shapes of
+    the tensors the model returns (in order, nested outputs flattened). Runs in eval mode
+    without gradients; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        graph = _Tracer().trace(model)
+        with torch.no_grad():
+            result = _ShapeRecorder(model, graph=graph).run(*first_sample(example_input))
+    except UnsupportedModelError:
+        raise
+    except Exception as err:  # fx raises many types; name the model and the cause
+        raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+    return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The recorded shape of ``node``'s result; None when it is not one tensor."""
+    return node.meta.get(SHAPE) if isinstance(node, fx.Node) else None
+
+
+def piece_shapes(node: fx.Node) -> list[tuple[int, ...] | None] | None:
+    """The shape of each tensor in ``node``'s result when it returned a tuple or list."""
+    return node.meta.get(PIECE_SHAPES)
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if isinstance(value, torch.Tensor):
+            n.meta[SHAPE] = tuple(value.shape)
+        elif isinstance(value, list | tuple) and n.op != "output" and any(isinstance(v, torch.Tensor) for v in value):
+            n.meta[PIECE_SHAPES] = [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value]
+        return value
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d,
+    and so is a subclass of a torch.nn layer that keeps its forward (torchvision's
+    ``Conv3DSimple(nn.Conv3d)``): fx would otherwise trace into it and meet a bare ``conv3d``."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (
+            rule_for(m) is not None
+            or super().is_leaf_module(m, module_qualified_name)
+            or _inherits_torch_forward(type(m))
+        )
+
+
+def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
+    base: type[nn.Module] = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), nn.Module)
+    return base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
