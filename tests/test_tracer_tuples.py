@@ -132,13 +132,13 @@ def test_splits_along_other_axes_leave_channels_prunable():
     assert {g.name for g in graph.prunable} == {"stem.0", "mid.0"}
 
 
-class MaxOverChannels(nn.Module):
+class MinMaxOverChannels(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem, self.head = conv_bn(3, 8), nn.Linear(64, 4)
 
     def forward(self, x):
-        values, _ = torch.max(self.stem(x), dim=1)  # a tuple-returning op the tracer does not know
+        values, _ = torch.aminmax(self.stem(x), dim=1)  # a tuple-returning op the tracer does not know
         return self.head(values.flatten(1))
 
 
@@ -173,7 +173,7 @@ class ChannelSliceAfterSplit(nn.Module):
 @pytest.mark.parametrize(
     "model, x, named",
     [
-        (MaxOverChannels(), torch.randn(2, 3, 8, 8), "max"),
+        (MinMaxOverChannels(), torch.randn(2, 3, 8, 8), "aminmax"),
         (StackedPieces(), torch.randn(2, 3, 8, 8), "stack"),
         (ListInput(), [torch.randn(2, 3, 8, 8)], "stem.0"),
         (ChannelSliceAfterSplit(), torch.randn(2, 3, 8, 8), "getitem"),

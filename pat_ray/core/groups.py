@@ -33,6 +33,7 @@ from pat_ray.core.graph import (
 )
 from pat_ray.core.layout import GroupBuilder, Layout, Pieces, Traced
 from pat_ray.core.module_rules import layer_norm_layout, visit_module
+from pat_ray.core.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces, reduce_layout
 from pat_ray.core.tensor_ops import (
     binary_layout,
     cat_layout,
@@ -40,7 +41,6 @@ from pat_ray.core.tensor_ops import (
     known_shape,
     pad_layout,
     permute_layout,
-    reduce_layout,
     reordered_layout,
     reshape_layout,
     stack_layout,
@@ -135,6 +135,9 @@ def _visit(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Tr
 def _visit_multi_output(
     b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
 ) -> Pieces:
+    indexed: set[Any] = INDEXED_METHODS if node.op == "call_method" else INDEXED_FUNCTIONS
+    if node.op in ("call_method", "call_function") and node.target in indexed:
+        return indexed_pieces(b, node, layout, pieces, where)
     table: dict[Any, int] = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
     dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
     first = node.args[0] if node.args else None
@@ -142,7 +145,8 @@ def _visit_multi_output(
     if dim_position is None or in_shape is None:
         raise UnsupportedModelError(
             f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
-            "its input's; supported: split, chunk, unbind, tensor_split"
+            "its input's; supported: split, chunk, unbind, tensor_split, and (values, indices) along a dim "
+            "(max, min, median, mode, kthvalue, topk, sort, cummax, cummin)"
         )
     return split_layout(b, node, layout, dim_position, in_shape, pieces, where)
 
@@ -151,7 +155,7 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts: dict[f
     """A node that consumes a whole tuple of tensors: indexing it, or concatenating it."""
     pieces = layouts[source]
     assert isinstance(pieces, tuple), "only a multi-output node's layouts are pieces"
-    if node.op == "call_function" and node.target is operator.getitem and node.args[0] is source:
+    if node.op == "call_function" and node.target in (operator.getitem, getattr) and node.args[0] is source:
         return pick(node, pieces, where)
     if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
         return cat_layout(b, node, layouts, where)
@@ -159,7 +163,7 @@ def _use_pieces(b: GroupBuilder, node: fx.Node, source: fx.Node, layouts: dict[f
         return stack_layout(b, node, layouts, where)
     raise UnsupportedModelError(
         f"{where}: takes the tuple of tensors {source.name!r} returns; "
-        "pat_ray follows such tuples only through indexing, cat and stack"
+        "pat_ray follows such tuples only through indexing (or .values / .indices), cat and stack"
     )
 
 
@@ -176,6 +180,8 @@ def _visit_function(
     traced = layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
     first = traced if isinstance(traced, Layout) else None  # a tuple's pieces are used in _use_pieces
     kind = op_kind(node.op, node.target)
+    if kind == "minmax":  # max(x, other) is element-wise; max(x) reduces (max(x, dim) is a tuple)
+        kind = "binary" if sum(shape_of(a) is not None for a in node.all_input_nodes) > 1 else "reduce"
     if kind == "binary":
         return binary_layout(b, node, shape, layouts, where)
     if kind == "cat":
@@ -193,12 +199,12 @@ def _visit_function(
     return rule(b, node, first, shape, where)
 
 
-OneLayoutRule = Callable[[GroupBuilder, fx.Node, Layout, tuple[int, ...], str], Layout]
+OneLayoutRule = Callable[[GroupBuilder, fx.Node, Layout, tuple[int, ...], str], Layout | None]
 _ON_ONE_LAYOUT: dict[str, OneLayoutRule] = {  # op kind -> how its one traced input's layout maps
     "pass": lambda b, node, layout, shape, where: _unary(node, layout, where),
     "reshape": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
     "axes": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
-    "reduce": lambda b, node, layout, shape, where: reduce_layout(node, layout, shape, where),
+    "reduce": reduce_layout,
     "permute": lambda b, node, layout, shape, where: permute_layout(node, layout, where),
     "reorder": lambda b, node, layout, shape, where: reordered_layout(b, node, layout, where),
     "pad": lambda b, node, layout, shape, where: pad_layout(b, node, layout, where),

@@ -137,18 +137,6 @@ def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
     return Layout(layout.groups, layout.repeat, axis)
 
 
-def reduce_layout(node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str) -> Layout:
-    in_shape = known_shape(node.args[0], where)
-    given = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
-    ndim = len(in_shape)
-    dims = [int_arg(d, where) % ndim for d in listed]
-    if not dims or 0 in dims or layout.axis in dims or layout.repeat != 1:
-        raise UnsupportedModelError(f"{where}: reduces over the batch or channel dimension")
-    axis = layout.axis if len(shape) == ndim else layout.axis - sum(d < layout.axis for d in dims)
-    return Layout(layout.groups, 1, axis)
-
-
 def _listed_layouts(tensors: Any, layouts: dict[fx.Node, Traced]) -> list[Traced]:
     """The layouts of a cat's / stack's tensors: a list of nodes, or the tuple a split returned."""
     if isinstance(tensors, fx.Node):

@@ -209,8 +209,38 @@ RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
 
 # Reductions that keep channels when they reduce only spatial dimensions.
-REDUCTION_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+# Over the channel axis they consume the channels (``core/reductions.py``).
+REDUCTION_FUNCTIONS = {
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.prod,
+    torch.std,
+    torch.var,
+    torch.logsumexp,
+    torch.nansum,
+    torch.nanmean,
+    torch.argmax,
+    torch.argmin,
+}
+REDUCTION_METHODS = {
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "prod",
+    "std",
+    "var",
+    "logsumexp",
+    "nansum",
+    "nanmean",
+    "argmax",
+    "argmin",
+}
+# ``max`` / ``min``: element-wise with a second tensor, a reduction without (with a dim: a tuple).
+MINMAX_FUNCTIONS = {torch.max, torch.min}
+MINMAX_METHODS = {"max", "min"}
 
 # Ops that return a tuple of tensors; the tracer follows each piece (``core/tuples.py``).
 # Value: the position of their ``dim`` argument (after the tensor) when given positionally.
@@ -240,6 +270,7 @@ _FUNCTION_KINDS = (
     ("binary", BINARY_FUNCTIONS),
     ("reshape", RESHAPE_FUNCTIONS),
     ("reduce", REDUCTION_FUNCTIONS),
+    ("minmax", MINMAX_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),
     ("axes", AXIS_FUNCTIONS),
@@ -255,6 +286,7 @@ _METHOD_KINDS = (
     ("binary", BINARY_METHODS),
     ("reshape", RESHAPE_METHODS),
     ("reduce", REDUCTION_METHODS),
+    ("minmax", MINMAX_METHODS),
     ("permute", PERMUTE_METHODS),
     ("axes", AXIS_METHODS),
 )

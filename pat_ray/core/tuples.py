@@ -64,9 +64,13 @@ def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Piece
     return tuple(pieces) if not groups else None
 
 
+_NAMED_PIECES = {"values": 0, "indices": 1}  # torch.return_types fields
+
+
 def pick(node: fx.Node, pieces: Pieces, where: str) -> Layout | Pieces | None:
-    """``pieces[i]`` or ``pieces[a:b]`` of a multi-output op's result."""
-    index = node.args[1]
+    """``pieces[i]`` or ``pieces[a:b]`` of a multi-output op's result, or the ``.values`` /
+    ``.indices`` of a ``(values, indices)`` one."""
+    index = _NAMED_PIECES.get(node.args[1], node.args[1]) if isinstance(node.args[1], str) else node.args[1]
     if isinstance(index, int | slice):
         return pieces[index]
     raise UnsupportedModelError(f"{where}: indexes a tuple of tensors with {index!r}")

@@ -1,0 +1,83 @@
+"""How the tracer follows reductions (``mean``, ``amax``, ``std``...) and the ops that return
+``(values, indices)`` along one dim (``max(x, dim)``, ``median``, ``sort``, ``topk``).
+
+Over spatial dims the channels survive (global pooling). Over the channel axis they are
+consumed: CBAM's spatial attention takes ``mean`` and ``max`` over channels, and after
+pruning it simply reduces over the channels that are left, so the input stays prunable and
+the result is a new pinned group (one channel with ``keepdim``). An op whose result depends
+on how many channels there are or in what order they come (``topk`` / ``kthvalue`` need at
+least ``k``; ``sort`` / ``cummax`` return a channel-sized mix) keeps its input whole.
+Reducing the batch axis away is refused: it would move the channels to dim 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.layout import GroupBuilder, Layout, Pieces
+from pat_ray.core.tensor_ops import int_arg, known_shape
+
+# Ops returning (values, indices) along ``dim``: their kind and where ``dim`` sits among the
+# positional arguments after the tensor (its default when not given: -1, or None if required).
+# "reduce": removes the dim (or keeps it at size 1); "select": keeps k of it; "reorder": keeps its size.
+_INDEXED: dict[str, tuple[str, int, int | None]] = {
+    "max": ("reduce", 1, None),
+    "min": ("reduce", 1, None),
+    "median": ("reduce", 1, -1),
+    "nanmedian": ("reduce", 1, -1),
+    "mode": ("reduce", 1, -1),
+    "kthvalue": ("select", 2, -1),
+    "topk": ("select", 2, -1),
+    "sort": ("reorder", 1, -1),
+    "cummax": ("reorder", 1, None),
+    "cummin": ("reorder", 1, None),
+}
+INDEXED_FUNCTIONS = {getattr(torch, name) for name in _INDEXED}
+INDEXED_METHODS = set(_INDEXED)
+
+
+def reduce_layout(b: GroupBuilder, node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str) -> Layout | None:
+    """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given)."""
+    ndim = len(known_shape(node.args[0], where))
+    given = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
+    dims = {int_arg(d, where) % ndim for d in listed} if listed else set(range(ndim))
+    return _reduced(b, node, layout, dims, shape, ndim, where)
+
+
+def indexed_pieces(
+    b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
+) -> Pieces:
+    """The layouts of the ``(values, indices)`` an ``_INDEXED`` op returns (both alike)."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    kind, position, default = _INDEXED[name]
+    dim: Any = node.kwargs.get("dim", node.args[position] if len(node.args) > position else default)
+    values = pieces[0]
+    if dim is None or values is None:
+        raise UnsupportedModelError(f"{where}: returns several tensors without a dim pat_ray can read")
+    ndim = len(known_shape(node.args[0], where))
+    axis = int_arg(dim, where) % ndim
+    if axis == layout.axis and kind != "reduce":
+        b.pin(layout)  # needs k channels, or returns a channel-sized mix of them
+    result = _reduced(b, node, layout, {axis}, values, ndim, where)  # "select" / "reorder" keep the dim
+    return tuple(result if s is not None else None for s in pieces)
+
+
+def _reduced(
+    b: GroupBuilder, node: fx.Node, layout: Layout, dims: set[int], shape: tuple[int, ...], ndim: int, where: str
+) -> Layout | None:
+    """The layout of a result with ``dims`` reduced (kept at size 1 when ``shape`` has ``ndim`` dims)."""
+    keepdim = len(shape) == ndim
+    if layout.axis in dims:  # the channels are consumed here
+        axis = layout.axis if keepdim else 1
+        return b.new_group(shape[axis], f"<{node.name}>", pinned=True, axis=axis) if len(shape) > axis else None
+    if layout.repeat != 1:
+        raise UnsupportedModelError(f"{where}: reduces flattened features over another dimension")
+    axis = layout.axis if keepdim else layout.axis - sum(d < layout.axis for d in dims)
+    if axis == 0:
+        raise UnsupportedModelError(f"{where}: reduces over the batch dimension, which moves the channels to dim 0")
+    return Layout(layout.groups, 1, axis)
