@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from pat_ray.core.contractions import matmul_layout
 from pat_ray.core.fx_trace import piece_shapes, shape_of, trace_with_shapes
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
@@ -43,6 +44,7 @@ from pat_ray.core.tensor_ops import (
     permute_layout,
     reordered_layout,
     reshape_layout,
+    size_written_in_code,
     stack_layout,
 )
 from pat_ray.core.tracing_ops import CAT_FUNCTIONS, MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, op_kind
@@ -184,6 +186,8 @@ def _visit_function(
         kind = "binary" if sum(shape_of(a) is not None for a in node.all_input_nodes) > 1 else "reduce"
     if kind == "binary":
         return binary_layout(b, node, shape, layouts, where)
+    if kind == "matmul":
+        return matmul_layout(b, node, shape, layouts, where)
     if kind == "cat":
         return cat_layout(b, node, layouts, where)
     if kind == "stack":
@@ -201,7 +205,7 @@ def _visit_function(
 
 OneLayoutRule = Callable[[GroupBuilder, fx.Node, Layout, tuple[int, ...], str], Layout | None]
 _ON_ONE_LAYOUT: dict[str, OneLayoutRule] = {  # op kind -> how its one traced input's layout maps
-    "pass": lambda b, node, layout, shape, where: _unary(node, layout, where),
+    "pass": lambda b, node, layout, shape, where: _unary(b, node, layout, where),
     "reshape": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
     "axes": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
     "reduce": reduce_layout,
@@ -213,12 +217,14 @@ _ON_ONE_LAYOUT: dict[str, OneLayoutRule] = {  # op kind -> how its one traced in
 }
 
 
-def _unary(node: fx.Node, layout: Layout, where: str) -> Layout:
+def _unary(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
     """An op applied to each element alone: any other tensor among its arguments (a clamp's
     bounds, say) would need slicing with the channels, which a pass-through does not do."""
     extra = [a for a in node.all_input_nodes[1:] if shape_of(a) is not None]
     if extra and node.target not in ("type_as", "to"):  # these read only the other's dtype / device
         raise UnsupportedModelError(f"{where}: takes tensor {extra[0].name!r} besides its input")
+    if size_written_in_code(b, node, layout.axis):
+        b.pin(layout)  # ``gate.expand(n, 64, h, w)``
     return layout
 
 

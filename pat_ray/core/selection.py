@@ -132,10 +132,13 @@ def _removal_order(rankings: list[GroupRanking]) -> tuple[torch.Tensor, torch.Te
     """The group index and channel width of every removable unit (all but each group's best), in
     removal order: lowest score first; ties go to the lower group index, then the higher rank
     (so a group always loses its last units first)."""
-    score = torch.cat([r.unit_scores[1:] for r in rankings])
-    group = torch.cat([torch.full((len(r.unit_scores) - 1,), i, dtype=torch.long) for i, r in enumerate(rankings)])
-    rank = torch.cat([torch.arange(1, len(r.unit_scores)) for r in rankings])
-    width = torch.cat([r.unit_ends.diff() for r in rankings])
+    none = torch.empty(0, dtype=torch.long)  # a model with nothing to prune: no units
+    score = torch.cat([torch.empty(0, dtype=torch.float64)] + [r.unit_scores[1:] for r in rankings])
+    group = torch.cat(
+        [none] + [torch.full((len(r.unit_scores) - 1,), i, dtype=torch.long) for i, r in enumerate(rankings)]
+    )
+    rank = torch.cat([none] + [torch.arange(1, len(r.unit_scores)) for r in rankings])
+    width = torch.cat([none] + [r.unit_ends.diff() for r in rankings])
     order = torch.sort(-rank, stable=True).indices  # a lexicographic sort: least significant key first
     order = order[torch.sort(group[order], stable=True).indices]
     order = order[torch.sort(score[order], stable=True).indices]

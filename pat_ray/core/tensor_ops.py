@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch.fx as fx
+from torch import nn
 
 from pat_ray.core.fx_trace import shape_of
 from pat_ray.core.graph import UnsupportedModelError
@@ -60,7 +61,7 @@ def binary_layout(
         if extent == 1:
             if isinstance(lay, Layout):
                 b.pin(lay)  # broadcast across the result's channels: its own channels must stay
-        elif lay is None and _is_parameter(b, operand):
+        elif lay is None and is_parameter(b, operand):
             b.add_param(str(operand.target), dim, wide[0], where)
             b.count_param(str(operand.target), wide[0])
         elif lay is None:
@@ -75,7 +76,7 @@ def binary_layout(
     return result
 
 
-def _is_parameter(b: GroupBuilder, node: fx.Node) -> bool:
+def is_parameter(b: GroupBuilder, node: fx.Node) -> bool:
     """A ``get_attr`` of one of the model's own parameters or buffers (not a traced constant)."""
     if node.op != "get_attr":
         return False
@@ -92,6 +93,13 @@ def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -
     followed exactly. Any other (a channel shuffle's view to (N, groups, C/groups, ...),
     space-to-depth) moves channels among other axes: its input is kept whole (pinned) and its
     result's dim 1 is a new pinned group, so nothing downstream depends on their order."""
+    result = _reshaped(b, node, layout, where)
+    if size_written_in_code(b, node, result.axis):
+        b.pin(layout)  # ``x.view(-1, 16 * 5 * 5)``: the code, not the tensor, says how many channels
+    return result
+
+
+def _reshaped(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
     in_shape, out_shape = known_shape(node.args[0], where), known_shape(node, where)
     if in_shape == out_shape:
         return layout
@@ -106,6 +114,27 @@ def reshape_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -
     if layout.repeat == 1 and kept_axis and out_shape[0] == in_shape[0]:
         return Layout(layout.groups, 1, kept_axis[0])
     return reordered_layout(b, node, layout, where)
+
+
+def size_written_in_code(b: GroupBuilder, node: fx.Node, axis: int) -> bool:
+    """Whether the size a ``view`` / ``reshape`` / ``expand`` / ``nn.Unflatten`` gives its result's
+    ``axis`` is a number in the model's code (it would not follow the pruned channel count), or
+    cannot be read. ``-1`` and sizes read from tensors at run time (``x.size(1)``) follow it."""
+    if node.op == "call_module":
+        module = b.model.get_submodule(str(node.target))
+        if not isinstance(module, nn.Unflatten):
+            return False
+        sizes = list(module.unflattened_size)
+        first = module.dim % len(known_shape(node.args[0], "")) if isinstance(module.dim, int) else 0
+        return first <= axis < first + len(sizes) and sizes[axis - first] != -1
+    name = getattr(node.target, "__name__", node.target)
+    if name not in ("view", "reshape", "expand"):
+        return False
+    given: Any = node.kwargs.get("shape", node.kwargs.get("size", node.args[1:]))
+    written: Any = given[0] if len(given) == 1 and isinstance(given[0], list | tuple | fx.Node) else given
+    if isinstance(written, fx.Node) or axis >= len(written):
+        return True
+    return isinstance(written[axis], int) and written[axis] != -1
 
 
 def reordered_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:

@@ -247,6 +247,10 @@ MINMAX_METHODS = {"max", "min"}
 MULTI_OUTPUT_FUNCTIONS = {torch.split: 2, torch.chunk: 2, torch.tensor_split: 2, torch.unbind: 1}
 MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
 
+# Matrix products (``core/contractions.py``).
+MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
+MATMUL_METHODS = {"matmul", "bmm", "mm"}
+
 # Aliases of ``torch.cat``.
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 
@@ -271,6 +275,7 @@ _FUNCTION_KINDS = (
     ("reshape", RESHAPE_FUNCTIONS),
     ("reduce", REDUCTION_FUNCTIONS),
     ("minmax", MINMAX_FUNCTIONS),
+    ("matmul", MATMUL_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),
     ("axes", AXIS_FUNCTIONS),
@@ -287,6 +292,7 @@ _METHOD_KINDS = (
     ("reshape", RESHAPE_METHODS),
     ("reduce", REDUCTION_METHODS),
     ("minmax", MINMAX_METHODS),
+    ("matmul", MATMUL_METHODS),
     ("permute", PERMUTE_METHODS),
     ("axes", AXIS_METHODS),
 )
