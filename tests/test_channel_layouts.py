@@ -239,12 +239,37 @@ class ChannelsLastSlice(nn.Module):
 
 
 class LinearOverWidth(nn.Module):
-    def __init__(self) -> None:
+    """A Linear along the width: it runs once per channel and row, and leaves the channels be."""
+
+    def __init__(self, bias: bool = True) -> None:
         super().__init__()
-        self.a, self.mix = nn.Conv2d(3, 12, 3, padding=1), nn.Linear(8, 8)
+        self.a, self.mix = nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.Linear(8, 5, bias=bias)
+        self.head = nn.Conv2d(12, 4, 3)
 
     def forward(self, x):
-        return self.mix(self.a(x))
+        return self.head(self.mix(self.a(x))).flatten(1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_linear_across_another_axis_keeps_its_weights_and_lets_the_channels_through(bias):
+    torch.manual_seed(0)
+    model, x = LinearOverWidth(bias), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)
+    if bias:  # a removed channel's row gets the bias, not zero: not comparable with zeroing
+        pat_ray.prune(model, x, budget=0.5)
+    else:
+        assert_pruning_is_exact(model, x, 0.5)
+    assert model.a.out_channels == model.head.in_channels < 12 and model.mix.weight.shape == (5, 8)
+    assert abs(measure_cost(model, x).flops / graph_cost(graph).flops - 0.5) < 0.03
+
+
+def test_a_linear_on_sequences_from_the_input_prunes_its_hidden_features():
+    model, x = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(2, 5, 12)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)
+    pat_ray.prune(model, x, budget=0.5)
+    assert model[0].out_features == model[2].in_features < 16 and model(x).shape == (2, 5, 4)
 
 
 class ChannelsToBatch(nn.Module):
@@ -260,7 +285,6 @@ class ChannelsToBatch(nn.Module):
     ("build", "says"),
     [
         (ChannelsLastSlice, "slices the channel dimension"),
-        (LinearOverWidth, "not on the last one"),
         (ChannelsToBatch, "moves the channels to dim 0"),
     ],
 )

@@ -141,6 +141,10 @@ def _visit_linear(
 ) -> Layout:
     """A Linear reads its input's last axis: (N, features), or a channels-last (N, ..., C)."""
     last = len(in_shape) - 1
+    if layout.axis != last and layout.repeat == 1:
+        if not set(b.leaves(layout).groups) <= b.pinned:
+            return _linear_across(b, name, module, layout, in_shape)
+        layout = b.new_group(in_shape[-1], f"<{name} input>", pinned=True, axis=last)  # (N, T, D) from outside
     if layout.axis != last or (last > 1 and layout.repeat != 1):
         raise UnsupportedModelError(
             f"{where}: Linear on a tensor of shape {in_shape} whose channels are on dim {layout.axis}, "
@@ -155,6 +159,16 @@ def _visit_linear(
     positions = math.prod(in_shape[1:-1])  # a channels-last Linear runs once per pixel
     b.raw_terms.append((name, out, layout, 1, positions, 1, per_out))
     return out
+
+
+def _linear_across(b: GroupBuilder, name: str, module: nn.Linear, layout: Layout, in_shape: tuple[int, ...]) -> Layout:
+    """A Linear over another axis than the channels' (over a 1-D signal's length): it runs once
+    per channel, which it leaves where they are; its own weights never change size."""
+    rows = math.prod(in_shape[1:-1]) // in_shape[layout.axis]  # the other axes it runs along
+    b.raw_terms.append((name, layout, None, 1, module.in_features * module.out_features * rows, 0, 0))
+    for param, _ in module.named_parameters():
+        b.count_fixed(f"{name}.{param}")
+    return layout
 
 
 def _visit_conv(
