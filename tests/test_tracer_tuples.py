@@ -143,12 +143,14 @@ class MinMaxOverChannels(nn.Module):
 
 
 class StackedPieces(nn.Module):
+    """Stacked in front of the batch axis: the layout cannot say where the channels went."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.head = conv_bn(3, 8), nn.Linear(4, 4)
+        self.stem, self.other, self.head = conv_bn(3, 8), conv_bn(3, 8), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.head(torch.stack(self.stem(x).chunk(2, 1)).mean((0, 3, 4)))
+        return self.head(torch.stack([self.stem(x), self.other(x)]).mean((0, 3, 4)))
 
 
 class ListInput(nn.Module):
@@ -160,14 +162,16 @@ class ListInput(nn.Module):
         return self.head(self.stem(xs[0]).mean((2, 3)))
 
 
-class ChannelSliceAfterSplit(nn.Module):
+class ChannelSlice(nn.Module):
+    """Slices channels that pruning could remove (a split's pinned pieces may be sliced)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.head = conv_bn(3, 8), nn.Linear(2, 4)
+        self.stem, self.other, self.head = conv_bn(3, 8), conv_bn(3, 8), nn.Linear(2, 4)
 
     def forward(self, x):
         first, _ = self.stem(x).split(4, 1)
-        return self.head(first[:, :2].mean((2, 3)))
+        return self.head(first[:, :2].mean((2, 3)) + self.other(x)[:, 6:].mean((2, 3)))
 
 
 @pytest.mark.parametrize(
@@ -176,7 +180,7 @@ class ChannelSliceAfterSplit(nn.Module):
         (MinMaxOverChannels(), torch.randn(2, 3, 8, 8), "aminmax"),
         (StackedPieces(), torch.randn(2, 3, 8, 8), "stack"),
         (ListInput(), [torch.randn(2, 3, 8, 8)], "stem.0"),
-        (ChannelSliceAfterSplit(), torch.randn(2, 3, 8, 8), "getitem"),
+        (ChannelSlice(), torch.randn(2, 3, 8, 8), "getitem"),
     ],
     ids=["tuple-op-unknown", "tuple-to-stack", "list-input", "channel-slice"],
 )

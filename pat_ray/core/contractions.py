@@ -68,7 +68,7 @@ def _carried(
     ]
     if len(passing) == 2 and passing[0].axis == passing[1].axis:
         return b.unify(passing[0], passing[1], where)
-    kept = [lay for lay in passing if not set(b.leaves(lay).groups) <= b.pinned] or passing[:1]
+    kept = [lay for lay in passing if not b.is_pinned(lay)] or passing[:1]
     if len(kept) > 1:
         raise UnsupportedModelError(f"{where}: both factors carry prunable channels into the result, on different axes")
     if kept:

@@ -20,7 +20,9 @@ from pat_ray.core.graph import Example, UnsupportedModelError, first_sample
 from pat_ray.core.verify import nested_leaves
 
 SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
-PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its shape or None
+PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape
+
+PieceShape = tuple[int, ...] | None | list["PieceShape"]  # a tensor's shape, not a tensor, or a nested tuple
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -47,8 +49,9 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
     return node.meta.get(SHAPE) if isinstance(node, fx.Node) else None
 
 
-def piece_shapes(node: fx.Node) -> list[tuple[int, ...] | None] | None:
-    """The shape of each tensor in ``node``'s result when it returned a tuple or list."""
+def piece_shapes(node: fx.Node) -> list[PieceShape] | None:
+    """The shape of each item of ``node``'s result when it returned a tuple or list of tensors
+    (an LSTM's ``(out, (h, c))`` nests)."""
     return node.meta.get(PIECE_SHAPES)
 
 
@@ -58,8 +61,14 @@ class _ShapeRecorder(fx.Interpreter):
         if isinstance(value, torch.Tensor):
             n.meta[SHAPE] = tuple(value.shape)
         elif isinstance(value, list | tuple) and n.op != "output" and any(isinstance(v, torch.Tensor) for v in value):
-            n.meta[PIECE_SHAPES] = [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value]
+            n.meta[PIECE_SHAPES] = [_piece_shape(v) for v in value]
         return value
+
+
+def _piece_shape(value: Any) -> PieceShape:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    return [_piece_shape(v) for v in value] if isinstance(value, list | tuple) else None
 
 
 class _Tracer(fx.Tracer):

@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.core.contractions import matmul_layout
-from pat_ray.core.fx_trace import piece_shapes, shape_of, trace_with_shapes
+from pat_ray.core.fx_trace import PieceShape, piece_shapes, shape_of, trace_with_shapes
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
     ChannelGroup,
@@ -33,7 +33,7 @@ from pat_ray.core.graph import (
     first_sample,
 )
 from pat_ray.core.layout import GroupBuilder, Layout, Pieces, Traced
-from pat_ray.core.module_rules import layer_norm_layout, visit_module
+from pat_ray.core.module_rules import fresh_result, kept_whole, layer_norm_layout, opaque_result, visit_module
 from pat_ray.core.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces, reduce_layout
 from pat_ray.core.tensor_ops import (
     binary_layout,
@@ -78,12 +78,14 @@ def _tensor_layouts(args: Any, layouts: dict[fx.Node, Traced]) -> list[Layout]:
     """The layouts of the tensors in ``args``, each piece of a tuple result included."""
     found: list[Layout] = []
 
-    def add(n: fx.Node) -> None:
-        traced = layouts.get(n)
-        pieces = traced if isinstance(traced, tuple) else (traced,)
-        found.extend(p for p in pieces if p is not None)
+    def add(traced: Traced) -> None:
+        if isinstance(traced, tuple):
+            for piece in traced:
+                add(piece)
+        elif traced is not None:
+            found.append(traced)
 
-    fx.node.map_arg(args, add)
+    fx.node.map_arg(args, lambda n: add(layouts.get(n)))
     return found
 
 
@@ -104,6 +106,27 @@ def _visit(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Tr
     if node.op == "get_attr":
         return None
     where = _where(node)
+    if node.op == "call_module" and kept_whole(b.model.get_submodule(str(node.target))):
+        return opaque_result(b, node, _tensor_layouts((node.args, node.kwargs), layouts))
+    try:
+        return _visit_op(b, node, layouts, where)
+    except UnsupportedModelError:
+        if not _reads_fixed_channels_only(b, node, layouts):
+            raise
+        return fresh_result(b, node)  # what flows in never changes, so neither does what comes out
+
+
+def _reads_fixed_channels_only(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> bool:
+    """A function or method (no weights of its own) whose traced inputs are all pinned: an LSTM's
+    hidden state indexed on its first axis, a model input's channels sliced."""
+    if node.op not in ("call_function", "call_method") or any(n.op == "get_attr" for n in node.all_input_nodes):
+        return False
+    inputs = _tensor_layouts((node.args, node.kwargs), layouts)
+    return bool(inputs) and all(b.is_pinned(layout) for layout in inputs)
+
+
+def _visit_op(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Traced:
+    shape = shape_of(node)
     tuples = [n for n in node.all_input_nodes if isinstance(layouts.get(n), tuple)]
     if tuples:
         return _use_pieces(b, node, tuples[0], layouts, where)
@@ -134,9 +157,8 @@ def _visit(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Tr
     return result
 
 
-def _visit_multi_output(
-    b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
-) -> Pieces:
+def _visit_multi_output(b: GroupBuilder, node: fx.Node, layout: Layout, nested: list[PieceShape], where: str) -> Pieces:
+    pieces = [p if isinstance(p, tuple) else None for p in nested]  # these ops return flat tuples
     indexed: set[Any] = INDEXED_METHODS if node.op == "call_method" else INDEXED_FUNCTIONS
     if node.op in ("call_method", "call_function") and node.target in indexed:
         return indexed_pieces(b, node, layout, pieces, where)

@@ -35,7 +35,7 @@ class Layout:
         return self
 
 
-Pieces = tuple[Layout | None, ...]  # the layouts of an op's several results (split, chunk)
+Pieces = tuple["Layout | Pieces | None", ...]  # the layouts of an op's several results (split, chunk; nested)
 Traced = Layout | Pieces | None  # what the tracer knows of a node's result
 
 
@@ -154,6 +154,10 @@ class GroupBuilder:
             return self.model.get_parameter(target).numel()
         except AttributeError:  # a buffer
             return 0
+
+    def is_pinned(self, layout: Layout) -> bool:
+        """Whether no channel of ``layout`` can be removed (so its width never changes)."""
+        return set(self.leaves(layout).groups) <= self.pinned
 
     def pin(self, layout: Layout) -> None:
         for g in self.leaves(layout).groups:

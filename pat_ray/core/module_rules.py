@@ -17,8 +17,9 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.core.custom_layers import rule_for, trace_custom
+from pat_ray.core.fx_trace import PieceShape, piece_shapes, shape_of
 from pat_ray.core.graph import CONV_TYPES, NORM_TYPES, TRANSPOSED_CONV_TYPES, UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.layout import GroupBuilder, Layout, Traced
 from pat_ray.core.tensor_ops import known_shape, reordered_layout, reshape_layout
 from pat_ray.core.tracing_ops import CHANNEL_PINNING_MODULES, PASSTHROUGH_MODULES, REORDERING_MODULES
 
@@ -84,6 +85,43 @@ def _visit_call(b: GroupBuilder, node: fx.Node, name: str, module: nn.Module, la
     )
 
 
+def kept_whole(module: nn.Module) -> bool:
+    """A torch.nn layer with no rule here (LSTM, MultiheadAttention, Embedding, Transformer
+    layers...): its forward reads only its inputs and its own weights, so keeping its inputs
+    and outputs whole makes it safe to prune everything around it."""
+    followed = (*CONV_TYPES, *TRANSPOSED_CONV_TYPES, nn.Linear, *NORM_TYPES, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+    if rule_for(module) is not None or isinstance(
+        module, (*followed, *PASSTHROUGH_MODULES, *REORDERING_MODULES, *CHANNEL_PINNING_MODULES)
+    ):
+        return False
+    return str(getattr(type(module).forward, "__module__", "")).startswith("torch.nn.")
+
+
+def opaque_result(b: GroupBuilder, node: fx.Node, inputs: list[Layout]) -> Traced:
+    """A ``kept_whole`` module's call: its inputs pinned, each tensor it returns a new pinned
+    group on dim 1 (like a model input), its weights counted as they are."""
+    name = str(node.target)
+    for layout in inputs:
+        b.pin(layout)
+    if name not in b.calls:
+        b.calls[name] = (Layout(()), None)
+        for param, _ in b.model.get_submodule(name).named_parameters():
+            b.count_fixed(f"{name}.{param}")
+    return fresh_result(b, node)
+
+
+def fresh_result(b: GroupBuilder, node: fx.Node) -> Traced:
+    """New pinned groups for every tensor ``node`` returns (nested tuples alike), on dim 1."""
+    shape = shape_of(node)
+    return _fresh(b, f"<{node.name}>", shape if shape is not None else piece_shapes(node))
+
+
+def _fresh(b: GroupBuilder, label: str, shapes: PieceShape) -> Traced:
+    if isinstance(shapes, list):
+        return tuple(_fresh(b, f"{label}[{i}]", s) for i, s in enumerate(shapes))
+    return b.new_group(shapes[1], label, pinned=True) if shapes is not None and len(shapes) > 1 else None
+
+
 def _visit_group_norm(b: GroupBuilder, name: str, module: nn.GroupNorm, layout: Layout, where: str) -> Layout:
     """A GroupNorm normalizes each of its ``num_groups`` runs of channels together: the channels
     shrink by the same count in every run (like a grouped conv's), so each stays in its own
@@ -142,7 +180,7 @@ def _visit_linear(
     """A Linear reads its input's last axis: (N, features), or a channels-last (N, ..., C)."""
     last = len(in_shape) - 1
     if layout.axis != last and layout.repeat == 1:
-        if not set(b.leaves(layout).groups) <= b.pinned:
+        if not b.is_pinned(layout):
             return _linear_across(b, name, module, layout, in_shape)
         layout = b.new_group(in_shape[-1], f"<{name} input>", pinned=True, axis=last)  # (N, T, D) from outside
     if layout.axis != last or (last > 1 and layout.repeat != 1):

@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.layout import GroupBuilder, Layout, Pieces
-from pat_ray.core.tensor_ops import int_arg, known_shape
+from pat_ray.core.tensor_ops import fresh_channels, int_arg, known_shape
 
 # Ops returning (values, indices) along ``dim``: their kind and where ``dim`` sits among the
 # positional arguments after the tensor (its default when not given: -1, or None if required).
@@ -73,8 +73,7 @@ def _reduced(
     """The layout of a result with ``dims`` reduced (kept at size 1 when ``shape`` has ``ndim`` dims)."""
     keepdim = len(shape) == ndim
     if layout.axis in dims:  # the channels are consumed here
-        axis = layout.axis if keepdim else 1
-        return b.new_group(shape[axis], f"<{node.name}>", pinned=True, axis=axis) if len(shape) > axis else None
+        return fresh_channels(b, node, shape, layout.axis if keepdim else None)
     if layout.repeat != 1:
         raise UnsupportedModelError(f"{where}: reduces flattened features over another dimension")
     axis = layout.axis if keepdim else layout.axis - sum(d < layout.axis for d in dims)

@@ -46,6 +46,9 @@ def binary_layout(
     with_layout = [(lay, s) for lay, s in traced if isinstance(lay, Layout)]
     wide = [lay for lay, s in with_layout if s[lay.axis] == shape[len(shape) - len(s) + lay.axis]]
     axes = {len(shape) - len(s) + lay.axis for lay, s in with_layout if lay in wide}
+    if len(axes) > 1:  # channels on different dims: a pinned operand's never change, so they give way
+        wide = [lay for lay in wide if not b.is_pinned(lay)] or wide[:1]
+        axes = {len(shape) - len(s) + lay.axis for lay, s in with_layout if any(lay is w for w in wide)}
     if not wide or len(axes) != 1:
         raise UnsupportedModelError(
             f"{where}: no operand carries the result's channels"
@@ -68,6 +71,11 @@ def binary_layout(
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
             )
+        elif isinstance(lay, Layout) and b.is_pinned(
+            lay
+        ):  # a fixed-width axis of it meets the channels: they must stay too
+            for w in wide:
+                b.pin(w)
         else:
             raise UnsupportedModelError(f"{where}: an operand's dim {dim} lines up with the result's channels")
     result = wide[0]
@@ -216,6 +224,13 @@ def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
         out_pos += 0 if isinstance(entry, int) else 1
         in_dim += 1
     return Layout(layout.groups, layout.repeat, axis if axis is not None else out_pos + layout.axis - in_dim)
+
+
+def fresh_channels(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], axis: int | None) -> Layout | None:
+    """A new pinned group for a result whose channels no longer follow its input's: on ``axis``,
+    or, when the channel axis is gone, on dim 1 as for a model input (None for fewer dims)."""
+    axis = 1 if axis is None else axis
+    return b.new_group(shape[axis], f"<{node.name}>", pinned=True, axis=axis) if len(shape) > axis else None
 
 
 def stack_layout(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], where: str) -> Layout:

@@ -1,0 +1,118 @@
+"""torch.nn layers pat_ray has no rule for (LSTM, MultiheadAttention, Embedding) are kept
+whole: their inputs and outputs keep their width, so the convs around them still prune, and
+ops that only see such fixed tensors (an LSTM's hidden state indexed on its first axis, a
+model input's channels sliced) are followed as fixed too."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pat_ray
+from pat_ray.core.cost import graph_cost, measure_cost
+from pat_ray.core.groups import trace_channel_groups
+
+
+class CRNN(nn.Module):
+    """Text-recognition style: convs, columns as a sequence, a bidirectional LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.lstm = nn.LSTM(32 * 4, 24, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c2(F.relu(self.bn(self.c1(x)))))
+        n, c, h, w = y.shape
+        out, (hidden, _) = self.lstm(y.permute(0, 3, 1, 2).reshape(n, w, c * h))
+        return self.fc(out[:, -1] + torch.cat([hidden[0], hidden[1]], 1))
+
+
+class BottleneckAttention(nn.Module):
+    """Self-attention over positions with a residual and a LayerNorm (BoTNet-like)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 1)
+        self.attention, self.norm = nn.MultiheadAttention(32, 4, batch_first=True), nn.LayerNorm(32)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.c2(F.relu(self.c1(x))).flatten(2).transpose(1, 2)
+        attended, _ = self.attention(tokens, tokens, tokens)
+        return self.fc(self.norm(tokens + attended).mean(1))
+
+
+def shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in module.named_parameters()}
+
+
+def test_an_lstm_is_kept_whole_and_the_convs_before_it_prune():
+    model, x = CRNN(), torch.randn(2, 3, 4, 12)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)
+    lstm_before = shapes(model.lstm)
+    pat_ray.prune(model, x, budget=0.6)
+    assert model.c1.out_channels < 16 and model.c2.out_channels == 32  # c2's channels merge into the sequence
+    assert shapes(model.lstm) == lstm_before
+    assert abs(measure_cost(model, x).flops / graph_cost(graph).flops - 0.6) < 0.03
+    model.train()(x).sum().backward()
+
+
+def test_multihead_attention_is_kept_whole_with_its_residual():
+    model, x = BottleneckAttention(), torch.randn(2, 3, 6, 6)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("c2").pinned and not graph.group("c1").pinned
+    assert graph_cost(graph) == measure_cost(model, x)
+    attention_before = shapes(model.attention)
+    pat_ray.prune(model, x, budget=0.7)
+    assert model.c1.out_channels < 16 and shapes(model.attention) == attention_before
+    assert model(x).shape == (2, 5)
+
+
+def test_an_embedding_feeds_a_linear_whose_hidden_features_prune():
+    model = nn.Sequential(nn.Embedding(50, 12), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    tokens = torch.randint(0, 50, (2, 7))
+    pat_ray.prune(model, tokens, budget=0.5)
+    assert model[0].weight.shape == (50, 12) and model[1].out_features == model[3].in_features < 32
+    assert model(tokens).shape == (2, 7, 3)
+
+
+class FourChannelInput(nn.Module):
+    """An RGBA input: colour through convs, alpha as a mask; the input's channels are sliced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(F.relu(self.c1(x[:, :3]))) * x[:, 3:, 2:-2, 2:-2]
+
+
+def test_slicing_the_input_channels_is_followed():
+    model, x = FourChannelInput(), torch.randn(2, 4, 8, 8)
+    pat_ray.prune(model, x, budget=0.6)
+    assert model.c1.in_channels == 3 and model.c1.out_channels < 16
+    assert model(x).shape == (2, 4, 4, 4)
+
+
+class LSTMInTheMiddle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.lstm, self.c2 = nn.Conv1d(4, 16, 3), nn.LSTM(10, 10, batch_first=True), nn.Conv1d(16, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)  # (n, 16, 10): the LSTM reads 16 steps of 10 features
+        return self.fc(self.c2(self.lstm(y)[0]).mean(-1))
+
+
+def test_the_channels_a_kept_whole_layer_reads_and_returns_stay():
+    model, x = LSTMInTheMiddle(), torch.randn(2, 4, 12)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("c1").pinned and not graph.group("c2").pinned
+    pat_ray.prune(model, x, budget=0.8)
+    assert model.c1.out_channels == model.c2.in_channels == 16 and model.c2.out_channels < 8
