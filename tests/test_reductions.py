@@ -1,6 +1,7 @@
 """Reductions and (values, indices) ops: over spatial dims the channels survive, over the
 channel axis they are consumed (CBAM's spatial attention), ops that need a given number or
-order of channels keep their input, and the batch axis is refused."""
+order of channels keep their input, and the batch axis is refused. Also the everyday ops
+around them: comparisons, ``where``, ``lerp``, ``flip`` / ``roll``, ``repeat``, ``grid_sample``."""
 
 from __future__ import annotations
 
@@ -165,3 +166,70 @@ class BatchMax(nn.Module):
 def test_reducing_the_batch_axis_away_is_refused_naming_the_op():
     with pytest.raises(UnsupportedModelError, match="max.*batch"):
         trace_channel_groups(BatchMax(), torch.randn(2, 3, 8, 8))
+
+
+class EverydayOps(nn.Module):
+    """Comparisons, where / masked_fill, lerp / addcmul, *_like, flip / roll along space, an L2
+    normalization over channels written as ``x / x.norm(2, 1, True)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = conv_bn(3, 12), conv_bn(3, 12)
+        self.head = nn.Conv2d(12, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        y = torch.where(a > 0, a, b).masked_fill(b < -1, 0.0) + torch.lerp(a, b, 0.25)
+        y = torch.addcmul(y, a, b) + torch.zeros_like(a) + a.flip(3) + torch.roll(b, 1, 2)
+        return self.head(y / y.norm(2, 1, True).clamp_min(1e-3)).flatten(1)
+
+
+def test_everyday_elementwise_ops_couple_their_operands():
+    model, x = EverydayOps(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    coupled = graph.group("a.0")
+    assert {m.module for m in coupled.producers()} == {"a.0", "b.0"} and not coupled.pinned
+    pat_ray.prune(model, x, budget=0.5)
+    assert model.a[0].out_channels == model.b[0].out_channels == model.head.in_channels < 12
+
+
+class Tiled(nn.Module):
+    def __init__(self, along: str) -> None:
+        super().__init__()
+        self.along, self.a = along, conv_bn(3, 6)
+        self.head = nn.Conv2d(12 if along == "repeat" else 6, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        y = a.repeat(1, 2, 1, 1) if self.along == "repeat" else a.flip(1)
+        return self.head(y).flatten(1)
+
+
+def test_repeating_channels_prunes_every_copy_and_flipping_them_keeps_them():
+    torch.manual_seed(0)
+    model, x = Tiled("repeat"), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    assert_pruning_is_exact(model, x, 0.5)
+    assert model.head.in_channels == 2 * model.a[0].out_channels < 12
+    assert trace_channel_groups(Tiled("flip"), x).group("a.0").pinned
+
+
+class SpatialTransformer(nn.Module):
+    """A localization net predicts an affine transform; the features are resampled with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features, self.loc = conv_bn(3, 12), nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
+        self.head = nn.Conv2d(12, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.loc(x).view(-1, 2, 3)
+        grid = F.affine_grid(theta, [x.shape[0], 12, 8, 8], align_corners=False)
+        return self.head(F.grid_sample(self.features(x), grid, align_corners=False)).flatten(1)
+
+
+def test_a_spatial_transformer_resamples_features_that_still_prune():
+    model, x = SpatialTransformer(), torch.randn(2, 3, 8, 8)
+    pat_ray.prune(model, x, budget=0.5)
+    assert model.features[0].out_channels == model.head.in_channels < 12
+    assert model(x).shape == (2, 4 * 6 * 6)

@@ -43,7 +43,9 @@ from pat_ray.core.tensor_ops import (
     pad_layout,
     permute_layout,
     reordered_layout,
+    repeat_layout,
     reshape_layout,
+    shift_layout,
     size_written_in_code,
     stack_layout,
 )
@@ -210,6 +212,11 @@ def _visit_function(
         return binary_layout(b, node, shape, layouts, where)
     if kind == "matmul":
         return matmul_layout(b, node, shape, layouts, where)
+    if kind == "sample" and first is not None:  # grid_sample: moves pixels; the grid must not shrink
+        grid = layouts.get(node.kwargs.get("grid", node.args[1] if len(node.args) > 1 else None))  # type: ignore[arg-type]
+        if isinstance(grid, Layout) and not b.is_pinned(grid):
+            raise UnsupportedModelError(f"{where}: its sampling grid carries prunable channels")
+        return first.on_dim1(where)
     if kind == "cat":
         return cat_layout(b, node, layouts, where)
     if kind == "stack":
@@ -231,6 +238,9 @@ _ON_ONE_LAYOUT: dict[str, OneLayoutRule] = {  # op kind -> how its one traced in
     "reshape": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
     "axes": lambda b, node, layout, shape, where: reshape_layout(b, node, layout, where),
     "reduce": reduce_layout,
+    "norm": lambda b, node, layout, shape, where: reduce_layout(b, node, layout, shape, where, dim_position=2),
+    "shift": lambda b, node, layout, shape, where: shift_layout(b, node, layout, where),
+    "repeat": lambda b, node, layout, shape, where: repeat_layout(node, layout, where),
     "permute": lambda b, node, layout, shape, where: permute_layout(node, layout, where),
     "reorder": lambda b, node, layout, shape, where: reordered_layout(b, node, layout, where),
     "pad": lambda b, node, layout, shape, where: pad_layout(b, node, layout, where),

@@ -40,10 +40,13 @@ INDEXED_FUNCTIONS = {getattr(torch, name) for name in _INDEXED}
 INDEXED_METHODS = set(_INDEXED)
 
 
-def reduce_layout(b: GroupBuilder, node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str) -> Layout | None:
-    """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given)."""
+def reduce_layout(
+    b: GroupBuilder, node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str, dim_position: int = 1
+) -> Layout | None:
+    """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given);
+    ``dim_position``: where ``dim`` sits among the positional arguments (2 for ``norm``)."""
     ndim = len(known_shape(node.args[0], where))
-    given = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    given = node.kwargs.get("dim", node.args[dim_position] if len(node.args) > dim_position else None)
     listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
     dims = {int_arg(d, where) % ndim for d in listed} if listed else set(range(ndim))
     return _reduced(b, node, layout, dims, shape, ndim, where)

@@ -226,6 +226,33 @@ def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
     return Layout(layout.groups, layout.repeat, axis if axis is not None else out_pos + layout.axis - in_dim)
 
 
+def shift_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``flip`` / ``roll``: along other axes the channels stay; along theirs (or, for a ``roll``
+    without dims, along the flattened tensor) they change places, so they are kept whole."""
+    name = getattr(node.target, "__name__", node.target)
+    position = 1 if name == "flip" else 2
+    given: Any = node.kwargs.get("dims", node.args[position] if len(node.args) > position else None)
+    ndim = len(known_shape(node.args[0], where))
+    dims = [given] if isinstance(given, int) else list(given) if isinstance(given, list | tuple) else None
+    if dims is None or layout.axis in {int_arg(d, where) % ndim for d in dims} or layout.repeat != 1:
+        return reordered_layout(b, node, layout, where)
+    return layout
+
+
+def repeat_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``x.repeat(1, r, 1, 1)`` / ``tile``: the channels ``r`` times over, like a ``cat`` of copies."""
+    given: Any = node.kwargs.get("dims", node.kwargs.get("repeats", node.args[1:]))
+    factors = list(given[0] if len(given) == 1 and isinstance(given[0], list | tuple) else given)
+    ndim = len(known_shape(node.args[0], where))
+    factors = [1] * (ndim - len(factors)) + factors  # tile pads on the left
+    if len(factors) != ndim or not all(isinstance(f, int) for f in factors):
+        raise UnsupportedModelError(f"{where}: repeats by {factors}: new leading axes or counts known only at run time")
+    factor = factors[layout.axis]
+    if factor != 1 and layout.repeat != 1:
+        raise UnsupportedModelError(f"{where}: tiles flattened features")
+    return Layout(layout.groups * factor, layout.repeat, layout.axis)
+
+
 def fresh_channels(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], axis: int | None) -> Layout | None:
     """A new pinned group for a result whose channels no longer follow its input's: on ``axis``,
     or, when the channel axis is gone, on dim 1 as for a model input (None for fewer dims)."""

@@ -148,39 +148,33 @@ PASSTHROUGH_FUNCTIONS = {
     F.rrelu,
     F.lp_pool1d,
     F.lp_pool2d,
+    torch.zeros_like,  # the *_like ops make a tensor as wide as their input
+    torch.ones_like,
+    torch.empty_like,
+    torch.full_like,
+    torch.rand_like,
+    torch.randn_like,
+    torch.sign,
+    torch.floor,
+    torch.ceil,
+    torch.round,
+    torch.trunc,
+    torch.reciprocal,
+    torch.log1p,
+    torch.expm1,
+    torch.log2,
+    torch.tan,
+    torch.atan,
+    torch.logical_not,
+    torch.isnan,
+    torch.isfinite,
+    torch.nan_to_num,
 }
-PASSTHROUGH_METHODS = {
-    "relu",
-    "relu_",
-    "sigmoid",
-    "sigmoid_",
-    "tanh",
-    "contiguous",
-    "clone",
-    "float",
-    "half",
-    "bfloat16",
-    "to",
-    "type_as",
-    "neg",
-    "abs",
-    "detach",
-    "type",
-    "clamp",
-    "clamp_",
-    "clip",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "square",
-    "erf",
-    "sin",
-    "cos",
-    "expand",
-    "hardtanh",
-    "hardtanh_",
-}
+PASSTHROUGH_METHODS = set(
+    "relu relu_ sigmoid sigmoid_ tanh contiguous clone float half bfloat16 to type_as neg abs detach type "
+    "clamp clamp_ clip exp log sqrt rsqrt square erf sin cos expand hardtanh hardtanh_ sign floor ceil "
+    "round reciprocal log1p expm1 zero_ fill_ logical_not nan_to_num bool long int double".split()
+)
 
 # Elementwise ops between tensors: operands that vary over channels are coupled.
 BINARY_FUNCTIONS = {
@@ -201,8 +195,37 @@ BINARY_FUNCTIONS = {
     operator.pow,
     operator.ipow,
     torch.pow,
+    operator.gt,
+    operator.lt,
+    operator.ge,
+    operator.le,
+    operator.eq,
+    operator.ne,
+    operator.floordiv,
+    operator.mod,
+    torch.gt,
+    torch.lt,
+    torch.ge,
+    torch.le,
+    torch.eq,
+    torch.ne,
+    torch.where,
+    torch.lerp,
+    torch.addcmul,
+    torch.addcdiv,
+    torch.logical_and,
+    torch.logical_or,
+    torch.fmax,
+    torch.fmin,
+    torch.remainder,
+    torch.fmod,
+    torch.atan2,
+    torch.hypot,
 }
-BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as", "pow", "pow_"}
+BINARY_METHODS = set(
+    "add add_ sub sub_ mul mul_ div div_ expand_as pow pow_ gt lt ge le eq ne where masked_fill "
+    "masked_fill_ lerp lerp_ addcmul addcmul_ addcdiv addcdiv_ logical_and logical_or remainder fmod".split()
+)
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
@@ -224,20 +247,10 @@ REDUCTION_FUNCTIONS = {
     torch.argmax,
     torch.argmin,
 }
-REDUCTION_METHODS = {
-    "mean",
-    "sum",
-    "amax",
-    "amin",
-    "prod",
-    "std",
-    "var",
-    "logsumexp",
-    "nansum",
-    "nanmean",
-    "argmax",
-    "argmin",
-}
+REDUCTION_METHODS = set("mean sum amax amin prod std var logsumexp nansum nanmean argmax argmin".split())
+# Norms over listed dims: a reduction whose ``dim`` comes after ``p`` (``x.norm(2, 1, True)``).
+NORM_FUNCTIONS = {torch.norm, torch.linalg.vector_norm}
+NORM_METHODS = {"norm"}
 # ``max`` / ``min``: element-wise with a second tensor, a reduction without (with a dim: a tuple).
 MINMAX_FUNCTIONS = {torch.max, torch.min}
 MINMAX_METHODS = {"max", "min"}
@@ -250,6 +263,14 @@ MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
 # Matrix products (``core/contractions.py``).
 MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
 MATMUL_METHODS = {"matmul", "bmm", "mm"}
+
+# Ops that move values along the listed dims (``flip``, ``roll``): channels stay unless those include theirs.
+SHIFT_FUNCTIONS = {torch.flip, torch.roll}
+SHIFT_METHODS = {"flip", "roll"}
+
+# Ops that tile a tensor (``x.repeat(1, 2, 1, 1)``): the channels repeat like a ``cat`` of copies.
+REPEAT_FUNCTIONS = {torch.tile}
+REPEAT_METHODS = {"repeat", "tile"}
 
 # Aliases of ``torch.cat``.
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
@@ -275,6 +296,10 @@ _FUNCTION_KINDS = (
     ("reshape", RESHAPE_FUNCTIONS),
     ("reduce", REDUCTION_FUNCTIONS),
     ("minmax", MINMAX_FUNCTIONS),
+    ("norm", NORM_FUNCTIONS),
+    ("shift", SHIFT_FUNCTIONS),
+    ("repeat", REPEAT_FUNCTIONS),
+    ("sample", {F.grid_sample}),
     ("matmul", MATMUL_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),
@@ -292,6 +317,9 @@ _METHOD_KINDS = (
     ("reshape", RESHAPE_METHODS),
     ("reduce", REDUCTION_METHODS),
     ("minmax", MINMAX_METHODS),
+    ("norm", NORM_METHODS),
+    ("shift", SHIFT_METHODS),
+    ("repeat", REPEAT_METHODS),
     ("matmul", MATMUL_METHODS),
     ("permute", PERMUTE_METHODS),
     ("axes", AXIS_METHODS),
