@@ -116,3 +116,21 @@ def test_the_channels_a_kept_whole_layer_reads_and_returns_stay():
     assert graph.group("c1").pinned and not graph.group("c2").pinned
     pat_ray.prune(model, x, budget=0.8)
     assert model.c1.out_channels == model.c2.in_channels == 16 and model.c2.out_channels < 8
+
+
+def test_layers_whose_weight_is_computed_at_call_time_are_kept_whole():
+    """spectral_norm keeps power-iteration vectors sized by the weight; the old weight_norm
+    recomputes ``weight`` in a pre-hook from ``weight_g`` / ``weight_v``: neither is sliced by
+    surgery, so those layers keep their channels and the plain convs around them prune."""
+    from torch.nn.utils import parametrizations
+
+    for wrap in (parametrizations.spectral_norm, parametrizations.weight_norm, nn.utils.weight_norm):
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3), nn.ReLU(), wrap(nn.Conv2d(16, 16, 3)), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.ReLU(),
+            nn.Flatten(), nn.Linear(8 * 2 * 2, 3),
+        )  # fmt: skip
+        x = torch.randn(2, 3, 8, 8)
+        graph = trace_channel_groups(model, x)
+        assert graph.group("0").pinned and graph.group("2").pinned and not graph.group("4").pinned
+        pat_ray.prune(model, x, budget=0.95)
+        assert model[4].out_channels < 8 and model(x).shape == (2, 3)

@@ -15,6 +15,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils import parametrize
 
 from pat_ray.core.custom_layers import rule_for, trace_custom
 from pat_ray.core.fx_trace import PieceShape, piece_shapes, shape_of
@@ -32,6 +33,10 @@ def visit_module(b: GroupBuilder, node: fx.Node, layout: Layout) -> Layout | Non
     module = b.model.get_submodule(name)
     terms_before = len(b.raw_terms)
     result = _visit_call(b, node, name, module, layout)
+    if _weights_made_at_call_time(module):  # surgery would cut the weight, not what it is made of
+        for kept in (layout, result):
+            if kept is not None:
+                b.pin(kept)
     first = b.calls.get(name)
     if first is None or not any(True for _ in module.parameters()):
         b.calls.setdefault(name, (layout, result))
@@ -83,6 +88,13 @@ def _visit_call(b: GroupBuilder, node: fx.Node, name: str, module: nn.Module, la
         "ConvTranspose, Linear, BatchNorm, LayerNorm, activations, pooling, dropout, and modules a "
         "plugin declares with pat_ray_register_layers"
     )
+
+
+def _weights_made_at_call_time(module: nn.Module) -> bool:
+    """A layer whose weight is computed from other tensors before each call: a parametrization
+    (``parametrizations.spectral_norm`` / ``weight_norm``, whose vectors and magnitudes surgery
+    does not slice) or a forward pre-hook (the older ``nn.utils.weight_norm``). Kept whole."""
+    return parametrize.is_parametrized(module) or bool(module._forward_pre_hooks)
 
 
 def kept_whole(module: nn.Module) -> bool:
