@@ -62,9 +62,8 @@ class ConstantMatrix(nn.Module):
         return self.a(x).mean((2, 3)) @ torch.ones(8, 2)
 
 
-def test_contracting_channels_with_a_constant_is_refused_naming_it():
-    with pytest.raises(UnsupportedModelError, match="contracts channels with"):
-        trace_channel_groups(ConstantMatrix(), torch.randn(2, 3, 4, 4))
+def test_contracting_channels_with_a_constant_keeps_them():
+    assert trace_channel_groups(ConstantMatrix(), torch.randn(2, 3, 4, 4)).group("a").pinned
 
 
 class LeNet(nn.Module):
@@ -134,3 +133,68 @@ def test_a_model_with_nothing_to_prune_selects_everything():
 def test_pruning_a_model_whose_code_fixes_every_width_says_the_budget_is_out_of_reach():
     with pytest.raises(BudgetError, match="smallest legal sub-network keeps 100"):
         pat_ray.prune(Gate("view-literal"), torch.randn(2, 3, 6, 6), budget=0.5)
+
+
+class EinsumAttention(nn.Module):
+    """The non-local block written with einsum, and an einsum head over a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.q, self.k, self.v = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1), nn.Conv2d(16, 12, 1)
+        self.weight = nn.Parameter(torch.randn(12, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        q, k, v = self.q(x).flatten(2), self.k(x).flatten(2), self.v(x).flatten(2)
+        attention = torch.softmax(torch.einsum("ncx,ncy->nxy", q, k), dim=-1)
+        y = torch.einsum("ncy,nxy->ncx", v, attention)
+        return torch.einsum("ncx,cd->nd", y, self.weight)
+
+
+def test_einsum_contractions_couple_slice_and_carry_channels_exactly():
+    torch.manual_seed(0)
+    model, x = EinsumAttention(), torch.randn(2, 3, 5, 5)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    assert {m.module for m in graph.group("q").producers()} == {"q", "k"}
+    arch = assert_pruning_is_exact(model, x, 0.5)
+    assert model.q.out_channels == model.k.out_channels < 8
+    assert model.weight.shape == (len(arch.kept["v"]), 5) and model.v.out_channels < 12
+
+
+class Ellipsis_(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nc...->n...", self.a(x))
+
+
+def test_an_einsum_with_an_ellipsis_is_refused_naming_it():
+    with pytest.raises(UnsupportedModelError, match="einsum"):
+        trace_channel_groups(Ellipsis_(), torch.randn(2, 3, 4, 4))
+
+
+class PaddedWithZeros(nn.Module):
+    """Extra channels made in the forward: written widths are fixed, read ones unknown."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written, self.a, self.head = written, conv_bn(3, 8), nn.Conv2d(12, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        n, c, h, w = a.shape
+        extra = a.new_zeros(n, 4, h, w) if self.written else a.new_zeros(n, c // 2, h, w)
+        return self.head(torch.cat([a, extra], 1)).flatten(1)
+
+
+def test_tensors_made_in_the_forward_are_fixed_channels_when_their_width_is_written():
+    x = torch.randn(2, 3, 6, 6)
+    model = PaddedWithZeros(written=True)
+    pat_ray.prune(model, x, budget=0.6)
+    assert model.a[0].out_channels + 4 == model.head.in_channels < 12
+    with pytest.raises(UnsupportedModelError, match="cat"):
+        trace_channel_groups(PaddedWithZeros(written=False), x)

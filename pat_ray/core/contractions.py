@@ -1,11 +1,11 @@
-"""How the tracer follows matrix products (``a @ b``, ``torch.matmul``, ``bmm``, ``mm``).
+"""How the tracer follows matrix products (``a @ b``, ``torch.matmul``, ``bmm``, ``mm``, ``einsum``).
 
 A product contracts ``a``'s last axis with ``b``'s second to last, and carries the other
 axes into the result. Channels on a contracted axis pair up term by term (a non-local
 block's ``q^T @ k``, a hand-written Linear's ``x @ self.weight``): removing channel ``i``
 drops one term of every dot product, so both sides must lose the same channels. Two traced
 tensors are coupled; a model parameter on the other side is sliced with the channels; a
-constant there cannot be sliced and is refused. Channels on an axis that is not contracted
+constant there cannot be sliced, so the channels are kept. Channels on an axis that is not contracted
 (``v @ attention``) pass into the result. A result that carries no channels any more gets a
 new pinned group on dim 1, so that the layers it feeds stay fixed rather than untraced.
 """
@@ -68,21 +68,71 @@ def _carried(
     ]
     if len(passing) == 2 and passing[0].axis == passing[1].axis:
         return b.unify(passing[0], passing[1], where)
-    kept = [lay for lay in passing if not b.is_pinned(lay)] or passing[:1]
-    if len(kept) > 1:
+    return _one_carried(b, node, shape, passing, where)
+
+
+def _one_carried(
+    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], carried: list[Layout], where: str
+) -> Layout | None:
+    """The one layout a product's result holds: pinned ones give way to a prunable one (their
+    width never changes, like a spatial axis); none left: new fixed channels on dim 1."""
+    kept = [lay for lay in carried if not b.is_pinned(lay)] or carried[:1]
+    if len({lay.axis for lay in kept}) > 1:
         raise UnsupportedModelError(f"{where}: both factors carry prunable channels into the result, on different axes")
     if kept:
-        return kept[0]
+        result = kept[0]
+        for other in kept[1:]:
+            result = b.unify(result, other, where)
+        return result
     return b.new_group(shape[1], f"<{node.name}>", pinned=True) if len(shape) >= 2 else None
 
 
 def _slice_partner(b: GroupBuilder, partner: fx.Node, axis: int, layout: Layout, where: str) -> None:
-    """The untraced factor facing contracted channels: a parameter is sliced with them."""
+    """The untraced factor facing contracted channels: a parameter is sliced with them; a
+    constant cannot be, so the channels stay."""
     if is_parameter(b, partner):
         b.add_param(str(partner.target), axis, layout, where)
         b.count_param(str(partner.target), layout)
-        return
-    raise UnsupportedModelError(
-        f"{where}: contracts channels with {partner.name!r}, which is neither traced "
-        "nor a parameter of the model, so pat_ray cannot remove the matching rows"
-    )
+    else:
+        b.pin(layout)
+
+
+def einsum_layout(
+    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], layouts: dict[fx.Node, Traced], where: str
+) -> Layout | None:
+    """``torch.einsum``: every operand holding a traced tensor's channel letter is coupled with it
+    (a traced tensor with the same letter on its channels) or sliced with it (a model parameter);
+    the channels reach the result wherever their letter appears in the output."""
+    equation, operands = _einsum_arguments(node, where)
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    subscripts = inputs.split(",")
+    if "." in equation or len(subscripts) != len(operands) or not output and "->" not in equation:
+        raise UnsupportedModelError(f"{where}: einsum {equation!r}: pat_ray reads only explicit '->' without '...'")
+    traced = [layouts.get(n) for n in operands]
+    carried: list[Layout] = []
+    for lay, letters in zip(traced, subscripts):
+        if not isinstance(lay, Layout):
+            continue
+        if lay.repeat != 1:
+            raise UnsupportedModelError(f"{where}: einsum over flattened features")
+        letter = letters[lay.axis]
+        for other, other_letters, other_lay in zip(operands, subscripts, traced):
+            if letter not in other_letters or other_lay is lay:
+                continue
+            if isinstance(other_lay, Layout) and other_letters[other_lay.axis] == letter:
+                b.unify(Layout(lay.groups), Layout(other_lay.groups), where)
+            elif other_lay is None and str(other.target) not in b.params:
+                _slice_partner(b, other, other_letters.index(letter), lay, where)
+            else:  # another traced tensor's untracked axis pairs with the channels: they stay
+                b.pin(lay)
+        if letter in output:
+            carried.append(Layout(lay.groups, 1, output.index(letter)))
+    return _one_carried(b, node, shape, carried, where)
+
+
+def _einsum_arguments(node: fx.Node, where: str) -> tuple[str, list[fx.Node]]:
+    equation, *rest = node.args
+    operands = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], list | tuple) else rest
+    if not isinstance(equation, str) or not all(isinstance(n, fx.Node) for n in operands):
+        raise UnsupportedModelError(f"{where}: an einsum pat_ray cannot read")
+    return equation, [n for n in operands if isinstance(n, fx.Node)]

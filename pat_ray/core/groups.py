@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from pat_ray.core.contractions import matmul_layout
+from pat_ray.core.contractions import einsum_layout, matmul_layout
 from pat_ray.core.fx_trace import PieceShape, piece_shapes, shape_of, trace_with_shapes
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
@@ -38,6 +38,7 @@ from pat_ray.core.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_
 from pat_ray.core.tensor_ops import (
     binary_layout,
     cat_layout,
+    created_layout,
     getitem_layout,
     known_shape,
     pad_layout,
@@ -132,6 +133,8 @@ def _visit_op(b: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced], wh
     tuples = [n for n in node.all_input_nodes if isinstance(layouts.get(n), tuple)]
     if tuples:
         return _use_pieces(b, node, tuples[0], layouts, where)
+    if node.op in ("call_function", "call_method") and op_kind(node.op, node.target) == "create":
+        return created_layout(b, node, shape) if shape is not None else None
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
     if not inputs:
         if node.op == "call_module" and any(True for _ in b.model.get_submodule(str(node.target)).parameters()):
@@ -212,6 +215,8 @@ def _visit_function(
         return binary_layout(b, node, shape, layouts, where)
     if kind == "matmul":
         return matmul_layout(b, node, shape, layouts, where)
+    if kind == "einsum":
+        return einsum_layout(b, node, shape, layouts, where)
     if kind == "sample" and first is not None:  # grid_sample: moves pixels; the grid must not shrink
         grid = layouts.get(node.kwargs.get("grid", node.args[1] if len(node.args) > 1 else None))  # type: ignore[arg-type]
         if isinstance(grid, Layout) and not b.is_pinned(grid):

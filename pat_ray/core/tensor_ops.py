@@ -253,6 +253,18 @@ def repeat_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
     return Layout(layout.groups * factor, layout.repeat, layout.axis)
 
 
+def created_layout(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...]) -> Layout | None:
+    """A tensor made from a size (``torch.zeros(n, 8, h, w)``, ``x.new_zeros(...)``): with its
+    channel count written in the code it is fixed channels (a ``cat`` of it keeps them); with
+    a count read at run time nothing is known of them (None: whatever uses them is refused)."""
+    skip = 1 if node.op == "call_method" else 0  # new_zeros' own tensor comes first
+    given: Any = node.kwargs.get("size", node.args[skip:])
+    written = given[0] if given and isinstance(given[0], list | tuple) else given
+    if len(shape) < 2 or len(written) <= 1 or not isinstance(written[1], int):
+        return None
+    return b.new_group(shape[1], f"<{node.name}>", pinned=True)
+
+
 def fresh_channels(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], axis: int | None) -> Layout | None:
     """A new pinned group for a result whose channels no longer follow its input's: on ``axis``,
     or, when the channel axis is gone, on dim 1 as for a model input (None for fewer dims)."""

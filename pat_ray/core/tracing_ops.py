@@ -272,6 +272,10 @@ SHIFT_METHODS = {"flip", "roll"}
 REPEAT_FUNCTIONS = {torch.tile}
 REPEAT_METHODS = {"repeat", "tile"}
 
+# Ops that make a new tensor of a given size (``torch.zeros(n, 8, h, w)``, ``x.new_zeros(...)``).
+CREATION_FUNCTIONS = {torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn}
+CREATION_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty"}
+
 # Aliases of ``torch.cat``.
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 
@@ -301,6 +305,8 @@ _FUNCTION_KINDS = (
     ("repeat", REPEAT_FUNCTIONS),
     ("sample", {F.grid_sample}),
     ("matmul", MATMUL_FUNCTIONS),
+    ("einsum", {torch.einsum}),
+    ("create", CREATION_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),
     ("axes", AXIS_FUNCTIONS),
@@ -321,6 +327,7 @@ _METHOD_KINDS = (
     ("shift", SHIFT_METHODS),
     ("repeat", REPEAT_METHODS),
     ("matmul", MATMUL_METHODS),
+    ("create", CREATION_METHODS),
     ("permute", PERMUTE_METHODS),
     ("axes", AXIS_METHODS),
 )
