@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms
 from pat_ray.core.cost import graph_cost, measure_cost
 from pat_ray.core.graph import UnsupportedModelError
@@ -171,12 +172,52 @@ class DoubledConv(nn.Conv2d):
         return super().forward(x) * 2
 
 
-def test_a_layer_subclass_is_a_conv_unless_it_rewrites_forward():
+class ScaledStdConv(nn.Conv2d):
+    """Weight standardization with a learned per-filter gain (NFNet's ScaledStdConv2d)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5) * self.gain
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class DynamicFilter(nn.Module):
+    """The filter is predicted from the input: no layer of the model holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        kernel = torch.sigmoid(x[0, 0, :3, :3]).expand(8, 8, 3, 3)
+        return F.conv2d(self.a(x), kernel, padding=1)
+
+
+def test_a_layer_subclass_is_traced_as_its_layer_even_when_it_rewrites_forward():
     plain = nn.Sequential(MyConv(3, 8, 3), nn.ReLU(), MyConv(8, 4, 3))
     assert not trace_channel_groups(plain, torch.randn(2, 3, 8, 8)).group("0").pinned
-    rewritten = nn.Sequential(DoubledConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    doubled = nn.Sequential(DoubledConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    assert not trace_channel_groups(doubled, torch.randn(2, 3, 8, 8)).group("0").pinned
+
+
+def test_a_weight_standardized_conv_prunes_its_filters_and_their_gains():
+    model = nn.Sequential(ScaledStdConv(3, 16, 3), nn.GroupNorm(4, 16), nn.ReLU(), ScaledStdConv(16, 8, 3))
+    x = torch.randn(2, 3, 10, 10)
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph) == measure_cost(model, x)
+    pat_ray.prune(model, x, budget=0.6)
+    kept = model[0].out_channels
+    assert kept < 16 and kept % 4 == 0 and model[0].gain.shape == (kept, 1, 1, 1) and model[3].in_channels == kept
+    model(x).sum().backward()
+
+
+def test_a_filter_no_layer_holds_is_refused_naming_the_op():
     with pytest.raises(UnsupportedModelError, match="conv2d"):
-        trace_channel_groups(rewritten, torch.randn(2, 3, 8, 8))
+        trace_channel_groups(DynamicFilter(), torch.randn(2, 3, 8, 8))
 
 
 class OptionABlock(nn.Module):

@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.core.contractions import einsum_layout, matmul_layout
+from pat_ray.core.functional_layers import functional_layer
 from pat_ray.core.fx_trace import PieceShape, piece_shapes, shape_of, trace_with_shapes
 from pat_ray.core.graph import (
     INPUT_GROUP_PREFIX,
@@ -217,6 +218,8 @@ def _visit_function(
         return matmul_layout(b, node, shape, layouts, where)
     if kind == "einsum":
         return einsum_layout(b, node, shape, layouts, where)
+    if kind == "layer" and first is not None:
+        return functional_layer(b, node, first, where)
     if kind == "sample" and first is not None:  # grid_sample: moves pixels; the grid must not shrink
         grid = layouts.get(node.kwargs.get("grid", node.args[1] if len(node.args) > 1 else None))  # type: ignore[arg-type]
         if isinstance(grid, Layout) and not b.is_pinned(grid):

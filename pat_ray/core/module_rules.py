@@ -25,11 +25,12 @@ from pat_ray.core.tensor_ops import known_shape, reordered_layout, reshape_layou
 from pat_ray.core.tracing_ops import CHANNEL_PINNING_MODULES, PASSTHROUGH_MODULES, REORDERING_MODULES
 
 
-def visit_module(b: GroupBuilder, node: fx.Node, layout: Layout) -> Layout | None:
-    """One call of a module. A module with weights called again (weights shared between two
-    places) must keep the same channels in both: its inputs and outputs are coupled with the
-    first call's, and only its MACs count again (its parameters exist once)."""
-    name = str(node.target)
+def visit_module(b: GroupBuilder, node: fx.Node, layout: Layout, name: str | None = None) -> Layout | None:
+    """One call of a module (``name``: the module whose weights ``node`` applies, when the node
+    is a functional call inside its forward). A module with weights called again (weights
+    shared between two places) must keep the same channels in both: its inputs and outputs are
+    coupled with the first call's, and only its MACs count again (its parameters exist once)."""
+    name = name or str(node.target)
     module = b.model.get_submodule(name)
     terms_before = len(b.raw_terms)
     result = _visit_call(b, node, name, module, layout)

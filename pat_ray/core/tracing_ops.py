@@ -306,6 +306,7 @@ _FUNCTION_KINDS = (
     ("sample", {F.grid_sample}),
     ("matmul", MATMUL_FUNCTIONS),
     ("einsum", {torch.einsum}),
+    ("layer", {F.conv1d, F.conv2d, F.conv3d, F.linear}),
     ("create", CREATION_FUNCTIONS),
     ("cat", CAT_FUNCTIONS),
     ("permute", PERMUTE_FUNCTIONS),

@@ -1,0 +1,69 @@
+"""``F.conv2d`` / ``F.linear`` called inside a layer's own ``forward`` with a weight computed
+from that layer's parameters: weight standardization (BiT's and NFNet's ``StdConv2d``: each
+filter normalized by its mean and std), a learned per-filter gain. The call is traced as the
+layer itself (surgery cuts the layer's weight and bias; the weight is computed again from
+them at each call); the layer's other per-filter parameters are cut with its outputs. Anything
+else feeding the weight (another layer's parameter, a traced activation) is refused.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+from torch import nn
+
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.core.module_rules import visit_module
+
+_KIND = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d, "linear": nn.Linear}
+
+
+def functional_layer(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout | None:
+    """The layout of ``F.conv*(x, weight, bias, ...)`` / ``F.linear(x, weight, bias)``."""
+    kind = _KIND[getattr(node.target, "__name__", "")]
+    weight = node.kwargs.get("weight", node.args[1] if len(node.args) > 1 else None)
+    bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
+    owners = {_owner(n) for n in (weight, bias) if isinstance(n, fx.Node)}
+    owner = next(iter(owners)) if len(owners) == 1 else None
+    module = b.model.get_submodule(owner) if owner is not None else None
+    if owner is None or module is None or not isinstance(module, kind) or not _same_call(node, module):
+        raise UnsupportedModelError(
+            f"{where}: a bare {kind.__name__.lower()} whose weight is not made from one {kind.__name__} layer's "
+            "own parameters (with its stride, padding and groups); pat_ray cannot tell which channels it cuts"
+        )
+    out = visit_module(b, node, layout, name=owner)
+    for param, tensor in module.named_parameters(recurse=False):
+        if param in ("weight", "bias"):
+            continue
+        width = module.get_parameter("weight").shape[0]  # out_channels / out_features
+        if out is not None and tensor.dim() >= 1 and tensor.shape[0] == width and tensor.numel() != 1:
+            b.add_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
+            b.count_param(f"{owner}.{param}", out)
+        else:
+            b.count_fixed(f"{owner}.{param}")
+    return out
+
+
+def _owner(tensor: fx.Node) -> str | None:
+    """The one module whose parameters ``tensor`` is computed from, and from nothing else."""
+    owners: set[str | None] = set()
+    pending, seen = [tensor], set()
+    while pending:
+        n = pending.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "get_attr":
+            owners.add(str(n.target).rpartition(".")[0])
+        elif n.op == "placeholder":
+            owners.add(None)  # made from the model's input: a dynamic filter
+        pending.extend(n.all_input_nodes)
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _same_call(node: fx.Node, module: nn.Module) -> bool:
+    """The functional call applies the layer as the layer would (its groups, for a conv)."""
+    if isinstance(module, nn.Linear):
+        return True
+    groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+    return bool(groups == getattr(module, "groups", None))
