@@ -103,3 +103,17 @@ def test_channel_mixing_layers_keep_their_input(mixer):
     assert trace_channel_groups(model, x).group("a").pinned
     assert_pruning_is_exact(model, x, 0.8)
     assert model.a.out_channels == 12 and model.b.out_channels < 8
+
+
+def test_sync_batch_norm_prunes_like_batch_norm():
+    """A model converted for multi-GPU training (its BatchNorms now SyncBatchNorm) prunes the
+    same; traced in eval mode, no process group is needed."""
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(
+        nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.Flatten())
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].bias.uniform_(-1, 1)
+    arch = assert_pruning_is_exact(model, torch.randn(2, 3, 8, 8), 0.5)
+    assert isinstance(model[1], nn.SyncBatchNorm) and model[1].num_features == len(arch.kept["0"]) < 16
