@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.layout import GroupBuilder, Layout, Traced
-from pat_ray.core.tensor_ops import is_parameter, known_shape
+from pat_ray.core.tensor_ops import fresh_channels, is_parameter, known_shape
 
 
 def matmul_layout(
@@ -58,33 +58,31 @@ def _carried(
     contracted: tuple[int, int],
     where: str,
 ) -> Layout | None:
-    """The channels that reach the result on an axis that is not contracted. Both factors'
-    batch axes meet element-wise (coupled); a pinned group may be left untracked, as fixed as a
-    spatial axis."""
+    """The channels that reach the result on an axis that is not contracted."""
     passing = [
         Layout(lay.groups, 1, lay.axis + len(shape) - len(s))
         for lay, s, c in zip(sides, shapes, contracted)
         if lay is not None and lay.axis != c
     ]
-    if len(passing) == 2 and passing[0].axis == passing[1].axis:
-        return b.unify(passing[0], passing[1], where)
     return _one_carried(b, node, shape, passing, where)
 
 
 def _one_carried(
     b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], carried: list[Layout], where: str
 ) -> Layout | None:
-    """The one layout a product's result holds: pinned ones give way to a prunable one (their
-    width never changes, like a spatial axis); none left: new fixed channels on dim 1."""
-    kept = [lay for lay in carried if not b.is_pinned(lay)] or carried[:1]
-    if len({lay.axis for lay in kept}) > 1:
+    """The one layout a product's result holds. Layouts on the same axis meet element-wise
+    (coupled); on different axes, pinned ones give way to a prunable one (their width never
+    changes, like a spatial axis); none at all: new fixed channels on dim 1."""
+    if len({lay.axis for lay in carried}) > 1:
+        carried = [lay for lay in carried if not b.is_pinned(lay)] or carried[:1]
+    if len({lay.axis for lay in carried}) > 1:
         raise UnsupportedModelError(f"{where}: both factors carry prunable channels into the result, on different axes")
-    if kept:
-        result = kept[0]
-        for other in kept[1:]:
-            result = b.unify(result, other, where)
-        return result
-    return b.new_group(shape[1], f"<{node.name}>", pinned=True) if len(shape) >= 2 else None
+    if not carried:
+        return fresh_channels(b, node, shape, None)
+    result = carried[0]
+    for other in carried[1:]:
+        result = b.unify(result, other, where)
+    return result
 
 
 def _slice_partner(b: GroupBuilder, partner: fx.Node, axis: int, layout: Layout, where: str) -> None:

@@ -32,10 +32,10 @@ def functional_layer(b: GroupBuilder, node: fx.Node, layout: Layout, where: str)
             "own parameters (with its stride, padding and groups); pat_ray cannot tell which channels it cuts"
         )
     out = visit_module(b, node, layout, name=owner)
+    width = module.get_parameter("weight").shape[0]  # out_channels / out_features
     for param, tensor in module.named_parameters(recurse=False):
         if param in ("weight", "bias"):
             continue
-        width = module.get_parameter("weight").shape[0]  # out_channels / out_features
         if out is not None and tensor.dim() >= 1 and tensor.shape[0] == width and tensor.numel() != 1:
             b.add_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
             b.count_param(f"{owner}.{param}", out)

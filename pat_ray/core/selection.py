@@ -164,13 +164,13 @@ def check_reachable(
 def _reachable_target(budget: Budget, smallest: float, full: float, reference: float | None) -> float:
     """The measure the budget allows, once the smallest legal sub-network is known to fit it."""
     target = budget.fraction * (full if reference is None else reference)
-    if smallest > target * (1 + 1e-9) and smallest >= full * (1 - 1e-9):
-        raise BudgetError(
-            f"cannot keep only {budget.fraction:.1%} of {budget.measure}: nothing in this model can be pruned; "
-            "every channel group must keep its width (the model's outputs, layers kept whole such as LSTM, "
-            "attention or spectral_norm, channel counts written in the code as in x.view(-1, 400))"
-        )
     if smallest > target * (1 + 1e-9):
+        if smallest >= full * (1 - 1e-9):
+            raise BudgetError(
+                f"cannot keep only {budget.fraction:.1%} of {budget.measure}: nothing in this model can be pruned; "
+                "every channel group must keep its width (the model's outputs, layers kept whole such as LSTM, "
+                "attention or spectral_norm, channel counts written in the code as in x.view(-1, 400))"
+            )
         raise BudgetError(
             f"cannot keep only {budget.fraction:.1%} of {budget.measure}: the smallest legal "
             f"sub-network keeps {smallest / (reference or full):.1%}; raise the fraction"

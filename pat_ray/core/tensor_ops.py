@@ -138,11 +138,19 @@ def size_written_in_code(b: GroupBuilder, node: fx.Node, axis: int) -> bool:
     name = getattr(node.target, "__name__", node.target)
     if name not in ("view", "reshape", "expand"):
         return False
-    given: Any = node.kwargs.get("shape", node.kwargs.get("size", node.args[1:]))
-    written: Any = given[0] if len(given) == 1 and isinstance(given[0], list | tuple | fx.Node) else given
+    written = size_arguments(node, 1, "shape", "size")
     if isinstance(written, fx.Node) or axis >= len(written):
         return True
     return isinstance(written[axis], int) and written[axis] != -1
+
+
+def size_arguments(node: fx.Node, first: int, *keywords: str) -> Any:
+    """The sizes an op was given from positional argument ``first`` on, as ``f(x, 2, 3)``,
+    ``f(x, (2, 3))`` or a keyword; one node when the whole size is computed at run time."""
+    given: Any = next((node.kwargs[k] for k in keywords if k in node.kwargs), node.args[first:])
+    if isinstance(given, tuple) and len(given) == 1 and isinstance(given[0], list | tuple | fx.Node):
+        return given[0]
+    return given
 
 
 def reordered_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -241,8 +249,8 @@ def shift_layout(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> 
 
 def repeat_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
     """``x.repeat(1, r, 1, 1)`` / ``tile``: the channels ``r`` times over, like a ``cat`` of copies."""
-    given: Any = node.kwargs.get("dims", node.kwargs.get("repeats", node.args[1:]))
-    factors = list(given[0] if len(given) == 1 and isinstance(given[0], list | tuple) else given)
+    given = size_arguments(node, 1, "dims", "repeats")
+    factors: list[Any] = [given] if isinstance(given, fx.Node) else list(given)
     ndim = len(known_shape(node.args[0], where))
     factors = [1] * (ndim - len(factors)) + factors  # tile pads on the left
     if len(factors) != ndim or not all(isinstance(f, int) for f in factors):
@@ -257,12 +265,10 @@ def created_layout(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...]) -> La
     """A tensor made from a size (``torch.zeros(n, 8, h, w)``, ``x.new_zeros(...)``): with its
     channel count written in the code it is fixed channels (a ``cat`` of it keeps them); with
     a count read at run time nothing is known of them (None: whatever uses them is refused)."""
-    skip = 1 if node.op == "call_method" else 0  # new_zeros' own tensor comes first
-    given: Any = node.kwargs.get("size", node.args[skip:])
-    written = given[0] if given and isinstance(given[0], list | tuple) else given
-    if len(shape) < 2 or len(written) <= 1 or not isinstance(written[1], int):
+    written = size_arguments(node, 1 if node.op == "call_method" else 0, "size")  # new_zeros' tensor first
+    if isinstance(written, fx.Node) or len(written) <= 1 or not isinstance(written[1], int):
         return None
-    return b.new_group(shape[1], f"<{node.name}>", pinned=True)
+    return fresh_channels(b, node, shape, None)
 
 
 def fresh_channels(b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], axis: int | None) -> Layout | None:
