@@ -118,9 +118,13 @@ def opaque_result(b: GroupBuilder, node: fx.Node, inputs: list[Layout]) -> Trace
         b.pin(layout)
     if name not in b.calls:
         b.calls[name] = (Layout(()), None)
-        for param, _ in b.model.get_submodule(name).named_parameters():
-            b.count_fixed(f"{name}.{param}")
+        _count_weights_as_they_are(b, name)
     return fresh_result(b, node)
+
+
+def _count_weights_as_they_are(b: GroupBuilder, name: str) -> None:
+    for param, _ in b.model.get_submodule(name).named_parameters():
+        b.count_fixed(f"{name}.{param}")
 
 
 def fresh_result(b: GroupBuilder, node: fx.Node) -> Traced:
@@ -217,8 +221,7 @@ def _linear_across(b: GroupBuilder, name: str, module: nn.Linear, layout: Layout
     per channel, which it leaves where they are; its own weights never change size."""
     rows = math.prod(in_shape[1:-1]) // in_shape[layout.axis]  # the other axes it runs along
     b.raw_terms.append((name, layout, None, 1, module.in_features * module.out_features * rows, 0, 0))
-    for param, _ in module.named_parameters():
-        b.count_fixed(f"{name}.{param}")
+    _count_weights_as_they_are(b, name)
     return layout
 
 
