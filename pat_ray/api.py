@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from pat_ray.config import Config, load_config
+from pat_ray.storage import Location
 from pat_ray.tracking.live import TrackingReporter, abandon_run, close_run, open_run
 from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
 from pat_ray.training.records import RunResult
-from pat_ray.training.run_state import check_new_run, resume_point
+from pat_ray.training.run_state import LAST, StoreMirror, check_new_run, resume_point
 
 
 def run(
@@ -30,33 +32,47 @@ def run(
     the start, each epoch's metrics as it ends, the summary and artifacts at the end
     (``result.mlflow_run_id``); a resumed run continues its MLflow run.
 
-    A run never replaces an earlier one: when ``output_dir/name`` already holds a run this
-    raises ``RunExistsError``, unless ``resume=True``, which continues that run from its
-    last checkpoint (or the one before it, when the last is damaged).
+    The run folder is ``output_dir/name``, a local folder or a URI (``s3://...``). A run
+    never replaces an earlier one: when the folder already holds a run this raises
+    ``RunExistsError``, unless ``resume=True``, which continues that run from its last
+    checkpoint (or the one before it, when the last is damaged).
     """
     config = config or Config()
-    run_dir = Path(config.output_dir) / config.name
+    folder = config.run_folder()
     check_runnable(config, local=local)
-    if resume:
-        resume_from = resume_point(run_dir, warn=lambda line: print(line, file=sys.stderr))
-    else:
-        check_new_run(run_dir)
-        resume_from = None
-    tracked = open_run(config, run_dir, resume) if config.tracking.mlflow else None
-    try:
-        if local:
-            shown = reporter or (SilentReporter() if quiet else PrintReporter())
-            result = train(config, reporter=TrackingReporter(shown, tracked) if tracked else shown, resume=resume_from)
+    with tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
+        if resume:
+            resume_from = resume_point(folder, lambda line: print(line, file=sys.stderr), Path(scratch))
         else:
-            from pat_ray.distributed.train import run_on_ray
+            check_new_run(folder)
+            resume_from = None
+        tracked = open_run(config, folder, resume) if config.tracking.mlflow else None
+        try:
+            if local:
+                shown = reporter or (SilentReporter() if quiet else PrintReporter())
+                shown = TrackingReporter(shown, tracked) if tracked else shown
+                result = _run_here(config, folder, shown, resume_from, Path(scratch))
+            else:
+                from pat_ray.distributed.train import run_on_ray
 
-            result = run_on_ray(config, resume=resume_from, tracking=tracked)
-    except BaseException as err:
+                result = run_on_ray(config, resume=resume_from, tracking=tracked)
+        except BaseException as err:
+            if tracked:
+                abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))
+            raise
         if tracked:
-            abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))
-        raise
-    if tracked:
-        result.mlflow_run_id = close_run(tracked, config, result)
+            result.mlflow_run_id = close_run(tracked, config, result)
+    return result
+
+
+def _run_here(config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path) -> RunResult:
+    """The engine in this process; a run folder in a store is written through a local stage."""
+    if folder.is_local:
+        return train(config, reporter=reporter, resume=resume)
+    staged = config.model_copy(update={"output_dir": str(scratch / "stage")})
+    mirror = StoreMirror(reporter, staged.run_folder().local_path, folder, config)
+    result = train(staged, reporter=mirror, resume=resume)
+    result.config, result.checkpoint = config, str(folder / LAST)
     return result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from pat_ray.config import Config, ConfigError, config_to_yaml, load_config
+from pat_ray.config import Config, ConfigError, config_from_dict, config_to_yaml, load_config
 from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
 from pat_ray.plugins.registry import KINDS, PluginError, PluginFailure, get_registry
@@ -59,13 +59,14 @@ class _Cli(click.Group):
 
 
 def _report(err: Exception) -> None:
+    from pat_ray.distributed.train import RayRunError
     from pat_ray.training.engine import TrainingDivergedError
 
     if isinstance(err, ConfigError):
         for line in err.errors:
             click.echo(f"{err.source}: {line}", err=True)
         sys.exit(2)
-    if isinstance(err, TrainingDivergedError | PluginFailure):
+    if isinstance(err, TrainingDivergedError | PluginFailure | RayRunError):
         _fail(str(err), 1)
     if isinstance(err, INPUT_ERRORS):
         _fail(str(err).strip("'\""))
@@ -76,8 +77,12 @@ def _report(err: Exception) -> None:
     _fail(f"internal error {type(err).__name__}: {err} (pat-ray --debug ... shows the traceback; please report it)", 1)
 
 
-def _load(path: Path | None) -> Config:
-    return load_config(path) if path is not None else Config()
+def _load(path: Path | None, output_dir: str | None = None) -> Config:
+    """The config at ``path`` (or the default), validated with ``--output-dir`` in place."""
+    cfg = load_config(path) if path is not None else Config()
+    if output_dir is None:
+        return cfg
+    return config_from_dict({**cfg.model_dump(mode="json"), "output_dir": output_dir}, "--output-dir")
 
 
 @click.group(cls=_Cli)
@@ -98,17 +103,15 @@ def _set_verbose(verbose: bool) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
-@click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
+@click.option("--output-dir", help="Override output_dir (a folder or a URI such as s3://bucket/runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in output_dir/name from its last checkpoint.")
 @VERBOSE
-def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool, verbose: bool) -> None:
+def run(config: Path | None, local: bool, output_dir: str | None, resume: bool, verbose: bool) -> None:
     """Run a PaT pipeline; with no CONFIG, the embedded digits pipeline."""
     from pat_ray.api import run as run_pipeline
 
     _set_verbose(verbose)
-    cfg = _load(config)
-    if output_dir is not None:
-        cfg = cfg.model_copy(update={"output_dir": output_dir})
+    cfg = _load(config, output_dir)
     click.echo(
         f"pat-ray: {'resuming' if resume else 'running'} {cfg.name!r} "
         f"({config or 'embedded default: pipelines/digits.yaml'}), "
@@ -117,7 +120,7 @@ def run(config: Path | None, local: bool, output_dir: Path | None, resume: bool,
     try:
         result = run_pipeline(cfg, local=local, resume=resume)
     except PluginFailure as err:
-        last = Path(cfg.output_dir) / cfg.name / "last.pt"
+        last = cfg.run_folder() / "last.pt"
         kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
         _fail(f"{err}\nthe run stopped; {kept}", code=1)
     click.echo(summary(result))
@@ -146,9 +149,9 @@ def summary(result) -> str:
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--name", help="Sweep name (default: <config name>-<timestamp>); the folder under output_dir/oracle.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted sweep called --name.")
-@click.option("--output-dir", type=click.Path(path_type=Path), help="Override output_dir.")
+@click.option("--output-dir", help="Override output_dir (a folder or a URI such as s3://bucket/runs).")
 @VERBOSE
-def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path | None, verbose: bool) -> None:
+def oracle(config: Path | None, name: str | None, resume: bool, output_dir: str | None, verbose: bool) -> None:
     """Compare EPI against a grid of fixed start epochs (Ray Tune); write the report."""
     _set_verbose(verbose)
     from pat_ray.api import oracle as run_oracle
@@ -156,9 +159,7 @@ def oracle(config: Path | None, name: str | None, resume: bool, output_dir: Path
 
     if resume and not name:
         _fail("--resume needs --name, the sweep to continue")
-    cfg = _load(config)
-    if output_dir is not None:
-        cfg = cfg.model_copy(update={"output_dir": output_dir})
+    cfg = _load(config, output_dir)
     summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
     click.echo("")
     click.echo("\n".join(verdict_lines(summary)).replace("**", ""))

@@ -1,5 +1,8 @@
 """The validated pipeline config (pydantic v2). ``Config()`` *is* the default pipeline.
 
+The start policies' sections live in ``config_start``, the pieces every section is built from
+in ``config_fields``; both are importable from here.
+
 Every model is frozen and forbids unknown keys, so a typo is an error, not a silently
 ignored knob. Plugin names (model, dataset, criterion, similarity, surgery backend) are
 checked against the live registry. The defaults are the embedded digits pipeline;
@@ -11,61 +14,40 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pat_ray.config_fields import (
+    CriterionName,
+    DatasetName,
+    ModelName,
+    Strict,
+    SurgeryName,
+    check_params,
+    expand_path,
+)
+from pat_ray.config_start import (
+    ORACLE_POLICIES,
+    AfterTrainingStart,
+    EarlyBirdStart,
+    EPIStart,
+    FixedStart,
+    NeverStart,
+    OraclePolicy,
+    StartKind,
+    StartPolicy,
+)
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Measure
 from pat_ray.plugins.registry import get_registry
+from pat_ray.storage import Location, check_scheme, has_scheme
 
 
-def expand_path(value: str | Path, what: str) -> Path:
-    """``~`` and ``$VARS`` expanded, so one pipeline file serves machines with different mounts."""
-    expanded = os.path.expandvars(os.path.expanduser(str(value)))
-    if "$" in expanded:
-        raise ValueError(f"{what} {str(value)!r} uses an environment variable that is not set")
-    return Path(expanded)
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan: an infinite lr or weight decay is a typo, and it diverges at iteration 1
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _check_params(field: str, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
-    """Plugin params the factory does not accept fail at validation, naming what it accepts.
-    (Checked on the whole Config, not per section: the sections' default instances are built
-    at import time, before any plugin is loaded.)"""
-    try:
-        get_registry().check_params(kind, name, params, supplied)
-    except ValueError as err:
-        raise ValueError(f"{field}: {err}") from None
-
-
-def _registered(kind: str) -> Callable[[str], str]:
-    """A validator: the name must be registered as a plugin of ``kind``."""
-
-    def check(name: str) -> str:
-        names = get_registry().names(kind)
-        if name not in names:
-            raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(names) or 'none'}")
-        return name
-
-    return check
-
-
-ModelName = Annotated[str, AfterValidator(_registered("model"))]
-DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
-CriterionName = Annotated[str, AfterValidator(_registered("criterion"))]
-SurgeryName = Annotated[str, AfterValidator(_registered("surgery"))]
-SimilarityName = Annotated[str, AfterValidator(_registered("similarity"))]
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: ModelName = Field("cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)")
     params: dict[str, Any] = Field(
         default_factory=lambda: {"in_channels": 1},
@@ -73,7 +55,7 @@ class ModelConfig(_Strict):
     )
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     name: DatasetName = Field("digits", description="registered dataset name")
     params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
@@ -85,16 +67,26 @@ class DataConfig(_Strict):
     @field_validator("params")
     @classmethod
     def _root_exists(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A missing root is an error where this process is where the data is read; for a run
+        going to a Ray cluster (``RAY_ADDRESS`` set) it may exist only on the worker nodes, so it
+        is a warning here and each worker checks its own before the first epoch."""
         root = v.get("root")
         if root is None:
             return v
         path = expand_path(root, "data root")
         if not path.exists():
-            raise ValueError(f"data root {str(root)!r} does not exist" + (f" ({path})" if str(path) != root else ""))
+            problem = f"data root {str(root)!r} does not exist" + (f" ({path})" if str(path) != root else "")
+            if not os.environ.get("RAY_ADDRESS"):
+                raise ValueError(problem)
+            warnings.warn(f"data.params: {problem} here; each Ray worker checks its own", DataRootWarning, stacklevel=2)
         return {**v, "root": str(path)}
 
 
-class OptimizerConfig(_Strict):
+class DataRootWarning(UserWarning):
+    """The data root is missing on the driver of a cluster run (it may exist on the workers)."""
+
+
+class OptimizerConfig(Strict):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -102,14 +94,14 @@ class OptimizerConfig(_Strict):
     nesterov: bool = False
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     kind: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0, in epochs")
     step_epochs: list[int] = Field(default_factory=list, description="`step`: epochs at which lr *= gamma")
     gamma: float = Field(0.1, gt=0)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: int = Field(30, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -137,12 +129,12 @@ class TrainingConfig(_Strict):
         return self
 
 
-class CriterionConfig(_Strict):
+class CriterionConfig(Strict):
     name: CriterionName = "magnitude"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(Strict):
     fraction: float = Field(0.5, description="fraction of `measure` to keep, in (0, 1]")
     measure: Measure = Field(
         "flops",
@@ -185,7 +177,7 @@ class BudgetConfig(_Strict):
         return self
 
 
-class PruningConfig(_Strict):
+class PruningConfig(Strict):
     criterion: CriterionConfig = CriterionConfig()
     budget: BudgetConfig = BudgetConfig()
     steps: int = Field(3, ge=1, description="pruning steps after the trigger, each removing an equal share")
@@ -194,49 +186,7 @@ class PruningConfig(_Strict):
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
 
 
-StartKind = Literal["epi", "early_bird", "fixed", "never", "after_training"]  # the start policies' `kind`s
-OraclePolicy = Literal["epi", "early_bird", "never", "after_training"]  # those an oracle trial runs once
-ORACLE_POLICIES: tuple[OraclePolicy, ...] = ("epi", "early_bird", "never", "after_training")
-
-
-class EPIStart(_Strict):
-    kind: Literal["epi"] = "epi"
-    similarity: SimilarityName = "structural"
-    window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
-    patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
-    tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
-
-
-class EarlyBirdStart(_Strict):
-    kind: Literal["early_bird"] = "early_bird"
-    window: int = Field(5, ge=1)
-    epsilon: float = Field(0.1, gt=0, le=1)
-
-
-class FixedStart(_Strict):
-    kind: Literal["fixed"] = "fixed"
-    epoch: int = Field(ge=0, description="dense epochs before pruning starts (0 = prune at init)")
-
-
-class NeverStart(_Strict):
-    kind: Literal["never"] = "never"
-
-
-class AfterTrainingStart(_Strict):
-    kind: Literal["after_training"] = "after_training"
-    finetune_epochs: int | None = Field(
-        None, ge=1, description="default: training.epochs (the conventional ~2x pipeline)"
-    )
-    finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tune lr = training lr * this")
-
-
-StartPolicy = Annotated[
-    EPIStart | EarlyBirdStart | FixedStart | NeverStart | AfterTrainingStart,
-    Field(discriminator="kind"),
-]
-
-
-class ScalingConfig(_Strict):
+class ScalingConfig(Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL for DDP")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
@@ -246,9 +196,15 @@ class ScalingConfig(_Strict):
         description="CPU cores (and torch threads) per Ray Train worker; default: on a one-node Ray, its cores "
         "shared among the workers (one worker trains like --local), else 1",
     )
+    resource_wait_s: float = Field(
+        300,
+        gt=0,
+        description="how long a Ray run waits for its workers' CPUs/GPUs (at the start, or after a node is lost "
+        "and Ray restarts the workers) before it ends with exit 1; `pat-ray run --resume` continues it",
+    )
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     mlflow: bool = Field(
         True, description="track the run in MLflow as it trains (params, per-epoch metrics, artifacts); false: off"
     )
@@ -258,7 +214,7 @@ class TrackingConfig(_Strict):
     experiment: str = "pat_ray"
 
 
-class OracleConfig(_Strict):
+class OracleConfig(Strict):
     start_epochs: list[int] | None = Field(
         None, description="fixed start epochs the oracle sweep trains; default: see oracle_grid()"
     )
@@ -280,9 +236,13 @@ class OracleConfig(_Strict):
         return v
 
 
-class Config(_Strict):
+class Config(Strict):
     name: str = Field("digits", description="the run's folder under output_dir: a plain folder name")
-    output_dir: Path = Path("runs")
+    output_dir: str = Field(
+        "runs",
+        description="where run folders go: a local folder or a URI (s3://, gs://, abfs://, hdfs://, file://, or "
+        "any fsspec protocol installed); on a multi-node cluster, storage every node reaches",
+    )
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
@@ -302,23 +262,28 @@ class Config(_Strict):
     @field_validator("output_dir", mode="before")
     @classmethod
     def _expand_output_dir(cls, v: Any) -> Any:
-        return expand_path(v, "output_dir") if isinstance(v, str | Path) else v
-
-    @field_validator("output_dir")
-    @classmethod
-    def _not_a_file(cls, v: Path) -> Path:
-        if v.exists() and not v.is_dir():
+        if not isinstance(v, str | Path):
+            return v
+        if has_scheme(v):
+            check_scheme(str(v))  # nothing is ever written to a local folder named after a scheme
+            return str(v)
+        path = expand_path(v, "output_dir")
+        if path.exists() and not path.is_dir():
             raise ValueError(f"{str(v)!r} is a file, not a folder")
-        return v
+        return str(path)
+
+    def run_folder(self) -> Location:
+        """``output_dir/name``: the folder (or URI) holding this run's files."""
+        return Location.of(self.output_dir) / self.name
 
     @model_validator(mode="after")
     def _plugin_params_accepted(self) -> Config:
         if "num_classes" in self.model.params:
             raise ValueError("model.params: num_classes is set from the dataset; remove it")
-        _check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
-        _check_params("data.params", "dataset", self.data.name, self.data.params)
+        check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
+        check_params("data.params", "dataset", self.data.name, self.data.params)
         criterion = self.pruning.criterion
-        _check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
+        check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
         try:  # a criterion is cheap to build: its own checks of the values run now, not at run start
             get_registry().create("criterion", criterion.name, **criterion.params)
         except (ValueError, TypeError) as err:
@@ -393,3 +358,23 @@ def load_config(path: str | Path) -> Config:
 
 def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = [
+    "ORACLE_POLICIES",
+    "AfterTrainingStart",
+    "Config",
+    "ConfigError",
+    "EarlyBirdStart",
+    "EPIStart",
+    "FixedStart",
+    "NeverStart",
+    "OraclePolicy",
+    "StartKind",
+    "StartPolicy",
+    "config_from_dict",
+    "config_to_yaml",
+    "expand_path",
+    "load_config",
+    "oracle_grid",
+]

@@ -76,7 +76,13 @@ def test_imagenet_pipelines_validate(name, tmp_path, monkeypatch):
     resolved = yaml.safe_load(result.output.split("\n", 1)[1])
     assert resolved["data"]["params"]["root"] == str(tmp_path / "imagenet")
     assert resolved["output_dir"] == str(tmp_path / "runs")
-    assert resolved["scaling"] == {"num_workers": 8, "use_gpu": True, "max_failures": 3, "cpus_per_worker": None}
+    assert resolved["scaling"] == {
+        "num_workers": 8,
+        "use_gpu": True,
+        "max_failures": 3,
+        "cpus_per_worker": None,
+        "resource_wait_s": 300.0,
+    }
     monkeypatch.delenv("PAT_RAY_SHARED")
     unset = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / f"{name}.yaml")])
     assert unset.exit_code == 2 and "environment variable that is not set" in unset.output

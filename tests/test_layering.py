@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).parents[1] / "pat_ray"
 LAYERS = {
     "core": ["core", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins"],  # hookspecs, registry, built-ins
-    "config": ["config"],  # the validated config (checks plugin names against the registry)
+    "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
+    "config": ["config", "config_fields", "config_start"],  # the validated config (checks plugin names against the registry)
     "training": ["training"],  # engine, pruner, policies, records, checkpoint I/O
     "shells": ["distributed", "sweep", "tracking"],  # Ray Train / Tune, the oracle's plan and report, MLflow
     "top": ["api", "cli", "__init__"],
@@ -22,6 +23,7 @@ LAYERS = {
 FORBIDDEN = {  # third-party packages a layer must not touch
     "core": {"ray", "mlflow", "pydantic", "pluggy", "click", "yaml"},
     "plugins": {"ray", "mlflow", "click"},
+    "storage": {"ray", "mlflow", "click", "torch"},
     "config": {"ray", "mlflow", "click"},
     "training": {"ray", "mlflow", "click"},
 }

@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 
 from _helpers import configured, fail_once_after  # noqa: E402
 from pat_ray.config import Config, FixedStart  # noqa: E402
+from pat_ray.storage import Location  # noqa: E402
 
 
 def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:
@@ -32,10 +33,13 @@ def ray_mlflow_client(uri):
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
-def rank_logs(storage, name):
+def rank_logs(run_folder):
+    """Per rank, what it reported each epoch (from the run folder's ranks.jsonl)."""
     logs = {}
-    for path in sorted((storage / name / "ranks").glob("rank*.jsonl")):
-        logs[path.stem] = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in (run_folder / "ranks.jsonl").read_text().splitlines():
+        report = json.loads(line)
+        for rank in report["ranks"]:
+            logs.setdefault(f"rank{rank['rank']}", []).append({"epoch": report["epoch"], **rank})
     return logs
 
 
@@ -46,11 +50,11 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     name, uri = f"agree-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = configured(two_workers(tmp_path), tracking={"tracking_uri": uri})
     tracked = open_run(config, tmp_path / "runs" / config.name, resume=False)
-    result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, tracking=tracked)
+    result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=name, tracking=tracked)
     assert result.trigger_epoch == 2
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
-    logs = rank_logs(tmp_path / "storage", name)
+    logs = rank_logs(tmp_path / "runs" / config.name)
     assert set(logs) == {"rank0", "rank1"}
     for epoch in range(4):
         assert logs["rank0"][epoch]["fingerprint"] == logs["rank1"][epoch]["fingerprint"]
@@ -90,12 +94,12 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(plugins, local
     config = configured(base, pruning={"budget": {"measure": "latency", "fraction": 0.75, "latency_grid": 3}})
     name, marker = f"fault-{uuid.uuid4().hex[:8]}", tmp_path / "fault-done"
     plugins(fail_once_after(3, marker), name="fail-once")  # shipped to both workers
-    result = run_on_ray(config, storage_path=tmp_path / "storage", run_name=name, max_failures=1)
+    result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=name)
     assert marker.exists()
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
     assert result.history[-1].time_kept == pytest.approx(0.75, abs=0.03)
-    logs = rank_logs(tmp_path / "storage", name)
+    logs = rank_logs(tmp_path / "runs" / config.name)
     # both ranks reported epoch 3 before one failed, then the restarted group went on from epoch 4
     assert [m["epoch"] for m in logs["rank0"]] == [1, 2, 3, 4]
     per_epoch = {rank: {m["epoch"]: m["fingerprint"] for m in lines} for rank, lines in logs.items()}

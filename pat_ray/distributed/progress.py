@@ -1,43 +1,103 @@
-"""Driver-side view of a Ray Train run: per-epoch lines and the final result."""
+"""The driver's side of a Ray Train run, in Train's controller (which Ray places on the
+driver's node): per-epoch lines, the run folder's files, MLflow's per-epoch metrics, and the
+final result.
+
+Per reported checkpoint the run folder gets one copy of it (a server-side copy when Ray's
+storage and the run folder are in one object store), and ``history.json`` from the epoch
+records the workers reported; nothing here loads a checkpoint until the run has ended.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 from ray.train import UserCallback
 
-from pat_ray.config import Config
-from pat_ray.training.checkpoint import Checkpoint, atomic_write, read_checkpoint
+from pat_ray.config import Config, config_to_yaml
+from pat_ray.storage import Location
+from pat_ray.tracking.live import EpochLogger, LiveTarget
+from pat_ray.training.checkpoint import Checkpoint, read_checkpoint
 from pat_ray.training.collective import PrintReporter
-from pat_ray.training.records import RunResult, RunState
+from pat_ray.training.records import EpochRecord, RunResult, RunState
+from pat_ray.training.run_state import CONFIG, HISTORY, LAST, PREVIOUS
+
+RANKS = "ranks.jsonl"  # one line per report: what each rank saw, and where it ran
+RANK_KEYS = (
+    "rank",
+    "node_id",
+    "fingerprint",
+    "triggered",
+    "gossip_seconds",
+    "gossip_bytes",
+    "previous_report_seconds",  # Ray's own cost of that rank's previous report (checkpoint upload included)
+)
 
 
 class ProgressCallback(UserCallback):
-    """Prints rank 0's line per epoch, warns when ranks disagree on the architecture, and
-    leaves in ``run_dir`` what a local run leaves there: each checkpoint as ``last.pt``
-    (keeping the one before as previous.pt), ``history.json`` and ``config.yaml``."""
+    """Prints rank 0's line per epoch, warns when ranks disagree on the architecture, logs the
+    epoch to MLflow, and leaves in ``run_folder`` what a local run leaves there: each checkpoint
+    as ``last.pt`` (keeping the one before as ``previous.pt``), ``history.json``, ``config.yaml``."""
 
-    def __init__(self, run_dir: Path, config: Config) -> None:
+    def __init__(
+        self, run_folder: Location, storage: Location, config: Config, tracking: LiveTarget | None, resuming: bool
+    ) -> None:
         self.printer = PrintReporter(lambda line: print(line, flush=True))
-        self.run_dir, self.config = run_dir, config
+        self.folder, self.config = run_folder, config
+        self.storage, self.storage_path = storage, storage.filesystem()[1]
+        self.logger = EpochLogger(tracking) if tracking is not None else None
+        self.history: dict[int, dict] = {}
+        if resuming and (run_folder / HISTORY).is_file():  # the epochs before the resume point
+            self.history = {r["epoch"]: r for r in json.loads((run_folder / HISTORY).read_text())}
+        (run_folder / CONFIG).write_text(config_to_yaml(config))
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not metrics:
+            return
+        record = EpochRecord.from_dict(metrics[0]).to_dict()
         if checkpoint is not None:
-            from pat_ray.training.run_state import LAST, PREVIOUS, write_run_files
+            source = self.storage / checkpoint.path.removeprefix(self.storage_path).strip("/") / LAST
+            (self.folder / LAST).copy_from(source, backup=self.folder / PREVIOUS)
+            # a restarted worker group repeats the epochs after its checkpoint: each epoch once
+            self.history = {e: r for e, r in self.history.items() if e < record["epoch"]}
+            self.history[record["epoch"]] = record
+            (self.folder / HISTORY).write_text(json.dumps(list(self.history.values()), indent=1))
+        ranks = [{key: m[key] for key in RANK_KEYS} for m in metrics]
+        _append(self.folder / RANKS, json.dumps({"epoch": record["epoch"], "ranks": ranks}))
+        self.printer.report(dict(metrics[0]))
+        if self.logger is not None:
+            self.logger.log(record)
+        if len({r["fingerprint"] for r in ranks}) > 1:
+            print(f"warning: ranks disagree on the architecture: {ranks}", flush=True)
 
-            with checkpoint.as_directory() as folder:
-                data = (Path(folder) / LAST).read_bytes()
-            atomic_write(self.run_dir / LAST, lambda handle: handle.write(data), backup=self.run_dir / PREVIOUS)
-            history = RunState.from_checkpoint(read_checkpoint(self.run_dir / LAST)).history
-            write_run_files(self.run_dir, self.config, history)
-        if metrics:
-            fingerprints = {m["rank"]: m["fingerprint"] for m in metrics}
-            line = dict(metrics[0])
-            self.printer.report(line)
-            if len(set(fingerprints.values())) > 1:
-                print(f"warning: ranks disagree on the architecture: {fingerprints}", flush=True)
+
+def _append(log: Location, line: str) -> None:
+    """A line at the end of a small log (rewritten whole where a store cannot append)."""
+    if log.is_local:
+        log.local_path.parent.mkdir(parents=True, exist_ok=True)
+        with log.local_path.open("a") as handle:
+            handle.write(line + "\n")
+        return
+    before = log.read_text() if log.is_file() else ""
+    log.write_text(before + line + "\n")
 
 
-def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path | None, wall_seconds: float) -> RunResult:
+def final_result(config: Config, folder: Location, wall_seconds: float) -> RunResult:
+    """The run's result from its final checkpoint in the run folder (read once, at the end)."""
+    from pat_ray.core.latency import LatencyTable
+    from pat_ray.training.latency_budget import TABLE_FILE, write_table
+
+    ckpt = read_checkpoint(str(folder / LAST))
+    if ckpt.extra.get("latency_table"):
+        table = LatencyTable.from_dict(ckpt.extra["latency_table"])
+        with tempfile.TemporaryDirectory() as scratch:
+            write_table(Path(scratch) / TABLE_FILE, table)
+            (folder / TABLE_FILE).upload(Path(scratch) / TABLE_FILE)
+    checkpoint = folder.local_path / LAST if folder.is_local else str(folder / LAST)
+    return result_from_checkpoint(config, ckpt, checkpoint, wall_seconds)
+
+
+def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path | str | None, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint (which carries the whole history)."""
     return RunResult.from_state(config, RunState.from_checkpoint(ckpt), ckpt.architecture.to_dict(), path, wall_seconds)

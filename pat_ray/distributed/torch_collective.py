@@ -71,6 +71,12 @@ class DistributedCollective:
         if len(set(everyone)) != 1:
             raise ArchitectureMismatchError(f"ranks selected different architectures: {dict(enumerate(everyone))}")
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, value, group=self.side)
+        return everyone
+
     def share(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (what the others pass is ignored)."""
         start = time.perf_counter()

@@ -23,8 +23,10 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
 from pat_ray.distributed.progress import result_from_checkpoint
-from pat_ray.distributed.train import report_with_checkpoint, start_ray
+from pat_ray.distributed.train import start_ray
+from pat_ray.distributed.worker import report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
+from pat_ray.storage import Location
 from pat_ray.sweep.plan import (
     OracleSummary,
     TrialOutcome,
@@ -38,7 +40,7 @@ from pat_ray.sweep.plan import (
 )
 from pat_ray.sweep.report import write_report
 from pat_ray.training.checkpoint import read_checkpoint
-from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config, write_table
+from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
 from pat_ray.training.records import RunState
 
 CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first
@@ -52,22 +54,24 @@ def run_oracle(
     config: Config,
     name: str | None = None,
     resume: bool = False,
-    storage_path: Path | None = None,
+    storage: Location | None = None,
     echo=print,
 ) -> OracleSummary:
     """Run (or with ``resume``, continue) the oracle sweep of ``config``; write and return its report.
 
-    The sweep lives in ``<storage_path or output_dir/oracle>/<name>``: Tune's state, the
-    trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. Plugins registered in
-    this process with ``register_plugin`` are registered in every trial too.
+    The sweep lives in ``<storage or output_dir/oracle>/<name>`` (a folder or a URI): Tune's
+    state, the trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. Plugins
+    registered in this process with ``register_plugin`` are registered in every trial too.
     """
     from ray import tune
 
     start_ray()
-    storage = Path(storage_path or Path(config.output_dir) / "oracle").resolve()
+    storage = storage or Location.of(config.output_dir) / "oracle"
+    storage_fs, storage_path = storage.filesystem()
     name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage / name
-    if resume and not tune.Tuner.can_restore(str(sweep_dir)):
+    sweep_path = f"{storage_path}/{name}"
+    if resume and not tune.Tuner.can_restore(sweep_path, storage_filesystem=storage_fs):
         raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
     if not resume and sweep_dir.exists():
         raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
@@ -76,7 +80,7 @@ def run_oracle(
         tune.with_parameters(
             _run_trial,
             trials={label: c.model_dump(mode="json") for label, c in trials.items()},
-            sweep_dir=str(sweep_dir),
+            sweep_dir=sweep_dir.uri,
             plugins=shipped_plugins(),
             latency_table=_shared_latency_table(config, sweep_dir, echo),
         ),
@@ -84,7 +88,9 @@ def run_oracle(
     )
     if resume:
         echo(f"pat-ray oracle: resuming sweep {name!r} in {sweep_dir}")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs
+        )
     else:
         echo(
             f"pat-ray oracle: {len(trials)} trials ({', '.join(trials)}), "
@@ -99,19 +105,28 @@ def run_oracle(
                 trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), verbose=0, callbacks=[TrialProgress(echo, len(trials))]
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                verbose=0,
+                callbacks=[TrialProgress(echo, len(trials))],
             ),
         )
     outcomes, snapshots, results = _collect(tuner.fit(), trials)
     source, curves = _calibration_curves(config, snapshots)
     summary = summarize(name, config, outcomes, curves, source)
-    summary.folder = str(sweep_dir)
-    write_report(sweep_dir, summary)
-    if config.tracking.mlflow:
-        from pat_ray.tracking.mlflow_log import log_oracle
+    summary.folder = sweep_dir.uri
+    with tempfile.TemporaryDirectory(prefix="pat_ray_report_") as scratch:
+        written = [write_report(Path(scratch), summary)]
+        if config.tracking.mlflow:
+            from pat_ray.tracking.mlflow_log import log_oracle
 
-        summary.mlflow_run_id = log_oracle(config, summary, results)
-    write_summary(sweep_dir, summary)
+            summary.mlflow_run_id = log_oracle(config, summary, results)
+        written.append(write_summary(Path(scratch), summary))
+        for file in sorted(Path(scratch).iterdir()):  # report, plots, then oracle.json: it marks the sweep done
+            if file.name != written[-1].name:
+                (sweep_dir / file.name).upload(file)
+        (sweep_dir / written[-1].name).upload(written[-1])
     return summary
 
 
@@ -147,7 +162,7 @@ def _calibration_curves(config: Config, snapshots: dict[str, list[Architecture]]
     return source, [epi_curve(snapshots[label], epi.window, similarity) for label in labels[source]]
 
 
-def _shared_latency_table(config: Config, sweep_dir: Path, echo) -> dict | None:
+def _shared_latency_table(config: Config, sweep_dir: Location, echo) -> dict | None:
     """For a budget in step time, one table for every trial of the sweep: tables timed per
     trial would price the same sub-network with different noise. Timed once by a Ray task
     holding what one trial worker holds (its GPU, if any), kept in the sweep for ``--resume``."""
@@ -162,7 +177,7 @@ def _shared_latency_table(config: Config, sweep_dir: Path, echo) -> dict | None:
     echo("pat-ray oracle: timing the model's layers once, for every trial's step-time budget")
     measure = ray.remote(num_cpus=1, num_gpus=1 if config.scaling.use_gpu else 0)(_measure_table)
     table = ray.get(measure.remote(config.model_dump(mode="json")))
-    write_table(path, LatencyTable.from_dict(table))
+    path.write_text(json.dumps(LatencyTable.from_dict(table).to_dict(), indent=1))
     return table
 
 
@@ -206,7 +221,7 @@ def _run_trial(
     install_shipped(plugins)
     label = params["label"]
     config = config_from_dict(trials[label], source=f"oracle trial {label}")
-    config = config.model_copy(update={"output_dir": Path(tempfile.mkdtemp(prefix=f"pat_ray_{label}_"))})
+    config = config.model_copy(update={"output_dir": tempfile.mkdtemp(prefix=f"pat_ray_{label}_")})
     if config.scaling.num_workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -215,12 +230,13 @@ def _run_trial(
         # same run name + storage on a restored sweep: Train continues the run it had begun
         result = run_on_ray(
             config,
-            storage_path=Path(sweep_dir) / "train",
+            storage=Location.of(sweep_dir) / "train",
             run_name=label,
             callbacks=[TuneReportCallback()],
             latency_table=latency_table,
         )
-        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1].to_dict()), result.checkpoint)
+        final = Path(str(result.checkpoint))  # the trial's own run folder is local
+        report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1].to_dict()), final)
         return
     resume = None
     checkpoint = tune.get_checkpoint()

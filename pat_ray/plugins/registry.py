@@ -12,9 +12,15 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import io
 import os
+import sys
+import tempfile
+import types
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pluggy
@@ -289,12 +295,18 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
 
 @dataclass(frozen=True)
 class ShippedPlugin:
-    """An in-process plugin as it travels to a Ray worker: a module by its file (a worker
-    may not have the driver's ``sys.path``), any other object as itself (Ray pickles it)."""
+    """An in-process plugin as it travels to a Ray worker: a module as its source (the file, or
+    the whole top-level package it belongs to, zipped) and its import name, since a worker on
+    another node has neither the driver's files nor its ``sys.path``; any other object as
+    itself (Ray pickles it). The bytes ride in the task's arguments through Ray's object store."""
 
     name: str
-    module_file: str | None = None
+    module: str | None = None
+    archive: bytes = b""
     instance: object = None
+
+
+SHIP_LIMIT = 64 * 2**20  # a plugin package larger than this is a packaging mistake, not a plugin
 
 
 def shipped_plugins() -> list[ShippedPlugin]:
@@ -306,12 +318,28 @@ def shipped_plugins() -> list[ShippedPlugin]:
         if manager.get_plugin(name) is not plugin:
             continue  # unregistered since
         if inspect.ismodule(plugin):
-            if getattr(plugin, "__file__", None) is None:
-                raise PluginError(f"plugin {name!r} is a module without a file; Ray workers cannot load it")
-            shipped.append(ShippedPlugin(name, module_file=plugin.__file__))
+            shipped.append(ShippedPlugin(name, module=plugin.__name__, archive=_module_archive(name, plugin)))
         else:
             shipped.append(ShippedPlugin(name, instance=plugin))
     return shipped
+
+
+def _module_archive(name: str, module: types.ModuleType) -> bytes:
+    """A zip of the module's source: its file, or the top-level package holding it."""
+    if getattr(module, "__file__", None) is None:
+        raise PluginError(f"plugin {name!r} is a module without a file; Ray workers cannot load it")
+    parts = module.__name__.split(".")
+    source = Path(module.__file__)  # type: ignore[arg-type]
+    is_package = source.name == "__init__.py"
+    root = source.parents[len(parts) - 1 + is_package]  # the folder the top-level name is imported from
+    files = [source] if len(parts) == 1 and not is_package else sorted((root / parts[0]).rglob("*.py"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, file.relative_to(root).as_posix())
+    if buffer.tell() > SHIP_LIMIT:
+        raise PluginError(f"plugin {name!r}: its package {root / parts[0]} is over {SHIP_LIMIT >> 20} MiB of source")
+    return buffer.getvalue()
 
 
 def install_shipped(plugins: list[ShippedPlugin]) -> None:
@@ -321,13 +349,22 @@ def install_shipped(plugins: list[ShippedPlugin]) -> None:
         if manager.get_plugin(shipped.name) is not None:
             continue  # a reused worker process, or the driver itself
         plugin = shipped.instance
-        if shipped.module_file is not None:
-            spec = importlib.util.spec_from_file_location(shipped.name, shipped.module_file)
-            if spec is None or spec.loader is None:
-                raise PluginError(f"plugin {shipped.name!r}: cannot load {shipped.module_file}")
-            plugin = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(plugin)
+        if shipped.module is not None:
+            plugin = _import_shipped(shipped)
         register_plugin(plugin, name=shipped.name)
+
+
+def _import_shipped(shipped: ShippedPlugin) -> types.ModuleType:
+    """Unpack the plugin's source into a folder of this process and import it from there, so
+    a worker imports what the driver had even when the driver's file is gone or elsewhere."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pat_ray_plugin_{shipped.name}_"))
+    with zipfile.ZipFile(io.BytesIO(shipped.archive)) as archive:
+        archive.extractall(folder)
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(shipped.module)  # type: ignore[arg-type]
+    except Exception as err:
+        raise PluginError(f"plugin {shipped.name!r}: its shipped source failed to import here: {err!r}") from None
 
 
 def reset() -> None:

@@ -1,6 +1,8 @@
 """A run tracked in MLflow while it trains: the driver opens (or, on ``--resume``, reopens) the
-MLflow run and logs the config; the process that runs rank 0 logs every epoch's metrics as it
-reports them; the driver closes the run with the final numbers and artifacts.
+MLflow run and logs the config; every epoch's metrics are logged as they are reported, by the
+driver's side of the run (this process for ``--local``; on Ray, Train's controller, which runs on
+the driver's node, from what rank 0 reported), so a worker never needs to reach the store; the
+driver closes the run with the final numbers and artifacts.
 
 The run id lives in ``<run folder>/mlflow_run.json``, so a resumed run continues the same
 MLflow run. Epochs that run again after a resume (those after the last checkpoint) are not
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pat_ray.config import Config
+from pat_ray.storage import Location
 from pat_ray.tracking.mlflow_log import (
     TrackingWarning,
     client_for,
@@ -26,7 +29,6 @@ from pat_ray.tracking.mlflow_log import (
     log_result,
     tracking_uri,
 )
-from pat_ray.training.checkpoint import atomic_write_text
 from pat_ray.training.epoch_progress import EpochProgress, progress_of
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ class LiveTarget:
     run_id: str
 
 
-def open_run(config: Config, run_dir: Path, resume: bool) -> LiveTarget | None:
+def open_run(config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget | None:
     """The MLflow run this run logs into: the one ``run_dir`` recorded when resuming (and it
     still exists in the same store), else a new one; None, with a warning, when the store
     cannot be reached."""
@@ -53,19 +55,19 @@ def open_run(config: Config, run_dir: Path, resume: bool) -> LiveTarget | None:
     return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume))
 
 
-def _open(uri: str, config: Config, run_dir: Path, resume: bool) -> LiveTarget:
+def _open(uri: str, config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget:
     client = client_for(uri)
-    recorded = _recorded(run_dir / RUN_FILE) if resume else None
+    folder = Location.of(run_dir)
+    recorded = _recorded(folder / RUN_FILE) if resume else None
     if recorded is not None and recorded.tracking_uri == uri and _exists(client, recorded.run_id):
         client.update_run(recorded.run_id, status="RUNNING")
         return recorded
     target = LiveTarget(uri, create_run(client, config, config.name, tags={"pat_ray.kind": "run"}))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_FILE, json.dumps(asdict(target)))
+    (folder / RUN_FILE).write_text(json.dumps(asdict(target)))
     return target
 
 
-def _recorded(path: Path) -> LiveTarget | None:
+def _recorded(path: Location) -> LiveTarget | None:
     try:
         return LiveTarget(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pat_ray.config import Config, EPIStart, config_to_yaml
+from pat_ray.storage import Location
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,11 +37,13 @@ class TrackingWarning(UserWarning):
 
 
 def tracking_uri(config: Config) -> str:
-    return (
-        config.tracking.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or (f"sqlite:///{Path('mlflow.db').resolve()}")
-    )
+    """The store, resolved once on the driver: a relative ``sqlite:///mlflow.db`` names the
+    driver's working directory, never a folder on whichever node logs."""
+    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
 
 
 def guarded(uri: str, where: str, log: Callable[[], T]) -> T | None:
@@ -112,8 +115,13 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
         tau = config.start.tau if isinstance(config.start, EPIStart) else None
         plot = plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch)
         client.log_artifact(run_id, str(plot))
-    if checkpoint and result.checkpoint is not None and Path(result.checkpoint).is_file():
-        client.log_artifact(run_id, str(result.checkpoint), artifact_path="checkpoint")
+    if checkpoint and result.checkpoint is not None:
+        stored = Location.of(result.checkpoint)
+        if stored.is_file():
+            with tempfile.TemporaryDirectory() as folder:
+                client.log_artifact(
+                    run_id, str(stored.download(Path(folder) / stored.name)), artifact_path="checkpoint"
+                )
 
 
 def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str | None:

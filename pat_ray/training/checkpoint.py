@@ -17,10 +17,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +27,7 @@ from torch import nn
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.storage import Location, atomic_write, has_scheme
 
 FORMAT_VERSION = 1
 _FIELDS = {
@@ -44,7 +44,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged, unsafe or does not fit its model."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
-        self.path, self.problem = (None if path is None else Path(path)), problem
+        self.path = None if path is None else (str(path) if has_scheme(path) else Path(path))
+        self.problem = problem
         where = "read from memory" if path is None else repr(str(path))
         super().__init__(f"checkpoint {where}: {problem}")
 
@@ -60,38 +61,7 @@ class Checkpoint:
     architecture: Architecture
     state_dict: dict[str, torch.Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
-    source: Path | None = None  # the file it was read from
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[BinaryIO], object], backup: str | os.PathLike | None = None
-) -> None:
-    """Call ``write`` on a temp file next to ``path``, then rename it into place.
-
-    ``backup``: where the file being replaced goes, so that a new file that turns out to be
-    damaged (a disk error, a kill during a later copy) never costs the one before it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's umask
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        if backup is not None and path.exists():
-            os.replace(path, backup)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide, so never race other threads
+    source: Path | str | None = None  # the file (or URI) it was read from
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, backup: str | os.PathLike | None = None) -> None:
@@ -132,7 +102,9 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """The contents of a pat_ray checkpoint; never runs code stored in the file."""
+    """The contents of a pat_ray checkpoint (a local file or a URI); never runs code stored in the file."""
+    if has_scheme(path):
+        return _read_remote(str(path), map_location)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "is a folder, not a file" if path.is_dir() else "does not exist")
@@ -189,6 +161,20 @@ def build_pruned_model(
     graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]))
     apply_architecture(model, graph, architecture)
     return model
+
+
+def _read_remote(uri: str, map_location: str | torch.device) -> Checkpoint:
+    with tempfile.TemporaryDirectory(prefix="pat_ray_ckpt_") as folder:
+        try:
+            local = Location.of(uri).download(Path(folder) / "checkpoint.pt")
+        except FileNotFoundError:
+            raise CheckpointError(uri, "does not exist") from None
+        try:
+            ckpt = read_checkpoint(local, map_location)
+        except CheckpointError as err:
+            raise CheckpointError(uri, err.problem) from None
+    ckpt.source = uri
+    return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:

@@ -97,12 +97,12 @@ class RunResult:
     dense_train_flops: float
     wall_seconds: float
     architecture: dict = field(repr=False)
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None  # a local file, or the URI of one in a store
     mlflow_run_id: str | None = None
 
     @classmethod
     def from_state(
-        cls, config: Config, state: RunState, architecture: dict, checkpoint: Path | None, wall_seconds: float
+        cls, config: Config, state: RunState, architecture: dict, checkpoint: Path | str | None, wall_seconds: float
     ) -> RunResult:
         last = state.history[-1]
         return cls(

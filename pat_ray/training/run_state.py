@@ -12,26 +12,32 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
-from pat_ray.training.checkpoint import Checkpoint, CheckpointError, atomic_write_text, read_checkpoint, save_checkpoint
+from pat_ray.storage import Location
+from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
+from pat_ray.training.epoch_progress import EpochProgress, progress_of
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord, RunState
 
-LAST, PREVIOUS, HISTORY = "last.pt", "previous.pt", "history.json"
+if TYPE_CHECKING:
+    from pat_ray.training.collective import Reporter
+
+LAST, PREVIOUS, HISTORY, CONFIG = "last.pt", "previous.pt", "history.json", "config.yaml"
 
 
 class RunExistsError(FileExistsError):
     """``output_dir/name`` already holds a run, and the caller did not ask to continue it."""
 
 
-def check_new_run(run_dir: Path) -> None:
+def check_new_run(run_dir: Location) -> None:
     """Refuse to start a run over an earlier one; say what the user can do instead."""
-    if run_dir.exists() and not run_dir.is_dir():
+    if run_dir.is_file():
         raise RunExistsError(f"{run_dir} is a file; output_dir/name must be a folder")
     found = [name for name in (LAST, PREVIOUS, HISTORY) if (run_dir / name).exists()]
     if found:
@@ -41,21 +47,37 @@ def check_new_run(run_dir: Path) -> None:
         )
 
 
-def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path:
-    """The newest readable checkpoint of the run in ``run_dir``: ``last.pt``, or the one it
-    replaced when ``last.pt`` is damaged (``warn`` says so)."""
+def resume_point(run_dir: Location, warn: Callable[[str], None], scratch: Path) -> Path:
+    """The newest readable checkpoint of the run in ``run_dir``, as a local file (a copy in
+    ``scratch`` when the run folder is in a store): ``last.pt``, or the one it replaced when
+    ``last.pt`` is damaged (``warn`` says so)."""
     last, previous = run_dir / LAST, run_dir / PREVIOUS
     if not last.exists() and not previous.exists():
-        raise CheckpointError(last, f"does not exist: there is no run to resume in {run_dir}")
+        raise CheckpointError(str(last), f"does not exist: there is no run to resume in {run_dir}")
     try:
-        RunState.from_checkpoint(read_checkpoint(last))  # raises CheckpointError naming what is wrong
-        return last
+        return _readable(last, scratch)
     except CheckpointError as err:
         if not previous.is_file():
             raise
-        state = RunState.from_checkpoint(read_checkpoint(previous))
+        local = _readable(previous, scratch)
+        state = RunState.from_checkpoint(read_checkpoint(local))
         warn(f"warning: {err}; resuming from {previous} (epoch {state.epoch}) instead")
-        return previous
+        return local
+
+
+def _readable(checkpoint: Location, scratch: Path) -> Path:
+    """``checkpoint`` as a local file, checked whole (raises CheckpointError naming what is wrong)."""
+    if checkpoint.is_local:
+        RunState.from_checkpoint(read_checkpoint(checkpoint.local_path))
+        return checkpoint.local_path
+    if not checkpoint.is_file():
+        raise CheckpointError(str(checkpoint), "does not exist")
+    local = checkpoint.download(scratch / checkpoint.name)
+    try:
+        RunState.from_checkpoint(read_checkpoint(local))
+    except CheckpointError as err:
+        raise CheckpointError(str(checkpoint), err.problem) from None
+    return local
 
 
 def save_run_state(
@@ -84,10 +106,11 @@ def save_run_state(
     return path
 
 
-def write_run_files(run_dir: Path, config: Config, history: list[EpochRecord]) -> None:
-    """``history.json`` and ``config.yaml`` beside a run's checkpoint, locally or from Ray."""
-    atomic_write_text(run_dir / HISTORY, json.dumps([r.to_dict() for r in history], indent=1))
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(config))
+def write_run_files(run_dir: Path | Location, config: Config, history: list[EpochRecord]) -> None:
+    """``history.json`` and ``config.yaml`` beside a run's checkpoint, locally, from Ray or in a store."""
+    folder = Location.of(run_dir)
+    (folder / HISTORY).write_text(json.dumps([r.to_dict() for r in history], indent=1))
+    (folder / CONFIG).write_text(config_to_yaml(config))
 
 
 def restore_run_state(
@@ -104,3 +127,27 @@ def restore_run_state(
             tracker.mask_distances.append(distances)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(ckpt.source, f"does not fit this run's model ({err})") from None
+
+
+class StoreMirror:
+    """A reporter that copies a run's files from its local stage to its run folder in a store
+    after every epoch, the checkpoint first (``history.json`` never names an epoch the
+    folder's checkpoint lacks), then hands the epoch on to the reporter it wraps."""
+
+    def __init__(self, inner: Reporter, stage: Path, folder: Location, config: Config) -> None:
+        self.inner, self.stage, self.folder = inner, stage, folder
+        (folder / CONFIG).write_text(config_to_yaml(config))  # the config as given, store URI and all
+
+    def note(self, text: str) -> None:
+        note = getattr(self.inner, "note", None)
+        if note is not None:
+            note(text)
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        return progress_of(self.inner, epoch, images)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        if checkpoint is not None:
+            (self.folder / LAST).upload(checkpoint, backup=self.folder / PREVIOUS)
+            (self.folder / HISTORY).upload(self.stage / HISTORY)
+        self.inner.report(metrics, checkpoint)

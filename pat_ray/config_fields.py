@@ -1,0 +1,55 @@
+"""What every config section is built from: the strict base model, path expansion, and plugin
+names checked against the live registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from pat_ray.plugins.registry import get_registry
+
+
+def expand_path(value: str | Path, what: str) -> Path:
+    """``~`` and ``$VARS`` expanded, so one pipeline file serves machines with different mounts."""
+    expanded = os.path.expandvars(os.path.expanduser(str(value)))
+    if "$" in expanded:
+        raise ValueError(f"{what} {str(value)!r} uses an environment variable that is not set")
+    return Path(expanded)
+
+
+class Strict(BaseModel):
+    # allow_inf_nan: an infinite lr or weight decay is a typo, and it diverges at iteration 1
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def check_params(field: str, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
+    """Plugin params the factory does not accept fail at validation, naming what it accepts.
+    (Checked on the whole Config, not per section: the sections' default instances are built
+    at import time, before any plugin is loaded.)"""
+    try:
+        get_registry().check_params(kind, name, params, supplied)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
+
+
+def _registered(kind: str) -> Callable[[str], str]:
+    """A validator: the name must be registered as a plugin of ``kind``."""
+
+    def check(name: str) -> str:
+        names = get_registry().names(kind)
+        if name not in names:
+            raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(names) or 'none'}")
+        return name
+
+    return check
+
+
+ModelName = Annotated[str, AfterValidator(_registered("model"))]
+DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
+CriterionName = Annotated[str, AfterValidator(_registered("criterion"))]
+SurgeryName = Annotated[str, AfterValidator(_registered("surgery"))]
+SimilarityName = Annotated[str, AfterValidator(_registered("similarity"))]

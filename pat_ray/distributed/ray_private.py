@@ -1,0 +1,63 @@
+"""Every private Ray detail pat_ray relies on, in one place.
+
+Read from Ray 2.60.0 (``ray/train/v2/_internal/constants.py``, ``.../execution/context.py``,
+``ray/_private/...``); pyproject pins that minor version, and ``tests/test_ray_private.py``
+fails naming the missing piece when an installed Ray no longer has one. Everything else in
+pat_ray uses Ray's public API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+RAY_VERSION_READ = "2.60"
+
+# Train V2's controller polls each worker this often; a report waits for the poll (default 2 s).
+HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+# Train V2 watches node drains (spot instances); its actor logs a C++ error line at start.
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# How long one attempt to start the worker group waits for resources (default 60 s); each
+# attempt that times out counts against FailureConfig.controller_failure_limit (public).
+WORKER_GROUP_START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+# The port `ray.init` gives the GCS it starts (read once, by that GCS).
+GCS_SERVER_PORT = "RAY_GCS_SERVER_PORT"
+
+TRAIN_ENV_VARS = (HEALTH_CHECK_INTERVAL, PREEMPTION_WATCHER, WORKER_GROUP_START_TIMEOUT)
+
+
+def tune_local_train() -> None:
+    """Settings for a Ray that pat_ray starts on this machine (a user's own values win)."""
+    os.environ.setdefault(PREEMPTION_WATCHER, "0")  # nothing drains on one machine (ray-project/ray#53727)
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL, "0.05")  # polling 1-2 local workers often is cheap
+
+
+def set_start_timeout(seconds: float) -> None:
+    """One worker-group start attempt waits at most ``seconds`` for its resources."""
+    os.environ[WORKER_GROUP_START_TIMEOUT] = f"{seconds:g}"
+
+
+def start_timeout() -> float:
+    from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S
+
+    return float(os.environ.get(WORKER_GROUP_START_TIMEOUT, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
+
+
+def is_startup_timeout(error: BaseException) -> bool:
+    """Whether Train gave up because its workers' resources never appeared (a lost node)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, WorkerGroupStartupTimeoutError):
+            return True
+        seen = getattr(seen, "controller_failure", None) or seen.__cause__
+    return False
+
+
+def quiet_report_logger(level: str) -> None:
+    """Ray Train logs every report (~900 characters) at INFO through a logger named by its
+    source file's path, outside the ``ray.train`` tree that LoggingConfig governs."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(level)

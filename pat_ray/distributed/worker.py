@@ -1,0 +1,119 @@
+"""What each Ray Train worker runs: check the data, rebuild the plugins and config, train.
+
+Rank 0 hands each epoch's ``last.pt`` to Ray (hard-linked into the folder Ray persists, not
+copied); every rank reports its metrics, with its node id, so the driver's side can tell where
+each rank ran and whether all agreed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pat_ray.training.collective import Reporter
+from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import torch
+
+    from pat_ray.config import config_from_dict
+    from pat_ray.core.latency import LatencyTable
+    from pat_ray.distributed import ray_private
+    from pat_ray.distributed.torch_collective import DistributedCollective
+    from pat_ray.distributed.train import ray_log_level, resume_file
+    from pat_ray.plugins.registry import install_shipped
+    from pat_ray.training.engine import train
+
+    ray_private.quiet_report_logger("INFO" if ray_log_level() == "INFO" else "WARNING")
+    install_shipped(loop_config["plugins"])
+    torch.set_num_threads(loop_config["threads"])
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    device = torch.device("cpu")
+    if config.scaling.use_gpu:
+        device = torch.device("cuda", context.get_local_rank())
+        torch.cuda.set_device(device)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"device": device.type})})
+    collective = DistributedCollective(device)
+    check_data_root(config.data.params.get("root"), collective)
+    resume = resume_file(loop_config["resume"])
+    reporter: Reporter = RayReporter(collective, ray.get_runtime_context().get_node_id())
+    run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
+    given = loop_config.get("latency_table")
+    table = LatencyTable.from_dict(given) if given else None
+    train(
+        config.model_copy(update={"output_dir": str(run_dir)}), collective, reporter, resume=resume, latency_table=table
+    )
+
+
+def check_data_root(root: str | None, collective) -> None:
+    """Every rank checks its own node's data root before the first epoch; when any lacks it,
+    every rank raises (none is left waiting in a collective), naming the node and path."""
+    import ray
+
+    from pat_ray.distributed.train import DataRootError
+
+    missing = None
+    if root is not None and not Path(root).exists():
+        missing = f"rank {collective.rank} on node {ray.get_runtime_context().get_node_id()[:12]}"
+    lacking = [where for where in collective.gather(missing) if where is not None]
+    if lacking:
+        raise DataRootError(
+            f"data root {root!r} does not exist on the worker node(s) of {', '.join(lacking)}: stage the data "
+            "there (or use a path every node mounts) and run again"
+        )
+
+
+class RayReporter:
+    """Reports every epoch to Ray Train; rank 0 attaches the epoch's checkpoint."""
+
+    def __init__(self, collective, node_id: str) -> None:
+        self.collective, self.node_id = collective, node_id
+        self.report_seconds = 0.0  # Ray's own cost of the previous report, sent with the next
+
+    def note(self, text: str) -> None:
+        if self.collective.rank == 0:
+            print(text, flush=True)  # Ray forwards worker output to the driver's console
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        """Rank 0's: plain lines (a worker's output is forwarded, never a terminal)."""
+        return ProgressLines(epoch, images, self.note) if self.collective.rank == 0 else NoProgress()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
+        import ray.train
+
+        metrics = {
+            **metrics,
+            "rank": self.collective.rank,
+            "node_id": self.node_id,
+            "gossip_seconds": self.collective.gossip_seconds,
+            "gossip_bytes": self.collective.gossip_bytes,
+            "previous_report_seconds": self.report_seconds,
+        }
+        started = time.perf_counter()
+        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
+        self.report_seconds = time.perf_counter() - started
+
+
+def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], path: Path | None) -> None:
+    """Hand ``metrics`` and the file at ``path`` to Ray's ``report`` (Train's or Tune's).
+
+    Ray takes a directory and persists it to the run's storage; ``last.pt`` enters a fresh
+    folder as a hard link (a copy only where the filesystem has none), so the file is written
+    once by the engine and once by Ray's upload."""
+    if path is None:
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        try:
+            os.link(path, Path(folder) / "last.pt")
+        except OSError:
+            shutil.copy2(path, Path(folder) / "last.pt")
+        report(metrics, checkpoint=checkpoint_type.from_directory(folder))
