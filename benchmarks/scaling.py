@@ -40,9 +40,10 @@ def cli_run(folder: Path, name: str, workers: int | None) -> dict:
     seconds, output = timed_process(["-m", "pat_ray.cli", "run", str(config), *([] if workers else ["--local"])])
     history = json.loads((folder / name / "history.json").read_text())
     records = history["history"] if isinstance(history, dict) else history
-    ranks = sorted((folder / "ray").glob(f"{name}-*/ranks/rank0.jsonl"))
-    rank0 = [json.loads(line) for line in ranks[0].read_text().splitlines()] if ranks else []
-    return {"seconds": seconds, "records": records, "rank0": rank0, "output": output}
+    ranks = folder / name / "ranks.jsonl"  # written by the driver's side from what each rank reported
+    rank0 = [json.loads(line)["ranks"][0] for line in ranks.read_text().splitlines()] if ranks.is_file() else []
+    size = (folder / name / "last.pt").stat().st_size
+    return {"seconds": seconds, "records": records, "rank0": rank0, "output": output, "checkpoint_kb": size / 1024}
 
 
 def main() -> None:
@@ -55,21 +56,23 @@ def main() -> None:
     local_s = runs["--local"]["seconds"]
     table = [
         "| `pat-ray run` | final acc | wall s (process) | x --local | epochs s | our setup s | Ray report + checkpoint "
-        "s / epoch | share of epoch | rest s (Ray start-up, worker group, teardown) | gossip ms / epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "s / epoch | share of epoch | rest s (Ray start-up, worker group, teardown) | gossip ms / epoch | last.pt KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in runs.items():
         records, rank0 = run["records"], run["rank0"]
         epochs_s = sum(r["epoch_seconds"] for r in records)
         setup_s = sum(r["setup_seconds"] for r in records)
-        report_s = sum(m["report_seconds"] for m in rank0)
-        per_epoch = report_s / len(rank0) if rank0 else 0.0
+        # each report carries the cost of the one before it: epochs 1..N-1 are measured
+        measured = [m["previous_report_seconds"] for m in rank0[1:]]
+        per_epoch = sum(measured) / len(measured) if measured else 0.0
+        report_s = per_epoch * len(rank0)
         gossip = f"{1000 * rank0[-1]['gossip_seconds'] / len(rank0):.2f}" if rank0 else "-"
         rest = run["seconds"] - epochs_s - setup_s - report_s
         table.append(
             f"| {label} | {records[-1]['val_acc']:.4f} | {run['seconds']:.1f} | {run['seconds'] / local_s:.2f} "
             f"| {epochs_s:.1f} | {setup_s:.1f} | {per_epoch:.3f} | {100 * per_epoch / (epochs_s / len(records)):.1f}% "
-            f"| {rest:.1f} | {gossip} |"
+            f"| {rest:.1f} | {gossip} | {run['checkpoint_kb']:.0f} |"
         )
     text = [
         *header(
@@ -77,7 +80,10 @@ def main() -> None:
             torch.device("cpu"),
             f"{os.cpu_count()} CPUs. Each run is a fresh process, as a user starts it (Ray runs start their own "
             "Ray); MLflow off. Columns: the process's wall time; the sum of the epochs' own time; our setup "
-            "(tracing, budget); Ray's report + checkpoint per epoch (rank 0, measured around `ray.train.report`); "
+            "(tracing, budget); Ray's report + checkpoint per epoch (rank 0, measured around `ray.train.report`, "
+            "which returns once Ray has persisted the checkpoint); per epoch a Ray run writes `last.pt` three times "
+            "(the engine; Ray's copy to its storage, from a hard link; one copy to the run folder) and never loads it "
+            "on the driver; "
             f"the rest, which includes Python + pat_ray import ({import_s:.1f} s, measured alone) for --local "
             f"and also Ray's start ({ray_init_s:.1f} s for `ray.init` alone) and worker-group start-up and "
             "teardown for Ray runs.",

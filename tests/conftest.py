@@ -52,3 +52,81 @@ def fresh_registry():
     registry.reset()
     yield registry
     registry.reset()
+
+
+# Dummy credentials for the S3 server the tests start (moto accepts any): set before any Ray
+# starts, so its workers and Train's controller, which read them from their environment, have them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server on loopback (moto's), with one bucket; yields ``bucket_uri(path)``,
+    which makes an ``s3://`` URI that carries the endpoint, so every process reaches it."""
+    server_module = pytest.importorskip("moto.server")
+    import pyarrow.fs
+
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    admin = pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    admin.create_dir("pat-ray-tests")
+
+    def bucket_uri(path: str) -> str:
+        return f"s3://pat-ray-tests/{path}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+
+    yield bucket_uri
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback (``mlflow server``), stopped after the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(folder / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"mlflow server did not start on {url}")
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)

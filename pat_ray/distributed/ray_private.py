@@ -23,7 +23,15 @@ WORKER_GROUP_START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # The port `ray.init` gives the GCS it starts (read once, by that GCS).
 GCS_SERVER_PORT = "RAY_GCS_SERVER_PORT"
 
+# Set by the job supervisor for a driver started by `ray job submit` (ray/_private/runtime_env/constants.py).
+JOB_CONFIG_JSON = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
 TRAIN_ENV_VARS = (HEALTH_CHECK_INTERVAL, PREEMPTION_WATCHER, WORKER_GROUP_START_TIMEOUT)
+
+
+def in_submitted_job() -> bool:
+    """A `ray job submit` driver: its runtime_env is the submission's, not ours to set."""
+    return JOB_CONFIG_JSON in os.environ
 
 
 def tune_local_train() -> None:

@@ -193,7 +193,12 @@ def start_ray() -> None:
     if ray.is_initialized():
         return
     runtime_env, chosen = None, False
-    if not os.environ.get("RAY_ADDRESS"):  # a new local Ray (on a cluster, ray job submit sets it)
+    given = os.environ.get("RAY_ADDRESS", "")
+    if given.count(":") == 1 and "://" not in given and not ray_private.in_submitted_job():
+        # a cluster's GCS: Train's helper actors, which look the cluster up without an address,
+        # must find this one and not another Ray on the same machine
+        runtime_env = {"env_vars": {"RAY_ADDRESS": given}}
+    if not given:  # a new local Ray (on a cluster, ray job submit sets it)
         ray_private.tune_local_train()
         # Train's placement-group cleaner looks the cluster up without an address and fails
         # when another Ray runs on the machine: our GCS gets a known port, its actors the address
@@ -209,7 +214,7 @@ def start_ray() -> None:
     )
     if chosen:
         os.environ.pop(ray_private.GCS_SERVER_PORT)  # read once, by the GCS just started
-    if not os.environ.get("PAT_RAY_VERBOSE") and context.dashboard_url:  # Ray's own line about it is INFO
+    if not given and not os.environ.get("PAT_RAY_VERBOSE") and context.dashboard_url:  # Ray's line about it is INFO
         print(f"Ray: a local instance started; dashboard at http://{context.dashboard_url}", flush=True)
 
 

@@ -246,7 +246,7 @@ def _origin(plugin: object) -> str:
 
 _manager: pluggy.PluginManager | None = None
 _registry: Registry | None = None
-_in_process: dict[str, object] = {}  # what register_plugin added, by name, for shipped_plugins
+_in_process: dict[str, tuple[object, ShippedPlugin]] = {}  # what register_plugin added, as it will ship
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -289,8 +289,8 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         raise
     _registry = registry
     shipped_name = registered_name or manager.get_name(plugin)
-    if shipped_name is not None:
-        _in_process[shipped_name] = plugin
+    if shipped_name is not None:  # a module's source is read now: its files may be gone when a run starts
+        _in_process[shipped_name] = (plugin, _shippable(shipped_name, plugin))
 
 
 @dataclass(frozen=True)
@@ -313,21 +313,23 @@ def shipped_plugins() -> list[ShippedPlugin]:
     """The plugins this process registered with :func:`register_plugin` and still holds,
     ready to hand to Ray workers, which otherwise see only built-ins and entry points."""
     manager = get_plugin_manager()
-    shipped = []
-    for name, plugin in _in_process.items():
-        if manager.get_plugin(name) is not plugin:
-            continue  # unregistered since
-        if inspect.ismodule(plugin):
-            shipped.append(ShippedPlugin(name, module=plugin.__name__, archive=_module_archive(name, plugin)))
-        else:
-            shipped.append(ShippedPlugin(name, instance=plugin))
+    shipped = [shipped for name, (plugin, shipped) in _in_process.items() if manager.get_plugin(name) is plugin]
+    for plugin in shipped:
+        if plugin.module is not None and not plugin.archive:
+            raise PluginError(f"plugin {plugin.name!r} is a module without a file; Ray workers cannot load it")
     return shipped
+
+
+def _shippable(name: str, plugin: object) -> ShippedPlugin:
+    if not inspect.ismodule(plugin):
+        return ShippedPlugin(name, instance=plugin)
+    if getattr(plugin, "__file__", None) is None:
+        return ShippedPlugin(name, module=plugin.__name__)  # fine in this process; refused when shipped
+    return ShippedPlugin(name, module=plugin.__name__, archive=_module_archive(name, plugin))
 
 
 def _module_archive(name: str, module: types.ModuleType) -> bytes:
     """A zip of the module's source: its file, or the top-level package holding it."""
-    if getattr(module, "__file__", None) is None:
-        raise PluginError(f"plugin {name!r} is a module without a file; Ray workers cannot load it")
     parts = module.__name__.split(".")
     source = Path(module.__file__)  # type: ignore[arg-type]
     is_package = source.name == "__init__.py"
