@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +25,7 @@ from pat_ray.config_fields import (
     ModelName,
     Strict,
     SurgeryName,
+    check_data_here,
     check_params,
     expand_path,
 )
@@ -67,23 +66,15 @@ class DataConfig(Strict):
     @field_validator("params")
     @classmethod
     def _root_exists(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """A missing root is an error where this process is where the data is read; for a run
-        going to a Ray cluster (``RAY_ADDRESS`` set) it may exist only on the worker nodes, so it
-        is a warning here and each worker checks its own before the first epoch."""
         root = v.get("root")
         if root is None:
             return v
         path = expand_path(root, "data root")
         if not path.exists():
-            problem = f"data root {str(root)!r} does not exist" + (f" ({path})" if str(path) != root else "")
-            if not os.environ.get("RAY_ADDRESS"):
-                raise ValueError(problem)
-            warnings.warn(f"data.params: {problem} here; each Ray worker checks its own", DataRootWarning, stacklevel=2)
+            check_data_here(
+                "data.params", f"data root {str(root)!r} does not exist" + (f" ({path})" if str(path) != root else "")
+            )
         return {**v, "root": str(path)}
-
-
-class DataRootWarning(UserWarning):
-    """The data root is missing on the driver of a cluster run (it may exist on the workers)."""
 
 
 class OptimizerConfig(Strict):
@@ -281,7 +272,11 @@ class Config(Strict):
         if "num_classes" in self.model.params:
             raise ValueError("model.params: num_classes is set from the dataset; remove it")
         check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
-        check_params("data.params", "dataset", self.data.name, self.data.params)
+        check_params("data.params", "dataset", self.data.name, self.data.params, early=False)
+        try:
+            get_registry().early_check("dataset", self.data.name, self.data.params)
+        except ValueError as err:
+            check_data_here("data.params", str(err))
         criterion = self.pruning.criterion
         check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
         try:  # a criterion is cheap to build: its own checks of the values run now, not at run start

@@ -4,6 +4,7 @@ names checked against the live registry."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,12 +27,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def check_params(field: str, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
+def check_params(
+    field: str, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = (), early: bool = True
+) -> None:
     """Plugin params the factory does not accept fail at validation, naming what it accepts.
     (Checked on the whole Config, not per section: the sections' default instances are built
     at import time, before any plugin is loaded.)"""
     try:
-        get_registry().check_params(kind, name, params, supplied)
+        get_registry().check_params(kind, name, params, supplied, early)
     except ValueError as err:
         raise ValueError(f"{field}: {err}") from None
 
@@ -53,3 +56,23 @@ DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
 CriterionName = Annotated[str, AfterValidator(_registered("criterion"))]
 SurgeryName = Annotated[str, AfterValidator(_registered("surgery"))]
 SimilarityName = Annotated[str, AfterValidator(_registered("similarity"))]
+
+
+def data_on_workers() -> bool:
+    """A run going to a Ray cluster (``RAY_ADDRESS`` set) reads its data on the worker nodes,
+    which may hold files this machine lacks: checks of the data here only warn, and each worker
+    checks its own before the first epoch."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+class DataWarning(UserWarning):
+    """The data is missing here, on the driver of a cluster run (it may exist on the workers)."""
+
+
+def check_data_here(field: str, problem: str) -> None:
+    """``problem`` with the data: an error, or for a cluster run a warning."""
+    if not data_on_workers():
+        raise ValueError(problem)
+    warnings.warn(
+        f"{field}: {problem} (on this machine; each Ray worker checks its own)", DataWarning, stacklevel=3
+    )

@@ -103,8 +103,9 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
 
 
 def test_a_ray_run_writes_its_folder_and_rays_storage_to_s3(s3_server, local_ray, tmp_path):
-    import pat_ray
     import pyarrow.fs
+
+    import pat_ray
 
     output = s3_server("ray-runs")
     config = configured(

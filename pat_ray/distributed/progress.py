@@ -71,6 +71,19 @@ class ProgressCallback(UserCallback):
         if len({r["fingerprint"] for r in ranks}) > 1:
             print(f"warning: ranks disagree on the architecture: {ranks}", flush=True)
 
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        """Raising here ends the run at once (Train does not retry its controller's errors)."""
+        fatal = _fatal(worker_exceptions.values())
+        if fatal is not None:
+            raise fatal
+
+
+def _fatal(errors) -> BaseException | None:
+    """A worker error that a restart cannot mend (data missing on a node), if any."""
+    from pat_ray.distributed.train import DataRootError
+
+    return next((err for err in errors if isinstance(err, DataRootError)), None)
+
 
 def _append(log: Location, line: str) -> None:
     """A line at the end of a small log (rewritten whole where a store cannot append)."""

@@ -117,9 +117,12 @@ class Registry:
             choices = ", ".join(self.names(kind)) or "none"
             raise KeyError(f"unknown {kind} {name!r}; registered: {choices}") from None
 
-    def check_params(self, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = ()) -> None:
+    def check_params(
+        self, kind: str, name: str, params: dict[str, Any], supplied: tuple[str, ...] = (), early: bool = True
+    ) -> None:
         """Raise ValueError unless ``name``'s factory accepts ``params`` (plus the keyword
-        arguments the caller ``supplied`` itself), so a typo fails at validation, not at run start."""
+        arguments the caller ``supplied`` itself), so a typo fails at validation, not at run start;
+        ``early``: also run the factory's own early check."""
         entry = self.get(kind, name)
         try:
             signature = inspect.signature(entry.factory)
@@ -133,7 +136,12 @@ class Registry:
                 f"{kind} {name!r} ({entry.plugin}) does not take these params: {err}; "
                 f"it accepts: {', '.join(accepted) or 'none'}"
             ) from None
-        check = getattr(entry.factory, "check", None)  # a factory's own early check, e.g. files exist
+        if early:
+            self.early_check(kind, name, params)
+
+    def early_check(self, kind: str, name: str, params: dict[str, Any]) -> None:
+        """Run the factory's own early check (e.g. its files exist), if it has one; ValueError."""
+        check = getattr(self.get(kind, name).factory, "check", None)
         if callable(check):
             try:
                 check(**params)
