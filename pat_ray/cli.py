@@ -9,6 +9,7 @@ for bug reports.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class _Cli(click.Group):
     """Maps the project's exceptions to one line and an exit code, for every command."""
 
     def invoke(self, ctx: click.Context):
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
+            signal.signal(stop_signal, _stop)
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
@@ -52,10 +55,24 @@ class _Cli(click.Group):
             if ctx.params.get("debug"):
                 raise
             _report(err)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             if ctx.params.get("debug"):
                 raise
-            _fail("interrupted; a run continues from its last finished epoch with `pat-ray run --resume`", 130)
+            signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            _fail(f"{what}; a run continues from its last finished epoch with `pat-ray run --resume`", 128 + signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the run stops cleanly and says how to resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
 
 
 def _report(err: Exception) -> None:
