@@ -53,9 +53,13 @@ def run(
                 shown = TrackingReporter(shown, tracked) if tracked else shown
                 result = _run_here(config, folder, shown, resume_from, Path(scratch))
             else:
-                from pat_ray.distributed.train import run_on_ray
+                from pat_ray.distributed.train import recorded_ray_run, run_on_ray
 
-                result = run_on_ray(config, resume=resume_from, tracking=tracked)
+                restart = recorded_ray_run(folder) if resume_from is not None and resume_from.name == LAST else None
+                if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
+                    result = run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked)
+                else:
+                    result = run_on_ray(config, resume=resume_from, tracking=tracked)
         except BaseException as err:
             if tracked:
                 abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))

@@ -73,6 +73,4 @@ def check_data_here(field: str, problem: str) -> None:
     """``problem`` with the data: an error, or for a cluster run a warning."""
     if not data_on_workers():
         raise ValueError(problem)
-    warnings.warn(
-        f"{field}: {problem} (on this machine; each Ray worker checks its own)", DataWarning, stacklevel=3
-    )
+    warnings.warn(f"{field}: {problem} (on this machine; each Ray worker checks its own)", DataWarning, stacklevel=3)

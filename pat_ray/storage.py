@@ -169,7 +169,10 @@ class Location:
         fs, path = self.filesystem()
         if backup is not None and self.is_file():
             fs.copy_file(path, backup.filesystem()[1])  # the old file stays readable meanwhile
-        target = path if urlsplit(self.uri).scheme.lower() in OBJECT_STORES else _temp_name(path)
+        object_store = urlsplit(self.uri).scheme.lower() in OBJECT_STORES
+        target = path if object_store else _temp_name(path)
+        if not object_store:  # folders are real on these stores
+            fs.create_dir(path.rpartition("/")[0], recursive=True)
         try:
             with fs.open_output_stream(target) as stream:
                 write(stream)
@@ -226,6 +229,8 @@ def _filesystem(root: str) -> pyarrow.fs.FileSystem:
     import pyarrow.fs
 
     scheme = urlsplit(root).scheme.lower()
+    if scheme == "file":
+        return pyarrow.fs.LocalFileSystem()
     if scheme in ARROW_SCHEMES:
         return pyarrow.fs.FileSystem.from_uri(root)[0]
     import fsspec

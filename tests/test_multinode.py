@@ -220,10 +220,17 @@ def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(clu
     code, out = finished(run)
     for _ in lost:
         cluster.add_node(num_cpus=1)
+    print(out)  # the console a user sees (pytest -rP shows it)
     assert code == 1, out[-4000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "waited 10 s" in errors[0] and "pat-ray run --resume" in errors[0], out[-3000:]
     assert "Traceback" not in out and (folder / "last.pt").is_file()  # the last finished epoch is kept
+    # with the nodes back, --resume restarts the Ray Train run by name and finishes it
+    code, out = finished(
+        driver(cluster, tmp_path, ["run", str(config), "--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    )
+    assert code == 0, out[-3000:]
+    assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == [1, 2, 3, 4]
 
 
 def test_ctrl_c_while_waiting_for_resources_stops_within_seconds(cluster, tmp_path):

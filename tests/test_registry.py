@@ -127,7 +127,8 @@ def test_plugin_failing_to_import_names_it(fresh_registry, tmp_path, monkeypatch
 def test_a_module_registered_in_process_reaches_a_fresh_process(
     fresh_registry, installed_plugin, tmp_path, monkeypatch
 ):
-    """What a Ray worker gets: the module by its file, since the worker lacks the driver's path."""
+    """What a Ray worker gets: the module's source and import name (the worker lacks the driver's
+    files and path), read when it was registered: deleting the file afterwards changes nothing."""
     import importlib
     import pickle
     import subprocess
@@ -136,8 +137,9 @@ def test_a_module_registered_in_process_reaches_a_fresh_process(
     module = importlib.import_module("my_criterion_plugin")
     registry.register_plugin(module, name="my-random")
     shipped = registry.shipped_plugins()
-    assert [(p.name, p.module_file) for p in shipped] == [("my-random", module.__file__)]
+    assert [(p.name, p.module) for p in shipped] == [("my-random", "my_criterion_plugin")]
     (tmp_path / "shipped.pkl").write_bytes(pickle.dumps(shipped))
+    os.unlink(module.__file__)  # the worker never needs the driver's file
     child = (
         "import pickle, sys; from pat_ray.plugins import registry;"
         "registry.install_shipped(pickle.load(open(sys.argv[1], 'rb')));"

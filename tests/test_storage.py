@@ -41,6 +41,19 @@ def test_uris_keep_their_scheme_and_query_when_joined():
     assert not has_scheme("C:\\runs")
 
 
+def test_a_file_uri_is_written_through_pyarrow_with_a_temp_file_moved_into_place(tmp_path):
+    folder = Location.of(f"file://{tmp_path}/store")
+    assert not folder.is_local and not folder.exists()
+    (folder / "a.pt").write_bytes(b"one")
+    (folder / "a.pt").write_bytes(b"two", backup=folder / "b.pt")
+    (folder / "c.pt").copy_from(folder / "a.pt")
+    assert [(folder / n).read_bytes() for n in ("a.pt", "b.pt", "c.pt")] == [b"two", b"one", b"two"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["a.pt", "b.pt", "c.pt"]  # no temp left
+    assert (folder / "a.pt").download(tmp_path / "local.pt").read_bytes() == b"two"
+    with pytest.raises(FileNotFoundError):
+        (folder / "missing.pt").read_bytes()
+
+
 @pytest.mark.parametrize("uri", ["s4://bucket/runs", "bogus://x"])
 def test_an_unknown_scheme_is_refused_naming_the_field_and_nothing_is_written(uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

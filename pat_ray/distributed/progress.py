@@ -40,15 +40,13 @@ class ProgressCallback(UserCallback):
     epoch to MLflow, and leaves in ``run_folder`` what a local run leaves there: each checkpoint
     as ``last.pt`` (keeping the one before as ``previous.pt``), ``history.json``, ``config.yaml``."""
 
-    def __init__(
-        self, run_folder: Location, storage: Location, config: Config, tracking: LiveTarget | None, resuming: bool
-    ) -> None:
+    def __init__(self, run_folder: Location, storage: Location, config: Config, tracking: LiveTarget | None) -> None:
         self.printer = PrintReporter(lambda line: print(line, flush=True))
         self.folder, self.config = run_folder, config
         self.storage, self.storage_path = storage, storage.filesystem()[1]
         self.logger = EpochLogger(tracking) if tracking is not None else None
         self.history: dict[int, dict] = {}
-        if resuming and (run_folder / HISTORY).is_file():  # the epochs before the resume point
+        if (run_folder / HISTORY).is_file():  # a resumed run: the epochs before its checkpoint
             self.history = {r["epoch"]: r for r in json.loads((run_folder / HISTORY).read_text())}
         (run_folder / CONFIG).write_text(config_to_yaml(config))
 

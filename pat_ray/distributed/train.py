@@ -11,6 +11,7 @@ talks to the tracking store. A restarted worker group resumes from ``ray.train.g
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -26,6 +27,19 @@ from pat_ray.distributed.worker import worker_loop
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.records import RunResult
+
+RAY_RUN = "ray_run.json"  # the Ray Train run (storage + name) behind a run folder, for a same-name restart
+
+
+def recorded_ray_run(folder: Location) -> tuple[Location, str] | None:
+    """The Ray Train run that wrote ``folder``, when its storage still holds it: ``--resume``
+    then restarts it by name, and Train's workers continue from its latest checkpoint."""
+    try:
+        recorded = json.loads((folder / RAY_RUN).read_text())
+        storage, name = Location.of(recorded["storage"]), recorded["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (storage, name) if (storage / name).exists() else None
 
 
 class RayRunError(RuntimeError):
@@ -75,6 +89,7 @@ def run_on_ray(
     storage = storage or Location.of(config.output_dir) / "ray"
     storage_fs, storage_path = storage.filesystem()
     name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (folder / RAY_RUN).write_text(json.dumps({"storage": storage.uri, "name": name}))
     attempt_s = min(ray_private.start_timeout(), config.scaling.resource_wait_s)
     ray_private.set_start_timeout(attempt_s)  # read by Train's controller when fit() starts it
     import torch
@@ -105,7 +120,7 @@ def run_on_ray(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
-            callbacks=[ProgressCallback(folder, storage, config, tracking, resume is not None), *(callbacks or [])],  # type: ignore[list-item]
+            callbacks=[ProgressCallback(folder, storage, config, tracking), *(callbacks or [])],  # type: ignore[list-item]
         ),
     )
     started = time.perf_counter()

@@ -29,7 +29,7 @@ from pat_ray.tracking.mlflow_log import (
     log_result,
     tracking_uri,
 )
-from pat_ray.training.epoch_progress import EpochProgress, progress_of
+from pat_ray.training.collective import WrappingReporter
 
 if TYPE_CHECKING:
     from pat_ray.training.collective import Reporter
@@ -113,19 +113,12 @@ class EpochLogger:
             )
 
 
-class TrackingReporter:
+class TrackingReporter(WrappingReporter):
     """A reporter that also logs each epoch to MLflow, around the reporter it wraps."""
 
     def __init__(self, inner: Reporter, target: LiveTarget) -> None:
-        self.inner, self.logger = inner, EpochLogger(target)
-
-    def note(self, text: str) -> None:
-        note = getattr(self.inner, "note", None)
-        if note is not None:
-            note(text)
-
-    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
-        return progress_of(self.inner, epoch, images)
+        super().__init__(inner)
+        self.logger = EpochLogger(target)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         self.inner.report(metrics, checkpoint)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pat_ray.training.epoch_progress import EpochProgress, lines_or_bar
+from pat_ray.training.epoch_progress import EpochProgress, lines_or_bar, progress_of
 
 
 class Collective(Protocol):
@@ -85,6 +85,25 @@ class Reporter(Protocol):
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Called once per epoch on every rank; ``checkpoint`` is rank 0's saved ``last.pt``."""
+
+
+class WrappingReporter:
+    """A reporter around another: its notes and progress display are the inner reporter's;
+    subclasses add what they do with each epoch's report."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def note(self, text: str) -> None:
+        note = getattr(self.inner, "note", None)
+        if note is not None:
+            note(text)
+
+    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
+        return progress_of(self.inner, epoch, images)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.inner.report(metrics, checkpoint)
 
 
 class PrintReporter:

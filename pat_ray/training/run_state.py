@@ -20,7 +20,7 @@ from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
 from pat_ray.storage import Location
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
-from pat_ray.training.epoch_progress import EpochProgress, progress_of
+from pat_ray.training.collective import WrappingReporter
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord, RunState
@@ -129,22 +129,15 @@ def restore_run_state(
         raise CheckpointError(ckpt.source, f"does not fit this run's model ({err})") from None
 
 
-class StoreMirror:
+class StoreMirror(WrappingReporter):
     """A reporter that copies a run's files from its local stage to its run folder in a store
     after every epoch, the checkpoint first (``history.json`` never names an epoch the
     folder's checkpoint lacks), then hands the epoch on to the reporter it wraps."""
 
     def __init__(self, inner: Reporter, stage: Path, folder: Location, config: Config) -> None:
-        self.inner, self.stage, self.folder = inner, stage, folder
+        super().__init__(inner)
+        self.stage, self.folder = stage, folder
         (folder / CONFIG).write_text(config_to_yaml(config))  # the config as given, store URI and all
-
-    def note(self, text: str) -> None:
-        note = getattr(self.inner, "note", None)
-        if note is not None:
-            note(text)
-
-    def epoch_progress(self, epoch: int, images: int) -> EpochProgress:
-        return progress_of(self.inner, epoch, images)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         if checkpoint is not None:
