@@ -82,7 +82,23 @@ def driver(cluster, tmp_path: Path, args: list[str], tracking: str = UNREACHABLE
     }
     env.pop("PAT_RAY_VERBOSE", None)
     command = [sys.executable, str(HERE / "_multinode_driver.py"), str(plugin), *args]
-    return subprocess.Popen(command, env=env, cwd=tmp_path, text=True, **popen)
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, text=True, **popen)
+    STARTED.append(process)
+    return process
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_driver_outlives_its_test():
+    """A failed test never leaves a driver holding the cluster's CPUs for the next one."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def finished(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
@@ -171,13 +187,13 @@ def test_an_oracle_sweep_runs_on_the_cluster_with_its_report_in_s3(cluster, s3_s
     assert "fixed-1" in (sweep / "report.md").read_text() and (sweep / "accuracy_vs_start.png").is_file()
 
 
-def _node_of_rank(cluster, run_folder: Path, rank: int, timeout: float = 240):
-    """The cluster node running ``rank``, once the run has reported an epoch."""
+def _a_worker_node_in_use(cluster, run_folder: Path, timeout: float = 240):
+    """A (non-head) cluster node running one of the run's ranks, once the run has reported an epoch."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if (run_folder / "ranks.jsonl").is_file():
-            node_id = ranks(Location.of(run_folder))[-1]["ranks"][rank]["node_id"]
-            return next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            used = {rank["node_id"] for rank in ranks(Location.of(run_folder))[-1]["ranks"]}
+            return next(node for node in cluster.worker_nodes if node.node_id in used)
         time.sleep(0.5)
     raise AssertionError("the run reported no epoch")
 
@@ -186,15 +202,12 @@ def test_a_lost_node_with_a_replacement_ends_like_an_undisturbed_run(cluster, re
     config = pipeline(tmp_path, "lost", tracking={"mlflow": False})
     run = driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     folder = tmp_path / "runs" / "lost"
-    node = (
-        _node_of_rank(cluster, folder, rank=1)
-        if _rank_off_head(cluster, folder, 1)
-        else _node_of_rank(cluster, folder, 0)
-    )
-    cluster.remove_node(node, allow_graceful=False)  # the third node is free: Train restarts there
-    code, out = finished(run)
+    try:
+        cluster.remove_node(_a_worker_node_in_use(cluster, folder), allow_graceful=False)  # the third node is free
+        code, out = finished(run)
+    finally:
+        cluster.add_node(num_cpus=1)  # back to three nodes for the next tests
     assert code == 0, out[-4000:]
-    cluster.add_node(num_cpus=1)  # back to three nodes for the next tests
     history = json.loads((folder / "history.json").read_text())
     undisturbed = json.loads((reference[0] / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # every epoch exactly once
@@ -203,23 +216,19 @@ def test_a_lost_node_with_a_replacement_ends_like_an_undisturbed_run(cluster, re
     ]
 
 
-def _rank_off_head(cluster, folder: Path, rank: int) -> bool:
-    _node_of_rank(cluster, folder, 0)
-    node_id = ranks(Location.of(folder))[-1]["ranks"][rank]["node_id"]
-    return node_id != cluster.head_node.node_id
-
-
 def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(cluster, tmp_path):
     config = pipeline(tmp_path, "stranded", tracking={"mlflow": False}, scaling={"resource_wait_s": 10})
     run = driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     folder = tmp_path / "runs" / "stranded"
-    _node_of_rank(cluster, folder, 0)
     lost = list(cluster.worker_nodes)
-    for node in lost:  # only the head's one CPU is left for two workers
-        cluster.remove_node(node, allow_graceful=False)
-    code, out = finished(run)
-    for _ in lost:
-        cluster.add_node(num_cpus=1)
+    try:
+        _a_worker_node_in_use(cluster, folder)
+        for node in lost:  # only the head's one CPU is left for two workers
+            cluster.remove_node(node, allow_graceful=False)
+        code, out = finished(run)
+    finally:
+        for _ in lost:
+            cluster.add_node(num_cpus=1)
     print(out)  # the console a user sees (pytest -rP shows it)
     assert code == 1, out[-4000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
