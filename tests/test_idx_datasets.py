@@ -103,3 +103,69 @@ def test_the_real_fashion_mnist_files():
     pixels = train_x * 0.3530 + 0.2860  # back to [0, 1]
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6 and pixels.max() > 0.99
     assert abs(train_x.mean().item()) < 0.01 and abs(train_x.std().item() - 1) < 0.01  # the constants fit
+
+
+def _damage(folder: Path, how: str) -> str:
+    """Damage one of the four files the way ``how`` says; returns the damaged file's name."""
+    name = "train-images-idx3-ubyte.gz"
+    path = folder / name
+    blob = gzip.decompress(path.read_bytes())
+    if how == "truncated gzip":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif how == "not gzip":
+        path.write_bytes(blob)  # plain bytes under a .gz name
+    elif how == "wrong magic":
+        path.write_bytes(gzip.compress(struct.pack(">I", 0x0A0B0C0D) + blob[4:]))
+    elif how == "wrong dimensions":
+        path.write_bytes(gzip.compress(struct.pack(">II", 0x0802, 5) + blob[8:]))
+    elif how == "fewer labels":
+        name = "train-labels-idx1-ubyte.gz"
+        labels = gzip.decompress((folder / name).read_bytes())
+        count = struct.unpack(">I", labels[4:8])[0] - 3
+        (folder / name).write_bytes(gzip.compress(labels[:4] + struct.pack(">I", count) + labels[8 : 8 + count]))
+    elif how == "extra bytes":
+        path.write_bytes(gzip.compress(blob + b"\0" * 7))
+    return name
+
+
+DAMAGE = {  # how -> what the one line says
+    "truncated gzip": "truncated or damaged",
+    "not gzip": "is not a gzip file",
+    "wrong magic": "is not an idx file",
+    "wrong dimensions": "dimensions",
+    "fewer labels": "holds 117 labels for the 120 images",
+    "extra bytes": "truncated or damaged",  # the size trailer disagrees with the header
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_damaged_files_fail_validate_in_one_line_naming_the_file(tmp_path, how):
+    write_idx(tmp_path / "data", per_class=12, test_per_class=3, gz=True)
+    name = _damage(tmp_path / "data", how)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"name": "mnist", "params": {"root": str(tmp_path / "data")}}}))
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0] and DAMAGE[how] in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("how", ["truncated plain file", "label out of range"])
+def test_damage_only_the_data_shows_is_one_error_naming_the_file_when_read(tmp_path, how):
+    from pat_ray.plugins.builtin.idx_format import DataFileError
+
+    write_idx(tmp_path, per_class=12, test_per_class=3, gz=False)
+    if how == "truncated plain file":
+        path = tmp_path / "t10k-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-100])
+        expected = "holds 23436 bytes; its header promises 23536"
+    else:
+        path = tmp_path / "train-labels-idx1-ubyte"
+        blob = bytearray(path.read_bytes())
+        blob[10] = 42
+        path.write_bytes(bytes(blob))
+        expected = "holds label 42; expected 0..9"
+    with pytest.raises(DataFileError, match=expected) as caught:
+        mnist(root=str(tmp_path))
+    assert caught.value.path == path

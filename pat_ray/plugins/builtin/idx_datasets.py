@@ -9,18 +9,15 @@ images, optionally a balanced ``test_per_class`` subset of them).
 
 from __future__ import annotations
 
-import gzip
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms import v2
 
 import pat_ray
 from pat_ray.core.data import DataBundle
+from pat_ray.plugins.builtin.idx_format import check_labels, check_pair, read_idx
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -31,6 +28,7 @@ FILES = {
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian: apt-get install dataset-fashion-mnist
 MNIST_ROOT = "/usr/share/datasets/mnist"
 ROOTS = {"fashion_mnist": FASHION_ROOT, "mnist": MNIST_ROOT}
+IMAGE_SHAPE, CLASSES = (28, 28), 10
 NORMALIZATION = {"fashion_mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}  # training-set pixel mean, std
 HOW_TO_GET = {
     "fashion_mnist": "install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
@@ -92,15 +90,13 @@ def _idx_bundle(name, root, train_per_class, val_per_class, test_per_class, augm
         if value is not None and value < 1:
             raise ValueError(f"{name}: {field} must be >= 1, got {value}")
     files = check_files(name, root)
-    train_images = _read(files["train_images"], read_image_file)
-    train_labels = _read(files["train_labels"], read_label_file)
+    train_images, train_labels = _read_pair(files["train_images"], files["train_labels"])
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = _balanced_split(train_labels, train_per_class, val_per_class, gen)
     if val_per_class is not None:
         val_images, val_labels = train_images[val_idx], train_labels[val_idx]
     else:
-        val_images = _read(files["test_images"], read_image_file)
-        val_labels = _read(files["test_labels"], read_label_file)
+        val_images, val_labels = _read_pair(files["test_images"], files["test_labels"])
         if test_per_class is not None:
             keep, _ = _balanced_split(val_labels, test_per_class, None, gen)
             val_images, val_labels = val_images[keep], val_labels[keep]
@@ -112,15 +108,12 @@ def _idx_bundle(name, root, train_per_class, val_per_class, test_per_class, augm
     return DataBundle(train, TensorDataset(val_x, val_labels), num_classes=10, input_shape=(1, 28, 28))
 
 
-def _read(path: Path, reader) -> torch.Tensor:
-    """torchvision's idx reader, on a decompressed copy when the file is gzipped."""
-    if path.suffix != ".gz":
-        return reader(str(path))
-    with tempfile.TemporaryDirectory(prefix="pat_ray_idx_") as folder:
-        plain = Path(folder) / path.stem
-        with gzip.open(path, "rb") as source, plain.open("wb") as target:
-            shutil.copyfileobj(source, target)
-        return reader(str(plain))
+def _read_pair(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels, checked against each other (counts, image size, label range)."""
+    check_pair(images, labels, IMAGE_SHAPE)
+    image_data, label_data = read_idx(images, 3), read_idx(labels, 1)
+    check_labels(labels, label_data, CLASSES)
+    return image_data, label_data.long()
 
 
 def _balanced_split(
@@ -161,7 +154,10 @@ class _Augmented(Dataset):
 
 def _check(name: str):
     def check(root: str | None = None, **_params: object) -> None:
-        check_files(name, root or ROOTS[name])
+        """The four files exist and their headers agree (milliseconds: no data is read)."""
+        files = check_files(name, root or ROOTS[name])
+        check_pair(files["train_images"], files["train_labels"], IMAGE_SHAPE)
+        check_pair(files["test_images"], files["test_labels"], IMAGE_SHAPE)
 
     return check
 
