@@ -203,6 +203,12 @@ class TrackingConfig(Strict):
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
     )
     experiment: str = "pat_ray"
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="how long one request to a tracking server may take; a server that does not answer in time is "
+        "one warning, and the run goes on untracked without asking it again",
+    )
 
 
 class OracleConfig(Strict):

@@ -110,7 +110,39 @@ def test_a_store_that_fails_mid_run_is_one_warning_and_the_run_finishes(tmp_path
     with pytest.warns(TrackingWarning, match="went away.*goes on untracked") as caught:
         result = pat_ray.run(tracked(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=3), local=True, quiet=True)
     assert len(calls) == 1 and len([w for w in caught if w.category is TrackingWarning]) == 1
-    assert [h.epoch for h in result.history] == [1, 2, 3] and result.mlflow_run_id is not None
+    # the store that failed is not asked again, not even for the summary: one failure, one cost
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.mlflow_run_id is None
+
+
+def test_a_server_that_never_answers_costs_one_timeout_and_one_warning(tmp_path):
+    """A tracking server that accepts connections and never answers (a hung host): one request
+    waits ``tracking.timeout_s``, then the run goes on untracked and never connects again."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+
+    def accept_and_hold():
+        while True:
+            try:
+                held.append(listener.accept()[0])  # never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    config = configured(tracked(tmp_path, uri, epochs=2), tracking={"timeout_s": 1})
+    try:
+        with pytest.warns(TrackingWarning, match="goes on untracked") as caught:
+            result = pat_ray.run(config, local=True, quiet=True)
+    finally:
+        listener.close()
+    assert [h.epoch for h in result.history] == [1, 2] and result.mlflow_run_id is None
+    assert len([w for w in caught if w.category is TrackingWarning]) == 1
+    assert len(held) == 1  # one connection, one timeout: never asked again
 
 
 def test_tracking_off_writes_nothing(tmp_path):

@@ -13,7 +13,6 @@ is one warning; the run then goes on without tracking.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from pat_ray.config import Config
 from pat_ray.storage import Location
 from pat_ray.tracking.mlflow_log import (
-    TrackingWarning,
     client_for,
     create_run,
+    forget_failures,
     guarded,
     log_epochs,
     log_result,
+    store_failed,
     tracking_uri,
 )
 from pat_ray.training.collective import WrappingReporter
@@ -45,6 +45,7 @@ class LiveTarget:
 
     tracking_uri: str
     run_id: str
+    timeout_s: float = 5.0  # per request to the store
 
 
 def open_run(config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget | None:
@@ -52,17 +53,19 @@ def open_run(config: Config, run_dir: Path | Location, resume: bool) -> LiveTarg
     still exists in the same store), else a new one; None, with a warning, when the store
     cannot be reached."""
     uri = tracking_uri(config)
+    forget_failures(uri)  # each run asks a store that failed an earlier run again, once
     return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume))
 
 
 def _open(uri: str, config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget:
-    client = client_for(uri)
+    client = client_for(uri, config.tracking.timeout_s)
     folder = Location.of(run_dir)
     recorded = _recorded(folder / RUN_FILE) if resume else None
     if recorded is not None and recorded.tracking_uri == uri and _exists(client, recorded.run_id):
         client.update_run(recorded.run_id, status="RUNNING")
-        return recorded
-    target = LiveTarget(uri, create_run(client, config, config.name, tags={"pat_ray.kind": "run"}))
+        return LiveTarget(uri, recorded.run_id, config.tracking.timeout_s)
+    run_id = create_run(client, config, config.name, tags={"pat_ray.kind": "run"})
+    target = LiveTarget(uri, run_id, config.tracking.timeout_s)
     (folder / RUN_FILE).write_text(json.dumps(asdict(target)))
     return target
 
@@ -98,7 +101,7 @@ class EpochLogger:
             return
         try:
             if self.client is None:
-                self.client = client_for(self.target.tracking_uri)
+                self.client = client_for(self.target.tracking_uri, self.target.timeout_s)
                 history = self.client.get_metric_history(self.target.run_id, PROGRESS_METRIC)
                 self.last_step = max((m.step for m in history), default=0)
             if record["epoch"] > self.last_step:
@@ -106,11 +109,7 @@ class EpochLogger:
                 self.last_step = record["epoch"]
         except Exception as err:
             self.failed = True
-            warnings.warn(
-                f"MLflow tracking to {self.target.tracking_uri!r} failed: {err!r}; training goes on untracked",
-                TrackingWarning,
-                stacklevel=2,
-            )
+            store_failed(self.target.tracking_uri, f"{err!r}; training goes on untracked")
 
 
 class TrackingReporter(WrappingReporter):
@@ -129,7 +128,7 @@ def close_run(target: LiveTarget, config: Config, result: RunResult) -> str | No
     """Log the finished run's summary and artifacts and mark it finished; its id, or None."""
 
     def close() -> str:
-        client = client_for(target.tracking_uri)
+        client = client_for(target.tracking_uri, target.timeout_s)
         log_result(client, target.run_id, config, result, checkpoint=True)
         client.set_terminated(target.run_id, status="FINISHED")
         return target.run_id
@@ -140,4 +139,8 @@ def close_run(target: LiveTarget, config: Config, result: RunResult) -> str | No
 def abandon_run(target: LiveTarget, interrupted: bool) -> None:
     """Mark the run KILLED (Ctrl-C: ``--resume`` continues it) or FAILED."""
     status = "KILLED" if interrupted else "FAILED"
-    guarded(target.tracking_uri, "", lambda: client_for(target.tracking_uri).set_terminated(target.run_id, status))
+    guarded(
+        target.tracking_uri,
+        "",
+        lambda: client_for(target.tracking_uri, target.timeout_s).set_terminated(target.run_id, status),
+    )

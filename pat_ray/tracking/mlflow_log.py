@@ -11,6 +11,7 @@ into a ``TrackingWarning``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -46,19 +47,38 @@ def tracking_uri(config: Config) -> str:
     return uri
 
 
+_failed_stores: set[str] = set()  # stores that failed once in this process: never asked again
+
+
 def guarded(uri: str, where: str, log: Callable[[], T]) -> T | None:
     """``log()``, or None and a warning naming the store when any store / network / permission
-    problem stops it."""
+    problem stops it. A store that failed once is not asked again (None, no second warning), so
+    a dead server costs a run one timeout, not one per call."""
+    if uri in _failed_stores:
+        return None
     try:
         return log()
     except Exception as err:
-        warnings.warn(f"MLflow tracking to {uri!r} failed: {err!r}; {where}", TrackingWarning, stacklevel=3)
+        store_failed(uri, f"{err!r}; {where}")
         return None
 
 
-def client_for(uri: str) -> MlflowClient:
+def forget_failures(uri: str) -> None:
+    _failed_stores.discard(uri)
+
+
+def store_failed(uri: str, what: str) -> None:
+    _failed_stores.add(uri)
+    warnings.warn(f"MLflow tracking to {uri!r} failed: {what}", TrackingWarning, stacklevel=3)
+
+
+def client_for(uri: str, timeout_s: float) -> MlflowClient:
+    """A client whose HTTP requests give up after ``timeout_s`` and are not retried (MLflow's
+    defaults, 120 s and 7 retries with backoff, stall a run for minutes on a dead server)."""
     from mlflow import MlflowClient
 
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -131,6 +151,7 @@ def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, 
     stay in the sweep folder (they can be many and large); children get metrics and plots.
     """
     uri = tracking_uri(config)
+    forget_failures(uri)
     return guarded(
         uri, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(uri, config, summary, results)
     )
@@ -139,7 +160,7 @@ def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, 
 def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str:
     from mlflow.entities import Param
 
-    client = client_for(uri)
+    client = client_for(uri, config.tracking.timeout_s)
     parent = create_run(client, config, summary.name, tags={"pat_ray.kind": "oracle"})
     client.log_batch(parent, params=[Param("oracle.grid", str(summary.grid))])
     found = summary.verdict()
