@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from pat_ray.config_start import (
     StartKind,
     StartPolicy,
 )
+from pat_ray.config_yaml import ConfigError, read_yaml
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Measure
 from pat_ray.plugins.registry import get_registry
@@ -233,6 +235,9 @@ class OracleConfig(Strict):
         return v
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 class Config(Strict):
     name: str = Field("digits", description="the run's folder under output_dir: a plain folder name")
     output_dir: str = Field(
@@ -252,8 +257,12 @@ class Config(Strict):
     @field_validator("name")
     @classmethod
     def _plain_folder_name(cls, v: str) -> str:
-        if not v or v in (".", "..") or any(c in v for c in "/\\\0") or v != v.strip():
-            raise ValueError(f"{v!r} is not a plain folder name (no slashes, not '.' or '..', no surrounding spaces)")
+        """The run's folder and MLflow name: letters, digits and ``-_.``, so that no shell, store
+        or filesystem reads it as something else (``${HOME}``, control characters, ``..``)."""
+        if not PLAIN_NAME.fullmatch(v) or v.strip(".") == "" or len(v) > 128:
+            raise ValueError(
+                f"{v!r} is not a plain folder name: use letters, digits, '-', '_' and '.' (at most 128, not only dots)"
+            )
         return v
 
     @field_validator("output_dir", mode="before")
@@ -312,17 +321,6 @@ def oracle_grid(config: Config) -> list[int]:
     return sorted({round(epochs * tenth / 10) for tenth in range(0, 7)} - {epochs})
 
 
-class ConfigError(ValueError):
-    """A config file could not be read or validated; ``errors`` are ``field.path: message``."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source, self.errors = source, errors
-        super().__init__("\n".join(f"{source}: {e}" for e in errors))
-
-    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
-        return (type(self), (self.source, self.errors))
-
-
 def _format(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
@@ -341,20 +339,7 @@ def config_from_dict(data: Any, source: str = "<config>") -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML pipeline config; raises ConfigError listing every problem."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file does not exist"]) from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), ["is a folder; give the path of a YAML config file"]) from None
-    except PermissionError:
-        raise ConfigError(str(path), ["cannot be read (permission denied)"]) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), [f"is not UTF-8 text (byte {err.start}); is it a YAML config file?"]) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(str(path), [f"not valid YAML: {err}"]) from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_yaml(path), str(path))
 
 
 def config_to_yaml(config: Config) -> str:

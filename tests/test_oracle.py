@@ -13,7 +13,15 @@ from click.testing import CliRunner
 from _helpers import configured, fail_once_after
 from pat_ray.cli import main
 from pat_ray.config import Config, EarlyBirdStart, EPIStart, FixedStart, NeverStart, config_from_dict
-from pat_ray.sweep.plan import OracleSummary, TrialOutcome, read_summary, summarize, trial_configs, write_summary
+from pat_ray.sweep.plan import (
+    RESULT_FILE,
+    OracleSummary,
+    TrialOutcome,
+    read_summary,
+    summarize,
+    trial_configs,
+    write_summary,
+)
 from pat_ray.sweep.report import PLOTS, REPORT_FILE, markdown, write_report
 from pat_ray.training.checkpoint import read_checkpoint
 
@@ -259,3 +267,33 @@ def test_held_out_calibration_applies_the_other_seeds_tau_and_reads_the_grid(tmp
     text = markdown(summary)
     assert "| 0 | " in text and "| 2 | fixed-2 | 0.9000 |" in text
     assert "epi-s1 0.8900 = fixed-4-s1 0.8900" in text  # an EPI trial on a grid epoch repeats that trial
+
+
+@pytest.mark.parametrize(
+    "damage, field",
+    [
+        (lambda d: d["trials"][0].update(accuracy="half"), "trials.0.accuracy"),
+        (lambda d: d.update(trials={"not": "a list"}), "trials"),
+        (lambda d: d.update(seeds="0, 1"), "seeds"),
+        (lambda d: d.pop("name"), "name"),
+        (lambda d: d["trials"][0].update(epi_curve=[0.9, "high"]), "trials.0.epi_curve.1"),
+        (lambda d: d.clear() or d.update(x=1), "name"),
+    ],
+)
+def test_a_malformed_oracle_json_names_the_file_and_the_field(tmp_path, damage, field):
+    summary = summarize("s", small_config(tmp_path), [outcome("fixed-0", "fixed", 0, 0.9, 5.0)], [], None)
+    data = json.loads(summary.to_json())
+    damage(data)
+    (tmp_path / RESULT_FILE).write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / RESULT_FILE) in lines[0] and f"field {field}:" in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_an_oracle_json_that_is_not_a_summary_names_the_file(tmp_path, text):
+    (tmp_path / RESULT_FILE).write_text(text)
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and str(tmp_path / RESULT_FILE) in result.output and "Traceback" not in result.output

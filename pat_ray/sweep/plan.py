@@ -214,11 +214,18 @@ class OracleSummary:
 
     @classmethod
     def from_json(cls, text: str) -> OracleSummary:
+        """Read back ``to_json``; every field's type is checked (ValueError naming the field)."""
+        from pydantic import TypeAdapter, ValidationError
+
         data = json.loads(text)
-        data["trials"] = [TrialOutcome(**t) for t in data["trials"]]
-        if "calibration_curve" in data:  # written before sweeps had seeds
+        if isinstance(data, dict) and "calibration_curve" in data:  # written before sweeps had seeds
             data["calibration_curves"] = [data.pop("calibration_curve")]
-        return cls(**data)
+        try:
+            return TypeAdapter(cls).validate_python(data, strict=False)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the top level"
+            raise ValueError(f"field {where}: {first['msg']} (got {first.get('input')!r:.60})") from None
 
 
 def outcome_from_result(label: str, result: RunResult) -> TrialOutcome:
@@ -283,4 +290,4 @@ def read_summary(run: Path) -> OracleSummary:
     try:
         return OracleSummary.from_json(path.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not a readable oracle summary ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a readable oracle summary: {err}") from None

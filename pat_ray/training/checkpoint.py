@@ -89,6 +89,7 @@ def save_checkpoint(
     atomic_torch_save(
         {
             "format_version": FORMAT_VERSION,
+            "pat_ray_version": _own_version(),
             "model_name": model_name,
             "model_params": dict(model_params or {}),
             "input_shape": list(input_shape),
@@ -121,7 +122,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(path, f"is damaged ({_first_line(err)})") from None
     except Exception as err:  # torch raises RuntimeError, EOFError, zip errors... for broken files
         raise CheckpointError(path, f"is damaged or not a PyTorch file ({_first_line(err)})") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        writer = data.get("pat_ray_version")
+        by = f"pat_ray {writer}" if isinstance(writer, str) else "a newer pat_ray"
+        raise CheckpointError(
+            path,
+            f"was written by {by} (checkpoint format {version}); this pat_ray {_own_version()} reads format "
+            f"{FORMAT_VERSION}: upgrade pat_ray{f' to {writer} or newer' if isinstance(writer, str) else ''}",
+        )
+    if not isinstance(data, dict) or version != FORMAT_VERSION:
         plain = isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values())
         what = "a plain state dict" if plain else f"a {type(data).__name__}"
         raise CheckpointError(path, f"is not a pat_ray checkpoint (format {FORMAT_VERSION}); it holds {what}")
@@ -161,6 +171,15 @@ def build_pruned_model(
     graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]))
     apply_architecture(model, graph, architecture)
     return model
+
+
+def _own_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pat-ray")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _read_remote(uri: str, map_location: str | torch.device) -> Checkpoint:
