@@ -8,11 +8,14 @@ from pathlib import Path
 
 from pat_ray.config import Config, load_config
 from pat_ray.storage import Location
-from pat_ray.tracking.live import TrackingReporter, abandon_run, close_run, open_run
+from pat_ray.tracking.live import LiveTarget, TrackingReporter, abandon_run, close_run, open_run
+from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
-from pat_ray.training.records import RunResult
+from pat_ray.training.records import RunResult, RunState
+from pat_ray.training.resume_check import check_resume
+from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import LAST, StoreMirror, check_new_run, resume_point
 
 
@@ -40,9 +43,9 @@ def run(
     config = config or Config()
     folder = config.run_folder()
     check_runnable(config, local=local)
-    with tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
+    with holding(folder, "run"), tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
         if resume:
-            resume_from = resume_point(folder, lambda line: print(line, file=sys.stderr), Path(scratch))
+            resume_from: Path | None = _resume_point(config, folder, Path(scratch))
         else:
             check_new_run(folder)
             resume_from = None
@@ -53,13 +56,7 @@ def run(
                 shown = TrackingReporter(shown, tracked) if tracked else shown
                 result = _run_here(config, folder, shown, resume_from, Path(scratch))
             else:
-                from pat_ray.distributed.train import recorded_ray_run, run_on_ray
-
-                restart = recorded_ray_run(folder) if resume_from is not None and resume_from.name == LAST else None
-                if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
-                    result = run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked)
-                else:
-                    result = run_on_ray(config, resume=resume_from, tracking=tracked)
+                result = _run_on_ray(config, folder, resume_from, tracked)
         except BaseException as err:
             if tracked:
                 abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))
@@ -67,6 +64,26 @@ def run(
         if tracked:
             result.mlflow_run_id = close_run(tracked, config, result)
     return result
+
+
+def _resume_point(config: Config, folder: Location, scratch: Path) -> Path:
+    """The checkpoint to continue from, once it is clear that resuming continues the same run."""
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    checkpoint = resume_point(folder, warn, scratch)
+    ckpt = read_checkpoint(checkpoint)
+    allowed = check_resume(ckpt.extra.get("config"), config, RunState.from_checkpoint(ckpt).epoch, str(folder))
+    if allowed:
+        warn(f"note: resuming with changes that do not alter the run: {'; '.join(allowed)}")
+    return checkpoint
+
+
+def _run_on_ray(config: Config, folder: Location, resume: Path | None, tracked: LiveTarget | None) -> RunResult:
+    from pat_ray.distributed.train import recorded_ray_run, run_on_ray
+
+    restart = recorded_ray_run(folder) if resume is not None and resume.name == LAST else None
+    if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
+        return run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked)
+    return run_on_ray(config, resume=resume, tracking=tracked)
 
 
 def _run_here(config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path) -> RunResult:

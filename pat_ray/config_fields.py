@@ -74,3 +74,15 @@ def check_data_here(field: str, problem: str) -> None:
     if not data_on_workers():
         raise ValueError(problem)
     warnings.warn(f"{field}: {problem} (on this machine; each Ray worker checks its own)", DataWarning, stacklevel=3)
+
+
+def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.key": value}`` (how fields are named to users)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -42,6 +42,7 @@ from pat_ray.sweep.report import write_report
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
 from pat_ray.training.records import RunState
+from pat_ray.training.run_lock import holding
 
 CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first
 
@@ -75,6 +76,16 @@ def run_oracle(
         raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
     if not resume and sweep_dir.exists():
         raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
+    with holding(sweep_dir, "sweep"):
+        return _sweep(config, name, resume, storage, echo)
+
+
+def _sweep(config: Config, name: str, resume: bool, storage: Location, echo) -> OracleSummary:
+    """The sweep itself, run while this process holds its folder."""
+    from ray import tune
+
+    storage_fs, storage_path = storage.filesystem()
+    sweep_dir, sweep_path = storage / name, f"{storage_path}/{name}"
     trials = trial_configs(config)
     trainable = tune.with_resources(
         tune.with_parameters(

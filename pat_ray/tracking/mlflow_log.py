@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pat_ray.config import Config, EPIStart, config_to_yaml
+from pat_ray.config_fields import dotted
 from pat_ray.storage import Location
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def create_run(client: MlflowClient, config: Config, name: str, tags: dict[str, 
 def log_params(client: MlflowClient, run_id: str, config: Config) -> None:
     from mlflow.entities import Param
 
-    params = [Param(k, str(v)) for k, v in _flatten(config.model_dump(mode="json")).items()]
+    params = [Param(k, str(v)) for k, v in dotted(config.model_dump(mode="json")).items()]
     for start in range(0, len(params), BATCH):
         client.log_batch(run_id, params=params[start : start + BATCH])
 
@@ -186,14 +187,3 @@ def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[
         client.set_terminated(child)
     client.set_terminated(parent)
     return parent
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

@@ -99,7 +99,7 @@ def save_run_state(
         pruner.architecture,
         input_shape,
         model_params={"num_classes": num_classes, **config.model.params},
-        extra=state.to_extra(),
+        extra={**state.to_extra(), "config": config.model_dump(mode="json")},  # what --resume compares with
         backup=run_dir / PREVIOUS,
     )
     write_run_files(run_dir, config, state.history)

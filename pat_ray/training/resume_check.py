@@ -1,0 +1,63 @@
+"""A resume continues the same run or says why not.
+
+The checkpoint records the config that made it. ``--resume`` with a config that would change
+what the run means (model, data, budget, criterion, start policy, seed, schedule...) is refused,
+naming each changed field with its old and new value; what only changes where or how fast it
+runs (workers, output paths, tracking, loaders, checkpoint cadence, device) is allowed and
+listed. A run that already ran its last epoch is not resumed at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pat_ray.config import AfterTrainingStart, Config
+from pat_ray.config_fields import dotted
+
+SAFE_TO_CHANGE = (  # dotted prefixes of fields that do not change what the run computes
+    "name",
+    "output_dir",
+    "scaling",
+    "tracking",
+    "oracle",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "training.checkpoint_every",
+    "training.device",
+)
+
+
+class ResumeChangesRunError(ValueError):
+    """The config given to ``--resume`` differs from the run's in fields that change its meaning."""
+
+
+class RunFinishedError(ValueError):
+    """The run to resume already ran its last epoch; nothing was changed."""
+
+
+def planned_epochs(config: Config) -> int:
+    """Every epoch the run trains: the schedule, plus fine-tuning for train-prune-fine-tune."""
+    start = config.start
+    finetune = (start.finetune_epochs or config.training.epochs) if isinstance(start, AfterTrainingStart) else 0
+    return config.training.epochs + finetune
+
+
+def check_resume(recorded: dict[str, Any] | None, config: Config, last_epoch: int, where: str) -> list[str]:
+    """The allowed changes, one line each; raises when the resume would change or repeat the run."""
+    if last_epoch >= planned_epochs(config):
+        raise RunFinishedError(
+            f"the run in {where} already finished (epoch {last_epoch} of {planned_epochs(config)}); nothing was "
+            "changed. Its results are there; start a new run under another name to train again"
+        )
+    if recorded is None:  # a checkpoint from before configs were recorded: nothing to compare
+        return []
+    before, after = dotted(recorded), dotted(config.model_dump(mode="json"))
+    changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    refused = [key for key in changed if not key.startswith(SAFE_TO_CHANGE)]
+    if refused:
+        lines = "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in refused)
+        raise ResumeChangesRunError(
+            f"--resume would change the run in {where}: {lines}. Resume with the config it started with "
+            f"({where}/config.yaml), or start a new run under another name"
+        )
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed]

@@ -1,0 +1,67 @@
+"""One writer per run folder: an OS file lock held while a run (or a resume of it) is alive.
+
+The lock is ``fcntl.flock`` on ``<run folder>/.lock``: the kernel drops it when the process
+ends, however it ends, so a crash never leaves a stale lock (the file itself stays, holding
+the last holder's pid, host and start time, which only matter while that holder is alive). A
+run folder in a store (``s3://...``) is locked through a local file named after its URI, in
+``~/.cache/pat_ray/locks``: that keeps two runs on one machine apart; runs started on two
+machines against one bucket are not (object stores have no lock to take).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pat_ray.storage import Location
+
+LOCK = ".lock"
+
+
+class RunInUseError(FileExistsError):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_file(folder: Location) -> Path:
+    if folder.is_local:
+        return folder.local_path / LOCK
+    digest = hashlib.sha256(folder.uri.encode()).hexdigest()[:24]
+    return Path.home() / ".cache" / "pat_ray" / "locks" / f"{digest}.lock"
+
+
+@contextmanager
+def holding(folder: Location, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the body; RunInUseError at once, naming the holder, if another
+    process holds it. ``what``: the kind of work ("run", "sweep"), for the message."""
+    path = lock_file(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(
+                f"{folder} is in use by another {what} ({_holder(fd)}); nothing was changed. Wait for it to end, "
+                "or choose another name"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {data['pid']} on {data['host']}, started {data['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown: it is starting"

@@ -1,0 +1,119 @@
+"""One writer per run folder, and resumes that continue the same run or say why not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+
+
+def write_config(tmp_path: Path, **sections) -> Path:
+    data = {
+        "output_dir": str(tmp_path / "runs"),
+        "training": {"epochs": 4},
+        "start": {"kind": "fixed", "epoch": 1},
+        "tracking": {"mlflow": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _start(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pat_ray.cli", "run", str(config), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def _wait_for_epoch(folder: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not (folder / "history.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the first run never reported an epoch"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_a_second_run_or_resume_of_a_folder_in_use_is_refused_at_once_naming_the_holder(where, tmp_path, request):
+    env = {}
+    extra = ["--local"] if where == "local" else []
+    if where == "ray":
+        request.getfixturevalue("local_ray")
+        import ray
+
+        env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    config = write_config(tmp_path, training={"epochs": 12})
+    first = _start(config, *extra, env=env)
+    try:
+        _wait_for_epoch(tmp_path / "runs" / "digits", first)
+        for args in (extra, [*extra, "--resume"]):
+            second = _start(config, *args, env=env)
+            out = second.communicate(timeout=120)[0]
+            assert second.returncode == 2, out
+            assert f"is in use by another run (pid {first.pid} on " in out and "nothing was changed" in out, out
+            assert "Traceback" not in out
+    finally:
+        out = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, out
+    history = json.loads((tmp_path / "runs" / "digits" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 13))  # the holder's run, untouched
+
+
+def _cut_after_two(tmp_path: Path) -> Path:
+    """A run stopped (SIGTERM) after its second epoch; returns its config."""
+    config = write_config(tmp_path)
+    run = _start(config, "--local")
+    for line in run.stdout:  # type: ignore[union-attr]
+        if line.startswith("epoch   2"):
+            run.terminate()
+            break
+    run.communicate(timeout=60)
+    return config
+
+
+def test_a_resume_that_would_change_the_run_is_refused_naming_each_field(tmp_path):
+    _cut_after_two(tmp_path)
+    folder = tmp_path / "runs" / "digits"
+    before = {name: (folder / name).read_bytes() for name in ("last.pt", "history.json")}
+    changed = write_config(tmp_path, pruning={"budget": {"fraction": 0.3}}, model={"name": "cifar_resnet32"})
+    result = CliRunner().invoke(main, ["run", str(changed), "--local", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "--resume would change the run in" in result.output
+    assert "pruning.budget.fraction: 0.5 -> 0.3" in result.output
+    assert "model.name: 'cifar_resnet20' -> 'cifar_resnet32'" in result.output
+    assert {name: (folder / name).read_bytes() for name in before} == before  # nothing was changed
+
+
+def test_a_resume_may_change_what_does_not_alter_the_run_and_says_so(tmp_path):
+    _cut_after_two(tmp_path)
+    safe = write_config(tmp_path, scaling={"max_failures": 3}, data={"eval_batch_size": 100})
+    result = CliRunner().invoke(main, ["run", str(safe), "--local", "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "note: resuming with changes that do not alter the run" in result.stderr
+    assert "scaling.max_failures: 1 -> 3" in result.stderr and "data.eval_batch_size: 512 -> 100" in result.stderr
+    history = json.loads((tmp_path / "runs" / "digits" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    config = write_config(tmp_path, training={"epochs": 2})
+    assert CliRunner().invoke(main, ["run", str(config), "--local"]).exit_code == 0
+    folder = tmp_path / "runs" / "digits"
+    before = (folder / "last.pt").read_bytes()
+    result = CliRunner().invoke(main, ["run", str(config), "--local", "--resume"])
+    assert result.exit_code == 2 and "already finished (epoch 2 of 2); nothing was changed" in result.output
+    assert (folder / "last.pt").read_bytes() == before
