@@ -13,6 +13,7 @@ known scheme only, so ``validate`` works offline.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -264,12 +265,36 @@ def atomic_write(
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's umask
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # a full disk or an I/O error shows here, not after the rename
         if backup is not None and path.exists():
             os.replace(path, backup)
         os.replace(tmp, path)
+    except Exception as err:
+        full = _disk_full(path.parent)  # measured before the temp file gives its space back
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(err, path, full) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
+
+
+def _write_error(err: Exception, path: Path, full: bool) -> Exception:
+    """The error a failed write becomes: an OSError naming the file and the cause, also when the
+    writer (torch.save's zip writer, say) reported a full disk as something else."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return OSError(err.errno, os.strerror(err.errno), str(path))
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return err
 
 
 def _read_umask() -> int:

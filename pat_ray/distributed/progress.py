@@ -87,8 +87,11 @@ def _append(log: Location, line: str) -> None:
     """A line at the end of a small log (rewritten whole where a store cannot append)."""
     if log.is_local:
         log.local_path.parent.mkdir(parents=True, exist_ok=True)
-        with log.local_path.open("a") as handle:
-            handle.write(line + "\n")
+        try:
+            with log.local_path.open("a") as handle:
+                handle.write(line + "\n")
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(log)) from None
         return
     before = log.read_text() if log.is_file() else ""
     log.write_text(before + line + "\n")
