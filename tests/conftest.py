@@ -130,3 +130,16 @@ def mlflow_server(tmp_path_factory):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line at the end saying how to run what this machine skipped for want of data or rights."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = " ".join(str(getattr(report, "longrepr", "")) for report in skipped)
+    if "dataset-fashion-mnist" in reasons:
+        terminalreporter.write_line(
+            "note: the test on the real Fashion-MNIST files was skipped; to run it: "
+            "sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu), then pytest again"
+        )
+    if "mounting a tmpfs needs root" in reasons:
+        terminalreporter.write_line("note: the full-disk test was skipped: it mounts a small tmpfs, which needs root")

@@ -242,16 +242,17 @@ def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(clu
     assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == [1, 2, 3, 4]
 
 
-def test_ctrl_c_while_waiting_for_resources_stops_within_seconds(cluster, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_ctrl_c_or_sigterm_while_waiting_for_resources_stops_within_seconds(stop, cluster, tmp_path):
     config = pipeline(tmp_path, "waiting", tracking={"mlflow": False}, scaling={"num_workers": 5})
     run = driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(15)  # Ray is up and Train waits for five CPUs on a three-CPU cluster
     assert run.poll() is None
     sent = time.time()
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     code, out = finished(run, timeout=60)
     assert time.time() - sent < 15
-    assert code == 130 and "pat-ray run --resume" in out and "Traceback" not in out, out[-3000:]
+    assert code == 128 + stop and "pat-ray run --resume" in out and "Traceback" not in out, out[-3000:]
 
 
 def test_a_data_root_missing_on_the_workers_fails_at_once_naming_node_and_path(cluster, tmp_path):
