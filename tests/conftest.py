@@ -132,6 +132,7 @@ def mlflow_server(tmp_path_factory):
     process.wait(timeout=30)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter):
     """One line at the end saying how to run what this machine skipped for want of data or rights."""
     skipped = terminalreporter.stats.get("skipped", [])
