@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pat_ray.config import Config, load_config
@@ -26,6 +27,7 @@ def run(
     quiet: bool = False,
     reporter: Reporter | None = None,
     resume: bool = False,
+    overrides: Sequence[str] = (),
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
@@ -38,7 +40,10 @@ def run(
     The run folder is ``output_dir/name``, a local folder or a URI (``s3://...``). A run
     never replaces an earlier one: when the folder already holds a run this raises
     ``RunExistsError``, unless ``resume=True``, which continues that run from its last
-    checkpoint (or the one before it, when the last is damaged).
+    checkpoint (or the one before it, when the last is damaged), after checking that the
+    config would not change what the run computes. While it runs, the folder is locked: a
+    second run or resume of it fails at once (``RunInUseError``). ``overrides``: the
+    ``key=value`` pairs that made ``config`` from a file, recorded in MLflow as a tag.
     """
     config = config or Config()
     folder = config.run_folder()
@@ -49,7 +54,7 @@ def run(
         else:
             check_new_run(folder)
             resume_from = None
-        tracked = open_run(config, folder, resume) if config.tracking.mlflow else None
+        tracked = open_run(config, folder, resume, overrides) if config.tracking.mlflow else None
         try:
             if local:
                 shown = reporter or (SilentReporter() if quiet else PrintReporter())

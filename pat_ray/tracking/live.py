@@ -13,6 +13,7 @@ is one warning; the run then goes on without tracking.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,23 +49,26 @@ class LiveTarget:
     timeout_s: float = 5.0  # per request to the store
 
 
-def open_run(config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget | None:
+def open_run(
+    config: Config, run_dir: Path | Location, resume: bool, overrides: Sequence[str] = ()
+) -> LiveTarget | None:
     """The MLflow run this run logs into: the one ``run_dir`` recorded when resuming (and it
     still exists in the same store), else a new one; None, with a warning, when the store
     cannot be reached."""
     uri = tracking_uri(config)
     forget_failures(uri)  # each run asks a store that failed an earlier run again, once
-    return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume))
+    tags = {"pat_ray.kind": "run", **({"pat_ray.overrides": " ".join(overrides)} if overrides else {})}
+    return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume, tags))
 
 
-def _open(uri: str, config: Config, run_dir: Path | Location, resume: bool) -> LiveTarget:
+def _open(uri: str, config: Config, run_dir: Path | Location, resume: bool, tags: dict[str, str]) -> LiveTarget:
     client = client_for(uri, config.tracking.timeout_s)
     folder = Location.of(run_dir)
     recorded = _recorded(folder / RUN_FILE) if resume else None
     if recorded is not None and recorded.tracking_uri == uri and _exists(client, recorded.run_id):
         client.update_run(recorded.run_id, status="RUNNING")
         return LiveTarget(uri, recorded.run_id, config.tracking.timeout_s)
-    run_id = create_run(client, config, config.name, tags={"pat_ray.kind": "run"})
+    run_id = create_run(client, config, config.name, tags=tags)
     target = LiveTarget(uri, run_id, config.tracking.timeout_s)
     (folder / RUN_FILE).write_text(json.dumps(asdict(target)))
     return target

@@ -1,0 +1,134 @@
+"""The ``pat-ray`` command line: parse, validate, call the library; no logic of its own.
+
+The group and its error handling live here; the commands in ``pipelines`` (run, oracle,
+validate) and ``inspect`` (config, report, plugins).
+
+Every expected failure prints one clear message and exits non-zero without a traceback:
+2 when the input is wrong (config, checkpoint, plugin, model, an existing run), 1 when a
+run failed, 130 when interrupted. ``pat-ray --debug ...`` shows the traceback instead,
+for bug reports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from pat_ray.config import Config, ConfigError, config_from_dict, load_config
+from pat_ray.config_keys import apply_overrides, is_override
+from pat_ray.config_yaml import read_yaml
+from pat_ray.core.graph import UnsupportedModelError
+from pat_ray.core.selection import BudgetError
+from pat_ray.plugins.registry import PluginError, PluginFailure
+from pat_ray.training.checkpoint import CheckpointError
+
+INPUT_ERRORS = (  # exit 2: what the user gave is wrong
+    CheckpointError,
+    PluginError,
+    FileNotFoundError,
+    FileExistsError,
+    UnsupportedModelError,
+    BudgetError,
+    ValueError,
+    KeyError,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Cli(click.Group):
+    """Maps the project's exceptions to one line and an exit code, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
+            signal.signal(stop_signal, _stop)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except BrokenPipeError:  # `pat-ray ... | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except Exception as err:
+            if ctx.params.get("debug"):
+                raise
+            _report(err)
+        except KeyboardInterrupt as err:
+            if ctx.params.get("debug"):
+                raise
+            signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+            what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            fail(f"{what}; a run continues from its last finished epoch with `pat-ray run --resume`", 128 + signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the run stops cleanly and says how to resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def _report(err: Exception) -> None:
+    from pat_ray.distributed.train import RayRunError
+    from pat_ray.training.engine import TrainingDivergedError
+
+    if isinstance(err, ConfigError):
+        for line in err.errors:
+            click.echo(f"{err.source}: {line}", err=True)
+        sys.exit(2)
+    if isinstance(err, TrainingDivergedError | PluginFailure | RayRunError):
+        fail(str(err), 1)
+    if isinstance(err, INPUT_ERRORS):
+        fail(str(err).strip("'\""))
+    if type(err).__module__.startswith("ray"):  # Ray wraps worker errors; show the cause, not a driver traceback
+        fail(f"the Ray run failed: {err}", 1)
+    if isinstance(err, OSError):
+        fail(f"{err.strerror or err} ({err.filename or 'no file named'})", 1)
+    fail(f"internal error {type(err).__name__}: {err} (pat-ray --debug ... shows the traceback; please report it)", 1)
+
+
+def load(path: str | None, overrides: tuple[str, ...] = (), output_dir: str | None = None) -> Config:
+    """The config at ``path`` (or the default pipeline) with ``key=value`` overrides and
+    ``--output-dir`` merged in before validation, so every error names its key. A first
+    argument that is an override rather than a file is taken as one."""
+    if path is not None and is_override(path) and not Path(path).exists():
+        overrides = (path, *overrides)
+        path = None
+    if output_dir is not None:
+        overrides = (*overrides, f"output_dir={output_dir}")
+    if not overrides:
+        return load_config(path) if path is not None else Config()
+    data = read_yaml(path) if path is not None else None
+    source = f"{path or 'the default pipeline'} with {' '.join(overrides)}"
+    return config_from_dict(apply_overrides(data, list(overrides)), source)
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="pat-ray")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error (for bug reports).")
+def main(debug: bool) -> None:
+    """Pruning-aware training with the Early Pruning Indicator: train a CNN dense for a few
+    epochs, prune it structurally as soon as the sub-network a global channel ranking would keep
+    stops changing, and finish the same run on the smaller model.
+
+    \b
+    pat-ray run                                  the embedded digits pipeline, on Ray
+    pat-ray run pipelines/digits.yaml training.epochs=3 --local
+    pat-ray oracle pipelines/digits.yaml         EPI against a grid of fixed start epochs
+    pat-ray config training                      every key of a section: type, default, meaning
+    """
+
+
+from pat_ray.cli import inspect, pipelines  # noqa: E402,F401  (registers the commands on main)

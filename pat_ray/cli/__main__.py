@@ -1,0 +1,3 @@
+from pat_ray.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""``pat-ray config``, ``report`` and ``plugins``: what a config can hold, what a sweep found,
+what is installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pat_ray.cli import main
+from pat_ray.plugins.registry import KINDS, get_registry
+
+
+@main.command("config", short_help="Describe the config keys (type, default, meaning); --schema for editors.")
+@click.argument("key", required=False)
+@click.option("--schema", is_flag=True, help="Print the JSON schema of a pipeline file instead (for editors).")
+def config_keys(key: str | None, schema: bool) -> None:
+    """Describe the config keys: each key's type, default and meaning, from the validated
+    schema; KEY shows one key or section. --schema prints the JSON schema, which editors
+    use to check and complete pipeline YAML files.
+
+    \b
+    pat-ray config                  every key
+    pat-ray config pruning.budget   one section
+    pat-ray config --schema > pat_ray.schema.json
+    """
+    from pat_ray.config import Config
+    from pat_ray.config_keys import describe
+
+    if schema:
+        click.echo(json.dumps(Config.model_json_schema(), indent=1))
+        return
+    for info in describe(key):
+        if info.section:
+            click.echo(f"\n{info.key}:" + (f"  {info.description}" if info.description else ""))
+            continue
+        click.echo(f"  {info.key}  ({info.type}, default {json.dumps(info.default)})")
+        if info.description:
+            click.echo(f"      {info.description}")
+
+
+@main.command(short_help="Redraw and print an oracle sweep's report.")
+@click.argument("run", type=click.Path(path_type=Path))
+def report(run: Path) -> None:
+    """Redraw and print the report of the oracle sweep in folder RUN (or its oracle.json):
+    report.md and the three plots are written again from oracle.json.
+
+    \b
+    pat-ray report runs/oracle/digits-20261202-101500
+    """
+    from pat_ray.sweep.plan import read_summary
+    from pat_ray.sweep.report import write_report
+
+    summary = read_summary(run)
+    folder = run if run.is_dir() else run.parent
+    click.echo(write_report(folder, summary).read_text())
+
+
+@main.command(short_help="List the registered models, datasets, criteria and other plugins.")
+@click.option("--kind", type=click.Choice(list(KINDS)), help="Only list names of this kind.")
+def plugins(kind: str | None) -> None:
+    """List every registered name (models, datasets, criteria, similarity metrics, surgery
+    backends, layer rules), its kind, and the plugin and distribution providing it.
+
+    \b
+    pat-ray plugins --kind criterion
+    """
+    entries = get_registry().entries()
+    header = ("kind", "name", "plugin", "distribution")
+    rows = [(e.kind, e.name, e.plugin, e.distribution) for e in entries if kind in (None, e.kind)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        click.echo("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())

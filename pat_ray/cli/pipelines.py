@@ -1,0 +1,151 @@
+"""``pat-ray run``, ``oracle`` and ``validate``: a pipeline config (plus overrides) in, a run out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from pat_ray.cli import fail, load, main
+from pat_ray.config import config_to_yaml
+from pat_ray.plugins.registry import PluginFailure
+
+CONFIG = click.argument("config", required=False)
+OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+OUTPUT_DIR = click.option("--output-dir", help="Override output_dir (a folder or a URI such as s3://bucket/runs).")
+VERBOSE = click.option("--verbose", is_flag=True, help="Show Ray's own INFO lines (worker set-up, every report).")
+
+
+def _set_verbose(verbose: bool) -> None:
+    if verbose:
+        os.environ["PAT_RAY_VERBOSE"] = "1"  # read where Ray starts, and inherited by its workers
+
+
+@main.command(short_help="Train a pipeline with PaT + EPI (on Ray, or --local); KEY=VALUE overrides.")
+@CONFIG
+@OVERRIDES
+@click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
+@OUTPUT_DIR
+@click.option("--resume", is_flag=True, help="Continue the run in output_dir/name from its last checkpoint.")
+@VERBOSE
+def run(
+    config: str | None, overrides: tuple[str, ...], local: bool, output_dir: str | None, resume: bool, verbose: bool
+) -> None:
+    """Train a pipeline with PaT + EPI: dense until the kept architecture stops changing, then
+    pruned (channels physically removed) to the end of the same schedule. CONFIG is a YAML
+    pipeline (default: the embedded digits pipeline); KEY=VALUE pairs set any config key
+    (YAML values) before validation. Results go to output_dir/name: last.pt, history.json,
+    config.yaml. A run never overwrites another; --resume continues one.
+
+    \b
+    pat-ray run
+    pat-ray run pipelines/digits.yaml training.epochs=3 pruning.budget.fraction=0.3 --local
+    pat-ray run pipelines/digits.yaml name=short --resume
+    """
+    from pat_ray.api import run as run_pipeline
+
+    _set_verbose(verbose)
+    cfg = load(config, overrides, output_dir)
+    click.echo(
+        f"pat-ray: {'resuming' if resume else 'running'} {cfg.name!r} "
+        f"({config or 'embedded default: pipelines/digits.yaml'}), "
+        f"start policy {cfg.start.kind}, budget {cfg.pruning.budget.fraction:g} of {cfg.pruning.budget.measure}"
+    )
+    try:
+        result = run_pipeline(cfg, local=local, resume=resume, overrides=_given(config, overrides))
+    except PluginFailure as err:
+        last = cfg.run_folder() / "last.pt"
+        kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
+        fail(f"{err}\nthe run stopped; {kept}", code=1)
+    click.echo(summary(result))
+
+
+def _given(config: str | None, overrides: tuple[str, ...]) -> list[str]:
+    return [*([config] if config is not None and "=" in config and not Path(config).exists() else []), *overrides]
+
+
+def summary(result) -> str:
+    trigger = "never" if result.trigger_epoch is None else f"epoch {result.trigger_epoch}"
+    time_kept = result.history[-1].time_kept
+    time_kept = [] if time_kept is None else [f"step time kept:   {time_kept:.3f} (predicted by the latency table)"]
+    return "\n".join(
+        [
+            "",
+            f"pruning started:  {trigger}",
+            f"final accuracy:   {result.final_accuracy:.4f}",
+            f"FLOPs kept:       {result.flops_kept:.3f} ({result.final_flops:,} of {result.dense_flops:,} per sample)",
+            *time_kept,
+            f"training FLOPs:   {result.train_flops:.3e} = {result.train_flops_ratio:.3f}x dense training",
+            f"wall time:        {result.wall_seconds:.1f} s",
+            f"checkpoint:       {result.checkpoint}",
+            *([f"mlflow run:       {result.mlflow_run_id}"] if result.mlflow_run_id else []),
+        ]
+    )
+
+
+@main.command(short_help="Compare EPI against a grid of fixed start epochs (Ray Tune); write the report.")
+@CONFIG
+@OVERRIDES
+@click.option("--name", help="Sweep name (default: <config name>-<timestamp>); the folder under output_dir/oracle.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted sweep called --name.")
+@OUTPUT_DIR
+@VERBOSE
+def oracle(
+    config: str | None,
+    overrides: tuple[str, ...],
+    name: str | None,
+    resume: bool,
+    output_dir: str | None,
+    verbose: bool,
+) -> None:
+    """Compare EPI against an oracle: the same PaT recipe with pruning started at each epoch of
+    a grid (oracle.start_epochs), plus EPI, Early-Bird, dense and train-prune-fine-tune trials,
+    once per seed (oracle.seeds), on Ray Tune. Writes report.md, plots and oracle.json to
+    output_dir/oracle/NAME, with the verdict: EPI's accuracy and training cost against the
+    grid's reference start, and the tau that would have picked it.
+
+    \b
+    pat-ray oracle pipelines/digits.yaml oracle.seeds=[0,1,2]
+    pat-ray oracle pipelines/fashion_mnist_study_cpu.yaml --name magnitude --resume
+    """
+    _set_verbose(verbose)
+    from pat_ray.api import oracle as run_oracle
+    from pat_ray.sweep.report import REPORT_FILE, verdict_lines
+
+    if resume and not name:
+        fail("--resume needs --name, the sweep to continue")
+    cfg = load(config, overrides, output_dir)
+    summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
+    click.echo("")
+    click.echo("\n".join(verdict_lines(summary)).replace("**", ""))
+    click.echo(f"\nreport: {Path(summary.folder) / REPORT_FILE}")
+    if summary.mlflow_run_id:
+        click.echo(f"mlflow run: {summary.mlflow_run_id}")
+    failed = [t.label for t in summary.trials if not t.ok]
+    if failed:
+        fail(
+            f"trials failed: {', '.join(failed)}; continue with: pat-ray oracle {config or ''} "
+            f"--name {Path(summary.folder).name} --resume",
+            code=1,
+        )
+
+
+@main.command(short_help="Validate a config (with overrides); print it resolved, or every error.")
+@CONFIG
+@OVERRIDES
+def validate(config: str | None, overrides: tuple[str, ...]) -> None:
+    """Validate CONFIG (with any KEY=VALUE overrides) and print the resolved config, or every
+    error as SOURCE: field: message, exit 2. Also checks what this machine must provide for a
+    local run: a writable output_dir, the device and precision asked for, the data.
+
+    \b
+    pat-ray validate pipelines/imagenet_resnet50.yaml
+    pat-ray validate pipelines/digits.yaml training.epochs=3 start.kind=never
+    """
+    from pat_ray.training.preflight import check_runnable
+
+    cfg = load(config, overrides)
+    check_runnable(cfg, local=not cfg.scaling.use_gpu, source=str(config or "the default pipeline"))
+    click.echo(f"{config or 'the default pipeline'}{' with ' + ' '.join(overrides) if overrides else ''}: OK")
+    click.echo(config_to_yaml(cfg))

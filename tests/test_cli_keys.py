@@ -1,0 +1,104 @@
+"""Config keys on the command line: ``key.path=value`` overrides merged before validation, and
+``pat-ray config`` describing every key from the schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pat_ray.cli import main
+from pat_ray.config import Config
+
+ROOT_PIPELINE = "pipelines/digits.yaml"
+
+
+def validated(*args: str) -> dict:
+    result = CliRunner().invoke(main, ["validate", *args])
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.output.split("\n", 1)[1])
+
+
+def test_overrides_set_any_key_with_yaml_values():
+    data = validated(
+        ROOT_PIPELINE,
+        "training.epochs=3",
+        "pruning.budget.fraction=0.3",
+        "start={kind: fixed, epoch: 1}",
+        "oracle.seeds=[0,1]",
+        "tracking.mlflow=false",
+        "model.params.in_channels=1",
+    )
+    assert data["training"]["epochs"] == 3 and data["pruning"]["budget"]["fraction"] == 0.3
+    assert data["start"] == {"kind": "fixed", "epoch": 1} and data["oracle"]["seeds"] == [0, 1]
+    assert data["tracking"]["mlflow"] is False
+
+
+def test_overrides_apply_to_the_default_pipeline_without_a_file():
+    assert validated("training.epochs=3", "start.kind=never")["start"] == {"kind": "never"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epoch=3", "training.epoch: no such key; did you mean training.epochs?"),
+        ("pruning.budjet.fraction=0.3", "did you mean pruning.budget.fraction?"),
+        ("training.epochs=three", "training.epochs: Input should be a valid integer"),
+        ("pruning.budget.fraction=2", "pruning.budget.fraction: must be in (0, 1], got 2"),
+        ("start.kind=fixed", "start.fixed.epoch: Field required"),
+        ("oracle.seeds=[0, 0]", "oracle.seeds: must be a non-empty list of distinct seeds"),
+        ("nonsense", "is not key.path=value"),
+    ],
+)
+def test_a_bad_override_is_refused_naming_the_key(override, message):
+    result = CliRunner().invoke(main, ["validate", ROOT_PIPELINE, override])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_run_folder_records_the_merged_config_and_mlflow_the_overrides(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        "training.epochs=2",
+        "start={kind: fixed, epoch: 1}",
+        f"tracking.tracking_uri={uri}",
+        f"output_dir={tmp_path}",
+    ]
+    result = CliRunner().invoke(main, ["run", ROOT_PIPELINE, *args, "--local"])
+    assert result.exit_code == 0, result.output
+    recorded = yaml.safe_load((tmp_path / "digits" / "config.yaml").read_text())
+    assert recorded["training"]["epochs"] == 2 and recorded["start"] == {"kind": "fixed", "epoch": 1}
+    run_id = json.loads((tmp_path / "digits" / "mlflow_run.json").read_text())["run_id"]
+    tags = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    assert tags["pat_ray.overrides"] == " ".join(args)
+
+
+def test_config_describes_every_key_with_type_default_and_meaning():
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0
+    for key in ("training.epochs", "pruning.budget.fraction", "start.tau", "scaling.resource_wait_s", "output_dir"):
+        assert f"  {key}  (" in result.output, key
+    budget = CliRunner().invoke(main, ["config", "pruning.budget.fraction"]).output
+    assert "(float, default 0.5)" in budget and "fraction of `measure` to keep" in budget
+    kinds = CliRunner().invoke(main, ["config", "start.kind"]).output
+    assert "'epi' | 'early_bird' | 'fixed' | 'never' | 'after_training'" in kinds
+    wrong = CliRunner().invoke(main, ["config", "pruning.budjet"])
+    assert wrong.exit_code == 2 and "did you mean pruning.budget?" in wrong.output
+
+
+def test_config_schema_is_the_json_schema_editors_read():
+    result = CliRunner().invoke(main, ["config", "--schema"])
+    assert json.loads(result.output) == json.loads(json.dumps(Config.model_json_schema()))
+
+
+@pytest.mark.parametrize("command", ["run", "oracle", "validate", "config", "report", "plugins"])
+def test_every_command_has_a_description_and_an_example(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    body = result.output.split("\n\n", 2)[1:]
+    assert len(" ".join(body).split()) > 20  # a paragraph, not a line
+    assert "pat-ray " + command in result.output  # an example of its own
