@@ -48,12 +48,13 @@ def run(
     config = config or Config()
     folder = config.run_folder()
     check_runnable(config, local=local)
-    with holding(folder, "run"), tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
+    with holding(folder, "run") as lock, tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
         if resume:
             resume_from: Path | None = _resume_point(config, folder, Path(scratch))
         else:
             check_new_run(folder)
             resume_from = None
+        lock.announce()
         tracked = open_run(config, folder, resume, overrides) if config.tracking.mlflow else None
         try:
             if local:

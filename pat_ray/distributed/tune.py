@@ -76,7 +76,8 @@ def run_oracle(
         raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
     if not resume and sweep_dir.exists():
         raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
-    with holding(sweep_dir, "sweep"):
+    with holding(sweep_dir, "sweep") as lock:
+        lock.announce()
         return _sweep(config, name, resume, storage, echo)
 
 

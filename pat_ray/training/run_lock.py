@@ -36,8 +36,23 @@ def lock_file(folder: Location) -> Path:
     return Path.home() / ".cache" / "pat_ray" / "locks" / f"{digest}.lock"
 
 
+class Held:
+    """A held lock; ``announce`` records this process as the holder, once the run is sure to go
+    ahead (a refused attempt leaves the file as it found it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def announce(self) -> None:
+        os.ftruncate(self.fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(
+            self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode(), 0
+        )
+
+
 @contextmanager
-def holding(folder: Location, what: str) -> Iterator[None]:
+def holding(folder: Location, what: str) -> Iterator[Held]:
     """Hold ``folder``'s lock for the body; RunInUseError at once, naming the holder, if another
     process holds it. ``what``: the kind of work ("run", "sweep"), for the message."""
     path = lock_file(folder)
@@ -51,10 +66,7 @@ def holding(folder: Location, what: str) -> Iterator[None]:
                 f"{folder} is in use by another {what} ({_holder(fd)}); nothing was changed. Wait for it to end, "
                 "or choose another name"
             ) from None
-        os.ftruncate(fd, 0)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode())
-        yield
+        yield Held(fd)
     finally:
         os.close(fd)  # releases the lock
 
