@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
 from pat_ray.training.records import RunResult, RunState
 from pat_ray.training.resume_check import check_resume
+from pat_ray.training.run_index import STATUS
 from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import LAST, StoreMirror, check_new_run, resume_point
 
@@ -64,12 +66,23 @@ def run(
             else:
                 result = _run_on_ray(config, folder, resume_from, tracked)
         except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            _record_end(folder, {"status": "interrupted"} if interrupted else {"status": "failed", "error": str(err)})
             if tracked:
-                abandon_run(tracked, interrupted=isinstance(err, KeyboardInterrupt))
+                abandon_run(tracked, interrupted=interrupted)
             raise
         if tracked:
             result.mlflow_run_id = close_run(tracked, config, result)
+        _record_end(folder, {"status": "finished", **result.summary()})
     return result
+
+
+def _record_end(folder: Location, status: dict) -> None:
+    """``status.json``: how the run ended, for ``pat-ray runs`` (best effort: a full disk may be why)."""
+    try:
+        (folder / STATUS).write_text(json.dumps(status, indent=1))
+    except OSError:
+        pass
 
 
 def _resume_point(config: Config, folder: Location, scratch: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,8 +17,9 @@ from click.testing import CliRunner
 from pat_ray.cli import main
 
 
-def write_config(tmp_path: Path, **sections) -> Path:
+def write_config(tmp_path: Path, name: str = "digits", **sections) -> Path:
     data = {
+        "name": name,
         "output_dir": str(tmp_path / "runs"),
         "training": {"epochs": 4},
         "start": {"kind": "fixed", "epoch": 1},
@@ -117,3 +119,58 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
     result = CliRunner().invoke(main, ["run", str(config), "--local", "--resume"])
     assert result.exit_code == 2 and "already finished (epoch 2 of 2); nothing was changed" in result.output
     assert (folder / "last.pt").read_bytes() == before
+
+
+def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
+    import pat_ray
+    from _helpers import configured
+    from pat_ray.config import FixedStart
+
+    def config(name: str, epochs: int = 2):
+        return configured(
+            name=name,
+            output_dir=tmp_path / "runs",
+            training={"epochs": epochs},
+            start=FixedStart(epoch=1),
+            tracking={"mlflow": False},
+        )
+
+    class Stop:
+        def __init__(self, error):
+            self.error = error
+
+        @pat_ray.hookimpl
+        def pat_ray_on_epoch_end(self, epoch, metrics):
+            if epoch == 1:
+                raise self.error
+
+    done = pat_ray.run(config("done"), local=True, quiet=True)
+    plugins(Stop(KeyboardInterrupt()), name="stop")
+    with pytest.raises(KeyboardInterrupt):
+        pat_ray.run(config("cut"), local=True, quiet=True)
+    from pat_ray.plugins import registry
+
+    registry.reset()
+    plugins(Stop(RuntimeError("boom")), name="boom")
+    with pytest.raises(Exception, match="boom"):
+        pat_ray.run(config("broken"), local=True, quiet=True)
+    registry.reset()
+    live = _start(write_config(tmp_path, name="live", training={"epochs": 30}), "--local")
+    try:
+        _wait_for_epoch(tmp_path / "runs" / "live", live)
+        listed = CliRunner().invoke(main, ["runs", str(tmp_path / "runs"), "--json"])
+        table = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")])
+    finally:
+        live.kill()
+        live.communicate()
+    assert listed.exit_code == 0, listed.output
+    entries = [json.loads(line) for line in listed.output.splitlines()]
+    assert [e["name"] for e in entries] == ["live", "broken", "cut", "done"]
+    assert [e["status"] for e in entries] == ["running", "failed", "interrupted", "finished"]
+    finished = entries[-1]
+    assert finished["final_accuracy"] == done.final_accuracy and finished["trigger_epoch"] == 1
+    assert finished["train_flops_ratio"] == pytest.approx(done.train_flops_ratio)
+    assert table.output.splitlines()[0].split()[:3] == ["run", "status", "trigger"]
+    assert re.search(r"^done\s+finished\s+epoch 1\s", table.output, re.M), table.output
+    missing = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -40,6 +40,51 @@ def config_keys(key: str | None, schema: bool) -> None:
             click.echo(f"      {info.description}")
 
 
+@main.command(short_help="List the runs in a folder, newest first: status and headline numbers.")
+@click.argument("folder", type=click.Path(path_type=Path), default="runs")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, for scripts.")
+def runs(folder: Path, as_json: bool) -> None:
+    """List the runs in FOLDER (default: runs), newest first: name, status (running, finished,
+    interrupted, failed), the epoch pruning started, final accuracy, FLOPs kept, training FLOPs
+    against dense training, wall time and the MLflow run id. An interrupted run continues with
+    pat-ray run ... --resume.
+
+    \b
+    pat-ray runs
+    pat-ray runs /data/runs --json | jq .final_accuracy
+    """
+    from pat_ray.training.run_index import list_runs
+
+    entries = list_runs(folder)
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry.to_dict()))
+        return
+    header = ("run", "status", "trigger", "accuracy", "FLOPs kept", "train FLOPs", "wall s", "mlflow run")
+    rows = [header, *(_row(entry) for entry in entries)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())
+
+
+def _row(entry) -> tuple[str, ...]:
+    def number(value, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    trigger = "-" if entry.trigger_epoch is None else f"epoch {entry.trigger_epoch}"
+    ratio = "-" if entry.train_flops_ratio is None else f"{entry.train_flops_ratio:.3f}x"
+    return (
+        entry.name,
+        entry.status,
+        trigger,
+        number(entry.final_accuracy, ".4f"),
+        number(entry.flops_kept, ".3f"),
+        ratio,
+        number(entry.wall_seconds, ".1f"),
+        entry.mlflow_run_id or "-",
+    )
+
+
 @main.command(short_help="Redraw and print an oracle sweep's report.")
 @click.argument("run", type=click.Path(path_type=Path))
 def report(run: Path) -> None:

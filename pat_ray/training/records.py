@@ -123,6 +123,17 @@ class RunResult:
     def flops_kept(self) -> float:
         return self.final_flops / self.dense_flops
 
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers, as plain data (``status.json``, ``pat-ray runs``)."""
+        return {
+            "trigger_epoch": self.trigger_epoch,
+            "final_accuracy": self.final_accuracy,
+            "flops_kept": self.flops_kept,
+            "train_flops_ratio": self.train_flops_ratio,
+            "wall_seconds": self.wall_seconds,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
     @property
     def train_flops_ratio(self) -> float:
         """Training FLOPs spent relative to training the dense model for the same epochs."""

@@ -77,3 +77,18 @@ def _holder(fd: int) -> str:
         return f"pid {data['pid']} on {data['host']}, started {data['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown: it is starting"
+
+
+def is_held(folder: Path) -> bool:
+    """Whether a live process holds the lock of the local run folder ``folder``."""
+    path = folder / LOCK
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
