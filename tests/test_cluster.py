@@ -117,6 +117,14 @@ def _wait_for(url: str, seconds: float) -> None:
     raise TimeoutError(f"{url} did not answer in {seconds} s")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
     """Exactly the README's command, against `ray start --head` on 127.0.0.1 (auth disabled on
     both sides, as on a laptop); the head is stopped by signalling its own `ray start --block`."""
@@ -129,15 +137,18 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
     }
     env.pop("RAY_ADDRESS", None)
     temp_dir = f"/tmp/prh_{uuid.uuid4().hex[:6]}"  # short: Unix socket paths are limited
+    gcs_port, dashboard_port = _free_port(), _free_port()  # the README's 8265 may be another Ray's here
     head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port=6390",
-         "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+         f"--dashboard-agent-listen-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
-        _wait_for("http://127.0.0.1:8265/api/version", 90)
+        _wait_for(f"{dashboard}/api/version", 90)
         job = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+            [str(bin_dir / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
              "--", "pat-ray", "run", "pipelines/digits.yaml"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
         )  # fmt: skip
