@@ -265,7 +265,7 @@ def test_a_data_root_missing_on_the_workers_fails_at_once_naming_node_and_path(c
         driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     )
     assert code == 1, out[-3000:]
-    assert "DataWarning" in out and "each Ray worker checks its own" in out  # the driver only warns
+    assert "warning: data.params:" in out and "each Ray worker checks its own" in out  # the driver only warns
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(tmp_path / "staged" / "fmnist") in errors[0] and "on node" in errors[0]
     assert "Traceback" not in out and time.time() - started < 120

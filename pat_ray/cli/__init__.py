@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -49,6 +50,7 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context):
         for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
             signal.signal(stop_signal, _stop)
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
@@ -66,6 +68,17 @@ class _Cli(click.Group):
             signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
             what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
             fail(f"{what}; a run continues from its last finished epoch with `pat-ray run --resume`", 128 + signum)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """pat_ray's own warnings (tracking, data on a cluster) as one ``warning:`` line each."""
+    if category.__module__.startswith("pat_ray"):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 class Stopped(KeyboardInterrupt):
