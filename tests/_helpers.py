@@ -120,3 +120,30 @@ def fail_once_after(epoch: int, marker) -> object:
     plugin = FailOnce()
     plugin.epoch, plugin.marker = epoch, str(marker)
     return plugin
+
+
+def start_cli(*args: str, env: dict | None = None, cwd=None):
+    """``pat-ray ARGS`` in a process of its own, its output (stdout and stderr) readable by line."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "pat_ray.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def stop_after_epoch(process, epoch: int, signum: int) -> str:
+    """Send ``signum`` to a ``pat-ray run`` once it printed ``epoch``'s line; all it printed."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(f"epoch {epoch:>3}"):
+            process.send_signal(signum)
+            break
+    return "".join(seen) + process.communicate(timeout=120)[0]

@@ -15,7 +15,8 @@ LAYERS = {
     "core": ["core", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins"],  # hookspecs, registry, built-ins
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
-    "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],  # the validated config (plugin names checked)
+    # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
+    "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],
     "training": ["training"],  # engine, pruner, policies, records, checkpoint I/O
     "shells": ["distributed", "sweep", "tracking"],  # Ray Train / Tune, the oracle's plan and report, MLflow
     "top": ["api", "cli", "__init__"],

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from _helpers import start_cli, stop_after_epoch
 from pat_ray.cli import main
 
 
@@ -33,13 +33,7 @@ def write_config(tmp_path: Path, name: str = "digits", **sections) -> Path:
 
 
 def _start(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pat_ray.cli", "run", str(config), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    return start_cli("run", str(config), *extra, env=env)
 
 
 def _wait_for_epoch(folder: Path, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -78,12 +72,7 @@ def test_a_second_run_or_resume_of_a_folder_in_use_is_refused_at_once_naming_the
 def _cut_after_two(tmp_path: Path) -> Path:
     """A run stopped (SIGTERM) after its second epoch; returns its config."""
     config = write_config(tmp_path)
-    run = _start(config, "--local")
-    for line in run.stdout:  # type: ignore[union-attr]
-        if line.startswith("epoch   2"):
-            run.terminate()
-            break
-    run.communicate(timeout=60)
+    stop_after_epoch(_start(config, "--local"), 2, signal.SIGTERM)
     return config
 
 

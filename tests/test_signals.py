@@ -5,12 +5,13 @@ code is 128 + the signal, and the resumed run has every epoch once."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
+
+from _helpers import start_cli, stop_after_epoch
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
@@ -20,21 +21,8 @@ def test_a_stop_signal_ends_a_local_run_cleanly_and_it_resumes(stop, tmp_path):
         f"output_dir: {tmp_path / 'runs'}\ntraining: {{epochs: 4}}\nstart: {{kind: fixed, epoch: 1}}\n"
         "tracking: {mlflow: false}\n"
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pat_ray.cli", "run", str(config), "--local"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    seen = []
-    for line in run.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if line.startswith("epoch   2"):
-            run.send_signal(stop)
-            break
-    out = "".join(seen) + run.communicate(timeout=60)[0]
+    run = start_cli("run", str(config), "--local")
+    out = stop_after_epoch(run, 2, stop)
     assert run.returncode == 128 + stop, out
     assert f"error: stopped by {stop.name}; a run continues from its last finished epoch" in out
     assert "Traceback" not in out
@@ -44,7 +32,6 @@ def test_a_stop_signal_ends_a_local_run_cleanly_and_it_resumes(stop, tmp_path):
         [sys.executable, "-m", "pat_ray.cli", "run", str(config), "--local", "--resume"],
         capture_output=True,
         text=True,
-        env=env,
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

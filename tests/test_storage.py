@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from _helpers import configured
+from _helpers import configured, start_cli, stop_after_epoch
 from pat_ray.cli import main
 from pat_ray.config import ConfigError, FixedStart
 from pat_ray.storage import Location, has_scheme
@@ -87,18 +87,7 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
     config = configured(output_dir=output, training={"epochs": 5}, start=FixedStart(epoch=2))
     path = tmp_path / "s3.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
-    cut = subprocess.Popen(
-        [sys.executable, "-m", "pat_ray.cli", "run", str(path), "--local"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    for line in cut.stdout:  # type: ignore[union-attr]
-        if line.startswith("epoch   3"):
-            cut.send_signal(signal.SIGKILL)
-            break
-    cut.wait(timeout=60)
+    stop_after_epoch(start_cli("run", str(path), "--local", cwd=tmp_path), 3, signal.SIGKILL)
     folder = Location.of(output) / "digits"
     assert json.loads((folder / "history.json").read_text())[-1]["epoch"] == 3
     again = _cli("run", str(path), "--local", cwd=tmp_path)
