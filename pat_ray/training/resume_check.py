@@ -60,4 +60,5 @@ def check_resume(recorded: dict[str, Any] | None, config: Config, last_epoch: in
             f"--resume would change the run in {where}: {lines}. Resume with the config it started with "
             f"({where}/config.yaml), or start a new run under another name"
         )
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed]
+    quiet = ("output_dir", "training.device")  # a Ray worker records its own temp folder and device: not news
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed if key not in quiet]
