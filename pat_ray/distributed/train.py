@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -222,11 +223,15 @@ def start_ray() -> None:
             os.environ[ray_private.GCS_SERVER_PORT] = str(_free_port())
         address = f"{ray.util.get_node_ip_address()}:{os.environ[ray_private.GCS_SERVER_PORT]}"
         runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
+    stops = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     context = ray.init(
         log_to_driver=True,
         logging_config=ray.LoggingConfig(log_level="INFO" if os.environ.get("PAT_RAY_VERBOSE") else "WARNING"),
         runtime_env=runtime_env,
     )
+    for signum, handler in stops.items():  # ray.init exits at once on SIGTERM; keep the caller's handler
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signum, handler)
     if chosen:
         os.environ.pop(ray_private.GCS_SERVER_PORT)  # read once, by the GCS just started
     if not given and not os.environ.get("PAT_RAY_VERBOSE") and context.dashboard_url:  # Ray's line about it is INFO
