@@ -3,7 +3,7 @@
 ``A_t`` is the vector of channels kept per group that the budget would select after
 epoch t. EPI measures how much ``A_t`` still moves: the mean structural similarity of
 ``A_t`` to the ``r`` snapshots before it. Pruning starts at the first epoch where EPI is
-both high (>= tau) and higher than its ``k`` previous values (../shared/PAPER.md).
+both high (>= tau) and higher than its ``k`` previous values (docs/method.md).
 """
 
 from __future__ import annotations
