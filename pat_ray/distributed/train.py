@@ -149,6 +149,7 @@ def _fit(trainer, config: Config) -> None:
         import ray
 
         ray.shutdown()  # ends the controller and workers this driver owns; the run folder keeps the last epoch
+        thread.join(10)  # fit() returns once its Ray calls fail: no thread is inside Ray while Python exits
         raise
     if "error" in outcome:
         raise _explained(outcome["error"], config) from None
