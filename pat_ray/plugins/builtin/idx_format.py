@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -50,6 +52,17 @@ def _open(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
 
 
+@contextmanager
+def _gzip_errors(path: Path) -> Iterator[None]:
+    """gzip's errors as one DataFileError naming the file."""
+    try:
+        yield
+    except gzip.BadGzipFile:
+        raise DataFileError(path, "is not a gzip file, although its name ends in .gz") from None
+    except (EOFError, zlib.error) as err:
+        raise DataFileError(path, f"is a truncated or damaged gzip file ({err})") from None
+
+
 def _parse_header(path: Path, handle: BinaryIO, ndim: int) -> IdxHeader:
     magic = handle.read(4)
     if len(magic) < 4:
@@ -68,13 +81,8 @@ def _parse_header(path: Path, handle: BinaryIO, ndim: int) -> IdxHeader:
 
 def check_header(path: Path, ndim: int) -> IdxHeader:
     """The file's header, checked; a plain file's size and a gzipped one's size trailer too."""
-    try:
-        with _open(path) as handle:
-            header = _parse_header(path, handle, ndim)
-    except gzip.BadGzipFile:
-        raise DataFileError(path, "is not a gzip file, although its name ends in .gz") from None
-    except (EOFError, zlib.error) as err:
-        raise DataFileError(path, f"is a damaged gzip file ({err})") from None
+    with _gzip_errors(path), _open(path) as handle:
+        header = _parse_header(path, handle, ndim)
     if path.suffix == ".gz":
         with path.open("rb") as raw:  # gzip's last 4 bytes: the uncompressed size, mod 2**32
             raw.seek(-4, 2)
@@ -88,15 +96,10 @@ def check_header(path: Path, ndim: int) -> IdxHeader:
 
 def read_idx(path: Path, ndim: int) -> torch.Tensor:
     """The values of an idx file of ``ndim`` dimensions, as a uint8 tensor of that shape."""
-    try:
-        with _open(path) as handle:
-            header = _parse_header(path, handle, ndim)
-            data = handle.read(header.data_bytes)
-            extra = len(handle.read(1))
-    except gzip.BadGzipFile:
-        raise DataFileError(path, "is not a gzip file, although its name ends in .gz") from None
-    except (EOFError, zlib.error) as err:
-        raise DataFileError(path, f"is a truncated or damaged gzip file ({err})") from None
+    with _gzip_errors(path), _open(path) as handle:
+        header = _parse_header(path, handle, ndim)
+        data = handle.read(header.data_bytes)
+        extra = len(handle.read(1))
     if len(data) < header.data_bytes:
         raise DataFileError(
             path, f"is truncated: {len(data)} of the {header.data_bytes} data bytes its header promises"
