@@ -16,11 +16,9 @@ import math
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
@@ -254,21 +252,3 @@ def cpus_per_worker(num_workers: int) -> int:
     if len([node for node in ray.nodes() if node["Alive"]]) != 1:
         return 1
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // num_workers)
-
-
-def resume_file(payload: Any) -> Path | None:
-    """In a worker: the checkpoint to continue from, as a local file (Ray's own, after a
-    restart; else the one the driver sent)."""
-    import ray
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    folder = Path(tempfile.mkdtemp(prefix="pat_ray_resume_"))
-    if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            (folder / "last.pt").write_bytes((Path(saved) / "last.pt").read_bytes())
-        return folder / "last.pt"
-    if payload is None:
-        return None
-    (folder / "last.pt").write_bytes(ray.get(payload))
-    return folder / "last.pt"

@@ -27,7 +27,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from pat_ray.core.latency import LatencyTable
     from pat_ray.distributed import ray_private
     from pat_ray.distributed.torch_collective import DistributedCollective
-    from pat_ray.distributed.train import ray_log_level, resume_file
+    from pat_ray.distributed.train import ray_log_level
     from pat_ray.plugins.registry import install_shipped
     from pat_ray.training.engine import train
 
@@ -51,6 +51,24 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     train(
         config.model_copy(update={"output_dir": str(run_dir)}), collective, reporter, resume=resume, latency_table=table
     )
+
+
+def resume_file(payload: Any) -> Path | None:
+    """In a worker: the checkpoint to continue from, as a local file (Ray's own, after a
+    restart; else the one the driver sent)."""
+    import ray
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    folder = Path(tempfile.mkdtemp(prefix="pat_ray_resume_"))
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            (folder / "last.pt").write_bytes((Path(saved) / "last.pt").read_bytes())
+        return folder / "last.pt"
+    if payload is None:
+        return None
+    (folder / "last.pt").write_bytes(ray.get(payload))
+    return folder / "last.pt"
 
 
 def check_data_root(root: str | None, collective) -> None:
