@@ -20,6 +20,7 @@ from pat_ray.training.resume_check import check_resume
 from pat_ray.training.run_index import STATUS
 from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import LAST, StoreMirror, check_new_run, resume_point
+from pat_ray.training.run_versions import LATEST, VERSION, find_version, new_version, point_latest
 
 
 def run(
@@ -28,7 +29,7 @@ def run(
     local: bool = False,
     quiet: bool = False,
     reporter: Reporter | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     overrides: Sequence[str] = (),
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
@@ -39,17 +40,18 @@ def run(
     the start, each epoch's metrics as it ends, the summary and artifacts at the end
     (``result.mlflow_run_id``); a resumed run continues its MLflow run.
 
-    The run folder is ``output_dir/name``, a local folder or a URI (``s3://...``). A run
-    never replaces an earlier one: when the folder already holds a run this raises
-    ``RunExistsError``, unless ``resume=True``, which continues that run from its last
-    checkpoint (or the one before it, when the last is damaged), after checking that the
-    config would not change what the run computes. While it runs, the folder is locked: a
-    second run or resume of it fails at once (``RunInUseError``). ``overrides``: the
-    ``key=value`` pairs that made ``config`` from a file, recorded in MLflow as a tag.
+    Each run gets its own folder, ``output_dir/name/<start time>`` (a local folder or a URI
+    such as ``s3://...``; ``output_dir/name/latest`` links to the newest on a local disk), so
+    a rerun never replaces an earlier one. ``resume=True`` continues the newest run of
+    ``name`` from its last checkpoint (or the one before it, when the last is damaged), after
+    checking that the config would not change what the run computes; ``resume="<version>"``
+    (or a run folder's path or URI) continues that run. While it runs, the folder is locked: a
+    second resume of it fails at once (``RunInUseError``). ``overrides``: the ``key=value``
+    pairs that made ``config`` from a file, recorded in MLflow as a tag.
     """
     config = config or Config()
-    folder = config.run_folder()
     check_runnable(config, local=local)
+    folder = run_to_resume(config, resume) if resume else new_version(config.runs_folder())
     with holding(folder, "run") as lock, tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
         if resume:
             resume_from: Path | None = _resume_point(config, folder, Path(scratch))
@@ -57,6 +59,7 @@ def run(
             check_new_run(folder)
             resume_from = None
         lock.announce()
+        point_latest(folder)
         tracked = open_run(config, folder, resume, overrides) if config.tracking.mlflow else None
         try:
             if local:
@@ -75,6 +78,16 @@ def run(
             result.mlflow_run_id = close_run(tracked, config, result)
         _record_end(folder, {"status": "finished", **result.summary()})
     return result
+
+
+def run_to_resume(config: Config, which: bool | str) -> Location:
+    """The run folder ``resume`` names: the newest run of ``config.name`` (``True``), one of its
+    versions (``"20261202-101500"``, ``"latest"``), or a run folder's own path or URI."""
+    if isinstance(which, str) and which != LATEST and not VERSION.match(which):
+        return Location.of(which)
+    if which is True and (config.runs_folder() / LAST).exists():
+        return config.runs_folder()  # a run written before runs had versions
+    return find_version(config.runs_folder(), None if which is True else which)
 
 
 def _record_end(folder: Location, status: dict) -> None:
@@ -101,29 +114,29 @@ def _run_on_ray(config: Config, folder: Location, resume: Path | None, tracked: 
 
     restart = recorded_ray_run(folder) if resume is not None and resume.name == LAST else None
     if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
-        return run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked)
-    return run_on_ray(config, resume=resume, tracking=tracked)
+        return run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked, run_folder=folder)
+    return run_on_ray(config, resume=resume, tracking=tracked, run_folder=folder)
 
 
 def _run_here(config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path) -> RunResult:
     """The engine in this process; a run folder in a store is written through a local stage."""
     if folder.is_local:
-        return train(config, reporter=reporter, resume=resume)
-    staged = config.model_copy(update={"output_dir": str(scratch / "stage")})
-    mirror = StoreMirror(reporter, staged.run_folder().local_path, folder, config)
-    result = train(staged, reporter=mirror, resume=resume)
-    result.config, result.checkpoint = config, str(folder / LAST)
+        return train(config, reporter=reporter, resume=resume, run_dir=folder.local_path)
+    stage = scratch / "stage"
+    result = train(config, reporter=StoreMirror(reporter, stage, folder, config), resume=resume, run_dir=stage)
+    result.checkpoint = str(folder / LAST)
     return result
 
 
-def oracle(config: Config | None = None, *, name: str | None = None, resume: bool = False, echo=print):
+def oracle(config: Config | None = None, *, name: str | None = None, resume: bool | str = False, echo=print):
     """Run the oracle sweep of ``config`` on Ray Tune and return its ``OracleSummary``.
 
     Trials: the PaT recipe with pruning started at each epoch of ``oracle_grid(config)``,
     plus one per ``config.oracle.policies`` entry. The report (``report.md``, PNG plots,
     ``oracle.json``) is written into ``summary.folder``; with ``tracking.mlflow`` the sweep
-    is a parent MLflow run with one child per trial. ``resume=True`` continues the sweep
-    called ``name``.
+    is a parent MLflow run with one child per trial. The sweep folder is
+    ``output_dir/oracle/<name>/<start time>`` (``name`` defaults to ``config.name``);
+    ``resume=True`` continues the newest sweep of ``name``, ``resume="<version>"`` that one.
     """
     from pat_ray.distributed.tune import run_oracle
 

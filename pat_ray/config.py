@@ -193,7 +193,7 @@ class ScalingConfig(Strict):
         300,
         gt=0,
         description="how long a Ray run waits for its workers' CPUs/GPUs (at the start, or after a node is lost "
-        "and Ray restarts the workers) before it ends with exit 1; `pat-ray run --resume` continues it",
+        "and Ray restarts the workers) before it ends with exit 1; `pat-ray run CONFIG --resume` continues it",
     )
 
 
@@ -236,10 +236,15 @@ class OracleConfig(Strict):
 
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+RESERVED_NAMES = {"oracle": "oracle sweeps", "ray": "Ray Train storage"}  # folders beside the runs in output_dir
 
 
 class Config(Strict):
-    name: str = Field("digits", description="the run's folder under output_dir: a plain folder name")
+    name: str = Field(
+        "digits",
+        description="the run's name: its runs go to output_dir/NAME/<start time>, one folder each (a plain folder "
+        "name; `oracle` and `ray` are taken by the sweep and Ray folders)",
+    )
     output_dir: str = Field(
         "runs",
         description="where run folders go: a local folder or a URI (s3://, gs://, abfs://, hdfs://, file://, or "
@@ -263,6 +268,8 @@ class Config(Strict):
             raise ValueError(
                 f"{v!r} is not a plain folder name: use letters, digits, '-', '_' and '.' (at most 128, not only dots)"
             )
+        if v in RESERVED_NAMES:
+            raise ValueError(f"{v!r} is taken: output_dir/{v} holds pat_ray's {RESERVED_NAMES[v]}; choose another name")
         return v
 
     @field_validator("output_dir", mode="before")
@@ -278,8 +285,9 @@ class Config(Strict):
             raise ValueError(f"{str(v)!r} is a file, not a folder")
         return str(path)
 
-    def run_folder(self) -> Location:
-        """``output_dir/name``: the folder (or URI) holding this run's files."""
+    def runs_folder(self) -> Location:
+        """``output_dir/name``: the folder (or URI) holding every run of this name, one
+        version folder each (``pat_ray.training.run_versions``)."""
         return Location.of(self.output_dir) / self.name
 
     @model_validator(mode="after")

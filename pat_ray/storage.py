@@ -133,6 +133,17 @@ class Location:
         fs, path = self.filesystem()
         return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
+    def children(self) -> list[str]:
+        """The names of the files and folders directly in this folder (none when it is missing)."""
+        if self.is_local:
+            folder = Path(self.uri)
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        import pyarrow.fs
+
+        fs, path = self.filesystem()
+        found = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        return sorted(info.base_name for info in found)
+
     def read_bytes(self) -> bytes:
         if self.is_local:
             return Path(self.uri).read_bytes()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -147,3 +151,20 @@ def stop_after_epoch(process, epoch: int, signum: int) -> str:
             process.send_signal(signum)
             break
     return "".join(seen) + process.communicate(timeout=120)[0]
+
+
+def without_pat_ray(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``script`` in a Python whose path holds the installed packages but not pat_ray: no site
+    hooks (so no editable install) and a working directory away from the repository."""
+    import sysconfig
+
+    site_packages = sysconfig.get_paths()["purelib"]
+    guard = "import importlib.util, sys\nassert importlib.util.find_spec('pat_ray') is None, sys.path\n"
+    return subprocess.run(
+        [sys.executable, "-S", "-c", guard + script],
+        cwd=cwd,
+        env={"PYTHONPATH": site_packages, "PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

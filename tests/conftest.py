@@ -115,6 +115,9 @@ def mlflow_server(tmp_path_factory):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # no job runner: MLflow 3 starts eight worker processes for server-side jobs, which
+        # these tests never use and which would take CPU from the runs under test
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90

@@ -260,19 +260,30 @@ def finished_run(tmp_path_factory) -> Path:
     return folder
 
 
-def test_a_second_run_with_the_same_name_is_refused_and_changes_nothing(finished_run):
-    before = snapshot(finished_run / "runs")
+def test_a_second_run_with_the_same_name_gets_its_own_folder_and_changes_nothing(finished_run):
+    named = finished_run / "runs" / "digits"
+    (first,) = [p for p in named.iterdir() if not p.is_symlink()]
+    before = snapshot(first)
     result = cli("run", finished_run / "config.yaml", "--local")
-    assert result.exit_code == 2
-    assert str(finished_run / "runs" / "digits") in result.output and "--resume" in result.output
-    assert snapshot(finished_run / "runs") == before
+    assert result.exit_code == 0, result.output
+    second = (named / "latest").resolve()
+    assert second != first and second.parent == named and (second / "last.pt").is_file()
+    assert str(second / "last.pt") in result.output
+    assert snapshot(first) == before
+
+
+def _copied_run(finished_run: Path, tmp_path: Path) -> Path:
+    """A version folder holding the finished run's files, for resume tests that damage them."""
+    run_dir = tmp_path / "runs" / "digits" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    source = (finished_run / "runs" / "digits" / "latest").resolve()
+    for name in ("last.pt", "previous.pt", "history.json"):
+        (run_dir / name).write_bytes((source / name).read_bytes())
+    return run_dir
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path):
-    run_dir = tmp_path / "runs" / "digits"
-    run_dir.mkdir(parents=True)
-    for name in ("last.pt", "previous.pt", "history.json"):
-        (run_dir / name).write_bytes((finished_run / "runs" / "digits" / name).read_bytes())
+    run_dir = _copied_run(finished_run, tmp_path)
     (run_dir / "last.pt").write_bytes(b"\x00" * 100)  # the newest file is damaged
     result = cli("run", write_config(tmp_path, name="config.yaml"), "--local", "--resume")
     assert result.exit_code == 0, result.output
@@ -282,12 +293,18 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished_run, 
 
 
 def test_resume_with_every_checkpoint_damaged_names_the_file(tmp_path):
-    run_dir = tmp_path / "runs" / "digits"
+    run_dir = tmp_path / "runs" / "digits" / "20260101-000000"
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"garbage")
     result = cli("run", write_config(tmp_path), "--local", "--resume")
     assert result.exit_code == 2 and str(run_dir / "last.pt") in result.output
     assert (run_dir / "last.pt").read_bytes() == b"garbage"
+
+
+def test_resume_of_a_version_that_does_not_exist_names_the_ones_there(finished_run):
+    result = cli("run", finished_run / "config.yaml", "--local", "--resume", "19990101-000000")
+    assert result.exit_code == 2 and "19990101-000000" in result.output
+    assert (finished_run / "runs" / "digits" / "latest").resolve().name in result.output
 
 
 class _StopAfter:
@@ -311,7 +328,7 @@ def test_an_interrupted_run_resumes_to_the_same_result_with_every_epoch_once(plu
     plugins(_StopAfter(2), name="stop-after-2")
     result = CliRunner().invoke(main, ["run", str(tmp_path / "bad.yaml"), "--local"])
     assert result.exit_code == 130 and "--resume" in result.output and "Traceback" not in result.output
-    assert read_checkpoint(tmp_path / "runs" / "cut" / "last.pt").extra["epoch"] == 2
+    assert read_checkpoint(tmp_path / "runs" / "cut" / "latest" / "last.pt").extra["epoch"] == 2
     resumed = pat_ray.run(config, local=True, quiet=True, resume=True)
     assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5]
     assert resumed.trigger_epoch == whole.trigger_epoch
@@ -370,9 +387,9 @@ def test_report_of_a_malformed_oracle_json(tmp_path, content):
     assert result.exit_code == 2 and "oracle.json" in result.output
 
 
-def test_oracle_resume_needs_a_name():
-    result = cli("oracle", "--resume")
-    assert result.exit_code == 2 and "--name" in result.output
+def test_oracle_resume_with_no_sweep_of_that_name_says_so(tmp_path):
+    result = cli("oracle", "--resume", "--output-dir", tmp_path)
+    assert result.exit_code == 2 and str(tmp_path / "oracle" / "digits") in result.output and "nothing" in result.output
 
 
 def test_unknown_plugin_kind_is_a_usage_error():

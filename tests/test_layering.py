@@ -17,7 +17,7 @@ LAYERS = {
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
     # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
     "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],
-    "training": ["training"],  # engine, pruner, policies, records, checkpoint I/O
+    "training": ["training", "export"],  # engine, pruner, policies, records, checkpoint I/O; export
     "shells": ["distributed", "sweep", "tracking"],  # Ray Train / Tune, the oracle's plan and report, MLflow
     "top": ["api", "cli", "__init__"],
 }

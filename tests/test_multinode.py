@@ -24,6 +24,7 @@ ray = pytest.importorskip("ray")
 from _helpers import configured  # noqa: E402
 from pat_ray.config import FixedStart  # noqa: E402
 from pat_ray.storage import Location  # noqa: E402
+from pat_ray.training.run_versions import find_version  # noqa: E402
 
 HERE = Path(__file__).parent
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -138,7 +139,7 @@ def reference(cluster, mlflow_server, s3_server, tmp_path_factory):
         driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     )
     assert code == 0, out[-4000:]
-    return Location.of(output) / "spread", out
+    return find_version(Location.of(output) / "spread"), out
 
 
 def test_two_workers_on_two_nodes_ship_the_plugin_and_track_through_the_driver(reference, mlflow_server):
@@ -180,7 +181,7 @@ def test_an_oracle_sweep_runs_on_the_cluster_with_its_report_in_s3(cluster, s3_s
         )
     )
     assert code == 0, out[-4000:]
-    sweep = Location.of(output) / "oracle" / "grid"
+    sweep = find_version(Location.of(output) / "oracle" / "grid")
     summary = json.loads((sweep / "oracle.json").read_text())
     assert sorted(t["label"] for t in summary["trials"]) == ["fixed-1", "never"]
     assert all(t.get("error") is None for t in summary["trials"])
@@ -201,7 +202,7 @@ def _a_worker_node_in_use(cluster, run_folder: Path, timeout: float = 240):
 def test_a_lost_node_with_a_replacement_ends_like_an_undisturbed_run(cluster, reference, tmp_path):
     config = pipeline(tmp_path, "lost", tracking={"mlflow": False})
     run = driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    folder = tmp_path / "runs" / "lost"
+    folder = tmp_path / "runs" / "lost" / "latest"
     try:
         cluster.remove_node(_a_worker_node_in_use(cluster, folder), allow_graceful=False)  # the third node is free
         code, out = finished(run)
@@ -219,7 +220,7 @@ def test_a_lost_node_with_a_replacement_ends_like_an_undisturbed_run(cluster, re
 def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(cluster, tmp_path):
     config = pipeline(tmp_path, "stranded", tracking={"mlflow": False}, scaling={"resource_wait_s": 10})
     run = driver(cluster, tmp_path, ["run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    folder = tmp_path / "runs" / "stranded"
+    folder = tmp_path / "runs" / "stranded" / "latest"
     lost = list(cluster.worker_nodes)
     try:
         _a_worker_node_in_use(cluster, folder)
@@ -232,7 +233,7 @@ def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(clu
     print(out)  # the console a user sees (pytest -rP shows it)
     assert code == 1, out[-4000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "waited 10 s" in errors[0] and "pat-ray run --resume" in errors[0], out[-3000:]
+    assert len(errors) == 1 and "waited 10 s" in errors[0] and "pat-ray run CONFIG --resume" in errors[0], out[-3000:]
     assert "Traceback" not in out and (folder / "last.pt").is_file()  # the last finished epoch is kept
     # with the nodes back, --resume restarts the Ray Train run by name and finishes it
     code, out = finished(
@@ -252,7 +253,7 @@ def test_ctrl_c_or_sigterm_while_waiting_for_resources_stops_within_seconds(stop
     run.send_signal(stop)
     code, out = finished(run, timeout=60)
     assert time.time() - sent < 15
-    assert code == 128 + stop and "pat-ray run --resume" in out and "Traceback" not in out, out[-3000:]
+    assert code == 128 + stop and "pat-ray run CONFIG --resume" in out and "Traceback" not in out, out[-3000:]
 
 
 def test_a_data_root_missing_on_the_workers_fails_at_once_naming_node_and_path(cluster, tmp_path):

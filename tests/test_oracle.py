@@ -118,7 +118,7 @@ def test_oracle_resume_needs_a_name():
 def test_sweep_resumes_a_failed_trial_and_reports_every_trial(plugins, tmp_path):
     import mlflow
 
-    from pat_ray.distributed.tune import SweepExistsError, run_oracle
+    from pat_ray.distributed.tune import run_oracle
 
     # a budget in step time: the sweep times the layers once and every trial prices with that table
     config, name = with_time_budget(small_config(tmp_path)), f"sweep-{uuid.uuid4().hex[:8]}"
@@ -126,12 +126,11 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(plugins, tmp_path)
     first = run_oracle(config, name=name, echo=lambda line: None)
     failed = [t.label for t in first.trials if not t.ok]
     assert len(failed) == 1  # the first trial to finish epoch 3, whichever that was
-    with pytest.raises(SweepExistsError, match="--resume"):
-        run_oracle(config, name=name, echo=lambda line: None)
 
-    summary = run_oracle(config, name=name, resume=True, echo=lambda line: None)
+    summary = run_oracle(config, name=name, resume=True, echo=lambda line: None)  # the newest sweep of the name
     assert sorted(t.label for t in summary.trials) == ["epi", "fixed-0", "fixed-2", "fixed-3"]
-    folder = tmp_path / "runs" / "oracle" / name
+    folder = tmp_path / "runs" / "oracle" / name / "latest"
+    assert summary.folder == first.folder == str(folder.resolve())
     table = json.loads((folder / "latency_table.json").read_text())
     for trial in summary.trials:
         assert trial.ok and trial.epochs == 5
@@ -180,9 +179,9 @@ def test_a_multi_worker_trial_runs_its_own_torch_trainer(tmp_path):
     assert trial.ok and trial.start_epoch == 1 and trial.epochs == 3
     # the trial's Train run lives in the sweep, under a fixed name a restored sweep would continue;
     # its workers priced with the sweep's table, handed through the TorchTrainer
-    final = final_checkpoint(tmp_path / "runs" / "oracle" / name / "train" / "fixed-1")
+    final = final_checkpoint(tmp_path / "runs" / "oracle" / name / "latest" / "train" / "fixed-1")
     assert final.extra["history"][-1]["time_kept"] == pytest.approx(0.75, abs=0.03)
-    sweep_table = tmp_path / "runs" / "oracle" / name / "latency_table.json"
+    sweep_table = tmp_path / "runs" / "oracle" / name / "latest" / "latency_table.json"
     assert final.extra["latency_table"] == json.loads(sweep_table.read_text())
 
 

@@ -49,12 +49,12 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
 
     name, uri = f"agree-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = configured(two_workers(tmp_path), tracking={"tracking_uri": uri})
-    tracked = open_run(config, tmp_path / "runs" / config.name, resume=False)
+    tracked = open_run(config, tmp_path / "runs" / config.name / "latest", resume=False)
     result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=name, tracking=tracked)
     assert result.trigger_epoch == 2
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
-    logs = rank_logs(tmp_path / "runs" / config.name)
+    logs = rank_logs(tmp_path / "runs" / config.name / "latest")
     assert set(logs) == {"rank0", "rank1"}
     for epoch in range(4):
         assert logs["rank0"][epoch]["fingerprint"] == logs["rank1"][epoch]["fingerprint"]
@@ -99,7 +99,7 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(plugins, local
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert result.trigger_epoch == 2
     assert result.history[-1].time_kept == pytest.approx(0.75, abs=0.03)
-    logs = rank_logs(tmp_path / "runs" / config.name)
+    logs = rank_logs(tmp_path / "runs" / config.name / "latest")
     # both ranks reported epoch 3 before one failed, then the restarted group went on from epoch 4
     assert [m["epoch"] for m in logs["rank0"]] == [1, 2, 3, 4]
     per_epoch = {rank: {m["epoch"]: m["fingerprint"] for m in lines} for rank, lines in logs.items()}
@@ -111,7 +111,7 @@ def test_a_worker_fault_after_pruning_resumes_from_the_checkpoint(plugins, local
         for path in (tmp_path / "storage" / name).rglob("last.pt")
     }
     assert len(tables) == 1 and None not in tables
-    assert (tmp_path / "runs" / config.name / "latency_table.json").is_file()
+    assert (tmp_path / "runs" / config.name / "latest" / "latency_table.json").is_file()
 
 
 def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(plugins, local_ray, tmp_path):
@@ -129,7 +129,7 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(p
     plugins(StopAfterTwo(), name="stop-after-two")
     with pytest.raises(KeyboardInterrupt):
         pat_ray.run(config, local=True, quiet=True)
-    last = tmp_path / "runs" / "digits" / "last.pt"
+    last = tmp_path / "runs" / "digits" / "latest" / "last.pt"
     assert read_checkpoint(last).extra["epoch"] == 2
     result = pat_ray.run(config, resume=True)  # on Ray Train, from the local run's last.pt
     assert [h.epoch for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 1
@@ -172,11 +172,11 @@ def test_one_ray_worker_trains_like_local_and_two_worker_runs_agree(local_ray, t
         local = pat_ray.run(configured(config, name="local"), local=True, quiet=True)
     finally:
         torch.set_num_threads(threads)
-    on_ray = pat_ray.run(configured(config, name="ray"))
+    on_ray = pat_ray.run(configured(config, name="onray"))
     assert on_ray.trigger_epoch == local.trigger_epoch is not None
     for name in ("history.json", "config.yaml", "last.pt"):  # a Ray run leaves what a local run leaves
-        assert (tmp_path / "runs" / "ray" / name).is_file(), name
-    ray_history = json.loads((tmp_path / "runs" / "ray" / "history.json").read_text())
+        assert (tmp_path / "runs" / "onray" / "latest" / name).is_file(), name
+    ray_history = json.loads((tmp_path / "runs" / "onray" / "latest" / "history.json").read_text())
     assert [r["val_acc"] for r in ray_history] == [h.val_acc for h in local.history]
     assert [(h.train_loss, h.val_acc, h.fingerprint) for h in on_ray.history] == [
         (h.train_loss, h.val_acc, h.fingerprint) for h in local.history

@@ -44,7 +44,7 @@ def _wait_for_epoch(folder: Path, process: subprocess.Popen, timeout: float = 24
 
 
 @pytest.mark.parametrize("where", ["local", "ray"])
-def test_a_second_run_or_resume_of_a_folder_in_use_is_refused_at_once_naming_the_holder(where, tmp_path, request):
+def test_a_resume_of_a_run_in_progress_is_refused_at_once_naming_the_holder(where, tmp_path, request):
     env = {}
     extra = ["--local"] if where == "local" else []
     if where == "ray":
@@ -55,17 +55,16 @@ def test_a_second_run_or_resume_of_a_folder_in_use_is_refused_at_once_naming_the
     config = write_config(tmp_path, training={"epochs": 12})
     first = _start(config, *extra, env=env)
     try:
-        _wait_for_epoch(tmp_path / "runs" / "digits", first)
-        for args in (extra, [*extra, "--resume"]):
-            second = _start(config, *args, env=env)
-            out = second.communicate(timeout=120)[0]
-            assert second.returncode == 2, out
-            assert f"is in use by another run (pid {first.pid} on " in out and "nothing was changed" in out, out
-            assert "Traceback" not in out
+        _wait_for_epoch(tmp_path / "runs" / "digits" / "latest", first)
+        second = _start(config, *extra, "--resume", env=env)
+        out = second.communicate(timeout=120)[0]
+        assert second.returncode == 2, out
+        assert f"is in use by another run (pid {first.pid} on " in out and "nothing was changed" in out, out
+        assert "Traceback" not in out
     finally:
         out = first.communicate(timeout=600)[0]
     assert first.returncode == 0, out
-    history = json.loads((tmp_path / "runs" / "digits" / "history.json").read_text())
+    history = json.loads((tmp_path / "runs" / "digits" / "latest" / "history.json").read_text())
     assert [r["epoch"] for r in history] == list(range(1, 13))  # the holder's run, untouched
 
 
@@ -78,7 +77,7 @@ def _cut_after_two(tmp_path: Path) -> Path:
 
 def test_a_resume_that_would_change_the_run_is_refused_naming_each_field(tmp_path):
     _cut_after_two(tmp_path)
-    folder = tmp_path / "runs" / "digits"
+    folder = tmp_path / "runs" / "digits" / "latest"
     before = {name: (folder / name).read_bytes() for name in ("last.pt", "history.json")}
     changed = write_config(tmp_path, pruning={"budget": {"fraction": 0.3}}, model={"name": "cifar_resnet32"})
     result = CliRunner().invoke(main, ["run", str(changed), "--local", "--resume"])
@@ -96,14 +95,14 @@ def test_a_resume_may_change_what_does_not_alter_the_run_and_says_so(tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     assert "note: resuming with changes that do not alter the run" in result.stderr
     assert "scaling.max_failures: 1 -> 3" in result.stderr and "data.eval_batch_size: 512 -> 100" in result.stderr
-    history = json.loads((tmp_path / "runs" / "digits" / "history.json").read_text())
+    history = json.loads((tmp_path / "runs" / "digits" / "latest" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
     config = write_config(tmp_path, training={"epochs": 2})
     assert CliRunner().invoke(main, ["run", str(config), "--local"]).exit_code == 0
-    folder = tmp_path / "runs" / "digits"
+    folder = tmp_path / "runs" / "digits" / "latest"
     before = (folder / "last.pt").read_bytes()
     result = CliRunner().invoke(main, ["run", str(config), "--local", "--resume"])
     assert result.exit_code == 2 and "already finished (epoch 2 of 2); nothing was changed" in result.output
@@ -146,7 +145,7 @@ def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
     registry.reset()
     live = _start(write_config(tmp_path, name="live", training={"epochs": 30}), "--local")
     try:
-        _wait_for_epoch(tmp_path / "runs" / "live", live)
+        _wait_for_epoch(tmp_path / "runs" / "live" / "latest", live)
         listed = CliRunner().invoke(main, ["runs", str(tmp_path / "runs"), "--json"])
         table = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")])
     finally:
@@ -154,12 +153,13 @@ def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
         live.communicate()
     assert listed.exit_code == 0, listed.output
     entries = [json.loads(line) for line in listed.output.splitlines()]
-    assert [e["name"] for e in entries] == ["live", "broken", "cut", "done"]
+    assert [e["name"].split("/")[0] for e in entries] == ["live", "broken", "cut", "done"]
+    assert all(re.fullmatch(r"\w+/\d{8}-\d{6}", e["name"]) for e in entries), entries
     assert [e["status"] for e in entries] == ["running", "failed", "interrupted", "finished"]
     finished = entries[-1]
     assert finished["final_accuracy"] == done.final_accuracy and finished["trigger_epoch"] == 1
     assert finished["train_flops_ratio"] == pytest.approx(done.train_flops_ratio)
     assert table.output.splitlines()[0].split()[:3] == ["run", "status", "trigger"]
-    assert re.search(r"^done\s+finished\s+epoch 1\s", table.output, re.M), table.output
+    assert re.search(r"^done/\S+\s+finished\s+epoch 1\s", table.output, re.M), table.output
     missing = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

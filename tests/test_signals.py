@@ -26,7 +26,7 @@ def test_a_stop_signal_ends_a_local_run_cleanly_and_it_resumes(stop, tmp_path):
     assert run.returncode == 128 + stop, out
     assert f"error: stopped by {stop.name}; a run continues from its last finished epoch" in out
     assert "Traceback" not in out
-    folder = tmp_path / "runs" / "digits"
+    folder = tmp_path / "runs" / "digits" / "latest"
     assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())][:2] == [1, 2]
     resumed = subprocess.run(
         [sys.executable, "-m", "pat_ray.cli", "run", str(config), "--local", "--resume"],

@@ -18,6 +18,7 @@ from _helpers import configured, start_cli, stop_after_epoch
 from pat_ray.cli import main
 from pat_ray.config import ConfigError, FixedStart
 from pat_ray.storage import Location, has_scheme
+from pat_ray.training.run_versions import find_version, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +80,9 @@ def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedP
 
 def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, tmp_path):
     """Everything a run folder holds lands in the bucket; a run killed mid-way (SIGKILL: no
-    clean-up at all) resumes from the bucket with each epoch once; a second run of the same name
-    is refused; the checkpoint loads from its URI; no local folder is named after the scheme."""
+    clean-up at all) resumes from the bucket with each epoch once, found as the newest version
+    by listing (a bucket has no ``latest`` link); the checkpoint loads from its URI; no local
+    folder is named after the scheme."""
     import pat_ray
 
     output = s3_server("local-runs")
@@ -88,10 +90,8 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
     path = tmp_path / "s3.yaml"
     path.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
     stop_after_epoch(start_cli("run", str(path), "--local", cwd=tmp_path), 3, signal.SIGKILL)
-    folder = Location.of(output) / "digits"
+    folder = find_version(Location.of(output) / "digits")
     assert json.loads((folder / "history.json").read_text())[-1]["epoch"] == 3
-    again = _cli("run", str(path), "--local", cwd=tmp_path)
-    assert again.returncode == 2 and "already holds a run" in again.stderr
     resumed = _cli("run", str(path), "--local", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"checkpoint:       {folder / 'last.pt'}" in resumed.stdout
@@ -102,6 +102,7 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
     model, ckpt = pat_ray.load_checkpoint(str(folder / "last.pt"))
     assert ckpt.extra["epoch"] == 5 and sum(p.numel() for p in model.parameters()) > 0
     assert not any(p.name.startswith("s3:") for p in tmp_path.rglob("*"))
+    assert versions(Location.of(output) / "digits") == [folder.name]
 
 
 def test_a_ray_run_writes_its_folder_and_rays_storage_to_s3(s3_server, local_ray, tmp_path):
@@ -114,12 +115,12 @@ def test_a_ray_run_writes_its_folder_and_rays_storage_to_s3(s3_server, local_ray
         output_dir=output, training={"epochs": 3}, start=FixedStart(epoch=1), tracking={"mlflow": False}
     )
     result = pat_ray.run(config)
-    folder = Location.of(output) / "digits"
+    folder = find_version(Location.of(output) / "digits")
     assert result.checkpoint == str(folder / "last.pt")
     assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == [1, 2, 3]
     ranks = [json.loads(line) for line in (folder / "ranks.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in ranks] == [1, 2, 3]
-    fs, path = (Location.of(output) / "ray").filesystem()
+    fs, path = (Location.of(output) / "ray" / "digits" / folder.name).filesystem()
     checkpoints = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     assert any(info.path.endswith("/last.pt") for info in checkpoints)  # Ray's own storage is the bucket too
     assert not Path("s3:").exists()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import pat_ray
-from _helpers import configured
+from _helpers import configured, without_pat_ray
 from pat_ray.config import Config, FixedStart
 from pat_ray.tracking import live
 from pat_ray.tracking.mlflow_log import TrackingWarning
@@ -56,7 +57,22 @@ def test_run_is_logged_with_metrics_and_artifacts(tmp_path):
     history = client.get_metric_history(result.mlflow_run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"config.yaml", "architecture.json", "epi_curve.png", "checkpoint"} <= artifacts
+    assert {"config.yaml", "architecture.json", "epi_curve.png", "checkpoint", "model"} <= artifacts
+    # the pruned model as an MLflow model: loads with mlflow.pytorch where pat_ray is not installed
+    model_dir = client.download_artifacts(result.mlflow_run_id, "model", str(tmp_path / "downloaded"))
+    pruned, ckpt = pat_ray.load_checkpoint(result.checkpoint)
+    batch = torch.randn(3, *ckpt.input_shape[1:])
+    torch.save(batch, tmp_path / "batch.pt")
+    script = (
+        "import mlflow.pytorch, torch\n"
+        f"model = mlflow.pytorch.load_model({model_dir!r})\n"
+        "torch.save(model(torch.load('batch.pt')), 'out.pt')\n"
+    )
+    loaded = without_pat_ray(script, tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    with torch.no_grad():
+        expected = pruned.eval()(batch)
+    assert torch.allclose(torch.load(tmp_path / "out.pt", weights_only=True), expected, atol=1e-5, rtol=0)
     png = client.download_artifacts(result.mlflow_run_id, "epi_curve.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -73,7 +89,7 @@ def test_tracking_failure_warns_and_keeps_the_result(tmp_path):
 def test_metrics_are_in_the_store_while_the_run_is_still_going(plugins, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tracked(tmp_path, uri, epochs=3)
-    reader = StoreReader(uri, tmp_path / "runs" / config.name, epoch=2)
+    reader = StoreReader(uri, tmp_path / "runs" / config.name / "latest", epoch=2)
     plugins(reader, name="store-reader")
     result = pat_ray.run(config, local=True, quiet=True)
     assert reader.seen == ("RUNNING", [1, 2])  # mid-run: the epochs so far, the run still open
@@ -85,7 +101,7 @@ def test_metrics_are_in_the_store_while_the_run_is_still_going(plugins, tmp_path
 def test_a_resumed_run_continues_its_mlflow_run_with_each_epoch_once(plugins, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = configured(tracked(tmp_path, uri, epochs=4), training={"checkpoint_every": 2})
-    run_dir = tmp_path / "runs" / config.name
+    run_dir = tmp_path / "runs" / config.name / "latest"
     plugins(StoreReader(uri, run_dir, epoch=3, interrupt=True), name="cut-after-3")
     with pytest.raises(KeyboardInterrupt):
         pat_ray.run(config, local=True, quiet=True)
@@ -150,4 +166,5 @@ def test_tracking_off_writes_nothing(tmp_path):
     config = configured(tracked(tmp_path, uri), tracking={"mlflow": False})
     result = pat_ray.run(config, local=True, quiet=True)
     assert result.mlflow_run_id is None
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs" / config.name / live.RUN_FILE).exists()
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "runs" / config.name / "latest" / live.RUN_FILE).exists()

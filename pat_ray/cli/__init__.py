@@ -39,6 +39,9 @@ INPUT_ERRORS = (  # exit 2: what the user gave is wrong
 )
 
 
+RESUME_HINT = "pat-ray run CONFIG --resume"
+
+
 def fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -67,7 +70,29 @@ class _Cli(click.Group):
                 raise
             signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
             what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            fail(f"{what}; a run continues from its last finished epoch with `pat-ray run --resume`", 128 + signum)
+            click.echo(f"error: {what}; a run continues from its last finished epoch with `{RESUME_HINT}`", err=True)
+            _exit(128 + signum)
+
+
+_ray_connected = False  # set by the commands that connect this process to Ray
+
+
+def connects_to_ray() -> None:
+    """Called by a command before it starts work on Ray (``_exit`` needs to know)."""
+    global _ray_connected
+    _ray_connected = True
+
+
+def _exit(code: int) -> None:
+    """Exit after a stop signal. After a Ray run, skip the interpreter's teardown: Ray's own
+    threads may still be winding down from the dropped connection, and finalizing Python
+    under them can end the process with SIGSEGV instead of ``code`` (seen on CI). The run
+    folder and MLflow run were closed before this point; only the streams need a flush."""
+    if not _ray_connected:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 _default_showwarning = warnings.showwarning
@@ -144,4 +169,4 @@ def main(debug: bool) -> None:
     """
 
 
-from pat_ray.cli import inspect, pipelines  # noqa: E402,F401  (registers the commands on main)
+from pat_ray.cli import deploy, inspect, pipelines  # noqa: E402,F401  (registers the commands on main)

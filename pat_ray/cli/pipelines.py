@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from pat_ray.cli import fail, load, main
+from pat_ray.cli import connects_to_ray, fail, load, main
 from pat_ray.config import config_to_yaml
 from pat_ray.plugins.registry import PluginFailure
+from pat_ray.storage import Location
 
 CONFIG = click.argument("config", required=False)
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -22,43 +23,82 @@ def _set_verbose(verbose: bool) -> None:
         os.environ["PAT_RAY_VERBOSE"] = "1"  # read where Ray starts, and inherited by its workers
 
 
+RESUME_LATEST = "latest"
+
+
 @main.command(short_help="Train a pipeline with PaT + EPI (on Ray, or --local); KEY=VALUE overrides.")
 @CONFIG
 @OVERRIDES
 @click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
+@click.option("--name", help="The run's name (default: the config's `name`); runs go to output_dir/NAME/<time>.")
 @OUTPUT_DIR
-@click.option("--resume", is_flag=True, help="Continue the run in output_dir/name from its last checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value=RESUME_LATEST,
+    default=None,
+    metavar="[RUN]",
+    help="Continue a run from its last checkpoint: the newest of this name, or RUN (a version such as "
+    "20261202-101500, or a run folder).",
+)
 @VERBOSE
 def run(
-    config: str | None, overrides: tuple[str, ...], local: bool, output_dir: str | None, resume: bool, verbose: bool
+    config: str | None,
+    overrides: tuple[str, ...],
+    local: bool,
+    name: str | None,
+    output_dir: str | None,
+    resume: str | None,
+    verbose: bool,
 ) -> None:
     """Train a pipeline with PaT + EPI: dense until the kept architecture stops changing, then
     pruned (channels physically removed) to the end of the same schedule. CONFIG is a YAML
     pipeline (default: the embedded digits pipeline); KEY=VALUE pairs set any config key
-    (YAML values) before validation. Results go to output_dir/name: last.pt, history.json,
-    config.yaml. A run never overwrites another; --resume continues one.
+    (YAML values) before validation. Each run gets its own folder, output_dir/NAME/<start
+    time> (output_dir/NAME/latest links to the newest), holding last.pt, history.json and
+    config.yaml; a run never overwrites another. --resume continues the newest run of the
+    name, --resume RUN the one given (with a run folder and no CONFIG, its config.yaml).
 
     \b
     pat-ray run
     pat-ray run pipelines/digits.yaml training.epochs=3 pruning.budget.fraction=0.3 --local
-    pat-ray run pipelines/digits.yaml name=short --resume
+    pat-ray run pipelines/digits.yaml --name short --resume
+    pat-ray run --resume runs/digits/20261202-101500
     """
     from pat_ray.api import run as run_pipeline
 
     _set_verbose(verbose)
-    cfg = load(config, overrides, output_dir)
+    config, which = _resume_target(config, resume)
+    cfg = load(config, (*overrides, *([f"name={name}"] if name else [])), output_dir)
     click.echo(
-        f"pat-ray: {'resuming' if resume else 'running'} {cfg.name!r} "
+        f"pat-ray: {'resuming' if which else 'running'} {cfg.name!r} "
         f"({config or 'embedded default: pipelines/digits.yaml'}), "
         f"start policy {cfg.start.kind}, budget {cfg.pruning.budget.fraction:g} of {cfg.pruning.budget.measure}"
     )
+    if not local:
+        connects_to_ray()
     try:
-        result = run_pipeline(cfg, local=local, resume=resume, overrides=_given(config, overrides))
+        result = run_pipeline(cfg, local=local, resume=which, overrides=_given(config, overrides))
     except PluginFailure as err:
-        last = cfg.run_folder() / "last.pt"
-        kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
-        fail(f"{err}\nthe run stopped; {kept}", code=1)
+        fail(f"{err}\nthe run stopped; the last finished epoch's checkpoint is kept in its run folder", code=1)
     click.echo(summary(result))
+
+
+def _resume_target(config: str | None, resume: str | None) -> tuple[str | None, bool | str]:
+    """What ``--resume [RUN]`` asks for, as ``(config path, resume)`` for ``pat_ray.run``.
+
+    ``--resume`` just before CONFIG takes CONFIG as its value (click cannot tell them apart):
+    a YAML file is read as the config. A run folder given with no CONFIG brings its own
+    ``config.yaml``, so ``pat-ray run --resume runs/digits/latest`` needs nothing else."""
+    if resume is None:
+        return config, False
+    if resume == RESUME_LATEST:
+        return config, True
+    if config is None and resume.endswith((".yaml", ".yml")) and Path(resume).is_file():
+        return resume, True
+    if config is None and (Path(resume) / "config.yaml").is_file():
+        return str(Path(resume) / "config.yaml"), str(Path(resume).resolve())
+    return config, resume
 
 
 def _given(config: str | None, overrides: tuple[str, ...]) -> list[str]:
@@ -87,23 +127,31 @@ def summary(result) -> str:
 @main.command(short_help="Compare EPI against a grid of fixed start epochs (Ray Tune); write the report.")
 @CONFIG
 @OVERRIDES
-@click.option("--name", help="Sweep name (default: <config name>-<timestamp>); the folder under output_dir/oracle.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted sweep called --name.")
+@click.option("--name", help="Sweep name (default: the config's `name`); sweeps go to output_dir/oracle/NAME/<time>.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value=RESUME_LATEST,
+    default=None,
+    metavar="[SWEEP]",
+    help="Continue an interrupted sweep: the newest of this name, or SWEEP (a version such as 20261202-101500).",
+)
 @OUTPUT_DIR
 @VERBOSE
 def oracle(
     config: str | None,
     overrides: tuple[str, ...],
     name: str | None,
-    resume: bool,
+    resume: str | None,
     output_dir: str | None,
     verbose: bool,
 ) -> None:
     """Compare EPI against an oracle: the same PaT recipe with pruning started at each epoch of
     a grid (oracle.start_epochs), plus EPI, Early-Bird, dense and train-prune-fine-tune trials,
     once per seed (oracle.seeds), on Ray Tune. Writes report.md, plots and oracle.json to
-    output_dir/oracle/NAME, with the verdict: EPI's accuracy and training cost against the
-    grid's reference start, and the tau that would have picked it.
+    output_dir/oracle/NAME/<start time>, with the verdict: EPI's accuracy and training cost
+    against the grid's reference start, and the tau that would have picked it. --resume
+    continues the newest sweep of the name (finished trials are kept).
 
     \b
     pat-ray oracle pipelines/digits.yaml oracle.seeds=[0,1,2]
@@ -113,20 +161,20 @@ def oracle(
     from pat_ray.api import oracle as run_oracle
     from pat_ray.sweep.report import REPORT_FILE, verdict_lines
 
-    if resume and not name:
-        fail("--resume needs --name, the sweep to continue")
+    config, which = _resume_target(config, resume)
     cfg = load(config, overrides, output_dir)
-    summary = run_oracle(cfg, name=name, resume=resume, echo=lambda line: click.echo(line))
+    connects_to_ray()
+    summary = run_oracle(cfg, name=name, resume=which, echo=lambda line: click.echo(line))
     click.echo("")
     click.echo("\n".join(verdict_lines(summary)).replace("**", ""))
-    click.echo(f"\nreport: {Path(summary.folder) / REPORT_FILE}")
+    click.echo(f"\nreport: {Location.of(summary.folder) / REPORT_FILE}")
     if summary.mlflow_run_id:
         click.echo(f"mlflow run: {summary.mlflow_run_id}")
     failed = [t.label for t in summary.trials if not t.ok]
     if failed:
         fail(
             f"trials failed: {', '.join(failed)}; continue with: pat-ray oracle {config or ''} "
-            f"--name {Path(summary.folder).name} --resume",
+            f"--name {name or cfg.name} --resume {Location.of(summary.folder).name}",
             code=1,
         )
 

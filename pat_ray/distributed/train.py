@@ -26,6 +26,7 @@ from pat_ray.distributed.worker import worker_loop
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.records import RunResult
+from pat_ray.training.run_versions import new_version, point_latest
 
 RAY_RUN = "ray_run.json"  # the Ray Train run (storage + name) behind a run folder, for a same-name restart
 
@@ -65,13 +66,15 @@ def run_on_ray(
 ) -> RunResult:
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
-    ``storage``: Ray's storage (default ``output_dir/ray``: a folder, or a URI every node
-    reaches). Re-running with the same ``run_name`` and storage continues that run from its
-    last checkpoint (the oracle relies on this to resume multi-worker trials). ``resume``: a
+    ``storage``: Ray's storage (default ``output_dir/ray/name``: a folder, or a URI every
+    node reaches); ``run_name``: the Ray Train run in it (default: the run folder's version).
+    Re-running with the same ``run_name`` and storage continues that run from its last
+    checkpoint (the oracle relies on this to resume multi-worker trials). ``resume``: a
     local ``last.pt`` to continue from; it travels to the workers through Ray's object store.
-    Every checkpoint is copied to ``run_folder`` (default ``output_dir/name``) as it is
-    reported, with ``history.json``, so an interrupted run resumes like a local one. Plugins
-    registered in this process with ``register_plugin`` reach every worker. ``tracking``: the
+    Every checkpoint is copied to ``run_folder`` (default: a new version folder in
+    ``output_dir/name``) as it is reported, with ``history.json``, so an interrupted run
+    resumes like a local one. Plugins registered in this process with ``register_plugin``
+    reach every worker. ``tracking``: the
     MLflow run each epoch is logged into, from the driver's node.
     """
     import ray
@@ -83,11 +86,14 @@ def run_on_ray(
 
     start_ray()
     cpus = config.scaling.cpus_per_worker or cpus_per_worker(config.scaling.num_workers)
-    folder = run_folder or config.run_folder()
+    if run_folder is None:
+        run_folder = new_version(config.runs_folder())
+        point_latest(run_folder)
+    folder = run_folder
     warn_if_unshared(folder)
-    storage = storage or Location.of(config.output_dir) / "ray"
+    storage = storage or Location.of(config.output_dir) / "ray" / config.name
     storage_fs, storage_path = storage.filesystem()
-    name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name or folder.name
     (folder / RAY_RUN).write_text(json.dumps({"storage": storage.uri, "name": name}))
     attempt_s = min(ray_private.start_timeout(), config.scaling.resource_wait_s)
     ray_private.set_start_timeout(attempt_s)  # read by Train's controller when fit() starts it
@@ -166,7 +172,7 @@ def _explained(error: BaseException, config: Config) -> BaseException:
         return RayRunError(
             f"waited {config.scaling.resource_wait_s:g} s (scaling.resource_wait_s) for {config.scaling.num_workers} "
             f"workers ({cpus} CPU{gpu} each); the cluster has {_alive()}. A node was lost or never joined; once the "
-            "resources are back, `pat-ray run --resume` continues the run from its last finished epoch"
+            "resources are back, `pat-ray run CONFIG --resume` continues the run from its last finished epoch"
         )
     return error
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,50 +42,48 @@ from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
 from pat_ray.training.records import RunState
 from pat_ray.training.run_lock import holding
+from pat_ray.training.run_versions import find_version, new_version, point_latest
 
 CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first
-
-
-class SweepExistsError(FileExistsError):
-    """A sweep of that name exists; resume it or pick another name."""
 
 
 def run_oracle(
     config: Config,
     name: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     storage: Location | None = None,
     echo=print,
 ) -> OracleSummary:
     """Run (or with ``resume``, continue) the oracle sweep of ``config``; write and return its report.
 
-    The sweep lives in ``<storage or output_dir/oracle>/<name>`` (a folder or a URI): Tune's
-    state, the trials' checkpoints, ``oracle.json``, ``report.md`` and the plots. Plugins
-    registered in this process with ``register_plugin`` are registered in every trial too.
+    The sweep lives in ``<storage or output_dir/oracle>/<name>/<start time>`` (a folder or a
+    URI), runs' scheme: Tune's state, the trials' checkpoints, ``oracle.json``, ``report.md``
+    and the plots. ``name`` defaults to ``config.name``; ``resume=True`` continues the newest
+    sweep of that name, ``resume="<version>"`` that one. Plugins registered in this process
+    with ``register_plugin`` are registered in every trial too.
     """
     from ray import tune
 
+    sweeps = (storage or Location.of(config.output_dir) / "oracle") / (name or config.name)
+    if resume:
+        sweep_dir = find_version(sweeps, None if resume is True else str(resume))
+        if not tune.Tuner.can_restore(sweep_dir.filesystem()[1], storage_filesystem=sweep_dir.filesystem()[0]):
+            raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
+    else:
+        sweep_dir = new_version(sweeps)
     start_ray()
-    storage = storage or Location.of(config.output_dir) / "oracle"
-    storage_fs, storage_path = storage.filesystem()
-    name = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = storage / name
-    sweep_path = f"{storage_path}/{name}"
-    if resume and not tune.Tuner.can_restore(sweep_path, storage_filesystem=storage_fs):
-        raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
-    if not resume and sweep_dir.exists():
-        raise SweepExistsError(f"oracle sweep {sweep_dir} exists; resume it (--resume) or choose another --name")
     with holding(sweep_dir, "sweep") as lock:
         lock.announce()
-        return _sweep(config, name, resume, storage, echo)
+        point_latest(sweep_dir)
+        return _sweep(config, sweep_dir, bool(resume), echo)
 
 
-def _sweep(config: Config, name: str, resume: bool, storage: Location, echo) -> OracleSummary:
+def _sweep(config: Config, sweep_dir: Location, resume: bool, echo) -> OracleSummary:
     """The sweep itself, run while this process holds its folder."""
     from ray import tune
 
-    storage_fs, storage_path = storage.filesystem()
-    sweep_dir, sweep_path = storage / name, f"{storage_path}/{name}"
+    storage_fs, sweep_path = sweep_dir.filesystem()
+    storage_path, name = sweep_path.rpartition("/")[0], sweep_dir.name
     trials = trial_configs(config)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -126,7 +123,7 @@ def _sweep(config: Config, name: str, resume: bool, storage: Location, echo) -> 
         )
     outcomes, snapshots, results = _collect(tuner.fit(), trials)
     source, curves = _calibration_curves(config, snapshots)
-    summary = summarize(name, config, outcomes, curves, source)
+    summary = summarize(f"{Path(storage_path).name}/{name}", config, outcomes, curves, source)
     summary.folder = sweep_dir.uri
     with tempfile.TemporaryDirectory(prefix="pat_ray_report_") as scratch:
         written = [write_report(Path(scratch), summary)]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pat_ray.config import Config, EPIStart, config_to_yaml
 from pat_ray.config_fields import dotted
 from pat_ray.storage import Location
+from pat_ray.training.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -140,9 +141,39 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
         stored = Location.of(result.checkpoint)
         if stored.is_file():
             with tempfile.TemporaryDirectory() as folder:
-                client.log_artifact(
-                    run_id, str(stored.download(Path(folder) / stored.name)), artifact_path="checkpoint"
-                )
+                local = stored.download(Path(folder) / stored.name)
+                client.log_artifact(run_id, str(local), artifact_path="checkpoint")  # for resuming: optimizer state
+                log_model(client, run_id, local, Path(folder) / MODEL_ARTIFACT)
+
+
+MODEL_ARTIFACT = "model"
+
+
+def log_model(client: MlflowClient, run_id: str, checkpoint: Path, scratch: Path) -> None:
+    """The pruned model as an MLflow model, ``runs:/<run id>/model``: saved in MLflow's
+    ``pt2`` format (torch.export's program, with an input example and signature), so
+    ``mlflow.pytorch.load_model`` returns a working module where pat_ray is not installed."""
+    import mlflow.pytorch
+    import numpy
+    import torch
+    from mlflow.models import infer_signature
+
+    model, ckpt = load_checkpoint(checkpoint)
+    model.eval()
+    example = numpy.random.default_rng(0).standard_normal((2, *ckpt.input_shape[1:]), dtype=numpy.float32)
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.save_model(
+        model,
+        str(scratch),
+        serialization_format="pt2",
+        input_example=example,
+        signature=infer_signature(example, outputs),
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}"
+        ],  # stated: MLflow's inference runs the model again
+    )
+    client.log_artifacts(run_id, str(scratch), artifact_path=MODEL_ARTIFACT)
 
 
 def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str | None:

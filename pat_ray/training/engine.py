@@ -52,14 +52,18 @@ def train(
     reporter: Reporter | None = None,
     resume: Path | None = None,
     latency_table: LatencyTable | None = None,
+    run_dir: Path | None = None,
 ) -> RunResult:
     """Run one PaT pipeline; ``resume`` continues from a ``last.pt`` this function wrote.
 
     ``latency_table``: for a budget in step time, a table the caller measured (the oracle
-    times the layers once for all its trials); by default the run measures its own."""
+    times the layers once for all its trials); by default the run measures its own.
+    ``run_dir``: where the checkpoints and run files go (``pat_ray.run`` gives each run a
+    version folder; this engine alone writes to ``output_dir/name``)."""
     started = time.perf_counter()
     resumed = read_checkpoint(resume) if resume is not None else None
-    run = _build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table)
+    run_dir = run_dir or Path(config.output_dir) / config.name
+    run = _build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
     progress = _restore(run, resumed) if resumed is not None else Progress()
     run.net = run.collective.wrap(run.model)
     if resumed is None and decide(config.start, 0, run.train_epochs, run.tracker):  # fixed 0: prune at init
@@ -153,8 +157,9 @@ def _build(
     reporter: Reporter,
     resumed: Checkpoint | None,
     latency_table: LatencyTable | None,
+    run_dir: Path,
 ) -> Run:
-    registry, run_dir = get_registry(), Path(config.output_dir) / config.name
+    registry = get_registry()
     setup = build_run(config)
     budget = config.pruning.budget
     saved_table = resumed.extra.get("latency_table") if resumed else None

@@ -11,14 +11,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pat_ray.config import RESERVED_NAMES
+from pat_ray.storage import Location
 from pat_ray.training.run_lock import is_held
+from pat_ray.training.run_versions import versions
 
 STATUS = "status.json"  # written when a run ends: finished / failed / interrupted, and its numbers
 
 
 @dataclass(frozen=True)
 class RunEntry:
-    name: str
+    name: str  # NAME/VERSION, relative to the listed folder
     status: str  # running, finished, interrupted, failed
     trigger_epoch: int | None
     epochs: int
@@ -34,18 +37,30 @@ class RunEntry:
 
 
 def list_runs(output_dir: Path) -> list[RunEntry]:
-    """Every run folder directly under ``output_dir``, newest first."""
+    """Every run in ``output_dir`` (``NAME/VERSION`` folders, and the ``NAME`` folders of runs
+    made before runs had versions), newest first."""
     if not output_dir.is_dir():
         raise FileNotFoundError(f"{output_dir} does not exist: no runs to list")
-    entries = [_entry(folder) for folder in output_dir.iterdir() if _is_run(folder)]
+    entries = [_entry(folder, output_dir) for folder in _run_folders(output_dir)]
     return sorted(entries, key=lambda entry: entry.modified, reverse=True)
+
+
+def _run_folders(output_dir: Path) -> list[Path]:
+    found = []
+    for named in sorted(output_dir.iterdir()):
+        if named.name in RESERVED_NAMES or named.is_symlink() or not named.is_dir():
+            continue
+        if _is_run(named):
+            found.append(named)
+        found += [named / version for version in versions(Location.of(named)) if _is_run(named / version)]
+    return found
 
 
 def _is_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).is_file() for name in ("history.json", "last.pt", STATUS))
 
 
-def _entry(folder: Path) -> RunEntry:
+def _entry(folder: Path, output_dir: Path) -> RunEntry:
     history = _json(folder / "history.json") or []
     ended = _json(folder / STATUS) or {}
     last = history[-1] if history else {}
@@ -53,7 +68,7 @@ def _entry(folder: Path) -> RunEntry:
     files = [p for p in folder.iterdir() if p.is_file()]
     status = "running" if is_held(folder) else ended.get("status", "interrupted")
     return RunEntry(
-        name=folder.name,
+        name=folder.relative_to(output_dir).as_posix(),
         status=status,
         trigger_epoch=ended.get("trigger_epoch", trigger),
         epochs=len(history),

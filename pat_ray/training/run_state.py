@@ -32,18 +32,19 @@ LAST, PREVIOUS, HISTORY, CONFIG = "last.pt", "previous.pt", "history.json", "con
 
 
 class RunExistsError(FileExistsError):
-    """``output_dir/name`` already holds a run, and the caller did not ask to continue it."""
+    """A new run's folder already holds a run (two runs in one store chose the same version)."""
 
 
 def check_new_run(run_dir: Location) -> None:
-    """Refuse to start a run over an earlier one; say what the user can do instead."""
+    """Refuse to start a run over an earlier one; say what the user can do instead. Version
+    folders make this rare: only two runs writing to one store within a second meet it."""
     if run_dir.is_file():
         raise RunExistsError(f"{run_dir} is a file; output_dir/name must be a folder")
     found = [name for name in (LAST, PREVIOUS, HISTORY) if (run_dir / name).exists()]
     if found:
         raise RunExistsError(
-            f"{run_dir} already holds a run ({', '.join(found)}); nothing was changed. Continue it with "
-            "`pat-ray run --resume` (run(..., resume=True)), choose another `name`, or delete the folder"
+            f"{run_dir} already holds a run ({', '.join(found)}); nothing was changed. Start again (a new "
+            "version folder), or continue that run with `pat-ray run CONFIG --resume`"
         )
 
 

@@ -1,0 +1,183 @@
+"""The pruned model as a file that loads without pat_ray: for deployment and serving.
+
+A checkpoint needs pat_ray to load (it rebuilds the base model from the registry and applies
+the architecture); the pruned model itself is plain ``torch.nn`` modules, which every PyTorch
+serialization format holds. Each export is checked before it is kept: the written file is
+loaded back and must give the checkpoint's outputs (within ``TOLERANCE``) on a random batch
+of another size than the one traced, so a format that cannot hold the model (control flow
+that depends on the data, a batch size baked into a trace) is an ``ExportError``, never a
+broken file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.training.checkpoint import Checkpoint, build_pruned_model, load_checkpoint
+
+FORMATS = ("state_dict", "torchscript", "pt2", "onnx")
+SUFFIXES = {"state_dict": ".state_dict.pt", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
+TOLERANCE = 1e-5
+TRACE_BATCH, CHECK_BATCH = 2, 3  # traced with one batch size, checked with another
+
+
+class ExportError(ValueError):
+    """The model cannot be written in the format asked for (or the format's extra is missing)."""
+
+
+def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None) -> Path:
+    """Write the pruned model of ``checkpoint`` as ``fmt`` (one of ``FORMATS``) to ``out``
+    (default: beside the checkpoint, ``last.<fmt suffix>``); returns the path written.
+
+    ``state_dict`` also writes ``<out>.json``: the base model's name and parameters, the input
+    shape and the architecture, which is what rebuilding the module in code needs."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx()
+    model, ckpt = load_checkpoint(checkpoint)
+    model.eval()
+    target = Path(out) if out is not None else Path(str(checkpoint)).with_suffix(SUFFIXES[fmt])
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; --out takes a file name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write, load = WRITERS[fmt]
+    example = _batch(ckpt, TRACE_BATCH)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export_") as scratch:
+        staged = Path(scratch) / target.name
+        with torch.no_grad():
+            write(model, example, staged, ckpt)
+        _check_outputs(model, load(staged, ckpt), _batch(ckpt, CHECK_BATCH), fmt)
+        if fmt == "state_dict":
+            os.replace(staged.with_suffix(".json"), target.with_suffix(".json"))
+        os.replace(staged, target)
+    return target
+
+
+def _batch(ckpt: Checkpoint, size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((size, *ckpt.input_shape[1:]), generator=generator)
+
+
+def _check_outputs(model: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor], batch, fmt: str) -> None:
+    with torch.no_grad():
+        expected = model(batch)
+        try:
+            got = exported(batch)
+        except Exception as err:  # the format's own runtime refuses the batch: a shape baked in
+            failure = _first_line(err)
+            raise ExportError(f"{fmt}: the exported model fails on a batch of {len(batch)}: {failure}") from None
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=TOLERANCE, rtol=0):
+        worst = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
+        raise ExportError(
+            f"{fmt} cannot hold this model: its outputs differ from the checkpoint's by up to {worst:.3g} "
+            f"(allowed {TOLERANCE:g}); the model's forward probably depends on its input's values or size"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --- one writer and one loader per format -------------------------------------------------------
+
+
+def _write_state_dict(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:
+    torch.save(model.state_dict(), path)
+    description = {
+        "model_name": ckpt.model_name,
+        "model_params": ckpt.model_params,
+        "input_shape": list(ckpt.input_shape),
+        "architecture": ckpt.architecture.to_dict(),
+    }
+    path.with_suffix(".json").write_text(json.dumps(description, indent=1))
+
+
+def _load_state_dict(path: Path, ckpt: Checkpoint):
+    """The weights into a module rebuilt from the JSON beside them: what a user's code does."""
+    described = json.loads(path.with_suffix(".json").read_text())
+    architecture = Architecture.from_dict(described["architecture"])
+    model = build_pruned_model(described["model_name"], described["model_params"], architecture, ckpt.input_shape)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: the user chose the format
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that would not generalize
+        try:
+            traced = torch.jit.trace(model, example)
+        except torch.jit.TracerWarning as warning:
+            raise ExportError(f"torchscript cannot hold this model: tracing says {_first_line(warning)}") from None
+        except Exception as err:
+            raise ExportError(f"torchscript: tracing fails on this model: {_first_line(err)}") from None
+        torch.jit.save(traced, str(path))
+
+
+def _load_torchscript(path: Path, ckpt: Checkpoint):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path))
+
+
+def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:
+        raise ExportError(f"pt2: torch.export cannot capture this model: {_first_line(err)}") from None
+    torch.export.save(program, str(path))
+
+
+def _load_pt2(path: Path, ckpt: Checkpoint):
+    return torch.export.load(str(path)).module()
+
+
+def _require_onnx() -> None:
+    missing = []
+    for name in ("onnxscript", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExportError(f'onnx needs {" and ".join(missing)}, which pip install "pat-ray[onnx]" adds')
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            model, (example,), input_names=["input"], dynamic_shapes=({0: batch},), dynamo=True, verbose=False
+        )
+        program.save(str(path))
+    except Exception as err:
+        raise ExportError(f"onnx: the exporter cannot convert this model: {_first_line(err)}") from None
+
+
+def _load_onnx(path: Path, ckpt: Checkpoint):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: torch.from_numpy(session.run(None, {name: batch.numpy()})[0])
+
+
+WRITERS: dict[str, tuple[Callable, Callable]] = {
+    "state_dict": (_write_state_dict, _load_state_dict),
+    "torchscript": (_write_torchscript, _load_torchscript),
+    "pt2": (_write_pt2, _load_pt2),
+    "onnx": (_write_onnx, _load_onnx),
+}
