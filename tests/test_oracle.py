@@ -109,11 +109,6 @@ def test_report_command_redraws_a_sweep_and_rejects_other_folders(tmp_path):
     assert "Traceback" not in bad.output
 
 
-def test_oracle_resume_needs_a_name():
-    result = CliRunner().invoke(main, ["oracle", "--resume"])
-    assert result.exit_code == 2 and "--resume needs --name" in result.output
-
-
 @pytest.mark.usefixtures("local_ray")
 def test_sweep_resumes_a_failed_trial_and_reports_every_trial(plugins, tmp_path):
     import mlflow

@@ -49,12 +49,15 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
 
     name, uri = f"agree-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = configured(two_workers(tmp_path), tracking={"tracking_uri": uri})
-    tracked = open_run(config, tmp_path / "runs" / config.name / "latest", resume=False)
-    result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=name, tracking=tracked)
+    folder = Location.of(tmp_path / "runs" / config.name / "v1")
+    tracked = open_run(config, folder, resume=False)
+    result = run_on_ray(
+        config, storage=Location.of(tmp_path / "storage"), run_name=name, tracking=tracked, run_folder=folder
+    )
     assert result.trigger_epoch == 2
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
-    logs = rank_logs(tmp_path / "runs" / config.name / "latest")
+    logs = rank_logs(folder.local_path)
     assert set(logs) == {"rank0", "rank1"}
     for epoch in range(4):
         assert logs["rank0"][epoch]["fingerprint"] == logs["rank1"][epoch]["fingerprint"]
