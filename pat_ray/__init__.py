@@ -3,7 +3,8 @@
 Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``oracle`` (EPI against
 a grid of start epochs, on Ray Tune), ``read_oracle`` (a finished sweep's summary), ``prune`` (one-shot
 structural pruning), ``measure_cost``, ``measure_latency`` (per-layer timings for a budget in
-training-step time), ``save_checkpoint`` / ``load_checkpoint``, and
+training-step time), ``save_checkpoint`` / ``load_checkpoint``, ``export_model`` (a run's pruned
+model as a file that loads without pat_ray), and
 ``hookimpl`` and ``LayerRule`` (a custom module's channel map) for plugin authors.
 """
 
@@ -18,6 +19,7 @@ __all__ = [
     "measure_latency",
     "save_checkpoint",
     "load_checkpoint",
+    "export_model",
     "run",
     "oracle",
     "read_oracle",
@@ -41,6 +43,10 @@ def __getattr__(name: str):
         from pat_ray.core.latency_probe import measure_latency
 
         return measure_latency
+    if name == "export_model":
+        from pat_ray.export import export_model
+
+        return export_model
     if name == "read_oracle":
         from pat_ray.sweep.plan import read_summary
 

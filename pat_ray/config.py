@@ -61,8 +61,8 @@ class DataConfig(Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
     )
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(64, gt=0, description="training batch size per worker")
+    eval_batch_size: int = Field(512, gt=0, description="validation batch size per worker")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
     @field_validator("params")
@@ -80,31 +80,33 @@ class DataConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = False
+    name: Literal["sgd", "adamw"] = Field("sgd", description="optimizer: SGD with momentum, or AdamW")
+    lr: float = Field(0.1, gt=0, description="peak learning rate, reached after the warm-up")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW: beta1)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    nesterov: bool = Field(False, description="SGD: Nesterov momentum")
 
 
 class ScheduleConfig(Strict):
-    kind: Literal["cosine", "step", "constant"] = "cosine"
+    kind: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="learning-rate schedule over the whole run, pruned epochs included"
+    )
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0, in epochs")
     step_epochs: list[int] = Field(default_factory=list, description="`step`: epochs at which lr *= gamma")
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0, description="`step`: the factor applied at each of step_epochs")
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(30, gt=0)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    epochs: int = Field(30, gt=0, description="epochs of the whole run: dense, then pruned once pruning starts")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimizer and its hyperparameters")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="the learning-rate schedule")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16/fp16 use autocast; fp16 needs CUDA")
     channels_last: bool = Field(
         False, description="NHWC memory format for model and images (faster convs on GPUs and oneDNN CPUs)"
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    seed: int = Field(0, description="seeds the weights and each epoch's batch order (a run is reproducible)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when there is a GPU, else CPU")
     checkpoint_every: int = Field(
         1,
         ge=1,
@@ -123,8 +125,10 @@ class TrainingConfig(Strict):
 
 
 class CriterionConfig(Strict):
-    name: CriterionName = "magnitude"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: CriterionName = Field(
+        "magnitude", description="importance criterion: magnitude, bn_scale, taylor or a plugin's (`pat-ray plugins`)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the criterion's own arguments, e.g. {p: 1}")
 
 
 class BudgetConfig(Strict):
@@ -171,11 +175,11 @@ class BudgetConfig(Strict):
 
 
 class PruningConfig(Strict):
-    criterion: CriterionConfig = CriterionConfig()
-    budget: BudgetConfig = BudgetConfig()
+    criterion: CriterionConfig = Field(CriterionConfig(), description="how channels are ranked")
+    budget: BudgetConfig = Field(BudgetConfig(), description="how much of the dense model is kept")
     steps: int = Field(3, ge=1, description="pruning steps after the trigger, each removing an equal share")
     interval: int = Field(10, ge=1, description="training iterations between pruning steps")
-    backend: SurgeryName = "native"
+    backend: SurgeryName = Field("native", description="surgery backend that removes the channels (or a plugin's)")
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
 
 
@@ -204,7 +208,7 @@ class TrackingConfig(Strict):
     tracking_uri: str | None = Field(
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
     )
-    experiment: str = "pat_ray"
+    experiment: str = Field("pat_ray", description="MLflow experiment the runs go into")
     timeout_s: float = Field(
         5.0,
         gt=0,
@@ -250,14 +254,17 @@ class Config(Strict):
         description="where run folders go: a local folder or a URI (s3://, gs://, abfs://, hdfs://, file://, or "
         "any fsspec protocol installed); on a multi-node cluster, storage every node reaches",
     )
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    training: TrainingConfig = TrainingConfig()
-    pruning: PruningConfig = PruningConfig()
-    start: StartPolicy = EPIStart(window=3, patience=3, tau=0.97)  # calibrated on digits
-    scaling: ScalingConfig = ScalingConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    oracle: OracleConfig = OracleConfig()
+    model: ModelConfig = Field(ModelConfig(), description="the network to train and prune")
+    data: DataConfig = Field(DataConfig(), description="the dataset and its loaders")
+    training: TrainingConfig = Field(TrainingConfig(), description="the schedule, optimizer and numerics")
+    pruning: PruningConfig = Field(PruningConfig(), description="criterion, budget and the pruning steps")
+    start: StartPolicy = Field(
+        EPIStart(window=3, patience=3, tau=0.97),  # calibrated on digits
+        description="when pruning starts: epi, early_bird, fixed, never or after_training",
+    )
+    scaling: ScalingConfig = Field(ScalingConfig(), description="Ray Train workers, GPUs and fault tolerance")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
+    oracle: OracleConfig = Field(OracleConfig(), description="the oracle sweep: start-epoch grid, policies, seeds")
 
     @field_validator("name")
     @classmethod

@@ -15,8 +15,10 @@ ORACLE_POLICIES: tuple[OraclePolicy, ...] = ("epi", "early_bird", "never", "afte
 
 
 class EPIStart(Strict):
-    kind: Literal["epi"] = "epi"
-    similarity: SimilarityName = "structural"
+    kind: Literal["epi"] = Field("epi", description="the start policy; each kind has its own keys")
+    similarity: SimilarityName = Field(
+        "structural", description="how two architecture snapshots are compared (or a plugin's metric)"
+    )
     window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
     patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
     tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
@@ -25,7 +27,7 @@ class EPIStart(Strict):
 class EarlyBirdStart(Strict):
     kind: Literal["early_bird"] = "early_bird"
     window: int = Field(5, ge=1)
-    epsilon: float = Field(0.1, gt=0, le=1)
+    epsilon: float = Field(0.1, gt=0, le=1, description="Early-Bird: starts when mask distances stay below this")
 
 
 class FixedStart(Strict):

@@ -70,9 +70,9 @@ def test_the_run_folder_records_the_merged_config_and_mlflow_the_overrides(tmp_p
     ]
     result = CliRunner().invoke(main, ["run", ROOT_PIPELINE, *args, "--local"])
     assert result.exit_code == 0, result.output
-    recorded = yaml.safe_load((tmp_path / "digits" / "config.yaml").read_text())
+    recorded = yaml.safe_load((tmp_path / "digits" / "latest" / "config.yaml").read_text())
     assert recorded["training"]["epochs"] == 2 and recorded["start"] == {"kind": "fixed", "epoch": 1}
-    run_id = json.loads((tmp_path / "digits" / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((tmp_path / "digits" / "latest" / "mlflow_run.json").read_text())["run_id"]
     tags = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
     assert tags["pat_ray.overrides"] == " ".join(args)
 

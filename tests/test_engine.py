@@ -127,7 +127,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(plugi
     cfg = configured(cfg, data={"name": "poisoned_digits"})
     with pytest.raises(TrainingDivergedError, match="NaN or infinite in epoch 2.*last.pt"):
         pat_ray.run(cfg, local=True, quiet=True)
-    ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")
+    ckpt = read_checkpoint(tmp_path / "digits" / "latest" / "last.pt")
     assert ckpt.extra["epoch"] == 1
 
 
@@ -149,8 +149,8 @@ def test_cli_run_default_pipeline_end_to_end(tmp_path):
         "wall time:",
     ):
         assert label in result.output
-    assert (tmp_path / "digits" / "last.pt").is_file()
-    assert (tmp_path / "digits" / "history.json").is_file()
+    assert (tmp_path / "digits" / "latest" / "last.pt").is_file()
+    assert (tmp_path / "digits" / "latest" / "history.json").is_file()
 
 
 class CrashAfter:

@@ -55,7 +55,7 @@ def test_a_time_budget_run_keeps_its_share_of_the_step_and_saves_its_table(tmp_p
     assert kept[-1] == pytest.approx(0.75, abs=0.03)  # the cut closest to the target
     assert result.flops_kept < 1.0
     assert any("time kept 0.7" in line for line in lines[2:])
-    saved = LatencyTable.from_dict(json.loads((tmp_path / "digits" / "latency_table.json").read_text()))
+    saved = LatencyTable.from_dict(json.loads((tmp_path / "digits" / "latest" / "latency_table.json").read_text()))
     assert saved == LatencyTable.from_dict(read_checkpoint(result.checkpoint).extra["latency_table"])
     assert saved.batch_size == 64 and saved.device_type == "cpu"
 
@@ -76,12 +76,12 @@ def test_a_resumed_run_prices_with_the_table_in_its_checkpoint(tmp_path, monkeyp
 
 def test_a_table_from_an_earlier_run_is_reused(tmp_path, monkeypatch):
     first = pat_ray.run(time_budget(tmp_path, name="first"), local=True, quiet=True)
-    table_file = tmp_path / "first" / "latency_table.json"
+    table_file = tmp_path / "first" / "latest" / "latency_table.json"
     forbid_measuring(monkeypatch)
     second = pat_ray.run(time_budget(tmp_path, name="second", latency_table=str(table_file)), local=True, quiet=True)
     # same table, same seed, same scores: the same sub-network
     assert second.architecture == first.architecture
-    assert (tmp_path / "second" / "latency_table.json").read_text() == table_file.read_text()
+    assert (tmp_path / "second" / "latest" / "latency_table.json").read_text() == table_file.read_text()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_a_table_from_an_earlier_run_is_reused(tmp_path, monkeypatch):
 )
 def test_a_table_timed_elsewhere_is_refused(tmp_path, field, value, message):
     pat_ray.run(time_budget(tmp_path, name="first", epochs=3), local=True, quiet=True)
-    data = json.loads((tmp_path / "first" / "latency_table.json").read_text())
+    data = json.loads((tmp_path / "first" / "latest" / "latency_table.json").read_text())
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**data, field: value}))
     with pytest.raises(ValueError, match=message):
@@ -108,7 +108,7 @@ def test_an_unreachable_time_budget_fails_before_training(tmp_path, monkeypatch)
     # on 8x8 digits per-op overhead is most of every layer's time: no sub-network halves it
     with pytest.raises(BudgetError, match="smallest legal sub-network keeps"):
         pat_ray.run(time_budget(tmp_path, fraction=0.3), local=True, quiet=True)
-    assert not (tmp_path / "digits" / "last.pt").exists()
+    assert not (tmp_path / "digits" / "latest" / "last.pt").exists()
     path = tmp_path / "tight.yaml"
     path.write_text(yaml.safe_dump(time_budget(tmp_path, fraction=0.3).model_dump(mode="json")))
     result = CliRunner().invoke(main, ["run", str(path), "--local"])

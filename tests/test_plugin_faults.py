@@ -51,7 +51,7 @@ def test_a_criterion_that_raises_stops_the_run_naming_the_plugin_and_keeps_the_c
     assert "criterion 'flaky' from plugin 'flaky-plugin' (registered in-process)" in result.output
     assert "raised in scores(): ZeroDivisionError: flaky criterion gave up" in result.output
     assert "checkpoint is kept" in result.output and "Traceback" not in result.output
-    ckpt = read_checkpoint(tmp_path / "digits" / "last.pt")  # the snapshot after epoch 3 failed
+    ckpt = read_checkpoint(tmp_path / "digits" / "latest" / "last.pt")  # the snapshot after epoch 3 failed
     assert ckpt.extra["epoch"] == 2 and [h["epoch"] for h in ckpt.extra["history"]] == [1, 2]
 
 

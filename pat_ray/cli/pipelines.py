@@ -66,6 +66,7 @@ def run(
     pat-ray run --resume runs/digits/20261202-101500
     """
     from pat_ray.api import run as run_pipeline
+    from pat_ray.api import run_to_resume
 
     _set_verbose(verbose)
     config, which = _resume_target(config, resume)
@@ -80,7 +81,9 @@ def run(
     try:
         result = run_pipeline(cfg, local=local, resume=which, overrides=_given(config, overrides))
     except PluginFailure as err:
-        fail(f"{err}\nthe run stopped; the last finished epoch's checkpoint is kept in its run folder", code=1)
+        last = run_to_resume(cfg, which or True) / "last.pt"  # this run: the newest of its name, or the one resumed
+        kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
+        fail(f"{err}\nthe run stopped; {kept}", code=1)
     click.echo(summary(result))
 
 
