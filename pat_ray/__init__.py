@@ -1,62 +1,90 @@
 """pat_ray: pruning-aware training with the Early Pruning Indicator.
 
-Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline), ``oracle`` (EPI against
-a grid of start epochs, on Ray Tune), ``read_oracle`` (a finished sweep's summary), ``prune`` (one-shot
-structural pruning), ``measure_cost``, ``measure_latency`` (per-layer timings for a budget in
-training-step time), ``save_checkpoint`` / ``load_checkpoint``, ``export_model`` (a run's pruned
-model as a file that loads without pat_ray), and
-``hookimpl`` and ``LayerRule`` (a custom module's channel map) for plugin authors.
+Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline, returning a ``RunResult``),
+``oracle`` (EPI against a grid of start epochs, on Ray Tune) and ``read_oracle`` (a finished
+sweep's ``OracleSummary``), ``prune`` (one-shot structural pruning), ``measure_cost``,
+``measure_latency`` (per-layer timings for a budget in training-step time),
+``save_checkpoint`` / ``load_checkpoint``, ``export_model`` (a run's pruned model as a file
+that loads without pat_ray), the exceptions these raise, and ``hookimpl`` / ``LayerRule`` for
+plugin authors (``pat_ray.sdk`` holds the rest of their surface).
+
+Names are imported on first use (``import pat_ray`` stays light, and plugin modules can import
+``pat_ray.hookimpl`` while the registry is being built); type checkers read the imports below.
 """
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from pat_ray.core.custom_layers import LayerRule
 from pat_ray.plugins.hookspecs import hookimpl
 
-__all__ = [
-    "hookimpl",
-    "LayerRule",
-    "prune",
-    "measure_cost",
-    "measure_latency",
-    "save_checkpoint",
-    "load_checkpoint",
-    "export_model",
-    "run",
-    "oracle",
-    "read_oracle",
-    "load_config",
-    "Config",
-]
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from pat_ray.api import oracle, run
+    from pat_ray.config import Config, load_config
+    from pat_ray.config_yaml import ConfigError
+    from pat_ray.core.cost import measure_cost
+    from pat_ray.core.graph import UnsupportedModelError
+    from pat_ray.core.latency_probe import measure_latency
+    from pat_ray.core.selection import BudgetError
+    from pat_ray.core.verify import PrunedModelError
+    from pat_ray.export import ExportError, export_model
+    from pat_ray.plugins.registry import PluginError, PluginFailure
+    from pat_ray.sweep.plan import OracleSummary
+    from pat_ray.sweep.plan import read_summary as read_oracle
+    from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pat_ray.training.engine import TrainingDivergedError
+    from pat_ray.training.oneshot import prune
+    from pat_ray.training.records import EpochRecord, RunResult
+    from pat_ray.training.resume_check import ResumeChangesRunError, RunFinishedError
+    from pat_ray.training.run_lock import RunInUseError
+
+_LAZY = {  # public name -> (module, name there)
+    "run": ("pat_ray.api", "run"),
+    "oracle": ("pat_ray.api", "oracle"),
+    "Config": ("pat_ray.config", "Config"),
+    "load_config": ("pat_ray.config", "load_config"),
+    "read_oracle": ("pat_ray.sweep.plan", "read_summary"),
+    "OracleSummary": ("pat_ray.sweep.plan", "OracleSummary"),
+    "RunResult": ("pat_ray.training.records", "RunResult"),
+    "EpochRecord": ("pat_ray.training.records", "EpochRecord"),
+    "prune": ("pat_ray.training.oneshot", "prune"),
+    "measure_cost": ("pat_ray.core.cost", "measure_cost"),
+    "measure_latency": ("pat_ray.core.latency_probe", "measure_latency"),
+    "save_checkpoint": ("pat_ray.training.checkpoint", "save_checkpoint"),
+    "load_checkpoint": ("pat_ray.training.checkpoint", "load_checkpoint"),
+    "export_model": ("pat_ray.export", "export_model"),
+    # what the calls above raise
+    "ConfigError": ("pat_ray.config_yaml", "ConfigError"),
+    "BudgetError": ("pat_ray.core.selection", "BudgetError"),
+    "UnsupportedModelError": ("pat_ray.core.graph", "UnsupportedModelError"),
+    "PrunedModelError": ("pat_ray.core.verify", "PrunedModelError"),
+    "CheckpointError": ("pat_ray.training.checkpoint", "CheckpointError"),
+    "ExportError": ("pat_ray.export", "ExportError"),
+    "PluginError": ("pat_ray.plugins.registry", "PluginError"),
+    "PluginFailure": ("pat_ray.plugins.registry", "PluginFailure"),
+    "TrainingDivergedError": ("pat_ray.training.engine", "TrainingDivergedError"),
+    "RunInUseError": ("pat_ray.training.run_lock", "RunInUseError"),
+    "ResumeChangesRunError": ("pat_ray.training.resume_check", "ResumeChangesRunError"),
+    "RunFinishedError": ("pat_ray.training.resume_check", "RunFinishedError"),
+}
+
+__all__ = ["hookimpl", "LayerRule", "__version__", *_LAZY]
+
+try:
+    __version__ = version("pat-ray")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 
-def __getattr__(name: str):
-    # Lazy: plugin modules import ``pat_ray.hookimpl`` while the registry is being built.
-    if name == "prune":
-        from pat_ray.training.oneshot import prune
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pat_ray' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)
 
-        return prune
-    if name == "measure_cost":
-        from pat_ray.core.cost import measure_cost
 
-        return measure_cost
-    if name == "measure_latency":
-        from pat_ray.core.latency_probe import measure_latency
-
-        return measure_latency
-    if name == "export_model":
-        from pat_ray.export import export_model
-
-        return export_model
-    if name == "read_oracle":
-        from pat_ray.sweep.plan import read_summary
-
-        return read_summary
-    if name in ("run", "oracle", "load_config", "Config"):
-        from pat_ray import api
-
-        return getattr(api, name)
-    if name in ("save_checkpoint", "load_checkpoint"):
-        from pat_ray.training import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module 'pat_ray' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(__all__)

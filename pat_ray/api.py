@@ -60,7 +60,7 @@ def run(
             resume_from = None
         lock.announce()
         point_latest(folder)
-        tracked = open_run(config, folder, resume, overrides) if config.tracking.mlflow else None
+        tracked = open_run(config, folder, bool(resume), overrides) if config.tracking.mlflow else None
         try:
             if local:
                 shown = reporter or (SilentReporter() if quiet else PrintReporter())
@@ -87,7 +87,7 @@ def run_to_resume(config: Config, which: bool | str) -> Location:
         return Location.of(which)
     if which is True and (config.runs_folder() / LAST).exists():
         return config.runs_folder()  # a run written before runs had versions
-    return find_version(config.runs_folder(), None if which is True else which)
+    return find_version(config.runs_folder(), None if isinstance(which, bool) else which)
 
 
 def _record_end(folder: Location, status: dict) -> None:

@@ -162,6 +162,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Check
         program = torch.onnx.export(
             model, (example,), input_names=["input"], dynamic_shapes=({0: batch},), dynamo=True, verbose=False
         )
+        if program is None:
+            raise RuntimeError("the exporter returned no program")
         program.save(str(path))
     except Exception as err:
         raise ExportError(f"onnx: the exporter cannot convert this model: {_first_line(err)}") from None

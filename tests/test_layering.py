@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "pat_ray"
 # lower layers first; a module may import its own layer and the layers below it
 LAYERS = {
     "core": ["core", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
-    "plugins": ["plugins"],  # hookspecs, registry, built-ins
+    "plugins": ["plugins", "sdk"],  # hookspecs, registry, built-ins; the plugin authors' surface
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
     # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
     "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],

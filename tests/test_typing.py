@@ -22,6 +22,46 @@ def test_the_package_type_checks():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed (pip install -e .[test])")
+def test_a_users_script_sees_the_public_api_typed(tmp_path):
+    """``pat_ray.run`` is a ``RunResult`` to a type checker, not ``Any``; the exceptions are
+    exported; a misspelled keyword is caught before anything runs."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import pat_ray\n"
+        "result = pat_ray.run(pat_ray.load_config('x.yaml'), local=True)\n"
+        "reveal_type(result)\n"
+        "reveal_type(pat_ray.export_model)\n"
+        "try:\n    pass\nexcept (pat_ray.ConfigError, pat_ray.CheckpointError, pat_ray.BudgetError):\n    pass\n"
+        "pat_ray.run(locall=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary", "--follow-imports=silent", str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = done.stdout
+    assert 'Revealed type is "pat_ray.training.records.RunResult"' in out, out
+    assert "def (checkpoint:" in out, out
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and 'Unexpected keyword argument "locall"' in errors[0], out
+
+
+def test_the_public_names_are_all_there_and_the_version_is_the_installed_one():
+    from importlib.metadata import version
+
+    import pat_ray
+
+    assert pat_ray.__version__ == version("pat-ray")
+    for name in pat_ray.__all__:
+        assert getattr(pat_ray, name) is not None, name
+    assert issubclass(pat_ray.ConfigError, ValueError) and pat_ray.RunResult.__name__ == "RunResult"
+    with pytest.raises(AttributeError, match="no attribute 'bogus'"):
+        pat_ray.bogus  # noqa: B018
+
+
 def test_policy_and_role_names_are_one_list_each():
     """Every start policy's `kind` is a StartKind, the oracle's policies are its non-grid ones,
     and the roles the surgery knows are the Role literal's."""

@@ -11,9 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import pat_ray
-from pat_ray.core.criterion import Criterion, Scores, member_rows, member_tensor, normalize_per_group
-from pat_ray.core.graph import ChannelGroup, ModelGraph
+from pat_ray.sdk import (
+    ChannelGroup,
+    Criterion,
+    ModelGraph,
+    Scores,
+    hookimpl,
+    member_rows,
+    member_tensor,
+    normalize_per_group,
+)
 
 
 class FPGM(Criterion):
@@ -41,6 +48,6 @@ class FPGM(Criterion):
         return total
 
 
-@pat_ray.hookimpl
+@hookimpl
 def pat_ray_register_criteria(register) -> None:
     register("fpgm", FPGM)

@@ -14,10 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-import pat_ray
-from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph
-from pat_ray.core.surgery import channels_to_drop, kept_indices
+from pat_ray.sdk import Architecture, ModelGraph, channels_to_drop, hookimpl, kept_indices
 
 
 class TorchPruningSurgery:
@@ -99,6 +96,6 @@ def _slicer(module_name: str, shape: torch.Size, removed, roles):
     return slice_
 
 
-@pat_ray.hookimpl
+@hookimpl
 def pat_ray_register_surgery_backends(register) -> None:
     register("torch_pruning", TorchPruningSurgery)

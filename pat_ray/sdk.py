@@ -1,0 +1,43 @@
+"""Everything a plugin author imports, from one module: the stable surface for plugins.
+
+A plugin distribution imports from ``pat_ray.sdk`` only (``tests/test_sdk.py`` checks the two
+under ``plugins/``): what is here keeps its name and meaning across releases, while the modules
+it comes from (``pat_ray.core``, ``pat_ray.plugins``) may be reorganized. The hooks themselves
+are documented in ``pat_ray.plugins.hookspecs``.
+"""
+
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
+from pat_ray.core.criterion import Criterion, Scores, filter_norms, member_rows, member_tensor, normalize_per_group
+from pat_ray.core.custom_layers import LayerRule
+from pat_ray.core.data import DataBundle
+from pat_ray.core.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.core.surgery import channels_to_drop, kept_indices
+from pat_ray.plugins.hookspecs import hookimpl
+from pat_ray.plugins.registry import register_plugin
+
+__all__ = [
+    # the hook marker, and registering a plugin object in-process (notebooks, tests)
+    "hookimpl",
+    "register_plugin",
+    # criteria: one score per channel of every prunable group
+    "Criterion",
+    "Scores",
+    "member_tensor",
+    "member_rows",
+    "filter_norms",
+    "normalize_per_group",
+    # the traced model: channel groups and the layers in them
+    "ModelGraph",
+    "ChannelGroup",
+    "Member",
+    "Architecture",
+    # similarity metrics and surgery backends (protocols: the right shape is enough)
+    "SimilarityMetric",
+    "SurgeryBackend",
+    "channels_to_drop",
+    "kept_indices",
+    # datasets and custom layers
+    "DataBundle",
+    "LayerRule",
+]
