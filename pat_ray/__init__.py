@@ -71,7 +71,37 @@ _LAZY = {  # public name -> (module, name there)
     "RunFinishedError": ("pat_ray.training.resume_check", "RunFinishedError"),
 }
 
-__all__ = ["hookimpl", "LayerRule", "__version__", *_LAZY]
+__all__ = [
+    "hookimpl",
+    "LayerRule",
+    "__version__",
+    "run",
+    "oracle",
+    "Config",
+    "load_config",
+    "read_oracle",
+    "OracleSummary",
+    "RunResult",
+    "EpochRecord",
+    "prune",
+    "measure_cost",
+    "measure_latency",
+    "save_checkpoint",
+    "load_checkpoint",
+    "export_model",
+    "ConfigError",
+    "BudgetError",
+    "UnsupportedModelError",
+    "PrunedModelError",
+    "CheckpointError",
+    "ExportError",
+    "PluginError",
+    "PluginFailure",
+    "TrainingDivergedError",
+    "RunInUseError",
+    "ResumeChangesRunError",
+    "RunFinishedError",
+]
 
 try:
     __version__ = version("pat-ray")

@@ -126,8 +126,9 @@ def _free_port() -> int:
 
 
 def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
-    """Exactly the README's command, against `ray start --head` on 127.0.0.1 (auth disabled on
-    both sides, as on a laptop); the head is stopped by signalling its own `ray start --block`."""
+    """The README's `ray job submit ... -- pat-ray run CONFIG` (with overrides, to keep it short),
+    against `ray start --head` on 127.0.0.1 (auth disabled on both sides, as on a laptop); the
+    head is stopped by signalling its own `ray start --block`."""
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -149,12 +150,12 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
         _wait_for(f"{dashboard}/api/version", 90)
         job = subprocess.run(
             [str(bin_dir / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
-             "--", "pat-ray", "run", "pipelines/digits.yaml"],
+             "--", "pat-ray", "run", "pipelines/digits.yaml", "training.epochs=4", "start={kind: fixed, epoch: 2}"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
         )  # fmt: skip
         output = job.stdout + job.stderr
         assert job.returncode == 0, output[-3000:]
-        assert re.search(r"pruning started:\s+epoch \d+", output), output[-3000:]
+        assert re.search(r"pruning started:\s+epoch 2\n", output), output[-3000:]
         kept = float(re.search(r"FLOPs kept:\s+([0-9.]+)", output).group(1))
         assert kept == pytest.approx(0.5, abs=0.015)
         assert "succeeded" in output

@@ -55,6 +55,7 @@ def test_the_public_names_are_all_there_and_the_version_is_the_installed_one():
     import pat_ray
 
     assert pat_ray.__version__ == version("pat-ray")
+    assert set(pat_ray.__all__) == {"hookimpl", "LayerRule", "__version__", *pat_ray._LAZY}
     for name in pat_ray.__all__:
         assert getattr(pat_ray, name) is not None, name
     assert issubclass(pat_ray.ConfigError, ValueError) and pat_ray.RunResult.__name__ == "RunResult"

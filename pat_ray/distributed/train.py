@@ -150,13 +150,25 @@ def _fit(trainer, config: Config) -> None:
         while thread.is_alive():
             thread.join(0.2)
     except BaseException:
-        import ray
-
-        ray.shutdown()  # ends the controller and workers this driver owns; the run folder keeps the last epoch
-        thread.join(10)  # fit() returns once its Ray calls fail: no thread is inside Ray while Python exits
+        _drop_ray_connection()
+        thread.join(STOP_WAIT_S / 2)  # fit() returns once its Ray calls fail: no thread is inside Ray at exit
         raise
     if "error" in outcome:
         raise _explained(outcome["error"], config) from None
+
+
+STOP_WAIT_S = 8.0  # a stopped run is gone within this (plus the process exit), even on a busy machine
+
+
+def _drop_ray_connection() -> None:
+    """``ray.shutdown()``, which ends the controller and workers this driver owns (the run folder
+    keeps the last finished epoch), given at most half of ``STOP_WAIT_S``: a user who pressed
+    Ctrl-C waits for no cluster that is slow to answer."""
+    import ray
+
+    closing = threading.Thread(target=ray.shutdown, name="pat_ray-shutdown", daemon=True)
+    closing.start()
+    closing.join(STOP_WAIT_S / 2)
 
 
 def _explained(error: BaseException, config: Config) -> BaseException:
