@@ -8,6 +8,7 @@ import click
 
 from pat_ray.cli import main
 from pat_ray.export import FORMATS
+from pat_ray.training.run_state import LAST
 
 
 @main.command(short_help="Write a run's pruned model as state_dict, TorchScript, pt2 or ONNX (no pat_ray needed).")
@@ -33,7 +34,7 @@ def export(run: Path, fmt: str, out: Path | None) -> None:
     """
     from pat_ray.export import export_model
 
-    checkpoint = run / "last.pt" if run.is_dir() else run
+    checkpoint = run / LAST if run.is_dir() else run
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint} does not exist: give a run folder or a checkpoint file")
     written = export_model(checkpoint, fmt, out)

@@ -11,6 +11,7 @@ from pat_ray.cli import connects_to_ray, fail, load, main
 from pat_ray.config import config_to_yaml
 from pat_ray.plugins.registry import PluginFailure
 from pat_ray.storage import Location
+from pat_ray.training.run_state import LAST
 
 CONFIG = click.argument("config", required=False)
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -81,7 +82,7 @@ def run(
     try:
         result = run_pipeline(cfg, local=local, resume=which, overrides=_given(config, overrides))
     except PluginFailure as err:
-        last = run_to_resume(cfg, which or True) / "last.pt"  # this run: the newest of its name, or the one resumed
+        last = run_to_resume(cfg, which or True) / LAST  # this run: the newest of its name, or the one resumed
         kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"
         fail(f"{err}\nthe run stopped; {kept}", code=1)
     click.echo(summary(result))

@@ -23,7 +23,7 @@ from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
 from pat_ray.distributed.progress import result_from_checkpoint
 from pat_ray.distributed.train import start_ray
-from pat_ray.distributed.worker import report_with_checkpoint
+from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
 from pat_ray.storage import Location
 from pat_ray.sweep.plan import (
@@ -147,8 +147,8 @@ def _collect(grid, trials: dict[str, Config]) -> tuple[list[TrialOutcome], dict[
         if trial.error is not None or trial.checkpoint is None:
             outcomes.append(_failed(label, trials[label], trial))
             continue
-        with trial.checkpoint.as_directory() as folder:
-            ckpt = read_checkpoint(Path(folder) / "last.pt")
+        with opened_checkpoint(trial.checkpoint) as path:
+            ckpt = read_checkpoint(path)
         state = RunState.from_checkpoint(ckpt)
         # wall = the trial's epoch times, so a resumed trial counts each epoch once
         run = result_from_checkpoint(trials[label], ckpt, None, sum(r.epoch_seconds for r in state.history))
@@ -247,12 +247,8 @@ def _run_trial(
         final = Path(str(result.checkpoint))  # the trial's own run folder is local
         report_with_checkpoint(tune.report, tune.Checkpoint, _scalars(result.history[-1].to_dict()), final)
         return
-    resume = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / "last.pt"
-        with checkpoint.as_directory() as folder:
-            resume.write_bytes((Path(folder) / "last.pt").read_bytes())
+    resume = copied_checkpoint(checkpoint) if checkpoint is not None else None
     table = LatencyTable.from_dict(latency_table) if latency_table else None
     train(config, reporter=TuneReporter(), resume=resume, latency_table=table)
 

@@ -11,11 +11,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pat_ray.training.collective import Reporter
 from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
+from pat_ray.training.run_state import LAST
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
@@ -60,15 +63,29 @@ def resume_file(payload: Any) -> Path | None:
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    folder = Path(tempfile.mkdtemp(prefix="pat_ray_resume_"))
     if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            (folder / "last.pt").write_bytes((Path(saved) / "last.pt").read_bytes())
-        return folder / "last.pt"
+        return copied_checkpoint(checkpoint)
     if payload is None:
         return None
-    (folder / "last.pt").write_bytes(ray.get(payload))
-    return folder / "last.pt"
+    resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / LAST
+    resume.write_bytes(ray.get(payload))
+    return resume
+
+
+@contextmanager
+def opened_checkpoint(checkpoint: Any) -> Iterator[Path]:
+    """The ``last.pt`` inside a Ray checkpoint (Train's or Tune's), while the body runs: the way
+    back of ``report_with_checkpoint``."""
+    with checkpoint.as_directory() as saved:
+        yield Path(saved) / LAST
+
+
+def copied_checkpoint(checkpoint: Any) -> Path:
+    """The ``last.pt`` of a Ray checkpoint as a local file of its own, to resume from."""
+    resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / LAST
+    with opened_checkpoint(checkpoint) as path:
+        shutil.copyfile(path, resume)
+    return resume
 
 
 def check_data_root(root: str | None, collective) -> None:
@@ -131,7 +148,7 @@ def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], pat
         return
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         try:
-            os.link(path, Path(folder) / "last.pt")
+            os.link(path, Path(folder) / LAST)
         except OSError:
-            shutil.copy2(path, Path(folder) / "last.pt")
+            shutil.copy2(path, Path(folder) / LAST)
         report(metrics, checkpoint=checkpoint_type.from_directory(folder))

@@ -31,7 +31,7 @@ from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.policies import SnapshotTracker, decide, tracker_window
 from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord, Phase, RunResult, RunState
-from pat_ray.training.run_state import restore_run_state, save_run_state
+from pat_ray.training.run_state import LAST, restore_run_state, save_run_state
 from pat_ray.training.schedule import lr_multiplier
 from pat_ray.training.setup import autocast as run_autocast
 from pat_ray.training.setup import build_run, make_optimizer, to_device
@@ -103,7 +103,7 @@ def train(
         )
         save_and_report(run, progress)
     state = _state(run, progress)
-    checkpoint = run.run_dir / "last.pt" if run.collective.rank == 0 else None
+    checkpoint = run.run_dir / LAST if run.collective.rank == 0 else None
     return RunResult.from_state(
         config, state, run.pruner.architecture.to_dict(), checkpoint, time.perf_counter() - started
     )
@@ -275,7 +275,7 @@ def train_one_epoch(run: Run, progress: Progress, epoch: int) -> tuple[float, fl
 
 def _check_finite(run: Run, progress: Progress, epoch: int, diverged: torch.Tensor) -> None:
     if bool(diverged):
-        last = run.run_dir / "last.pt" if progress.history else "none (first epoch)"
+        last = run.run_dir / LAST if progress.history else "none (first epoch)"
         raise TrainingDivergedError(
             f"the loss became NaN or infinite in epoch {epoch} (by iteration {progress.iteration}); "
             f"stopped. Last good checkpoint: {last}"

@@ -14,6 +14,7 @@ from typing import Any
 from pat_ray.config import RESERVED_NAMES
 from pat_ray.storage import Location
 from pat_ray.training.run_lock import is_held
+from pat_ray.training.run_state import HISTORY, LAST
 from pat_ray.training.run_versions import versions
 
 STATUS = "status.json"  # written when a run ends: finished / failed / interrupted, and its numbers
@@ -57,7 +58,7 @@ def _run_folders(output_dir: Path) -> list[Path]:
 
 
 def _is_run(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).is_file() for name in ("history.json", "last.pt", STATUS))
+    return folder.is_dir() and any((folder / name).is_file() for name in (HISTORY, LAST, STATUS))
 
 
 def _entry(folder: Path, output_dir: Path) -> RunEntry:
