@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pat_ray.core.epi import (
-    calibrate_tau,
+    calibrate_tau_curves,
     early_bird_trigger,
     epi_curve,
     layer_distance,
@@ -75,14 +75,14 @@ def test_calibrated_tau_on_a_hand_made_curve():
     # window 2, patience 1: epochs 3.. can fire, each must beat the value before it
     curve = [None, 0.5, 0.6, 0.7, 0.65, 0.9, 0.95]
     assert trigger_epoch(curve, 2, 1, 0.7) == 4
-    cal = calibrate_tau(curve, 2, 1, target_epoch=6)
+    cal = calibrate_tau_curves([curve], 2, 1, target_epoch=6)
     # 0.65 is not a record; tau in (0.7, 0.9] fires at 6, tau <= 0.7 fires earlier
     assert (cal.epoch, cal.low, cal.high, cal.tau) == (6, 0.7, 0.9, 0.8)
     assert trigger_epoch(curve, 2, 1, cal.tau) == 6
-    unreachable = calibrate_tau(curve, 2, 1, target_epoch=5)  # 0.65 at epoch 5 never fires
+    unreachable = calibrate_tau_curves([curve], 2, 1, target_epoch=5)  # 0.65 at epoch 5 never fires
     assert unreachable.epoch in (4, 6)
     assert unreachable.epoch == 4  # ties go to the earlier, cheaper epoch
-    assert calibrate_tau([None, 0.9], window=3, patience=1, target_epoch=2) is None
+    assert calibrate_tau_curves([[None, 0.9]], window=3, patience=1, target_epoch=2) is None
 
 
 curves = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=25).map(lambda v: [None, *v])
@@ -90,7 +90,7 @@ curves = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=25)
 
 @given(curves, st.integers(1, 5), st.integers(0, 5), st.integers(1, 26))
 def test_calibrated_tau_fires_where_it_says_and_hits_any_reachable_target(curve, window, patience, target):
-    cal = calibrate_tau(curve, window, patience, target)
+    cal = calibrate_tau_curves([curve], window, patience, target)
     reachable = {trigger_epoch(curve, window, patience, v) for v in curve if v is not None} - {None}
     if cal is None:
         assert not reachable

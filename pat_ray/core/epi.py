@@ -105,12 +105,6 @@ class CalibratedTau:
     epoch: int | None
 
 
-def calibrate_tau(curve: Sequence[float | None], window: int, patience: int, target_epoch: int) -> CalibratedTau | None:
-    """The tau whose trigger lands on (or, if none can, nearest to) ``target_epoch``: the
-    one-curve case of ``calibrate_tau_curves``."""
-    return calibrate_tau_curves([curve], window, patience, target_epoch)
-
-
 def calibrate_tau_curves(
     curves: Sequence[Sequence[float | None]], window: int, patience: int, target_epoch: int
 ) -> CalibratedTau | None:

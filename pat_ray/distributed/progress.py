@@ -20,8 +20,8 @@ from pat_ray.storage import Location
 from pat_ray.tracking.live import EpochLogger, LiveTarget
 from pat_ray.training.checkpoint import Checkpoint, read_checkpoint
 from pat_ray.training.collective import PrintReporter
-from pat_ray.training.records import EpochRecord, RunResult, RunState
-from pat_ray.training.run_state import CONFIG, HISTORY, LAST, PREVIOUS
+from pat_ray.training.records import EpochRecord, RunResult
+from pat_ray.training.run_state import CONFIG, HISTORY, LAST, PREVIOUS, RunState
 
 RANKS = "ranks.jsonl"  # one line per report: what each rank saw, and where it ran
 RANK_KEYS = (

@@ -40,8 +40,8 @@ from pat_ray.sweep.plan import (
 from pat_ray.sweep.report import write_report
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
-from pat_ray.training.records import RunState
 from pat_ray.training.run_lock import holding
+from pat_ray.training.run_state import RunState
 from pat_ray.training.run_versions import find_version, new_version, point_latest
 
 CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first

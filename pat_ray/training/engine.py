@@ -30,8 +30,8 @@ from pat_ray.training.epoch_progress import progress_of
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.policies import SnapshotTracker, decide, tracker_window
 from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import EpochRecord, Phase, RunResult, RunState
-from pat_ray.training.run_state import LAST, restore_run_state, save_run_state
+from pat_ray.training.records import EpochRecord, Phase, RunResult
+from pat_ray.training.run_state import LAST, RunState, restore_run_state, save_run_state
 from pat_ray.training.schedule import lr_multiplier
 from pat_ray.training.setup import autocast as run_autocast
 from pat_ray.training.setup import build_run, make_optimizer, to_device

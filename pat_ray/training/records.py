@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pat_ray.config import Config
-from pat_ray.training.checkpoint import Checkpoint, CheckpointError
+
+if TYPE_CHECKING:
+    from pat_ray.training.run_state import RunState
 
 Phase = Literal["dense", "pruning", "pruned", "finetune"]
 
@@ -49,38 +51,6 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-
-@dataclass
-class RunState:
-    """Everything a run checkpoint holds besides the model: what ``--resume`` continues from."""
-
-    epoch: int  # the last finished epoch
-    iteration: int
-    trigger_epoch: int | None
-    history: list[EpochRecord]
-    optimizer: dict
-    tracker: dict  # SnapshotTracker.state()
-    pruner: dict  # Pruner.state()
-    dense_flops: int
-    dense_train_flops: float
-    latency_table: dict | None
-
-    def to_extra(self) -> dict[str, Any]:
-        return {**asdict(self), "history": [r.to_dict() for r in self.history]}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint) -> RunState:
-        """The run state in ``ckpt``; CheckpointError naming the file when it is not a run's."""
-        names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in ckpt.extra]
-        if missing:
-            raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")
-        try:
-            data = {name: ckpt.extra[name] for name in names}
-            return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]]})
-        except (KeyError, TypeError) as err:
-            raise CheckpointError(ckpt.source, f"its run history is malformed ({err!r})") from None
 
 
 @dataclass

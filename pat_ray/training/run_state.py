@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,44 @@ from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkp
 from pat_ray.training.collective import WrappingReporter
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import EpochRecord, RunState
+from pat_ray.training.records import EpochRecord
 
 if TYPE_CHECKING:
     from pat_ray.training.collective import Reporter
 
 LAST, PREVIOUS, HISTORY, CONFIG = "last.pt", "previous.pt", "history.json", "config.yaml"
+
+
+@dataclass
+class RunState:
+    """Everything a run checkpoint holds besides the model: what ``--resume`` continues from."""
+
+    epoch: int  # the last finished epoch
+    iteration: int
+    trigger_epoch: int | None
+    history: list[EpochRecord]
+    optimizer: dict
+    tracker: dict  # SnapshotTracker.state()
+    pruner: dict  # Pruner.state()
+    dense_flops: int
+    dense_train_flops: float
+    latency_table: dict | None
+
+    def to_extra(self) -> dict[str, Any]:
+        return {**asdict(self), "history": [r.to_dict() for r in self.history]}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> RunState:
+        """The run state in ``ckpt``; CheckpointError naming the file when it is not a run's."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in ckpt.extra]
+        if missing:
+            raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")
+        try:
+            data = {name: ckpt.extra[name] for name in names}
+            return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]]})
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(ckpt.source, f"its run history is malformed ({err!r})") from None
 
 
 class RunExistsError(FileExistsError):
