@@ -318,13 +318,12 @@ class Config(Strict):
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:
         epochs = self.training.epochs
-        if isinstance(self.start, FixedStart) and self.start.epoch >= epochs:
-            raise ValueError(f"start.epoch ({self.start.epoch}) must be < training.epochs ({epochs})")
+        problem = self.start.schedule_problem(epochs)
+        if problem:
+            raise ValueError(problem)
         late = [e for e in self.oracle.start_epochs or [] if not 0 <= e < epochs]
         if late:
             raise ValueError(f"oracle.start_epochs {late} must be in [0, training.epochs={epochs})")
-        if isinstance(self.start, EPIStart | EarlyBirdStart) and self.start.window >= epochs:
-            raise ValueError(f"start.window ({self.start.window}) leaves no epoch to trigger in {epochs} epochs")
         return self
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pat_ray.config import Config, FixedStart, OraclePolicy, config_from_dict
+from pat_ray.config import Config, OraclePolicy, config_from_dict
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_curve
 from pat_ray.core.latency import LatencyTable
@@ -209,7 +209,7 @@ def _trial_resources(config: Config) -> dict[str, float]:
 
 
 def _failed(label: str, config: Config, trial) -> TrialOutcome:
-    start = config.start.epoch if isinstance(config.start, FixedStart) else None
+    start = config.start.grid_epoch
     error = str(trial.error or "the trial reported no checkpoint")
     return TrialOutcome(label=label, policy=config.start.kind, start_epoch=start, error=error)
 

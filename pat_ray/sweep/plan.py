@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pat_ray.config import (
-    AfterTrainingStart,
     Config,
-    EarlyBirdStart,
     EPIStart,
     FixedStart,
-    NeverStart,
     StartKind,
     oracle_grid,
 )
+from pat_ray.config_start import policy_of_kind
 from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
 from pat_ray.sweep.stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
 from pat_ray.training.checkpoint import atomic_write_text
@@ -55,7 +53,7 @@ def group_of(label: str) -> str:
 
 def epi_policy(config: Config) -> EPIStart:
     """The EPI settings under test: the config's own, else the paper's defaults."""
-    return config.start if isinstance(config.start, EPIStart) else EPIStart()
+    return cast(EPIStart, policy_of_kind(config.start, "epi"))
 
 
 def trial_configs(config: Config) -> dict[str, Config]:
@@ -66,13 +64,7 @@ def trial_configs(config: Config) -> dict[str, Config]:
     pipeline's, so accuracy differences within a seed come from when pruning started.
     """
     starts: dict[str, Any] = {fixed_label(e): FixedStart(epoch=e) for e in oracle_grid(config)}
-    baselines = {
-        "epi": epi_policy(config),
-        "early_bird": config.start if isinstance(config.start, EarlyBirdStart) else EarlyBirdStart(),
-        "never": NeverStart(),
-        "after_training": config.start if isinstance(config.start, AfterTrainingStart) else AfterTrainingStart(),
-    }
-    starts.update({policy: baselines[policy] for policy in config.oracle.policies})
+    starts.update({kind: policy_of_kind(config.start, kind) for kind in config.oracle.policies})
     untracked = config.tracking.model_copy(update={"mlflow": False})  # the sweep logs its trials itself
     seeds = seeds_of(config)
     trials = {}

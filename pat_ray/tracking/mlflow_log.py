@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pat_ray.config import Config, EPIStart, config_to_yaml
+from pat_ray.config import Config, config_to_yaml
 from pat_ray.config_fields import dotted
 from pat_ray.storage import Location
 from pat_ray.training.checkpoint import load_checkpoint
@@ -134,8 +134,9 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
     snapshots = [{"epoch": r.epoch, "counts": r.snapshot_counts, "fingerprint": r.fingerprint} for r in result.history]
     client.log_text(run_id, json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
     with tempfile.TemporaryDirectory() as folder:
-        tau = config.start.tau if isinstance(config.start, EPIStart) else None
-        plot = plot_epi_curve(result.history, Path(folder) / "epi_curve.png", tau, result.trigger_epoch)
+        plot = plot_epi_curve(
+            result.history, Path(folder) / "epi_curve.png", config.start.threshold, result.trigger_epoch
+        )
         client.log_artifact(run_id, str(plot))
     if checkpoint and result.checkpoint is not None:
         stored = Location.of(result.checkpoint)

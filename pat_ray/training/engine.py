@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pat_ray.config import AfterTrainingStart, Config, EPIStart
+from pat_ray.config import Config
 from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
@@ -28,7 +28,7 @@ from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkp
 from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.training.epoch_progress import progress_of
 from pat_ray.training.latency_budget import run_latency_table
-from pat_ray.training.policies import SnapshotTracker, decide, tracker_window
+from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord, Phase, RunResult
 from pat_ray.training.run_state import LAST, RunState, restore_run_state, save_run_state
@@ -66,7 +66,7 @@ def train(
     run = _build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
     progress = _restore(run, resumed) if resumed is not None else Progress()
     run.net = run.collective.wrap(run.model)
-    if resumed is None and decide(config.start, 0, run.train_epochs, run.tracker):  # fixed 0: prune at init
+    if resumed is None and config.start.decide(0, run.train_epochs, run.tracker):  # fixed 0: prune at init
         progress.trigger_epoch = 0
         _start_pruning(run, epoch=0)
     setup_seconds = time.perf_counter() - started  # tracing, layer timing, a prune at init
@@ -143,8 +143,7 @@ class Run:
     num_classes: int
     dense_train_flops: float
     train_epochs: int
-    finetune: AfterTrainingStart | None
-    finetune_epochs: int
+    finetune_epochs: int  # after training.epochs: the policy's fine-tuning (after_training), else 0
 
     @property
     def total_epochs(self) -> int:
@@ -179,10 +178,9 @@ def _build(
         collective=collective,
         latency=latency,
     )
-    similarity = config.start.similarity if isinstance(config.start, EPIStart) else "structural"
+    similarity = config.start.similarity_metric
     data, seed, workers = setup.data, config.training.seed, config.data.num_workers
     pinned = setup.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-    finetune = config.start if isinstance(config.start, AfterTrainingStart) else None
     train_epochs = config.training.epochs
     return Run(
         config=config,
@@ -194,7 +192,7 @@ def _build(
         device=setup.device,
         layout=setup.layout,
         pruner=pruner,
-        tracker=SnapshotTracker(registry.create("similarity", similarity), tracker_window(config.start)),
+        tracker=SnapshotTracker(registry.create("similarity", similarity), config.start.snapshot_window),
         optimizer=make_optimizer(config, setup.model),
         train_loader=collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned),
         val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
@@ -204,8 +202,7 @@ def _build(
         num_classes=data.num_classes,
         dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
         train_epochs=train_epochs,
-        finetune=finetune,
-        finetune_epochs=(finetune.finetune_epochs or train_epochs) if finetune else 0,
+        finetune_epochs=config.start.extra_epochs(train_epochs),
     )
 
 
@@ -223,7 +220,7 @@ def _restore(run: Run, resumed: Checkpoint) -> Progress:
 
 
 def _phase(run: Run, epoch: int) -> Phase:
-    if run.finetune is not None and epoch > run.train_epochs:
+    if epoch > run.train_epochs:
         return "finetune"
     return "pruning" if run.pruner.active else "pruned" if run.pruner.finished else "dense"
 
@@ -286,9 +283,9 @@ def _lr(run: Run, iteration: int, epoch: int) -> float:
     """The schedule's learning rate; a fine-tune phase runs its own schedule at a smaller lr."""
     base, schedule = run.config.training.optimizer.lr, run.config.training.schedule
     iters = len(run.train_loader)
-    if run.finetune is not None and epoch > run.train_epochs:
+    if epoch > run.train_epochs:
         local = iteration - run.train_epochs * iters
-        return base * run.finetune.finetune_lr_scale * lr_multiplier(schedule, local, iters, run.finetune_epochs)
+        return run.config.start.extra_lr(base) * lr_multiplier(schedule, local, iters, run.finetune_epochs)
     return base * lr_multiplier(schedule, iteration, iters, run.train_epochs)
 
 
@@ -317,7 +314,7 @@ def snapshot_and_decide(run: Run, progress: Progress, epoch: int) -> tuple[float
     snapshot, scores = run.pruner.snapshot(run.model)
     epi = run.tracker.record(snapshot)
     seconds = time.perf_counter() - started
-    if run.collective.broadcast_decision(decide(run.config.start, epoch, run.train_epochs, run.tracker)):
+    if run.collective.broadcast_decision(run.config.start.decide(epoch, run.train_epochs, run.tracker)):
         progress.trigger_epoch = epoch
         _start_pruning(run, epoch, scores)
     return epi, list(snapshot.counts), seconds

@@ -1,4 +1,4 @@
-"""When to start pruning: the snapshot tracker and the start policies built from config.
+"""When to start pruning: the snapshot tracker every policy decides from.
 
 The tracker records every epoch's snapshot and its EPI value whatever the policy, so a
 dense or fixed-epoch run still shows the EPI curve (the oracle calibrates tau from it).
@@ -9,16 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pat_ray.config import (
-    AfterTrainingStart,
-    EarlyBirdStart,
-    EPIStart,
-    FixedStart,
-    NeverStart,
-    StartPolicy,
-)
+from pat_ray.config import StartPolicy
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.epi import early_bird_trigger, epi_value, should_trigger
+from pat_ray.core.epi import epi_value
 from pat_ray.plugins.builtin.similarity import mask_hamming
 
 Similarity = Callable[[Architecture, Architecture], float]
@@ -52,18 +45,4 @@ class SnapshotTracker:
 
 def decide(start: StartPolicy, epoch: int, train_epochs: int, tracker: SnapshotTracker) -> bool:
     """Whether pruning starts after ``epoch`` (1-based, just completed; 0 = before training)."""
-    if isinstance(start, EPIStart):
-        return epoch > 0 and should_trigger(tracker.epi, start.window, start.patience, start.tau)
-    if isinstance(start, EarlyBirdStart):
-        return epoch > 0 and early_bird_trigger(tracker.mask_distances[-1], start.window, start.epsilon)
-    if isinstance(start, FixedStart):
-        return epoch >= start.epoch
-    if isinstance(start, AfterTrainingStart):
-        return epoch >= train_epochs
-    if isinstance(start, NeverStart):
-        return False
-    raise TypeError(f"unknown start policy {start!r}")
-
-
-def tracker_window(start: StartPolicy) -> int:
-    return start.window if isinstance(start, EPIStart | EarlyBirdStart) else 5
+    return start.decide(epoch, train_epochs, tracker)

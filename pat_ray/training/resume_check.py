@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pat_ray.config import AfterTrainingStart, Config
+from pat_ray.config import Config
 from pat_ray.config_fields import dotted
 
 SAFE_TO_CHANGE = (  # dotted prefixes of fields that do not change what the run computes
@@ -38,8 +38,7 @@ class RunFinishedError(ValueError):
 def planned_epochs(config: Config) -> int:
     """Every epoch the run trains: the schedule, plus fine-tuning for train-prune-fine-tune."""
     start = config.start
-    finetune = (start.finetune_epochs or config.training.epochs) if isinstance(start, AfterTrainingStart) else 0
-    return config.training.epochs + finetune
+    return config.training.epochs + start.extra_epochs(config.training.epochs)
 
 
 def check_resume(recorded: dict[str, Any] | None, config: Config, last_epoch: int, where: str) -> list[str]:
