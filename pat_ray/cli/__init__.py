@@ -53,6 +53,9 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context):
         for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
             signal.signal(stop_signal, _stop)
+        # Ctrl-C stops a run even where the process started with SIGINT ignored (a command put in
+        # the background by a non-interactive shell inherits that, and Python then installs no handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
