@@ -12,6 +12,7 @@ from pat_ray.config import config_to_yaml
 from pat_ray.plugins.registry import PluginFailure
 from pat_ray.storage import Location
 from pat_ray.training.run_state import LAST
+from pat_ray.training.run_versions import LATEST
 
 CONFIG = click.argument("config", required=False)
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -24,9 +25,6 @@ def _set_verbose(verbose: bool) -> None:
         os.environ["PAT_RAY_VERBOSE"] = "1"  # read where Ray starts, and inherited by its workers
 
 
-RESUME_LATEST = "latest"
-
-
 @main.command(short_help="Train a pipeline with PaT + EPI (on Ray, or --local); KEY=VALUE overrides.")
 @CONFIG
 @OVERRIDES
@@ -36,7 +34,7 @@ RESUME_LATEST = "latest"
 @click.option(
     "--resume",
     is_flag=False,
-    flag_value=RESUME_LATEST,
+    flag_value=LATEST,
     default=None,
     metavar="[RUN]",
     help="Continue a run from its last checkpoint: the newest of this name, or RUN (a version such as "
@@ -96,7 +94,7 @@ def _resume_target(config: str | None, resume: str | None) -> tuple[str | None, 
     ``config.yaml``, so ``pat-ray run --resume runs/digits/latest`` needs nothing else."""
     if resume is None:
         return config, False
-    if resume == RESUME_LATEST:
+    if resume == LATEST:
         return config, True
     if config is None and resume.endswith((".yaml", ".yml")) and Path(resume).is_file():
         return resume, True
@@ -135,7 +133,7 @@ def summary(result) -> str:
 @click.option(
     "--resume",
     is_flag=False,
-    flag_value=RESUME_LATEST,
+    flag_value=LATEST,
     default=None,
     metavar="[SWEEP]",
     help="Continue an interrupted sweep: the newest of this name, or SWEEP (a version such as 20261202-101500).",
