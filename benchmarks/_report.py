@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from pat_ray.core.timing import device_name
+from pat_ray.core.cost.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
 

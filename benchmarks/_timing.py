@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pat_ray.core.timing import seconds_of
+from pat_ray.core.cost.timing import seconds_of
 
 
 @contextmanager

@@ -24,9 +24,9 @@ import time
 import torch
 
 from _report import header, write
-from pat_ray.core.latency_probe import measure_latency
+from pat_ray.core.cost.probe import measure_latency
+from pat_ray.core.cost.timing import seconds_of
 from pat_ray.core.selection import Budget
-from pat_ray.core.timing import seconds_of
 from pat_ray.plugins.registry import get_registry
 from pat_ray.training.collective import LocalCollective
 from pat_ray.training.policies import SnapshotTracker

@@ -26,8 +26,8 @@ import torch
 import pat_ray
 from _report import header as report_header
 from _zoo import build, every_cnn, input_size
-from pat_ray.core.cost import measure_cost
-from pat_ray.core.timing import seconds_of
+from pat_ray.core.cost.flops import measure_cost
+from pat_ray.core.cost.timing import seconds_of
 
 RESULTS = Path(__file__).parent / "results"  # surgery.md; surgery_all.md for --models all
 ZOO = [

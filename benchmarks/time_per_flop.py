@@ -38,9 +38,9 @@ from torch import nn
 import pat_ray
 from _report import header, write
 from _timing import saving_efficiency, step_time_ratio, timed
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.selection import Budget, budget_measure, select_architecture, smallest_counts
 from pat_ray.plugins.registry import get_registry
+from pat_ray.tracer.trace import trace_channel_groups
 
 SETTINGS = [("cifar_resnet56", 32), ("resnet18", 64), ("resnet18", 128)]
 CPU = torch.device("cpu")

@@ -18,22 +18,22 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from pat_ray.core.custom_layers import LayerRule
 from pat_ray.plugins.hookspecs import hookimpl
+from pat_ray.tracer.layers.declared import LayerRule
 
 if TYPE_CHECKING:
     from pat_ray.api import oracle, run
     from pat_ray.config import Config, load_config
     from pat_ray.config_yaml import ConfigError
-    from pat_ray.core.cost import measure_cost
-    from pat_ray.core.graph import UnsupportedModelError
-    from pat_ray.core.latency_probe import measure_latency
+    from pat_ray.core.cost.flops import measure_cost
+    from pat_ray.core.cost.probe import measure_latency
     from pat_ray.core.selection import BudgetError
     from pat_ray.core.verify import PrunedModelError
     from pat_ray.export import ExportError, export_model
     from pat_ray.plugins.registry import PluginError, PluginFailure
     from pat_ray.sweep.plan import OracleSummary
     from pat_ray.sweep.plan import read_summary as read_oracle
+    from pat_ray.tracer.graph import UnsupportedModelError
     from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from pat_ray.training.engine import TrainingDivergedError
     from pat_ray.training.oneshot import prune
@@ -51,15 +51,15 @@ _LAZY = {  # public name -> (module, name there)
     "RunResult": ("pat_ray.training.records", "RunResult"),
     "EpochRecord": ("pat_ray.training.records", "EpochRecord"),
     "prune": ("pat_ray.training.oneshot", "prune"),
-    "measure_cost": ("pat_ray.core.cost", "measure_cost"),
-    "measure_latency": ("pat_ray.core.latency_probe", "measure_latency"),
+    "measure_cost": ("pat_ray.core.cost.flops", "measure_cost"),
+    "measure_latency": ("pat_ray.core.cost.probe", "measure_latency"),
     "save_checkpoint": ("pat_ray.training.checkpoint", "save_checkpoint"),
     "load_checkpoint": ("pat_ray.training.checkpoint", "load_checkpoint"),
     "export_model": ("pat_ray.export", "export_model"),
     # what the calls above raise
     "ConfigError": ("pat_ray.config_yaml", "ConfigError"),
     "BudgetError": ("pat_ray.core.selection", "BudgetError"),
-    "UnsupportedModelError": ("pat_ray.core.graph", "UnsupportedModelError"),
+    "UnsupportedModelError": ("pat_ray.tracer.graph", "UnsupportedModelError"),
     "PrunedModelError": ("pat_ray.core.verify", "PrunedModelError"),
     "CheckpointError": ("pat_ray.training.checkpoint", "CheckpointError"),
     "ExportError": ("pat_ray.export", "ExportError"),

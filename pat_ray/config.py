@@ -42,7 +42,7 @@ from pat_ray.config_start import (
     StartPolicy,
 )
 from pat_ray.config_yaml import ConfigError, read_yaml
-from pat_ray.core.latency import LatencyTable
+from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Measure
 from pat_ray.plugins.registry import get_registry
 from pat_ray.storage import Location, check_scheme, has_scheme
@@ -318,7 +318,7 @@ class Config(Strict):
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:
         epochs = self.training.epochs
-        problem = self.start.schedule_problem(epochs)
+        problem = self.start.schedule_problem(epochs, self.start.cadence.count(epochs, None))
         if problem:
             raise ValueError(problem)
         late = [e for e in self.oracle.start_epochs or [] if not 0 <= e < epochs]

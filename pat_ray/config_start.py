@@ -6,35 +6,106 @@ tracking ask the policy, never its class. The config's ``start`` is a union on `
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from pat_ray.config_fields import SimilarityName, Strict
 from pat_ray.core.epi import early_bird_trigger, should_trigger
 
 DEFAULT_WINDOW = 5  # snapshots kept for the EPI curve when the policy itself needs none
+PAPER_SCHEDULE_EPOCHS = 90  # the paper's r = k = 5 are snapshots of a 90-epoch schedule, one per epoch
+_ITERATIONS = re.compile(r"^\s*(\d+)\s*(it|its|iter|iters|iteration|iterations)\s*$")
+_EPOCHS = re.compile(r"^\s*([0-9.]+)\s*(epoch|epochs)?\s*$")
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the architecture snapshot (and its EPI) is taken: ``per_epoch`` evenly spaced
+    snapshots in every epoch (the last at its end), or one every ``iterations`` iterations."""
+
+    per_epoch: int | None = 1
+    iterations: int | None = None
+
+    def due(self, step: int, iteration: int, iters_per_epoch: int) -> bool:
+        """After ``step`` (1-based within the epoch; ``iteration`` counted over the run)."""
+        if self.iterations is not None:
+            return iteration % self.iterations == 0
+        n = self.per_epoch or 1
+        return any(step == math.ceil(j * iters_per_epoch / n) for j in range(1, n + 1))
+
+    def count(self, epochs: int, iters_per_epoch: int | None) -> int | None:
+        """Snapshots taken over ``epochs`` epochs (None: it depends on an unknown epoch length)."""
+        if self.iterations is not None:
+            return None if iters_per_epoch is None else epochs * iters_per_epoch // self.iterations
+        per_epoch = self.per_epoch or 1
+        return epochs * (per_epoch if iters_per_epoch is None else min(per_epoch, iters_per_epoch))
+
+
+def parse_cadence(value: float | str) -> Cadence:
+    """``1`` / ``0.5`` / ``"0.25 epoch"``: 1/n of an epoch; ``"50 iterations"``: every 50 iterations."""
+    text = str(value)
+    if match := _ITERATIONS.match(text):
+        if int(match.group(1)) < 1:
+            raise ValueError("snapshot_every in iterations must be >= 1")
+        return Cadence(per_epoch=None, iterations=int(match.group(1)))
+    match = _EPOCHS.match(text)
+    fraction = float(match.group(1)) if match else None
+    per_epoch = round(1 / fraction) if fraction else None
+    if fraction is None or per_epoch is None or not 0 < fraction <= 1 or abs(per_epoch * fraction - 1) > 1e-9:
+        raise ValueError(
+            f"snapshot_every must be 1/n of an epoch (1, 0.5, 0.25, 0.2, 0.1, ...; a number or '0.25 epoch') "
+            f"or '<N> iterations'; got {value!r}"
+        )
+    return Cadence(per_epoch=per_epoch)
+
+
+def paper_scaled(snapshots: int) -> int:
+    """The paper's r = k = 5 (of 90 one-per-epoch snapshots) scaled to a schedule's snapshots."""
+    return max(1, round(5 * snapshots / PAPER_SCHEDULE_EPOCHS))
 
 
 class Watched(Protocol):
-    """What the snapshot tracker has seen so far: EPI per snapshot, Early-Bird mask distances."""
+    """What the snapshot tracker has seen so far: EPI per snapshot, Early-Bird mask distances,
+    and how many snapshots the whole training schedule takes."""
 
     epi: list[float | None]
     mask_distances: list[list[float]]
+    schedule_snapshots: int
 
 
 class BaseStartPolicy(Strict):
     """The questions every start policy answers (defaults: a policy that watches nothing)."""
 
     kind: str
+    snapshot_every: float | str = Field(
+        1.0,
+        description="how often the architecture snapshot and its EPI are taken: 1/n of an epoch (1, 0.5, "
+        "0.25, ...) or '<N> iterations'; window and patience count snapshots, and pruning can start after "
+        "any snapshot",
+    )
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
-        """Whether pruning starts after ``epoch`` (1-based, just completed; 0 = before training)."""
-        raise NotImplementedError
+    @field_validator("snapshot_every")
+    @classmethod
+    def _cadence_is_readable(cls, value: float | str) -> float | str:
+        parse_cadence(value)
+        return value
 
     @property
-    def snapshot_window(self) -> int:
-        """Previous snapshots the tracker keeps each new one's EPI against."""
+    def cadence(self) -> Cadence:
+        return parse_cadence(self.snapshot_every)
+
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
+        """Whether pruning starts now, ``position`` epochs into training (2.0: after epoch 2;
+        2.25: a quarter into epoch 3; 0: before training), after the snapshot just recorded."""
+        raise NotImplementedError
+
+    def snapshot_window(self, snapshots: int) -> int:
+        """Previous snapshots the tracker keeps each new one's EPI against, in a schedule of
+        ``snapshots`` snapshots."""
         return DEFAULT_WINDOW
 
     @property
@@ -59,8 +130,9 @@ class BaseStartPolicy(Strict):
         """The peak learning rate of the extra epochs, from the training's."""
         return lr
 
-    def schedule_problem(self, epochs: int) -> str | None:
-        """Why this policy cannot act within ``epochs`` epochs, or None."""
+    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
+        """Why this policy cannot act within ``epochs`` epochs of ``snapshots`` snapshots (None:
+        not known before the data is), or None."""
         return None
 
 
@@ -74,16 +146,36 @@ class EPIStart(BaseStartPolicy):
     similarity: SimilarityName = Field(
         "structural", description="how two architecture snapshots are compared (or a plugin's metric)"
     )
-    window: int = Field(5, ge=1, description="r: previous snapshots EPI averages over")
-    patience: int = Field(5, ge=0, description="k: EPI must exceed its k previous values")
+    window: int | Literal["scaled"] = Field(
+        5,
+        description="r: previous snapshots EPI averages over; 'scaled': the paper's 5 of 90 one-per-epoch "
+        "snapshots, scaled to this schedule's snapshots",
+    )
+    patience: int | Literal["scaled"] = Field(
+        5, description="k: EPI must exceed its k previous values; 'scaled' as for window"
+    )
     tau: float = Field(0.983, ge=0, le=1, description="threshold; calibrate per model/data with `pat-ray oracle`")
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
-        return epoch > 0 and should_trigger(watched.epi, self.window, self.patience, self.tau)
+    @field_validator("window", "patience")
+    @classmethod
+    def _counts_are_positive(cls, value: int | str, info: ValidationInfo) -> int | str:
+        if isinstance(value, int) and value < (1 if info.field_name == "window" else 0):
+            raise ValueError(f"must be >= {1 if info.field_name == 'window' else 0} or 'scaled'")
+        return value
 
-    @property
-    def snapshot_window(self) -> int:
-        return self.window
+    def rule(self, snapshots: int) -> tuple[int, int]:
+        """(r, k) in a schedule of ``snapshots`` snapshots."""
+        scaled = paper_scaled(snapshots)
+        return (scaled if self.window == "scaled" else self.window), (
+            scaled if self.patience == "scaled" else self.patience
+        )
+
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
+        window, patience = self.rule(watched.schedule_snapshots)
+        return position > 0 and should_trigger(watched.epi, window, patience, self.tau)
+
+    def snapshot_window(self, snapshots: int) -> int:
+        return self.rule(snapshots)[0]
 
     @property
     def similarity_metric(self) -> str:
@@ -93,8 +185,8 @@ class EPIStart(BaseStartPolicy):
     def threshold(self) -> float | None:
         return self.tau
 
-    def schedule_problem(self, epochs: int) -> str | None:
-        return _window_problem(self.window, epochs)
+    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
+        return None if snapshots is None else _window_problem(self.rule(snapshots)[0], snapshots)
 
 
 class EarlyBirdStart(BaseStartPolicy):
@@ -102,36 +194,36 @@ class EarlyBirdStart(BaseStartPolicy):
     window: int = Field(5, ge=1, description="Early-Bird: previous masks each new one is compared with")
     epsilon: float = Field(0.1, gt=0, le=1, description="Early-Bird: starts when mask distances stay below this")
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
-        return epoch > 0 and early_bird_trigger(watched.mask_distances[-1], self.window, self.epsilon)
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
+        distances = watched.mask_distances[-1] if watched.mask_distances else []
+        return position > 0 and early_bird_trigger(distances, self.window, self.epsilon)
 
-    @property
-    def snapshot_window(self) -> int:
+    def snapshot_window(self, snapshots: int) -> int:
         return self.window
 
-    def schedule_problem(self, epochs: int) -> str | None:
-        return _window_problem(self.window, epochs)
+    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
+        return None if snapshots is None else _window_problem(self.window, snapshots)
 
 
 class FixedStart(BaseStartPolicy):
     kind: Literal["fixed"] = "fixed"
     epoch: int = Field(ge=0, description="dense epochs before pruning starts (0 = prune at init)")
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
-        return epoch >= self.epoch
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
+        return position >= self.epoch
 
     @property
     def grid_epoch(self) -> int | None:
         return self.epoch
 
-    def schedule_problem(self, epochs: int) -> str | None:
+    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
         return f"start.epoch ({self.epoch}) must be < training.epochs ({epochs})" if self.epoch >= epochs else None
 
 
 class NeverStart(BaseStartPolicy):
     kind: Literal["never"] = "never"
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
         return False
 
 
@@ -142,8 +234,8 @@ class AfterTrainingStart(BaseStartPolicy):
     )
     finetune_lr_scale: float = Field(0.1, gt=0, description="fine-tune lr = training lr * this")
 
-    def decide(self, epoch: int, train_epochs: int, watched: Watched) -> bool:
-        return epoch >= train_epochs
+    def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
+        return position >= train_epochs
 
     def extra_epochs(self, train_epochs: int) -> int:
         return self.finetune_epochs or train_epochs
@@ -160,12 +252,17 @@ POLICIES: dict[str, type[BaseStartPolicy]] = {
 
 def policy_of_kind(own: BaseStartPolicy, kind: str) -> BaseStartPolicy:
     """The policy ``kind`` with the pipeline's own settings when it is that kind, else the
-    policy's defaults (how the oracle builds its once-per-seed trials)."""
-    return own if own.kind == kind else POLICIES[kind].model_validate({"kind": kind})
+    policy's defaults at the pipeline's snapshot cadence (how the oracle builds its
+    once-per-seed trials: every trial's EPI curve then counts the same snapshots)."""
+    if own.kind == kind:
+        return own
+    return POLICIES[kind].model_validate({"kind": kind, "snapshot_every": own.snapshot_every})
 
 
-def _window_problem(window: int, epochs: int) -> str | None:
-    return f"start.window ({window}) leaves no epoch to trigger in {epochs} epochs" if window >= epochs else None
+def _window_problem(window: int, snapshots: int) -> str | None:
+    if window < snapshots:
+        return None
+    return f"start.window ({window} snapshots) leaves none to trigger on in this schedule's {snapshots} snapshots"
 
 
 StartPolicy = Annotated[

@@ -9,17 +9,19 @@ are documented in ``pat_ray.plugins.hookspecs``.
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, member_rows, member_tensor, normalize_per_group
-from pat_ray.core.custom_layers import LayerRule
 from pat_ray.core.data import DataBundle
-from pat_ray.core.graph import ChannelGroup, Member, ModelGraph
-from pat_ray.core.surgery import channels_to_drop, kept_indices
+from pat_ray.core.surgery import channels_to_drop
 from pat_ray.plugins.hookspecs import hookimpl
-from pat_ray.plugins.registry import register_plugin
+from pat_ray.plugins.registry import register_plugin, unregister_plugins
+from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.tracer.layers.declared import LayerRule
+from pat_ray.tracer.layers.family import kept_indices
 
 __all__ = [
-    # the hook marker, and registering a plugin object in-process (notebooks, tests)
+    # the hook marker, and registering a plugin object in-process (notebooks, tests), or forgetting them
     "hookimpl",
     "register_plugin",
+    "unregister_plugins",
     # criteria: one score per channel of every prunable group
     "Criterion",
     "Scores",

@@ -11,7 +11,7 @@ from torch import nn
 
 from pat_ray.config import Config
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph
+from pat_ray.tracer.graph import ModelGraph
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:
@@ -83,10 +83,10 @@ def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0
     computes with the removed channels zeroed; returns the architecture applied."""
     import copy
 
-    from pat_ray.core.groups import trace_channel_groups
     from pat_ray.core.selection import Budget, select_architecture
     from pat_ray.core.surgery import apply_architecture
     from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+    from pat_ray.tracer.trace import trace_channel_groups
 
     model.eval()
     graph = trace_channel_groups(model, x)

@@ -39,9 +39,9 @@ def plugins():
     test's plugin never leaks into the next test's runs."""
     from pat_ray.plugins import registry
 
-    registry.reset()
+    registry.unregister_plugins()
     yield registry.register_plugin
-    registry.reset()
+    registry.unregister_plugins()
 
 
 @pytest.fixture
@@ -49,9 +49,9 @@ def fresh_registry():
     """The built-ins and entry points only, rebuilt for this test and again after it."""
     from pat_ray.plugins import registry
 
-    registry.reset()
+    registry.unregister_plugins()
     yield registry
-    registry.reset()
+    registry.unregister_plugins()
 
 
 # Dummy credentials for the S3 server the tests start (moto accepts any): set before any Ray

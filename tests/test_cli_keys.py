@@ -32,12 +32,12 @@ def test_overrides_set_any_key_with_yaml_values():
         "model.params.in_channels=1",
     )
     assert data["training"]["epochs"] == 3 and data["pruning"]["budget"]["fraction"] == 0.3
-    assert data["start"] == {"kind": "fixed", "epoch": 1} and data["oracle"]["seeds"] == [0, 1]
+    assert data["start"] == {"kind": "fixed", "snapshot_every": 1.0, "epoch": 1} and data["oracle"]["seeds"] == [0, 1]
     assert data["tracking"]["mlflow"] is False
 
 
 def test_overrides_apply_to_the_default_pipeline_without_a_file():
-    assert validated("training.epochs=3", "start.kind=never")["start"] == {"kind": "never"}
+    assert validated("training.epochs=3", "start.kind=never")["start"] == {"kind": "never", "snapshot_every": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_the_run_folder_records_the_merged_config_and_mlflow_the_overrides(tmp_p
     result = CliRunner().invoke(main, ["run", ROOT_PIPELINE, *args, "--local"])
     assert result.exit_code == 0, result.output
     recorded = yaml.safe_load((tmp_path / "digits" / "latest" / "config.yaml").read_text())
-    assert recorded["training"]["epochs"] == 2 and recorded["start"] == {"kind": "fixed", "epoch": 1}
+    assert recorded["training"]["epochs"] == 2 and recorded["start"] == {"kind": "fixed", "snapshot_every": 1.0, "epoch": 1}
     run_id = json.loads((tmp_path / "digits" / "latest" / "mlflow_run.json").read_text())["run_id"]
     tags = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
     assert tags["pat_ray.overrides"] == " ".join(args)

@@ -50,7 +50,7 @@ def test_shipped_digits_pipeline_is_the_embedded_default():
         ),
         (
             {"training": {"epochs": 3}, "oracle": {"start_epochs": [0]}},
-            "start.window (3) leaves no epoch to trigger in 3 epochs",
+            "start.window (3 snapshots) leaves none to trigger on in this schedule's 3 snapshots",
         ),
         (
             {"training": {"epochs": 2, "schedule": {"warmup_epochs": 3}}},

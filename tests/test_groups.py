@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pat_ray.core.groups import UnsupportedModelError, trace_channel_groups
+from pat_ray.tracer.trace import UnsupportedModelError, trace_channel_groups
 
 
 def conv_bn(cin, cout, groups=1):

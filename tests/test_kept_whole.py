@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pat_ray
-from pat_ray.core.cost import graph_cost, measure_cost
-from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.cost.flops import graph_cost, measure_cost
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 class CRNN(nn.Module):

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pat_ray
-from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
-from pat_ray.core.latency_probe import count_grid, measure_latency
+from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
+from pat_ray.core.cost.probe import count_grid, measure_latency
 from pat_ray.core.selection import Budget, BudgetError, budget_measure, select_architecture
 from pat_ray.plugins.registry import get_registry
+from pat_ray.tracer.trace import trace_channel_groups
 
 counts_axis = st.lists(st.integers(1, 512), min_size=1, max_size=5, unique=True).map(lambda xs: tuple(sorted(xs)))
 raw_seconds = st.floats(0, 1, allow_nan=False)
@@ -248,7 +248,7 @@ def test_a_layer_the_probe_cannot_time_is_named_before_any_timing(plugins):
     """A plugin-declared layer has no timing model: a clear refusal, not a crash."""
     from test_custom_layers import Declarations, Net
 
-    from pat_ray.core.graph import UnsupportedModelError
+    from pat_ray.tracer.graph import UnsupportedModelError
 
     plugins(Declarations(), name="declarations")
     with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'custom' \(ScaledConv\).*measure: flops"):

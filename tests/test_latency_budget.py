@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import pat_ray
 from pat_ray.cli import main
 from pat_ray.config import ConfigError, FixedStart, config_from_dict
-from pat_ray.core.latency import LatencyTable
+from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import BudgetError
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import PrintReporter

@@ -1,4 +1,4 @@
-"""The layers of ../shared/DESIGN.md as a check: every import (module level or inside a
+"""The package's layers (README, "Package layout") as a check: every import (module level or inside a
 function) of every module, read from the source with ``ast``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "pat_ray"
 
 # lower layers first; a module may import its own layer and the layers below it
 LAYERS = {
-    "core": ["core", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
+    "core": ["core", "tracer", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins", "sdk"],  # hookspecs, registry, built-ins; the plugin authors' surface
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
     # the validated config (plugin names checked), its pieces, its YAML and its dotted keys

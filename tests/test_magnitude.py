@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 class TwoConvs(nn.Module):

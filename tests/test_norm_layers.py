@@ -11,8 +11,8 @@ from torch import nn
 
 import pat_ray
 from _helpers import assert_pruning_is_exact
-from pat_ray.core.cost import graph_cost, measure_cost
-from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.cost.flops import graph_cost, measure_cost
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 class GroupNormNet(nn.Module):

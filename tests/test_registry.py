@@ -166,6 +166,24 @@ def test_an_unregistered_plugin_is_not_shipped(fresh_registry):
     assert registry.shipped_plugins() == []
 
 
+def test_a_notebook_cell_run_again_can_forget_its_plugin_and_register_it_anew(fresh_registry):
+    from pat_ray.sdk import register_plugin, unregister_plugins
+
+    class Mine:
+        @pat_ray.hookimpl
+        def pat_ray_register_similarity_metrics(self, register):
+            register("always-one", lambda a, b: 1.0)
+
+    register_plugin(Mine(), name="mine")
+    with pytest.raises(registry.PluginError, match="mine"):
+        register_plugin(Mine(), name="mine")  # the cell run again
+    unregister_plugins()
+    assert "always-one" not in registry.get_registry().names("similarity")
+    assert registry.shipped_plugins() == []
+    register_plugin(Mine(), name="mine")
+    assert "always-one" in registry.get_registry().names("similarity")
+
+
 def test_cli_lists_every_kind(fresh_registry):
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0

@@ -138,11 +138,11 @@ def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
         pat_ray.run(config("cut"), local=True, quiet=True)
     from pat_ray.plugins import registry
 
-    registry.reset()
+    registry.unregister_plugins()
     plugins(Stop(RuntimeError("boom")), name="boom")
     with pytest.raises(Exception, match="boom"):
         pat_ray.run(config("broken"), local=True, quiet=True)
-    registry.reset()
+    registry.unregister_plugins()
     live = _start(write_config(tmp_path, name="live", training={"epochs": 30}), "--local")
     try:
         _wait_for_epoch(tmp_path / "runs" / "live" / "latest", live)

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pat_ray.core.cost import cost_of, graph_cost
-from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.cost.flops import cost_of, graph_cost
 from pat_ray.core.selection import Budget, BudgetError, select_architecture
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def chain(widths: list[int], grouped: int = 1) -> nn.Module:

@@ -10,9 +10,9 @@ import torch
 import pat_ray
 from _helpers import randomize_norms
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.cost import measure_cost
-from pat_ray.core.groups import trace_channel_groups
+from pat_ray.core.cost.flops import measure_cost
 from pat_ray.models.cifar_resnet import CifarResNet
+from pat_ray.tracer.trace import trace_channel_groups
 from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 

@@ -15,12 +15,12 @@ from torch import nn
 
 import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms, zero_removed_channels
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
 from pat_ray.core.verify import PrunedModelError, check_pruned, output_shapes
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:

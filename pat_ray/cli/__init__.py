@@ -22,9 +22,9 @@ import click
 from pat_ray.config import Config, ConfigError, config_from_dict, load_config
 from pat_ray.config_keys import apply_overrides, is_override
 from pat_ray.config_yaml import read_yaml
-from pat_ray.core.graph import UnsupportedModelError
 from pat_ray.core.selection import BudgetError
 from pat_ray.plugins.registry import PluginError, PluginFailure
+from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.training.checkpoint import CheckpointError
 
 INPUT_ERRORS = (  # exit 2: what the user gave is wrong

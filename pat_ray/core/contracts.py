@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph
+from pat_ray.tracer.graph import ModelGraph
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from pat_ray.core.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
 
 Scores = dict[str, torch.Tensor]
 

@@ -19,9 +19,9 @@ from typing import Literal, NamedTuple, get_args
 import torch
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.cost import cost_of
-from pat_ray.core.graph import ChannelGroup, ModelGraph
-from pat_ray.core.latency import LatencyTable
+from pat_ray.core.cost.flops import cost_of
+from pat_ray.core.cost.latency import LatencyTable
+from pat_ray.tracer.graph import ChannelGroup, ModelGraph
 
 Measure = Literal["flops", "params", "channels", "latency"]
 MEASURES: tuple[Measure, ...] = get_args(Measure)

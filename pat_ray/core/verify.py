@@ -8,14 +8,15 @@ fails later in someone's training loop. It costs one forward pass on a one-sampl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from pat_ray.core.cost import hooked_forward
-from pat_ray.core.graph import Example, UnsupportedModelError
+from pat_ray.core.cost.flops import hooked_forward
+from pat_ray.tracer.fx_trace import nested_leaves
+from pat_ray.tracer.graph import Example, UnsupportedModelError
 
 
 class PrunedModelError(UnsupportedModelError):
@@ -68,16 +69,3 @@ def _failing_layer(model: nn.Module, example: Example) -> str:
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     return nested_leaves(value, torch.is_tensor)
-
-
-def nested_leaves(value: Any, is_leaf: Callable[[Any], bool]) -> Iterator[Any]:
-    """The leaves of nested dicts / lists / tuples in order: how a model's outputs are read,
-    both from the model itself and from the trace's record of them."""
-    if is_leaf(value):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from nested_leaves(item, is_leaf)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from nested_leaves(item, is_leaf)

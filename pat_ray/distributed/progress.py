@@ -99,7 +99,7 @@ def _append(log: Location, line: str) -> None:
 
 def final_result(config: Config, folder: Location, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint in the run folder (read once, at the end)."""
-    from pat_ray.core.latency import LatencyTable
+    from pat_ray.core.cost.latency import LatencyTable
     from pat_ray.training.latency_budget import TABLE_FILE, write_table
 
     ckpt = read_checkpoint(str(folder / LAST))

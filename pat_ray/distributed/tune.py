@@ -19,8 +19,8 @@ from ray.tune import Callback
 
 from pat_ray.config import Config, OraclePolicy, config_from_dict
 from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.epi import epi_curve
-from pat_ray.core.latency import LatencyTable
 from pat_ray.distributed.progress import result_from_checkpoint
 from pat_ray.distributed.train import start_ray
 from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
@@ -168,7 +168,8 @@ def _calibration_curves(config: Config, snapshots: dict[str, list[Architecture]]
         return None, []
     epi = epi_policy(config)
     similarity = get_registry().create("similarity", epi.similarity)
-    return source, [epi_curve(snapshots[label], epi.window, similarity) for label in labels[source]]
+    curves = [snapshots[label] for label in labels[source]]
+    return source, [epi_curve(curve, epi.rule(len(curve))[0], similarity) for curve in curves]
 
 
 def _shared_latency_table(config: Config, sweep_dir: Location, echo) -> dict | None:

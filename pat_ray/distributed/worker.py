@@ -27,7 +27,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     from pat_ray.config import config_from_dict
-    from pat_ray.core.latency import LatencyTable
+    from pat_ray.core.cost.latency import LatencyTable
     from pat_ray.distributed import ray_private
     from pat_ray.distributed.torch_collective import DistributedCollective
     from pat_ray.distributed.train import ray_log_level

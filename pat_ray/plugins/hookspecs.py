@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from pat_ray.core.architecture import Architecture
     from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
     from pat_ray.core.criterion import Criterion
-    from pat_ray.core.custom_layers import LayerRule
     from pat_ray.core.data import DataBundle
+    from pat_ray.tracer.layers.declared import LayerRule
 
 hookspec = HookspecMarker("pat_ray")
 hookimpl = HookimplMarker("pat_ray")
@@ -71,7 +71,7 @@ def pat_ray_register_layers(register: Callable[[str, LayerRule], None]) -> None:
     """Declare how custom modules treat channels: ``register(name, LayerRule(ModuleClass,
     maps=..., params=..., counts=..., macs=...))``. Instances of ``ModuleClass`` (that exact
     type) are then traced, pruned, sliced in the optimizer and costed like built-in layers
-    instead of stopping the trace; see :class:`pat_ray.core.custom_layers.LayerRule`."""
+    instead of stopping the trace; see :class:`pat_ray.tracer.layers.declared.LayerRule`."""
 
 
 @hookspec

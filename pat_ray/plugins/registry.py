@@ -25,8 +25,8 @@ from typing import Any, cast
 
 import pluggy
 
-from pat_ray.core.custom_layers import LayerRule, set_rules
 from pat_ray.plugins import hookspecs
+from pat_ray.tracer.layers.declared import LayerRule, set_rules
 
 KINDS = {
     "criterion": "pat_ray_register_criteria",
@@ -377,8 +377,11 @@ def _import_shipped(shipped: ShippedPlugin) -> types.ModuleType:
         raise PluginError(f"plugin {shipped.name!r}: its shipped source failed to import here: {err!r}") from None
 
 
-def reset() -> None:
-    """Forget the process-wide manager and registry (they are rebuilt on next use)."""
+def unregister_plugins() -> None:
+    """Forget every plugin registered in this process with ``register_plugin``: a notebook that
+    runs its registering cell again, or a test that registered its own. The manager and registry
+    are rebuilt from the built-ins and entry points on next use, and no later Ray worker gets
+    the forgotten plugins."""
     global _manager, _registry
     _manager = _registry = None
     _in_process.clear()

@@ -63,7 +63,8 @@ def trial_configs(config: Config) -> dict[str, Config]:
     Trials of one seed only differ in their start policy (and name); everything else is the
     pipeline's, so accuracy differences within a seed come from when pruning started.
     """
-    starts: dict[str, Any] = {fixed_label(e): FixedStart(epoch=e) for e in oracle_grid(config)}
+    cadence = config.start.snapshot_every
+    starts: dict[str, Any] = {fixed_label(e): FixedStart(epoch=e, snapshot_every=cadence) for e in oracle_grid(config)}
     starts.update({kind: policy_of_kind(config.start, kind) for kind in config.oracle.policies})
     untracked = config.tracking.model_copy(update={"mlflow": False})  # the sweep logs its trials itself
     seeds = seeds_of(config)
@@ -84,7 +85,7 @@ class TrialOutcome:
 
     label: str
     policy: StartKind
-    start_epoch: int | None  # the epoch pruning started after (fixed: as set; epi/early_bird: chosen)
+    start_epoch: float | None  # epochs into training when pruning started (fixed: as set; epi: 2.25 = mid-epoch 3)
     accuracy: float | None = None
     flops_kept: float | None = None
     train_flops: float | None = None
@@ -110,8 +111,8 @@ class HeldOut:
 
     seed: int
     tau: float
-    trigger_epoch: int | None  # None: the rule never fires, the run stays dense
-    grid_epoch: int | None  # the grid start whose trial stands in for it (= trigger_epoch when on the grid)
+    trigger_epoch: float | None  # epochs into training; None: the rule never fires, the run stays dense
+    grid_epoch: float | None  # the grid start whose trial stands in for it (= trigger_epoch when on the grid)
     accuracy: float | None
 
 
@@ -123,7 +124,7 @@ class OracleSummary:
     grid: list[int]
     trials: list[TrialOutcome]
     tau: float | None  # the EPI trial's threshold
-    calibration_curves: list[list[float | None]]  # per seed: EPI per epoch of the longest-watched trial
+    calibration_curves: list[list[float | None]]  # per seed: EPI per snapshot of the longest-watched trial
     calibration_source: str | None
     best_fixed: str | None = None  # the grid group with the best mean accuracy
     reference: str | None = None  # the earliest grid group within one standard error of the best
@@ -131,6 +132,7 @@ class OracleSummary:
     seeds: list[int] = field(default_factory=lambda: [0])
     epi_window: int | None = None  # r and k of the EPI rule under test
     epi_patience: int | None = None
+    snapshots_per_epoch: float = 1.0  # of the calibration curves (1 unless start.snapshot_every < 1 epoch)
     folder: str | None = None  # where the sweep, its report and plots live
     mlflow_run_id: str | None = None  # the sweep's parent run
 
@@ -177,12 +179,14 @@ class OracleSummary:
         curves, window, patience = self.calibration_curves, self.epi_window, self.epi_patience
         if len(curves) < 2 or reference is None or window is None or patience is None:
             return []
-        target, held_out = round(reference.mean_start or 0), []
+        per_epoch = self.snapshots_per_epoch
+        target, held_out = round((reference.mean_start or 0) * per_epoch), []
         for i, seed in enumerate(self.seeds[: len(curves)]):
             calibrated = calibrate_tau_curves(curves[:i] + curves[i + 1 :], window, patience, target)
             if calibrated is None:
                 continue
-            fired = trigger_epoch(curves[i], window, patience, calibrated.tau)
+            index = trigger_epoch(curves[i], window, patience, calibrated.tau)
+            fired = None if index is None else index / per_epoch
             grid = [t for t in self.fixed if t.seed == seed or (t.seed is None and len(self.seeds) == 1)]
             dense = next((t for t in self.trials if t.policy == "never" and t.ok and t.seed == seed), None)
             stand_in = (
@@ -225,14 +229,14 @@ def outcome_from_result(label: str, result: RunResult) -> TrialOutcome:
     return TrialOutcome(
         label=label,
         policy=result.config.start.kind,
-        start_epoch=result.trigger_epoch,
+        start_epoch=result.trigger_position if result.trigger_position is not None else result.trigger_epoch,
         accuracy=result.final_accuracy,
         flops_kept=result.flops_kept,
         train_flops=result.train_flops,
         train_flops_ratio=result.train_flops_ratio,
         wall_seconds=result.wall_seconds,
         epochs=len(result.history),
-        epi_curve=[r.epi for r in result.history if r.phase == "dense"],
+        epi_curve=[point.epi for r in result.history for point in r.snapshots],
         seed=result.config.training.seed,
     )
 
@@ -244,8 +248,12 @@ def summarize(
     calibration_curves: list[list[float | None]],
     source: str | None,
 ) -> OracleSummary:
-    """Pick the grid's best and reference starts, and calibrate tau on every seed's curve."""
+    """Pick the grid's best and reference starts, and calibrate tau on every seed's curve
+    (curves count snapshots; the reference start, in epochs, is converted to snapshots)."""
     epi = epi_policy(config)
+    snapshots = len(calibration_curves[0]) if calibration_curves else config.training.epochs
+    window, patience = epi.rule(snapshots)
+    per_epoch = snapshots / config.training.epochs
     summary = OracleSummary(
         name=name,
         grid=oracle_grid(config),
@@ -254,16 +262,19 @@ def summarize(
         calibration_curves=calibration_curves,
         calibration_source=source,
         seeds=seeds_of(config),
-        epi_window=epi.window,
-        epi_patience=epi.patience,
+        epi_window=window,
+        epi_patience=patience,
+        snapshots_per_epoch=per_epoch,
     )
     picked = best_and_reference(summary.fixed_groups())
     if picked is not None:
         best, reference = picked
         summary.best_fixed, summary.reference = best.group, reference.group
-        target = round(reference.mean_start or 0)
-        calibrated = calibrate_tau_curves(calibration_curves, epi.window, epi.patience, target)
-        summary.calibrated = asdict(calibrated) if calibrated else None
+        target = round((reference.mean_start or 0) * per_epoch)
+        calibrated = calibrate_tau_curves(calibration_curves, window, patience, target)
+        if calibrated is not None:
+            landing = None if calibrated.epoch is None else calibrated.epoch / per_epoch  # in epochs, as the grid
+            summary.calibrated = {**asdict(calibrated), "epoch": landing}
     return summary
 
 

@@ -32,7 +32,7 @@ ORDER: list[StartKind] = ["fixed", "epi", "early_bird", "never", "after_training
 
 
 def _starts(g: GroupStats) -> str:
-    return ", ".join("-" if s is None else str(s) for s in g.start_epochs)
+    return ", ".join("-" if s is None else f"{s:g}" for s in g.start_epochs)
 
 
 def _group_row(g: GroupStats) -> str:
@@ -43,7 +43,7 @@ def _group_row(g: GroupStats) -> str:
 
 
 def _trial_row(t: TrialOutcome) -> str:
-    start = "-" if t.start_epoch is None else str(t.start_epoch)
+    start = "-" if t.start_epoch is None else f"{t.start_epoch:g}"
     seed = "-" if t.seed is None else str(t.seed)
     if not t.ok:
         first_line = (t.error or "no error recorded").splitlines()[0][:80]
@@ -134,8 +134,8 @@ def held_out_lines(summary: OracleSummary) -> list[str]:
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        fires = "never" if r.trigger_epoch is None else str(r.trigger_epoch)
-        read = "dense" if r.trigger_epoch is None else f"fixed-{r.grid_epoch}"
+        fires = "never" if r.trigger_epoch is None else f"{r.trigger_epoch:g}"
+        read = "dense" if r.trigger_epoch is None else f"fixed-{r.grid_epoch:g}"
         lines.append(f"| {r.seed} | {r.tau:.4f} | {fires} | {read} | {_fmt(r.accuracy)} |")
     found = [r.accuracy for r in rows if r.accuracy is not None]
     if found:

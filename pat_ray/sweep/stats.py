@@ -22,7 +22,7 @@ class _Trial(Protocol):
     group: str
     policy: StartKind
     seed: int | None
-    start_epoch: int | None
+    start_epoch: float | None
     accuracy: float | None
     flops_kept: float | None
     train_flops: float | None
@@ -40,7 +40,7 @@ class GroupStats:
     group: str
     policy: StartKind
     seeds: tuple[int | None, ...]
-    start_epochs: tuple[int | None, ...]  # per seed: the epoch pruning started after
+    start_epochs: tuple[float | None, ...]  # per seed: epochs into training when pruning started
     accuracies: tuple[float, ...]
     flops_kept: float  # mean over seeds
     train_flops: float  # sum over seeds

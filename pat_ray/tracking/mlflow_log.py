@@ -135,7 +135,10 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
     client.log_text(run_id, json.dumps({"snapshots": snapshots, "final": result.architecture}), "architecture.json")
     with tempfile.TemporaryDirectory() as folder:
         plot = plot_epi_curve(
-            result.history, Path(folder) / "epi_curve.png", config.start.threshold, result.trigger_epoch
+            result.history,
+            Path(folder) / "epi_curve.png",
+            config.start.threshold,
+            result.trigger_position if result.trigger_position is not None else result.trigger_epoch,
         )
         client.log_artifact(run_id, str(plot))
     if checkpoint and result.checkpoint is not None:

@@ -16,17 +16,17 @@ if TYPE_CHECKING:
 
 
 def plot_epi_curve(
-    history: list[EpochRecord], path: Path, tau: float | None = None, trigger_epoch: int | None = None
+    history: list[EpochRecord], path: Path, tau: float | None = None, trigger: float | None = None
 ) -> Path:
-    """EPI per epoch, the threshold tau, and the epoch pruning started."""
-    points = [(r.epoch, r.epi) for r in history if r.epi is not None]
+    """EPI at every snapshot (x: epochs into training), the threshold tau, and where pruning started."""
+    points = [(p.position, p.epi) for r in history for p in r.snapshots if p.epi is not None]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     if points:
-        ax.plot(*zip(*points), marker="o", label="EPI")
+        ax.plot(*zip(*points), marker="o", markersize=3 if len(points) > 40 else 5, label="EPI")
     if tau is not None:
         ax.axhline(tau, color="tab:red", linestyle="--", label=f"tau = {tau:g}")
-    if trigger_epoch is not None:
-        ax.axvline(trigger_epoch, color="tab:green", linestyle=":", label=f"pruning starts (epoch {trigger_epoch})")
+    if trigger is not None:
+        ax.axvline(trigger, color="tab:green", linestyle=":", label=f"pruning starts (epoch {trigger:g})")
     return finish(fig, ax, path, "epoch", "EPI (structural similarity)", "Early Pruning Indicator", "lower right")
 
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.surgery import apply_architecture
 from pat_ray.storage import Location, atomic_write, has_scheme
+from pat_ray.tracer.trace import trace_channel_groups
 
 FORMAT_VERSION = 1
 _FIELDS = {

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pat_ray.config import Config
-from pat_ray.core.latency import LatencyTable
+from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint
@@ -30,7 +30,7 @@ from pat_ray.training.epoch_progress import progress_of
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import EpochRecord, Phase, RunResult
+from pat_ray.training.records import EpochRecord, Phase, RunResult, SnapshotPoint
 from pat_ray.training.run_state import LAST, RunState, restore_run_state, save_run_state
 from pat_ray.training.schedule import lr_multiplier
 from pat_ray.training.setup import autocast as run_autocast
@@ -66,17 +66,22 @@ def train(
     run = _build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
     progress = _restore(run, resumed) if resumed is not None else Progress()
     run.net = run.collective.wrap(run.model)
-    if resumed is None and config.start.decide(0, run.train_epochs, run.tracker):  # fixed 0: prune at init
-        progress.trigger_epoch = 0
+    if resumed is None and config.start.decide(0.0, run.train_epochs, run.tracker):  # fixed 0: prune at init
+        progress.trigger_epoch, progress.trigger_position = 0, 0.0
         _start_pruning(run, epoch=0)
     setup_seconds = time.perf_counter() - started  # tracing, layer timing, a prune at init
     first_epoch = progress.epoch + 1
     for epoch in range(first_epoch, run.total_epochs + 1):
         epoch_start = time.perf_counter()
         phase = _phase(run, epoch)
+        progress.snapshots = []
         train_loss, train_acc = train_one_epoch(run, progress, epoch)
         val_loss, val_acc = evaluate(run.net, run.val_loader, run.device, run.layout, run.autocast, run.collective)
-        epi, counts, snapshot_seconds = snapshot_and_decide(run, progress, epoch)
+        if _snapshot_due(run, progress, epoch, len(run.train_loader)):
+            snapshot_and_decide(run, progress, epoch, float(epoch))
+        elif progress.trigger_epoch is None and _phase(run, epoch) != "finetune":
+            _decide(run, progress, epoch, float(epoch), None)  # a fixed start falls on an epoch's end
+        taken = progress.snapshots
         progress.epoch = epoch
         progress.history.append(
             EpochRecord(
@@ -86,8 +91,8 @@ def train(
                 train_acc=train_acc,
                 val_loss=val_loss,
                 val_acc=val_acc,
-                epi=epi,
-                snapshot_counts=counts,
+                epi=taken[-1].epi if taken else None,
+                snapshot_counts=taken[-1].counts if taken else None,
                 flops=run.pruner.cost.flops,
                 params=run.pruner.cost.params,
                 flops_kept=run.pruner.flops_kept,
@@ -95,10 +100,11 @@ def train(
                 lr=run.optimizer.param_groups[0]["lr"],
                 epoch_seconds=time.perf_counter() - epoch_start,
                 setup_seconds=setup_seconds if epoch == first_epoch else 0.0,
-                snapshot_seconds=snapshot_seconds,
+                snapshot_seconds=sum(t.seconds for t in taken),
                 train_flops=progress.train_flops,
                 triggered=progress.trigger_epoch == epoch,
                 fingerprint=run.pruner.architecture.fingerprint(),
+                snapshots=[SnapshotPoint(t.position, t.epi) for t in taken],
             )
         )
         save_and_report(run, progress)
@@ -110,14 +116,26 @@ def train(
 
 
 @dataclass
+class Taken:
+    """One snapshot taken in the epoch under way."""
+
+    position: float  # epochs into training
+    epi: float | None
+    counts: list[int]
+    seconds: float
+
+
+@dataclass
 class Progress:
     """What changes as the run goes: position, the trigger, the cost so far, the history."""
 
     epoch: int = 0  # the last finished epoch
     iteration: int = 0
-    trigger_epoch: int | None = None
+    trigger_epoch: int | None = None  # the epoch in which pruning started (0: at initialization)
+    trigger_position: float | None = None  # where exactly, in epochs (2.25: a quarter into epoch 3)
     train_flops: float = 0.0
     history: list[EpochRecord] = field(default_factory=list)
+    snapshots: list[Taken] = field(default_factory=list)  # taken in the epoch under way
 
 
 @dataclass
@@ -182,6 +200,8 @@ def _build(
     data, seed, workers = setup.data, config.training.seed, config.data.num_workers
     pinned = setup.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     train_epochs = config.training.epochs
+    train_loader = collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned)
+    snapshots = config.start.cadence.count(train_epochs, len(train_loader)) or 0
     return Run(
         config=config,
         collective=collective,
@@ -192,9 +212,11 @@ def _build(
         device=setup.device,
         layout=setup.layout,
         pruner=pruner,
-        tracker=SnapshotTracker(registry.create("similarity", similarity), config.start.snapshot_window),
+        tracker=SnapshotTracker(
+            registry.create("similarity", similarity), config.start.snapshot_window(snapshots), snapshots
+        ),
         optimizer=make_optimizer(config, setup.model),
-        train_loader=collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned),
+        train_loader=train_loader,
         val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
         autocast=run_autocast(config.training.precision, setup.device),
         run_dir=run_dir,
@@ -216,7 +238,10 @@ def _restore(run: Run, resumed: Checkpoint) -> Progress:
     run.optimizer = make_optimizer(run.config, run.model)
     _load_state(resumed, run.optimizer.load_state_dict, state.optimizer, "optimizer state")
     last = state.history[-1]
-    return Progress(state.epoch, state.iteration, state.trigger_epoch, last.train_flops, state.history)
+    position = state.trigger_position
+    if position is None and state.trigger_epoch is not None:  # a checkpoint from before snapshots within epochs
+        position = float(state.trigger_epoch)
+    return Progress(state.epoch, state.iteration, state.trigger_epoch, position, last.train_flops, state.history)
 
 
 def _phase(run: Run, epoch: int) -> Phase:
@@ -264,6 +289,9 @@ def train_one_epoch(run: Run, progress: Progress, epoch: int) -> tuple[float, fl
         shown.update(len(inputs))
         if step % DIVERGENCE_CHECK_EVERY == 0:
             _check_finite(run, progress, epoch, diverged)
+        if step < len(run.train_loader) and _snapshot_due(run, progress, epoch, step):  # the epoch's end: after eval
+            _check_finite(run, progress, epoch, diverged)
+            snapshot_and_decide(run, progress, epoch, epoch - 1 + step / len(run.train_loader))
     shown.close()
     _check_finite(run, progress, epoch, diverged)
     metrics = run.collective.mean_metrics({"loss": loss_sum.item() / seen, "acc": correct.item() / seen})
@@ -304,20 +332,29 @@ def evaluate(net: nn.Module, loader, device, layout, autocast, collective) -> tu
     return metrics["loss"], metrics["acc"]
 
 
-def snapshot_and_decide(run: Run, progress: Progress, epoch: int) -> tuple[float | None, list[int] | None, float]:
-    """Until pruning starts: which sub-network would the budget keep now, its EPI, and
-    whether the start policy fires (every rank takes rank 0's decision). When it fires, the
-    pruning phase starts here. Returns (EPI, snapshot counts, seconds spent)."""
+def _snapshot_due(run: Run, progress: Progress, epoch: int, step: int) -> bool:
+    """Whether a snapshot is taken after ``step`` of ``epoch``: until pruning starts, at the
+    start policy's cadence, never in a fine-tuning phase."""
     if progress.trigger_epoch is not None or _phase(run, epoch) == "finetune":
-        return None, None, 0.0
+        return False
+    return run.config.start.cadence.due(step, progress.iteration, len(run.train_loader))
+
+
+def snapshot_and_decide(run: Run, progress: Progress, epoch: int, position: float) -> None:
+    """Which sub-network would the budget keep now, its EPI, and whether the start policy
+    fires (every rank takes rank 0's decision); when it fires, the pruning phase starts here,
+    ``position`` epochs into training (mid-epoch or at an epoch's end)."""
     started = time.perf_counter()
     snapshot, scores = run.pruner.snapshot(run.model)
     epi = run.tracker.record(snapshot)
-    seconds = time.perf_counter() - started
-    if run.collective.broadcast_decision(run.config.start.decide(epoch, run.train_epochs, run.tracker)):
-        progress.trigger_epoch = epoch
+    progress.snapshots.append(Taken(position, epi, list(snapshot.counts), time.perf_counter() - started))
+    _decide(run, progress, epoch, position, scores)
+
+
+def _decide(run: Run, progress: Progress, epoch: int, position: float, scores) -> None:
+    if run.collective.broadcast_decision(run.config.start.decide(position, run.train_epochs, run.tracker)):
+        progress.trigger_epoch, progress.trigger_position = epoch, position
         _start_pruning(run, epoch, scores)
-    return epi, list(snapshot.counts), seconds
 
 
 def save_and_report(run: Run, progress: Progress) -> None:
@@ -347,6 +384,7 @@ def _state(run: Run, progress: Progress) -> RunState:
         epoch=progress.epoch,
         iteration=progress.iteration,
         trigger_epoch=progress.trigger_epoch,
+        trigger_position=progress.trigger_position,
         history=progress.history,
         optimizer=run.optimizer.state_dict(),
         tracker=run.tracker.state(),

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from pat_ray.config import Config
-from pat_ray.core.latency import LatencyTable
-from pat_ray.core.latency_probe import measure_latency
+from pat_ray.core.cost.latency import LatencyTable
+from pat_ray.core.cost.probe import measure_latency
 from pat_ray.training.checkpoint import atomic_write_text
 from pat_ray.training.collective import Collective
 from pat_ray.training.setup import AUTOCAST_DTYPES, build_run

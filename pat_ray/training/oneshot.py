@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion
-from pat_ray.core.graph import Example
-from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.latency import LatencyTable
 from pat_ray.core.selection import Budget, Measure, select_architecture
 from pat_ray.core.verify import check_pruned
 from pat_ray.plugins.registry import get_registry
+from pat_ray.tracer.graph import Example
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def prune(

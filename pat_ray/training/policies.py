@@ -1,7 +1,8 @@
 """When to start pruning: the snapshot tracker every policy decides from.
 
-The tracker records every epoch's snapshot and its EPI value whatever the policy, so a
-dense or fixed-epoch run still shows the EPI curve (the oracle calibrates tau from it).
+The tracker records every snapshot (at the policy's cadence) and its EPI value whatever the
+policy, so a dense or fixed-epoch run still shows the EPI curve (the oracle calibrates tau
+from it).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pat_ray.config import StartPolicy
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.epi import epi_value
 from pat_ray.plugins.builtin.similarity import mask_hamming
@@ -23,6 +23,7 @@ class SnapshotTracker:
 
     similarity: Similarity
     window: int
+    schedule_snapshots: int  # how many the training schedule takes at the policy's cadence
     snapshots: list[Architecture] = field(default_factory=list)
     epi: list[float | None] = field(default_factory=list)
     mask_distances: list[list[float]] = field(default_factory=list)
@@ -41,8 +42,3 @@ class SnapshotTracker:
             "epi": self.epi,
             "mask_distances": self.mask_distances,
         }
-
-
-def decide(start: StartPolicy, epoch: int, train_epochs: int, tracker: SnapshotTracker) -> bool:
-    """Whether pruning starts after ``epoch`` (1-based, just completed; 0 = before training)."""
-    return start.decide(epoch, train_epochs, tracker)

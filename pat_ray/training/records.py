@@ -22,6 +22,15 @@ Phase = Literal["dense", "pruning", "pruned", "finetune"]
 
 
 @dataclass
+class SnapshotPoint:
+    """One architecture snapshot: where in training it was taken (epochs, 2.25 = a quarter
+    into epoch 3) and its EPI (None: nothing yet to compare it with)."""
+
+    position: float
+    epi: float | None
+
+
+@dataclass
 class EpochRecord:
     """What one epoch measured, as reporters, MLflow and ``history.json`` see it."""
 
@@ -42,15 +51,21 @@ class EpochRecord:
     setup_seconds: float  # this process's setup, on the first epoch it runs (a resumed run has two)
     snapshot_seconds: float
     train_flops: float  # cumulative training FLOPs up to the end of this epoch
-    triggered: bool  # pruning starts after this epoch
+    triggered: bool  # pruning started in this epoch (after one of its snapshots, or at its end)
     fingerprint: str  # of the architecture in effect
+    snapshots: list[SnapshotPoint] = field(default_factory=list)  # taken in this epoch, in order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """Records written before snapshots within epochs had one per epoch, at its end."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "snapshots"}
+        listed = data.get("snapshots")
+        if listed is None:
+            listed = [] if data["snapshot_counts"] is None else [{"position": float(data["epoch"]), "epi": data["epi"]}]
+        return cls(**values, snapshots=[SnapshotPoint(**point) for point in listed])
 
 
 @dataclass
@@ -69,6 +84,7 @@ class RunResult:
     architecture: dict = field(repr=False)
     checkpoint: Path | str | None = None  # a local file, or the URI of one in a store
     mlflow_run_id: str | None = None
+    trigger_position: float | None = None  # where pruning started, in epochs (2.25: a quarter into epoch 3)
 
     @classmethod
     def from_state(
@@ -87,6 +103,7 @@ class RunResult:
             wall_seconds=wall_seconds,
             architecture=architecture,
             checkpoint=checkpoint,
+            trigger_position=state.trigger_position,
         )
 
     @property
@@ -97,6 +114,7 @@ class RunResult:
         """The headline numbers, as plain data (``status.json``, ``pat-ray runs``)."""
         return {
             "trigger_epoch": self.trigger_epoch,
+            "trigger_position": self.trigger_position,
             "final_accuracy": self.final_accuracy,
             "flops_kept": self.flops_kept,
             "train_flops_ratio": self.train_flops_ratio,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ class RunState:
     dense_flops: int
     dense_train_flops: float
     latency_table: dict | None
+    trigger_position: float | None = None  # epochs into training (checkpoints before snapshots within epochs: unset)
 
     def to_extra(self) -> dict[str, Any]:
         return {**asdict(self), "history": [r.to_dict() for r in self.history]}
@@ -53,7 +54,7 @@ class RunState:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint) -> RunState:
         """The run state in ``ckpt``; CheckpointError naming the file when it is not a run's."""
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name in ckpt.extra or f.default is MISSING]
         missing = [name for name in names if name not in ckpt.extra]
         if missing:
             raise CheckpointError(ckpt.source, f"is a model checkpoint, not a run's (it lacks {', '.join(missing)})")

@@ -7,8 +7,8 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.graph import ModelGraph
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.tracer.graph import ModelGraph
 
 
 class NativeSurgery:

@@ -13,8 +13,8 @@ from torch import nn
 
 import pat_ray
 from pat_ray.cli import main
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.plugins.registry import get_registry
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def test_registered_through_the_entry_point_of_its_distribution():

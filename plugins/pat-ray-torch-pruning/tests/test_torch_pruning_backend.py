@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from pat_ray.cli import main
-from pat_ray.core.groups import trace_channel_groups
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.plugins.registry import get_registry
+from pat_ray.tracer.trace import trace_channel_groups
 
 MODELS = {
     "cifar_resnet20": (1, 3, 32, 32),

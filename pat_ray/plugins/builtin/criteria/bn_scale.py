@@ -19,7 +19,7 @@ from pat_ray.core.criterion import (
     member_tensor,
     normalize_per_group,
 )
-from pat_ray.core.graph import ModelGraph
+from pat_ray.tracer.graph import ModelGraph
 
 
 class BNScale(Criterion):

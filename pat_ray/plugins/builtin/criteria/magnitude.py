@@ -15,7 +15,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, normalize_per_group
-from pat_ray.core.graph import ModelGraph
+from pat_ray.tracer.graph import ModelGraph
 
 Normalization = Literal["group_mean", "filter_size", "none"]
 

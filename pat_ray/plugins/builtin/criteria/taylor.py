@@ -16,7 +16,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, member_rows
-from pat_ray.core.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
 
 
 class Taylor(Criterion):

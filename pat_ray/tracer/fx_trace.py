@@ -9,20 +9,16 @@ per-node overhead low.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from pat_ray.core.custom_layers import rule_for
-from pat_ray.core.graph import Example, UnsupportedModelError, first_sample
-from pat_ray.core.verify import nested_leaves
-
-SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
-PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape
-
-PieceShape = tuple[int, ...] | None | list["PieceShape"]  # a tensor's shape, not a tensor, or a nested tuple
+from pat_ray.tracer.graph import Example, UnsupportedModelError, first_sample
+from pat_ray.tracer.layers.declared import rule_for
+from pat_ray.tracer.nodes import PIECE_SHAPES, SHAPE, PieceShape
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -42,17 +38,6 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     finally:
         model.train(was_training)
     return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
-
-
-def shape_of(node: Any) -> tuple[int, ...] | None:
-    """The recorded shape of ``node``'s result; None when it is not one tensor."""
-    return node.meta.get(SHAPE) if isinstance(node, fx.Node) else None
-
-
-def piece_shapes(node: fx.Node) -> list[PieceShape] | None:
-    """The shape of each item of ``node``'s result when it returned a tuple or list of tensors
-    (an LSTM's ``(out, (h, c))`` nests)."""
-    return node.meta.get(PIECE_SHAPES)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -87,3 +72,16 @@ class _Tracer(fx.Tracer):
 def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
     base: type[nn.Module] = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), nn.Module)
     return base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
+
+
+def nested_leaves(value: Any, is_leaf: Callable[[Any], bool]) -> Iterator[Any]:
+    """The leaves of nested dicts / lists / tuples in order: how a model's outputs are read,
+    both from the model itself and from the trace's record of them."""
+    if is_leaf(value):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from nested_leaves(item, is_leaf)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from nested_leaves(item, is_leaf)

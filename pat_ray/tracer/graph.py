@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
 
@@ -24,20 +23,6 @@ def first_sample(example: Example) -> tuple[torch.Tensor, ...]:
     """The first sample of every input, as positional arguments for the model."""
     inputs = example if isinstance(example, tuple | list) else (example,)
     return tuple(t[:1] for t in inputs)
-
-
-# Per-channel norms (BatchNorm, InstanceNorm): channel i's statistics and affine are its own.
-NORM_TYPES = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,  # what a model converted for multi-GPU training holds
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)  # weight: (in, out, k...)
 
 
 class UnsupportedModelError(ValueError):

@@ -3,7 +3,7 @@ input channels to output channels, which of its parameters hold which channels, 
 costs. Plugins register a ``LayerRule`` through ``pat_ray_register_layers``; the tracer, the
 surgery and the cost model then treat the module like a built-in layer.
 
-The registry lives here, as plain data the pure-torch core reads; the plugin layer fills it.
+The registry lives here, as plain data the pure-torch tracer reads; the plugin layer fills it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
+from pat_ray.tracer.state import Layout, Term
 
 Side = Literal["in", "out"]
 Maps = Literal["follows", "produces"]
@@ -84,41 +85,63 @@ def sync_counts(model: nn.Module) -> None:
             setattr(module, attribute, getattr(module, param).shape[axis])
 
 
-def trace_custom(
-    b: GroupBuilder,
-    name: str,
-    module: nn.Module,
-    rule: LayerRule,
-    layout: Layout,
-    shapes: tuple[tuple[int, ...], tuple[int, ...]],
-    where: str,
-) -> Layout:
-    """The tracer's step for a declared module: join its input's group (``follows``) or start
-    a new group (``produces``), with its tensors as members and its cost as a term."""
-    in_shape, out_shape = shapes
-    if layout.repeat != 1:
-        raise UnsupportedModelError(f"{where}: a custom layer applied to flattened features")
-    tensors = _declared_tensors(module, rule, where)
-    learned = {p: t for p, t in tensors.items() if isinstance(t, nn.Parameter)}  # buffers are no params
-    macs = rule.macs(module, in_shape, out_shape) if rule.macs is not None else 0
-    in_width, out_width = b.width(layout), out_shape[1]
-    if rule.maps == "follows":
+class Declared(LayerFamily):
+    """The family of one plugin-declared layer type: its ``LayerRule`` says everything."""
+
+    counts_macs = True
+
+    def __init__(self, rule: LayerRule) -> None:
+        self.rule = rule
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module) is self.rule.module_type
+
+    def trace(self, call: LayerCall) -> Layout:
+        """Join the input's group (``follows``) or start a new group (``produces``), with the
+        declared tensors as members and the declared cost as a term."""
+        builder, name, module, rule, where = call.builder, call.name, call.module, self.rule, call.where
+        layout = call.on_dim1()
+        in_shape, out_shape = call.in_shape, call.out_shape
+        if layout.repeat != 1:
+            raise UnsupportedModelError(f"{where}: a custom layer applied to flattened features")
+        tensors = _declared_tensors(module, rule, where)
+        learned = {p: t for p, t in tensors.items() if isinstance(t, nn.Parameter)}  # buffers are no params
+        macs = rule.macs(module, in_shape, out_shape) if rule.macs is not None else 0
+        in_width, out_width = builder.width(layout), out_shape[1]
+        if rule.maps == "follows":
+            for param, sides in rule.params.items():
+                _check_size(tensors[param], sides["out"], in_width, where, param)
+                builder.add_param(f"{name}.{param}", sides["out"], layout, where)
+            per_out = sum(t.numel() for t in learned.values()) // max(in_width, 1)
+            builder.terms.append(Term(name, layout, macs_per_pair=macs, params_per_out=per_out))
+            return layout
         for param, sides in rule.params.items():
-            _check_size(tensors[param], sides["out"], in_width, where, param)
-            b.add_param(f"{name}.{param}", sides["out"], layout, where)
-        per_out = sum(t.numel() for t in learned.values()) // max(in_width, 1)
-        b.raw_terms.append((name, layout, None, 1, macs, 0, per_out))
-        return layout
-    for param, sides in rule.params.items():
-        for side, axis in sides.items():
-            _check_size(tensors[param], axis, in_width if side == "in" else out_width, where, param)
-    b.slots.append((name, "in", layout, rule.weight_axis("in")))
-    out = b.new_group(out_width, name, pinned=name in b.excluded)
-    b.slots.append((name, "out", out, rule.weight_axis("out")))
-    pairs = sum(t.numel() for p, t in learned.items() if len(rule.params[p]) == 2) // max(in_width * out_width, 1)
-    per_out = sum(t.numel() for p, t in learned.items() if set(rule.params[p]) == {"out"}) // max(out_width, 1)
-    b.raw_terms.append((name, out, layout, 1, macs, pairs, per_out))
-    return out
+            for side, axis in sides.items():
+                _check_size(tensors[param], axis, in_width if side == "in" else out_width, where, param)
+        builder.add_member(name, "in", layout, rule.weight_axis("in"))
+        out = builder.new_group(out_width, name, pinned=name in builder.excluded)
+        builder.add_member(name, "out", out, rule.weight_axis("out"))
+        pairs = sum(t.numel() for p, t in learned.items() if len(rule.params[p]) == 2) // max(in_width * out_width, 1)
+        per_out = sum(t.numel() for p, t in learned.items() if set(rule.params[p]) == {"out"}) // max(out_width, 1)
+        builder.terms.append(Term(name, out, layout, 1, macs, pairs, per_out))
+        return out
+
+    def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:
+        """Each declared tensor loses the dropped channels on each of its axes."""
+        for param, sides in self.rule.params.items():
+            tensor = getattr(module, param)
+            steps = [
+                select(axis, kept_indices(tensor.shape[axis], cut.drop_out if side == "out" else cut.drop_in))
+                for side, axis in sides.items()
+            ]
+            rewrite(module, param, chained(steps))
+
+    def macs(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """The declared MACs per channel pair (``produces``) or per channel (``follows``)."""
+        rule = self.rule
+        per_unit = rule.macs(module, tuple(inputs[0].shape), tuple(output.shape)) if rule.macs else 0
+        units = inputs[0].shape[1] * output.shape[1] if rule.maps == "produces" else output.shape[1]
+        return per_unit * units
 
 
 def _declared_tensors(module: nn.Module, rule: LayerRule, where: str) -> dict[str, torch.Tensor]:

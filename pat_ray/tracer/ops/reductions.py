@@ -17,9 +17,35 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout, Pieces
-from pat_ray.core.tensor_ops import fresh_channels, int_arg, known_shape
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
+
+# Reductions that keep channels when they reduce only spatial dimensions.
+# Over the channel axis they consume the channels (below).
+REDUCTION_FUNCTIONS = {
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.prod,
+    torch.std,
+    torch.var,
+    torch.logsumexp,
+    torch.nansum,
+    torch.nanmean,
+    torch.argmax,
+    torch.argmin,
+}
+REDUCTION_METHODS = set("mean sum amax amin prod std var logsumexp nansum nanmean argmax argmin".split())
+# Norms over listed dims: a reduction whose ``dim`` comes after ``p`` (``x.norm(2, 1, True)``).
+NORM_FUNCTIONS = {torch.norm, torch.linalg.vector_norm}
+NORM_METHODS = {"norm"}
+# ``max`` / ``min``: element-wise with a second tensor, a reduction without (with a dim: a tuple).
+MINMAX_FUNCTIONS = {torch.max, torch.min}
+MINMAX_METHODS = {"max", "min"}
+
 
 # Ops returning (values, indices) along ``dim``: their kind and where ``dim`` sits among the
 # positional arguments after the tensor (its default when not given: -1, or None if required).
@@ -40,43 +66,49 @@ INDEXED_FUNCTIONS = {getattr(torch, name) for name in _INDEXED}
 INDEXED_METHODS = set(_INDEXED)
 
 
-def reduce_layout(
-    b: GroupBuilder, node: fx.Node, layout: Layout, shape: tuple[int, ...], where: str, dim_position: int = 1
-) -> Layout | None:
-    """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given);
-    ``dim_position``: where ``dim`` sits among the positional arguments (2 for ``norm``)."""
+def reduce_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
+    """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given)."""
+    return _reduce_layout(builder, call, dim_position=1)
+
+
+def norm_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
+    """``norm(x, p, dim)``: a reduction whose ``dim`` comes after ``p``."""
+    return _reduce_layout(builder, call, dim_position=2)
+
+
+def _reduce_layout(builder: GroupBuilder, call: OpCall, dim_position: int) -> Layout | None:
+    node, layout, where = call.node, call.first_layout(), call.where
     ndim = len(known_shape(node.args[0], where))
-    given = node.kwargs.get("dim", node.args[dim_position] if len(node.args) > dim_position else None)
+    given = arg(node, dim_position, "dim")
     listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
     dims = {int_arg(d, where) % ndim for d in listed} if listed else set(range(ndim))
-    return _reduced(b, node, layout, dims, shape, ndim, where)
+    return _reduced(builder, node, layout, dims, call.shape, ndim, where)
 
 
 def indexed_pieces(
-    b: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
+    builder: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
 ) -> Pieces:
     """The layouts of the ``(values, indices)`` an ``_INDEXED`` op returns (both alike)."""
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    kind, position, default = _INDEXED[name]
-    dim: Any = node.kwargs.get("dim", node.args[position] if len(node.args) > position else default)
+    kind, position, default = _INDEXED[target_name(node)]
+    dim: Any = arg(node, position, "dim", default)
     values = pieces[0]
     if dim is None or values is None:
         raise UnsupportedModelError(f"{where}: returns several tensors without a dim pat_ray can read")
     ndim = len(known_shape(node.args[0], where))
     axis = int_arg(dim, where) % ndim
     if axis == layout.axis and kind != "reduce":
-        b.pin(layout)  # needs k channels, or returns a channel-sized mix of them
-    result = _reduced(b, node, layout, {axis}, values, ndim, where)  # "select" / "reorder" keep the dim
+        builder.pin(layout)  # needs k channels, or returns a channel-sized mix of them
+    result = _reduced(builder, node, layout, {axis}, values, ndim, where)  # "select" / "reorder" keep the dim
     return tuple(result if s is not None else None for s in pieces)
 
 
 def _reduced(
-    b: GroupBuilder, node: fx.Node, layout: Layout, dims: set[int], shape: tuple[int, ...], ndim: int, where: str
+    builder: GroupBuilder, node: fx.Node, layout: Layout, dims: set[int], shape: tuple[int, ...], ndim: int, where: str
 ) -> Layout | None:
     """The layout of a result with ``dims`` reduced (kept at size 1 when ``shape`` has ``ndim`` dims)."""
     keepdim = len(shape) == ndim
     if layout.axis in dims:  # the channels are consumed here
-        return fresh_channels(b, node, shape, layout.axis if keepdim else None)
+        return builder.fixed_channels(f"<{node.name}>", shape, layout.axis if keepdim else None)
     if layout.repeat != 1:
         raise UnsupportedModelError(f"{where}: reduces flattened features over another dimension")
     axis = layout.axis if keepdim else layout.axis - sum(d < layout.axis for d in dims)

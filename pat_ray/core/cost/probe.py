@@ -20,24 +20,17 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from pat_ray.core.cost import hooked_forward
-from pat_ray.core.graph import (
-    CONV_TYPES,
-    INPUT_GROUP_PREFIX,
-    NORM_TYPES,
-    TRANSPOSED_CONV_TYPES,
-    ComputeTerm,
-    ModelGraph,
-    UnsupportedModelError,
-)
-from pat_ray.core.groups import trace_channel_groups
-from pat_ray.core.latency import LatencyTable, LayerTimes, monotone
-from pat_ray.core.timing import device_name, seconds_of
+from pat_ray.core.cost.flops import hooked_forward
+from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
+from pat_ray.core.cost.timing import device_name, seconds_of
+from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph, UnsupportedModelError
+from pat_ray.tracer.layers.family import LayerFamily
+from pat_ray.tracer.layers.table import family_of
+from pat_ray.tracer.trace import trace_channel_groups
 
 Key = tuple[Hashable, ...]  # what identifies one timing (layer kind, hyper-parameters, widths)
 
@@ -117,6 +110,7 @@ class _Plan:
 
     name: str
     module: nn.Module
+    family: LayerFamily
     in_counts: tuple[int, ...]  # () when the input width is fixed or follows the output
     out_counts: tuple[int, ...]
     in_full: int
@@ -128,28 +122,26 @@ class _Plan:
     def of(
         cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape: Sequence[int], round_to: int, points: int
     ) -> _Plan:
-        if not isinstance(module, TIMED_TYPES):
+        family = family_of(module)
+        if family is None or not family.timed:
             raise UnsupportedModelError(
                 f"a latency budget cannot time layer {term.module!r} ({type(module).__name__}): only convs, "
                 "norms and Linears are timed; use measure: flops"
             )
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
-        grouped = isinstance(module, CONV_TYPES) and 1 < module.groups < module.in_channels
-        conv_groups = module.groups if isinstance(module, CONV_TYPES) and grouped else 1
-        conv_groups = module.num_groups if isinstance(module, nn.GroupNorm) else conv_groups
-        out_step = math.lcm(round_to, conv_groups)  # conv (and norm) groups stay, each narrowed
+        out_step = math.lcm(round_to, family.width_step(module))  # conv (and norm) groups stay, each narrowed
         out_full = sum(size[g] for g in term.out_groups)
         out_counts = count_grid(out_full, out_step, points) if variable & set(term.out_groups) else (out_full,)
         in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
         in_counts: tuple[int, ...] = ()
-        if not _follows_output(module) and variable & set(term.in_groups):
+        if not family.input_follows_output(module) and variable & set(term.in_groups):
             channels = count_grid(in_full // term.in_repeat, round_to, points)
             in_counts = tuple(c * term.in_repeat for c in channels)
         input_grad = not term.in_groups or not all(g.startswith(INPUT_GROUP_PREFIX) for g in term.in_groups)
-        last = _channels_last(module, shape)
+        last = family.reads_last_axis(module, tuple(shape))
         spatial = tuple(shape[1:-1]) if last else tuple(shape[2:])
-        return cls(term.module, module, in_counts, out_counts, in_full, spatial, input_grad, last)
+        return cls(term.module, module, family, in_counts, out_counts, in_full, spatial, input_grad, last)
 
     @property
     def in_widths(self) -> tuple[int, ...]:
@@ -157,50 +149,14 @@ class _Plan:
 
     def widths(self, n_in: int, n_out: int) -> tuple[int, int]:
         """The (input, output) widths the layer is built with: a layer whose input follows its
-        output (``_follows_output``) has as many inputs as outputs."""
-        return (n_out if _follows_output(self.module) else n_in), n_out
+        output has as many inputs as outputs."""
+        return (n_out if self.family.input_follows_output(self.module) else n_in), n_out
 
     def key(self, n_in: int, n_out: int) -> Key:
         """What identifies a timing: identical keys are timed once, whichever layer asks."""
-        m = self.module
         n_in, n_out = self.widths(n_in, n_out)
-        if isinstance(m, CONV_TYPES + TRANSPOSED_CONV_TYPES):
-            hyper = (
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.output_padding,
-                m.dilation,
-                m.bias is not None,
-                m.padding_mode,
-            )
-            groups = n_out if _is_depthwise(m) else m.groups
-            return (type(m).__name__, hyper, groups, n_in, n_out, self.spatial, self.input_grad)
-        if isinstance(m, nn.Linear):
-            return ("Linear", m.bias is not None, n_in, n_out, self.spatial, self.input_grad)
-        affine = getattr(m, "affine", getattr(m, "elementwise_affine", False))
-        return (type(m).__name__, affine, n_out, self.spatial, self.channels_last, self.input_grad)
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, CONV_TYPES) and module.groups > 1 and module.groups == module.in_channels
-
-
-TIMED_TYPES = (*CONV_TYPES, *TRANSPOSED_CONV_TYPES, *NORM_TYPES, nn.GroupNorm, nn.LayerNorm, nn.Linear)
-
-
-def _channels_last(module: nn.Module, shape: Sequence[int]) -> bool:
-    """Whether ``module`` reads its features from the input's last axis: a Linear on more than
-    (N, features), a plain LayerNorm (a subclass such as LayerNorm2d permutes NCHW itself)."""
-    if isinstance(module, nn.Linear):
-        return len(shape) > 2
-    return isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward
-
-
-def _follows_output(module: nn.Module) -> bool:
-    """A layer whose input width is its output width: norms, depthwise and grouped convs."""
-    grouped = isinstance(module, CONV_TYPES) and module.groups > 1 and module.in_channels == module.out_channels
-    return isinstance(module, (*NORM_TYPES, nn.GroupNorm, nn.LayerNorm)) or grouped
+        layer = self.family.timing_key(self.module, n_in, n_out)
+        return (*layer, self.spatial, self.channels_last, self.input_grad)
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -254,7 +210,7 @@ class _LayerTimer:
 
     def _time(self, plan: _Plan, n_in: int, n_out: int) -> float:
         """The median of ``repeats`` forward + backward steps at ``plan.widths``, after a warm-up."""
-        layer = _layer_like(plan.module, n_in, n_out).to(self.device).train()
+        layer = plan.family.rebuilt(plan.module, n_in, n_out).to(self.device).train()
         at = (*plan.spatial, n_in) if plan.channels_last else (n_in, *plan.spatial)
         x = torch.randn(self.batch_size, *at, device=self.device)
         if self.channels_last and x.dim() == 4:
@@ -273,36 +229,3 @@ class _LayerTimer:
 
         step()  # warm-up: allocations, kernel selection
         return statistics.median(seconds_of(step, self.device) for _ in range(self.repeats))
-
-
-def _layer_like(module: nn.Module, n_in: int, n_out: int) -> nn.Module:
-    """A fresh layer of ``module``'s kind with ``n_in`` inputs and ``n_out`` outputs.
-
-    A norm is timed with the ReLU that follows most norms: element-wise activations scale
-    with the same channels and would otherwise be missing from the sum."""
-    if isinstance(module, CONV_TYPES + TRANSPOSED_CONV_TYPES):
-        kind: Any = type(module)  # the conv and transposed-conv families take these arguments
-        extra = {"output_padding": module.output_padding} if isinstance(module, TRANSPOSED_CONV_TYPES) else {}
-        built: nn.Module = kind(
-            n_in,
-            n_out,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=n_out if _is_depthwise(module) else module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            **extra,
-        )
-        return built
-    if isinstance(module, nn.Linear):
-        return nn.Linear(n_in, n_out, bias=module.bias is not None)
-    if isinstance(module, NORM_TYPES):
-        return nn.Sequential(type(module)(n_out, affine=module.affine), nn.ReLU())
-    if isinstance(module, nn.GroupNorm):
-        return nn.Sequential(nn.GroupNorm(module.num_groups, n_out, affine=module.affine), nn.ReLU())
-    if isinstance(module, nn.LayerNorm):
-        built_norm: nn.Module = type(module)(n_out, eps=module.eps, elementwise_affine=module.elementwise_affine)
-        return built_norm
-    raise TypeError(f"cannot time a {type(module).__name__}: supported are conv, linear and batch-norm layers")

@@ -12,17 +12,26 @@ new pinned group on dim 1, so that the layers it feeds stay fixed rather than un
 
 from __future__ import annotations
 
+import operator
+
+import torch
 import torch.fx as fx
 
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout, Traced
-from pat_ray.core.tensor_ops import fresh_channels, is_parameter, known_shape
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.nodes import is_parameter, known_shape
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.state import GroupBuilder, Layout
+
+# Matrix products.
+MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
+MATMUL_METHODS = {"matmul", "bmm", "mm"}
+
+EINSUM_FUNCTIONS = {torch.einsum}
 
 
-def matmul_layout(
-    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], layouts: dict[fx.Node, Traced], where: str
-) -> Layout | None:
+def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """The layout of ``a @ b``, coupling or slicing what it contracts."""
+    node, shape, layouts, where = call.node, call.shape, call.layouts, call.where
     if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
         raise UnsupportedModelError(f"{where}: a matrix product pat_ray cannot read (arguments {node.args})")
     left, right = (a for a in node.args if isinstance(a, fx.Node))
@@ -40,17 +49,17 @@ def matmul_layout(
             continue
         partner = sides[other]
         if partner is not None and partner.axis == contracted[other]:
-            b.unify(Layout(lay.groups), Layout(partner.groups), where)  # on different axes: compare as on dim 1
+            builder.unify(Layout(lay.groups), Layout(partner.groups), where)  # on different axes: compare as on dim 1
         else:
-            _slice_partner(b, (left, right)[other], contracted[other], lay, where)
+            _slice_partner(builder, (left, right)[other], contracted[other], lay, where)
     for n, lay in zip((left, right), sides):
-        if lay is None and is_parameter(b, n) and str(n.target) not in b.params:
-            b.count_fixed(str(n.target))  # a weight facing no channels keeps its size
-    return _carried(b, node, shape, sides, shapes, contracted, where)
+        if lay is None and is_parameter(builder.model, n) and str(n.target) not in builder.params:
+            builder.count_fixed(str(n.target))  # a weight facing no channels keeps its size
+    return _carried(builder, node, shape, sides, shapes, contracted, where)
 
 
 def _carried(
-    b: GroupBuilder,
+    builder: GroupBuilder,
     node: fx.Node,
     shape: tuple[int, ...],
     sides: list[Layout | None],
@@ -64,43 +73,39 @@ def _carried(
         for lay, s, c in zip(sides, shapes, contracted)
         if lay is not None and lay.axis != c
     ]
-    return _one_carried(b, node, shape, passing, where)
+    return _one_carried(builder, node, shape, passing, where)
 
 
 def _one_carried(
-    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], carried: list[Layout], where: str
+    builder: GroupBuilder, node: fx.Node, shape: tuple[int, ...], carried: list[Layout], where: str
 ) -> Layout | None:
     """The one layout a product's result holds. Layouts on the same axis meet element-wise
     (coupled); on different axes, pinned ones give way to a prunable one (their width never
     changes, like a spatial axis); none at all: new fixed channels on dim 1."""
     if len({lay.axis for lay in carried}) > 1:
-        carried = [lay for lay in carried if not b.is_pinned(lay)] or carried[:1]
+        carried = [lay for lay in carried if not builder.is_pinned(lay)] or carried[:1]
     if len({lay.axis for lay in carried}) > 1:
         raise UnsupportedModelError(f"{where}: both factors carry prunable channels into the result, on different axes")
     if not carried:
-        return fresh_channels(b, node, shape, None)
-    result = carried[0]
-    for other in carried[1:]:
-        result = b.unify(result, other, where)
-    return result
+        return builder.fixed_channels(f"<{node.name}>", shape)
+    return builder.unify_all(carried, where)
 
 
-def _slice_partner(b: GroupBuilder, partner: fx.Node, axis: int, layout: Layout, where: str) -> None:
+def _slice_partner(builder: GroupBuilder, partner: fx.Node, axis: int, layout: Layout, where: str) -> None:
     """The untraced factor facing contracted channels: a parameter is sliced with them; a
     constant cannot be, so the channels stay."""
-    if is_parameter(b, partner):
-        b.add_param(str(partner.target), axis, layout, where)
-        b.count_param(str(partner.target), layout)
+    if is_parameter(builder.model, partner):
+        builder.add_param(str(partner.target), axis, layout, where)
+        builder.count_param(str(partner.target), layout)
     else:
-        b.pin(layout)
+        builder.pin(layout)
 
 
-def einsum_layout(
-    b: GroupBuilder, node: fx.Node, shape: tuple[int, ...], layouts: dict[fx.Node, Traced], where: str
-) -> Layout | None:
+def einsum_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``torch.einsum``: every operand holding a traced tensor's channel letter is coupled with it
     (a traced tensor with the same letter on its channels) or sliced with it (a model parameter);
     the channels reach the result wherever their letter appears in the output."""
+    node, shape, layouts, where = call.node, call.shape, call.layouts, call.where
     equation, operands = _einsum_arguments(node, where)
     inputs, _, output = equation.replace(" ", "").partition("->")
     subscripts = inputs.split(",")
@@ -118,14 +123,14 @@ def einsum_layout(
             if letter not in other_letters or other_lay is lay:
                 continue
             if isinstance(other_lay, Layout) and other_letters[other_lay.axis] == letter:
-                b.unify(Layout(lay.groups), Layout(other_lay.groups), where)
-            elif other_lay is None and str(other.target) not in b.params:
-                _slice_partner(b, other, other_letters.index(letter), lay, where)
+                builder.unify(Layout(lay.groups), Layout(other_lay.groups), where)
+            elif other_lay is None and str(other.target) not in builder.params:
+                _slice_partner(builder, other, other_letters.index(letter), lay, where)
             else:  # another traced tensor's untracked axis pairs with the channels: they stay
-                b.pin(lay)
+                builder.pin(lay)
         if letter in output:
             carried.append(Layout(lay.groups, 1, output.index(letter)))
-    return _one_carried(b, node, shape, carried, where)
+    return _one_carried(builder, node, shape, carried, where)
 
 
 def _einsum_arguments(node: fx.Node, where: str) -> tuple[str, list[fx.Node]]:

@@ -11,14 +11,21 @@ leaves the channels alone.
 
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout, Pieces
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.nodes import arg
+from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
+
+# Ops that return a tuple of tensors; the tracer follows each piece.
+# Value: the position of their ``dim`` argument (after the tensor) when given positionally.
+MULTI_OUTPUT_FUNCTIONS = {torch.split: 2, torch.chunk: 2, torch.tensor_split: 2, torch.unbind: 1}
+MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
 
 
 def split_layout(
-    b: GroupBuilder,
+    builder: GroupBuilder,
     node: fx.Node,
     layout: Layout,
     dim_position: int,
@@ -27,7 +34,7 @@ def split_layout(
     where: str,
 ) -> Pieces:
     """The layouts of the pieces a multi-output op cuts ``layout``'s tensor into."""
-    dim = node.kwargs.get("dim", node.args[dim_position] if len(node.args) > dim_position else 0)
+    dim = arg(node, dim_position, "dim", 0)
     if not isinstance(dim, int):
         raise UnsupportedModelError(f"{where}: splits along a dimension known only at run time ({dim!r})")
     axis = dim % len(in_shape)
@@ -37,28 +44,28 @@ def split_layout(
     if axis != layout.axis:
         moved = Layout(layout.groups, layout.repeat, layout.axis - (unbinds and axis < layout.axis))
         return tuple(moved if s is not None else None for s in piece_shapes)
-    b.pin(layout)  # piece boundaries are fixed by the code or by the channel count
+    builder.pin(layout)  # piece boundaries are fixed by the code or by the channel count
     widths = [1 if unbinds else (s[axis] if s is not None else 0) for s in piece_shapes]
-    aligned = _aligned_pieces(b, layout, widths)
+    aligned = _aligned_pieces(builder, layout, widths)
     if aligned is not None and not unbinds:
         return aligned
     return tuple(
-        b.new_group(s[axis], f"<{node.name}[{i}]>", pinned=True, axis=axis) if s is not None and len(s) > axis else None
+        builder.fixed_channels(f"<{node.name}[{i}]>", s, axis) if s is not None else None
         for i, s in enumerate(piece_shapes)
     )
 
 
-def _aligned_pieces(b: GroupBuilder, layout: Layout, widths: list[int]) -> Pieces | None:
+def _aligned_pieces(builder: GroupBuilder, layout: Layout, widths: list[int]) -> Pieces | None:
     """The input's own groups for each piece, when every boundary falls between groups."""
     if layout.repeat != 1:
         return None
     pieces: list[Layout | None] = []
-    groups = list(b.leaves(layout).groups)
+    groups = list(builder.leaves(layout).groups)
     for width in widths:
         taken: list[int] = []
-        while groups and sum(b.sizes[b.find(g)] for g in taken) < width:
+        while groups and sum(builder.sizes[builder.find(g)] for g in taken) < width:
             taken.append(groups.pop(0))
-        if sum(b.sizes[b.find(g)] for g in taken) != width:
+        if sum(builder.sizes[builder.find(g)] for g in taken) != width:
             return None
         pieces.append(Layout(tuple(taken), axis=layout.axis) if taken else None)
     return tuple(pieces) if not groups else None

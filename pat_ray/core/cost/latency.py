@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pat_ray.core.graph import ComputeTerm
+from pat_ray.tracer.graph import ComputeTerm
 
 
 @dataclass(frozen=True)

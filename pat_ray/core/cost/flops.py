@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pat_ray.core.custom_layers import rule_for
-from pat_ray.core.graph import TRANSPOSED_CONV_TYPES, ComputeTerm, Example, ModelGraph, first_sample
+from pat_ray.tracer.graph import ComputeTerm, Example, ModelGraph, first_sample
+from pat_ray.tracer.layers.table import family_of
 
 
 @dataclass(frozen=True)
@@ -42,26 +42,17 @@ def graph_cost(graph: ModelGraph) -> Cost:
 
 
 def measure_cost(model: nn.Module, example_input: Example) -> Cost:
-    """Count conv/linear MACs with forward hooks and all parameters of the model."""
+    """Count the MACs of every layer whose family counts them (convs, Linears, declared layers)
+    with forward hooks, and all parameters of the model."""
     total = 0
+    families = {module: family_of(module) for module in model.modules()}
+    counted = {module: family for module, family in families.items() if family is not None and family.counts_macs}
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        rule = rule_for(module)
-        if rule is not None:  # declared by a plugin: MACs per channel pair (or per channel)
-            macs = rule.macs(module, tuple(inputs[0].shape), tuple(output.shape)) if rule.macs else 0
-            total += macs * (inputs[0].shape[1] * output.shape[1] if rule.maps == "produces" else output.shape[1])
-            return
-        assert isinstance(module.weight, torch.Tensor)
-        if isinstance(module, TRANSPOSED_CONV_TYPES):  # every input pixel meets the whole (in, out/groups, k) weight
-            total += module.weight.numel() * inputs[0][0, 0].numel()
-            return
-        fan_in = module.weight[0].numel()  # in_features, or in_channels/groups * kernel
-        total += fan_in * output[0].numel()
+        total += counted[module].macs(module, inputs, output)
 
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *TRANSPOSED_CONV_TYPES)
-    layers = (m for m in model.modules() if isinstance(m, kinds) or rule_for(m) is not None)
-    hooked_forward(model, example_input, {m: hook for m in layers})
+    hooked_forward(model, example_input, {module: hook for module in counted})
     return Cost(total, sum(p.numel() for p in model.parameters()))
 
 

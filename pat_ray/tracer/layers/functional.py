@@ -9,38 +9,41 @@ else feeding the weight (another layer's parameter, a traced activation) is refu
 from __future__ import annotations
 
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
-from pat_ray.core.graph import UnsupportedModelError
-from pat_ray.core.layout import GroupBuilder, Layout
-from pat_ray.core.module_rules import visit_module
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.layers.table import trace_layer
+from pat_ray.tracer.nodes import arg, target_name
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.state import GroupBuilder, Layout
 
+FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 _KIND = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d, "linear": nn.Linear}
 
 
-def functional_layer(b: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout | None:
+def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """The layout of ``F.conv*(x, weight, bias, ...)`` / ``F.linear(x, weight, bias)``."""
-    kind = _KIND[getattr(node.target, "__name__", "")]
-    weight = node.kwargs.get("weight", node.args[1] if len(node.args) > 1 else None)
-    bias = node.kwargs.get("bias", node.args[2] if len(node.args) > 2 else None)
-    owners = {_owner(n) for n in (weight, bias) if isinstance(n, fx.Node)}
+    node, layout, where = call.node, call.first_layout(), call.where
+    kind = _KIND[target_name(node)]
+    owners = {_owner(n) for n in (arg(node, 1, "weight"), arg(node, 2, "bias")) if isinstance(n, fx.Node)}
     owner = next(iter(owners)) if len(owners) == 1 else None
-    module = b.model.get_submodule(owner) if owner is not None else None
+    module = builder.model.get_submodule(owner) if owner is not None else None
     if owner is None or module is None or not isinstance(module, kind) or not _same_call(node, module):
         raise UnsupportedModelError(
             f"{where}: a bare {kind.__name__.lower()} whose weight is not made from one {kind.__name__} layer's "
             "own parameters (with its stride, padding and groups); pat_ray cannot tell which channels it cuts"
         )
-    out = visit_module(b, node, layout, name=owner)
+    out = trace_layer(builder, node, layout, name=owner)
     width = module.get_parameter("weight").shape[0]  # out_channels / out_features
     for param, tensor in module.named_parameters(recurse=False):
         if param in ("weight", "bias"):
             continue
         if out is not None and tensor.dim() >= 1 and tensor.shape[0] == width and tensor.numel() != 1:
-            b.add_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
-            b.count_param(f"{owner}.{param}", out)
+            builder.add_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
+            builder.count_param(f"{owner}.{param}", out)
         else:
-            b.count_fixed(f"{owner}.{param}")
+            builder.count_fixed(f"{owner}.{param}")
     return out
 
 
@@ -65,5 +68,5 @@ def _same_call(node: fx.Node, module: nn.Module) -> bool:
     """The functional call applies the layer as the layer would (its groups, for a conv)."""
     if isinstance(module, nn.Linear):
         return True
-    groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+    groups = arg(node, 6, "groups", 1)
     return bool(groups == getattr(module, "groups", None))

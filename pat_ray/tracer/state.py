@@ -1,18 +1,22 @@
-"""Tracing state: tensor channel layouts and the union-find over channel groups.
+"""The tracer's state: tensor channel layouts, the union-find over channel groups, and the
+members and cost terms found so far.
 
 A ``Layout`` says which groups a tensor's channel axis is made of (dim 1, or the last dim
-after a permute to channels-last); the ``GroupBuilder`` merges
-groups that an element-wise op couples and collects the members and cost terms the tracer
-finds. Kept apart from the op visitors in ``groups.py``.
+after a permute to channels-last); the ``GroupBuilder`` merges groups that an element-wise op
+couples and collects ``Slot``s (future members) and ``Term``s (future cost terms), which
+``trace.py`` turns into the ``ModelGraph`` once every node is seen. The op rules (``ops/``)
+and layer families (``layers/``) change this state only through the builder's methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from torch import nn
 
-from pat_ray.core.graph import Role, UnsupportedModelError
+from pat_ray.tracer.graph import Role, UnsupportedModelError
 
 
 @dataclass
@@ -39,6 +43,43 @@ Pieces = tuple["Layout | Pieces | None", ...]  # the layouts of an op's several 
 Traced = Layout | Pieces | None  # what the tracer knows of a node's result
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A member in the making: ``module`` plays ``role`` for the channels of ``layout``, which
+    sit on ``axis`` of its weight (of the parameter itself, for role ``param``)."""
+
+    module: str
+    role: Role
+    layout: Layout
+    axis: int
+
+
+@dataclass(frozen=True)
+class Term:
+    """A cost term in the making: ``ComputeTerm``'s numbers, with the layouts its output and
+    input channels come from (group names exist only once tracing ends)."""
+
+    module: str
+    out: Layout
+    inp: Layout | None = None
+    in_divisor: int = 1
+    macs_per_pair: int = 0
+    params_per_pair: int = 0
+    params_per_out: int = 0
+    is_layer: bool = True  # False: a tensor, not a layer (no latency of its own)
+
+    def run_again(self) -> Term:
+        """The same layer applied once more: its MACs count again, its parameters do not."""
+        return replace(self, params_per_pair=0, params_per_out=0)
+
+
+class Call(NamedTuple):
+    """The layouts of a weighted module's first call, which every later call must match."""
+
+    inp: Layout
+    out: Layout | None
+
+
 @dataclass
 class GroupBuilder:
     """Union-find over provisional groups, plus the members and costs seen so far."""
@@ -50,14 +91,14 @@ class GroupBuilder:
     labels: list[str] = field(default_factory=list)
     pinned: set[int] = field(default_factory=set)
     subgroups: dict[int, int] = field(default_factory=dict)
-    slots: list[tuple[str, Role, Layout, int]] = field(default_factory=list)  # module, role, layout, weight axis
-    params: dict[str, tuple[int, Layout]] = field(default_factory=dict)  # per-channel parameters: axis, layout
-    raw_terms: list[tuple[str, Layout, Layout | None, int, int, int, int]] = field(default_factory=list)
-    untimed: set[str] = field(default_factory=set)  # terms of tensors, not layers: no latency of their own
-    calls: dict[str, tuple[Layout, Layout | None]] = field(default_factory=dict)  # module: first call's in, out
+    slots: list[Slot] = field(default_factory=list)
+    params: dict[str, Slot] = field(default_factory=dict)  # per-channel parameters, by dotted name
+    terms: list[Term] = field(default_factory=list)
+    calls: dict[str, Call] = field(default_factory=dict)  # by module name
     children: dict[int, tuple[int, int]] = field(default_factory=dict)  # a root split in two: its parts
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
+        """A new group of ``size`` channels (a layer's outputs); ``pinned``: none may be removed."""
         gid = len(self.parent)
         self.parent.append(gid)
         self.sizes.append(size)
@@ -65,6 +106,18 @@ class GroupBuilder:
         if pinned:
             self.pinned.add(gid)
         return Layout((gid,), axis=axis)
+
+    def fixed_group(self, size: int, label: str, axis: int = 1) -> Layout:
+        """New channels that never change: a model input's, a kept-whole layer's result, zeros
+        padded on, a reordering op's result. Every "new pinned group" is made here."""
+        return self.new_group(size, label, pinned=True, axis=axis)
+
+    def fixed_channels(self, label: str, shape: tuple[int, ...], axis: int | None = None) -> Layout | None:
+        """Fixed channels for a result whose channels no longer follow its input's: on ``axis``,
+        or, when the channel axis is gone (None), on dim 1 as for a model input; None when the
+        result has no such dim."""
+        axis = 1 if axis is None else axis
+        return self.fixed_group(shape[axis], label, axis=axis) if len(shape) > axis else None
 
     def find(self, gid: int) -> int:
         while self.parent[gid] != gid:
@@ -111,6 +164,13 @@ class GroupBuilder:
                 k += 1
         return a
 
+    def unify_all(self, layouts: Iterable[Layout], where: str) -> Layout:
+        """Couple every layout with the first (element-wise operands, stacked tensors)."""
+        first, *rest = layouts
+        for other in rest:
+            self.unify(first, other, where)
+        return first
+
     def _split(self, root: int, at: int, where: str) -> None:
         if self.subgroups.get(root, 1) > 1:
             raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
@@ -131,23 +191,36 @@ class GroupBuilder:
                 found.append(root)
         return Layout(tuple(found), layout.repeat, layout.axis)
 
+    def add_member(self, module: str, role: Role, layout: Layout, axis: int) -> None:
+        """``module`` holds the channels of ``layout`` on ``axis`` of its weight, in ``role``."""
+        self.slots.append(Slot(module, role, layout, axis))
+
+    def add_norm(self, module: str, layout: Layout, params_per_channel: int) -> None:
+        """A norm over ``layout``'s channels (BatchNorm, a per-channel LayerNorm, GroupNorm):
+        a ``norm`` member, and a term of ``params_per_channel`` parameters per kept channel."""
+        self.add_member(module, "norm", layout, 0)
+        self.terms.append(Term(module, layout, params_per_out=params_per_channel))
+
     def add_param(self, target: str, axis: int, layout: Layout, where: str) -> None:
         """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group."""
         if target in self.params:
             raise UnsupportedModelError(f"{where}: parameter {target!r} is applied to channels in more than one place")
-        self.params[target] = (axis, layout)
+        self.params[target] = Slot(target, "param", layout, axis)
 
     def count_param(self, target: str, layout: Layout) -> None:
         """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""
         channels = self.width(layout) // layout.repeat
-        self.raw_terms.append((target, layout, None, 1, 0, 0, self._numel(target) // channels))
-        self.untimed.add(target)
+        self.terms.append(Term(target, layout, params_per_out=self._numel(target) // channels, is_layer=False))
 
     def count_fixed(self, target: str) -> None:
         """Count a parameter whose size no pruning changes (a PReLU's one slope, a LayerNorm's
         weight over spatial axes), so the traced cost equals the measured one."""
-        self.raw_terms.append((target, Layout(()), None, 1, 0, 0, self._numel(target)))
-        self.untimed.add(target)
+        self.terms.append(Term(target, Layout(()), params_per_out=self._numel(target), is_layer=False))
+
+    def count_weights_as_they_are(self, module: str) -> None:
+        """Count every parameter of ``module`` at its present size (a layer kept whole)."""
+        for param, _ in self.model.get_submodule(module).named_parameters():
+            self.count_fixed(f"{module}.{param}")
 
     def _numel(self, target: str) -> int:
         try:

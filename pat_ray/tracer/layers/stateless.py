@@ -1,0 +1,113 @@
+"""Layers without weights: activations, pooling, dropout, padding, flatten (channel i stays
+channel i); channel shuffles and pixel shuffles (channels change places, so their input is
+kept whole); softmax-like layers (every output reads every channel: kept whole too)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pat_ray.tracer.layers.family import LayerCall, LayerFamily
+from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
+from pat_ray.tracer.state import Layout
+
+PASSTHROUGH_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
+    nn.FractionalMaxPool3d,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.CELU,
+    nn.Tanhshrink,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Threshold,
+    nn.RReLU,
+)
+
+
+class Passthrough(LayerFamily):
+    """Channel i at position i, no per-channel parameters."""
+
+    types = PASSTHROUGH_MODULES
+
+    def trace(self, call: LayerCall) -> Layout:
+        return call.layout
+
+
+class Flatten(LayerFamily):
+    """``nn.Flatten`` / ``nn.Unflatten``: followed like the ``flatten`` / ``view`` they run."""
+
+    types = (nn.Flatten, nn.Unflatten)
+
+    def trace(self, call: LayerCall) -> Layout:
+        return reshape_layout(call.builder, call.node, call.layout, call.where)
+
+
+class Reordering(LayerFamily):
+    """Channels move to other positions (or axes): the input is kept whole."""
+
+    types = (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.GLU)
+
+    def trace(self, call: LayerCall) -> Layout:
+        return reordered_layout(call.builder, call.node, call.layout, call.where)
+
+
+class ChannelMixing(LayerFamily):
+    """Every output reads all channels, without parameters: the input is kept whole."""
+
+    types = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Softmin, nn.LocalResponseNorm)
+
+    def trace(self, call: LayerCall) -> Layout:
+        call.builder.pin(call.layout)
+        return call.layout

@@ -1,0 +1,103 @@
+"""Reading one fx node: the shapes recorded on it, its arguments, and how errors name it.
+
+Every rule needs the same few readings of a node (an argument given by position or by
+keyword, a dim that must be a constant, the recorded shape of a tensor); they live here once
+so that a rule reads as what it decides, not as argument plumbing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from pat_ray.tracer.graph import UnsupportedModelError
+
+SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
+PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape
+
+PieceShape = tuple[int, ...] | None | list["PieceShape"]  # a tensor's shape, not a tensor, or a nested tuple
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The recorded shape of ``node``'s result; None when it is not one tensor."""
+    return node.meta.get(SHAPE) if isinstance(node, fx.Node) else None
+
+
+def piece_shapes(node: fx.Node) -> list[PieceShape] | None:
+    """The shape of each item of ``node``'s result when it returned a tuple or list of tensors
+    (an LSTM's ``(out, (h, c))`` nests)."""
+    return node.meta.get(PIECE_SHAPES)
+
+
+def known_shape(node: Any, where: str) -> tuple[int, ...]:
+    """``shape_of`` for a tensor whose shape a rule needs: unknown is the model's problem, named."""
+    shape = shape_of(node)
+    if shape is None:
+        raise UnsupportedModelError(f"{where}: the shape of {node} is unknown (not a traced tensor)")
+    return shape
+
+
+def arg(node: fx.Node, position: int, keyword: str, default: Any = None) -> Any:
+    """The argument a call was given as ``keyword=`` or at ``position`` (``default`` if neither)."""
+    if keyword in node.kwargs:
+        return node.kwargs[keyword]
+    return node.args[position] if len(node.args) > position else default
+
+
+def int_arg(value: object, where: str) -> int:
+    """A dim argument the tracer can read (an int, not a value computed at run time)."""
+    if not isinstance(value, int):
+        raise UnsupportedModelError(f"{where}: dim {value!r} is not a constant int")
+    return value
+
+
+def size_arguments(node: fx.Node, first: int, *keywords: str) -> Any:
+    """The sizes an op was given from positional argument ``first`` on, as ``f(x, 2, 3)``,
+    ``f(x, (2, 3))`` or a keyword; one node when the whole size is computed at run time."""
+    given: Any = next((node.kwargs[k] for k in keywords if k in node.kwargs), node.args[first:])
+    if isinstance(given, tuple) and len(given) == 1 and isinstance(given[0], list | tuple | fx.Node):
+        return given[0]
+    return given
+
+
+def target_name(node: fx.Node) -> str:
+    """A call's target as written: ``view`` for ``x.view(...)``, ``cat`` for ``torch.cat``."""
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def describe(node: fx.Node) -> str:
+    """How an error names a node: ``node 'add_3' (call_function add)``."""
+    return f"node {node.name!r} ({node.op} {target_name(node)})"
+
+
+def is_parameter(model: nn.Module, node: fx.Node) -> bool:
+    """A ``get_attr`` of one of the model's own parameters or buffers (not a traced constant)."""
+    if node.op != "get_attr":
+        return False
+    owner, _, name = str(node.target).rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        return False
+    return name in dict(module.named_parameters(recurse=False)) or name in dict(module.named_buffers(recurse=False))
+
+
+def size_written_in_code(model: nn.Module, node: fx.Node, axis: int) -> bool:
+    """Whether the size a ``view`` / ``reshape`` / ``expand`` / ``nn.Unflatten`` gives its result's
+    ``axis`` is a number in the model's code (it would not follow the pruned channel count), or
+    cannot be read. ``-1`` and sizes read from tensors at run time (``x.size(1)``) follow it."""
+    if node.op == "call_module":
+        module = model.get_submodule(str(node.target))
+        if not isinstance(module, nn.Unflatten):
+            return False
+        sizes = list(module.unflattened_size)
+        first = module.dim % len(known_shape(node.args[0], "")) if isinstance(module.dim, int) else 0
+        return first <= axis < first + len(sizes) and sizes[axis - first] != -1
+    if target_name(node) not in ("view", "reshape", "expand"):
+        return False
+    written = size_arguments(node, 1, "shape", "size")
+    if isinstance(written, fx.Node) or axis >= len(written):
+        return True
+    return isinstance(written[axis], int) and written[axis] != -1

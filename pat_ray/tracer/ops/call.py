@@ -1,0 +1,40 @@
+"""One ``call_function`` / ``call_method`` node as an op rule sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.state import GroupBuilder, Layout, Traced
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """``inputs``: the layouts of the traced tensors among the arguments (may be empty for an
+    op that makes a tensor); ``shape``: the result's; ``layouts``: every node's so far."""
+
+    node: fx.Node
+    inputs: list[Layout]
+    shape: tuple[int, ...]
+    layouts: Mapping[fx.Node, Traced]
+    where: str
+
+    @property
+    def first(self) -> Layout | None:
+        """The layout of the first argument, when that is one traced tensor."""
+        args = self.node.args
+        traced = self.layouts.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+        return traced if isinstance(traced, Layout) else None
+
+    def first_layout(self) -> Layout:
+        """``first``, which the rule needs: without it the op is not one pat_ray can follow."""
+        first = self.first
+        if first is None:
+            raise UnsupportedModelError(f"{self.where}: pat_ray does not know how this op treats channels")
+        return first
+
+
+OpRule = Callable[[GroupBuilder, OpCall], "Layout | None"]  # the layout of the op's result

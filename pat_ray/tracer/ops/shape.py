@@ -1,0 +1,152 @@
+"""Ops that change a tensor's shape or move its axes: ``view`` / ``reshape`` / ``flatten``,
+``unsqueeze`` / ``squeeze``, ``permute`` / ``transpose``, indexing (``x[:, :, 0]``), and the ops
+that move channels among positions (a channel shuffle's ``view``, ``flip`` / ``roll`` along the
+channels), whose input is then kept whole.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.nodes import arg, int_arg, known_shape, size_written_in_code, target_name
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.state import GroupBuilder, Layout
+
+# Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+RESHAPE_METHODS = {"flatten", "view", "reshape"}
+
+# Ops that reorder a tensor's axes: the channels move with theirs (to the last one, channels-last).
+PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
+
+# Ops that add or remove size-1 axes (``unsqueeze``, ``squeeze``) or stack tensors on a new one.
+AXIS_FUNCTIONS = {torch.unsqueeze, torch.squeeze}
+AXIS_METHODS = {"unsqueeze", "squeeze", "unsqueeze_", "squeeze_"}
+
+# Ops that move values along the listed dims (``flip``, ``roll``): channels stay unless those include theirs.
+SHIFT_FUNCTIONS = {torch.flip, torch.roll}
+SHIFT_METHODS = {"flip", "roll"}
+
+# Ops that move channels to other positions: their input is kept whole (``reordered_layout``).
+REORDERING_FUNCTIONS = {torch.channel_shuffle, torch.native_channel_shuffle, torch.pixel_shuffle, torch.pixel_unshuffle}
+
+
+def reshape_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """A reshape that keeps the channel axis whole (or flattens (N, C, ...) to (N, C*...)) is
+    followed exactly. Any other (a channel shuffle's view to (N, groups, C/groups, ...),
+    space-to-depth) moves channels among other axes: its input is kept whole (pinned) and its
+    result's dim 1 is a new pinned group, so nothing downstream depends on their order."""
+    result = _reshaped(builder, node, layout, where)
+    if size_written_in_code(builder.model, node, result.axis):
+        builder.pin(layout)  # ``x.view(-1, 16 * 5 * 5)``: the code, not the tensor, says how many channels
+    return result
+
+
+def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    in_shape, out_shape = known_shape(node.args[0], where), known_shape(node, where)
+    if in_shape == out_shape:
+        return layout
+    if layout.axis == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0]:
+        return Layout(layout.groups, layout.repeat * math.prod(in_shape[2:]))  # flatten
+    before = math.prod(in_shape[: layout.axis])
+    kept_axis = [
+        j
+        for j in range(1, len(out_shape))
+        if math.prod(out_shape[:j]) == before and out_shape[j] == in_shape[layout.axis]
+    ]
+    if layout.repeat == 1 and kept_axis and out_shape[0] == in_shape[0]:
+        return Layout(layout.groups, 1, kept_axis[0])
+    return reordered_layout(builder, node, layout, where)
+
+
+def reordered_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """An op that moves channels to other positions or axes (a channel shuffle, pixel shuffle,
+    a reshape that splits the channel axis): pruning its input would change which channel
+    lands where, so the input is kept whole and the result's dim 1 is a new pinned group."""
+    out_shape = known_shape(node, where)
+    if len(out_shape) < 2:
+        raise UnsupportedModelError(f"{where}: its result {out_shape} has no channel dimension")
+    builder.pin(layout)
+    return builder.fixed_group(out_shape[1], f"<{node.name}>")
+
+
+def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``permute`` / ``transpose``: the channels go wherever their axis goes."""
+    ndim = len(known_shape(node.args[0], where))
+    rest = node.args[1:]
+    if target_name(node) == "permute":
+        listed: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], list | tuple) else rest
+        dims: Any = listed or node.kwargs.get("dims", ())
+        order = [int_arg(d, where) % ndim for d in dims]
+        axis = order.index(layout.axis)
+    else:
+        given: Any = rest or (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+        first, second = (int_arg(d, where) % ndim for d in given)
+        axis = second if layout.axis == first else first if layout.axis == second else layout.axis
+    if axis == 0 or (layout.repeat != 1 and axis != layout.axis):
+        raise UnsupportedModelError(f"{where}: moves the channels to dim {axis}")
+    return Layout(layout.groups, layout.repeat, axis)
+
+
+def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
+    """Indexing that leaves the batch and channel axes whole (spatial crops, ``x[:, :, 0]``,
+    ``y[:, :, None, None]``): the channels move by the axes added or removed before them."""
+    ndim = len(known_shape(node.args[0], where))
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if index.count(Ellipsis) > 1:
+        raise UnsupportedModelError(f"{where}: indexing {index} has several ellipses")
+    if Ellipsis in index:
+        at, explicit = index.index(Ellipsis), sum(e is not None and e is not Ellipsis for e in index)
+        index = index[:at] + (slice(None),) * (ndim - explicit) + index[at + 1 :]
+    out_pos, in_dim, axis = 0, 0, None
+    for entry in index:
+        if entry is None:
+            out_pos += 1
+            continue
+        if in_dim == layout.axis:
+            if entry != slice(None):
+                raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
+            axis = out_pos
+        elif in_dim < layout.axis and (isinstance(entry, fx.Node) or (in_dim == 0 and isinstance(entry, int))):
+            raise UnsupportedModelError(f"{where}: indexing {index} moves or removes the batch dimension")
+        out_pos += 0 if isinstance(entry, int) else 1
+        in_dim += 1
+    return Layout(layout.groups, layout.repeat, axis if axis is not None else out_pos + layout.axis - in_dim)
+
+
+def shift_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """``flip`` / ``roll``: along other axes the channels stay; along theirs (or, for a ``roll``
+    without dims, along the flattened tensor) they change places, so they are kept whole."""
+    given: Any = arg(node, 1 if target_name(node) == "flip" else 2, "dims")
+    ndim = len(known_shape(node.args[0], where))
+    dims = [given] if isinstance(given, int) else list(given) if isinstance(given, list | tuple) else None
+    if dims is None or layout.axis in {int_arg(d, where) % ndim for d in dims} or layout.repeat != 1:
+        return reordered_layout(builder, node, layout, where)
+    return layout
+
+
+def reshape_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    return reshape_layout(builder, call.node, call.first_layout(), call.where)
+
+
+def permute_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    return permute_layout(call.node, call.first_layout(), call.where)
+
+
+def getitem_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
+    """Indexing a tensor; indexing a python container of tensors is followed through its uses."""
+    return getitem_layout(call.node, call.first, call.where) if call.first is not None else None
+
+
+def shift_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    return shift_layout(builder, call.node, call.first_layout(), call.where)
+
+
+def reorder_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    return reordered_layout(builder, call.node, call.first_layout(), call.where)

@@ -1,0 +1,242 @@
+"""Find the coupled output channels of a CNN by tracing it with torch.fx.
+
+Removing output channel ``i`` of a conv is only legal if every tensor that carries that
+channel loses it together: the BatchNorm after it, every consumer's input slice, every
+other operand of a residual sum, a depthwise conv that follows it, an SE gate that scales
+it. We find these sets by propagating a *layout* through the traced graph: for every
+tensor, the ordered list of channel groups its dim 1 is made of. Elementwise ops between
+tensors merge their groups (union-find), ``cat`` concatenates layouts, ``flatten`` turns
+each channel into ``H*W`` features. Any op we do not understand stops the trace with an
+error that names it: a silently wrong prune is worse than no prune.
+
+This module walks the graph; what each op and layer does to channels is in ``ops/`` and
+``layers/``, and the state they change in ``state.py``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from pat_ray.tracer.fx_trace import trace_with_shapes
+from pat_ray.tracer.graph import (
+    INPUT_GROUP_PREFIX,
+    ChannelGroup,
+    ComputeTerm,
+    Example,
+    Member,
+    ModelGraph,
+    UnsupportedModelError,
+    first_sample,
+)
+from pat_ray.tracer.layers.table import fixed_result, kept_whole, kept_whole_result, trace_layer
+from pat_ray.tracer.nodes import PieceShape, describe, piece_shapes, shape_of
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
+from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
+from pat_ray.tracer.ops.splits import MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, pick, split_layout
+from pat_ray.tracer.ops.table import OPS, op_kind
+from pat_ray.tracer.state import GroupBuilder, Layout, Pieces, Traced
+
+Layouts = dict[fx.Node, Traced]  # what the tracer knows of every node seen so far
+
+
+def trace_channel_groups(
+    model: nn.Module,
+    example_input: Example,
+    exclude: Iterable[str] = (),
+) -> ModelGraph:
+    """Trace ``model`` and return its channel groups and cost terms.
+
+    ``example_input``: one tensor, or a tuple with one tensor per argument of ``forward``.
+    ``exclude`` names modules whose output channels must be kept (their groups are pinned).
+    The model is traced in eval mode (stochastic depth and dropout become identities) and
+    restored to its previous mode afterwards.
+    """
+    graph, output_shapes = trace_with_shapes(model, example_input)
+    builder = GroupBuilder(model=model, excluded=frozenset(exclude))
+    unknown = builder.excluded - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
+    layouts: Layouts = {}
+    for node in graph.nodes:
+        layouts[node] = _visit(builder, node, layouts)
+    return _finalize(builder, tuple(first_sample(example_input)[0].shape), output_shapes)
+
+
+def _tensor_layouts(args: Any, layouts: Layouts) -> list[Layout]:
+    """The layouts of the tensors in ``args``, each piece of a tuple result included."""
+    found: list[Layout] = []
+
+    def add(traced: Traced) -> None:
+        if isinstance(traced, tuple):
+            for piece in traced:
+                add(piece)
+        elif traced is not None:
+            found.append(traced)
+
+    fx.node.map_arg(args, lambda n: add(layouts.get(n)))
+    return found
+
+
+def _visit(builder: GroupBuilder, node: fx.Node, layouts: Layouts) -> Traced:
+    if node.op == "placeholder":
+        shape = shape_of(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return builder.fixed_group(shape[1], f"{INPUT_GROUP_PREFIX}{node.name}>")
+    if node.op == "output":
+        for layout in _tensor_layouts(node.args, layouts):
+            builder.pin(layout)
+        return None
+    if node.op == "get_attr":
+        return None
+    if node.op == "call_module" and kept_whole(builder.model.get_submodule(str(node.target))):
+        return kept_whole_result(builder, node, _tensor_layouts((node.args, node.kwargs), layouts))
+    try:
+        return _visit_op(builder, node, layouts, describe(node))
+    except UnsupportedModelError:
+        if not _reads_fixed_channels_only(builder, node, layouts):
+            raise
+        return fixed_result(builder, node)  # what flows in never changes, so neither does what comes out
+
+
+def _reads_fixed_channels_only(builder: GroupBuilder, node: fx.Node, layouts: Layouts) -> bool:
+    """A function or method (no weights of its own) whose traced inputs are all pinned: an LSTM's
+    hidden state indexed on its first axis, a model input's channels sliced."""
+    if node.op not in ("call_function", "call_method") or any(n.op == "get_attr" for n in node.all_input_nodes):
+        return False
+    inputs = _tensor_layouts((node.args, node.kwargs), layouts)
+    return bool(inputs) and all(builder.is_pinned(layout) for layout in inputs)
+
+
+def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str) -> Traced:
+    tuples = [n for n in node.all_input_nodes if isinstance(layouts.get(n), tuple)]
+    if tuples:
+        return _use_pieces(builder, node, tuples[0], layouts, where)
+    kind = op_kind(node.op, node.target) if node.op in ("call_function", "call_method") else None
+    family = OPS[kind] if kind is not None else None
+    inputs = _tensor_layouts((node.args, node.kwargs), layouts)
+    if not inputs and (family is None or family.needs_input):
+        if node.op == "call_module" and any(True for _ in builder.model.get_submodule(str(node.target)).parameters()):
+            raise UnsupportedModelError(
+                f"{where}: its input is a tensor whose channels pat_ray could not follow from the model's input"
+            )
+        return None  # no channel-carrying tensor flows in (shape arithmetic, constants)
+    pieces = piece_shapes(node)
+    if pieces is not None and inputs:
+        return _visit_multi_output(builder, node, inputs[0], pieces, where)
+    shape = shape_of(node)
+    if node.op == "call_module":
+        result = trace_layer(builder, node, inputs[0])
+    elif shape is None:
+        return None  # a non-tensor result (size, shape, a python number)
+    elif family is None:
+        raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
+    else:
+        result = family.rule(builder, OpCall(node, inputs, shape, layouts, where))
+    if (
+        isinstance(result, Layout)
+        and shape is not None
+        and len(shape) > result.axis
+        and builder.width(result) != shape[result.axis]
+    ):
+        raise UnsupportedModelError(  # a table entry whose channel semantics do not hold here
+            f"{where}: its result has {shape[result.axis]} channels, but the channels traced into it add up to "
+            f"{builder.width(result)}; pat_ray does not know how this op maps channels"
+        )
+    return result
+
+
+def _visit_multi_output(
+    builder: GroupBuilder, node: fx.Node, layout: Layout, nested: list[PieceShape], where: str
+) -> Pieces:
+    pieces = [p if isinstance(p, tuple) else None for p in nested]  # these ops return flat tuples
+    indexed: set[Any] = INDEXED_METHODS if node.op == "call_method" else INDEXED_FUNCTIONS
+    if node.op in ("call_method", "call_function") and node.target in indexed:
+        return indexed_pieces(builder, node, layout, pieces, where)
+    table: dict[Any, int] = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
+    dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
+    in_shape = shape_of(node.args[0] if node.args else None)
+    if dim_position is None or in_shape is None:
+        raise UnsupportedModelError(
+            f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
+            "its input's; supported: split, chunk, unbind, tensor_split, and (values, indices) along a dim "
+            "(max, min, median, mode, kthvalue, topk, sort, cummax, cummin)"
+        )
+    return split_layout(builder, node, layout, dim_position, in_shape, pieces, where)
+
+
+def _use_pieces(builder: GroupBuilder, node: fx.Node, source: fx.Node, layouts: Layouts, where: str) -> Traced:
+    """A node that consumes a whole tuple of tensors: indexing it, or concatenating it."""
+    pieces = layouts[source]
+    assert isinstance(pieces, tuple), "only a multi-output node's layouts are pieces"
+    if node.op == "call_function" and node.target in (operator.getitem, getattr) and node.args[0] is source:
+        return pick(node, pieces, where)
+    if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
+        return cat_layout(builder, node, layouts, where)
+    if node.op == "call_function" and node.target is torch.stack and node.args[0] is source:
+        return stack_layout(builder, node, layouts, where)
+    raise UnsupportedModelError(
+        f"{where}: takes the tuple of tensors {source.name!r} returns; "
+        "pat_ray follows such tuples only through indexing (or .values / .indices), cat and stack"
+    )
+
+
+def _finalize(
+    builder: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tuple[tuple[int, ...], ...]
+) -> ModelGraph:
+    names = _group_names(builder)
+    members: dict[int, list[Member]] = {}
+    for slot in [*builder.slots, *builder.params.values()]:
+        offset = 0
+        for root in builder.leaves(slot.layout).groups:
+            members.setdefault(root, []).append(Member(slot.module, slot.role, offset, slot.layout.repeat, slot.axis))
+            offset += builder.sizes[root] * slot.layout.repeat
+    groups = []
+    for root, name in names.items():
+        sub = builder.subgroups.get(root, 1)
+        if builder.sizes[root] % sub:
+            raise UnsupportedModelError(f"group {name!r}: size not divisible by groups")
+        groups.append(
+            ChannelGroup(
+                name=name,
+                size=builder.sizes[root],
+                members=tuple(members.get(root, ())),
+                pinned=root in builder.pinned or not members.get(root),
+                subgroups=sub,
+            )
+        )
+    terms = tuple(
+        ComputeTerm(
+            module=term.module,
+            out_groups=tuple(names[g] for g in builder.leaves(term.out).groups),
+            in_groups=tuple(names[g] for g in builder.leaves(term.inp).groups) if term.inp else (),
+            in_repeat=term.inp.repeat if term.inp else 1,
+            in_divisor=term.in_divisor,
+            macs_per_pair=term.macs_per_pair,
+            params_per_pair=term.params_per_pair,
+            params_per_out=term.params_per_out,
+            is_layer=term.is_layer,
+        )
+        for term in builder.terms
+    )
+    return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape, output_shapes=output_shapes)
+
+
+def _group_names(builder: GroupBuilder) -> dict[int, str]:
+    """Every final group's name, by root id in graph order: its label (unique by construction;
+    a repeat must still not merge two groups, so it gets the id appended)."""
+    roots = sorted({builder.find(g) for g in range(len(builder.parent))} - set(builder.children))
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for root in roots:
+        label = builder.labels[root]
+        names[root] = label if label not in taken else f"{label}#{root}"
+        taken.add(names[root])
+    return names
