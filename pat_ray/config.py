@@ -40,6 +40,7 @@ from pat_ray.config_start import (
     OraclePolicy,
     StartKind,
     StartPolicy,
+    oracle_kinds,
 )
 from pat_ray.config_yaml import ConfigError, read_yaml
 from pat_ray.core.cost.latency import LatencyTable
@@ -221,15 +222,25 @@ class OracleConfig(Strict):
     start_epochs: list[int] | None = Field(
         None, description="fixed start epochs the oracle sweep trains; default: see oracle_grid()"
     )
-    policies: list[OraclePolicy] = Field(
-        default_factory=lambda: list(ORACLE_POLICIES),
-        description="one trial each besides the fixed grid; `never` = dense, `after_training` = train-prune-fine-tune",
+    policies: list[str] = Field(
+        default_factory=lambda: [str(kind) for kind in ORACLE_POLICIES],
+        description="one trial each besides the fixed grid; `never` = dense, `after_training` = train-prune-fine-tune; "
+        "a plugin's start policy too",
     )
     max_concurrent_trials: int = Field(2, ge=1, description="trials run at once (each needs its workers' CPUs/GPUs)")
     seeds: list[int] | None = Field(
         None,
         description="run every trial once per seed (3+ for a verdict that survives noise); default: training.seed",
     )
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, v: list[str]) -> list[str]:
+        allowed = oracle_kinds()
+        unknown = [p for p in v if p not in allowed]
+        if unknown:
+            raise ValueError(f"unknown start policies {unknown}; the oracle runs: {', '.join(allowed)}")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -339,8 +350,9 @@ def _format(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}" if path else message)  # whole-config checks name their fields
+        for message in e["msg"].removeprefix("Value error, ").splitlines():
+            named = not path or message.startswith(path + ".")  # whole-config checks, a policy's own fields
+            lines.append(message if named else f"{path}: {message}")
     return lines
 
 

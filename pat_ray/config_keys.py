@@ -10,15 +10,18 @@ pydantic schema, for ``pat-ray config``.
 from __future__ import annotations
 
 import difflib
+import functools
+import operator
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter
 
 from pat_ray.config import Config
+from pat_ray.config_start import BaseStartPolicy, start_policy_classes
 from pat_ray.config_yaml import ConfigError
 
 SOURCE = "override"
@@ -73,6 +76,19 @@ def field_paths() -> dict[str, bool]:
     return {info.key: info.free_form for info in keys()}
 
 
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of a pipeline config, editors' completion included: ``start`` is the
+    union of every start policy on ``kind`` (the built-ins and the plugins installed here)."""
+    schema = Config.model_json_schema()
+    union: Any = functools.reduce(operator.or_, start_policy_classes().values())  # EPIStart | ... | a plugin's
+    union = typing.Annotated[union, Field(discriminator="kind")]
+    start = TypeAdapter(union).json_schema(ref_template="#/$defs/{model}")
+    schema.setdefault("$defs", {}).update(start.pop("$defs", {}))
+    described = schema["properties"]["start"]
+    schema["properties"]["start"] = {**start, "description": described.get("description", "")}
+    return schema
+
+
 def keys() -> list[KeyInfo]:
     """Every dotted key of a config, sections first, in the schema's order."""
     found: dict[str, KeyInfo] = {}
@@ -93,6 +109,8 @@ def _walk(model: type[BaseModel], prefix: str, found: dict[str, KeyInfo]) -> Non
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         models = [t for t in _types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if BaseStartPolicy in models:  # ``start``: every policy's keys, plugins' included
+            models = list(start_policy_classes().values())
         free_form = not models and any(typing.get_origin(t) is dict for t in _types(field.annotation))
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):

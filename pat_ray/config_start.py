@@ -1,17 +1,19 @@
 """The start policies: when pruning starts (EPI, Early-Bird, a fixed epoch, never, after
-training). One class per policy holds its validated fields and everything the rest of pat_ray
-asks of it (its decision, the snapshots it needs, the extra epochs it adds, its checks against
-the schedule, its trial in the oracle), so the engine, the oracle's plan, resume checks and
-tracking ask the policy, never its class. The config's ``start`` is a union on ``kind``."""
+training, and any a plugin registers). One class per policy holds its validated fields and
+everything the rest of pat_ray asks of it (its decision, the snapshots it needs, the extra
+epochs it adds, its checks against the schedule, its trial in the oracle), so the engine, the
+oracle's plan, resume checks and tracking ask the policy, never its class. The config's
+``start`` is chosen by ``kind`` among the built-ins and the registered ones
+(``start_policy_classes``)."""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, cast, get_args
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from pat_ray.config_fields import SimilarityName, Strict
 from pat_ray.core.epi import early_bird_trigger, should_trigger
@@ -244,10 +246,51 @@ class AfterTrainingStart(BaseStartPolicy):
         return lr * self.finetune_lr_scale
 
 
-POLICIES: dict[str, type[BaseStartPolicy]] = {
+POLICIES: dict[str, type[BaseStartPolicy]] = {  # the built-in ones
     policy.model_fields["kind"].default: policy
     for policy in (EPIStart, EarlyBirdStart, FixedStart, NeverStart, AfterTrainingStart)
 }
+
+
+def start_policy_classes() -> dict[str, type[BaseStartPolicy]]:
+    """Every start policy by ``kind``: the built-ins, then those plugins registered with
+    ``pat_ray_register_start_policies``."""
+    from pat_ray.plugins.registry import PluginError, get_registry
+
+    registry = get_registry()
+    plugins: dict[str, type[BaseStartPolicy]] = {}
+    for name in registry.names("start_policy"):
+        entry = registry.get("start_policy", name)
+        problem = check_policy_class(name, entry.factory)
+        if problem:
+            raise PluginError(f"start policy {name!r} from plugin {entry.plugin!r} ({entry.distribution}): {problem}")
+        plugins[name] = cast(type[BaseStartPolicy], entry.factory)
+    return {**POLICIES, **plugins}
+
+
+def oracle_kinds() -> list[str]:
+    """The policies an oracle sweep may run once per seed: all but the grid's ``fixed``."""
+    return [kind for kind in start_policy_classes() if kind != "fixed"]
+
+
+def start_policy_of(value: Any) -> BaseStartPolicy:
+    """The ``start`` section as its kind's class; errors name ``start.<kind>.<field>``."""
+    if isinstance(value, BaseStartPolicy):
+        return value
+    if not isinstance(value, dict) or "kind" not in value:
+        raise ValueError("needs a 'kind' (a mapping such as {kind: epi, tau: 0.97})")
+    classes = start_policy_classes()
+    kind = value["kind"]
+    if kind not in classes:
+        raise ValueError(f"Input tag {kind!r} found using 'kind' does not match any of: {', '.join(classes)}")
+    try:
+        return classes[kind].model_validate(value)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(part) for part in ("start", kind, *e["loc"]))
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        raise ValueError("\n".join(problems)) from None
 
 
 def policy_of_kind(own: BaseStartPolicy, kind: str) -> BaseStartPolicy:
@@ -256,7 +299,19 @@ def policy_of_kind(own: BaseStartPolicy, kind: str) -> BaseStartPolicy:
     once-per-seed trials: every trial's EPI curve then counts the same snapshots)."""
     if own.kind == kind:
         return own
-    return POLICIES[kind].model_validate({"kind": kind, "snapshot_every": own.snapshot_every})
+    return start_policy_classes()[kind].model_validate({"kind": kind, "snapshot_every": own.snapshot_every})
+
+
+def check_policy_class(name: str, cls: object) -> str | None:
+    """Why ``cls`` cannot be the start policy registered as ``name`` (None: it can)."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseStartPolicy)):
+        return f"register a subclass of pat_ray.sdk.StartPolicy, not {cls!r}"
+    field = cls.model_fields.get("kind")
+    if field is None or get_args(field.annotation) != (name,) or field.default != name:
+        return f"its `kind` field must be `kind: Literal[{name!r}] = {name!r}`"
+    if name in POLICIES:
+        return f"{name!r} is a built-in start policy"
+    return None
 
 
 def _window_problem(window: int, snapshots: int) -> str | None:
@@ -265,7 +320,7 @@ def _window_problem(window: int, snapshots: int) -> str | None:
     return f"start.window ({window} snapshots) leaves none to trigger on in this schedule's {snapshots} snapshots"
 
 
-StartPolicy = Annotated[
-    EPIStart | EarlyBirdStart | FixedStart | NeverStart | AfterTrainingStart,
-    Field(discriminator="kind"),
-]
+# The config's ``start``: any policy class, chosen by ``kind`` when the config is validated, and
+# dumped with its own class's fields.
+StartPolicy = Annotated[SerializeAsAny[BaseStartPolicy], BeforeValidator(start_policy_of)]
+BuiltinStartPolicy = EPIStart | EarlyBirdStart | FixedStart | NeverStart | AfterTrainingStart

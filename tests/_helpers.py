@@ -54,7 +54,7 @@ def configured(base: Config | None = None, **overrides) -> Config:
     """``base`` (default: the embedded pipeline) with ``overrides`` merged in section by section,
     then validated as a YAML file would be: tests never build a config validation did not see.
     A pydantic section given as an override (``start=FixedStart(epoch=1)``) replaces that section,
-    and so does a plugin's ``params`` dict."""
+    and so do a ``start`` dict and a plugin's ``params`` dict."""
     from pydantic import BaseModel
 
     from pat_ray.config import config_from_dict
@@ -63,8 +63,8 @@ def configured(base: Config | None = None, **overrides) -> Config:
     for key, value in overrides.items():
         if isinstance(value, BaseModel):
             data[key] = value.model_dump(mode="json")
-        elif isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = _merged(data[key], value)
+        elif isinstance(value, dict) and isinstance(data.get(key), dict) and key != "start":
+            data[key] = _merged(data[key], value)  # a start section is one policy's: replaced whole
         else:
             data[key] = str(value) if hasattr(value, "__fspath__") else value
     return config_from_dict(data, source="test config")

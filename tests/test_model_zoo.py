@@ -11,7 +11,11 @@ import torchvision
 import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms
 from pat_ray.core.cost.flops import graph_cost, measure_cost
+from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.surgery import apply_architecture
+from pat_ray.core.verify import check_pruned
 from pat_ray.models.cifar_resnet import CifarResNet
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 from pat_ray.tracer.trace import trace_channel_groups
 
 TORCHVISION = [
@@ -49,20 +53,25 @@ def every_cnn_builder() -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", every_cnn_builder())
 def test_every_torchvision_cnn_prunes_to_30_50_and_70_percent_of_its_flops(name):
+    """One trace, three budgets: each architecture applied to its own copy of the dense model,
+    which must then run forward and backward (what ``pat_ray.prune`` does, traced once)."""
     torch.manual_seed(0)
     extra = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
-    dense = torchvision.models.get_model(name, weights=None, num_classes=10, **extra)
+    dense = torchvision.models.get_model(name, weights=None, num_classes=10, **extra).eval()
     size = 96 if name == "inception_v3" else 64  # small inputs: the budget is a ratio, the test a minute
     x = torch.randn(2, 3, size, size)
     full = measure_cost(dense, x).flops
-    giant = sum(p.numel() for p in dense.parameters()) > 150e6  # regnet_y_128gf, convnext_large: 40 s a budget
+    graph = trace_channel_groups(dense, x)
+    scores = Magnitude().scores(dense, graph)
+    giant = sum(p.numel() for p in dense.parameters()) > 150e6  # regnet_y_128gf, convnext_large: 20 s a budget
     for budget in (0.5,) if giant else (0.3, 0.5, 0.7):
         model = copy.deepcopy(dense)
-        pat_ray.prune(model, x, budget=budget)
+        apply_architecture(model, graph, select_architecture(graph, scores, Budget(budget)))
+        check_pruned(model, x, list(graph.output_shapes))
         assert abs(measure_cost(model, x).flops / (budget * full) - 1) < 0.03, budget
-    model.train()
-    model(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        model.train()
+        model(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.slow

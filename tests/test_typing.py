@@ -77,10 +77,11 @@ def test_policy_and_role_names_are_one_list_each():
     and the roles the surgery knows are the Role literal's."""
     from typing import get_args
 
-    from pat_ray.config import ORACLE_POLICIES, OraclePolicy, StartKind, StartPolicy
+    from pat_ray.config import ORACLE_POLICIES, OraclePolicy, StartKind
+    from pat_ray.config_start import BuiltinStartPolicy
     from pat_ray.tracer.graph import PRODUCER_ROLES, Role
 
-    kinds = {get_args(cls.model_fields["kind"].annotation)[0] for cls in get_args(get_args(StartPolicy)[0])}
+    kinds = {get_args(cls.model_fields["kind"].annotation)[0] for cls in get_args(BuiltinStartPolicy)}
     assert kinds == set(get_args(StartKind))
     assert set(ORACLE_POLICIES) == set(get_args(OraclePolicy)) == kinds - {"fixed"}
     assert set(PRODUCER_ROLES) <= set(get_args(Role))

@@ -25,11 +25,10 @@ def config_keys(key: str | None, schema: bool) -> None:
     pat-ray config pruning.budget   one section
     pat-ray config --schema > pat_ray.schema.json
     """
-    from pat_ray.config import Config
-    from pat_ray.config_keys import describe
+    from pat_ray.config_keys import config_schema, describe
 
     if schema:
-        click.echo(json.dumps(Config.model_json_schema(), indent=1))
+        click.echo(json.dumps(config_schema(), indent=1))
         return
     for info in describe(key):
         if info.section:

@@ -108,7 +108,7 @@ def _given(config: str | None, overrides: tuple[str, ...]) -> list[str]:
 
 
 def summary(result) -> str:
-    trigger = "never" if result.trigger_epoch is None else f"epoch {result.trigger_epoch}"
+    trigger = result.trigger_text()
     time_kept = result.history[-1].time_kept
     time_kept = [] if time_kept is None else [f"step time kept:   {time_kept:.3f} (predicted by the latency table)"]
     return "\n".join(

@@ -40,6 +40,7 @@ from pat_ray.sweep.plan import (
 from pat_ray.sweep.report import write_report
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
+from pat_ray.training.records import describe_trigger
 from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import RunState
 from pat_ray.training.run_versions import find_version, new_version, point_latest
@@ -169,7 +170,8 @@ def _calibration_curves(config: Config, snapshots: dict[str, list[Architecture]]
     epi = epi_policy(config)
     similarity = get_registry().create("similarity", epi.similarity)
     curves = [snapshots[label] for label in labels[source]]
-    return source, [epi_curve(curve, epi.rule(len(curve))[0], similarity) for curve in curves]
+    scheduled = config.start.cadence.count(config.training.epochs, None)  # None: an iteration cadence
+    return source, [epi_curve(curve, epi.rule(scheduled or len(curve))[0], similarity) for curve in curves]
 
 
 def _shared_latency_table(config: Config, sweep_dir: Location, echo) -> dict | None:
@@ -279,7 +281,8 @@ class TrialProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("triggered"):
-            self.echo(f"  [{self._label(trial)}] pruning starts after epoch {result['epoch']}")
+            where = describe_trigger(result["epoch"], result.get("trigger_position"))
+            self.echo(f"  [{self._label(trial)}] pruning starts at {where}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.done += 1

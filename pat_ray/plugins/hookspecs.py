@@ -75,6 +75,15 @@ def pat_ray_register_layers(register: Callable[[str, LayerRule], None]) -> None:
 
 
 @hookspec
+def pat_ray_register_start_policies(register: Callable[[str, type], None]) -> None:
+    """Register start policies: ``register(kind, PolicyClass)``, where ``PolicyClass``
+    subclasses :class:`pat_ray.sdk.StartPolicy` with ``kind: Literal["<kind>"] = "<kind>"``,
+    its own validated fields, and a ``decide(position, train_epochs, watched)`` saying whether
+    pruning starts now. A config's ``start: {kind: <kind>, ...}`` then selects it, and
+    ``oracle.policies`` may list it: the oracle runs it once per seed beside the built-ins."""
+
+
+@hookspec
 def pat_ray_on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
     """Called after every training epoch (after its checkpoint is written) with the epoch
     and that epoch's :class:`pat_ray.training.records.EpochRecord` as a dict."""

@@ -35,6 +35,7 @@ KINDS = {
     "model": "pat_ray_register_models",
     "dataset": "pat_ray_register_datasets",
     "layer": "pat_ray_register_layers",
+    "start_policy": "pat_ray_register_start_policies",
 }
 DEFAULT_PLUGINS = (
     "pat_ray.plugins.builtin.criteria.magnitude",

@@ -18,7 +18,6 @@ from pat_ray.config import (
     Config,
     EPIStart,
     FixedStart,
-    StartKind,
     oracle_grid,
 )
 from pat_ray.config_start import policy_of_kind
@@ -84,7 +83,7 @@ class TrialOutcome:
     """One finished (or failed) trial, as the report needs it."""
 
     label: str
-    policy: StartKind
+    policy: str  # a StartKind, or a plugin's policy
     start_epoch: float | None  # epochs into training when pruning started (fixed: as set; epi: 2.25 = mid-epoch 3)
     accuracy: float | None = None
     flops_kept: float | None = None
@@ -250,10 +249,11 @@ def summarize(
 ) -> OracleSummary:
     """Pick the grid's best and reference starts, and calibrate tau on every seed's curve
     (curves count snapshots; the reference start, in epochs, is converted to snapshots)."""
-    epi = epi_policy(config)
-    snapshots = len(calibration_curves[0]) if calibration_curves else config.training.epochs
+    epi, epochs = epi_policy(config), config.training.epochs
+    longest = max((len(curve) for curve in calibration_curves), default=epochs)
+    snapshots = config.start.cadence.count(epochs, None) or longest  # an iteration cadence: as the curves say
     window, patience = epi.rule(snapshots)
-    per_epoch = snapshots / config.training.epochs
+    per_epoch = snapshots / epochs
     summary = OracleSummary(
         name=name,
         grid=oracle_grid(config),

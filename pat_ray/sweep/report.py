@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pat_ray.config import StartKind
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome
 from pat_ray.sweep.stats import GroupStats, Verdict
 from pat_ray.tracking.plots import finish, plt
@@ -20,15 +19,23 @@ PLOTS = {
     "cost": "cost_vs_start.png",
     "epi": "epi_curve.png",
 }
-POLICY_NAMES: dict[StartKind, str] = {
+POLICY_NAMES: dict[str, str] = {
     "fixed": "PaT, fixed start",
     "epi": "PaT + EPI",
     "early_bird": "PaT + Early-Bird",
     "never": "dense (no pruning)",
     "after_training": "train-prune-fine-tune",
 }
-MARKERS: dict[StartKind, tuple[str, str]] = {"epi": ("*", "tab:red"), "early_bird": ("D", "tab:purple")}
-ORDER: list[StartKind] = ["fixed", "epi", "early_bird", "never", "after_training"]
+MARKERS: dict[str, tuple[str, str]] = {"epi": ("*", "tab:red"), "early_bird": ("D", "tab:purple")}
+ORDER: list[str] = ["fixed", "epi", "early_bird", "never", "after_training"]  # then plugins' policies
+
+
+def _rank(policy: str) -> int:
+    return ORDER.index(policy) if policy in ORDER else len(ORDER)
+
+
+def _name(policy: str) -> str:
+    return POLICY_NAMES.get(policy, f"start policy `{policy}` (plugin)")
 
 
 def _starts(g: GroupStats) -> str:
@@ -37,7 +44,7 @@ def _starts(g: GroupStats) -> str:
 
 def _group_row(g: GroupStats) -> str:
     return (
-        f"| {g.group} | {POLICY_NAMES[g.policy]} | {_starts(g)} | {g.mean:.4f} ± {g.std:.4f} | {g.n} | "
+        f"| {g.group} | {_name(g.policy)} | {_starts(g)} | {g.mean:.4f} ± {g.std:.4f} | {g.n} | "
         f"{g.flops_kept:.3f} | {g.train_flops_ratio:.3f}x | {g.wall_seconds:.1f} |"
     )
 
@@ -160,7 +167,7 @@ def _fmt(value: float | None) -> str:
 
 
 def markdown(summary: OracleSummary) -> str:
-    groups = sorted(summary.groups(), key=lambda g: (ORDER.index(g.policy), g.mean_start or 0.0))
+    groups = sorted(summary.groups(), key=lambda g: (_rank(g.policy), g.mean_start or 0.0))
     lines = [
         f"# Oracle sweep `{summary.name}`",
         "",
@@ -202,7 +209,7 @@ def markdown(summary: OracleSummary) -> str:
 
 
 def _order(t: TrialOutcome) -> tuple:
-    return (ORDER.index(t.policy), t.start_epoch if t.start_epoch is not None else -1, t.seed or 0)
+    return (_rank(t.policy), t.start_epoch if t.start_epoch is not None else -1, t.seed or 0)
 
 
 def _plot_against_start(summary: OracleSummary, path: Path, value, ylabel: str, title: str) -> Path:
@@ -233,12 +240,12 @@ def _plot_against_start(summary: OracleSummary, path: Path, value, ylabel: str, 
                 linestyle="none",
                 capsize=3,
                 color=color,
-                label=f"{POLICY_NAMES[policy]} (epochs {_starts(g)})",
+                label=f"{_name(policy)} (epochs {_starts(g)})",
             )
     for policy, style in (("never", "--"), ("after_training", ":")):
         g = summary.group(policy)
         if g is not None:
-            ax.axhline(value(g)[0], color="gray", linestyle=style, label=POLICY_NAMES[policy])
+            ax.axhline(value(g)[0], color="gray", linestyle=style, label=_name(policy))
     return finish(fig, ax, path, "start epoch (dense epochs before pruning)", ylabel, title)
 
 

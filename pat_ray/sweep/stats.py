@@ -15,12 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pat_ray.config import StartKind
-
 
 class _Trial(Protocol):
     group: str
-    policy: StartKind
+    policy: str
     seed: int | None
     start_epoch: float | None
     accuracy: float | None
@@ -38,7 +36,7 @@ class GroupStats:
     """One trial group (a grid point or a policy) over its finished seeds."""
 
     group: str
-    policy: StartKind
+    policy: str
     seeds: tuple[int | None, ...]
     start_epochs: tuple[float | None, ...]  # per seed: epochs into training when pruning started
     accuracies: tuple[float, ...]

@@ -10,33 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sized
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from pat_ray.config import Config
 from pat_ray.core.cost.latency import LatencyTable
-from pat_ray.core.selection import Budget
-from pat_ray.plugins.registry import get_plugin_manager, get_registry
-from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.training.epoch_progress import progress_of
-from pat_ray.training.latency_budget import run_latency_table
-from pat_ray.training.policies import SnapshotTracker
-from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord, Phase, RunResult, SnapshotPoint
-from pat_ray.training.run_state import LAST, RunState, restore_run_state, save_run_state
+from pat_ray.training.run import BACKWARD_FACTOR, Progress, Run, Taken, build, restore
+from pat_ray.training.run_state import LAST, RunState, save_run_state
 from pat_ray.training.schedule import lr_multiplier
-from pat_ray.training.setup import autocast as run_autocast
-from pat_ray.training.setup import build_run, make_optimizer, to_device
+from pat_ray.training.setup import to_device
 
-BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
 DIVERGENCE_CHECK_EVERY = 50  # iterations between the host's looks at the finite-loss flag
 
 __all__ = ["train", "RunResult", "TrainingDivergedError", "BACKWARD_FACTOR"]
@@ -63,8 +54,8 @@ def train(
     started = time.perf_counter()
     resumed = read_checkpoint(resume) if resume is not None else None
     run_dir = run_dir or Path(config.output_dir) / config.name
-    run = _build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
-    progress = _restore(run, resumed) if resumed is not None else Progress()
+    run = build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
+    progress = restore(run, resumed) if resumed is not None else Progress()
     run.net = run.collective.wrap(run.model)
     if resumed is None and config.start.decide(0.0, run.train_epochs, run.tracker):  # fixed 0: prune at init
         progress.trigger_epoch, progress.trigger_position = 0, 0.0
@@ -105,6 +96,7 @@ def train(
                 triggered=progress.trigger_epoch == epoch,
                 fingerprint=run.pruner.architecture.fingerprint(),
                 snapshots=[SnapshotPoint(t.position, t.epi) for t in taken],
+                trigger_position=progress.trigger_position if progress.trigger_epoch == epoch else None,
             )
         )
         save_and_report(run, progress)
@@ -113,135 +105,6 @@ def train(
     return RunResult.from_state(
         config, state, run.pruner.architecture.to_dict(), checkpoint, time.perf_counter() - started
     )
-
-
-@dataclass
-class Taken:
-    """One snapshot taken in the epoch under way."""
-
-    position: float  # epochs into training
-    epi: float | None
-    counts: list[int]
-    seconds: float
-
-
-@dataclass
-class Progress:
-    """What changes as the run goes: position, the trigger, the cost so far, the history."""
-
-    epoch: int = 0  # the last finished epoch
-    iteration: int = 0
-    trigger_epoch: int | None = None  # the epoch in which pruning started (0: at initialization)
-    trigger_position: float | None = None  # where exactly, in epochs (2.25: a quarter into epoch 3)
-    train_flops: float = 0.0
-    history: list[EpochRecord] = field(default_factory=list)
-    snapshots: list[Taken] = field(default_factory=list)  # taken in the epoch under way
-
-
-@dataclass
-class Run:
-    """What the loop trains with, built once from the config (and a checkpoint, resuming)."""
-
-    config: Config
-    collective: Collective
-    reporter: Reporter
-    hooks: Any  # the plugin manager's hook relay
-    model: nn.Module
-    net: nn.Module  # the model as the collective wraps it (DDP on Ray workers)
-    device: torch.device
-    layout: torch.memory_format
-    pruner: Pruner
-    tracker: SnapshotTracker
-    optimizer: torch.optim.Optimizer
-    train_loader: DataLoader
-    val_loader: DataLoader
-    autocast: AbstractContextManager
-    run_dir: Path
-    input_shape: tuple[int, ...]
-    num_classes: int
-    dense_train_flops: float
-    train_epochs: int
-    finetune_epochs: int  # after training.epochs: the policy's fine-tuning (after_training), else 0
-
-    @property
-    def total_epochs(self) -> int:
-        return self.train_epochs + self.finetune_epochs
-
-
-def _build(
-    config: Config,
-    collective: Collective,
-    reporter: Reporter,
-    resumed: Checkpoint | None,
-    latency_table: LatencyTable | None,
-    run_dir: Path,
-) -> Run:
-    registry = get_registry()
-    setup = build_run(config)
-    budget = config.pruning.budget
-    saved_table = resumed.extra.get("latency_table") if resumed else None
-    note = getattr(reporter, "note", None) if collective.rank == 0 else None
-    latency = run_latency_table(
-        config, setup.model, setup.example, collective, run_dir, saved_table, latency_table, note
-    )
-    pruner = Pruner(
-        setup.model,
-        setup.example,
-        criterion=registry.create("criterion", config.pruning.criterion.name, **config.pruning.criterion.params),
-        surgery=registry.create("surgery", config.pruning.backend),
-        budget=Budget(budget.fraction, budget.measure, budget.round_to),
-        steps=config.pruning.steps,
-        interval=config.pruning.interval,
-        exclude=config.pruning.exclude,
-        collective=collective,
-        latency=latency,
-    )
-    similarity = config.start.similarity_metric
-    data, seed, workers = setup.data, config.training.seed, config.data.num_workers
-    pinned = setup.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-    train_epochs = config.training.epochs
-    train_loader = collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned)
-    snapshots = config.start.cadence.count(train_epochs, len(train_loader)) or 0
-    return Run(
-        config=config,
-        collective=collective,
-        reporter=reporter,
-        hooks=get_plugin_manager().hook,
-        model=setup.model,
-        net=setup.model,  # wrapped by the collective once the weights are final (after a resume's restore)
-        device=setup.device,
-        layout=setup.layout,
-        pruner=pruner,
-        tracker=SnapshotTracker(
-            registry.create("similarity", similarity), config.start.snapshot_window(snapshots), snapshots
-        ),
-        optimizer=make_optimizer(config, setup.model),
-        train_loader=train_loader,
-        val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
-        autocast=run_autocast(config.training.precision, setup.device),
-        run_dir=run_dir,
-        input_shape=(1, *data.input_shape),
-        num_classes=data.num_classes,
-        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
-        train_epochs=train_epochs,
-        finetune_epochs=config.start.extra_epochs(train_epochs),
-    )
-
-
-def _restore(run: Run, resumed: Checkpoint) -> Progress:
-    """Shrink the fresh model to the checkpoint's architecture and load weights, optimizer
-    state, tracker and pruning position; returns where the run stopped."""
-    state = RunState.from_checkpoint(resumed)
-    restore_run_state(resumed, state, run.model, run.pruner, run.tracker)
-    _load_state(resumed, run.model.load_state_dict, resumed.state_dict, "weights")
-    run.model.to(memory_format=run.layout)  # the restored, pruned tensors
-    run.optimizer = make_optimizer(run.config, run.model)
-    _load_state(resumed, run.optimizer.load_state_dict, state.optimizer, "optimizer state")
-    last = state.history[-1]
-    position = state.trigger_position
-    if position is None and state.trigger_epoch is not None:  # a checkpoint from before snapshots within epochs
-        position = float(state.trigger_epoch)
-    return Progress(state.epoch, state.iteration, state.trigger_epoch, position, last.train_flops, state.history)
 
 
 def _phase(run: Run, epoch: int) -> Phase:
@@ -393,13 +256,6 @@ def _state(run: Run, progress: Progress) -> RunState:
         dense_train_flops=run.dense_train_flops,
         latency_table=run.pruner.latency.to_dict() if run.pruner.latency else None,
     )
-
-
-def _load_state(ckpt: Checkpoint, load, state, what: str) -> None:
-    try:
-        load(state)
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(ckpt.source, f"its {what} do not fit this run's model ({err})") from None
 
 
 def _start_pruning(run: Run, epoch: int, scores=None) -> None:

@@ -54,6 +54,7 @@ class EpochRecord:
     triggered: bool  # pruning started in this epoch (after one of its snapshots, or at its end)
     fingerprint: str  # of the architecture in effect
     snapshots: list[SnapshotPoint] = field(default_factory=list)  # taken in this epoch, in order
+    trigger_position: float | None = None  # triggered: where, in epochs (1.75: three quarters into epoch 2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +62,8 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
         """Records written before snapshots within epochs had one per epoch, at its end."""
-        values = {f.name: data[f.name] for f in fields(cls) if f.name != "snapshots"}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("snapshots", "trigger_position")}
+        values["trigger_position"] = data.get("trigger_position", float(data["epoch"]) if data["triggered"] else None)
         listed = data.get("snapshots")
         if listed is None:
             listed = [] if data["snapshot_counts"] is None else [{"position": float(data["epoch"]), "epi": data["epi"]}]
@@ -110,6 +112,10 @@ class RunResult:
     def flops_kept(self) -> float:
         return self.final_flops / self.dense_flops
 
+    def trigger_text(self) -> str:
+        """Where pruning started, as a person reads it: ``epoch 2``, or ``epoch 1.75 (within epoch 2)``."""
+        return describe_trigger(self.trigger_epoch, self.trigger_position)
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers, as plain data (``status.json``, ``pat-ray runs``)."""
         return {
@@ -126,3 +132,12 @@ class RunResult:
     def train_flops_ratio(self) -> float:
         """Training FLOPs spent relative to training the dense model for the same epochs."""
         return self.train_flops / self.dense_train_flops
+
+
+def describe_trigger(epoch: int | None, position: float | None) -> str:
+    """``never``, ``epoch 2`` (at its end), or ``epoch 1.75 (within epoch 2)``."""
+    if epoch is None:
+        return "never"
+    if position is None or position == int(position):
+        return f"epoch {epoch}"
+    return f"epoch {position:.2f} (within epoch {epoch})"
