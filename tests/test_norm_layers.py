@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import pat_ray
-from _helpers import assert_pruning_is_exact
+from _helpers import assert_pruning_is_exact, randomize_norms
 from pat_ray.core.cost.flops import graph_cost, measure_cost
+from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 
@@ -117,3 +118,80 @@ def test_sync_batch_norm_prunes_like_batch_norm():
         model[1].bias.uniform_(-1, 1)
     arch = assert_pruning_is_exact(model, torch.randn(2, 3, 8, 8), 0.5)
     assert isinstance(model[1], nn.SyncBatchNorm) and model[1].num_features == len(arch.kept["0"]) < 16
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's pattern: a BatchNorm2d subclass running F.batch_norm with its own tensors, then its act."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.training, self.momentum, self.eps
+        )
+        return self.act(x)
+
+
+class GroupNorm1(nn.GroupNorm):
+    """PoolFormer's pattern: one group over all channels, run as F.group_norm."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(1, n)
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class FunctionalNorms(nn.Module):
+    def __init__(self, norm: type[nn.Module]) -> None:
+        super().__init__()
+        self.a, self.norm = nn.Conv2d(3, 12, 3, padding=1, bias=False), norm(12)
+        self.b, self.head = nn.Conv2d(12, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.b(self.norm(self.a(x)))).mean((2, 3)))
+
+
+def test_a_batch_norm_subclass_running_f_batch_norm_prunes_exactly():
+    torch.manual_seed(0)
+    model, x = FunctionalNorms(BatchNormAct2d), torch.randn(2, 3, 8, 8)
+    randomize_norms(model)
+    graph = trace_channel_groups(model, x)
+    assert ("norm", "norm") in {(m.module, m.role) for m in graph.group("a").members}
+    assert graph_cost(graph) == measure_cost(model, x)
+    assert_pruning_is_exact(model, x, 0.5)
+    assert model.norm.num_features == model.norm.running_mean.numel() == model.a.out_channels < 12
+
+
+def test_a_group_norm_subclass_running_f_group_norm_prunes_with_its_channels():
+    torch.manual_seed(0)
+    model, x = FunctionalNorms(GroupNorm1), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    assert not graph.group("a").pinned and graph_cost(graph) == measure_cost(model, x)
+    pat_ray.prune(model, x, budget=0.5)
+    assert model.norm.num_channels == model.norm.weight.numel() == model.a.out_channels < 12
+    model.train()
+    model(x).sum().backward()
+
+
+def test_f_batch_norm_with_another_layers_tensors_is_refused():
+    class Borrowing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.scale = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return F.batch_norm(self.a(x), self.bn.running_mean, self.bn.running_var, self.scale, None, False)
+
+    with pytest.raises(UnsupportedModelError, match="batch_norm whose weight, bias and statistics"):
+        trace_channel_groups(Borrowing(), torch.randn(2, 3, 8, 8))
+
+
+def test_the_latency_probe_times_a_batch_norm_subclass_as_its_torch_class():
+    from pat_ray.core.cost.probe import measure_latency
+
+    table = measure_latency(FunctionalNorms(BatchNormAct2d), torch.randn(2, 3, 8, 8), 2, points=3, repeats=1, rounds=1)
+    assert table.layers["norm"].out_counts[-1] == 12

@@ -30,6 +30,11 @@ MARKERS: dict[str, tuple[str, str]] = {"epi": ("*", "tab:red"), "early_bird": ("
 ORDER: list[str] = ["fixed", "epi", "early_bird", "never", "after_training"]  # then plugins' policies
 
 
+def _at(position: float) -> str:
+    """Epochs into training as a reader wants them: ``2``, ``2.25``, ``2.26`` (not ``2.25532``)."""
+    return f"{round(position, 2):g}"
+
+
 def _rank(policy: str) -> int:
     return ORDER.index(policy) if policy in ORDER else len(ORDER)
 
@@ -39,7 +44,7 @@ def _name(policy: str) -> str:
 
 
 def _starts(g: GroupStats) -> str:
-    return ", ".join("-" if s is None else f"{s:g}" for s in g.start_epochs)
+    return ", ".join("-" if s is None else _at(s) for s in g.start_epochs)
 
 
 def _group_row(g: GroupStats) -> str:
@@ -50,7 +55,7 @@ def _group_row(g: GroupStats) -> str:
 
 
 def _trial_row(t: TrialOutcome) -> str:
-    start = "-" if t.start_epoch is None else f"{t.start_epoch:g}"
+    start = "-" if t.start_epoch is None else _at(t.start_epoch)
     seed = "-" if t.seed is None else str(t.seed)
     if not t.ok:
         first_line = (t.error or "no error recorded").splitlines()[0][:80]
@@ -82,7 +87,7 @@ def verdict_lines(summary: OracleSummary) -> list[str]:
 
 
 def _epoch(g: GroupStats) -> str:
-    return "-" if g.mean_start is None else f"{g.mean_start:g}"
+    return "-" if g.mean_start is None else _at(g.mean_start)
 
 
 def _baseline_lines(v: Verdict, summary: OracleSummary) -> list[str]:
@@ -141,7 +146,7 @@ def held_out_lines(summary: OracleSummary) -> list[str]:
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        fires = "never" if r.trigger_epoch is None else f"{r.trigger_epoch:g}"
+        fires = "never" if r.trigger_epoch is None else _at(r.trigger_epoch)
         read = "dense" if r.trigger_epoch is None else f"fixed-{r.grid_epoch:g}"
         lines.append(f"| {r.seed} | {r.tau:.4f} | {fires} | {read} | {_fmt(r.accuracy)} |")
     found = [r.accuracy for r in rows if r.accuracy is not None]

@@ -43,7 +43,8 @@ class ChannelNorm(LayerFamily):
         """Timed with the ReLU that follows most norms: element-wise activations scale with the
         same channels and would otherwise be missing from the sum."""
         assert isinstance(module, _NormBase)
-        return nn.Sequential(type(module)(n_out, affine=module.affine), nn.ReLU())
+        base = next(c for c in type(module).__mro__ if c in NORM_TYPES)  # a subclass may take other arguments
+        return nn.Sequential(base(n_out, affine=module.affine), nn.ReLU())
 
     def timing_key(self, module: nn.Module, n_in: int, n_out: int) -> tuple[Hashable, ...]:
         assert isinstance(module, _NormBase)

@@ -18,6 +18,8 @@ from enum import Enum
 
 from pat_ray.tracer.layers.functional import FUNCTIONS as FUNCTIONAL_LAYERS
 from pat_ray.tracer.layers.functional import functional_layer
+from pat_ray.tracer.layers.functional_norms import FUNCTIONS as FUNCTIONAL_NORMS
+from pat_ray.tracer.layers.functional_norms import functional_norm
 from pat_ray.tracer.layers.layer_norm import LAYER_NORM_FUNCTIONS, functional_layer_norm
 from pat_ray.tracer.ops import elementwise, interleave, joins, products, reductions, shape
 from pat_ray.tracer.ops.call import OpRule
@@ -47,6 +49,7 @@ class OpKind(Enum):
     LAYER = "layer"  # F.conv* / F.linear inside a layer's forward
     LAYER_NORM = "layer_norm"  # F.layer_norm inside a LayerNorm's forward
     INTERLEAVE = "interleave"  # repeat_interleave
+    NORM_CALL = "norm_call"  # F.batch_norm / instance_norm / group_norm inside a norm layer's forward
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ OPS: dict[OpKind, OpFamily] = {
     OpKind.MIXING: OpFamily(elementwise.MIXING_FUNCTIONS, set(), elementwise.mixing_layout),
     OpKind.LAYER_NORM: OpFamily(LAYER_NORM_FUNCTIONS, set(), functional_layer_norm),
     OpKind.GETITEM: OpFamily({operator.getitem}, set(), shape.getitem_rule),
+    OpKind.NORM_CALL: OpFamily(FUNCTIONAL_NORMS, set(), functional_norm),
     OpKind.INTERLEAVE: OpFamily(
         interleave.INTERLEAVE_FUNCTIONS, interleave.INTERLEAVE_METHODS, interleave.interleave_rule
     ),
