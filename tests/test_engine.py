@@ -131,28 +131,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(plugi
     assert ckpt.extra["epoch"] == 1
 
 
-def test_cli_run_default_pipeline_end_to_end(tmp_path):
-    from click.testing import CliRunner
-
-    from pat_ray.cli import main
-
-    result = CliRunner().invoke(main, ["run", "--local", "--output-dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    epoch_lines = [line for line in result.output.splitlines() if line.startswith("epoch ")]
-    assert len(epoch_lines) == Config().training.epochs
-    assert "embedded default" in result.output
-    for label in (
-        "pruning started:",
-        "final accuracy:",
-        "FLOPs kept:",
-        "training FLOPs:",
-        "wall time:",
-    ):
-        assert label in result.output
-    assert (tmp_path / "digits" / "latest" / "last.pt").is_file()
-    assert (tmp_path / "digits" / "latest" / "history.json").is_file()
-
-
 class CrashAfter:
     """A reporter that fails once the given epoch is checkpointed (a killed process)."""
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pat_ray.config import Config
+
 ROOT = Path(__file__).parents[1]
 RAY_CHATTER = (
     "Reporting training result",
@@ -61,6 +63,10 @@ def test_the_set_up_block_runs_top_to_bottom_in_a_fresh_folder(tmp_path):
     on_ray, local = outputs[0], outputs[1]
     for output in (on_ray, local):
         assert re.search(r"pruning started:\s+epoch \d+", output) and "mlflow run:" in output
+        assert len([line for line in output.splitlines() if line.startswith("epoch ")]) == Config().training.epochs
+        for label in ("final accuracy:", "FLOPs kept:", "training FLOPs:", "wall time:"):
+            assert label in output, label
+    assert "embedded default" in local
     for chatter in RAY_CHATTER:
         assert chatter not in on_ray, chatter
     assert "dashboard at" in on_ray
