@@ -59,17 +59,25 @@ def conv_like(module: _ConvNd, n_in: int, n_out: int, groups: int, **extra: Any)
     return built
 
 
+def conv_input(call: LayerCall) -> tuple[_ConvNd, Layout]:
+    """A conv's (or transposed conv's) module and input layout: channels on dim 1, as many as
+    the layer reads."""
+    module = call.module
+    assert isinstance(module, _ConvNd)
+    layout = call.on_dim1()
+    if call.builder.width(layout) != module.in_channels:
+        raise UnsupportedModelError(f"{call.where}: input channels do not match in_channels")
+    return module, layout
+
+
 class Conv(LayerFamily):
     types = CONV_TYPES
     counts_macs = True
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:
-        builder, name, module = call.builder, call.name, call.module
-        assert isinstance(module, _ConvNd)
-        layout = call.on_dim1()
-        if builder.width(layout) != module.in_channels:
-            raise UnsupportedModelError(f"{call.where}: input channels do not match in_channels")
+        builder, name = call.builder, call.name
+        module, layout = conv_input(call)
         kernel, spatial = math.prod(module.kernel_size), math.prod(call.out_shape[2:])
         per_out = 1 if module.bias is not None else 0
         groups, cin, cout = module.groups, module.in_channels, module.out_channels

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.layers.conv import conv_hyper, conv_like
+from pat_ray.tracer.layers.conv import conv_hyper, conv_input, conv_like
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.state import Layout, Term
 
@@ -25,11 +25,8 @@ class TransposedConv(LayerFamily):
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:
-        builder, name, module = call.builder, call.name, call.module
-        assert isinstance(module, _ConvNd)
-        layout = call.on_dim1()
-        if builder.width(layout) != module.in_channels:
-            raise UnsupportedModelError(f"{call.where}: input channels do not match in_channels")
+        builder, name = call.builder, call.name
+        module, layout = conv_input(call)
         if module.groups != 1:
             raise UnsupportedModelError(
                 f"{call.where}: a grouped transposed conv (groups={module.groups}) is not supported"
