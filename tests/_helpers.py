@@ -31,7 +31,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
 
 def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architecture) -> None:
     """Force the outputs of the channels ``arch`` drops to exactly zero in the unpruned model:
-    zero the producers' filters and biases and the BatchNorms' scale and shift."""
+    zero the producers' filters and biases, the BatchNorms' scale and shift, and the parameters
+    applied per channel (a position embedding added to them would make them non-zero again)."""
     with torch.no_grad():
         for group in graph.groups:
             if group.name not in arch.kept:
@@ -40,7 +41,10 @@ def zero_removed_channels(model: nn.Module, graph: ModelGraph, arch: Architectur
             mask[list(arch.kept[group.name])] = False
             drop = mask.nonzero().flatten()
             for member in group.members:
-                if member.role in ("in", "param"):  # consumers, and per-channel scales of zeroed channels
+                if member.role == "param":
+                    owner, _, name = member.module.rpartition(".")
+                    getattr(model.get_submodule(owner), name).index_fill_(member.axis, member.positions(drop), 0.0)
+                if member.role in ("in", "param"):
                     continue
                 module = model.get_submodule(member.module)
                 for name in ("weight", "bias"):

@@ -5,6 +5,14 @@ went). Running the graph through an Interpreter bound to the model itself skips 
 ``GraphModule`` (its code generation and module copies cost more than the run on small
 CNNs), and recording bare shapes instead of ShapeProp's full tensor metadata keeps the
 per-node overhead low.
+
+Python control flow on sizes (``if x.shape[1] != self.num_tokens:``, a loop over a tensor's
+size) stops plain ``torch.fx``. Here it is decided by the example input: the graph built so far
+is run on it, and the branch (or loop count) that input takes is the one traced. The graph, and
+so the channel groups found in it, are then those of inputs of the example's size: for another
+size a model may take a branch that was never traced (a position embedding resampled, a window
+padded), and pruning follows only the branch seen. Control flow on a tensor's values
+(``if x.sum() > 0``) differs from one batch to the next and is still refused.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     was_training = model.training
     model.eval()
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(first_sample(example_input)).trace(model)
         with torch.no_grad():
             result = _ShapeRecorder(model, graph=graph).run(*first_sample(example_input))
     except UnsupportedModelError:
@@ -59,7 +67,49 @@ def _piece_shape(value: Any) -> PieceShape:
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d,
     and so is a subclass of a torch.nn layer that keeps its forward (torchvision's
-    ``Conv3DSimple(nn.Conv3d)``): fx would otherwise trace into it and meet a bare ``conv3d``."""
+    ``Conv3DSimple(nn.Conv3d)``): fx would otherwise trace into it and meet a bare ``conv3d``.
+    Control flow on a traced value is decided by running the graph so far on ``example``."""
+
+    def __init__(self, example: tuple[torch.Tensor, ...]) -> None:
+        super().__init__()
+        self.example = example
+        self.values: dict[fx.Node, Any] = {}
+        self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = self._value(obj.node)
+        reads = _tensor_read(obj.node, self.values)
+        if reads is not None:
+            raise UnsupportedModelError(
+                f"{type(self.root).__name__}: its control flow depends on the values of tensor {reads.name!r}, "
+                "not only on sizes; "
+                "pat_ray traces a branch only where the example's shapes decide it"
+            )
+        return bool(value)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        return iter([obj[i] for i in range(len(self._value(obj.node)))])  # type: ignore[index]
+
+    def _value(self, wanted: fx.Node) -> Any:
+        """What ``wanted`` holds on the example input. Tracing patches ``nn.Module`` so that a
+        call or a parameter read records a node; the real run needs the plain ones back."""
+        patched = (nn.Module.__call__, nn.Module.__getattr__)
+        nn.Module.__call__, nn.Module.__getattr__ = self.unpatched  # type: ignore[method-assign]
+        try:
+            runner = fx.Interpreter(self.root, graph=self.graph, garbage_collect_values=False)
+            runner.env = self.values
+            inputs = iter(self.example)
+            with torch.no_grad():
+                for node in self.graph.nodes:
+                    if node not in self.values:
+                        default = node.args[0] if node.args else None
+                        is_input = node.op == "placeholder"
+                        self.values[node] = next(inputs, default) if is_input else runner.run_node(node)
+                    if node is wanted:
+                        return self.values[node]
+        finally:
+            nn.Module.__call__, nn.Module.__getattr__ = patched  # type: ignore[method-assign]
+        raise AssertionError(f"node {wanted.name!r} is not in the graph being traced")
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -67,6 +117,26 @@ class _Tracer(fx.Tracer):
             or super().is_leaf_module(m, module_qualified_name)
             or _inherits_torch_forward(type(m))
         )
+
+
+_SIZE_READS = {"size", "dim", "shape", "ndim", "numel"}
+
+
+def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
+    """A tensor whose values (not just its size) ``condition`` is computed from, if any."""
+    pending, seen = [condition], set()
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        reads_size = node.target in _SIZE_READS or (node.target is getattr and node.args[1] in _SIZE_READS)
+        if reads_size:
+            continue
+        if isinstance(values.get(node), torch.Tensor) and node.op != "get_attr":
+            return node
+        pending.extend(node.all_input_nodes)
+    return None
 
 
 def _inherits_torch_forward(kind: type[nn.Module]) -> bool:

@@ -7,6 +7,7 @@ so that a rule reads as what it decides, not as argument plumbing.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch.fx as fx
@@ -101,3 +102,48 @@ def size_written_in_code(model: nn.Module, node: fx.Node, axis: int) -> bool:
     if isinstance(written, fx.Node) or axis >= len(written):
         return True
     return isinstance(written[axis], int) and written[axis] != -1
+
+
+# Ops that give a parameter's values new axes or a new order without mixing them: a parameter
+# read through them (``self.cls_token.expand(b, -1, -1)``, ``self.gamma.view(1, -1, 1, 1)``) can
+# still be sliced along the dim that lines up with the channels.
+_SAME_DIMS = {"to", "type", "type_as", "float", "half", "bfloat16", "contiguous", "clone", "detach"}
+_REGROUPING = {"view", "reshape", "unsqueeze", "squeeze", "flatten"}
+_BROADCASTING = {"expand", "expand_as"}
+
+
+def parameter_dim(model: nn.Module, node: fx.Node, dim: int) -> tuple[str, int] | None:
+    """The model parameter (dotted name) and its dim whose values fill ``dim`` of ``node``'s
+    result, following the parameter through views, ``expand`` and dtype casts; None when the
+    values there are not one parameter's (a constant, a computed tensor, a broadcast axis, a
+    size written in the code that would not follow a sliced parameter)."""
+    while node.op != "get_attr":
+        if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        source, name = node.args[0], target_name(node)
+        out_shape, in_shape = shape_of(node), shape_of(source)
+        if out_shape is None or in_shape is None or size_written_in_code(model, node, dim):
+            return None
+        if name in _SAME_DIMS:
+            mapped: int | None = dim
+        elif name in _BROADCASTING:
+            mapped = dim - (len(out_shape) - len(in_shape))
+            mapped = mapped if mapped >= 0 and in_shape[mapped] == out_shape[dim] else None
+        elif name in _REGROUPING:
+            mapped = same_axis(in_shape, out_shape, dim)
+        else:
+            return None
+        if mapped is None:
+            return None
+        node, dim = source, mapped
+    return (str(node.target), dim) if is_parameter(model, node) else None
+
+
+def same_axis(in_shape: tuple[int, ...], out_shape: tuple[int, ...], out_dim: int) -> int | None:
+    """The input dim a reshape carries unchanged to ``out_dim`` (same size, same number of
+    elements before it), or None when the reshape splits or merges it."""
+    before = math.prod(out_shape[:out_dim])
+    for i, size in enumerate(in_shape):
+        if size == out_shape[out_dim] and math.prod(in_shape[:i]) == before:
+            return i
+    return None

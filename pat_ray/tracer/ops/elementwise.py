@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.ops import stochastic_depth
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import arg, is_parameter, known_shape, shape_of, size_written_in_code
+from pat_ray.tracer.nodes import arg, known_shape, parameter_dim, shape_of, size_written_in_code
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.reductions import reduce_rule
 from pat_ray.tracer.state import GroupBuilder, Layout
@@ -166,8 +166,12 @@ BINARY_METHODS = set(
 MINMAX_FUNCTIONS = {torch.max, torch.min}
 MINMAX_METHODS = {"max", "min"}
 
-# Functions that mix all channels of their input without parameters: the input is kept whole.
-MIXING_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, F.softmin, F.normalize, F.local_response_norm}
+# Functions that mix the values along one dim without parameters (softmax over tokens, a
+# normalize over channels): along the channel dim the input is kept whole; along another the
+# channels pass. ``local_response_norm`` always mixes neighbouring channels.
+MIXING_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.softmin, F.normalize}
+MIXING_METHODS = {"softmax", "log_softmax"}
+CHANNEL_MIXING_FUNCTIONS = {F.local_response_norm}
 
 SAMPLE_FUNCTIONS = {F.grid_sample}
 
@@ -214,9 +218,9 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
         if extent == 1:
             if isinstance(lay, Layout):
                 builder.pin(lay)  # broadcast across the result's channels: its own channels must stay
-        elif lay is None and is_parameter(builder.model, operand):
-            builder.add_param(str(operand.target), dim, wide[0], where)
-            builder.count_param(str(operand.target), wide[0])
+        elif lay is None and (source := parameter_dim(builder.model, operand, dim)) is not None:
+            builder.add_param(source[0], source[1], wide[0], where)
+            builder.count_param(source[0], wide[0])
         elif lay is None:
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
@@ -237,7 +241,19 @@ def minmax_layout(builder: GroupBuilder, call: OpCall) -> Layout | None:
 
 
 def mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
-    """``softmax`` and kin: every output reads every channel, so none may go."""
+    """``softmax`` and kin along ``dim``: over the channels every output reads every channel, so
+    none may go; over another dim (attention's softmax over tokens) channel i stays channel i."""
+    layout = call.first_layout()
+    given = arg(call.node, 2, "dim", 1) if call.node.target is F.normalize else arg(call.node, 1, "dim")
+    ndim = len(known_shape(call.node.args[0], call.where))
+    if isinstance(given, int) and given % ndim != layout.axis and layout.repeat == 1:
+        return layout
+    builder.pin(layout)
+    return layout
+
+
+def channel_mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
+    """An op that mixes neighbouring channels (``local_response_norm``): none may go."""
     builder.pin(call.inputs[0])
     return call.inputs[0]
 

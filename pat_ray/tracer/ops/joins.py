@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import arg, int_arg, known_shape, size_arguments
+from pat_ray.tracer.nodes import arg, int_arg, known_shape, parameter_dim, size_arguments
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
@@ -43,17 +43,29 @@ def _listed_layouts(tensors: Any, layouts: Mapping[fx.Node, Traced]) -> list[Tra
 
 
 def cat_layout(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node, Traced], where: str) -> Layout:
+    """Along the channel axis the pieces' channels sit side by side; along another axis (tokens
+    after a class token) every piece holds the same channels: traced pieces are coupled, and a
+    piece read from a parameter (the class token, expanded over the batch) is sliced with them."""
     dim = int_arg(arg(node, 1, "dim", 0), where)
     found = _listed_layouts(node.args[0], layouts)
     parts = [p for p in found if isinstance(p, Layout)]
-    if not parts or len(parts) != len(found):
-        raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
     ndim = len(known_shape(node, where))
-    if any(dim % ndim == p.axis for p in parts):
+    if parts and len(parts) == len(found) and any(dim % ndim == p.axis for p in parts):
         if any(p.repeat != 1 or p.axis != parts[0].axis for p in parts):
             raise UnsupportedModelError(f"{where}: concatenates flattened features or differently laid out channels")
         return Layout(tuple(g for p in parts for g in p.groups), 1, parts[0].axis)
-    return builder.unify_all(parts, where)
+    if not parts or any(dim % ndim == p.axis for p in parts):
+        raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
+    joined = builder.unify_all(parts, where)
+    listed = node.args[0] if isinstance(node.args[0], list | tuple) else [None] * len(found)
+    for piece, traced in zip(listed, found):
+        source = parameter_dim(builder.model, piece, joined.axis) if isinstance(piece, fx.Node) else None
+        if traced is None and source is None:
+            raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
+        if traced is None and source is not None:
+            builder.add_param(source[0], source[1], joined, where)
+            builder.count_param(source[0], joined)
+    return joined
 
 
 def stack_layout(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node, Traced], where: str) -> Layout:
@@ -98,6 +110,8 @@ def created_layout(builder: GroupBuilder, node: fx.Node, shape: tuple[int, ...])
 def pad_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
     """``F.pad``: padding the channel axis with a constant (ResNet's parameter-free "option A"
     shortcut) adds channels that are always zero: pinned groups around the input's."""
+    if known_shape(node, where)[layout.axis] == known_shape(node.args[0], where)[layout.axis]:
+        return layout  # only other axes padded (a window padded to a multiple of its size)
     pad, mode = arg(node, 1, "pad", ()), arg(node, 2, "mode", "constant")
     pairs = [int_arg(p, where) for p in pad] if isinstance(pad, list | tuple) else []
     last = len(known_shape(node.args[0], where)) - 1 - layout.axis  # pad's pairs start at the last axis

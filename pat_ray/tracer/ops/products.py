@@ -16,9 +16,10 @@ import operator
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import is_parameter, known_shape
+from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout
 
@@ -27,6 +28,8 @@ MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
 MATMUL_METHODS = {"matmul", "bmm", "mm"}
 
 EINSUM_FUNCTIONS = {torch.einsum}
+
+ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
 
 
 def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
@@ -139,3 +142,36 @@ def _einsum_arguments(node: fx.Node, where: str) -> tuple[str, list[fx.Node]]:
     if not isinstance(equation, str) or not all(isinstance(n, fx.Node) for n in operands):
         raise UnsupportedModelError(f"{where}: an einsum pat_ray cannot read")
     return equation, [n for n in operands if isinstance(n, fx.Node)]
+
+
+def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
+    """``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q @ k^T) @ v`` over (..., tokens,
+    features). q and k meet on their last axis (coupled, like a product's contracted channels);
+    the result carries v's last axis; channels on a leading axis (heads) are the same in all
+    three. Channels on the token axis would change which tokens attend to which: refused. q and
+    k keep their features unless the call gives ``scale``: the default, 1/sqrt(features), would
+    change with them."""
+    node, shape, where = call.node, call.shape, call.where
+    factors = [arg(node, i, name) for i, name in enumerate(("query", "key", "value"))]
+    traced = [call.layouts.get(f) if isinstance(f, fx.Node) else None for f in factors]
+    mask = arg(node, 3, "attn_mask")
+    mask_layout = call.layouts.get(mask) if isinstance(mask, fx.Node) else None
+    if isinstance(mask_layout, Layout) and not builder.is_pinned(mask_layout):
+        raise UnsupportedModelError(f"{where}: its attention mask carries prunable channels")
+    if not all(isinstance(lay, Layout) and lay.repeat == 1 for lay in traced):
+        raise UnsupportedModelError(f"{where}: its query, key or value is a tensor of unknown channels")
+    q, k, v = (lay for lay in traced if isinstance(lay, Layout))
+    last = len(shape) - 1
+    if any(lay.axis == last - 1 and not builder.is_pinned(lay) for lay in (q, k, v)):
+        raise UnsupportedModelError(f"{where}: carries prunable channels on the token axis")
+    if q.axis == last or k.axis == last:
+        if q.axis == k.axis and arg(node, 6, "scale") is not None:
+            builder.unify(q, k, where)
+        else:  # one side's features only, or the default scale 1/sqrt(features) that pruning would change
+            builder.pin(q if q.axis == last else k)
+            builder.pin(k if k.axis == last else q)
+    leading = [lay for lay in (q, k, v) if lay.axis < last - 1]
+    carried = [v] if v.axis == last else leading
+    if v.axis != last and leading:
+        builder.unify_all(leading, where)
+    return _one_carried(builder, node, shape, [Layout(lay.groups, 1, lay.axis) for lay in carried], where)

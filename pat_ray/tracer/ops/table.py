@@ -29,7 +29,9 @@ class OpKind(Enum):
     PASS = "pass"  # element-wise on one tensor
     BINARY = "binary"  # element-wise between tensors
     MINMAX = "minmax"  # max / min: binary with a second tensor, else a reduction
-    MIXING = "mixing"  # every output reads every channel (softmax)
+    MIXING = "mixing"  # every output reads every value along one dim (softmax)
+    CHANNEL_MIXING = "channel_mixing"  # every output reads neighbouring channels (local response norm)
+    ATTENTION = "attention"  # scaled dot-product attention
     SAMPLE = "sample"  # grid_sample
     RESHAPE = "reshape"
     AXES = "axes"  # unsqueeze / squeeze
@@ -84,7 +86,9 @@ OPS: dict[OpKind, OpFamily] = {
     OpKind.STACK: OpFamily(joins.STACK_FUNCTIONS, set(), joins.stack_rule),
     OpKind.PAD: OpFamily(joins.PAD_FUNCTIONS, set(), joins.pad_rule),
     OpKind.REORDER: OpFamily(shape.REORDERING_FUNCTIONS, set(), shape.reorder_rule),
-    OpKind.MIXING: OpFamily(elementwise.MIXING_FUNCTIONS, set(), elementwise.mixing_layout),
+    OpKind.MIXING: OpFamily(elementwise.MIXING_FUNCTIONS, elementwise.MIXING_METHODS, elementwise.mixing_layout),
+    OpKind.CHANNEL_MIXING: OpFamily(elementwise.CHANNEL_MIXING_FUNCTIONS, set(), elementwise.channel_mixing_layout),
+    OpKind.ATTENTION: OpFamily(products.ATTENTION_FUNCTIONS, set(), products.attention_rule),
     OpKind.LAYER_NORM: OpFamily(LAYER_NORM_FUNCTIONS, set(), functional_layer_norm),
     OpKind.GETITEM: OpFamily({operator.getitem}, set(), shape.getitem_rule),
     OpKind.NORM_CALL: OpFamily(FUNCTIONAL_NORMS, set(), functional_norm),

@@ -1,0 +1,239 @@
+"""Which timm models pat_ray prunes, beside Torch-Pruning on the same models and budget.
+
+One small variant of every timm model family (a family is one of ``timm.list_modules()``),
+built without pretrained weights, at a small input where the model takes one. Each library
+prunes it to 50% of its FLOPs with L2 magnitude scores; the pruned model must then run forward
+and backward. FLOPs are counted by torch's ``FlopCounterMode`` with gradients enabled (under
+``no_grad`` attention layers take fused paths that the counter does not see), so both columns
+are one yardstick, attention included.
+
+Verdicts: ``pruned`` (forward and backward ran; FLOPs kept shown), ``refused`` (pat_ray's
+``UnsupportedModelError``, which names the op it cannot follow), ``failed`` (the library raised
+anything else while pruning), ``broken`` (pruning returned, then the model raised or changed its
+output shape). Torch-Pruning is driven as its timm example does: global pruning, attention
+modules' ``qkv`` registered with their head counts, the classifier left alone; its pruning ratio
+is stepped until the FLOPs reach the budget.
+
+    pip install timm    # then
+    python benchmarks/timm_coverage.py            # resumable: rows already measured are kept
+    python benchmarks/timm_coverage.py --only vit_tiny_patch16_224 swin_tiny_patch4_window7_224
+
+Each model runs in a child process (a model that hangs or crashes costs its row, not the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from _report import RESULTS, header, write
+
+BUDGET = 0.5
+ROWS = RESULTS / "timm_coverage.jsonl"
+TIMEOUT_S = 600
+SMALL = ("test", "atto", "femto", "pico", "nano", "xxs", "xxsmall", "mini", "tiny", "xs", "xsmall", "small",
+         "s0", "b0", "m0", "t0", "s1", "s", "m1", "m")  # fmt: skip
+TOO_LARGE = re.compile(r"giant|huge|enormous|large|_1b_|_3b_|gigantic|448|512|384")
+
+
+def pick_small(names: list[str]) -> str:
+    """The family's first model by the size words in its name (no model is built to choose)."""
+
+    def rank(name: str) -> tuple[int, bool, int, int, str]:
+        parts = re.split(r"[_\-]", name)
+        words = [i for i, word in enumerate(SMALL) for part in parts if part == word or part.startswith(word + "2")]
+        numbers = [int(n) for n in re.findall(r"\d+", name)] or [0]
+        return (min(words, default=len(SMALL)), bool(TOO_LARGE.search(name)), max(numbers), len(name), name)
+
+    return min(names, key=rank)
+
+
+def families() -> dict[str, str]:
+    import timm
+
+    return {module: pick_small(timm.list_models(module=module)) for module in timm.list_modules()}
+
+
+def measure_one(name: str) -> dict:
+    """Both libraries on one model (run in a child process)."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    built = _build(name)
+    if isinstance(built, str):
+        return {"model": name, "input": None, "pat_ray": _row("failed", why=built), "torch_pruning": _row("skipped")}
+    make, x = built
+    return {
+        "model": name,
+        "input": list(x.shape[1:]),
+        "pat_ray": _attempt(make, x, _pat_ray),
+        "torch_pruning": _attempt(make, x, _torch_pruning),
+    }
+
+
+def _build(name: str):
+    """A constructor for the model and an input it runs on: 96 px where the model takes any size."""
+    import timm
+    import torch
+
+    errors = []
+    for kwargs in ({"img_size": 96}, {}):
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+            size = kwargs.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+            chans = model.pretrained_cfg.get("input_size", (3,))[0]
+            x = torch.randn(2, chans, size, size)
+            with torch.no_grad():
+                model(x)
+        except Exception as err:  # noqa: BLE001 - the next form is tried
+            errors.append(f"{type(err).__name__}: {str(err)[:100]}")
+            continue
+
+        def make(kwargs=kwargs):
+            torch.manual_seed(0)
+            return timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+
+        return make, x
+    return "could not build: " + " / ".join(errors)
+
+
+def _flops(model, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.enable_grad(), counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def _attempt(make, x, prune) -> dict:
+    from pat_ray.tracer.graph import UnsupportedModelError
+
+    model = make()
+    dense_flops, out_shape = _flops(model, x), model(x).shape
+    try:
+        prune(model, x, dense_flops)
+    except UnsupportedModelError as err:
+        return _row("refused", why=str(err).split(";")[0][:160])
+    except Exception as err:  # noqa: BLE001 - a library's failure is the row
+        return _row("failed", why=f"{type(err).__name__}: {str(err)[:160]}")
+    try:
+        model.train()
+        out = model(x)
+        out.sum().backward()
+        if out.shape != out_shape:
+            return _row("broken", why=f"output shape {tuple(out.shape)}, was {tuple(out_shape)}")
+        model.eval()
+        return _row("pruned", kept=round(_flops(model, x) / dense_flops, 3))
+    except Exception as err:  # noqa: BLE001
+        return _row("broken", why=f"{type(err).__name__}: {str(err)[:160]}")
+
+
+def _row(verdict: str, kept: float | None = None, why: str = "") -> dict:
+    return {"verdict": verdict, "flops_kept": kept, "why": why}
+
+
+def _pat_ray(model, x, dense_flops) -> None:
+    import pat_ray
+
+    pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET)
+
+
+def _torch_pruning(model, x, dense_flops) -> None:
+    """Torch-Pruning as its timm example drives it, stepped until the FLOPs reach the budget."""
+    import torch_pruning as tp
+
+    heads = {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=0.9,
+        iterative_steps=30,
+        ignored_layers=[classifier] if classifier is not None and hasattr(classifier, "weight") else [],
+        num_heads=heads,
+    )
+    for _ in range(30):
+        pruner.step()
+        for attention in heads:  # what its example does after each step: the forward reads these
+            owner = next(m for m in model.modules() if getattr(m, "qkv", None) is attention)
+            owner.head_dim = attention.out_features // (3 * owner.num_heads)
+            if hasattr(owner, "attn_dim"):
+                owner.attn_dim = owner.head_dim * owner.num_heads
+        if _flops(model, x) <= BUDGET * dense_flops * 1.01:
+            return
+    raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="these timm model names (default: one per family)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process's entry
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one)))
+        return
+    done = (
+        {json.loads(line)["model"]: json.loads(line) for line in ROWS.read_text().splitlines()} if ROWS.exists() else {}
+    )
+    picks = {name: name for name in args.only} if args.only else families()
+    for family, name in picks.items():
+        if name not in done:
+            done[name] = {**_in_child(name), "family": family}
+            with ROWS.open("a") as rows:
+                rows.write(json.dumps(done[name]) + "\n")
+        print(family, name, done[name]["pat_ray"]["verdict"], done[name]["torch_pruning"]["verdict"], flush=True)
+    write("timm_coverage.md", _table([done[name] for name in picks.values()]))
+
+
+def _in_child(name: str) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", name]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "input": None, "pat_ray": _row("failed", why=f"over {TIMEOUT_S} s"),
+                "torch_pruning": _row("skipped")}  # fmt: skip
+    if out.returncode != 0:
+        why = f"child process exited {out.returncode}: {out.stderr.strip().splitlines()[-1:]}"
+        return {"model": name, "input": None, "pat_ray": _row("failed", why=why), "torch_pruning": _row("skipped")}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: list[dict]) -> list[str]:
+    import torch
+
+    def count(lib: str, verdict: str) -> int:
+        return sum(1 for r in rows if r[lib]["verdict"] == verdict)
+
+    verdicts = ("pruned", "refused", "failed", "broken")
+    tally = "; ".join(
+        f"{lib}: " + ", ".join(f"{count(lib, v)} {v}" for v in verdicts) for lib in ("pat_ray", "torch_pruning")
+    )
+    lines = header(
+        f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
+        torch.device("cpu"),
+        f"{len(rows)} families. {tally}. FLOPs kept by torch's FlopCounterMode (attention included).",
+    )
+    lines += ["| family | model | input | pat_ray | FLOPs kept | Torch-Pruning | FLOPs kept | why (pat_ray / Torch-Pruning) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        ours, theirs = r["pat_ray"], r["torch_pruning"]
+        why = " / ".join(w for w in (ours["why"], theirs["why"]) if w).replace("|", "\\|")
+        size = "x".join(map(str, r["input"])) if r["input"] else "-"
+        lines.append(
+            f"| {r.get('family', '')} | {r['model']} | {size} | {ours['verdict']} | {ours['flops_kept'] or '-'} "
+            f"| {theirs['verdict']} | {theirs['flops_kept'] or '-'} | {why} |"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    main()

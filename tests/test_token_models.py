@@ -1,0 +1,152 @@
+"""Vision-transformer idioms the tracer follows: a class token concatenated on the token axis,
+position embeddings and layer scales read through views, softmax over tokens, scaled
+dot-product attention, padding of non-channel axes, and control flow decided by sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pat_ray
+from _helpers import assert_pruning_is_exact
+from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.trace import trace_channel_groups
+
+
+class TokenNet(nn.Module):
+    """Patches to tokens, class and distillation tokens, a position embedding, and residual MLP
+    blocks with layer scales written through views: the embedding width is one channel group."""
+
+    def __init__(self, width: int = 16, tokens: int = 16, scale_view: bool = True) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, width, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width))
+        self.dist_token = nn.Parameter(torch.randn(1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 2, width))
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+        self.gamma = nn.Parameter(torch.rand(width))
+        self.scale_view = scale_view
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        dist = self.dist_token.unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, dist, x), dim=1) + self.pos_embed
+        gamma = self.gamma.view(1, 1, -1) if self.scale_view else self.gamma
+        x = x + gamma * self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_class_tokens_and_position_embeddings_are_sliced_with_the_embedding_width():
+    model, x = TokenNet(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    embedding = graph.group("patch")
+    params = {m.module: m.axis for m in embedding.members if m.role == "param"}
+    assert params == {"cls_token": 2, "dist_token": 1, "pos_embed": 2, "gamma": 0}
+    assert not embedding.pinned
+    arch = assert_pruning_is_exact(model, x, 0.5)
+    kept = len(arch.kept["patch"])
+    assert kept < 16
+    assert model.cls_token.shape == (1, 1, kept) and model.pos_embed.shape == (1, 18, kept)
+    assert model.dist_token.shape == (1, kept) and model.gamma.shape == (kept,)
+
+
+def test_a_parameter_viewed_with_its_width_written_in_the_code_is_not_sliced():
+    class Written(TokenNet):
+        def forward(self, x):
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat((self.cls_token.expand(x.shape[0], 1, 16), x), dim=1)
+            return self.head(x[:, 0])
+
+    with pytest.raises(UnsupportedModelError, match="node 'cat'.*unknown channels"):
+        trace_channel_groups(Written(), torch.randn(2, 3, 8, 8))
+
+
+class Attention(nn.Module):
+    """Single-head attention over tokens, as SDPA or written out; the softmax runs over tokens."""
+
+    def __init__(self, width: int = 16, form: str = "sdpa", scale: float | None = None) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+        self.form, self.scale = form, scale
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.form == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            y = (q @ k.transpose(-2, -1) * 0.25).softmax(dim=-1) @ v
+        return self.head(self.out(y).mean(1))
+
+
+@pytest.mark.parametrize("form", ["sdpa", "written"])
+def test_attention_couples_query_with_key_and_value_with_the_output_projection(form):
+    model, x = Attention(form=form, scale=0.25), torch.randn(2, 16, 4, 4)
+    graph = trace_channel_groups(model, x)
+    roles = {g.name: sorted((m.module, m.role) for m in g.members) for g in graph.prunable}
+    assert roles["q"] == [("k", "out"), ("q", "out")]
+    assert roles["v"] == [("out", "in"), ("v", "out")]
+    assert_pruning_is_exact(model, x, 0.5)
+
+
+def test_attention_with_the_default_scale_keeps_query_and_key_features():
+    """SDPA's default scale is 1/sqrt(features): pruning q and k would change it."""
+    graph = trace_channel_groups(Attention(form="sdpa"), torch.randn(2, 16, 4, 4))
+    assert graph.group("q").pinned and not graph.group("v").pinned
+
+
+def test_softmax_over_the_channels_keeps_them():
+    class ChannelSoftmax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x).softmax(1))
+
+    assert trace_channel_groups(ChannelSoftmax(), torch.randn(1, 3, 4, 4)).group("conv").pinned
+
+
+class Windowed(nn.Module):
+    """Pads the spatial axes up to a multiple of a window, by amounts computed at run time, and
+    takes a branch chosen by the input's size (plain torch.fx cannot trace either)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.mix, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        height, width = ((4 - size % 4) % 4 for size in x.shape[2:])  # a loop over sizes
+        x = F.pad(x, (0, width, 0, height))
+        if x.shape[-1] > 4:
+            x = self.mix(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_padding_other_axes_and_size_decided_branches_are_followed():
+    model, x = Windowed(), torch.randn(2, 3, 7, 7)
+    graph = trace_channel_groups(model, x)
+    assert {g.name for g in graph.prunable} == {"conv", "mix"}
+    assert_pruning_is_exact(model, x, 0.5)
+
+
+def test_a_branch_not_taken_on_the_example_is_not_traced():
+    """The example's size decides: at 5x5 the padded map is 8 wide, the mixing conv runs; at 3x3
+    it is 4 wide and skipped, so only the first conv is left to prune."""
+    assert {g.name for g in trace_channel_groups(Windowed(), torch.randn(1, 3, 3, 3)).prunable} == {"conv"}
+
+
+def test_a_token_model_prunes_to_its_flops_budget_and_trains():
+    model, x = TokenNet(scale_view=False), torch.randn(2, 3, 8, 8)
+    before = pat_ray.measure_cost(model, x).flops
+    pat_ray.prune(model, x, budget=0.5)
+    assert abs(pat_ray.measure_cost(model, x).flops / (0.5 * before) - 1) < 0.05
+    model.train()(x).sum().backward()
+    assert model.pos_embed.grad is not None
