@@ -13,7 +13,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from _helpers import configured, fail_once_after  # noqa: E402
-from pat_ray.config import Config, FixedStart  # noqa: E402
+from pat_ray.config import Config, EPIStart, FixedStart  # noqa: E402
 from pat_ray.storage import Location  # noqa: E402
 
 
@@ -140,7 +140,9 @@ def test_a_local_run_cut_after_two_epochs_resumes_on_ray_with_every_epoch_once(p
 
 def test_one_ray_worker_trains_like_local_and_two_worker_runs_agree(local_ray, tmp_path):
     """Same config and seed, same numbers: each epoch's batches depend on (seed, epoch) only,
-    and a worker gets the threads --local uses (the fixture's Ray has 2 CPUs, so 2 threads)."""
+    and a worker gets the threads --local uses (the fixture's Ray has 2 CPUs, so 2 threads).
+    Two-worker runs agree with each other, rank with rank, also when EPI starts pruning in the
+    middle of an epoch."""
     import pat_ray
 
     config = configured(
@@ -161,10 +163,18 @@ def test_one_ray_worker_trains_like_local_and_two_worker_runs_agree(local_ray, t
     assert [(h.train_loss, h.val_acc, h.fingerprint) for h in on_ray.history] == [
         (h.train_loss, h.val_acc, h.fingerprint) for h in local.history
     ]
+    # two workers, EPI starting mid-epoch: at the second of four snapshots of epoch 1 (12 steps a rank)
+    mid_epoch = EPIStart(window=1, patience=0, tau=0.0, snapshot_every=0.25)
     first, second = (
-        pat_ray.run(configured(config, name=name, scaling={"num_workers": 2})) for name in ("two-a", "two-b")
+        pat_ray.run(configured(config, name=name, scaling={"num_workers": 2}, start=mid_epoch))
+        for name in ("two-a", "two-b")
     )
-    assert first.trigger_epoch == second.trigger_epoch
+    assert first.trigger_epoch == 1 and first.trigger_position == pytest.approx(0.5, abs=0.05)
+    assert (second.trigger_epoch, second.trigger_position) == (first.trigger_epoch, first.trigger_position)
+    assert abs(first.flops_kept - 0.5) < 0.015
     assert [(h.train_loss, h.val_acc, h.fingerprint) for h in first.history] == [
         (h.train_loss, h.val_acc, h.fingerprint) for h in second.history
     ]
+    logs = rank_logs(tmp_path / "runs" / "two-a" / "latest")
+    assert [r["fingerprint"] for r in logs["rank0"]] == [r["fingerprint"] for r in logs["rank1"]]
+    assert [r["triggered"] for r in logs["rank0"]] == [r["triggered"] for r in logs["rank1"]] == [True, False, False]
