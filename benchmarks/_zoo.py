@@ -19,6 +19,11 @@ def every_cnn() -> list[str]:
     ]
 
 
+def every_classifier() -> list[str]:
+    """Every classification builder, the transformers (ViT, Swin, MaxViT) included."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def input_size(name: str) -> int:
     return 299 if "inception" in name else 64 if name.startswith(LARGE) else 224
 

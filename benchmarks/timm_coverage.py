@@ -3,9 +3,9 @@
 One small variant of every timm model family (a family is one of ``timm.list_modules()``),
 built without pretrained weights, at a small input where the model takes one. Each library
 prunes it to 50% of its FLOPs with L2 magnitude scores; the pruned model must then run forward
-and backward. FLOPs are counted by torch's ``FlopCounterMode`` with gradients enabled (under
-``no_grad`` attention layers take fused paths that the counter does not see), so both columns
-are one yardstick, attention included.
+and backward. FLOPs are counted by torch's ``FlopCounterMode`` with gradients enabled and timm's
+fused attention off (under ``no_grad``, and in SDPA's CPU kernel, attention runs where the
+counter does not see it), so both columns are one yardstick, attention included.
 
 Verdicts: ``pruned`` (forward and backward ran; FLOPs kept shown), ``refused`` (pat_ray's
 ``UnsupportedModelError``, which names the op it cannot follow), ``failed`` (the library raised
@@ -77,6 +77,7 @@ def _build(name: str):
     import timm
     import torch
 
+    timm.layers.set_fused_attn(False)  # written-out attention: FlopCounterMode does not see SDPA's CPU kernel
     errors = []
     for kwargs in ({"img_size": 96}, {}):
         try:

@@ -1,6 +1,6 @@
 """Which torchvision classification models pat_ray prunes, and which it refuses (and why).
 
-Every classification builder but ViT / Swin / MaxViT, untrained, one-shot pruned to 30%, 50%
+Every classification builder (the transformers included), untrained, one-shot pruned to 30%, 50%
 and 70% of its FLOPs with magnitude scores, then run once more: "pruned" (with the FLOPs kept
 at each budget, measured after), "refused" (UnsupportedModelError: the tracer named the op it
 cannot follow), or "ERROR" (anything else: a bug). `pat_ray.prune` already runs the pruned
@@ -19,7 +19,7 @@ import torch
 
 import pat_ray
 from _report import header, write
-from _zoo import build, every_cnn, input_size
+from _zoo import build, every_classifier, input_size
 from pat_ray.tracer.graph import UnsupportedModelError
 
 BUDGETS = (0.3, 0.5, 0.7)
@@ -47,12 +47,12 @@ def try_one(name: str) -> tuple[str, list[str], str]:
 def main() -> None:
     torch.set_num_threads(1)
     rows = []
-    for name in every_cnn():
+    for name in every_classifier():
         rows.append((name, *try_one(name)))
         print(*rows[-1], sep="\t", flush=True)
     counts = {status: sum(1 for r in rows if r[1] == status) for status in ("pruned", "refused", "ERROR")}
     lines = header(
-        "Tracer coverage: torchvision classification models at 30 / 50 / 70% FLOPs",
+        "Tracer coverage: every torchvision classification model at 30 / 50 / 70% FLOPs",
         torch.device("cpu"),
         f"{counts['pruned']} pruned, {counts['refused']} refused, {counts['ERROR']} errors.",
     )

@@ -1,6 +1,7 @@
 """Vision-transformer idioms the tracer follows: a class token concatenated on the token axis,
 position embeddings and layer scales read through views, softmax over tokens, scaled
-dot-product attention, padding of non-channel axes, and control flow decided by sizes."""
+dot-product attention (its products counted in the cost), padding of non-channel axes,
+control flow decided by sizes, and sizes read from another tensor's channels."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import pat_ray
 from _helpers import assert_pruning_is_exact
+from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
@@ -150,3 +153,71 @@ def test_a_token_model_prunes_to_its_flops_budget_and_trains():
     assert abs(pat_ray.measure_cost(model, x).flops / (0.5 * before) - 1) < 0.05
     model.train()(x).sum().backward()
     assert model.pos_embed.grad is not None
+
+
+class WidthFromInput(nn.Module):
+    """Attention that restores its output's shape from its input's (``B, N, C = x.shape``, then
+    ``out.reshape(B, N, C)``, as torchvision's MaxViT does) while heads and head size are
+    constants: the input's width must not change, or that reshape fails after pruning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.qkv = nn.Linear(8, 16), nn.Linear(16, 48)
+        self.proj, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        out = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.proj(out)
+        return self.head((x + self.fc2(F.relu(self.fc1(x)))).mean(1))
+
+
+def test_a_size_read_from_another_tensors_channels_keeps_them_as_wide():
+    model, x = WidthFromInput(), torch.randn(2, 5, 8)
+    assert trace_channel_groups(model, x).group("embed").pinned
+    pat_ray.prune(model, x, budget=0.8)  # raised PrunedModelError while the embedding width was pruned
+    model(x).sum().backward()
+
+
+@pytest.mark.parametrize("form", ["sdpa", "written"])
+def test_attention_products_count_in_the_traced_and_the_measured_cost(form):
+    model, x = Attention(form=form, scale=0.25), torch.randn(1, 16, 4, 4)
+    layers = 4 * 16 * 16 * 16 + 16 * 3  # q, k, v and out on 16 tokens, the head on their mean
+    products = 16 * 16 * (16 + 16)  # q @ k^T and attn @ v: tokens^2 x features
+    assert measure_cost(model, x).flops == graph_cost(trace_channel_groups(model, x)).flops == layers + products
+    if form == "written":  # torch's own counter agrees (it does not see SDPA's fused CPU kernel)
+        counter = FlopCounterMode(display=False)
+        with torch.enable_grad(), counter:
+            model(x)
+        assert counter.get_total_flops() == 2 * (layers + products)
+
+
+def test_a_flops_budget_is_a_share_of_the_whole_model_attention_included():
+    model, x = Attention(form="written", width=32), torch.randn(2, 32, 6, 6)
+    before = measure_cost(model, x).flops
+    pat_ray.prune(model, x, budget=0.5)
+    assert abs(measure_cost(model, x).flops / (0.5 * before) - 1) < 0.03
+    assert model.q.out_features < 32 and model.v.out_features < 32
+
+
+def test_multihead_attention_kept_whole_costs_its_projections_and_products():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.attn, self.head = (
+                nn.Linear(8, 16),
+                nn.MultiheadAttention(16, 2, batch_first=True),
+                nn.Linear(16, 3),
+            )
+
+        def forward(self, x):
+            x = self.embed(x)
+            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+    model, x = Block(), torch.randn(2, 5, 8)
+    layers = 5 * 8 * 16 + 16 * 3
+    attention = 3 * 5 * 16 * 16 + 2 * 5 * 5 * 16 + 5 * 16 * 16  # q, k, v projections, two products, output
+    assert measure_cost(model, x).flops == graph_cost(trace_channel_groups(model, x)).flops == layers + attention

@@ -24,9 +24,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.graph import Example, UnsupportedModelError, first_sample
 from pat_ray.tracer.layers.declared import rule_for
-from pat_ray.tracer.nodes import PIECE_SHAPES, SHAPE, PieceShape
+from pat_ray.tracer.layers.table import kept_whole
+from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, SHAPE, PieceShape
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -50,12 +52,28 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
 
 class _ShapeRecorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
+        if _runs_unseen_products(self.module, n):
+            counter = ProductCounter()
+            with counter:
+                value = super().run_node(n)
+            n.meta[PRODUCT_MACS] = counter.macs
+        else:
+            value = super().run_node(n)
         if isinstance(value, torch.Tensor):
             n.meta[SHAPE] = tuple(value.shape)
         elif isinstance(value, list | tuple) and n.op != "output" and any(isinstance(v, torch.Tensor) for v in value):
             n.meta[PIECE_SHAPES] = [_piece_shape(v) for v in value]
         return value
+
+
+def _runs_unseen_products(model: nn.Module, node: fx.Node) -> bool:
+    """A call the channel tracer does not look into whose products (attention's) still cost:
+    a function fx kept whole that is not torch's or Python's own (``torch.fx.wrap``-ped, as
+    torchvision's Swin attention), or a module kept whole (``nn.MultiheadAttention``)."""
+    if node.op == "call_module":
+        return kept_whole(model.get_submodule(str(node.target)))
+    package = str(getattr(node.target, "__module__", None) or "").split(".")[0]
+    return node.op == "call_function" and package not in ("torch", "_operator", "operator", "builtins", "math", "")
 
 
 def _piece_shape(value: Any) -> PieceShape:

@@ -8,6 +8,7 @@ so that a rule reads as what it decides, not as argument plumbing.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch.fx as fx
@@ -17,6 +18,7 @@ from pat_ray.tracer.graph import UnsupportedModelError
 
 SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
 PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape
+PRODUCT_MACS = "pat_ray_product_macs"  # node.meta key: MACs of the products run inside a library function
 
 PieceShape = tuple[int, ...] | None | list["PieceShape"]  # a tensor's shape, not a tensor, or a nested tuple
 
@@ -147,3 +149,23 @@ def same_axis(in_shape: tuple[int, ...], out_shape: tuple[int, ...], out_dim: in
         if size == out_shape[out_dim] and math.prod(in_shape[:i]) == before:
             return i
     return None
+
+
+def size_read_from(entry: object) -> tuple[fx.Node, int] | None:
+    """The tensor and dim a size argument was read from at run time (``x.shape[3]``,
+    ``x.size(3)``, ``x.size()[3]``); None for a constant or any other expression."""
+    if not isinstance(entry, fx.Node):
+        return None
+    if entry.op == "call_method" and entry.target == "size" and len(entry.args) == 2:
+        tensor, dim = entry.args
+        return (tensor, dim) if isinstance(tensor, fx.Node) and isinstance(dim, int) else None
+    if entry.op != "call_function" or entry.target is not operator.getitem or not isinstance(entry.args[1], int):
+        return None
+    whole = entry.args[0]
+    reads_shape = isinstance(whole, fx.Node) and (
+        (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1)
+        or (whole.op == "call_function" and whole.target is getattr and whole.args[1] == "shape")
+    )
+    if not reads_shape or not isinstance(whole, fx.Node) or not isinstance(whole.args[0], fx.Node):
+        return None
+    return whole.args[0], entry.args[1]

@@ -123,6 +123,9 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
     family = OPS[kind] if kind is not None else None
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
     if not inputs and (family is None or family.needs_input):
+        constant = _constant_input(builder, node)
+        if constant is not None:
+            return trace_layer(builder, node, constant)
         if node.op == "call_module" and any(True for _ in builder.model.get_submodule(str(node.target)).parameters()):
             raise UnsupportedModelError(
                 f"{where}: its input is a tensor whose channels pat_ray could not follow from the model's input"
@@ -151,6 +154,24 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
             f"{builder.width(result)}; pat_ray does not know how this op maps channels"
         )
     return result
+
+
+def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
+    """A layer applied to a tensor computed from the model's buffers and parameters alone (Swin
+    V2's position-bias MLP on its coordinate table): that tensor's channels are fixed, like a
+    model input's; None when ``node`` is no such call."""
+    source = node.args[0] if node.op == "call_module" and node.args else None
+    shape = shape_of(source)
+    if not isinstance(source, fx.Node) or shape is None or len(shape) < 2:
+        return None
+    pending, seen = [source], set()
+    while pending:
+        current = pending.pop()
+        if current.op == "placeholder":
+            return None
+        seen.add(current)
+        pending.extend(n for n in current.all_input_nodes if n not in seen)
+    return builder.fixed_group(shape[1], f"<{source.name}>")
 
 
 def _visit_multi_output(

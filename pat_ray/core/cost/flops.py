@@ -1,9 +1,10 @@
 """FLOPs and parameter counts: from channel counts (for selection) and by measurement.
 
 Convention (the pruning literature's): FLOPs are the multiply-accumulates of conv and
-linear layers for one sample. ``cost_of`` evaluates the traced cost terms for any channel
-counts without touching the model, so selection can try thousands of candidates;
-``measure_cost`` runs the model with hooks and is the independent check.
+linear layers for one sample, and of the products between activations (attention's).
+``cost_of`` evaluates the traced cost terms for any channel counts without touching the
+model, so selection can try thousands of candidates; ``measure_cost`` runs the model with
+hooks and is the independent check.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.graph import ComputeTerm, Example, ModelGraph, first_sample
 from pat_ray.tracer.layers.table import family_of
 
@@ -43,17 +45,29 @@ def graph_cost(graph: ModelGraph) -> Cost:
 
 def measure_cost(model: nn.Module, example_input: Example) -> Cost:
     """Count the MACs of every layer whose family counts them (convs, Linears, declared layers)
-    with forward hooks, and all parameters of the model."""
+    with forward hooks, plus those of the products between tensors run outside such layers
+    (attention's ``q @ k^T`` and ``attn @ v``), and all parameters of the model."""
     total = 0
     families = {module: family_of(module) for module in model.modules()}
     counted = {module: family for module, family in families.items() if family is not None and family.counts_macs}
+    products = ProductCounter()
+
+    def enter(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        products.inside += 1
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
+        products.inside -= 1
         total += counted[module].macs(module, inputs, output)
 
-    hooked_forward(model, example_input, {module: hook for module in counted})
-    return Cost(total, sum(p.numel() for p in model.parameters()))
+    entered = [module.register_forward_pre_hook(enter) for module in counted]
+    try:
+        with products:
+            hooked_forward(model, example_input, {module: hook for module in counted})
+    finally:
+        for handle in entered:
+            handle.remove()
+    return Cost(total + products.macs, sum(p.numel() for p in model.parameters()))
 
 
 def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.Module, Callable[..., None]]) -> Any:

@@ -12,13 +12,23 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torchvision.models.swin_transformer import _get_relative_position_bias, shifted_window_attention
 from torchvision.ops import stochastic_depth
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import arg, known_shape, parameter_dim, shape_of, size_written_in_code
+from pat_ray.tracer.nodes import (
+    PRODUCT_MACS,
+    arg,
+    is_parameter,
+    known_shape,
+    parameter_dim,
+    shape_of,
+    size_written_in_code,
+)
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.reductions import reduce_rule
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.ops.shape import sizes_read_from_channels
+from pat_ray.tracer.state import GroupBuilder, Layout, Term
 
 # Ops that keep channel i at position i and read no other tensor.
 PASSTHROUGH_FUNCTIONS = {
@@ -175,6 +185,12 @@ CHANNEL_MIXING_FUNCTIONS = {F.local_response_norm}
 
 SAMPLE_FUNCTIONS = {F.grid_sample}
 
+# Library functions that compute their result from every channel of their input in a way that
+# ties the channel count to sizes inside them (torchvision's Swin attention reshapes its input's
+# width into its heads; its relative position bias, gathered per head): the inputs are kept
+# whole, and the result has the input's channels (or new fixed ones, shaped otherwise).
+SEALED_FUNCTIONS = {shifted_window_attention, _get_relative_position_bias}
+
 
 def unary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """An op applied to each element alone: any other tensor among its arguments (a clamp's
@@ -185,6 +201,7 @@ def unary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
         raise UnsupportedModelError(f"{call.where}: takes tensor {extra[0].name!r} besides its input")
     if size_written_in_code(builder.model, node, layout.axis):
         builder.pin(layout)  # ``gate.expand(n, 64, h, w)``
+    sizes_read_from_channels(builder, node, layout, call.layouts, call.where)
     return layout
 
 
@@ -265,3 +282,22 @@ def sample_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     if isinstance(grid, Layout) and not builder.is_pinned(grid):
         raise UnsupportedModelError(f"{call.where}: its sampling grid carries prunable channels")
     return first.on_dim1(call.where)
+
+
+def sealed_layout(builder: GroupBuilder, call: OpCall) -> Layout:
+    """A function whose channels pat_ray cannot follow inside: its traced inputs keep their
+    width, and the model parameters it is handed keep their size."""
+    for layout in call.inputs:
+        builder.pin(layout)
+    counted = {t.module for t in builder.terms}
+    for node in call.node.all_input_nodes:
+        target = str(node.target)
+        if is_parameter(builder.model, node) and target not in builder.params and target not in counted:
+            builder.count_fixed(target)
+    macs = call.node.meta.get(PRODUCT_MACS, 0)
+    if macs:  # its inputs keep their width, so its products cost the same after pruning
+        builder.terms.append(Term(f"<{call.node.name}>", Layout(()), macs_per_pair=macs, is_layer=False))
+    first = call.first_layout()
+    if call.shape == shape_of(call.node.args[0]):
+        return first
+    return builder.fixed_channels(f"<{call.node.name}>", call.shape) or first

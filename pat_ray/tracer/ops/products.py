@@ -18,10 +18,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from pat_ray.core.cost.products import attention_macs, einsum_macs, matmul_macs
 from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder, Layout, Term
 
 # Matrix products.
 MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
@@ -58,7 +59,22 @@ def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     for n, lay in zip((left, right), sides):
         if lay is None and is_parameter(builder.model, n) and str(n.target) not in builder.params:
             builder.count_fixed(str(n.target))  # a weight facing no channels keeps its size
-    return _carried(builder, node, shape, sides, shapes, contracted, where)
+    result = _carried(builder, node, shape, sides, shapes, contracted, where)
+    summed = next((lay for lay, c in zip(sides, contracted) if lay is not None and lay.axis == c), None)
+    count_product(builder, node, result, summed, matmul_macs(shapes[0], shapes[1], shape))
+    return result
+
+
+def count_product(
+    builder: GroupBuilder, node: fx.Node, result: Layout | None, summed: Layout | None, macs: int
+) -> None:
+    """A product's MACs (for the example's one sample) as a cost term: they scale with the
+    channels its result carries and with the channels it sums over."""
+    per_pair = macs
+    for layout in (result, summed):
+        if layout is not None:
+            per_pair //= builder.width(layout)
+    builder.terms.append(Term(f"<{node.name}>", result or Layout(()), summed, macs_per_pair=per_pair, is_layer=False))
 
 
 def _carried(
@@ -133,7 +149,12 @@ def einsum_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
                 builder.pin(lay)
         if letter in output:
             carried.append(Layout(lay.groups, 1, output.index(letter)))
-    return _one_carried(builder, node, shape, carried, where)
+    result = _one_carried(builder, node, shape, carried, where)
+    summed = next(
+        (lay for lay, ks in zip(traced, subscripts) if isinstance(lay, Layout) and ks[lay.axis] not in output), None
+    )
+    count_product(builder, node, result, summed, einsum_macs(equation, [known_shape(n, where) for n in operands]))
+    return result
 
 
 def _einsum_arguments(node: fx.Node, where: str) -> tuple[str, list[fx.Node]]:
@@ -174,4 +195,10 @@ def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     carried = [v] if v.axis == last else leading
     if v.axis != last and leading:
         builder.unify_all(leading, where)
-    return _one_carried(builder, node, shape, [Layout(lay.groups, 1, lay.axis) for lay in carried], where)
+    result = _one_carried(builder, node, shape, [Layout(lay.groups, 1, lay.axis) for lay in carried], where)
+    shapes = [known_shape(f, where) for f in factors]
+    heads = builder.unify_all(leading, where) if leading else None
+    scores_macs = attention_macs(shapes[0], shapes[1], (*shapes[2][:-1], 0))  # q @ k^T
+    count_product(builder, node, heads, q if q.axis == last else None, scores_macs)
+    count_product(builder, node, result, None, attention_macs(shapes[0], shapes[1], shapes[2]) - scores_macs)
+    return result

@@ -7,15 +7,24 @@ channels), whose input is then kept whole.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import arg, int_arg, known_shape, size_written_in_code, target_name
+from pat_ray.tracer.nodes import (
+    arg,
+    int_arg,
+    known_shape,
+    size_arguments,
+    size_read_from,
+    size_written_in_code,
+    target_name,
+)
 from pat_ray.tracer.ops.call import OpCall
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
@@ -37,7 +46,9 @@ SHIFT_METHODS = {"flip", "roll"}
 REORDERING_FUNCTIONS = {torch.channel_shuffle, torch.native_channel_shuffle, torch.pixel_shuffle, torch.pixel_unshuffle}
 
 
-def reshape_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+def reshape_layout(
+    builder: GroupBuilder, node: fx.Node, layout: Layout, where: str, layouts: Mapping[fx.Node, Traced] | None = None
+) -> Layout:
     """A reshape that keeps the channel axis whole (or flattens (N, C, ...) to (N, C*...)) is
     followed exactly. Any other (a channel shuffle's view to (N, groups, C/groups, ...),
     space-to-depth) moves channels among other axes: its input is kept whole (pinned) and its
@@ -45,7 +56,31 @@ def reshape_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: 
     result = _reshaped(builder, node, layout, where)
     if size_written_in_code(builder.model, node, result.axis):
         builder.pin(layout)  # ``x.view(-1, 16 * 5 * 5)``: the code, not the tensor, says how many channels
+    sizes_read_from_channels(builder, node, result, layouts or {}, where)
     return result
+
+
+def sizes_read_from_channels(
+    builder: GroupBuilder, node: fx.Node, result: Layout, layouts: Mapping[fx.Node, Traced], where: str
+) -> None:
+    """A size read at run time from another tensor's channels (``B, N, C = x.shape`` at the top
+    of an attention block, then ``out.reshape(B, N, C)``) makes that dim exactly as wide as those
+    channels after pruning too: on the result's channel axis the two are coupled; on another
+    axis the source's channels must keep their width."""
+    if target_name(node) not in ("view", "reshape", "expand"):
+        return
+    given = size_arguments(node, 1, "shape", "size")
+    for dim, entry in enumerate(given if isinstance(given, list | tuple) else ()):
+        read = size_read_from(entry)
+        source = layouts.get(read[0]) if read is not None else None
+        if read is None or not isinstance(source, Layout) or read[0] is node.args[0]:
+            continue
+        if read[1] % len(known_shape(read[0], where)) != source.axis or source.repeat != 1:
+            continue  # a batch, token or spatial size
+        if dim == result.axis and result.repeat == 1:
+            builder.unify(Layout(result.groups), Layout(source.groups), where)  # on different axes: as on dim 1
+        else:
+            builder.pin(source)
 
 
 def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -132,7 +167,7 @@ def shift_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: st
 
 
 def reshape_rule(builder: GroupBuilder, call: OpCall) -> Layout:
-    return reshape_layout(builder, call.node, call.first_layout(), call.where)
+    return reshape_layout(builder, call.node, call.first_layout(), call.where, call.layouts)
 
 
 def permute_rule(builder: GroupBuilder, call: OpCall) -> Layout:

@@ -32,6 +32,7 @@ class OpKind(Enum):
     MIXING = "mixing"  # every output reads every value along one dim (softmax)
     CHANNEL_MIXING = "channel_mixing"  # every output reads neighbouring channels (local response norm)
     ATTENTION = "attention"  # scaled dot-product attention
+    SEALED = "sealed"  # a library function whose inside ties its input's width: kept whole
     SAMPLE = "sample"  # grid_sample
     RESHAPE = "reshape"
     AXES = "axes"  # unsqueeze / squeeze
@@ -89,6 +90,7 @@ OPS: dict[OpKind, OpFamily] = {
     OpKind.MIXING: OpFamily(elementwise.MIXING_FUNCTIONS, elementwise.MIXING_METHODS, elementwise.mixing_layout),
     OpKind.CHANNEL_MIXING: OpFamily(elementwise.CHANNEL_MIXING_FUNCTIONS, set(), elementwise.channel_mixing_layout),
     OpKind.ATTENTION: OpFamily(products.ATTENTION_FUNCTIONS, set(), products.attention_rule),
+    OpKind.SEALED: OpFamily(elementwise.SEALED_FUNCTIONS, set(), elementwise.sealed_layout),
     OpKind.LAYER_NORM: OpFamily(LAYER_NORM_FUNCTIONS, set(), functional_layer_norm),
     OpKind.GETITEM: OpFamily({operator.getitem}, set(), shape.getitem_rule),
     OpKind.NORM_CALL: OpFamily(FUNCTIONAL_NORMS, set(), functional_norm),
