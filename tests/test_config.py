@@ -140,3 +140,15 @@ def test_cifar10_resnet56_pipeline_validates_where_the_data_is(tmp_path, monkeyp
     config = load_config(path)
     assert (config.model.name, config.data.name, config.training.epochs) == ("cifar_resnet56", "cifar10", 160)
     assert oracle_grid(config)[-1] < config.training.epochs
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "pipelines").glob("*.yaml") if not p.name.startswith(("imagenet", "cifar10"))),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_pipeline_validates(path):
+    """Those on downloaded data need its folder (tests/test_cluster.py validates ImageNet's with one)."""
+    if "fashion_mnist" in path.read_text() and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    assert load_config(path).name

@@ -221,3 +221,17 @@ def test_multihead_attention_kept_whole_costs_its_projections_and_products():
     layers = 5 * 8 * 16 + 16 * 3
     attention = 3 * 5 * 16 * 16 + 2 * 5 * 5 * 16 + 5 * 16 * 16  # q, k, v projections, two products, output
     assert measure_cost(model, x).flops == graph_cost(trace_channel_groups(model, x)).flops == layers + attention
+
+
+def test_the_built_in_small_vit_prunes_its_embedding_and_mlps_to_a_flops_budget():
+    from pat_ray.plugins.registry import get_registry
+
+    model = get_registry().create("model", "vit_small_images", num_classes=10, in_channels=1, image_size=28, width=32)
+    x = torch.randn(2, 1, 28, 28)
+    graph = trace_channel_groups(model, x)
+    assert {g.name for g in graph.prunable} == {"patch_embed"} | {f"blocks.{i}.mlp.0" for i in range(6)}
+    before = measure_cost(model, x).flops
+    pat_ray.prune(model, x, budget=0.5)
+    assert abs(measure_cost(model, x).flops / (0.5 * before) - 1) < 0.03
+    assert model.cls_token.shape[-1] == model.pos_embed.shape[-1] == model.patch_embed.out_channels < 32
+    model.train()(x).sum().backward()

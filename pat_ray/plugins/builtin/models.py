@@ -1,4 +1,5 @@
-"""Built-in models: the CIFAR ResNets and every torchvision classification model by name."""
+"""Built-in models: the CIFAR ResNets, a small ViT (``vit_small_images``) and every torchvision
+classification model by name."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import nn
 
 import pat_ray
 from pat_ray.models.cifar_resnet import CifarResNet
+from pat_ray.models.vit import VisionTransformer
 
 
 def _torchvision_model(name: str, num_classes: int = 1000, **params) -> nn.Module:
@@ -20,5 +22,6 @@ def _torchvision_model(name: str, num_classes: int = 1000, **params) -> nn.Modul
 def pat_ray_register_models(register) -> None:
     for depth in (20, 32, 44, 56, 110):
         register(f"cifar_resnet{depth}", partial(CifarResNet, depth))
+    register("vit_small_images", VisionTransformer)
     for name in torchvision.models.list_models(module=torchvision.models):
         register(name, partial(_torchvision_model, name))
