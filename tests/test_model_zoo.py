@@ -74,10 +74,13 @@ def zoo_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("name", every_classifier())
 def test_every_torchvision_classifier_prunes_to_30_50_and_70_percent_of_its_flops(name):
     """One trace, three budgets: each architecture applied to its own copy of the dense model,
-    which must then run forward and backward (what ``pat_ray.prune`` does, traced once)."""
+    which must then run forward and backward (what ``pat_ray.prune`` does, traced once). The
+    traced cost equals the measured one first."""
     dense, x = zoo_model(name)
-    full = measure_cost(dense, x).flops
+    measured = measure_cost(dense, x)
     graph = trace_channel_groups(dense, x)
+    assert graph_cost(graph) == measured  # the cost model (attention included) == hooks and counters
+    full = measured.flops
     scores = Magnitude().scores(dense, graph)
     giant = sum(p.numel() for p in dense.parameters()) > 150e6  # convnext_large, vit_l_16: 20 s a budget
     for budget in (0.5,) if giant else REACHABLE.get(name[:4], (0.3, 0.5, 0.7)):
@@ -91,7 +94,7 @@ def test_every_torchvision_classifier_prunes_to_30_50_and_70_percent_of_its_flop
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TORCHVISION + ["cifar_resnet20", "cifar_resnet56"])
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet56"])
 def test_half_flops_prune_runs_and_hits_budget(name):
     model, x = build(name)
     before = measure_cost(model, x)

@@ -35,7 +35,7 @@ from pat_ray.tracer.graph import (
     first_sample,
 )
 from pat_ray.tracer.layers.table import fixed_result, kept_whole, kept_whole_result, trace_layer
-from pat_ray.tracer.nodes import PieceShape, describe, piece_shapes, shape_of
+from pat_ray.tracer.nodes import PieceShape, describe, is_parameter, piece_shapes, shape_of
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
 from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
@@ -66,7 +66,22 @@ def trace_channel_groups(
     layouts: Layouts = {}
     for node in graph.nodes:
         layouts[node] = _visit(builder, node, layouts)
+    _count_constant_parameters(builder, graph)
     return _finalize(builder, tuple(first_sample(example_input)[0].shape), output_shapes)
+
+
+def _count_constant_parameters(builder: GroupBuilder, graph: fx.Graph) -> None:
+    """Parameters the forward reads that no layer, channel slice or rule has counted (a
+    relative position bias table gathered by an index): counted at their size, so the traced
+    parameter count equals the model's."""
+    counted = {term.module for term in builder.terms} | set(builder.params)
+    for node in graph.nodes:
+        target = str(node.target)
+        if node.op != "get_attr" or target in counted or target.rpartition(".")[0] in counted:
+            continue
+        if is_parameter(builder.model, node):
+            builder.count_fixed(target)
+            counted.add(target)
 
 
 def _tensor_layouts(args: Any, layouts: Layouts) -> list[Layout]:
