@@ -15,10 +15,10 @@ modules' ``qkv`` registered with their head counts, the classifier left alone; i
 is stepped until the FLOPs reach the budget.
 
     pip install timm    # then
-    python benchmarks/timm_coverage.py            # resumable: rows already measured are kept
+    python benchmarks/timm_coverage.py --jobs 2   # resumable: rows already measured are kept
     python benchmarks/timm_coverage.py --only vit_tiny_patch16_224 swin_tiny_patch4_window7_224
 
-Each library runs on each model in a child process of its own, with a 300 s limit (a model that
+Each library runs on each model in a child process of its own, with a 150 s limit (a model that
 hangs or crashes costs its cell, not the table).
 """
 
@@ -29,13 +29,14 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _report import RESULTS, header, write
 
 BUDGET = 0.5
 ROWS = RESULTS / "timm_coverage.jsonl"
-TIMEOUT_S = 300
+TIMEOUT_S = 150
 SMALL = ("test", "atto", "femto", "pico", "nano", "xxs", "xxsmall", "mini", "tiny", "xs", "xsmall", "small",
          "s0", "b0", "m0", "t0", "s1", "s", "m1", "m")  # fmt: skip
 TOO_LARGE = re.compile(r"giant|huge|enormous|large|_1b_|_3b_|gigantic|448|512|384")
@@ -176,6 +177,7 @@ LIBRARIES = {"pat_ray": _pat_ray, "torch_pruning": _torch_pruning}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="these timm model names (default: one per family)")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: MODEL LIBRARY
     args = parser.parse_args()
     if args.one:
@@ -185,15 +187,20 @@ def main() -> None:
         {json.loads(line)["model"]: json.loads(line) for line in ROWS.read_text().splitlines()} if ROWS.exists() else {}
     )
     picks = {name: name for name in args.only} if args.only else families()
-    for family, name in picks.items():
-        if name not in done:
-            results = {library: _in_child(name, library) for library in LIBRARIES}
-            size = next((r["input"] for r in results.values() if r["input"]), None)
-            done[name] = {"model": name, "family": family, "input": size, **{k: r["row"] for k, r in results.items()}}
+    todo = [(family, name) for family, name in picks.items() if name not in done]
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job waits on its child processes
+        for row in pool.map(lambda pick: _measure_family(*pick), todo):
+            done[row["model"]] = row
             with ROWS.open("a") as rows:
-                rows.write(json.dumps(done[name]) + "\n")
-        print(family, name, done[name]["pat_ray"]["verdict"], done[name]["torch_pruning"]["verdict"], flush=True)
-    write("timm_coverage.md", _table([done[name] for name in picks.values()]))
+                rows.write(json.dumps(row) + "\n")
+            print(row["family"], row["model"], row["pat_ray"]["verdict"], row["torch_pruning"]["verdict"], flush=True)
+    write("timm_coverage.md", _table([done[name] for name in picks.values() if name in done]))
+
+
+def _measure_family(family: str, name: str) -> dict:
+    results = {library: _in_child(name, library) for library in LIBRARIES}
+    size = next((r["input"] for r in results.values() if r["input"]), None)
+    return {"model": name, "family": family, "input": size, **{k: r["row"] for k, r in results.items()}}
 
 
 def _in_child(name: str, library: str) -> dict:

@@ -68,7 +68,7 @@ def test_multihead_attention_is_kept_whole_with_its_residual():
     assert graph.group("c2").pinned and not graph.group("c1").pinned
     assert graph_cost(graph) == measure_cost(model, x)
     attention_before = shapes(model.attention)
-    pat_ray.prune(model, x, budget=0.7)
+    pat_ray.prune(model, x, budget=0.9)  # its FLOPs count, and they stay: 88% is the floor
     assert model.c1.out_channels < 16 and shapes(model.attention) == attention_before
     assert model(x).shape == (2, 5)
 

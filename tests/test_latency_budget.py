@@ -105,15 +105,16 @@ def test_an_unreachable_time_budget_fails_before_training(tmp_path, monkeypatch)
         raise AssertionError("a training step ran before the budget was checked")
 
     monkeypatch.setattr("torch.nn.functional.cross_entropy", no_training)
-    # on 8x8 digits per-op overhead is most of every layer's time: no sub-network halves it
+    # on 8x8 digits per-op overhead is most of every layer's time: no sub-network keeps a tenth of it
+    # (a third, asked before, was reached now and then while other work loaded the machine)
     with pytest.raises(BudgetError, match="smallest legal sub-network keeps"):
-        pat_ray.run(time_budget(tmp_path, fraction=0.3), local=True, quiet=True)
+        pat_ray.run(time_budget(tmp_path, fraction=0.1), local=True, quiet=True)
     assert not (tmp_path / "digits" / "latest" / "last.pt").exists()
     path = tmp_path / "tight.yaml"
-    path.write_text(yaml.safe_dump(time_budget(tmp_path, fraction=0.3).model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(time_budget(tmp_path, fraction=0.1).model_dump(mode="json")))
     result = CliRunner().invoke(main, ["run", str(path), "--local"])
     assert result.exit_code == 2
-    assert "error: cannot keep only 30.0% of latency" in result.output and "Traceback" not in result.output
+    assert "error: cannot keep only 10.0% of latency" in result.output and "Traceback" not in result.output
 
 
 def test_table_settings_are_validated(tmp_path):

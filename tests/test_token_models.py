@@ -235,3 +235,22 @@ def test_the_built_in_small_vit_prunes_its_embedding_and_mlps_to_a_flops_budget(
     assert abs(measure_cost(model, x).flops / (0.5 * before) - 1) < 0.03
     assert model.cls_token.shape[-1] == model.pos_embed.shape[-1] == model.patch_embed.out_channels < 32
     model.train()(x).sum().backward()
+
+
+def test_a_python_number_computed_from_sizes_is_read_on_the_example():
+    """Tokens back to a grid with ``int(tokens ** 0.5)``, as PVT-style models do."""
+
+    class TokensToGrid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.conv, self.head = nn.Linear(3, 8), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.embed(x)
+            side = int(x.shape[1] ** 0.5)
+            x = self.conv(x.transpose(1, 2).reshape(x.shape[0], -1, side, side))
+            return self.head(x.mean((2, 3)))
+
+    model, x = TokensToGrid(), torch.randn(2, 16, 3)
+    assert {g.name for g in trace_channel_groups(model, x).prunable} == {"embed", "conv"}
+    assert_pruning_is_exact(model, x, 0.5)

@@ -267,7 +267,10 @@ def test_per_channel_parameters_are_sliced_with_their_group_and_keep_the_model_e
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
-def test_a_parameter_applied_to_channels_twice_is_refused():
+def test_a_parameter_applied_to_two_groups_couples_them():
+    """One ``scale`` multiplies both halves: channel i of ``a`` and of ``b`` share scale[i], so
+    they go together (CaiT's class token, concatenated and then added to, is the same case)."""
+
     class Twice(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -278,8 +281,12 @@ def test_a_parameter_applied_to_channels_twice_is_refused():
         def forward(self, x):
             return self.head(torch.cat([self.a(x) * self.scale, self.b(x) * self.scale], 1).mean((2, 3)))
 
-    with pytest.raises(UnsupportedModelError, match="'scale'.*more than one place"):
-        trace_channel_groups(Twice(), torch.randn(1, 3, 8, 8))
+    model, x = Twice(), torch.randn(2, 3, 8, 8)
+    group = trace_channel_groups(model, x).group("a.0")
+    assert {m.module for m in group.producers()} == {"a.0", "b.0"}
+    assert [m.module for m in group.members_with_role("param")] == ["scale"]
+    arch = assert_pruning_is_exact(model, x, 0.5)
+    assert model.scale.shape == (1, len(arch.kept["a.0"]), 1, 1)
 
 
 def test_a_model_with_several_inputs_and_outputs_prunes_with_a_tuple_of_examples():

@@ -94,7 +94,27 @@ class _Tracer(fx.Tracer):
         self.values: dict[fx.Node, Any] = {}
         self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
 
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """fx's trace, with ``int(x.shape[1] ** 0.5)`` on a traced size read on the example too
+        (a Python number the code computes from sizes, as ConViT's patch grid)."""
+        number = _NUMBER_CONVERSIONS
+        saved = {name: getattr(fx.Proxy, name, None) for name in number}
+        for name, convert in number.items():
+            setattr(fx.Proxy, name, lambda proxy, convert=convert: convert(self._size_value(proxy)))
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            for name, method in saved.items():
+                if method is None:
+                    delattr(fx.Proxy, name)
+                else:
+                    setattr(fx.Proxy, name, method)
+
     def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(self._size_value(obj))
+
+    def _size_value(self, obj: fx.Proxy) -> Any:
+        """The example's value of ``obj``, which must be computed from sizes only."""
         value = self._value(obj.node)
         reads = _tensor_read(obj.node, self.values)
         if reads is not None:
@@ -103,7 +123,7 @@ class _Tracer(fx.Tracer):
                 "not only on sizes; "
                 "pat_ray traces a branch only where the example's shapes decide it"
             )
-        return bool(value)
+        return value
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
         return iter([obj[i] for i in range(len(self._value(obj.node)))])  # type: ignore[index]
@@ -138,6 +158,7 @@ class _Tracer(fx.Tracer):
 
 
 _SIZE_READS = {"size", "dim", "shape", "ndim", "numel"}
+_NUMBER_CONVERSIONS = {"__int__": int, "__index__": int, "__float__": float}
 
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:

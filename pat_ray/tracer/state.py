@@ -201,11 +201,18 @@ class GroupBuilder:
         self.add_member(module, "norm", layout, 0)
         self.terms.append(Term(module, layout, params_per_out=params_per_channel))
 
-    def add_param(self, target: str, axis: int, layout: Layout, where: str) -> None:
-        """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group."""
-        if target in self.params:
-            raise UnsupportedModelError(f"{where}: parameter {target!r} is applied to channels in more than one place")
-        self.params[target] = Slot(target, "param", layout, axis)
+    def add_param(self, target: str, axis: int, layout: Layout, where: str) -> bool:
+        """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group.
+        Applied again along the same axis (CaiT's class token, concatenated, then added to), the
+        channels it meets are the same ones: coupled. Returns whether it was new."""
+        seen = self.params.get(target)
+        if seen is None:
+            self.params[target] = Slot(target, "param", layout, axis)
+            return True
+        if seen.axis != axis:
+            raise UnsupportedModelError(f"{where}: parameter {target!r} is applied to channels along two of its axes")
+        self.unify(Layout(seen.layout.groups, seen.layout.repeat), Layout(layout.groups, layout.repeat), where)
+        return False
 
     def count_param(self, target: str, layout: Layout) -> None:
         """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""

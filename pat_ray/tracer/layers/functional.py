@@ -40,8 +40,8 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
         if param in ("weight", "bias"):
             continue
         if out is not None and tensor.dim() >= 1 and tensor.shape[0] == width and tensor.numel() != 1:
-            builder.add_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
-            builder.count_param(f"{owner}.{param}", out)
+            if builder.add_param(f"{owner}.{param}", 0, out, where):  # a per-filter gain
+                builder.count_param(f"{owner}.{param}", out)
         else:
             builder.count_fixed(f"{owner}.{param}")
     return out

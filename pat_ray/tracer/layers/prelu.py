@@ -17,6 +17,6 @@ class PReLU(LayerFamily):
         if call.module.num_parameters == 1:
             call.builder.count_fixed(weight)
             return call.layout
-        call.builder.add_param(weight, 0, call.on_dim1(), call.where)
-        call.builder.count_param(weight, call.layout)
+        if call.builder.add_param(weight, 0, call.on_dim1(), call.where):
+            call.builder.count_param(weight, call.layout)
         return call.layout

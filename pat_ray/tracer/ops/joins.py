@@ -63,8 +63,8 @@ def cat_layout(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node, T
         if traced is None and source is None:
             raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
         if traced is None and source is not None:
-            builder.add_param(source[0], source[1], joined, where)
-            builder.count_param(source[0], joined)
+            if builder.add_param(source[0], source[1], joined, where):
+                builder.count_param(source[0], joined)
     return joined
 
 
