@@ -80,7 +80,7 @@ class ProductCounter(TorchFunctionMode):
         return result
 
 
-def _product_macs(func: Callable[..., Any], args: tuple, kwargs: dict, result: Any) -> int:
+def _product_macs(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> int:
     if func is F.linear:  # called on its own (a layer's forward is counted by its hook): Swin's attention
         weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
         return result.numel() * weight.shape[-1] if torch.is_tensor(weight) else 0
