@@ -8,7 +8,8 @@ fused attention off (under ``no_grad``, and in SDPA's CPU kernel, attention runs
 counter does not see it), so both columns are one yardstick, attention included.
 
 Verdicts: ``pruned`` (forward and backward ran; FLOPs kept shown), ``refused`` (pat_ray's
-``UnsupportedModelError``, which names the op it cannot follow), ``failed`` (the library raised
+``UnsupportedModelError``, which names the op it cannot follow, or ``BudgetError``: the budget is
+below the smallest legal sub-network), ``failed`` (the library raised
 anything else while pruning), ``broken`` (pruning returned, then the model raised or changed its
 output shape). Torch-Pruning is driven as its timm example does: global pruning, attention
 modules' ``qkv`` registered with their head counts, the classifier left alone; its pruning ratio
@@ -111,14 +112,15 @@ def _flops(model, x) -> int:
 
 
 def _attempt(make, x, prune) -> dict:
+    from pat_ray.core.selection import BudgetError
     from pat_ray.tracer.graph import UnsupportedModelError
 
     model = make()
     dense_flops, out_shape = _flops(model, x), model(x).shape
     try:
         prune(model, x, dense_flops)
-    except UnsupportedModelError as err:
-        return _row("refused", why=str(err).split(";")[0][:160])
+    except (UnsupportedModelError, BudgetError) as err:  # a clean refusal: what it cannot follow, or reach
+        return _row("refused", why=f"{type(err).__name__}: {str(err).split(';')[0][:160]}")
     except Exception as err:  # noqa: BLE001 - a library's failure is the row
         return _row("failed", why=f"{type(err).__name__}: {str(err)[:160]}")
     try:

@@ -157,12 +157,12 @@ class _Tracer(fx.Tracer):
         )
 
 
-_SIZE_READS = {"size", "dim", "shape", "ndim", "numel"}
+_SIZE_READS = {"size", "dim", "shape", "ndim", "numel", "dtype", "device", "is_cuda"}  # never the values
 _NUMBER_CONVERSIONS = {"__int__": int, "__index__": int, "__float__": float}
 
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
-    """A tensor whose values (not just its size) ``condition`` is computed from, if any."""
+    """A tensor whose values (not just its size, dtype or device) ``condition`` is computed from."""
     pending, seen = [condition], set()
     while pending:
         node = pending.pop()
