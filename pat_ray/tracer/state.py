@@ -224,6 +224,12 @@ class GroupBuilder:
         weight over spatial axes), so the traced cost equals the measured one."""
         self.terms.append(Term(target, Layout(()), params_per_out=self._numel(target), is_layer=False))
 
+    def count_fixed_macs(self, node: str, macs: int) -> None:
+        """Count MACs that no pruning changes (a call kept whole runs its products at the
+        widths it has); nothing when there are none."""
+        if macs:
+            self.terms.append(Term(f"<{node}>", Layout(()), macs_per_pair=macs, is_layer=False))
+
     def count_weights_as_they_are(self, module: str) -> None:
         """Count every parameter of ``module`` at its present size (a layer kept whole)."""
         for param, _ in self.model.get_submodule(module).named_parameters():

@@ -26,7 +26,7 @@ from pat_ray.tracer.layers.rms_norm import RMSNorm
 from pat_ray.tracer.layers.stateless import ChannelMixing, Flatten, Passthrough, Reordering
 from pat_ray.tracer.layers.transposed import TransposedConv
 from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
-from pat_ray.tracer.state import Call, GroupBuilder, Layout, Term, Traced
+from pat_ray.tracer.state import Call, GroupBuilder, Layout, Traced
 
 FAMILIES: tuple[LayerFamily, ...] = (
     Conv(),
@@ -109,9 +109,7 @@ def kept_whole_result(builder: GroupBuilder, node: fx.Node, inputs: list[Layout]
     if name not in builder.calls:
         builder.calls[name] = Call(Layout(()), None)
         builder.count_weights_as_they_are(name)
-    macs = node.meta.get(PRODUCT_MACS, 0)  # its projections and attention products, at fixed widths
-    if macs:
-        builder.terms.append(Term(f"<{node.name}>", Layout(()), macs_per_pair=macs, is_layer=False))
+    builder.count_fixed_macs(node.name, node.meta.get(PRODUCT_MACS, 0))  # its projections and products
     return fixed_result(builder, node)
 
 

@@ -19,7 +19,6 @@ from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     arg,
-    is_parameter,
     known_shape,
     parameter_dim,
     shape_of,
@@ -28,7 +27,7 @@ from pat_ray.tracer.nodes import (
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.reductions import reduce_rule
 from pat_ray.tracer.ops.shape import sizes_read_from_channels
-from pat_ray.tracer.state import GroupBuilder, Layout, Term
+from pat_ray.tracer.state import GroupBuilder, Layout
 
 # Ops that keep channel i at position i and read no other tensor.
 PASSTHROUGH_FUNCTIONS = {
@@ -286,17 +285,11 @@ def sample_layout(builder: GroupBuilder, call: OpCall) -> Layout:
 
 def sealed_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """A function whose channels pat_ray cannot follow inside: its traced inputs keep their
-    width, and the model parameters it is handed keep their size."""
+    width, so the products it runs cost the same after pruning (the parameters it is handed are
+    counted at their size once tracing ends, like every parameter no rule counted)."""
     for layout in call.inputs:
         builder.pin(layout)
-    counted = {t.module for t in builder.terms}
-    for node in call.node.all_input_nodes:
-        target = str(node.target)
-        if is_parameter(builder.model, node) and target not in builder.params and target not in counted:
-            builder.count_fixed(target)
-    macs = call.node.meta.get(PRODUCT_MACS, 0)
-    if macs:  # its inputs keep their width, so its products cost the same after pruning
-        builder.terms.append(Term(f"<{call.node.name}>", Layout(()), macs_per_pair=macs, is_layer=False))
+    builder.count_fixed_macs(call.node.name, call.node.meta.get(PRODUCT_MACS, 0))
     first = call.first_layout()
     if call.shape == shape_of(call.node.args[0]):
         return first

@@ -192,12 +192,10 @@ def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
             builder.pin(q if q.axis == last else k)
             builder.pin(k if k.axis == last else q)
     leading = [lay for lay in (q, k, v) if lay.axis < last - 1]
+    heads = builder.unify_all(leading, where) if leading else None  # the same heads in q, k and v
     carried = [v] if v.axis == last else leading
-    if v.axis != last and leading:
-        builder.unify_all(leading, where)
     result = _one_carried(builder, node, shape, [Layout(lay.groups, 1, lay.axis) for lay in carried], where)
     shapes = [known_shape(f, where) for f in factors]
-    heads = builder.unify_all(leading, where) if leading else None
     scores_macs = attention_macs(shapes[0], shapes[1], (*shapes[2][:-1], 0))  # q @ k^T
     count_product(builder, node, heads, q if q.axis == last else None, scores_macs)
     count_product(builder, node, result, None, attention_macs(shapes[0], shapes[1], shapes[2]) - scores_macs)
