@@ -12,7 +12,7 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, member_rows, member_tensor, normalize_per_group
 from pat_ray.core.data import DataBundle
-from pat_ray.core.surgery import channels_to_drop
+from pat_ray.core.surgery import channels_to_drop, set_size_attributes
 from pat_ray.plugins.hookspecs import hookimpl
 from pat_ray.plugins.registry import register_plugin, unregister_plugins
 from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
@@ -40,6 +40,7 @@ __all__ = [
     "SimilarityMetric",
     "SurgeryBackend",
     "channels_to_drop",
+    "set_size_attributes",
     "kept_indices",
     # datasets and custom layers
     "DataBundle",

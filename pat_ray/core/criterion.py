@@ -42,11 +42,12 @@ def member_tensor(model: nn.Module, member: Member, name: str) -> torch.Tensor |
 def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:
     """The slices of a producer's or norm's parameter that hold the group's channels, one row
     per channel, as a (size, -1) tensor (a view when the channels are the leading dim; a
-    transposed conv's weight holds them on dim 1, and a 1-D bias on dim 0)."""
-    if member.repeat != 1:
-        raise ValueError(f"{member.module}: {member.role} member has no per-channel rows")
+    transposed conv's weight holds them on dim 1, and a 1-D bias on dim 0). A channel that
+    fills several positions (an attention head: ``head_dim`` rows of q, k or v) is one row
+    holding all of them, so a score of a row is the score of the whole head's slice."""
     axis = member.axis if tensor.dim() > 1 else 0
-    return tensor.detach().narrow(axis, member.offset, size).movedim(axis, 0).reshape(size, -1)
+    rows = tensor.detach().narrow(axis, member.offset, size * member.repeat).movedim(axis, 0)
+    return rows.reshape(size, -1)
 
 
 def filter_norms(model: nn.Module, group: ChannelGroup, p: float, per_weight: bool = False) -> torch.Tensor:

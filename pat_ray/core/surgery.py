@@ -47,6 +47,15 @@ def apply_architecture(
         family.shrink(module, cut, state)
     state.rewire()
     sync_counts(model)
+    set_size_attributes(model, graph, architecture)
+
+
+def set_size_attributes(model: nn.Module, graph: ModelGraph, architecture: Architecture) -> None:
+    """Write the new sizes into the module attributes the forward builds shapes from (a head
+    count): every surgery backend calls this after cutting the tensors."""
+    for size in graph.size_attributes:
+        if size.group in architecture.kept:
+            setattr(model.get_submodule(size.module), size.attribute, architecture.count(size.group) * size.per_channel)
 
 
 def channels_to_drop(

@@ -28,7 +28,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_width).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         weights = (q @ k.transpose(-2, -1) * self.head_width**-0.5).softmax(dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, self.heads * self.head_width)
+        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj(out)
 
 

@@ -28,7 +28,7 @@ from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.graph import Example, UnsupportedModelError, first_sample
 from pat_ray.tracer.layers.declared import rule_for
 from pat_ray.tracer.layers.table import kept_whole
-from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, SHAPE, PieceShape
+from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -57,6 +57,9 @@ class _ShapeRecorder(fx.Interpreter):
             with counter:
                 value = super().run_node(n)
             n.meta[PRODUCT_MACS] = counter.macs
+            returned = [a for a in n.all_input_nodes if self.env.get(a) is value]
+            if n.op == "call_function" and returned:  # timm's maybe_add_mask(attn, None): attn itself
+                n.meta[RETURNED_ARGUMENT] = returned[0]
         else:
             value = super().run_node(n)
         if isinstance(value, torch.Tensor):

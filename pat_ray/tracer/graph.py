@@ -5,7 +5,7 @@ Plain data, no torch.fx: selection, criteria and surgery depend on these types o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,6 +83,9 @@ class ComputeTerm:
 
     macs = macs_per_pair * n_out * n_in / in_divisor (n_in = 1 for depthwise and norms)
     params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
+    with n_out = out_repeat * (channels kept in out_groups), n_in = in_repeat * (in in_groups):
+    a repeat > 1 counts several of the layer's channels per group channel (a head's, a
+    flattened channel's positions).
     ``is_layer`` is False for a per-channel parameter (``module`` is then its dotted name): it
     is counted, but a latency table has no layer of it to time.
     """
@@ -96,6 +99,26 @@ class ComputeTerm:
     params_per_pair: int
     params_per_out: int
     is_layer: bool = True
+    out_repeat: int = 1
+
+    def widths(self, counts: Mapping[str, int]) -> tuple[int, int]:
+        """The layer's (output, input) widths when group ``g`` keeps ``counts[g]`` channels; a
+        side with no groups has a fixed size, counted as 1."""
+        n_out = sum(counts[g] for g in self.out_groups) * self.out_repeat if self.out_groups else 1
+        n_in = sum(counts[g] for g in self.in_groups) * self.in_repeat if self.in_groups else 1
+        return n_out, n_in
+
+
+@dataclass(frozen=True)
+class SizeAttribute:
+    """A module attribute that the forward writes into a shape (timm's ``self.num_heads`` in
+    ``reshape(B, N, 3, self.num_heads, self.head_dim)``): after pruning it must equal
+    ``per_channel`` times the channels ``group`` keeps, or the reshape no longer fits."""
+
+    module: str
+    attribute: str
+    group: str
+    per_channel: int
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,7 @@ class ModelGraph:
     terms: tuple[ComputeTerm, ...]
     input_shape: tuple[int, ...]
     output_shapes: tuple[tuple[int, ...], ...] = ()  # of every tensor the model returns (one sample)
+    size_attributes: tuple[SizeAttribute, ...] = ()  # set by surgery from the kept channels
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

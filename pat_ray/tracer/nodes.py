@@ -19,6 +19,7 @@ from pat_ray.tracer.graph import UnsupportedModelError
 SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
 PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape
 PRODUCT_MACS = "pat_ray_product_macs"  # node.meta key: MACs of the products run inside a library function
+RETURNED_ARGUMENT = "pat_ray_returned_argument"  # node.meta key: the argument a library function returned as is
 
 PieceShape = tuple[int, ...] | None | list["PieceShape"]  # a tensor's shape, not a tensor, or a nested tuple
 

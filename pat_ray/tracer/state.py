@@ -73,6 +73,30 @@ class Term:
         return replace(self, params_per_pair=0, params_per_out=0)
 
 
+class Heads(NamedTuple):
+    """How a group of channels is cut into attention heads: ``group`` is the head group (one
+    channel per head), each of the group's channels belongs to head ``(i // head_dim) % heads``,
+    and the group holds ``pieces`` such runs of heads (q, k and v of a fused projection)."""
+
+    group: int
+    pieces: int
+    head_dim: int
+
+
+class AttributeSlot(NamedTuple):
+    """A ``SizeAttribute`` in the making: the group is a provisional id until tracing ends."""
+
+    module: str
+    attribute: str
+    group: int
+    per_channel: int
+
+
+class HeadsConflict(UnsupportedModelError):
+    """A group cut into heads is also used in a way heads cannot follow (split inside a head,
+    coupled with another head size): the model is traced again with heads kept whole."""
+
+
 class Call(NamedTuple):
     """The layouts of a weighted module's first call, which every later call must match."""
 
@@ -96,6 +120,9 @@ class GroupBuilder:
     terms: list[Term] = field(default_factory=list)
     calls: dict[str, Call] = field(default_factory=dict)  # by module name
     children: dict[int, tuple[int, int]] = field(default_factory=dict)  # a root split in two: its parts
+    heads: dict[int, Heads] = field(default_factory=dict)  # a root cut into heads (by a reshape): how
+    attributes: list[AttributeSlot] = field(default_factory=list)  # sizes surgery writes back
+    split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         """A new group of ``size`` channels (a layer's outputs); ``pinned``: none may be removed."""
@@ -140,6 +167,17 @@ class GroupBuilder:
         g = max(self.subgroups.pop(drop, 1), self.subgroups.get(keep, 1))
         if g > 1:
             self.subgroups[keep] = g
+        self._merge_heads(keep, drop, where)
+
+    def _merge_heads(self, keep: int, drop: int, where: str) -> None:
+        """Two coupled groups are cut into heads the same way: their head groups are coupled."""
+        moved = self.heads.pop(drop, None)
+        if moved is None:
+            return
+        kept = self.heads.setdefault(keep, moved)
+        if kept.head_dim != moved.head_dim:
+            raise HeadsConflict(f"{where}: couples channels cut into heads of {kept.head_dim} and {moved.head_dim}")
+        self.union(kept.group, moved.group, where)
 
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:
         """Couple two tensors' channels position by position. Where one side's group boundary
@@ -171,7 +209,33 @@ class GroupBuilder:
             self.unify(first, other, where)
         return first
 
+    def cut_into_heads(self, layout: Layout, heads: int, head_dim: int, label: str, where: str) -> Layout | None:
+        """Cut ``layout``'s channels into ``heads`` heads of ``head_dim`` consecutive channels,
+        as a reshape (..., P*heads*head_dim) -> (..., P, heads, head_dim) does: a new group of
+        one channel per head, which every piece shares (head ``h`` of q, k and v goes as one).
+        None where the channels cannot be cut so (pinned, or a group not made of whole pieces)."""
+        leaves = self.leaves(layout)
+        piece = heads * head_dim
+        if not self.split_heads or layout.repeat != 1 or any(self.sizes[g] % piece for g in leaves.groups):
+            return None
+        if heads < 2 or self.is_pinned(layout) or any(g in self.subgroups for g in leaves.groups):
+            return None
+        head_group = self.new_group(heads, label).groups[0]
+        for g in leaves.groups:
+            self.heads.setdefault(g, Heads(head_group, self.sizes[g] // piece, head_dim))
+            if self.heads[g].head_dim != head_dim:
+                raise HeadsConflict(f"{where}: cuts channels into heads of {head_dim}, already cut into another size")
+            self.union(self.heads[g].group, head_group, where)
+        return Layout((head_group,))
+
+    def head_unit(self, root: int) -> int:
+        """Channels of ``root`` per channel of the group its cost counts in (a head's, or 1)."""
+        heads = self.heads.get(root)
+        return heads.pieces * heads.head_dim if heads else 1
+
     def _split(self, root: int, at: int, where: str) -> None:
+        if root in self.heads:
+            raise HeadsConflict(f"{where}: splits channels that are cut into attention heads")
         if self.subgroups.get(root, 1) > 1:
             raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
         label, pinned = self.labels[root], root in self.pinned  # names without sizes: the same after pruning
@@ -248,6 +312,8 @@ class GroupBuilder:
     def pin(self, layout: Layout) -> None:
         for g in self.leaves(layout).groups:
             self.pinned.add(g)
+            if g in self.heads:  # the channels stay, so do their heads
+                self.pinned.add(self.find(self.heads[g].group))
 
     def width(self, layout: Layout) -> int:
         return sum(self.sizes[self.find(g)] for g in layout.groups) * layout.repeat

@@ -23,19 +23,25 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import (
     INPUT_GROUP_PREFIX,
-    ChannelGroup,
-    ComputeTerm,
     Example,
-    Member,
     ModelGraph,
     UnsupportedModelError,
     first_sample,
 )
 from pat_ray.tracer.layers.table import fixed_result, kept_whole, kept_whole_result, trace_layer
-from pat_ray.tracer.nodes import PieceShape, describe, is_parameter, piece_shapes, shape_of
+from pat_ray.tracer.nodes import (
+    PRODUCT_MACS,
+    RETURNED_ARGUMENT,
+    PieceShape,
+    describe,
+    is_parameter,
+    piece_shapes,
+    shape_of,
+)
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
 from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
@@ -58,16 +64,30 @@ def trace_channel_groups(
     The model is traced in eval mode (stochastic depth and dropout become identities) and
     restored to its previous mode afterwards.
     """
-    graph, output_shapes = trace_with_shapes(model, example_input)
-    builder = GroupBuilder(model=model, excluded=frozenset(exclude))
-    unknown = builder.excluded - {name for name, _ in model.named_modules()}
+    unknown = set(exclude) - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
+    graph, output_shapes = trace_with_shapes(model, example_input)
+    input_shape = tuple(first_sample(example_input)[0].shape)
+    builder = GroupBuilder(model, frozenset(exclude))
+    try:
+        return finalize(_walk(graph, builder), input_shape, output_shapes)
+    except UnsupportedModelError:
+        if not builder.heads:
+            raise
+    # Heads that some op cannot follow: traced again with every head kept whole, as a
+    # reshape that cuts channels was traced before heads were (so heads never refuse a model).
+    builder = _walk(graph, GroupBuilder(model, frozenset(exclude), split_heads=False))
+    return finalize(builder, input_shape, output_shapes)
+
+
+def _walk(graph: fx.Graph, builder: GroupBuilder) -> GroupBuilder:
+    """Visit every node in order; the builder then holds the groups, members and costs."""
     layouts: Layouts = {}
     for node in graph.nodes:
         layouts[node] = _visit(builder, node, layouts)
     _count_constant_parameters(builder, graph)
-    return _finalize(builder, tuple(first_sample(example_input)[0].shape), output_shapes)
+    return builder
 
 
 def _count_constant_parameters(builder: GroupBuilder, graph: fx.Graph) -> None:
@@ -154,6 +174,9 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
         result = trace_layer(builder, node, inputs[0])
     elif shape is None:
         return None  # a non-tensor result (size, shape, a python number)
+    elif family is None and RETURNED_ARGUMENT in node.meta:  # returned its argument as is on the example
+        builder.count_fixed_macs(node.name, node.meta.get(PRODUCT_MACS, 0))
+        return layouts.get(node.meta[RETURNED_ARGUMENT])
     elif family is None:
         raise UnsupportedModelError(f"{where}: pat_ray does not know how this op treats channels")
     else:
@@ -222,57 +245,3 @@ def _use_pieces(builder: GroupBuilder, node: fx.Node, source: fx.Node, layouts: 
         f"{where}: takes the tuple of tensors {source.name!r} returns; "
         "pat_ray follows such tuples only through indexing (or .values / .indices), cat and stack"
     )
-
-
-def _finalize(
-    builder: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tuple[tuple[int, ...], ...]
-) -> ModelGraph:
-    names = _group_names(builder)
-    members: dict[int, list[Member]] = {}
-    for slot in [*builder.slots, *builder.params.values()]:
-        offset = 0
-        for root in builder.leaves(slot.layout).groups:
-            members.setdefault(root, []).append(Member(slot.module, slot.role, offset, slot.layout.repeat, slot.axis))
-            offset += builder.sizes[root] * slot.layout.repeat
-    groups = []
-    for root, name in names.items():
-        sub = builder.subgroups.get(root, 1)
-        if builder.sizes[root] % sub:
-            raise UnsupportedModelError(f"group {name!r}: size not divisible by groups")
-        groups.append(
-            ChannelGroup(
-                name=name,
-                size=builder.sizes[root],
-                members=tuple(members.get(root, ())),
-                pinned=root in builder.pinned or not members.get(root),
-                subgroups=sub,
-            )
-        )
-    terms = tuple(
-        ComputeTerm(
-            module=term.module,
-            out_groups=tuple(names[g] for g in builder.leaves(term.out).groups),
-            in_groups=tuple(names[g] for g in builder.leaves(term.inp).groups) if term.inp else (),
-            in_repeat=term.inp.repeat if term.inp else 1,
-            in_divisor=term.in_divisor,
-            macs_per_pair=term.macs_per_pair,
-            params_per_pair=term.params_per_pair,
-            params_per_out=term.params_per_out,
-            is_layer=term.is_layer,
-        )
-        for term in builder.terms
-    )
-    return ModelGraph(groups=tuple(groups), terms=terms, input_shape=input_shape, output_shapes=output_shapes)
-
-
-def _group_names(builder: GroupBuilder) -> dict[int, str]:
-    """Every final group's name, by root id in graph order: its label (unique by construction;
-    a repeat must still not merge two groups, so it gets the id appended)."""
-    roots = sorted({builder.find(g) for g in range(len(builder.parent))} - set(builder.children))
-    names: dict[int, str] = {}
-    taken: set[str] = set()
-    for root in roots:
-        label = builder.labels[root]
-        names[root] = label if label not in taken else f"{label}#{root}"
-        taken.add(names[root])
-    return names

@@ -31,8 +31,7 @@ def cost_of(terms: tuple[ComputeTerm, ...], counts: Mapping[str, int]) -> Cost:
     """Cost of the model whose group ``g`` keeps ``counts[g]`` channels."""
     flops = params = 0
     for t in terms:
-        n_out = sum(counts[g] for g in t.out_groups) if t.out_groups else 1  # none: a fixed size
-        n_in = sum(counts[g] for g in t.in_groups) * t.in_repeat if t.in_groups else 1
+        n_out, n_in = t.widths(counts)
         pairs = n_out * n_in // t.in_divisor
         flops += t.macs_per_pair * pairs
         params += t.params_per_pair * pairs + t.params_per_out * n_out

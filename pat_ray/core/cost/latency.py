@@ -101,7 +101,7 @@ class LatencyTable:
                 raise ValueError(
                     f"the latency table has no timings for layer {term.module!r}: it was measured on another model"
                 )
-            n_out = sum(counts[g] for g in term.out_groups)
+            n_out = sum(counts[g] for g in term.out_groups) * term.out_repeat
             n_in = sum(counts[g] for g in term.in_groups) * term.in_repeat
             total += times.at(n_in, n_out)
         return total

@@ -131,8 +131,10 @@ class _Plan:
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
         out_step = math.lcm(round_to, family.width_step(module))  # conv (and norm) groups stay, each narrowed
-        out_full = sum(size[g] for g in term.out_groups)
-        out_counts = count_grid(out_full, out_step, points) if variable & set(term.out_groups) else (out_full,)
+        out_full = sum(size[g] for g in term.out_groups) * term.out_repeat
+        out_counts: tuple[int, ...] = (out_full,)
+        if variable & set(term.out_groups):  # a head group steps by whole heads
+            out_counts = tuple(c * term.out_repeat for c in count_grid(out_full // term.out_repeat, out_step, points))
         in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
         in_counts: tuple[int, ...] = ()
         if not family.input_follows_output(module) and variable & set(term.in_groups):

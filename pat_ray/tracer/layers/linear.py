@@ -29,7 +29,7 @@ class Linear(LayerFamily):
             if not builder.is_pinned(layout):
                 return _across(call, module, in_shape)
             layout = builder.fixed_group(in_shape[-1], f"<{name} input>", axis=last)  # (N, T, D) from outside
-        if layout.axis != last or (last > 1 and layout.repeat != 1):
+        if layout.axis != last:  # with a repeat: merged heads, each head_dim inputs
             raise UnsupportedModelError(
                 f"{call.where}: Linear on a tensor of shape {in_shape} whose channels are on dim {layout.axis}, "
                 "not on the last one"

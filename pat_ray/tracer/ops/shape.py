@@ -24,6 +24,7 @@ from pat_ray.tracer.nodes import (
     target_name,
 )
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.heads import cut_heads, merged_layout, written_by_attribute
 from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
@@ -54,7 +55,7 @@ def reshape_layout(
     space-to-depth) moves channels among other axes: its input is kept whole (pinned) and its
     result's dim 1 is a new pinned group, so nothing downstream depends on their order."""
     result = _reshaped(builder, node, layout, where)
-    if size_written_in_code(builder.model, node, result.axis):
+    if size_written_in_code(builder.model, node, result.axis) and not written_by_attribute(builder, node, result):
         builder.pin(layout)  # ``x.view(-1, 16 * 5 * 5)``: the code, not the tensor, says how many channels
     sizes_read_from_channels(builder, node, result, layouts or {}, where)
     return result
@@ -81,6 +82,8 @@ def sizes_read_from_channels(
             builder.unify(Layout(result.groups), Layout(source.groups), where)  # on different axes: as on dim 1
         else:
             builder.pin(source)
+            if dim == result.axis:  # heads merged to the width of another tensor's channels: both stay
+                builder.pin(result)
 
 
 def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -97,6 +100,11 @@ def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) 
     ]
     if layout.repeat == 1 and kept_axis and out_shape[0] == in_shape[0]:
         return Layout(layout.groups, 1, kept_axis[0])
+    if out_shape[0] == in_shape[0]:
+        shapes = (in_shape, out_shape)
+        regrouped = merged_layout(builder, layout, *shapes) or cut_heads(builder, node, layout, shapes)
+        if regrouped is not None:
+            return regrouped
     return reordered_layout(builder, node, layout, where)
 
 

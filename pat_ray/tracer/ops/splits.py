@@ -39,7 +39,7 @@ def split_layout(
         raise UnsupportedModelError(f"{where}: splits along a dimension known only at run time ({dim!r})")
     axis = dim % len(in_shape)
     unbinds = any(s is not None and len(s) < len(in_shape) for s in piece_shapes)
-    if axis == 0 and unbinds:
+    if axis == 0 and unbinds and layout.axis == 1:
         raise UnsupportedModelError(f"{where}: unbinds the batch dimension, so channels move to dim 0")
     if axis != layout.axis:
         moved = Layout(layout.groups, layout.repeat, layout.axis - (unbinds and axis < layout.axis))

@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pat_ray.sdk import Architecture, ModelGraph, channels_to_drop, hookimpl, kept_indices
+from pat_ray.sdk import Architecture, ModelGraph, channels_to_drop, hookimpl, kept_indices, set_size_attributes
 
 
 class TorchPruningSurgery:
@@ -41,6 +41,7 @@ class TorchPruningSurgery:
             if not dependencies.check_pruning_group(plan):
                 raise ValueError(f"torch_pruning refuses to remove {drop.numel()} channels of {producer.module!r}")
             plan.prune()
+        set_size_attributes(model, graph, architecture)
         if optimizer is not None:
             _move_optimizer_state(model, optimizer, before, removed, roles)
 
