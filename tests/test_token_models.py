@@ -223,17 +223,19 @@ def test_multihead_attention_kept_whole_costs_its_projections_and_products():
     assert measure_cost(model, x).flops == graph_cost(trace_channel_groups(model, x)).flops == layers + attention
 
 
-def test_the_built_in_small_vit_prunes_its_embedding_and_mlps_to_a_flops_budget():
+def test_the_built_in_small_vit_prunes_its_embedding_heads_and_mlps_to_a_flops_budget():
     from pat_ray.plugins.registry import get_registry
 
     model = get_registry().create("model", "vit_small_images", num_classes=10, in_channels=1, image_size=28, width=32)
     x = torch.randn(2, 1, 28, 28)
     graph = trace_channel_groups(model, x)
-    assert {g.name for g in graph.prunable} == {"patch_embed"} | {f"blocks.{i}.mlp.0" for i in range(6)}
+    blocks = [(f"blocks.{i}.mlp.0", f"blocks.{i}.attn.qkv/heads") for i in range(6)]
+    assert {g.name for g in graph.prunable} == {"patch_embed", *(name for block in blocks for name in block)}
     before = measure_cost(model, x).flops
-    pat_ray.prune(model, x, budget=0.5)
+    arch = pat_ray.prune(model, x, budget=0.5)
     assert abs(measure_cost(model, x).flops / (0.5 * before) - 1) < 0.03
     assert model.cls_token.shape[-1] == model.pos_embed.shape[-1] == model.patch_embed.out_channels < 32
+    assert [block.attn.heads for block in model.blocks] == [arch.count(heads) for _, heads in blocks]
     model.train()(x).sum().backward()
 
 

@@ -4,8 +4,10 @@ multi-head self-attention and an MLP, the class token's output to the classifier
 
 Sized by arguments so that it trains in minutes on a CPU (``image_size=28, patch_size=4``: 49
 patches of Fashion-MNIST). What pruning removes: the embedding width (through every block's
-LayerNorms, projections, the class token and the position embedding) and each block's MLP
-hidden width; attention heads keep their width for now, and their products count in the FLOPs.
+LayerNorms, projections, the class token and the position embedding), each block's MLP
+hidden width, and whole attention heads (``heads`` is the attribute surgery sets; the heads
+are merged back with ``-1`` so that no other number needs to follow). The attention products
+count in the FLOPs.
 """
 
 from __future__ import annotations

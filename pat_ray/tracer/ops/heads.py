@@ -74,7 +74,7 @@ def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -
     written = size_arguments(node, 1, "shape", "size")
     value = written[result.axis] if isinstance(written, list | tuple) and result.axis < len(written) else None
     owner = _owning_module(node)
-    if not isinstance(value, int) or owner is None:
+    if not isinstance(value, int):
         return False
     attribute = _attribute_with_value(builder, owner, value)
     if attribute is None:
@@ -101,11 +101,12 @@ def _split_factors(in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: 
     return None
 
 
-def _owning_module(node: fx.Node) -> str | None:
-    """The module whose forward runs ``node`` (the innermost on fx's module stack)."""
+def _owning_module(node: fx.Node) -> str:
+    """The module whose forward runs ``node`` (the innermost on fx's module stack; none: the
+    model's own forward, named ``""``)."""
     stack = node.meta.get("nn_module_stack")
     if not stack:
-        return None
+        return ""
     key, value = list(stack.items())[-1]
     return str(value[0]) if isinstance(value, tuple) else str(key)
 

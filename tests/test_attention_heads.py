@@ -1,0 +1,163 @@
+"""Whole attention heads as prunable structures: a reshape that cuts a projection's channels
+into (pieces, heads, head_dim) makes one group of heads, coupled across q, k, v and the out
+projection's inputs; the head count written in the code is a module attribute surgery sets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import pat_ray
+from _helpers import assert_pruning_is_exact, zero_removed_channels
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost.flops import cost_of, graph_cost, measure_cost
+from pat_ray.core.surgery import apply_architecture
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+from pat_ray.tracer.trace import trace_channel_groups
+
+
+class Heads(nn.Module):
+    """Multi-head self-attention over the tokens of a small image, in the forms found in the
+    wild: a fused qkv projection (``fused``), or q, k and v projected apart (``apart``); the
+    products written out or as SDPA; heads merged back by ``-1`` or by a width attribute."""
+
+    def __init__(self, heads: int = 4, head_dim: int = 3, qkv: str = "fused", product: str = "written", merge: str = "-1"):
+        super().__init__()
+        width = 12
+        self.num_heads, self.head_dim, self.attn_dim = heads, head_dim, heads * head_dim
+        self.embed = nn.Conv2d(3, width, 1)
+        if qkv == "fused":
+            self.qkv = nn.Linear(width, 3 * self.attn_dim)
+        else:
+            self.q, self.k, self.v = (nn.Linear(width, self.attn_dim) for _ in range(3))
+        self.proj = nn.Linear(self.attn_dim, width)
+        self.head = nn.Linear(width, 5)
+        self.form, self.product, self.merge = qkv, product, merge
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        batch, tokens, _ = x.shape
+        if self.form == "fused":
+            qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        else:
+            q, k, v = (p(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.product == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(batch, tokens, -1 if self.merge == "-1" else self.attn_dim)
+        x = x + self.proj(y)
+        return self.head(x.mean(1))
+
+
+def drop_heads(graph, drop: set[int]) -> Architecture:
+    """Every group whole but the model's one head group, which loses heads ``drop``."""
+    (heads,) = (g for g in graph.prunable if g.name.endswith("/heads"))
+    kept = {g.name: tuple(range(g.size)) for g in graph.groups}
+    kept[heads.name] = tuple(i for i in range(heads.size) if i not in drop)
+    return Architecture(kept, {g.name: g.size for g in graph.groups})
+
+
+def assert_removing_heads_is_exact(model: nn.Module, x: torch.Tensor, drop: set[int]) -> Architecture:
+    import copy
+
+    model.eval()
+    graph = trace_channel_groups(model, x)
+    arch = drop_heads(graph, drop)
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)  # a head with q = k = v = 0 adds nothing
+    predicted = cost_of(graph.terms, {n: len(k) for n, k in arch.kept.items()})
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert measure_cost(model, x) == predicted
+    return arch
+
+
+@pytest.mark.parametrize(
+    ("qkv", "product", "merge"),
+    [("fused", "written", "-1"), ("fused", "sdpa", "attribute"), ("apart", "written", "attribute"), ("apart", "sdpa", "-1")],
+)
+def test_a_head_is_its_query_key_value_and_output_slices_removed_together(qkv, product, merge):
+    model, x = Heads(qkv=qkv, product=product, merge=merge), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    (heads,) = (g for g in graph.prunable if g.name.endswith("/heads"))
+    members = sorted((m.module, m.role, m.offset, m.repeat) for m in heads.members)
+    producers = [("qkv", "out", o, 3) for o in (0, 12, 24)] if qkv == "fused" else [(p, "out", 0, 3) for p in "kqv"]
+    assert heads.size == 4 and members == sorted([("proj", "in", 0, 3), *producers])
+    assert_removing_heads_is_exact(model, x, {1, 2})
+    assert model.num_heads == 2 and model.attn_dim == (6 if merge == "attribute" else 12)
+    model(torch.randn(3, 3, 4, 4)).sum().backward()  # another batch size: the attribute, not the example, decides
+
+
+def test_a_head_count_written_as_a_number_keeps_the_heads_whole():
+    class Literal(Heads):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.num_heads, self.head_dim, self.attn_dim  # the numbers are only in the code
+
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(x).reshape(-1, 16, 3, 4, 3).permute(2, 0, 3, 1, 4).unbind(0)
+            y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, 16, 12)
+            return self.head((x + self.proj(y)).mean(1))
+
+    model, x = Literal(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    assert all(g.pinned for g in graph.groups if g.name.endswith("/heads"))
+    assert not graph.group("embed").pinned
+    assert_pruning_is_exact(model, x, 0.6)
+
+
+def test_heads_an_op_cannot_follow_are_kept_whole_instead_of_refusing_the_model():
+    """Merged heads multiplied by a weight written out (``y @ self.w``): a product over heads'
+    head_dim positions is not followed, so the model is traced with heads whole, as before."""
+
+    class IntoMatmul(Heads):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(12, 12))
+
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(x).reshape(-1, 16, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+            return self.head((x + y @ self.w).mean(1))
+
+    graph = trace_channel_groups(IntoMatmul(), torch.randn(2, 3, 4, 4))
+    assert not any(g.name.endswith("/heads") for g in graph.groups) and graph.group("qkv").pinned
+
+
+def test_a_heads_score_aggregates_its_slices_and_the_ranking_mixes_heads_with_channels():
+    model, x = Heads(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    scores = Magnitude(p=2, normalize="none").scores(model, graph)
+    w, b = model.qkv.weight.detach(), model.qkv.bias.detach()
+    head_1 = [rows for piece in range(3) for rows in (w[piece * 12 + 3 : piece * 12 + 6], b[piece * 12 + 3 : piece * 12 + 6])]
+    expected = torch.sqrt(sum(t.pow(2).sum() for t in head_1))
+    torch.testing.assert_close(scores["qkv/heads"][1], expected)
+    arch = pat_ray.prune(model, x, budget=0.55, criterion="magnitude")
+    assert arch.count("qkv/heads") < 4 and arch.count("embed") < 12  # one budget over both kinds
+    assert model.num_heads == arch.count("qkv/heads")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    heads=st.integers(2, 4),
+    head_dim=st.integers(2, 4),  # a head_dim of 1 reads as (3, heads) + a size-1 axis
+    form=st.sampled_from(["fused", "apart"]),
+    drop=st.sets(st.integers(0, 3), min_size=1, max_size=3),
+)
+def test_removing_any_heads_equals_zeroing_them(heads, head_dim, form, drop):
+    drop = {h for h in drop if h < heads}
+    if len(drop) in (0, heads):
+        return
+    torch.manual_seed(0)
+    model, x = Heads(heads, head_dim, qkv=form), torch.randn(2, 3, 4, 4)
+    assert_removing_heads_is_exact(model, x, drop)
+    assert graph_cost(trace_channel_groups(model, x)) == measure_cost(model, x)
