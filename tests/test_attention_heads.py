@@ -25,7 +25,9 @@ class Heads(nn.Module):
     wild: a fused qkv projection (``fused``), or q, k and v projected apart (``apart``); the
     products written out or as SDPA; heads merged back by ``-1`` or by a width attribute."""
 
-    def __init__(self, heads: int = 4, head_dim: int = 3, qkv: str = "fused", product: str = "written", merge: str = "-1"):
+    def __init__(
+        self, heads: int = 4, head_dim: int = 3, qkv: str = "fused", product: str = "written", merge: str = "-1"
+    ):
         super().__init__()
         width = 12
         self.num_heads, self.head_dim, self.attn_dim = heads, head_dim, heads * head_dim
@@ -81,7 +83,12 @@ def assert_removing_heads_is_exact(model: nn.Module, x: torch.Tensor, drop: set[
 
 @pytest.mark.parametrize(
     ("qkv", "product", "merge"),
-    [("fused", "written", "-1"), ("fused", "sdpa", "attribute"), ("apart", "written", "attribute"), ("apart", "sdpa", "-1")],
+    [
+        ("fused", "written", "-1"),
+        ("fused", "sdpa", "attribute"),
+        ("apart", "written", "attribute"),
+        ("apart", "sdpa", "-1"),
+    ],
 )
 def test_a_head_is_its_query_key_value_and_output_slices_removed_together(qkv, product, merge):
     model, x = Heads(qkv=qkv, product=product, merge=merge), torch.randn(2, 3, 4, 4)
@@ -138,7 +145,9 @@ def test_a_heads_score_aggregates_its_slices_and_the_ranking_mixes_heads_with_ch
     graph = trace_channel_groups(model, x)
     scores = Magnitude(p=2, normalize="none").scores(model, graph)
     w, b = model.qkv.weight.detach(), model.qkv.bias.detach()
-    head_1 = [rows for piece in range(3) for rows in (w[piece * 12 + 3 : piece * 12 + 6], b[piece * 12 + 3 : piece * 12 + 6])]
+    head_1 = [
+        rows for piece in range(3) for rows in (w[piece * 12 + 3 : piece * 12 + 6], b[piece * 12 + 3 : piece * 12 + 6])
+    ]
     expected = torch.sqrt(sum(t.pow(2).sum() for t in head_1))
     torch.testing.assert_close(scores["qkv/heads"][1], expected)
     arch = pat_ray.prune(model, x, budget=0.55, criterion="magnitude")
