@@ -18,6 +18,7 @@ is stepped until the FLOPs reach the budget.
     pip install timm    # then
     python benchmarks/timm_coverage.py --jobs 2   # resumable: rows already measured are kept
     python benchmarks/timm_coverage.py --only vit_tiny_patch16_224 swin_tiny_patch4_window7_224
+    python benchmarks/timm_coverage.py --redo pat_ray   # pat_ray's cells again, after a change
 
 Each library runs on each model in a child process of its own, with a 150 s limit (a model that
 hangs or crashes costs its cell, not the table).
@@ -180,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="these timm model names (default: one per family)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
+    parser.add_argument("--redo", choices=sorted(LIBRARIES), help="measure this library's cells again (after a change)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: MODEL LIBRARY
     args = parser.parse_args()
     if args.one:
@@ -189,9 +191,16 @@ def main() -> None:
         {json.loads(line)["model"]: json.loads(line) for line in ROWS.read_text().splitlines()} if ROWS.exists() else {}
     )
     picks = {name: name for name in args.only} if args.only else families()
-    todo = [(family, name) for family, name in picks.items() if name not in done]
+    if args.redo:  # first the rows measured before, with that library's cells only
+        todo = [
+            (f, name) for f, name in picks.items() if name in done and done[name][args.redo].get("commit") != _commit()
+        ]
+        measure = lambda pick: {**done[pick[1]], **_measure_family(*pick, libraries=(args.redo,))}  # noqa: E731
+    else:
+        todo = [(family, name) for family, name in picks.items() if name not in done]
+        measure = lambda pick: _measure_family(*pick)  # noqa: E731
     with ThreadPoolExecutor(args.jobs) as pool:  # each job waits on its child processes
-        for row in pool.map(lambda pick: _measure_family(*pick), todo):
+        for row in pool.map(measure, todo):
             done[row["model"]] = row
             with ROWS.open("a") as rows:
                 rows.write(json.dumps(row) + "\n")
@@ -199,10 +208,18 @@ def main() -> None:
     write("timm_coverage.md", _table([done[name] for name in picks.values() if name in done]))
 
 
-def _measure_family(family: str, name: str) -> dict:
-    results = {library: _in_child(name, library) for library in LIBRARIES}
+def _measure_family(family: str, name: str, libraries: tuple[str, ...] = tuple(LIBRARIES)) -> dict:
+    results = {library: _in_child(name, library) for library in libraries}
     size = next((r["input"] for r in results.values() if r["input"]), None)
-    return {"model": name, "family": family, "input": size, **{k: r["row"] for k, r in results.items()}}
+    row = {"model": name, "family": family, **{k: {**r["row"], "commit": _commit()} for k, r in results.items()}}
+    return {**row, "input": size} if size is not None else row
+
+
+def _commit() -> str:
+    """The pat_ray commit measured (a cell says which code it describes)."""
+    here = Path(__file__).resolve().parent
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def _in_child(name: str, library: str) -> dict:
