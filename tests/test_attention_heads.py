@@ -170,3 +170,17 @@ def test_removing_any_heads_equals_zeroing_them(heads, head_dim, form, drop):
     model, x = Heads(heads, head_dim, qkv=form), torch.randn(2, 3, 4, 4)
     assert_removing_heads_is_exact(model, x, drop)
     assert graph_cost(trace_channel_groups(model, x)) == measure_cost(model, x)
+
+
+def test_a_heads_taylor_score_sums_its_slices_estimates():
+    from pat_ray.plugins.builtin.criteria.taylor import Taylor
+
+    model, x = Heads(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    model(x).square().sum().backward()
+    taylor = Taylor()
+    taylor.observe(model, graph)
+    w, b = model.qkv.weight, model.qkv.bias
+    rows = [slice(piece * 12 + 6, piece * 12 + 9) for piece in range(3)]  # head 2 of q, k and v
+    expected = sum(((w * w.grad)[r].sum() + (b * b.grad)[r].sum()).square() for r in rows)
+    torch.testing.assert_close(taylor.scores(model, graph)["qkv/heads"][2], expected.detach())
