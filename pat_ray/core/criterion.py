@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.tracer.layers.table import family_of
 
 Scores = dict[str, torch.Tensor]
 
@@ -35,8 +36,12 @@ class Criterion(ABC):
 
 
 def member_tensor(model: nn.Module, member: Member, name: str) -> torch.Tensor | None:
-    """A parameter (``weight``, ``bias``) of the member's module, or None if it has none."""
-    return getattr(model.get_submodule(member.module), name, None)
+    """A parameter (``weight``, ``bias``) of the member's module, or None if it has none; a
+    layer that names them otherwise says which it means (``nn.MultiheadAttention``'s
+    ``in_proj_weight``)."""
+    module = model.get_submodule(member.module)
+    family = family_of(module)
+    return getattr(module, family.parameter_name(name) if family is not None else name, None)
 
 
 def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:

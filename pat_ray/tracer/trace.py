@@ -32,7 +32,7 @@ from pat_ray.tracer.graph import (
     UnsupportedModelError,
     first_sample,
 )
-from pat_ray.tracer.layers.table import fixed_result, kept_whole, kept_whole_result, trace_layer
+from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     RETURNED_ARGUMENT,
@@ -132,6 +132,9 @@ def _visit(builder: GroupBuilder, node: fx.Node, layouts: Layouts) -> Traced:
     if node.op == "get_attr":
         return None
     if node.op == "call_module" and kept_whole(builder.model.get_submodule(str(node.target))):
+        followed = followed_result(builder, node, layouts)
+        if followed is not None:
+            return followed
         return kept_whole_result(builder, node, _tensor_layouts((node.args, node.kwargs), layouts))
     try:
         return _visit_op(builder, node, layouts, describe(node))

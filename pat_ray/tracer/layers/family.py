@@ -20,7 +20,7 @@ from torch import nn
 
 from pat_ray.tracer.graph import Role
 from pat_ray.tracer.nodes import known_shape
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]  # a tensor with some channels removed
 Rewrite = Callable[[nn.Module, str, Reindex], None]  # replace module.<name> by reindex(it), optimizer state along
@@ -69,6 +69,16 @@ class LayerFamily:
     types: ClassVar[tuple[type[nn.Module], ...]] = ()
     counts_macs: ClassVar[bool] = False  # whether ``macs`` is part of the model's FLOPs
     timed: ClassVar[bool] = False  # whether the latency probe can time it
+    whole_unless_followed: ClassVar[bool] = False  # kept whole where ``follow`` returns None
+
+    def parameter_name(self, name: str) -> str:
+        """The attribute holding what criteria call ``weight`` or ``bias`` (the channels' rows)."""
+        return name
+
+    def follow(self, builder: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced | None:
+        """For a family of layers otherwise kept whole (``nn.MultiheadAttention``): the layouts
+        of a call it can read from the whole graph, or None to keep that call whole."""
+        return None
 
     def matches(self, module: nn.Module) -> bool:
         return isinstance(module, self.types)

@@ -21,6 +21,7 @@ from pat_ray.tracer.layers.family import LayerCall, LayerFamily
 from pat_ray.tracer.layers.group_norm import GroupNorm
 from pat_ray.tracer.layers.layer_norm import LayerNorm
 from pat_ray.tracer.layers.linear import Linear
+from pat_ray.tracer.layers.multihead import MultiheadAttention
 from pat_ray.tracer.layers.prelu import PReLU
 from pat_ray.tracer.layers.rms_norm import RMSNorm
 from pat_ray.tracer.layers.stateless import ChannelMixing, Flatten, Passthrough, Reordering
@@ -29,6 +30,7 @@ from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
 from pat_ray.tracer.state import Call, GroupBuilder, Layout, Traced
 
 FAMILIES: tuple[LayerFamily, ...] = (
+    MultiheadAttention(),
     Conv(),
     TransposedConv(),
     Linear(),
@@ -55,8 +57,9 @@ def family_of(module: nn.Module) -> LayerFamily | None:
 def kept_whole(module: nn.Module) -> bool:
     """A torch.nn layer in no family: its forward reads only its inputs and its own weights,
     so keeping its inputs and outputs whole makes it safe to prune everything around it."""
-    if family_of(module) is not None:
-        return False
+    family = family_of(module)
+    if family is not None:
+        return family.whole_unless_followed
     return str(getattr(type(module).forward, "__module__", "")).startswith("torch.nn.")
 
 
@@ -98,6 +101,13 @@ def _weights_made_at_call_time(module: nn.Module) -> bool:
     (``parametrizations.spectral_norm`` / ``weight_norm``, whose vectors and magnitudes surgery
     does not slice) or a forward pre-hook (the older ``nn.utils.weight_norm``). Kept whole."""
     return parametrize.is_parametrized(module) or bool(module._forward_pre_hooks)
+
+
+def followed_result(builder: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced | None:
+    """What the family of a ``kept_whole`` module's call can follow of it (the heads of an
+    ``nn.MultiheadAttention``); None: the call is kept whole."""
+    family = family_of(builder.model.get_submodule(str(node.target)))
+    return family.follow(builder, node, layouts) if family is not None else None
 
 
 def kept_whole_result(builder: GroupBuilder, node: fx.Node, inputs: list[Layout]) -> Traced:

@@ -17,6 +17,7 @@ from torch import nn
 import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, member_rows
 from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
+from pat_ray.tracer.layers.table import family_of
 
 
 class Taylor(Criterion):
@@ -61,19 +62,24 @@ class _GroupPlan:
 
     name: str
     size: int
-    members: tuple[tuple[nn.Module, Member], ...]
+    members: tuple[tuple[nn.Module, tuple[str, ...], Member], ...]  # module, its weight's and bias' names
 
     @classmethod
     def of(cls, model: nn.Module, group: ChannelGroup) -> _GroupPlan:
         members = list(group.members_with_role("norm")) or list(group.producers())
-        return cls(group.name, group.size, tuple((model.get_submodule(m.module), m) for m in members))
+        plans = []
+        for member in members:
+            module, family = model.get_submodule(member.module), family_of(model.get_submodule(member.module))
+            names = tuple(family.parameter_name(n) if family else n for n in ("weight", "bias"))
+            plans.append((module, names, member))
+        return cls(group.name, group.size, tuple(plans))
 
     def estimate(self) -> torch.Tensor:
         """Sum over members of (sum over the channel's parameters of value * gradient)^2."""
         total = None
-        for module, member in self.members:
+        for module, names, member in self.members:
             first_order = None
-            for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
+            for param in (getattr(module, name, None) for name in names):
                 if param is None or param.grad is None:
                     continue
                 term = (member_rows(param, member, self.size) * member_rows(param.grad, member, self.size)).sum(1)
