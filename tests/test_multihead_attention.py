@@ -123,3 +123,16 @@ def test_criteria_score_the_heads_from_the_packed_projection(criterion):
     criterion.observe(model, graph)
     scores = criterion.scores(model, graph)["attn/heads"]
     assert scores.shape == (4,) and (scores > 0).all() and len(set(scores.tolist())) == 4
+
+
+def test_a_pruned_attention_is_traced_and_pruned_again():
+    """PaT prunes in steps: each step traces the model the last one left."""
+    torch.manual_seed(0)
+    model, x = Encoder(), torch.randn(2, 3, 4, 4)
+    first = pat_ray.prune(model, x, budget=0.7)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("attn/heads").size == first.count("attn/heads") and graph_cost(graph) == measure_cost(model, x)
+    second = pat_ray.prune(model, x, budget=0.6)  # of the model the first step left
+    assert second.count("attn/heads") < first.count("attn/heads") and model.attn.num_heads == second.count("attn/heads")
+    assert graph_cost(trace_channel_groups(model, x)) == measure_cost(model, x)
+    model.train()(x).sum().backward()

@@ -49,7 +49,7 @@ class MultiheadAttention(LayerFamily):
         if name in builder.calls:  # weights shared by two calls: both would have to prune alike
             raise HeadsConflict(f"module {name!r}: a MultiheadAttention called twice")
         tokens, batch = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
-        packed = builder.new_group(3 * module.embed_dim, name, axis=2)
+        packed = builder.new_group(module.in_proj_weight.shape[0], name, axis=2)  # 3 * heads * head_dim rows
         heads = builder.cut_into_heads(packed, module.num_heads, module.head_dim, f"{name}/heads", name)
         if heads is None:
             return None
