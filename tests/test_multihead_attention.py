@@ -136,3 +136,20 @@ def test_a_pruned_attention_is_traced_and_pruned_again():
     assert second.count("attn/heads") < first.count("attn/heads") and model.attn.num_heads == second.count("attn/heads")
     assert graph_cost(trace_channel_groups(model, x)) == measure_cost(model, x)
     model.train()(x).sum().backward()
+
+
+def test_a_checkpointed_vit_with_pruned_heads_is_rebuilt_from_its_architecture():
+    """What loading a checkpoint does: the registered base model, pruned to the architecture."""
+    from pat_ray.plugins.registry import get_registry
+    from pat_ray.training.checkpoint import build_pruned_model
+
+    torch.manual_seed(0)
+    params = {"image_size": 64, "num_classes": 10}
+    model, x = get_registry().create("model", "vit_b_32", **params).eval(), torch.randn(2, 3, 64, 64)
+    arch = pat_ray.prune(model, x, budget=0.3)
+    rebuilt = build_pruned_model("vit_b_32", params, arch, tuple(x.shape)).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    attention = rebuilt.encoder.layers[0].self_attention
+    assert isinstance(attention, NarrowedMultiheadAttention) and attention.num_heads < 12
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))

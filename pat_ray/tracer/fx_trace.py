@@ -157,7 +157,7 @@ class _Tracer(fx.Tracer):
             rule_for(m) is not None
             or super().is_leaf_module(m, module_qualified_name)
             or _inherits_torch_forward(type(m))
-            or kept_whole(m)  # a pruned nn.MultiheadAttention (its own forward) is still one layer
+            or isinstance(m, nn.MultiheadAttention)  # pruned (its own forward), still one layer
         )
 
 
