@@ -184,3 +184,13 @@ def test_a_heads_taylor_score_sums_its_slices_estimates():
     rows = [slice(piece * 12 + 6, piece * 12 + 9) for piece in range(3)]  # head 2 of q, k and v
     expected = sum(((w * w.grad)[r].sum() + (b * b.grad)[r].sum()).square() for r in rows)
     torch.testing.assert_close(taylor.scores(model, graph)["qkv/heads"][2], expected.detach())
+
+
+def test_round_to_counts_a_heads_width_not_its_count():
+    """round_to: 4 keeps layer widths multiples of 4: any number of 4-wide heads, but pairs of 2-wide ones."""
+    from pat_ray.core.selection import rank_group
+
+    for head_dim, step in ((4, 1), (2, 2)):
+        graph = trace_channel_groups(Heads(head_dim=head_dim), torch.randn(2, 3, 4, 4))
+        ranking = rank_group(graph.group("qkv/heads"), torch.arange(4.0), round_to=4)
+        assert ranking.unit_ends.tolist() == list(range(step, 5, step))

@@ -12,6 +12,7 @@ number of units removed, so the cut point is found by bisection over the ranked 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, get_args
@@ -62,7 +63,9 @@ class GroupRanking(NamedTuple):
 
 
 def rank_group(group: ChannelGroup, scores: torch.Tensor, round_to: int = 1) -> GroupRanking:
-    """Rank ``group``'s channels by ``scores``; equal scores keep the lower channel index first."""
+    """Rank ``group``'s channels by ``scores``; equal scores keep the lower channel index first.
+    ``round_to`` counts the layers' widths: a head of 64 positions is a multiple of 8 alone."""
+    round_to //= math.gcd(round_to, group.positions_per_channel)
     if scores.shape != (group.size,):
         raise ValueError(f"group {group.name!r}: expected {group.size} scores, got {tuple(scores.shape)}")
     if torch.isnan(scores).any():

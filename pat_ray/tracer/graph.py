@@ -73,6 +73,12 @@ class ChannelGroup:
         """The members whose weights make the group's channels (convs, linears, depthwise)."""
         return self.members_with_role(*PRODUCER_ROLES)
 
+    @property
+    def positions_per_channel(self) -> int:
+        """How many positions of its producers one channel fills: an attention head's
+        ``head_dim`` rows of q, k and v; 1 for a plain channel."""
+        return min((m.repeat for m in self.producers()), default=1)
+
     def members_with_role(self, *roles: Role) -> Iterator[Member]:
         return (m for m in self.members if m.role in roles)
 
