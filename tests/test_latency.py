@@ -253,3 +253,31 @@ def test_a_layer_the_probe_cannot_time_is_named_before_any_timing(plugins):
     plugins(Declarations(), name="declarations")
     with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'custom' \(ScaledConv\).*measure: flops"):
         measure_latency(Net(), torch.randn(1, 3, 8, 8), batch_size=2)
+
+
+@pytest.mark.parametrize("product", ["written", "sdpa"])
+def test_attention_products_are_timed_with_the_heads_they_keep(product):
+    """q @ k^T and weights @ v have no layer: the probe times two factors of their traced shapes
+    at each head count, so a latency budget sees what removing a head saves there."""
+    from test_attention_heads import Heads
+
+    model, x = Heads(product=product), torch.randn(1, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    products = [t for t in graph.terms if t.product is not None]
+    assert len(products) == 2 and all(t.out_groups == ("qkv/heads",) for t in products)
+    scores = next(t for t in products if t.product.shapes[1][-1] == 16)  # (.., head_dim, tokens): k^T
+    assert scores.product.at(0, 2, 4) == ((4, 2, 16, 3), (4, 2, 3, 16))
+    table = measure_latency(model, x, batch_size=4, points=4, repeats=1, rounds=1)
+    assert set(table.layers) == {t.module for t in graph.terms if t.timed}
+    for term in products:
+        assert table.layers[term.module].out_counts == (1, 2, 3, 4)
+    full = {g.name: g.size for g in graph.groups}
+    assert table.predict(graph.terms, full | {"qkv/heads": 1}) <= table.predict(graph.terms, full)
+
+
+def test_multihead_attention_is_timed_by_its_projections_and_products():
+    from test_multihead_attention import Encoder
+
+    model, x = Encoder(), torch.randn(1, 3, 4, 4)
+    table = measure_latency(model, x, batch_size=2, points=2, repeats=1, rounds=1)
+    assert {"attn.out_proj", "<attn:scores>", "<attn:mix>"} <= set(table.layers)

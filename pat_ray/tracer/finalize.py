@@ -78,6 +78,7 @@ def _compute_term(builder: GroupBuilder, names: dict[int, str], term: Term) -> C
         params_per_out=term.params_per_out,
         is_layer=term.is_layer,
         out_repeat=out_unit,
+        product=term.product,
     )
 
 

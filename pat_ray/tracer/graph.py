@@ -84,6 +84,33 @@ class ChannelGroup:
 
 
 @dataclass(frozen=True)
+class ProductShape:
+    """A product between activations (``a @ b``) as the latency probe rebuilds it to time:
+    both operands' shapes for one sample, and in each the dim whose size is the term's output
+    channels (``out_dims``: heads carried through) or summed channels (``in_dims``); None where
+    a dim is neither."""
+
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]
+    out_dims: tuple[int | None, int | None]
+    in_dims: tuple[int | None, int | None] = (None, None)
+    batched: tuple[bool, bool] = (True, True)  # whether dim 0 is the batch (a weight's is not)
+
+    def at(self, n_in: int, n_out: int, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The operands' shapes for ``batch`` samples with ``n_in`` summed and ``n_out`` carried channels."""
+        resized = []
+        for shape, out_dim, in_dim, batched in zip(self.shapes, self.out_dims, self.in_dims, self.batched):
+            dims = list(shape)
+            if batched:
+                dims[0] = batch
+            if out_dim is not None:
+                dims[out_dim] = n_out
+            if in_dim is not None:
+                dims[in_dim] = n_in
+            resized.append(tuple(dims))
+        return resized[0], resized[1]
+
+
+@dataclass(frozen=True)
 class ComputeTerm:
     """Cost of one conv / linear / norm as a function of group channel counts.
 
@@ -106,6 +133,12 @@ class ComputeTerm:
     params_per_out: int
     is_layer: bool = True
     out_repeat: int = 1
+    product: ProductShape | None = None  # a product between activations, timed as one
+
+    @property
+    def timed(self) -> bool:
+        """Whether a latency table times this term: a layer's, or a product's."""
+        return self.is_layer or self.product is not None
 
     def widths(self, counts: Mapping[str, int]) -> tuple[int, int]:
         """The layer's (output, input) widths when group ``g`` keeps ``counts[g]`` channels; a

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from pat_ray.tracer.graph import Role, UnsupportedModelError
+from pat_ray.tracer.graph import ProductShape, Role, UnsupportedModelError
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Term:
     params_per_pair: int = 0
     params_per_out: int = 0
     is_layer: bool = True  # False: a tensor, not a layer (no latency of its own)
+    product: ProductShape | None = None  # a product between activations: how to time it
 
     def run_again(self) -> Term:
         """The same layer applied once more: its MACs count again, its parameters do not."""

@@ -95,7 +95,7 @@ class LatencyTable:
     def predict(self, terms: Iterable[ComputeTerm], counts: Mapping[str, int]) -> float:
         """Seconds of one training step's layers for group ``g`` keeping ``counts[g]`` channels."""
         total = 0.0
-        for term in (t for t in terms if t.is_layer):
+        for term in (t for t in terms if t.timed):
             times = self.layers.get(term.module)
             if times is None:
                 raise ValueError(

@@ -26,6 +26,7 @@ from torch import nn
 
 from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
+from pat_ray.core.cost.product_timing import ProductTiming, TimedProduct
 from pat_ray.core.cost.timing import device_name, seconds_of
 from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph, UnsupportedModelError
 from pat_ray.tracer.layers.family import LayerFamily
@@ -64,11 +65,7 @@ def measure_latency(
     graph = trace_channel_groups(model, example_input, exclude=exclude)
     shapes = _input_shapes(model, example_input)
     timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
-    plans = [
-        _Plan.of(graph, t, model.get_submodule(t.module), shapes[t.module], round_to, points)
-        for t in graph.terms
-        if t.is_layer
-    ]
+    plans = [_plan(graph, t, model, shapes, round_to, points) for t in graph.terms if t.timed]
     jobs = {
         plan.key(n_in, n_out): (plan, *plan.widths(n_in, n_out))
         for plan in plans
@@ -104,6 +101,21 @@ def count_grid(full: int, step: int, points: int) -> tuple[int, ...]:
     return tuple(legal[i] for i in sorted(picks))
 
 
+def _plan(
+    graph: ModelGraph, term: ComputeTerm, model: nn.Module, shapes: dict[str, torch.Size], round_to: int, points: int
+) -> _Plan:
+    """A layer's plan, or a product's (attention's), which has no module of its own."""
+    if term.product is not None:
+        return _Plan.of(graph, term, TimedProduct(term.product), (1, 1), round_to, points, _PRODUCTS)
+    name = term.module
+    while name not in shapes and "." in name:  # run inside its parent (a MultiheadAttention's out_proj)
+        name = name.rpartition(".")[0]
+    return _Plan.of(graph, term, model.get_submodule(term.module), shapes[name], round_to, points)
+
+
+_PRODUCTS = ProductTiming()
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Which widths to time one layer at, and everything that identifies its configuration."""
@@ -120,9 +132,16 @@ class _Plan:
 
     @classmethod
     def of(
-        cls, graph: ModelGraph, term: ComputeTerm, module: nn.Module, shape: Sequence[int], round_to: int, points: int
+        cls,
+        graph: ModelGraph,
+        term: ComputeTerm,
+        module: nn.Module,
+        shape: Sequence[int],
+        round_to: int,
+        points: int,
+        family: LayerFamily | None = None,
     ) -> _Plan:
-        family = family_of(module)
+        family = family or family_of(module)
         if family is None or not family.timed:
             raise UnsupportedModelError(
                 f"a latency budget cannot time layer {term.module!r} ({type(module).__name__}): only convs, "
@@ -130,15 +149,16 @@ class _Plan:
             )
         variable = {g.name for g in graph.prunable}
         size = {g.name: g.size for g in graph.groups}
-        out_step = math.lcm(round_to, family.width_step(module))  # conv (and norm) groups stay, each narrowed
+        # a group channel fills ``repeat`` of the layer's (a head: head_dim), and round_to counts the layer's
+        out_step = math.lcm(round_to // math.gcd(round_to, term.out_repeat), family.width_step(module))
         out_full = sum(size[g] for g in term.out_groups) * term.out_repeat
         out_counts: tuple[int, ...] = (out_full,)
-        if variable & set(term.out_groups):  # a head group steps by whole heads
+        if variable & set(term.out_groups):  # conv (and norm) groups stay, each narrowed
             out_counts = tuple(c * term.out_repeat for c in count_grid(out_full // term.out_repeat, out_step, points))
         in_full = sum(size[g] for g in term.in_groups) * term.in_repeat
         in_counts: tuple[int, ...] = ()
         if not family.input_follows_output(module) and variable & set(term.in_groups):
-            channels = count_grid(in_full // term.in_repeat, round_to, points)
+            channels = count_grid(in_full // term.in_repeat, round_to, points)  # a grid: its points need not be legal
             in_counts = tuple(c * term.in_repeat for c in channels)
         input_grad = not term.in_groups or not all(g.startswith(INPUT_GROUP_PREFIX) for g in term.in_groups)
         last = family.reads_last_axis(module, tuple(shape))

@@ -17,6 +17,7 @@ whose averaged attention weights are not used, is followed so; any other call is
 from __future__ import annotations
 
 import operator
+from collections.abc import Hashable
 
 import torch
 import torch.fx as fx
@@ -25,12 +26,25 @@ from torch import Tensor, nn
 
 from pat_ray.tracer.layers.family import Cut, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.nodes import arg, shape_of
+from pat_ray.tracer.ops.products import attention_products
 from pat_ray.tracer.state import Call, GroupBuilder, HeadsConflict, Layout, Term, Traced
 
 
 class MultiheadAttention(LayerFamily):
     types = (nn.MultiheadAttention,)
     whole_unless_followed = True  # a call ``follow`` cannot read is kept whole, not refused
+    timed = True  # its in-projection, as the Linear it is (out_proj and the products: their own terms)
+
+    def rebuilt(self, module: nn.Module, n_in: int, n_out: int) -> nn.Module:
+        assert isinstance(module, nn.MultiheadAttention)
+        return nn.Linear(n_in, n_out, bias=module.in_proj_bias is not None)
+
+    def timing_key(self, module: nn.Module, n_in: int, n_out: int) -> tuple[Hashable, ...]:
+        assert isinstance(module, nn.MultiheadAttention)
+        return ("Linear", module.in_proj_bias is not None, n_in, n_out)
+
+    def reads_last_axis(self, module: nn.Module, shape: tuple[int, ...]) -> bool:
+        return True
 
     def parameter_name(self, name: str) -> str:
         return {"weight": "in_proj_weight", "bias": "in_proj_bias"}.get(name, name)
@@ -57,8 +71,12 @@ class MultiheadAttention(LayerFamily):
         builder.add_member(name, "out", packed, 0)
         in_bias = int(module.in_proj_bias is not None)
         builder.terms.append(Term(name, packed, layout, 1, tokens * batch, 1, in_bias))
-        scores_and_mix = 2 * tokens * tokens * module.head_dim * batch  # q @ k^T and weights @ v, per head
-        builder.terms.append(Term(f"<{node.name}>", heads, macs_per_pair=scores_and_mix, is_layer=False))
+        per_head = (batch, module.num_heads, tokens, module.head_dim)  # q, k and v
+        for product, timing in zip(("scores", "mix"), attention_products(per_head, per_head, per_head, 1, False)):
+            macs = tokens * tokens * module.head_dim * batch  # of each product, per head
+            builder.terms.append(
+                Term(f"<{node.name}:{product}>", heads, macs_per_pair=macs, is_layer=False, product=timing)
+            )
         out_name = f"{name}.out_proj"
         merged = Layout(heads.groups, module.head_dim, 2)
         out = builder.new_group(module.out_proj.out_features, out_name, pinned=out_name in builder.excluded, axis=2)

@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from pat_ray.core.cost.products import attention_macs, einsum_macs, matmul_macs
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.tracer.graph import ProductShape, UnsupportedModelError
 from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout, Term
@@ -61,20 +61,51 @@ def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
             builder.count_fixed(str(n.target))  # a weight facing no channels keeps its size
     result = _carried(builder, node, shape, sides, shapes, contracted, where)
     summed = next((lay for lay, c in zip(sides, contracted) if lay is not None and lay.axis == c), None)
-    count_product(builder, node, result, summed, matmul_macs(shapes[0], shapes[1], shape))
+    carrying = [_carries(builder, lay, c, result) for lay, c in zip(sides, contracted)]
+    timing = ProductShape(
+        (shapes[0], shapes[1]),
+        (carrying[0], carrying[1]),
+        (contracted[0], contracted[1]) if summed is not None else (None, None),
+        (
+            sides[0] is not None or not is_parameter(builder.model, left),
+            sides[1] is not None or not is_parameter(builder.model, right),
+        ),
+    )
+    count_product(builder, node, result, summed, matmul_macs(shapes[0], shapes[1], shape), timing)
     return result
 
 
+def _carries(builder: GroupBuilder, side: Layout | None, contracted: int, result: Layout | None) -> int | None:
+    """The dim of a factor that holds the channels its product's result carries (None: none)."""
+    if side is None or result is None or side.axis == contracted:
+        return None
+    return (
+        side.axis
+        if builder.leaves(Layout(side.groups)).groups == builder.leaves(Layout(result.groups)).groups
+        else None
+    )
+
+
 def count_product(
-    builder: GroupBuilder, node: fx.Node, result: Layout | None, summed: Layout | None, macs: int
+    builder: GroupBuilder,
+    node: fx.Node,
+    result: Layout | None,
+    summed: Layout | None,
+    macs: int,
+    timing: ProductShape | None = None,
+    label: str = "",
 ) -> None:
     """A product's MACs (for the example's one sample) as a cost term: they scale with the
-    channels its result carries and with the channels it sums over."""
+    channels its result carries and with the channels it sums over. ``timing``: how the
+    latency probe rebuilds it (a product of two factors)."""
     per_pair = macs
     for layout in (result, summed):
         if layout is not None:
             per_pair //= builder.width(layout)
-    builder.terms.append(Term(f"<{node.name}>", result or Layout(()), summed, macs_per_pair=per_pair, is_layer=False))
+    name = f"<{node.name}{label}>"
+    builder.terms.append(
+        Term(name, result or Layout(()), summed, macs_per_pair=per_pair, is_layer=False, product=timing)
+    )
 
 
 def _carried(
@@ -197,6 +228,25 @@ def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     result = _one_carried(builder, node, shape, [Layout(lay.groups, 1, lay.axis) for lay in carried], where)
     shapes = [known_shape(f, where) for f in factors]
     scores_macs = attention_macs(shapes[0], shapes[1], (*shapes[2][:-1], 0))  # q @ k^T
-    count_product(builder, node, heads, q if q.axis == last else None, scores_macs)
-    count_product(builder, node, result, None, attention_macs(shapes[0], shapes[1], shapes[2]) - scores_macs)
+    features = q if q.axis == last else None
+    scores, mix = attention_products(
+        shapes[0], shapes[1], shapes[2], heads.axis if heads else None, features is not None
+    )
+    count_product(builder, node, heads, features, scores_macs, scores, ":scores")
+    mix = mix if result is None or result.axis != last else ProductShape(mix.shapes, (None, last))
+    count_product(
+        builder, node, result, None, attention_macs(shapes[0], shapes[1], shapes[2]) - scores_macs, mix, ":mix"
+    )
     return result
+
+
+def attention_products(
+    query: tuple[int, ...], key: tuple[int, ...], value: tuple[int, ...], heads: int | None, features: bool
+) -> tuple[ProductShape, ProductShape]:
+    """Attention's two products as the latency probe times them: ``q @ k^T`` (summing the
+    features when they are channels) and ``weights @ v``, the heads on dim ``heads``."""
+    last = len(query) - 1
+    key_t = (*key[:-2], key[-1], key[-2])
+    weights = (*query[:-1], key[-2])
+    scores = ProductShape((query, key_t), (heads, heads), (last, last - 1) if features else (None, None))
+    return scores, ProductShape((weights, value), (heads, heads))
