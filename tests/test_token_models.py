@@ -256,3 +256,28 @@ def test_a_python_number_computed_from_sizes_is_read_on_the_example():
     model, x = TokensToGrid(), torch.randn(2, 16, 3)
     assert {g.name for g in trace_channel_groups(model, x).prunable} == {"embed", "conv"}
     assert_pruning_is_exact(model, x, 0.5)
+
+
+def test_windows_folded_into_the_batch_dim_count_once_each():
+    """Swin-style window partitions run a layer on (samples * windows, ...): the example is one
+    sample, so every entry of dim 0 is a window, and each one's MACs count (torch's counter agrees)."""
+
+    class Windows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.conv = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+            self.mlp, self.head = nn.Linear(8, 16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            b = x.shape[0]
+            x = self.embed(x)  # (b, 8, 8, 8) -> four 4x4 windows as samples
+            windows = x.view(b, 8, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(b * 4, 8, 4, 4)
+            tokens = self.conv(windows).flatten(2).transpose(1, 2)  # (b * 4, 16, 8)
+            return self.head(self.mlp(tokens).mean(1)).view(b, 4, 2).mean(1)
+
+    model, x = Windows(), torch.randn(2, 3, 8, 8)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x[:1])
+    graph = trace_channel_groups(model, x)
+    assert graph_cost(graph).flops == measure_cost(model, x).flops == counter.get_total_flops() // 2

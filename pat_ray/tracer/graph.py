@@ -100,8 +100,8 @@ class ProductShape:
         resized = []
         for shape, out_dim, in_dim, batched in zip(self.shapes, self.out_dims, self.in_dims, self.batched):
             dims = list(shape)
-            if batched:
-                dims[0] = batch
+            if batched:  # one sample's dim 0 is 1, or the windows / heads folded into it
+                dims[0] *= batch
             if out_dim is not None:
                 dims[out_dim] = n_out
             if in_dim is not None:

@@ -129,6 +129,7 @@ class _Plan:
     spatial: tuple[int, ...]
     input_grad: bool  # False for a layer reading the model's input: training computes no grad there
     channels_last: bool = False  # features on the input's last axis (a Linear per pixel, a LayerNorm)
+    fold: int = 1  # inputs per sample (windows or patches folded into the batch dim)
 
     @classmethod
     def of(
@@ -163,7 +164,8 @@ class _Plan:
         input_grad = not term.in_groups or not all(g.startswith(INPUT_GROUP_PREFIX) for g in term.in_groups)
         last = family.reads_last_axis(module, tuple(shape))
         spatial = tuple(shape[1:-1]) if last else tuple(shape[2:])
-        return cls(term.module, module, family, in_counts, out_counts, in_full, spatial, input_grad, last)
+        fold = int(shape[0]) if len(shape) > 1 else 1
+        return cls(term.module, module, family, in_counts, out_counts, in_full, spatial, input_grad, last, fold)
 
     @property
     def in_widths(self) -> tuple[int, ...]:
@@ -178,7 +180,7 @@ class _Plan:
         """What identifies a timing: identical keys are timed once, whichever layer asks."""
         n_in, n_out = self.widths(n_in, n_out)
         layer = self.family.timing_key(self.module, n_in, n_out)
-        return (*layer, self.spatial, self.channels_last, self.input_grad)
+        return (*layer, self.spatial, self.channels_last, self.input_grad, self.fold)
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
@@ -234,7 +236,7 @@ class _LayerTimer:
         """The median of ``repeats`` forward + backward steps at ``plan.widths``, after a warm-up."""
         layer = plan.family.rebuilt(plan.module, n_in, n_out).to(self.device).train()
         at = (*plan.spatial, n_in) if plan.channels_last else (n_in, *plan.spatial)
-        x = torch.randn(self.batch_size, *at, device=self.device)
+        x = torch.randn(self.batch_size * plan.fold, *at, device=self.device)
         if self.channels_last and x.dim() == 4:
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(plan.input_grad)

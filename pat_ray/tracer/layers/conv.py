@@ -78,7 +78,9 @@ class Conv(LayerFamily):
     def trace(self, call: LayerCall) -> Layout:
         builder, name = call.builder, call.name
         module, layout = conv_input(call)
-        kernel, spatial = math.prod(module.kernel_size), math.prod(call.out_shape[2:])
+        # per output map, and per folded sample: the example is one sample, so a dim 0 above 1 is
+        # windows or patches folded into the batch, each run through the conv
+        kernel, spatial = math.prod(module.kernel_size), math.prod(call.out_shape[2:]) * call.out_shape[0]
         per_out = 1 if module.bias is not None else 0
         groups, cin, cout = module.groups, module.in_channels, module.out_channels
         excluded = name in builder.excluded
@@ -133,7 +135,7 @@ class Conv(LayerFamily):
 
     def macs(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
         weight = module.get_parameter("weight")
-        return weight[0].numel() * output[0].numel()  # in_channels / groups * kernel, per output value
+        return weight[0].numel() * output.numel()  # in_channels / groups * kernel, per output value (one sample)
 
     def rebuilt(self, module: nn.Module, n_in: int, n_out: int) -> nn.Module:
         assert isinstance(module, _ConvNd)

@@ -40,7 +40,7 @@ class Linear(LayerFamily):
         out = builder.new_group(module.out_features, name, pinned=name in builder.excluded, axis=last)
         builder.add_member(name, "out", out, 0)
         per_out = 1 if module.bias is not None else 0
-        positions = math.prod(in_shape[1:-1])  # a channels-last Linear runs once per pixel
+        positions = math.prod(in_shape[:-1])  # once per pixel or token, and per window folded into dim 0
         builder.terms.append(Term(name, out, layout, 1, positions, 1, per_out))
         return out
 
@@ -53,7 +53,7 @@ class Linear(LayerFamily):
         module.out_features, module.in_features = len(keep_out), len(keep_in)
 
     def macs(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        return module.get_parameter("weight")[0].numel() * output[0].numel()  # in_features per output value
+        return module.get_parameter("weight")[0].numel() * output.numel()  # in_features per output value (one sample)
 
     def rebuilt(self, module: nn.Module, n_in: int, n_out: int) -> nn.Module:
         assert isinstance(module, nn.Linear)
@@ -71,7 +71,7 @@ def _across(call: LayerCall, module: nn.Linear, in_shape: tuple[int, ...]) -> La
     """A Linear over another axis than the channels' (over a 1-D signal's length): it runs once
     per channel, which it leaves where they are; its own weights never change size."""
     layout = call.layout
-    rows = math.prod(in_shape[1:-1]) // in_shape[layout.axis]  # the other axes it runs along
+    rows = math.prod(in_shape[:-1]) // in_shape[layout.axis]  # the other axes it runs along
     call.builder.terms.append(Term(call.name, layout, macs_per_pair=module.in_features * module.out_features * rows))
     call.builder.count_weights_as_they_are(call.name)
     return layout

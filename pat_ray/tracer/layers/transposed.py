@@ -36,7 +36,9 @@ class TransposedConv(LayerFamily):
         out = builder.new_group(module.out_channels, name, pinned=name in builder.excluded)
         builder.add_member(name, "out", out, 1)
         per_out = 1 if module.bias is not None else 0
-        builder.terms.append(Term(name, out, layout, 1, kernel * math.prod(call.in_shape[2:]), kernel, per_out))
+        builder.terms.append(
+            Term(name, out, layout, 1, kernel * math.prod(call.in_shape[:1] + call.in_shape[2:]), kernel, per_out)
+        )
         return out
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:
@@ -48,7 +50,7 @@ class TransposedConv(LayerFamily):
         module.in_channels, module.out_channels = len(keep_in), len(keep_out)
 
     def macs(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        return module.get_parameter("weight").numel() * inputs[0][0, 0].numel()  # per input pixel
+        return module.get_parameter("weight").numel() * inputs[0][:, 0].numel()  # per input pixel (one sample)
 
     def rebuilt(self, module: nn.Module, n_in: int, n_out: int) -> nn.Module:
         assert isinstance(module, _ConvNd)
