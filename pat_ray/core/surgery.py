@@ -55,7 +55,11 @@ def set_size_attributes(model: nn.Module, graph: ModelGraph, architecture: Archi
     count): every surgery backend calls this after cutting the tensors."""
     for size in graph.size_attributes:
         if size.group in architecture.kept:
-            setattr(model.get_submodule(size.module), size.attribute, architecture.count(size.group) * size.per_channel)
+            module = model.get_submodule(size.module)
+            setattr(module, size.attribute, architecture.count(size.group) * size.per_channel)
+            family = family_of(module)
+            if family is not None:
+                family.resized(module)
 
 
 def channels_to_drop(

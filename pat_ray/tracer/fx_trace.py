@@ -27,7 +27,7 @@ from torch import nn
 from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.graph import Example, UnsupportedModelError, first_sample
 from pat_ray.tracer.layers.declared import rule_for
-from pat_ray.tracer.layers.table import kept_whole
+from pat_ray.tracer.layers.table import family_of, kept_whole
 from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape
 
 
@@ -157,8 +157,15 @@ class _Tracer(fx.Tracer):
             rule_for(m) is not None
             or super().is_leaf_module(m, module_qualified_name)
             or _inherits_torch_forward(type(m))
-            or isinstance(m, nn.MultiheadAttention)  # pruned (its own forward), still one layer
+            or _followed_whole(m)
         )
+
+
+def _followed_whole(module: nn.Module) -> bool:
+    """A layer read as one by its family (nn.MultiheadAttention, Swin's window attention),
+    pruned or not (a pruned one runs a forward of pat_ray's)."""
+    family = family_of(module)
+    return family is not None and family.whole_unless_followed
 
 
 _SIZE_READS = {"size", "dim", "shape", "ndim", "numel", "dtype", "device", "is_cuda"}  # never the values

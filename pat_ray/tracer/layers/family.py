@@ -75,6 +75,10 @@ class LayerFamily:
         """The attribute holding what criteria call ``weight`` or ``bias`` (the channels' rows)."""
         return name
 
+    def resized(self, module: nn.Module) -> None:  # noqa: B027
+        """After surgery set its size attributes (a head count): make the module run with them
+        (Swin's attention becomes a forward that does not tie the heads to its input)."""
+
     def follow(self, builder: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced | None:
         """For a family of layers otherwise kept whole (``nn.MultiheadAttention``): the layouts
         of a call it can read from the whole graph, or None to keep that call whole."""

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pat_ray.tracer.layers.family import Cut, LayerFamily, Rewrite, chained, kept_indices, select
+from pat_ray.tracer.layers.packed_attention import PackedAttention, add_packed_attention
 from pat_ray.tracer.nodes import arg, shape_of
-from pat_ray.tracer.ops.products import attention_products
-from pat_ray.tracer.state import Call, GroupBuilder, HeadsConflict, Layout, Term, Traced
+from pat_ray.tracer.state import Call, GroupBuilder, HeadsConflict, Layout, Traced
 
 
 class MultiheadAttention(LayerFamily):
@@ -63,27 +63,22 @@ class MultiheadAttention(LayerFamily):
         if name in builder.calls:  # weights shared by two calls: both would have to prune alike
             raise HeadsConflict(f"module {name!r}: a MultiheadAttention called twice")
         tokens, batch = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
-        packed = builder.new_group(module.in_proj_weight.shape[0], name, axis=2)  # 3 * heads * head_dim rows
-        heads = builder.cut_into_heads(packed, module.num_heads, module.head_dim, f"{name}/heads", name)
-        if heads is None:
+        attention = PackedAttention(
+            qkv=name,
+            rows=module.in_proj_weight.shape[0],
+            qkv_bias=module.in_proj_bias is not None,
+            proj=f"{name}.out_proj",
+            proj_out=module.out_proj.out_features,
+            proj_bias=module.out_proj.bias is not None,
+            heads=module.num_heads,
+            head_dim=module.head_dim,
+            groups=batch,
+            tokens=tokens,
+        )
+        added = add_packed_attention(builder, node, attention, layout)
+        if added is None:
             return None
-        builder.add_member(name, "in", layout, 1)
-        builder.add_member(name, "out", packed, 0)
-        in_bias = int(module.in_proj_bias is not None)
-        builder.terms.append(Term(name, packed, layout, 1, tokens * batch, 1, in_bias))
-        per_head = (batch, module.num_heads, tokens, module.head_dim)  # q, k and v
-        for product, timing in zip(("scores", "mix"), attention_products(per_head, per_head, per_head, 1, False)):
-            macs = tokens * tokens * module.head_dim * batch  # of each product, per head
-            builder.terms.append(
-                Term(f"<{node.name}:{product}>", heads, macs_per_pair=macs, is_layer=False, product=timing)
-            )
-        out_name = f"{name}.out_proj"
-        merged = Layout(heads.groups, module.head_dim, 2)
-        out = builder.new_group(module.out_proj.out_features, out_name, pinned=out_name in builder.excluded, axis=2)
-        builder.add_member(out_name, "in", merged, 1)
-        builder.add_member(out_name, "out", out, 0)
-        out_bias = int(module.out_proj.bias is not None)
-        builder.terms.append(Term(out_name, out, merged, 1, tokens * batch, 1, out_bias))
+        out = added[1]
         builder.calls[name] = Call(layout, out)
         return (out, None)
 

@@ -25,12 +25,14 @@ from pat_ray.tracer.layers.multihead import MultiheadAttention
 from pat_ray.tracer.layers.prelu import PReLU
 from pat_ray.tracer.layers.rms_norm import RMSNorm
 from pat_ray.tracer.layers.stateless import ChannelMixing, Flatten, Passthrough, Reordering
+from pat_ray.tracer.layers.swin import SwinAttention
 from pat_ray.tracer.layers.transposed import TransposedConv
 from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
 from pat_ray.tracer.state import Call, GroupBuilder, Layout, Traced
 
 FAMILIES: tuple[LayerFamily, ...] = (
     MultiheadAttention(),
+    SwinAttention(),
     Conv(),
     TransposedConv(),
     Linear(),

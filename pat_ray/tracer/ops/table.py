@@ -32,6 +32,7 @@ class OpKind(Enum):
     MIXING = "mixing"  # every output reads every value along one dim (softmax)
     CHANNEL_MIXING = "channel_mixing"  # every output reads neighbouring channels (local response norm)
     ATTENTION = "attention"  # scaled dot-product attention
+    TILE = "tile"  # a library function that lays its input's channels side by side (Swin's patch merging)
     SEALED = "sealed"  # a library function whose inside ties its input's width: kept whole
     SAMPLE = "sample"  # grid_sample
     RESHAPE = "reshape"
@@ -76,6 +77,7 @@ OPS: dict[OpKind, OpFamily] = {
     OpKind.NORM: OpFamily(reductions.NORM_FUNCTIONS, reductions.NORM_METHODS, reductions.norm_rule),
     OpKind.SHIFT: OpFamily(shape.SHIFT_FUNCTIONS, shape.SHIFT_METHODS, shape.shift_rule),
     OpKind.REPEAT: OpFamily(joins.REPEAT_FUNCTIONS, joins.REPEAT_METHODS, joins.repeat_rule),
+    OpKind.TILE: OpFamily(joins.TILING_FUNCTIONS, set(), joins.tiling_rule),
     OpKind.SAMPLE: OpFamily(elementwise.SAMPLE_FUNCTIONS, set(), elementwise.sample_layout),
     OpKind.MATMUL: OpFamily(products.MATMUL_FUNCTIONS, products.MATMUL_METHODS, products.matmul_rule),
     OpKind.EINSUM: OpFamily(products.EINSUM_FUNCTIONS, set(), products.einsum_rule),
