@@ -46,8 +46,6 @@ def build(name: str):
 LARGE_SIBLINGS = ("regnet_y_128gf", "vit_h_14", "vit_l_32", "swin_s", "swin_b", "swin_v2_s", "swin_v2_b")
 
 
-
-
 def every_classifier() -> list[str]:
     """Every torchvision classification builder, the transformers included, but ``LARGE_SIBLINGS``."""
     return [name for name in torchvision.models.list_models(module=torchvision.models) if name not in LARGE_SIBLINGS]
