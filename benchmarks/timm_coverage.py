@@ -195,7 +195,10 @@ def main() -> None:
         todo = [
             (f, name) for f, name in picks.items() if name in done and done[name][args.redo].get("commit") != _commit()
         ]
-        measure = lambda pick: {**done[pick[1]], **_measure_family(*pick, libraries=(args.redo,))}  # noqa: E731
+        measure = lambda pick: {  # noqa: E731
+            **done[pick[1]],
+            **_measure_family(done[pick[1]]["family"], pick[1], libraries=(args.redo,)),
+        }
     else:
         todo = [(family, name) for family, name in picks.items() if name not in done]
         measure = lambda pick: _measure_family(*pick)  # noqa: E731
