@@ -194,3 +194,22 @@ def test_round_to_counts_a_heads_width_not_its_count():
         graph = trace_channel_groups(Heads(head_dim=head_dim), torch.randn(2, 3, 4, 4))
         ranking = rank_group(graph.group("qkv/heads"), torch.arange(4.0), round_to=4)
         assert ranking.unit_ends.tolist() == list(range(step, 5, step))
+
+
+def test_a_size_computed_from_the_head_count_or_a_width_keeps_what_it_depends_on():
+    """VOLO's ``v.reshape(B, N, self.num_heads, C // self.num_heads)`` with C the input's width:
+    neither the heads nor the input's channels may change under it."""
+
+    class Derived(Heads):
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            batch, tokens, width = x.shape
+            q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, width // self.num_heads).unbind(2)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+            return self.head((x + self.proj(y)).mean(1))
+
+    model, x = Derived(head_dim=3), torch.randn(2, 3, 4, 4)  # width 12 = 4 heads x 3
+    graph = trace_channel_groups(model, x)
+    assert graph.group("embed").pinned and all(g.pinned for g in graph.groups if g.name.endswith("/heads"))
+    assert not graph.prunable and graph_cost(graph) == measure_cost(model, x)

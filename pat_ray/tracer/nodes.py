@@ -170,3 +170,18 @@ def size_read_from(entry: object) -> tuple[fx.Node, int] | None:
     if not reads_shape or not isinstance(whole, fx.Node) or not isinstance(whole.args[0], fx.Node):
         return None
     return whole.args[0], entry.args[1]
+
+
+_SIZE_ARITHMETIC = {operator.floordiv, operator.mul, operator.truediv, operator.add, operator.sub, operator.mod}
+
+
+def size_derived_from(entry: object) -> tuple[fx.Node, int] | None:
+    """The tensor and dim a size argument is computed from with constants (VOLO's
+    ``C // self.num_heads``): not equal to that dim, but changing with it."""
+    read = size_read_from(entry)
+    if read is not None or not isinstance(entry, fx.Node):
+        return read
+    if entry.op != "call_function" or entry.target not in _SIZE_ARITHMETIC:
+        return None
+    operands = [a for a in entry.args if isinstance(a, fx.Node)]
+    return size_derived_from(operands[0]) if len(operands) == 1 else None

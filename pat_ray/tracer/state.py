@@ -123,6 +123,8 @@ class GroupBuilder:
     children: dict[int, tuple[int, int]] = field(default_factory=dict)  # a root split in two: its parts
     heads: dict[int, Heads] = field(default_factory=dict)  # a root cut into heads (by a reshape): how
     attributes: list[AttributeSlot] = field(default_factory=list)  # sizes surgery writes back
+    head_reshapes: set[str] = field(default_factory=set)  # nodes that cut channels into heads or merge them
+    head_counts: set[tuple[str, int]] = field(default_factory=set)  # (module, a number pruning heads changes)
     split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:

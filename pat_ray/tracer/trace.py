@@ -43,6 +43,7 @@ from pat_ray.tracer.nodes import (
     shape_of,
 )
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.heads import check_head_counts
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
 from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
 from pat_ray.tracer.ops.splits import MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, pick, split_layout
@@ -87,6 +88,7 @@ def _walk(graph: fx.Graph, builder: GroupBuilder) -> GroupBuilder:
     for node in graph.nodes:
         layouts[node] = _visit(builder, node, layouts)
     _count_constant_parameters(builder, graph)
+    check_head_counts(builder, graph)
     return builder
 
 

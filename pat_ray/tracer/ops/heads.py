@@ -18,11 +18,13 @@ without one the heads stay whole.
 from __future__ import annotations
 
 import math
+import operator
 
+import torch
 import torch.fx as fx
 
-from pat_ray.tracer.nodes import size_arguments
-from pat_ray.tracer.state import AttributeSlot, GroupBuilder, Layout
+from pat_ray.tracer.nodes import describe, size_arguments
+from pat_ray.tracer.state import AttributeSlot, GroupBuilder, HeadsConflict, Layout
 
 # Words in an attribute's name that say it holds a head's width, not a head count; used only
 # to choose between several attributes with the same value.
@@ -42,11 +44,15 @@ def cut_heads(
     heads_axis = first + count - 2
     heads, head_dim = out_shape[heads_axis], out_shape[heads_axis + 1]
     cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}/heads", node.name)
-    return None if cut is None else Layout(cut.groups, 1, heads_axis)
+    if cut is None:
+        return None
+    builder.head_reshapes.add(node.name)
+    builder.head_counts.add((_owning_module(node), heads))
+    return Layout(cut.groups, 1, heads_axis)
 
 
 def merged_layout(
-    builder: GroupBuilder, layout: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    builder: GroupBuilder, node: fx.Node, layout: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
 ) -> Layout | None:
     """A reshape that merges the heads axis with the axes after it ((B, N, heads, head_dim) ->
     (B, N, heads * head_dim)): each head then fills that many consecutive positions. Only heads
@@ -61,6 +67,7 @@ def merged_layout(
         for end in range(axis + 2, len(in_shape) + 1):
             merged = math.prod(in_shape[axis:end])
             if out_shape[j] == merged and math.prod(out_shape[j + 1 :]) == math.prod(in_shape[end:]):
+                builder.head_reshapes.add(node.name)
                 return Layout(layout.groups, layout.repeat * merged // in_shape[axis], j)
     return None
 
@@ -80,7 +87,47 @@ def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -
     if attribute is None:
         return False
     builder.attributes.append(AttributeSlot(owner, attribute, leaves[0], result.repeat))
+    builder.head_counts.add((owner, value))
     return True
+
+
+def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
+    """Pruning heads changes the head count (and the merged width) a module's forward writes:
+    a size computed from either anywhere else in that forward (VOLO's ``C // self.num_heads``
+    for another tensor) would not follow, so heads are kept whole there (HeadsConflict)."""
+    for node in graph.nodes:
+        if node.name in builder.head_reshapes or not _computes_sizes(node):
+            continue
+        owner, numbers = _owning_module(node), set(_int_leaves((node.args, node.kwargs)))
+        for module, count in builder.head_counts:
+            if module == owner and count in numbers:
+                raise HeadsConflict(f"{describe(node)}: computes a size from {count}, a number pruning heads changes")
+
+
+# Ops whose int arguments are sizes (not dims): a number pruning heads changes must not be among them.
+_SIZE_METHODS = {"view", "reshape", "expand", "repeat", "new_zeros", "new_ones", "new_empty", "new_full"}
+_SIZE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+    torch.reshape, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange,
+}  # fmt: skip
+
+
+def _computes_sizes(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _SIZE_METHODS
+    return node.op == "call_function" and node.target in _SIZE_FUNCTIONS
+
+
+def _int_leaves(value: object) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [n for item in value for n in _int_leaves(item)]
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _int_leaves(item)]
+    return []
 
 
 def _head_groups(builder: GroupBuilder) -> set[int]:

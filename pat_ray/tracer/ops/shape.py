@@ -19,6 +19,7 @@ from pat_ray.tracer.nodes import (
     int_arg,
     known_shape,
     size_arguments,
+    size_derived_from,
     size_read_from,
     size_written_in_code,
     target_name,
@@ -72,13 +73,14 @@ def sizes_read_from_channels(
         return
     given = size_arguments(node, 1, "shape", "size")
     for dim, entry in enumerate(given if isinstance(given, list | tuple) else ()):
-        read = size_read_from(entry)
+        exact = size_read_from(entry) is not None  # else computed from it (``C // heads``): only pinned
+        read = size_derived_from(entry)
         source = layouts.get(read[0]) if read is not None else None
         if read is None or not isinstance(source, Layout) or read[0] is node.args[0]:
             continue
         if read[1] % len(known_shape(read[0], where)) != source.axis or source.repeat != 1:
             continue  # a batch, token or spatial size
-        if dim == result.axis and result.repeat == 1:
+        if exact and dim == result.axis and result.repeat == 1:
             builder.unify(Layout(result.groups), Layout(source.groups), where)  # on different axes: as on dim 1
         else:
             builder.pin(source)
@@ -102,7 +104,7 @@ def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) 
         return Layout(layout.groups, 1, kept_axis[0])
     if out_shape[0] == in_shape[0]:
         shapes = (in_shape, out_shape)
-        regrouped = merged_layout(builder, layout, *shapes) or cut_heads(builder, node, layout, shapes)
+        regrouped = merged_layout(builder, node, layout, *shapes) or cut_heads(builder, node, layout, shapes)
         if regrouped is not None:
             return regrouped
     return reordered_layout(builder, node, layout, where)
