@@ -213,3 +213,35 @@ def test_a_size_computed_from_the_head_count_or_a_width_keeps_what_it_depends_on
     graph = trace_channel_groups(model, x)
     assert graph.group("embed").pinned and all(g.pinned for g in graph.groups if g.name.endswith("/heads"))
     assert not graph.prunable and graph_cost(graph) == measure_cost(model, x)
+
+
+class BeitLike(Heads):
+    """BEiT's attention: the qkv bias concatenated from q and v parameters around a zero k
+    buffer at run time, and a relative position bias gathered from a (positions, heads) table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(12, 36, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(12)), nn.Parameter(torch.randn(12))
+        self.register_buffer("k_bias", torch.zeros(12))
+        self.table = nn.Parameter(torch.randn(7, 4))
+        self.register_buffer("index", torch.randint(0, 7, (16 * 16,)))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        relative = self.table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        y = ((q @ k.transpose(-2, -1) + relative).softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.head((x + self.proj(y)).mean(1))
+
+
+def test_a_bias_concatenated_at_run_time_and_a_gathered_position_bias_go_with_their_heads():
+    torch.manual_seed(0)
+    model, x = BeitLike(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    params = {(m.module, m.offset, m.axis) for m in graph.group("qkv/heads").members if m.role == "param"}
+    assert params == {("q_bias", 0, 0), ("k_bias", 0, 0), ("v_bias", 0, 0), ("table", 0, 1)}
+    assert_removing_heads_is_exact(model, x, {0, 2})
+    assert model.q_bias.shape == model.k_bias.shape == (6,) and model.table.shape == (7, 2)

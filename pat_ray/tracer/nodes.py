@@ -134,12 +134,30 @@ def parameter_dim(model: nn.Module, node: fx.Node, dim: int) -> tuple[str, int] 
             mapped = mapped if mapped >= 0 and in_shape[mapped] == out_shape[dim] else None
         elif name in _REGROUPING:
             mapped = same_axis(in_shape, out_shape, dim)
+        elif name == "permute":
+            order = [d for a in node.args[1:] for d in (a if isinstance(a, list | tuple) else (a,))]
+            chosen = order[dim] if len(order) == len(out_shape) else None
+            mapped = chosen % len(in_shape) if isinstance(chosen, int) else None
+        elif name == "getitem":
+            mapped = _gathered_dim(node, in_shape, out_shape, dim)
         else:
             return None
         if mapped is None:
             return None
         node, dim = source, mapped
     return (str(node.target), dim) if is_parameter(model, node) else None
+
+
+def _gathered_dim(node: fx.Node, in_shape: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> int | None:
+    """``table[index]`` with an index tensor on dim 0 (a relative position bias gathered from
+    its table): the result's trailing dims are the table's dims after the first."""
+    index = node.args[1]
+    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
+    index_shape = shape_of(index) if isinstance(index, fx.Node) else None
+    if index_shape is None or len(out_shape) != len(index_shape) + len(in_shape) - 1:
+        return None
+    mapped = dim - len(index_shape) + 1
+    return mapped if mapped >= 1 else None
 
 
 def same_axis(in_shape: tuple[int, ...], out_shape: tuple[int, ...], out_dim: int) -> int | None:

@@ -14,8 +14,9 @@ from torch import nn
 
 from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
-from pat_ray.tracer.nodes import arg, target_name
+from pat_ray.tracer.nodes import arg, is_parameter, target_name
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.joins import CAT_FUNCTIONS
 from pat_ray.tracer.state import GroupBuilder, Layout
 
 FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear}
@@ -26,7 +27,9 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """The layout of ``F.conv*(x, weight, bias, ...)`` / ``F.linear(x, weight, bias)``."""
     node, layout, where = call.node, call.first_layout(), call.where
     kind = _KIND[target_name(node)]
-    owners = {_owner(n) for n in (arg(node, 1, "weight"), arg(node, 2, "bias")) if isinstance(n, fx.Node)}
+    pieces = _bias_pieces(builder, arg(node, 2, "bias"))
+    tensors = (arg(node, 1, "weight"),) if pieces else (arg(node, 1, "weight"), arg(node, 2, "bias"))
+    owners = {_owner(n) for n in tensors if isinstance(n, fx.Node)}
     owner = next(iter(owners)) if len(owners) == 1 else None
     module = builder.model.get_submodule(owner) if owner is not None else None
     if owner is None or module is None or not isinstance(module, kind) or not _same_call(node, module):
@@ -35,6 +38,8 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
             "own parameters (with its stride, padding and groups); pat_ray cannot tell which channels it cuts"
         )
     out = trace_layer(builder, node, layout, name=owner)
+    if out is not None and pieces:
+        _slice_bias_pieces(builder, out, pieces, where)
     width = module.get_parameter("weight").shape[0]  # out_channels / out_features
     for param, tensor in module.named_parameters(recurse=False):
         if param in ("weight", "bias"):
@@ -45,6 +50,35 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
         else:
             builder.count_fixed(f"{owner}.{param}")
     return out
+
+
+def _bias_pieces(builder: GroupBuilder, bias: object) -> list[str]:
+    """The parameters (or buffers) a bias is concatenated from at run time, in order (BEiT's
+    ``torch.cat((self.q_bias, self.k_bias, self.v_bias))``); [] for any other bias."""
+    if not isinstance(bias, fx.Node) or bias.op != "call_function" or bias.target not in CAT_FUNCTIONS:
+        return []
+    parts, dim = bias.args[0], arg(bias, 1, "dim", 0)
+    if dim not in (0, -1) or not isinstance(parts, list | tuple):
+        return []
+    if not all(isinstance(p, fx.Node) and is_parameter(builder.model, p) for p in parts):
+        return []
+    return [str(p.target) for p in parts if isinstance(p, fx.Node)]
+
+
+def _slice_bias_pieces(builder: GroupBuilder, out: Layout, pieces: list[str], where: str) -> None:
+    """Each piece of the bias is cut with the outputs it is added to: the output channels are
+    split where one piece ends and the next begins, each part slicing its piece."""
+    parts = [builder.new_group(_length(builder.model, piece), f"<{piece}>", axis=out.axis) for piece in pieces]
+    builder.unify(out, Layout(tuple(g for part in parts for g in part.groups), axis=out.axis), where)
+    for piece, part in zip(pieces, parts):
+        if builder.add_param(piece, 0, part, where):
+            builder.count_param(piece, part)
+
+
+def _length(model: nn.Module, target: str) -> int:
+    """The length of a parameter or buffer given by its dotted name."""
+    owner, _, name = target.rpartition(".")
+    return int(getattr(model.get_submodule(owner), name).shape[0])
 
 
 def _owner(tensor: fx.Node) -> str | None:

@@ -158,7 +158,9 @@ def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
             if entry != slice(None):
                 raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
             axis = out_pos
-        elif in_dim < layout.axis and (isinstance(entry, fx.Node) or (in_dim == 0 and isinstance(entry, int))):
+        elif in_dim < layout.axis and (
+            isinstance(entry, fx.Node) or (in_dim == 0 and isinstance(entry, int) and layout.axis == 1)
+        ):  # an int on dim 0 before channels on dim 2 or later: a piece of q, k, v (channels stay off dim 0)
             raise UnsupportedModelError(f"{where}: indexing {index} moves or removes the batch dimension")
         out_pos += 0 if isinstance(entry, int) else 1
         in_dim += 1
