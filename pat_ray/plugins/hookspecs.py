@@ -46,8 +46,10 @@ def pat_ray_register_surgery_backends(register: Callable[[str, Callable[..., Sur
     """Register surgery backends: ``register(name, factory)``, where ``factory()`` returns a
     :class:`pat_ray.core.contracts.SurgeryBackend`: an object whose ``apply(model, graph,
     architecture, optimizer=None)`` shrinks the model in place and remaps the optimizer state
-    of the kept channels. Every pruning step then runs the model once on the example input, so
-    a backend that leaves it broken is caught at once, naming the layer."""
+    of the kept channels, then calls ``pat_ray.sdk.set_size_attributes(model, graph,
+    architecture)`` (the head counts a forward writes into its reshapes). Every pruning step then
+    runs the model once on the example input, so a backend that leaves it broken is caught at
+    once, naming the layer."""
 
 
 @hookspec
