@@ -40,8 +40,13 @@ def member_tensor(model: nn.Module, member: Member, name: str) -> torch.Tensor |
     layer that names them otherwise says which it means (``nn.MultiheadAttention``'s
     ``in_proj_weight``)."""
     module = model.get_submodule(member.module)
+    return getattr(module, parameter_attribute(module, name), None)
+
+
+def parameter_attribute(module: nn.Module, name: str) -> str:
+    """The attribute of ``module`` holding what criteria call its ``weight`` or ``bias``."""
     family = family_of(module)
-    return getattr(module, family.parameter_name(name) if family is not None else name, None)
+    return family.parameter_name(name) if family is not None else name
 
 
 def member_rows(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:

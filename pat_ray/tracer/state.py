@@ -281,6 +281,12 @@ class GroupBuilder:
         self.unify(Layout(seen.layout.groups, seen.layout.repeat), Layout(layout.groups, layout.repeat), where)
         return False
 
+    def slice_param(self, target: str, axis: int, layout: Layout, where: str) -> None:
+        """A parameter applied per channel (a layer scale, a bias piece, a position-bias column):
+        sliced with the group, and its size counted per kept channel the first time it is met."""
+        if self.add_param(target, axis, layout, where):
+            self.count_param(target, layout)
+
     def count_param(self, target: str, layout: Layout) -> None:
         """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""
         channels = self.width(layout) // layout.repeat

@@ -45,8 +45,7 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
         if param in ("weight", "bias"):
             continue
         if out is not None and tensor.dim() >= 1 and tensor.shape[0] == width and tensor.numel() != 1:
-            if builder.add_param(f"{owner}.{param}", 0, out, where):  # a per-filter gain
-                builder.count_param(f"{owner}.{param}", out)
+            builder.slice_param(f"{owner}.{param}", 0, out, where)  # a per-filter gain
         else:
             builder.count_fixed(f"{owner}.{param}")
     return out
@@ -71,8 +70,7 @@ def _slice_bias_pieces(builder: GroupBuilder, out: Layout, pieces: list[str], wh
     parts = [builder.new_group(_length(builder.model, piece), f"<{piece}>", axis=out.axis) for piece in pieces]
     builder.unify(out, Layout(tuple(g for part in parts for g in part.groups), axis=out.axis), where)
     for piece, part in zip(pieces, parts):
-        if builder.add_param(piece, 0, part, where):
-            builder.count_param(piece, part)
+        builder.slice_param(piece, 0, part, where)
 
 
 def _length(model: nn.Module, target: str) -> int:

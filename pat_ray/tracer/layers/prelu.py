@@ -17,6 +17,5 @@ class PReLU(LayerFamily):
         if call.module.num_parameters == 1:
             call.builder.count_fixed(weight)
             return call.layout
-        if call.builder.add_param(weight, 0, call.on_dim1(), call.where):
-            call.builder.count_param(weight, call.layout)
+        call.builder.slice_param(weight, 0, call.on_dim1(), call.where)
         return call.layout

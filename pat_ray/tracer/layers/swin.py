@@ -83,11 +83,9 @@ def _position_bias(builder: GroupBuilder, name: str, module: ShiftedWindowAttent
     the output of the MLP that computes its bias (whose 2 -> 512 layer stays as it is)."""
     if not isinstance(module, ShiftedWindowAttentionV2):
         table = f"{name}.relative_position_bias_table"
-        builder.add_param(table, 1, heads, name)
-        builder.count_param(table, heads)
+        builder.slice_param(table, 1, heads, name)
         return
-    builder.add_param(f"{name}.logit_scale", 0, heads, name)
-    builder.count_param(f"{name}.logit_scale", heads)
+    builder.slice_param(f"{name}.logit_scale", 0, heads, name)
     first, last = module.cpb_mlp[0], module.cpb_mlp[2]
     assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
     coordinates = math.prod(module.relative_coords_table.shape[:-1])

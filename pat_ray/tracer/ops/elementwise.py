@@ -235,8 +235,7 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
             if isinstance(lay, Layout):
                 builder.pin(lay)  # broadcast across the result's channels: its own channels must stay
         elif lay is None and (source := parameter_dim(builder.model, operand, dim)) is not None:
-            if builder.add_param(source[0], source[1], wide[0], where):
-                builder.count_param(source[0], wide[0])
+            builder.slice_param(source[0], source[1], wide[0], where)
         elif lay is None:
             raise UnsupportedModelError(
                 f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"

@@ -95,6 +95,8 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
     """Pruning heads changes the head count (and the merged width) a module's forward writes:
     a size computed from either anywhere else in that forward (VOLO's ``C // self.num_heads``
     for another tensor) would not follow, so heads are kept whole there (HeadsConflict)."""
+    if not builder.head_counts:
+        return
     for node in graph.nodes:
         if node.name in builder.head_reshapes or not _computes_sizes(node):
             continue

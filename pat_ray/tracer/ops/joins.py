@@ -67,8 +67,7 @@ def cat_layout(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node, T
         if traced is None and source is None:
             raise UnsupportedModelError(f"{where}: concatenates a tensor of unknown channels")
         if traced is None and source is not None:
-            if builder.add_param(source[0], source[1], joined, where):
-                builder.count_param(source[0], joined)
+            builder.slice_param(source[0], source[1], joined, where)
     return joined
 
 

@@ -145,8 +145,7 @@ def _slice_partner(builder: GroupBuilder, partner: fx.Node, axis: int, layout: L
     """The untraced factor facing contracted channels: a parameter is sliced with them; a
     constant cannot be, so the channels stay."""
     if is_parameter(builder.model, partner):
-        if builder.add_param(str(partner.target), axis, layout, where):
-            builder.count_param(str(partner.target), layout)
+        builder.slice_param(str(partner.target), axis, layout, where)
     else:
         builder.pin(layout)
 

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 import pat_ray
-from pat_ray.core.criterion import Criterion, Scores, member_rows
+from pat_ray.core.criterion import Criterion, Scores, member_rows, parameter_attribute
 from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
-from pat_ray.tracer.layers.table import family_of
 
 
 class Taylor(Criterion):
@@ -67,12 +66,9 @@ class _GroupPlan:
     @classmethod
     def of(cls, model: nn.Module, group: ChannelGroup) -> _GroupPlan:
         members = list(group.members_with_role("norm")) or list(group.producers())
-        plans = []
-        for member in members:
-            module, family = model.get_submodule(member.module), family_of(model.get_submodule(member.module))
-            names = tuple(family.parameter_name(n) if family else n for n in ("weight", "bias"))
-            plans.append((module, names, member))
-        return cls(group.name, group.size, tuple(plans))
+        modules = [model.get_submodule(m.module) for m in members]
+        names = [tuple(parameter_attribute(module, n) for n in ("weight", "bias")) for module in modules]
+        return cls(group.name, group.size, tuple(zip(modules, names, members)))
 
     def estimate(self) -> torch.Tensor:
         """Sum over members of (sum over the channel's parameters of value * gradient)^2."""
