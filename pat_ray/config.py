@@ -47,6 +47,7 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Measure
 from pat_ray.plugins.registry import get_registry
 from pat_ray.storage import Location, check_scheme, has_scheme
+from pat_ray.tracer.graph import AttentionCut
 
 
 class ModelConfig(Strict):
@@ -182,6 +183,11 @@ class PruningConfig(Strict):
     interval: int = Field(10, ge=1, description="training iterations between pruning steps")
     backend: SurgeryName = Field("native", description="surgery backend that removes the channels (or a plugin's)")
     exclude: list[str] = Field(default_factory=list, description="module names never pruned")
+    attention: AttentionCut = Field(
+        "heads",
+        description="what pruning removes from attention cut into heads: whole `heads`, or `head_dim` (the same "
+        "features of every head: q and k together, v with the out projection; heads then stay); see docs/attention.md",
+    )
 
 
 class ScalingConfig(Strict):

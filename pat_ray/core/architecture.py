@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pat_ray.tracer.graph import ATTENTION_CUTS, AttentionCut
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -20,11 +22,13 @@ class Architecture:
 
     ``layers`` (optional): how many layers each group's channel count sets (its producers and
     the depthwise convs that follow it), for similarity metrics that count per layer as the
-    paper does rather than per coupled group."""
+    paper does rather than per coupled group. ``attention``: how the trace that named the
+    groups cut attention (whole heads, or head_dim): rebuilding the model traces it so again."""
 
     kept: Mapping[str, tuple[int, ...]]
     sizes: Mapping[str, int]
     layers: Mapping[str, int] | None = None
+    attention: AttentionCut = "heads"
 
     def __post_init__(self) -> None:
         if set(self.kept) != set(self.sizes):
@@ -36,8 +40,10 @@ class Architecture:
                 raise ValueError(f"group {name!r}: kept indices must be sorted, unique, in range")
 
     @classmethod
-    def full(cls, sizes: Mapping[str, int], layers: Mapping[str, int] | None = None) -> Architecture:
-        return cls({n: tuple(range(s)) for n, s in sizes.items()}, dict(sizes), layers)
+    def full(
+        cls, sizes: Mapping[str, int], layers: Mapping[str, int] | None = None, attention: AttentionCut = "heads"
+    ) -> Architecture:
+        return cls({n: tuple(range(s)) for n, s in sizes.items()}, dict(sizes), layers, attention)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -68,11 +74,15 @@ class Architecture:
             if inner.sizes.get(name, len(idx)) != len(idx):
                 raise ValueError(f"group {name!r}: inner architecture has a different size")
             kept[name] = tuple(idx[i] for i in local)
-        return Architecture(kept, dict(self.sizes), self.layers)
+        return Architecture(kept, dict(self.sizes), self.layers, self.attention)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"sizes": dict(self.sizes), "kept": {n: list(i) for n, i in self.kept.items()}}
-        return data if self.layers is None else {**data, "layers": dict(self.layers)}
+        data: dict[str, Any] = {"sizes": dict(self.sizes), "kept": {n: list(i) for n, i in self.kept.items()}}
+        if self.layers is not None:
+            data["layers"] = dict(self.layers)
+        if self.attention != "heads":  # files written before head_dim existed read as heads
+            data["attention"] = self.attention
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -81,8 +91,10 @@ class Architecture:
     def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
         sizes = {str(n): int(s) for n, s in data["sizes"].items()}
         kept = {str(n): tuple(int(i) for i in data["kept"][n]) for n in sizes}
-        layers = data.get("layers")
-        return cls(kept, sizes, {str(n): int(c) for n, c in layers.items()} if layers is not None else None)
+        layers, attention = data.get("layers"), data.get("attention", "heads")
+        if attention not in ATTENTION_CUTS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CUTS)}; got {attention!r}")
+        return cls(kept, sizes, {str(n): int(c) for n, c in layers.items()} if layers is not None else None, attention)
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:

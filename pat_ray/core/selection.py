@@ -128,7 +128,7 @@ def select_architecture(
         cut -= 1
     removed_units = torch.bincount(unit_group[:cut], minlength=len(groups)).tolist()
     kept = {g.name: r.kept(len(r.unit_scores) - n) for g, r, n in zip(groups, rankings, removed_units)}
-    return Architecture(kept, {g.name: g.size for g in groups})
+    return Architecture(kept, {g.name: g.size for g in groups}, attention=graph.attention)
 
 
 def _removal_order(rankings: list[GroupRanking]) -> tuple[torch.Tensor, torch.Tensor]:

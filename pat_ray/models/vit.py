@@ -22,6 +22,7 @@ class Attention(nn.Module):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads, self.head_width = heads, width // heads
+        self.scale = self.head_width**-0.5  # fixed here, so pruning head_width leaves it as trained
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -29,7 +30,7 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_width).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        weights = (q @ k.transpose(-2, -1) * self.head_width**-0.5).softmax(dim=-1)
+        weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj(out)
 

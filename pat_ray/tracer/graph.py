@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -15,6 +15,9 @@ INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's ch
 
 Role = Literal["out", "in", "norm", "depthwise", "grouped", "param"]  # see Member
 PRODUCER_ROLES: tuple[Role, ...] = ("out", "depthwise", "grouped")  # members whose weights make the channels
+
+AttentionCut = Literal["heads", "head_dim"]  # what a cut into attention heads makes prunable
+ATTENTION_CUTS: tuple[AttentionCut, ...] = get_args(AttentionCut)
 
 Example = torch.Tensor | tuple[torch.Tensor, ...]  # a model's example input: one tensor, or one per argument
 
@@ -169,6 +172,7 @@ class ModelGraph:
     input_shape: tuple[int, ...]
     output_shapes: tuple[tuple[int, ...], ...] = ()  # of every tensor the model returns (one sample)
     size_attributes: tuple[SizeAttribute, ...] = ()  # set by surgery from the kept channels
+    attention: AttentionCut = "heads"  # how the trace cut attention (the groups' names depend on it)
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

@@ -77,7 +77,9 @@ class Term:
 class Heads(NamedTuple):
     """How a group of channels is cut into attention heads: ``group`` is the head group (one
     channel per head), each of the group's channels belongs to head ``(i // head_dim) % heads``,
-    and the group holds ``pieces`` such runs of heads (q, k and v of a fused projection)."""
+    and the group holds ``pieces`` such runs of heads (q, k and v of a fused projection). When
+    head_dim is pruned instead, ``group`` has a channel per feature of a head, ``head_dim`` is 1
+    and every head of every piece is a run."""
 
     group: int
     pieces: int
@@ -126,6 +128,7 @@ class GroupBuilder:
     head_reshapes: set[str] = field(default_factory=set)  # nodes that cut channels into heads or merge them
     head_counts: set[tuple[str, int]] = field(default_factory=set)  # (module, a number pruning heads changes)
     split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
+    head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
 
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         """A new group of ``size`` channels (a layer's outputs); ``pinned``: none may be removed."""
@@ -216,20 +219,30 @@ class GroupBuilder:
         """Cut ``layout``'s channels into ``heads`` heads of ``head_dim`` consecutive channels,
         as a reshape (..., P*heads*head_dim) -> (..., P, heads, head_dim) does: a new group of
         one channel per head, which every piece shares (head ``h`` of q, k and v goes as one).
-        None where the channels cannot be cut so (pinned, or a group not made of whole pieces)."""
+        None where the channels cannot be cut so (pinned, or a group not made of whole pieces).
+
+        With ``head_dim`` set, the new group is one channel per feature of a head instead: feature
+        ``d`` is channel ``d`` of every head of every piece (a "head" of width 1, repeated)."""
         leaves = self.leaves(layout)
         piece = heads * head_dim
         if not self.split_heads or layout.repeat != 1 or any(self.sizes[g] % piece for g in leaves.groups):
             return None
         if heads < 2 or self.is_pinned(layout) or any(g in self.subgroups for g in leaves.groups):
             return None
-        head_group = self.new_group(heads, label).groups[0]
-        for g in leaves.groups:
-            self.heads.setdefault(g, Heads(head_group, self.sizes[g] // piece, head_dim))
-            if self.heads[g].head_dim != head_dim:
-                raise HeadsConflict(f"{where}: cuts channels into heads of {head_dim}, already cut into another size")
-            self.union(self.heads[g].group, head_group, where)
-        return Layout((head_group,))
+        unit, count = (1, head_dim) if self.head_dim else (head_dim, heads)
+        return self.tile(layout, count, unit, label, where)
+
+    def tile(self, layout: Layout, count: int, unit: int, label: str, where: str) -> Layout:
+        """A new group of ``count`` channels, each filling ``unit`` consecutive positions of
+        ``layout``'s channels and repeated every ``count * unit`` positions (what a head or a
+        head's feature is in the projections)."""
+        group = self.new_group(count, label).groups[0]
+        for g in self.leaves(layout).groups:
+            self.heads.setdefault(g, Heads(group, self.sizes[g] // (count * unit), unit))
+            if self.heads[g].head_dim != unit:
+                raise HeadsConflict(f"{where}: cuts channels into heads of {unit}, already cut into another size")
+            self.union(self.heads[g].group, group, where)
+        return Layout((group,))
 
     def head_unit(self, root: int) -> int:
         """Channels of ``root`` per channel of the group its cost counts in (a head's, or 1)."""

@@ -16,7 +16,9 @@ This module walks the graph; what each op and layer does to channels is in ``ops
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +28,9 @@ from torch import nn
 from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import (
+    ATTENTION_CUTS,
     INPUT_GROUP_PREFIX,
+    AttentionCut,
     Example,
     ModelGraph,
     UnsupportedModelError,
@@ -57,29 +61,36 @@ def trace_channel_groups(
     model: nn.Module,
     example_input: Example,
     exclude: Iterable[str] = (),
+    attention: AttentionCut = "heads",
 ) -> ModelGraph:
     """Trace ``model`` and return its channel groups and cost terms.
 
     ``example_input``: one tensor, or a tuple with one tensor per argument of ``forward``.
     ``exclude`` names modules whose output channels must be kept (their groups are pinned).
+    ``attention``: what a reshape that cuts channels into heads makes prunable: whole
+    ``heads``, or ``head_dim`` (the same features of every head; see docs/attention.md).
     The model is traced in eval mode (stochastic depth and dropout become identities) and
     restored to its previous mode afterwards.
     """
     unknown = set(exclude) - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
+    if attention not in ATTENTION_CUTS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CUTS)}; got {attention!r}")
     graph, output_shapes = trace_with_shapes(model, example_input)
     input_shape = tuple(first_sample(example_input)[0].shape)
-    builder = GroupBuilder(model, frozenset(exclude))
+    builder = GroupBuilder(model, frozenset(exclude), head_dim=attention == "head_dim")
     try:
-        return finalize(_walk(graph, builder), input_shape, output_shapes)
-    except UnsupportedModelError:
+        return replace(finalize(_walk(graph, builder), input_shape, output_shapes), attention=attention)
+    except UnsupportedModelError as err:
         if not builder.heads:
             raise
+        if builder.head_dim:
+            warnings.warn(f"head_dim is kept whole: {err}", stacklevel=2)
     # Heads that some op cannot follow: traced again with every head kept whole, as a
     # reshape that cuts channels was traced before heads were (so heads never refuse a model).
     builder = _walk(graph, GroupBuilder(model, frozenset(exclude), split_heads=False))
-    return finalize(builder, input_shape, output_shapes)
+    return replace(finalize(builder, input_shape, output_shapes), attention=attention)
 
 
 def _walk(graph: fx.Graph, builder: GroupBuilder) -> GroupBuilder:

@@ -168,7 +168,7 @@ def build_pruned_model(
     from pat_ray.plugins.registry import get_registry
 
     model = get_registry().create("model", model_name, **model_params)
-    graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]))
+    graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]), attention=architecture.attention)
     apply_architecture(model, graph, architecture)
     return model
 

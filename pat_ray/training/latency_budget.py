@@ -82,6 +82,7 @@ def _measure(config: Config, model, example, note) -> LatencyTable:
         channels_last=config.training.channels_last,
         autocast_dtype=AUTOCAST_DTYPES[config.training.precision],
         exclude=config.pruning.exclude,
+        attention=config.pruning.attention,
         echo=note,
     )
 

@@ -14,7 +14,7 @@ from pat_ray.core.criterion import Criterion
 from pat_ray.core.selection import Budget, Measure, select_architecture
 from pat_ray.core.verify import check_pruned
 from pat_ray.plugins.registry import get_registry
-from pat_ray.tracer.graph import Example
+from pat_ray.tracer.graph import AttentionCut, Example
 from pat_ray.tracer.trace import trace_channel_groups
 
 
@@ -27,6 +27,7 @@ def prune(
     round_to: int = 1,
     backend: str = "native",
     exclude: Iterable[str] = (),
+    attention: AttentionCut = "heads",
     calibration: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
     criterion_params: Mapping[str, Any] | None = None,
@@ -43,7 +44,8 @@ def prune(
     ``latency`` (``pat_ray.measure_latency(model, ...)``, timed on the target device) predicts
     it. Returns the architecture applied, with indices relative to the model as
     it was before this call. ``example_input`` is one tensor, or a tuple with one tensor per
-    argument of ``forward``. The pruned model is run once on ``example_input``: should it
+    argument of ``forward``. ``attention``: prune whole ``heads`` or each head's width
+    (``head_dim``), as docs/attention.md describes. The pruned model is run once on ``example_input``: should it
     fail (a tracer or backend bug), PrunedModelError names the layer.
     """
     registry = get_registry()
@@ -51,7 +53,7 @@ def prune(
         criterion = cast(Criterion, registry.create("criterion", criterion, **dict(criterion_params or {})))
     surgery = registry.create("surgery", backend)
     target = Budget(budget, measure, round_to)
-    graph = trace_channel_groups(model, example_input, exclude=exclude)
+    graph = trace_channel_groups(model, example_input, exclude=exclude, attention=attention)
     if calibration is not None:
         _observe(model, graph, criterion, calibration, loss_fn)
     elif criterion.needs_gradients:

@@ -17,7 +17,7 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.selection import Budget, Measure, budget_measure, check_reachable, select_architecture
 from pat_ray.core.verify import check_pruned
-from pat_ray.tracer.graph import ModelGraph
+from pat_ray.tracer.graph import AttentionCut, ModelGraph
 from pat_ray.tracer.trace import trace_channel_groups
 from pat_ray.training.collective import Collective
 
@@ -45,17 +45,19 @@ class Pruner:
         exclude: list[str],
         collective: Collective,
         latency: LatencyTable | None = None,
+        attention: AttentionCut = "heads",
     ) -> None:
         self.example, self.criterion, self.surgery = example, criterion, surgery
         self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
-        self.collective, self.latency = collective, latency
-        self.graph = trace_channel_groups(model, example, exclude=exclude)
+        self.collective, self.latency, self.attention = collective, latency, attention
+        self.graph = trace_channel_groups(model, example, exclude=exclude, attention=attention)
         self.output_shapes = list(self.graph.output_shapes)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
         self.architecture = Architecture.full(
             {g.name: g.size for g in self.graph.prunable},
             {g.name: sum(1 for _ in g.producers()) for g in self.graph.prunable},
+            attention,
         )
         self.reference = self._measure(self.graph, budget.measure)
         self.dense_seconds = self.seconds = self._measure(self.graph, "latency") if latency else None
@@ -130,7 +132,7 @@ class Pruner:
         re-trace it."""
         check_pruned(model, self.example, self.output_shapes)
         self.architecture = architecture
-        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude)
+        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude, attention=self.attention)
         self.cost = graph_cost(self.graph)
         if self.latency:
             self.seconds = self._measure(self.graph, "latency")

@@ -111,6 +111,7 @@ def build(
         exclude=config.pruning.exclude,
         collective=collective,
         latency=latency,
+        attention=config.pruning.attention,
     )
     similarity = config.start.similarity_metric
     data, seed, workers = setup.data, config.training.seed, config.data.num_workers

@@ -28,7 +28,7 @@ from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
 from pat_ray.core.cost.product_timing import ProductTiming, TimedProduct
 from pat_ray.core.cost.timing import device_name, seconds_of
-from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, ComputeTerm, ModelGraph, UnsupportedModelError
+from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, ComputeTerm, ModelGraph, UnsupportedModelError
 from pat_ray.tracer.layers.family import LayerFamily
 from pat_ray.tracer.layers.table import family_of
 from pat_ray.tracer.trace import trace_channel_groups
@@ -48,6 +48,7 @@ def measure_latency(
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
     exclude: Iterable[str] = (),
+    attention: AttentionCut = "heads",
     echo: Callable[[str], None] | None = None,
 ) -> LatencyTable:
     """Time every layer of ``model`` (on ``example_input``'s device) at ``points`` channel
@@ -57,12 +58,13 @@ def measure_latency(
 
     ``channels_last`` and ``autocast_dtype`` should be the training run's: both change which
     kernels run. ``exclude`` as in ``trace_channel_groups`` (an excluded layer's width is
-    timed at its full size only). ``echo`` receives a line before and after the measurement.
+    timed at its full size only), and ``attention`` (the pruning's: the terms timed follow
+    it). ``echo`` receives a line before and after the measurement.
     """
     if points < 2 or repeats < 1 or rounds < 1:
         raise ValueError(f"points must be >= 2, repeats and rounds >= 1; got {points}, {repeats}, {rounds}")
     device = example_input.device
-    graph = trace_channel_groups(model, example_input, exclude=exclude)
+    graph = trace_channel_groups(model, example_input, exclude=exclude, attention=attention)
     shapes = _input_shapes(model, example_input)
     timer = _LayerTimer(device, batch_size, repeats, channels_last, autocast_dtype)
     plans = [_plan(graph, t, model, shapes, round_to, points) for t in graph.terms if t.timed]

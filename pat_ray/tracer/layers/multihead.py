@@ -96,7 +96,9 @@ class MultiheadAttention(LayerFamily):
 def _followable(builder: GroupBuilder, node: fx.Node, module: nn.MultiheadAttention) -> bool:
     """Self-attention with packed weights, nothing appended to k and v, weights unused."""
     query, key, value = (arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-    if not builder.split_heads or str(node.target) in builder.excluded or not query is key is value:
+    if not builder.split_heads or builder.head_dim or str(node.target) in builder.excluded:
+        return False
+    if not query is key is value:
         return False
     if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
         return False

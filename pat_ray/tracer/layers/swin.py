@@ -37,7 +37,9 @@ class SwinAttention(LayerFamily):
         assert isinstance(module, ShiftedWindowAttention)
         x = arg(node, 0, "x")
         layout, shape = layouts.get(x), shape_of(x)
-        if not builder.split_heads or name in builder.excluded or not isinstance(layout, Layout) or shape is None:
+        if not builder.split_heads or builder.head_dim or name in builder.excluded:
+            return None
+        if not isinstance(layout, Layout) or shape is None:
             return None
         if len(shape) != 4 or layout.axis != 3 or layout.repeat != 1:
             return None

@@ -22,9 +22,12 @@ import operator
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from pat_ray.tracer.nodes import describe, size_arguments
 from pat_ray.tracer.state import AttributeSlot, GroupBuilder, HeadsConflict, Layout
+
+HEADS_SUFFIX, HEAD_DIM_SUFFIX = "/heads", "/head_dim"  # end the names of the groups a cut makes
 
 # Words in an attribute's name that say it holds a head's width, not a head count; used only
 # to choose between several attributes with the same value.
@@ -43,12 +46,13 @@ def cut_heads(
     first, count = found
     heads_axis = first + count - 2
     heads, head_dim = out_shape[heads_axis], out_shape[heads_axis + 1]
-    cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}/heads", node.name)
+    suffix = HEAD_DIM_SUFFIX if builder.head_dim else HEADS_SUFFIX
+    cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}{suffix}", node.name)
     if cut is None:
         return None
     builder.head_reshapes.add(node.name)
-    builder.head_counts.add((_owning_module(node), heads))
-    return Layout(cut.groups, 1, heads_axis)
+    builder.head_counts.add((_owning_module(node), head_dim if builder.head_dim else heads))
+    return Layout(cut.groups, 1, heads_axis + 1 if builder.head_dim else heads_axis)
 
 
 def merged_layout(
@@ -59,6 +63,8 @@ def merged_layout(
     are followed so (other channels merged with a spatial axis are kept whole, as before)."""
     if not set(builder.leaves(layout).groups) <= _head_groups(builder):
         return None
+    if builder.head_dim:
+        return _merged_features(builder, node, layout, in_shape, out_shape)
     axis = layout.axis
     before = math.prod(in_shape[:axis])
     for j in range(1, len(out_shape)):
@@ -72,21 +78,51 @@ def merged_layout(
     return None
 
 
+def _merged_features(
+    builder: GroupBuilder, node: fx.Node, layout: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> Layout | None:
+    """With head_dim pruned, a reshape that merges the heads axes before the features axis
+    ((B, N, heads, head_dim) -> (B, N, heads * head_dim)): the result is a new group in which
+    feature ``d`` sits at ``d`` of every head, as in the out projection's input columns."""
+    axis, after = layout.axis, math.prod(in_shape[layout.axis + 1 :])
+    if layout.repeat != 1:
+        return None
+    for start in range(1, axis):
+        width = math.prod(in_shape[start : axis + 1])
+        for j in range(1, len(out_shape)):
+            fits = math.prod(out_shape[:j]) == math.prod(in_shape[:start]) and out_shape[j] == width
+            if fits and math.prod(out_shape[j + 1 :]) == after:
+                merged = builder.new_group(width, f"<{node.name}>")
+                features = builder.tile(merged, in_shape[axis], 1, f"<{node.name}>{HEAD_DIM_SUFFIX}", node.name)
+                builder.unify(features, Layout(layout.groups), node.name)
+                builder.head_reshapes.add(node.name)
+                return Layout(merged.groups, 1, j)
+    return None
+
+
 def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -> bool:
-    """Whether the number a reshape writes for ``result``'s heads axis is a module attribute
-    that surgery can set; if so it is recorded. Only head groups are followed so."""
+    """Whether the number a reshape writes for ``result``'s heads (or head_dim) axis is a module
+    attribute that surgery can set; if so it is recorded. Only head groups and the merged
+    features of heads are followed so."""
     leaves = builder.leaves(result).groups
-    if len(leaves) != 1 or leaves[0] not in _head_groups(builder):
+    if len(leaves) != 1:
+        return False
+    if leaves[0] in _head_groups(builder):
+        group, per_channel = leaves[0], result.repeat
+    elif leaves[0] in builder.heads:  # head features merged (head_dim pruned): heads x features
+        group, per_channel = builder.find(builder.heads[leaves[0]].group), builder.head_unit(leaves[0])
+    else:
         return False
     written = size_arguments(node, 1, "shape", "size")
     value = written[result.axis] if isinstance(written, list | tuple) and result.axis < len(written) else None
     owner = _owning_module(node)
     if not isinstance(value, int):
         return False
-    attribute = _attribute_with_value(builder, owner, value)
+    width = builder.head_dim and per_channel == 1  # a head's width written at the cut
+    attribute = _attribute_with_value(builder, owner, value, width)
     if attribute is None:
         return False
-    builder.attributes.append(AttributeSlot(owner, attribute, leaves[0], result.repeat))
+    builder.attributes.append(AttributeSlot(owner, attribute, group, per_channel))
     builder.head_counts.add((owner, value))
     return True
 
@@ -98,12 +134,32 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
     if not builder.head_counts:
         return
     for node in graph.nodes:
-        if node.name in builder.head_reshapes or not _computes_sizes(node):
+        if node.name in builder.head_reshapes:
             continue
-        owner, numbers = _owning_module(node), set(_int_leaves((node.args, node.kwargs)))
-        for module, count in builder.head_counts:
-            if module == owner and count in numbers:
+        owner = _owning_module(node)
+        counts = [count for module, count in builder.head_counts if module == owner]
+        numbers = set(_int_leaves((node.args, node.kwargs))) if _computes_sizes(node) else set()
+        for count in counts:
+            if count in numbers:
                 raise HeadsConflict(f"{describe(node)}: computes a size from {count}, a number pruning heads changes")
+        if builder.head_dim and counts:
+            _check_scale(builder.model.get_submodule(owner), node, counts)
+
+
+def _check_scale(module: nn.Module, node: fx.Node, widths: list[int]) -> None:
+    """Attention scaled by ``head_dim ** -0.5`` computed in the forward would change with the
+    pruned width (so would the zeroed features' share of every dot product): a float equal to
+    a width's root or its inverse is fine only as a module attribute set once (timm's
+    ``self.scale``), which surgery leaves as it is."""
+    held = [value for value in vars(module).values() if isinstance(value, float)]
+    for number in _float_leaves((node.args, node.kwargs)):
+        for width in widths:
+            roots = (width**0.5, width**-0.5)
+            if any(math.isclose(number, root) for root in roots) and not any(math.isclose(number, h) for h in held):
+                raise HeadsConflict(
+                    f"{describe(node)}: scales by {number:.6g}, the root of {width}, a width pruning head_dim changes; "
+                    "store the scale as a module attribute (self.scale = head_dim ** -0.5) to prune head_dim"
+                )
 
 
 # Ops whose int arguments are sizes (not dims): a number pruning heads changes must not be among them.
@@ -129,6 +185,16 @@ def _int_leaves(value: object) -> list[int]:
         return [n for item in value for n in _int_leaves(item)]
     if isinstance(value, dict):
         return [n for item in value.values() for n in _int_leaves(item)]
+    return []
+
+
+def _float_leaves(value: object) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [n for item in value for n in _float_leaves(item)]
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _float_leaves(item)]
     return []
 
 
@@ -160,9 +226,10 @@ def _owning_module(node: fx.Node) -> str:
     return str(value[0]) if isinstance(value, tuple) else str(key)
 
 
-def _attribute_with_value(builder: GroupBuilder, owner: str, value: int) -> str | None:
+def _attribute_with_value(builder: GroupBuilder, owner: str, value: int, width: bool = False) -> str | None:
     """The one int attribute of ``owner`` equal to ``value`` (among several, the one whose name
-    does not say it is a width); None if there is no such single attribute."""
+    says it is a width if ``width``, else the one whose name does not); None if there is no
+    such single attribute."""
     module = builder.model.get_submodule(owner)
     found = [
         name
@@ -170,5 +237,5 @@ def _attribute_with_value(builder: GroupBuilder, owner: str, value: int) -> str 
         if not name.startswith("_") and isinstance(held, int) and not isinstance(held, bool) and held == value
     ]
     if len(found) > 1:
-        found = [name for name in found if not any(word in name.lower() for word in _WIDTH_WORDS)]
+        found = [name for name in found if any(word in name.lower() for word in _WIDTH_WORDS) == width]
     return found[0] if len(found) == 1 else None

@@ -13,6 +13,7 @@ new pinned group on dim 1, so that the layers it feeds stay fixed rather than un
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.fx as fx
@@ -31,6 +32,12 @@ MATMUL_METHODS = {"matmul", "bmm", "mm"}
 EINSUM_FUNCTIONS = {torch.einsum}
 
 ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
+
+_DEFAULT_SCALE_KEEPS_HEAD_DIM = (
+    "scaled_dot_product_attention without scale=: its default 1/sqrt(head_dim) would change with the pruned "
+    "width, so the query and key features stay whole there (timm's attention: create the model with "
+    "TIMM_FUSED_ATTN=0 set, or set each attention module's fused_attn = False, to prune them)"
+)
 
 
 def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
@@ -219,6 +226,8 @@ def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
         if q.axis == k.axis and arg(node, 6, "scale") is not None:
             builder.unify(q, k, where)
         else:  # one side's features only, or the default scale 1/sqrt(features) that pruning would change
+            if builder.head_dim and q.axis == k.axis and not builder.is_pinned(q):
+                warnings.warn(_DEFAULT_SCALE_KEEPS_HEAD_DIM, stacklevel=2)
             builder.pin(q if q.axis == last else k)
             builder.pin(k if k.axis == last else q)
     leading = [lay for lay in (q, k, v) if lay.axis < last - 1]
