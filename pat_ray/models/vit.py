@@ -6,8 +6,9 @@ Sized by arguments so that it trains in minutes on a CPU (``image_size=28, patch
 patches of Fashion-MNIST). What pruning removes: the embedding width (through every block's
 LayerNorms, projections, the class token and the position embedding), each block's MLP
 hidden width, and whole attention heads (``heads`` is the attribute surgery sets; the heads
-are merged back with ``-1`` so that no other number needs to follow). The attention products
-count in the FLOPs.
+are merged back with ``-1`` so that no other number needs to follow), or with
+``attention="head_dim"`` each head's width (``head_width``; the scale is fixed at construction,
+so it stays as trained). The attention products count in the FLOPs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,225 @@
+"""head_dim as the prunable structure of attention (``attention="head_dim"``): feature ``d`` of
+every head goes as one channel, q's and k's together (their product sums over them), v's with
+the out projection's columns; the head width written in the code is set by surgery."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_attention_heads import Heads
+from torch import nn
+
+import pat_ray
+from _helpers import zero_removed_channels
+from pat_ray.core.architecture import Architecture
+from pat_ray.core.cost.flops import cost_of, graph_cost, measure_cost
+from pat_ray.core.surgery import apply_architecture
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+from pat_ray.tracer.trace import trace_channel_groups
+
+
+class Scaled(Heads):
+    """``Heads`` with its scale fixed at construction, as timm's attention stores ``self.scale``:
+    pruning head_dim then leaves every kept dot product as it was."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        batch, tokens, _ = x.shape
+        if self.form == "fused":
+            qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        else:
+            q, k, v = (p(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.product == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            y = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(batch, tokens, -1 if self.merge == "-1" else self.attn_dim)
+        return self.head((x + self.proj(y)).mean(1))
+
+
+def trace(model: nn.Module, x: torch.Tensor):
+    return trace_channel_groups(model, x, attention="head_dim")
+
+
+def feature_groups(graph):
+    return [g for g in graph.prunable if g.name.endswith("/head_dim")]
+
+
+def assert_removing_features_is_exact(model: nn.Module, x: torch.Tensor, drop: set[int]) -> Architecture:
+    """Every head_dim group loses features ``drop``: the pruned model computes what the dense
+    one computes with those rows of q, k, v zeroed (and the cost is what the graph predicted)."""
+    model.eval()
+    graph = trace(model, x)
+    kept = {g.name: tuple(range(g.size)) for g in graph.groups}
+    for group in feature_groups(graph):
+        kept[group.name] = tuple(d for d in range(group.size) if d not in drop)
+    arch = Architecture(kept, {g.name: g.size for g in graph.groups}, attention="head_dim")
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    predicted = cost_of(graph.terms, {n: len(k) for n, k in arch.kept.items()})
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert measure_cost(model, x) == predicted
+    return arch
+
+
+@pytest.mark.parametrize(
+    ("qkv", "product", "merge"),
+    [
+        ("fused", "written", "-1"),
+        ("fused", "sdpa", "attribute"),
+        ("apart", "written", "attribute"),
+        ("apart", "sdpa", "-1"),
+    ],
+)
+def test_a_feature_of_every_head_is_removed_from_query_and_key_together_and_from_value_with_the_output(
+    qkv, product, merge
+):
+    model, x = Scaled(heads=4, head_dim=5, qkv=qkv, product=product, merge=merge), torch.randn(2, 3, 4, 4)
+    graph = trace(model, x)
+    rows = lambda module, piece: [(module, "out", piece * 20 + h * 5) for h in range(4)]  # noqa: E731
+    columns = [("proj", "in", h * 5) for h in range(4)]
+    members = {g.name: sorted((m.module, m.role, m.offset) for m in g.members) for g in feature_groups(graph)}
+    if qkv == "fused":  # one reshape cuts q, k and v alike: one width for all three
+        assert members == {"qkv/head_dim": sorted(rows("qkv", 0) + rows("qkv", 1) + rows("qkv", 2) + columns)}
+    else:
+        assert members == {
+            "q/head_dim": sorted(rows("q", 0) + rows("k", 0)),
+            "v/head_dim": sorted(rows("v", 0) + columns),
+        }
+    assert not any(g.name.endswith("/heads") for g in graph.groups)
+    assert_removing_features_is_exact(model, x, {1, 3})
+    assert model.num_heads == 4
+    assert model.attn_dim == (12 if merge == "attribute" else 20)
+    if qkv == "fused":
+        assert model.head_dim == 3
+    model(torch.randn(3, 3, 4, 4)).sum().backward()  # another batch size: the attributes, not the example, decide
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    heads=st.integers(2, 4),
+    head_dim=st.integers(2, 5),
+    form=st.sampled_from(["fused", "apart"]),
+    drop=st.sets(st.integers(0, 4), min_size=1, max_size=4),
+)
+def test_removing_any_features_equals_zeroing_them(heads, head_dim, form, drop):
+    drop = {d for d in drop if d < head_dim}
+    if len(drop) in (0, head_dim):
+        return
+    torch.manual_seed(0)
+    model, x = Scaled(heads, head_dim, qkv=form), torch.randn(2, 3, 4, 4)
+    assert_removing_features_is_exact(model, x, drop)
+    assert graph_cost(trace(model, x)) == measure_cost(model, x)
+
+
+def test_a_features_score_aggregates_its_slices_in_every_head():
+    model, x = Scaled(heads=4, head_dim=3), torch.randn(2, 3, 4, 4)
+    graph = trace(model, x)
+    scores = Magnitude(p=2, normalize="none").scores(model, graph)
+    w, b, proj = model.qkv.weight.detach(), model.qkv.bias.detach(), model.proj.weight.detach()
+    rows = [piece * 12 + h * 3 + 1 for piece in range(3) for h in range(4)]  # feature 1 of every head of q, k, v
+    expected = torch.sqrt(w[rows].pow(2).sum() + b[rows].pow(2).sum())
+    torch.testing.assert_close(scores["qkv/head_dim"][1], expected)
+    columns = [h * 3 + 1 for h in range(4)]
+    assert proj[:, columns].abs().sum() > 0  # the out projection's columns are in the group, not scored
+    arch = pat_ray.prune(model, x, budget=0.6, criterion="magnitude", attention="head_dim")
+    assert arch.attention == "head_dim" and arch.count("qkv/head_dim") < 3 and arch.count("embed") < 12
+    assert model.head_dim == arch.count("qkv/head_dim") and model.qkv.out_features == 3 * 4 * model.head_dim
+
+
+def test_a_scale_computed_from_the_width_in_the_forward_keeps_head_dim_with_a_warning():
+    """``Heads`` multiplies by ``self.head_dim ** -0.5`` in its forward: the scale would follow
+    the pruned width and change every kept dot product, so head_dim stays whole (the rest prunes)."""
+    model, x = Heads(), torch.randn(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match=r"head_dim is kept whole: node 'mul'.*root of 3"):
+        graph = trace(model, x)
+    assert not feature_groups(graph) and not any(g.name.endswith("/heads") for g in graph.prunable)
+    assert not graph.group("embed").pinned
+
+
+def test_sdpas_default_scale_keeps_query_and_key_features_but_not_values():
+    class DefaultScale(Scaled):
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            b, n, _ = x.shape
+            q, k, v = (p(x).view(b, n, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+            return self.head((x + self.proj(y)).mean(1))
+
+    model, x = DefaultScale(qkv="apart"), torch.randn(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match="without scale="):
+        graph = trace(model, x)
+    assert graph.group("q/head_dim").pinned and not graph.group("v/head_dim").pinned
+    with pytest.warns(UserWarning, match="without scale="):
+        assert_removing_features_is_exact(model, x, {0})
+
+
+def test_head_dim_keeps_torch_multihead_attention_whole():
+    class Torch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.attn, self.head = (
+                nn.Linear(4, 8),
+                nn.MultiheadAttention(8, 2, batch_first=True),
+                nn.Linear(8, 3),
+            )
+
+        def forward(self, x):
+            x = self.embed(x)
+            return self.head(x + self.attn(x, x, x, need_weights=False)[0])
+
+    model, x = Torch().eval(), torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = trace(model, x)
+    assert not any("/head" in g.name for g in graph.groups) and graph.group("embed").pinned
+    assert graph_cost(graph) == measure_cost(model, x)
+
+
+def test_the_vit_prunes_head_dim_under_one_budget_and_its_checkpoint_rebuilds(tmp_path):
+    from pat_ray.models.vit import VisionTransformer
+    from pat_ray.training.checkpoint import load_checkpoint, save_checkpoint
+
+    params = {"num_classes": 5, "in_channels": 1, "image_size": 8, "patch_size": 4, "width": 16, "depth": 2, "heads": 2}
+    torch.manual_seed(0)
+    model, x = VisionTransformer(**params), torch.randn(2, 1, 8, 8)
+    dense = measure_cost(model.eval(), x[:1]).flops
+    arch = pat_ray.prune(model, x[:1], budget=0.5, attention="head_dim")
+    features = {n: c for n, c in zip(arch.names, arch.counts) if n.endswith("/head_dim")}
+    assert len(features) == 2 and any(c < 8 for c in features.values())
+    for i, block in enumerate(model.blocks):
+        assert block.attn.head_width == features[f"blocks.{i}.attn.qkv/head_dim"] and block.attn.heads == 2
+    assert abs(measure_cost(model, x[:1]).flops / dense - 0.5) < 0.03
+    model.train()
+    model(x).sum().backward()
+    path = tmp_path / "vit.pt"
+    save_checkpoint(path, model.eval(), "vit_small_images", arch, (1, 1, 8, 8), model_params=params)
+    rebuilt, ckpt = load_checkpoint(path)
+    assert ckpt.architecture.attention == "head_dim"
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_an_architecture_says_how_attention_was_cut_and_old_files_read_as_heads():
+    arch = Architecture({"a": (0, 2)}, {"a": 3}, attention="head_dim")
+    assert Architecture.from_dict(arch.to_dict()) == arch
+    old = {"sizes": {"a": 3}, "kept": {"a": [0, 2]}}
+    assert Architecture({"a": (0, 2)}, {"a": 3}).to_dict() == old
+    assert Architecture.from_dict(old).attention == "heads"
+    with pytest.raises(ValueError, match="attention must be one of heads, head_dim; got 'rows'"):
+        Architecture.from_dict({**old, "attention": "rows"})
+    with pytest.raises(ValueError, match="attention must be one of heads, head_dim"):
+        trace_channel_groups(nn.Linear(2, 2), torch.zeros(1, 2), attention="rows")  # type: ignore[arg-type]
