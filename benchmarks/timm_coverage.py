@@ -146,6 +146,13 @@ def _pat_ray(model, x, dense_flops) -> None:
     pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET)
 
 
+def _pat_ray_head_dim(model, x, dense_flops) -> None:
+    """pat_ray pruning each head's width instead of whole heads (what Torch-Pruning's column does)."""
+    import pat_ray
+
+    pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET, attention="head_dim")
+
+
 def _torch_pruning(model, x, dense_flops) -> None:
     """Torch-Pruning as its timm example drives it, stepped until the FLOPs reach the budget."""
     import torch_pruning as tp
@@ -174,7 +181,8 @@ def _torch_pruning(model, x, dense_flops) -> None:
     raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
 
 
-LIBRARIES = {"pat_ray": _pat_ray, "torch_pruning": _torch_pruning}
+LIBRARIES = {"pat_ray": _pat_ray, "pat_ray_head_dim": _pat_ray_head_dim, "torch_pruning": _torch_pruning}
+TITLES = {"pat_ray": "pat_ray (heads)", "pat_ray_head_dim": "pat_ray (head_dim)", "torch_pruning": "Torch-Pruning"}
 
 
 def main() -> None:
@@ -193,7 +201,9 @@ def main() -> None:
     picks = {name: name for name in args.only} if args.only else families()
     if args.redo:  # first the rows measured before, with that library's cells only
         todo = [
-            (f, name) for f, name in picks.items() if name in done and done[name][args.redo].get("commit") != _commit()
+            (f, name)
+            for f, name in picks.items()
+            if name in done and done[name].get(args.redo, {}).get("commit") != _commit()
         ]
         measure = lambda pick: {  # noqa: E731
             **done[pick[1]],
@@ -207,7 +217,7 @@ def main() -> None:
             done[row["model"]] = row
             with ROWS.open("a") as rows:
                 rows.write(json.dumps(row) + "\n")
-            print(row["family"], row["model"], row["pat_ray"]["verdict"], row["torch_pruning"]["verdict"], flush=True)
+            print(row["family"], row["model"], *(row.get(lib, {}).get("verdict") for lib in LIBRARIES), flush=True)
     write("timm_coverage.md", _table(sorted(done.values(), key=lambda row: row["family"])))  # every row, --only or not
 
 
@@ -240,28 +250,28 @@ def _in_child(name: str, library: str) -> dict:
 def _table(rows: list[dict]) -> list[str]:
     import torch
 
+    missing = {"verdict": "-", "flops_kept": None, "why": ""}  # a column not measured on that row yet
+    libraries = [lib for lib in LIBRARIES if any(lib in r for r in rows)]
+
     def count(lib: str, verdict: str) -> int:
-        return sum(1 for r in rows if r[lib]["verdict"] == verdict)
+        return sum(1 for r in rows if r.get(lib, missing)["verdict"] == verdict)
 
     verdicts = ("pruned", "refused", "failed", "broken")
-    tally = "; ".join(
-        f"{lib}: " + ", ".join(f"{count(lib, v)} {v}" for v in verdicts) for lib in ("pat_ray", "torch_pruning")
-    )
+    tally = "; ".join(f"{TITLES[lib]}: " + ", ".join(f"{count(lib, v)} {v}" for v in verdicts) for lib in libraries)
     lines = header(
         f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
         torch.device("cpu"),
         f"{len(rows)} families. {tally}. FLOPs kept by torch's FlopCounterMode (attention included).",
     )
-    lines += ["| family | model | input | pat_ray | FLOPs kept | Torch-Pruning | FLOPs kept | why (pat_ray / Torch-Pruning) |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    titles = " | ".join(f"{TITLES[lib]} | FLOPs kept" for lib in libraries)
+    lines += [f"| family | model | input | {titles} | why ({' / '.join(TITLES[lib] for lib in libraries)}) |",
+              "|---|---|---|" + "---|---|" * len(libraries) + "---|"]  # fmt: skip
     for r in rows:
-        ours, theirs = r["pat_ray"], r["torch_pruning"]
-        why = " / ".join(w for w in (ours["why"], theirs["why"]) if w).replace("|", "\\|")
+        cells = [r.get(lib, missing) for lib in libraries]
+        why = " / ".join(c["why"] for c in cells if c["why"]).replace("|", "\\|")
         size = "x".join(map(str, r["input"])) if r["input"] else "-"
-        lines.append(
-            f"| {r.get('family', '')} | {r['model']} | {size} | {ours['verdict']} | {ours['flops_kept'] or '-'} "
-            f"| {theirs['verdict']} | {theirs['flops_kept'] or '-'} | {why} |"
-        )
+        verdicts_kept = " | ".join(f"{c['verdict']} | {c['flops_kept'] or '-'}" for c in cells)
+        lines.append(f"| {r.get('family', '')} | {r['model']} | {size} | {verdicts_kept} | {why} |")
     return lines
 
 
