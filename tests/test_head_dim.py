@@ -223,3 +223,25 @@ def test_an_architecture_says_how_attention_was_cut_and_old_files_read_as_heads(
         Architecture.from_dict({**old, "attention": "rows"})
     with pytest.raises(ValueError, match="attention must be one of heads, head_dim"):
         trace_channel_groups(nn.Linear(2, 2), torch.zeros(1, 2), attention="rows")  # type: ignore[arg-type]
+
+
+def test_a_head_width_computed_from_windows_whose_channels_are_not_followed_stays():
+    """DaViT's window attention: ``reshape(B, N, 3, self.num_heads, C // self.num_heads)`` with C
+    read from windows cut out of the feature map (a reshape that folds windows into the batch,
+    whose channels the trace does not follow): C never changes, so neither may head_dim."""
+
+    class Windows(Scaled):
+        def forward(self, x):
+            x = self.embed(x)  # (B, 12, 4, 4) -> four 2x2 windows of 4 tokens
+            b = x.shape[0]
+            w = x.view(b, 12, 2, 2, 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(-1, 4, 12)
+            batch, tokens, width = w.shape
+            qkv = self.qkv(w).reshape(batch, tokens, 3, self.num_heads, width // self.num_heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            y = ((q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, -1)
+            return self.head(self.proj(y).reshape(b, 16, 12).mean(1))
+
+    model, x = Windows(heads=4, head_dim=3), torch.randn(2, 3, 4, 4)
+    graph = trace(model, x)
+    assert [g.pinned for g in graph.groups if g.name.endswith("/head_dim")] == [True]
+    assert graph_cost(graph) == measure_cost(model, x)

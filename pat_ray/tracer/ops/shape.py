@@ -68,19 +68,23 @@ def sizes_read_from_channels(
     """A size read at run time from another tensor's channels (``B, N, C = x.shape`` at the top
     of an attention block, then ``out.reshape(B, N, C)``) makes that dim exactly as wide as those
     channels after pruning too: on the result's channel axis the two are coupled; on another
-    axis the source's channels must keep their width."""
+    axis the source's channels must keep their width. A size read from a dim whose width
+    pruning never changes (tokens, space, channels the trace does not follow there) and
+    written on the result's channel axis fixes those channels, as a number in the code would."""
     if target_name(node) not in ("view", "reshape", "expand"):
         return
     given = size_arguments(node, 1, "shape", "size")
     for dim, entry in enumerate(given if isinstance(given, list | tuple) else ()):
         exact = size_read_from(entry) is not None  # else computed from it (``C // heads``): only pinned
         read = size_derived_from(entry)
-        source = layouts.get(read[0]) if read is not None else None
-        if read is None or not isinstance(source, Layout) or read[0] is node.args[0]:
+        if read is None or read[0] is node.args[0]:
             continue
-        if read[1] % len(known_shape(read[0], where)) != source.axis or source.repeat != 1:
+        source = layouts.get(read[0])
+        if not isinstance(source, Layout) or read[1] % len(known_shape(read[0], where)) != source.axis:
+            if dim == result.axis:  # DaViT's ``C // self.num_heads`` of windows whose channels are not followed
+                builder.pin(result)
             continue  # a batch, token or spatial size
-        if exact and dim == result.axis and result.repeat == 1:
+        if exact and dim == result.axis and result.repeat == 1 and source.repeat == 1:
             builder.unify(Layout(result.groups), Layout(source.groups), where)  # on different axes: as on dim 1
         else:
             builder.pin(source)
