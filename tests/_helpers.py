@@ -105,6 +105,23 @@ def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0
     return arch
 
 
+def assert_architecture_is_exact(model: nn.Module, x: torch.Tensor, graph: ModelGraph, arch: Architecture) -> None:
+    """Apply ``arch`` to ``model``: it computes what the dense model computes with the removed
+    channels zeroed, and its measured cost is the one ``graph`` predicted."""
+    import copy
+
+    from pat_ray.core.cost.flops import cost_of, measure_cost
+    from pat_ray.core.surgery import apply_architecture
+
+    reference = copy.deepcopy(model)
+    zero_removed_channels(reference, graph, arch)
+    predicted = cost_of(graph.terms, {n: len(k) for n, k in arch.kept.items()})
+    apply_architecture(model, graph, arch)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert measure_cost(model, x) == predicted
+
+
 def fail_once_after(epoch: int, marker) -> object:
     """An observer plugin that raises once, in whichever process first finishes ``epoch``
     (a Ray worker or a Tune trial: the class is local, so Ray ships it by value), and

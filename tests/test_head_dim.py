@@ -4,48 +4,19 @@ the out projection's columns; the head width written in the code is set by surge
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from test_attention_heads import Heads
+from test_attention_heads import FORMS, Heads, Scaled, assert_removing_is_exact
 from torch import nn
 
 import pat_ray
-from _helpers import zero_removed_channels
 from pat_ray.core.architecture import Architecture
-from pat_ray.core.cost.flops import cost_of, graph_cost, measure_cost
-from pat_ray.core.surgery import apply_architecture
+from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 from pat_ray.tracer.trace import trace_channel_groups
-
-
-class Scaled(Heads):
-    """``Heads`` with its scale fixed at construction, as timm's attention stores ``self.scale``:
-    pruning head_dim then leaves every kept dot product as it was."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.scale = self.head_dim**-0.5
-
-    def forward(self, x):
-        x = self.embed(x).flatten(2).transpose(1, 2)
-        batch, tokens, _ = x.shape
-        if self.form == "fused":
-            qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-        else:
-            q, k, v = (p(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        if self.product == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:
-            y = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v
-        y = y.transpose(1, 2).reshape(batch, tokens, -1 if self.merge == "-1" else self.attn_dim)
-        return self.head((x + self.proj(y)).mean(1))
 
 
 def trace(model: nn.Module, x: torch.Tensor):
@@ -56,34 +27,7 @@ def feature_groups(graph):
     return [g for g in graph.prunable if g.name.endswith("/head_dim")]
 
 
-def assert_removing_features_is_exact(model: nn.Module, x: torch.Tensor, drop: set[int]) -> Architecture:
-    """Every head_dim group loses features ``drop``: the pruned model computes what the dense
-    one computes with those rows of q, k, v zeroed (and the cost is what the graph predicted)."""
-    model.eval()
-    graph = trace(model, x)
-    kept = {g.name: tuple(range(g.size)) for g in graph.groups}
-    for group in feature_groups(graph):
-        kept[group.name] = tuple(d for d in range(group.size) if d not in drop)
-    arch = Architecture(kept, {g.name: g.size for g in graph.groups}, attention="head_dim")
-    reference = copy.deepcopy(model)
-    zero_removed_channels(reference, graph, arch)
-    predicted = cost_of(graph.terms, {n: len(k) for n, k in arch.kept.items()})
-    apply_architecture(model, graph, arch)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
-    assert measure_cost(model, x) == predicted
-    return arch
-
-
-@pytest.mark.parametrize(
-    ("qkv", "product", "merge"),
-    [
-        ("fused", "written", "-1"),
-        ("fused", "sdpa", "attribute"),
-        ("apart", "written", "attribute"),
-        ("apart", "sdpa", "-1"),
-    ],
-)
+@FORMS
 def test_a_feature_of_every_head_is_removed_from_query_and_key_together_and_from_value_with_the_output(
     qkv, product, merge
 ):
@@ -100,29 +44,12 @@ def test_a_feature_of_every_head_is_removed_from_query_and_key_together_and_from
             "v/head_dim": sorted(rows("v", 0) + columns),
         }
     assert not any(g.name.endswith("/heads") for g in graph.groups)
-    assert_removing_features_is_exact(model, x, {1, 3})
+    assert_removing_is_exact(model, x, {1, 3}, "head_dim")
     assert model.num_heads == 4
     assert model.attn_dim == (12 if merge == "attribute" else 20)
     if qkv == "fused":
         assert model.head_dim == 3
     model(torch.randn(3, 3, 4, 4)).sum().backward()  # another batch size: the attributes, not the example, decide
-
-
-@settings(max_examples=12, deadline=None)
-@given(
-    heads=st.integers(2, 4),
-    head_dim=st.integers(2, 5),
-    form=st.sampled_from(["fused", "apart"]),
-    drop=st.sets(st.integers(0, 4), min_size=1, max_size=4),
-)
-def test_removing_any_features_equals_zeroing_them(heads, head_dim, form, drop):
-    drop = {d for d in drop if d < head_dim}
-    if len(drop) in (0, head_dim):
-        return
-    torch.manual_seed(0)
-    model, x = Scaled(heads, head_dim, qkv=form), torch.randn(2, 3, 4, 4)
-    assert_removing_features_is_exact(model, x, drop)
-    assert graph_cost(trace(model, x)) == measure_cost(model, x)
 
 
 def test_a_features_score_aggregates_its_slices_in_every_head():
@@ -164,7 +91,7 @@ def test_sdpas_default_scale_keeps_query_and_key_features_but_not_values():
         graph = trace(model, x)
     assert graph.group("q/head_dim").pinned and not graph.group("v/head_dim").pinned
     with pytest.warns(UserWarning, match="without scale="):
-        assert_removing_features_is_exact(model, x, {0})
+        assert_removing_is_exact(model, x, {0}, "head_dim")
 
 
 def test_head_dim_keeps_torch_multihead_attention_whole():

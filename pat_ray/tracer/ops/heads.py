@@ -138,7 +138,7 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
             continue
         owner = _owning_module(node)
         counts = [count for module, count in builder.head_counts if module == owner]
-        numbers = set(_int_leaves((node.args, node.kwargs))) if _computes_sizes(node) else set()
+        numbers = set(_numbers((node.args, node.kwargs), int)) if _computes_sizes(node) else set()
         for count in counts:
             if count in numbers:
                 raise HeadsConflict(f"{describe(node)}: computes a size from {count}, a number pruning heads changes")
@@ -152,7 +152,7 @@ def _check_scale(module: nn.Module, node: fx.Node, widths: list[int]) -> None:
     a width's root or its inverse is fine only as a module attribute set once (timm's
     ``self.scale``), which surgery leaves as it is."""
     held = [value for value in vars(module).values() if isinstance(value, float)]
-    for number in _float_leaves((node.args, node.kwargs)):
+    for number in _numbers((node.args, node.kwargs), float):
         for width in widths:
             roots = (width**0.5, width**-0.5)
             if any(math.isclose(number, root) for root in roots) and not any(math.isclose(number, h) for h in held):
@@ -176,26 +176,13 @@ def _computes_sizes(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _SIZE_FUNCTIONS
 
 
-def _int_leaves(value: object) -> list[int]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
+def _numbers(value: object, kind: type[int] | type[float]) -> list:
+    """The numbers of ``kind`` among an fx node's arguments (nested lists, tuples and dicts)."""
+    if isinstance(value, kind) and not isinstance(value, bool):
         return [value]
-    if isinstance(value, list | tuple):
-        return [n for item in value for n in _int_leaves(item)]
     if isinstance(value, dict):
-        return [n for item in value.values() for n in _int_leaves(item)]
-    return []
-
-
-def _float_leaves(value: object) -> list[float]:
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [n for item in value for n in _float_leaves(item)]
-    if isinstance(value, dict):
-        return [n for item in value.values() for n in _float_leaves(item)]
-    return []
+        value = list(value.values())
+    return [n for item in value for n in _numbers(item, kind)] if isinstance(value, list | tuple) else []
 
 
 def _head_groups(builder: GroupBuilder) -> set[int]:
