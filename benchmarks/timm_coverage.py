@@ -119,7 +119,7 @@ def _attempt(make, x, prune) -> dict:
     model = make()
     dense_flops, out_shape = _flops(model, x), model(x).shape
     try:
-        prune(model, x, dense_flops)
+        attention_cut = prune(model, x, dense_flops)
     except (UnsupportedModelError, BudgetError) as err:  # a clean refusal: what it cannot follow, or reach
         return _row("refused", why=f"{type(err).__name__}: {str(err).split(';')[0][:160]}")
     except Exception as err:  # noqa: BLE001 - a library's failure is the row
@@ -131,7 +131,8 @@ def _attempt(make, x, prune) -> dict:
         if out.shape != out_shape:
             return _row("broken", why=f"output shape {tuple(out.shape)}, was {tuple(out_shape)}")
         model.eval()
-        return _row("pruned", kept=round(_flops(model, x) / dense_flops, 3))
+        row = _row("pruned", kept=round(_flops(model, x) / dense_flops, 3))
+        return row if attention_cut is None else {**row, "attention_cut": attention_cut}
     except Exception as err:  # noqa: BLE001
         return _row("broken", why=f"{type(err).__name__}: {str(err)[:160]}")
 
@@ -140,20 +141,20 @@ def _row(verdict: str, kept: float | None = None, why: str = "") -> dict:
     return {"verdict": verdict, "flops_kept": kept, "why": why}
 
 
-def _pat_ray(model, x, dense_flops) -> None:
+def _pat_ray(model, x, dense_flops, attention: str = "heads") -> int:
+    """pat_ray's prune; returns how many groups of heads (or head features) lost some."""
     import pat_ray
 
-    pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET)
+    arch = pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET, attention=attention)
+    return sum(1 for name, kept in arch.kept.items() if name.endswith(f"/{attention}") and len(kept) < arch.sizes[name])
 
 
-def _pat_ray_head_dim(model, x, dense_flops) -> None:
+def _pat_ray_head_dim(model, x, dense_flops) -> int:
     """pat_ray pruning each head's width instead of whole heads (what Torch-Pruning's column does)."""
-    import pat_ray
-
-    pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET, attention="head_dim")
+    return _pat_ray(model, x, dense_flops, attention="head_dim")
 
 
-def _torch_pruning(model, x, dense_flops) -> None:
+def _torch_pruning(model, x, dense_flops) -> None:  # attention cut: not told
     """Torch-Pruning as its timm example drives it, stepped until the FLOPs reach the budget."""
     import torch_pruning as tp
 
@@ -258,6 +259,9 @@ def _table(rows: list[dict]) -> list[str]:
 
     verdicts = ("pruned", "refused", "failed", "broken")
     tally = "; ".join(f"{TITLES[lib]}: " + ", ".join(f"{count(lib, v)} {v}" for v in verdicts) for lib in libraries)
+    cut = [f"{TITLES[lib]} in {sum(1 for r in rows if r.get(lib, missing).get('attention_cut'))}" for lib in libraries
+           if any("attention_cut" in r.get(lib, missing) for r in rows)]  # fmt: skip
+    tally += f". Attention pruned (a head, or a feature of every head, removed): {'; '.join(cut)} models" if cut else ""
     lines = header(
         f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
         torch.device("cpu"),
@@ -270,9 +274,14 @@ def _table(rows: list[dict]) -> list[str]:
         cells = [r.get(lib, missing) for lib in libraries]
         why = " / ".join(c["why"] for c in cells if c["why"]).replace("|", "\\|")
         size = "x".join(map(str, r["input"])) if r["input"] else "-"
-        verdicts_kept = " | ".join(f"{c['verdict']} | {c['flops_kept'] or '-'}" for c in cells)
+        verdicts_kept = " | ".join(f"{c['verdict']}{_attention(c)} | {c['flops_kept'] or '-'}" for c in cells)
         lines.append(f"| {r.get('family', '')} | {r['model']} | {size} | {verdicts_kept} | {why} |")
     return lines
+
+
+def _attention(cell: dict) -> str:
+    """How many groups of heads (or head features) a pruned cell cut, where any."""
+    return f" ({cell['attention_cut']} attn)" if cell.get("attention_cut") else ""
 
 
 if __name__ == "__main__":
