@@ -13,6 +13,13 @@ Where the code writes the head count as a number, that number comes from a modul
 (``self.num_heads``, timm's ``self.attn_dim``): the tracer finds it (the one int attribute of
 the module running the reshape with that value) so that surgery can set it to the new count;
 without one the heads stay whole.
+
+With ``attention="head_dim"`` the same cut makes the other structure prunable: feature ``d``
+of every head is one channel (the group is followed on the head_dim axis, the heads axis
+stays), q's and k's coupled by their product, v's with the out projection's columns, which
+the merge back lays out every ``head_dim`` positions. The number written is then
+``self.head_dim``; a scale computed from it in the forward would change with it, so there
+the features stay whole (``_check_scale``).
 """
 
 from __future__ import annotations
