@@ -92,13 +92,22 @@ def test_a_resume_that_would_change_the_run_is_refused_naming_each_field(tmp_pat
 
 def test_a_resume_may_change_what_does_not_alter_the_run_and_says_so(tmp_path):
     _cut_after_two(tmp_path)
-    safe = write_config(tmp_path, scaling={"max_failures": 3}, data={"eval_batch_size": 100})
-    result = CliRunner().invoke(main, ["run", str(safe), "--local", "--resume"])
+    safe = write_config(tmp_path, data={"eval_batch_size": 100})
+    # a KEY=VALUE right after --resume is an override, not the run to continue
+    result = CliRunner().invoke(main, ["run", str(safe), "--local", "--resume", "scaling.max_failures=3"])
     assert result.exit_code == 0, result.output + result.stderr
     assert "note: resuming with changes that do not alter the run" in result.stderr
     assert "scaling.max_failures: 1 -> 3" in result.stderr and "data.eval_batch_size: 512 -> 100" in result.stderr
     history = json.loads((tmp_path / "runs" / "digits" / "latest" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+def test_a_resume_of_a_run_that_does_not_exist_leaves_no_folder_behind(tmp_path):
+    config = write_config(tmp_path)
+    typo = tmp_path / "runs" / "digits" / "20261203-1200"
+    result = CliRunner().invoke(main, ["run", str(config), "--local", "--resume", str(typo)])
+    assert result.exit_code == 2 and "there is no run to resume" in result.output, result.output
+    assert not typo.exists()
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):

@@ -68,7 +68,7 @@ def run(
     from pat_ray.api import run_to_resume
 
     _set_verbose(verbose)
-    config, which = _resume_target(config, resume)
+    config, which, overrides = _resume_target(config, resume, overrides)
     cfg = load(config, (*overrides, *([f"name={name}"] if name else [])), output_dir)
     click.echo(
         f"pat-ray: {'resuming' if which else 'running'} {cfg.name!r} "
@@ -86,21 +86,26 @@ def run(
     click.echo(summary(result))
 
 
-def _resume_target(config: str | None, resume: str | None) -> tuple[str | None, bool | str]:
-    """What ``--resume [RUN]`` asks for, as ``(config path, resume)`` for ``pat_ray.run``.
+def _resume_target(
+    config: str | None, resume: str | None, overrides: tuple[str, ...]
+) -> tuple[str | None, bool | str, tuple[str, ...]]:
+    """What ``--resume [RUN]`` asks for, as ``(config path, resume, overrides)`` for ``pat_ray.run``.
 
-    ``--resume`` just before CONFIG takes CONFIG as its value (click cannot tell them apart):
-    a YAML file is read as the config. A run folder given with no CONFIG brings its own
-    ``config.yaml``, so ``pat-ray run --resume runs/digits/latest`` needs nothing else."""
+    ``--resume`` just before CONFIG or a KEY=VALUE takes it as its value (click cannot tell
+    them apart): a YAML file is read as the config, a KEY=VALUE that names no folder as an
+    override. A run folder given with no CONFIG brings its own ``config.yaml``, so
+    ``pat-ray run --resume runs/digits/latest`` needs nothing else."""
     if resume is None:
-        return config, False
+        return config, False, overrides
     if resume == LATEST:
-        return config, True
+        return config, True, overrides
     if config is None and resume.endswith((".yaml", ".yml")) and Path(resume).is_file():
-        return resume, True
+        return resume, True, overrides
+    if "=" in resume and not Path(resume).exists():
+        return config, True, (resume, *overrides)
     if config is None and (Path(resume) / "config.yaml").is_file():
-        return str(Path(resume) / "config.yaml"), str(Path(resume).resolve())
-    return config, resume
+        return str(Path(resume) / "config.yaml"), str(Path(resume).resolve()), overrides
+    return config, resume, overrides
 
 
 def _given(config: str | None, overrides: tuple[str, ...]) -> list[str]:
@@ -163,7 +168,7 @@ def oracle(
     from pat_ray.api import oracle as run_oracle
     from pat_ray.sweep.report import REPORT_FILE, verdict_lines
 
-    config, which = _resume_target(config, resume)
+    config, which, overrides = _resume_target(config, resume, overrides)
     cfg = load(config, overrides, output_dir)
     connects_to_ray()
     summary = run_oracle(cfg, name=name, resume=which, echo=lambda line: click.echo(line))

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pat_ray.storage import Location
@@ -42,8 +42,10 @@ class Held:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.announced = False
 
     def announce(self) -> None:
+        self.announced = True
         os.ftruncate(self.fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.pwrite(
@@ -56,8 +58,10 @@ def holding(folder: Location, what: str) -> Iterator[Held]:
     """Hold ``folder``'s lock for the body; RunInUseError at once, naming the holder, if another
     process holds it. ``what``: the kind of work ("run", "sweep"), for the message."""
     path = lock_file(folder)
+    made = folder.is_local and not path.parent.exists()  # a refused resume of a typo must leave no folder
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = Held(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,9 +70,20 @@ def holding(folder: Location, what: str) -> Iterator[Held]:
                 f"{folder} is in use by another {what} ({_holder(fd)}); nothing was changed. Wait for it to end, "
                 "or choose another name"
             ) from None
-        yield Held(fd)
+        yield held
+    except BaseException:
+        if made and not held.announced:
+            _remove_made(path)
+        raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_made(path: Path) -> None:
+    """The lock file and the folder ``holding`` made for it, if nothing else was written there."""
+    path.unlink(missing_ok=True)
+    with suppress(OSError):
+        path.parent.rmdir()
 
 
 def _holder(fd: int) -> str:
