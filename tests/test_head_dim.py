@@ -53,6 +53,7 @@ def test_a_feature_of_every_head_is_removed_from_query_and_key_together_and_from
 
 
 def test_a_features_score_aggregates_its_slices_in_every_head():
+    torch.manual_seed(0)
     model, x = Scaled(heads=4, head_dim=3), torch.randn(2, 3, 4, 4)
     graph = trace(model, x)
     scores = Magnitude(p=2, normalize="none").scores(model, graph)
@@ -62,7 +63,7 @@ def test_a_features_score_aggregates_its_slices_in_every_head():
     torch.testing.assert_close(scores["qkv/head_dim"][1], expected)
     columns = [h * 3 + 1 for h in range(4)]
     assert proj[:, columns].abs().sum() > 0  # the out projection's columns are in the group, not scored
-    arch = pat_ray.prune(model, x, budget=0.6, criterion="magnitude", attention="head_dim")
+    arch = pat_ray.prune(model, x, budget=0.4, criterion="magnitude", attention="head_dim")
     assert arch.attention == "head_dim" and arch.count("qkv/head_dim") < 3 and arch.count("embed") < 12
     assert model.head_dim == arch.count("qkv/head_dim") and model.qkv.out_features == 3 * 4 * model.head_dim
 
@@ -172,3 +173,30 @@ def test_a_head_width_computed_from_windows_whose_channels_are_not_followed_stay
     graph = trace(model, x)
     assert [g.pinned for g in graph.groups if g.name.endswith("/head_dim")] == [True]
     assert graph_cost(graph) == measure_cost(model, x)
+
+
+def test_maxvits_attention_prunes_head_dim_through_its_chunked_qkv_and_the_width_it_merges_to():
+    """torchvision's MaxViT cuts q, k and v with ``chunk`` before the heads reshape and merges the
+    heads back to the input's width read at run time (``reshape(B, G, P, D)``): the input's
+    channel ``h * head_dim + d`` is then feature ``d`` of head ``h``, so the block's width prunes
+    with the features. Exact against zeroing (the scale is fixed at construction)."""
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = nn.Linear(4, 32), nn.Linear(32, 3)
+            self.attn = RelativePositionalMultiHeadAttention(32, 8, 16)
+
+        def forward(self, x):
+            x = self.inp(x)
+            return self.out(x + self.attn(x))
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(2, 2, 16, 4)
+    nn.init.normal_(model.attn.relative_position_bias_table)
+    arch = assert_removing_is_exact(model, x, {2, 5}, "head_dim")
+    assert [n for n in arch.names if arch.count(n) < arch.sizes[n]] == ["attn.to_qkv/0/head_dim"]
+    assert model.attn.head_dim == 6
+    assert model.inp.out_features == 4 * 6 and model.attn.to_qkv.out_features == 3 * 4 * 6
+    model(torch.randn(3, 2, 16, 4)).sum().backward()

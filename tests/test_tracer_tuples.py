@@ -89,7 +89,23 @@ class UnbindSpatial(nn.Module):
         return self.head(torch.stack(rows, 2).mean((2, 3)))
 
 
-PRUNABLE = [SplitSizes, ChunkMethod, CatOfTwoConvsSplitBack, SpatialSplitThenCat, UnbindSpatial]
+class GatedChunks(nn.Module):
+    """A gated unit (GLU, SwiGLU): one conv's output cut in two by ``chunk``, one half gating
+    the other; then three equal chunks of unequal use. Equal pieces cut by count stay equal
+    when each loses the same channels, so the convs producing them prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.three = conv_bn(3, 16), conv_bn(8, 12)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        value, gate = self.stem(x).chunk(2, dim=1)
+        a, b, c = torch.tensor_split(self.three(value * torch.sigmoid(gate)), 3, dim=1)
+        return self.head(torch.cat([a + b, c], 1).mean((2, 3)))
+
+
+PRUNABLE = [SplitSizes, ChunkMethod, CatOfTwoConvsSplitBack, SpatialSplitThenCat, UnbindSpatial, GatedChunks]
 
 
 @pytest.mark.parametrize("build", PRUNABLE, ids=lambda b: b.__name__)
@@ -110,6 +126,29 @@ def test_prune_shrinks_the_model_as_its_architecture_says_and_trains_on(build):
     sizes = {g.name: g.size for g in trace_channel_groups(model, x).groups}
     assert all(sizes[name] == len(kept) for name, kept in arch.kept.items())
     torch.nn.functional.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
+
+
+def test_equal_chunks_tie_channel_i_of_every_piece_and_unequal_ones_pin():
+    graph = trace_channel_groups(GatedChunks(), torch.randn(1, 3, 8, 8))
+    stem = graph.group("stem.0/0")
+    assert not stem.pinned and stem.size == 8
+    assert sorted((m.module, m.role, m.offset) for m in stem.members if m.module == "stem.0") == [
+        ("stem.0", "out", 0),
+        ("stem.0", "out", 8),
+    ]
+    assert not graph.group("three.0/0").pinned and graph.group("three.0/0").size == 4
+    uneven = nn.Sequential(nn.Conv2d(3, 10, 1))  # chunk(3) of 10 channels: pieces of 4, 4 and 2
+    graph = trace_channel_groups(_Chunked(uneven), torch.randn(1, 3, 4, 4))
+    assert graph.group("inner.0").pinned
+
+
+class _Chunked(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.cat([p.mean((2, 3)) for p in self.inner(x).chunk(3, dim=1)], 1)
 
 
 def test_a_split_across_channels_pins_its_input_and_keeps_the_pieces_consumers_prunable():

@@ -244,6 +244,26 @@ class GroupBuilder:
             self.union(self.heads[g].group, group, where)
         return Layout((group,))
 
+    def tie_equal_pieces(self, layout: Layout, count: int, where: str) -> Pieces | None:
+        """``count`` equal pieces of one group's channels, cut by their number (``chunk``): the
+        pieces stay equal only if each loses the same channels, so channel ``i`` of every piece
+        is one channel of a group of their own. None where the group cannot be cut so."""
+        leaves = self.leaves(layout).groups
+        if len(leaves) != 1 or layout.repeat != 1 or count < 2:
+            return None
+        root = leaves[0]
+        if self.sizes[root] % count or root in self.pinned or root in self.heads or self.subgroups.get(root, 1) > 1:
+            return None
+        parts, rest, width = [], root, self.sizes[root] // count
+        for _ in range(count - 1):
+            self._split(rest, width, where)
+            head, rest = self.children[rest]
+            parts.append(head)
+        parts.append(rest)
+        for part in parts[1:]:
+            self.union(parts[0], part, where)
+        return tuple(Layout((part,), axis=layout.axis) for part in parts)
+
     def head_unit(self, root: int) -> int:
         """Channels of ``root`` per channel of the group its cost counts in (a head's, or 1)."""
         heads = self.heads.get(root)

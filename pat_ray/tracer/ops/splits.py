@@ -5,8 +5,10 @@ Each piece of the result gets its own layout, so every later use of a piece (``g
 case: the piece sizes are either constants in the model's code (``split``) or derived from
 the channel count (``chunk``), so removing any channel of the input would change which
 channels land in which piece. Such an input is pinned (kept whole); its pieces are
-followed exactly, so the layers they feed can still be pruned. Splitting any other axis
-leaves the channels alone.
+followed exactly, so the layers they feed can still be pruned. Equal pieces cut by their
+count (``qkv.chunk(3, dim=-1)``, a gated MLP's ``x.chunk(2)``) stay equal when each loses
+the same channels: channel ``i`` of every piece is then one channel, and the input prunes.
+Splitting any other axis leaves the channels alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.tracer.nodes import arg
+from pat_ray.tracer.nodes import arg, target_name
 from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
 
 # Ops that return a tuple of tensors; the tracer follows each piece.
@@ -44,7 +46,13 @@ def split_layout(
     if axis != layout.axis:
         moved = Layout(layout.groups, layout.repeat, layout.axis - (unbinds and axis < layout.axis))
         return tuple(moved if s is not None else None for s in piece_shapes)
-    builder.pin(layout)  # piece boundaries are fixed by the code or by the channel count
+    sections = arg(node, 1, "chunks" if target_name(node) == "chunk" else "indices_or_sections")
+    by_count = target_name(node) in ("chunk", "tensor_split") and isinstance(sections, int) and not unbinds
+    equal = all(s is not None and s[axis] * len(piece_shapes) == in_shape[axis] for s in piece_shapes)
+    tied = builder.tie_equal_pieces(layout, len(piece_shapes), where) if by_count and equal else None
+    if tied is not None:
+        return tied
+    builder.pin(layout)  # piece boundaries are fixed by the code, or by the count of unequal pieces
     widths = [1 if unbinds else (s[axis] if s is not None else 0) for s in piece_shapes]
     aligned = _aligned_pieces(builder, layout, widths)
     if aligned is not None and not unbinds:
