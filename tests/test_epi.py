@@ -154,3 +154,8 @@ def test_snapshots_carry_layer_counts_for_the_per_layer_metric():
     assert Architecture.from_dict(snapshot.to_dict()) == snapshot
     full = pruner.architecture
     assert structural_layers(snapshot, full) != pytest.approx(structural(snapshot, full))
+    from test_attention_heads import Scaled
+
+    attention = Pruner(Scaled(), torch.zeros(1, 3, 4, 4), Magnitude(), NativeSurgery(), Budget(0.5), 1, 1, [],
+                       LocalCollective(), attention="head_dim")  # fmt: skip
+    assert attention.architecture.layers == {"embed": 2, "qkv/head_dim": 1}  # q, k and v of every head: one layer

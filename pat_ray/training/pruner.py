@@ -56,7 +56,7 @@ class Pruner:
         self.cost = self.dense_cost
         self.architecture = Architecture.full(
             {g.name: g.size for g in self.graph.prunable},
-            {g.name: sum(1 for _ in g.producers()) for g in self.graph.prunable},
+            {g.name: len({m.module for m in g.producers()}) for g in self.graph.prunable},  # layers, not slices
             attention,
         )
         self.reference = self._measure(self.graph, budget.measure)
