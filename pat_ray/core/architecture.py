@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pat_ray.tracer.graph import ATTENTION_CUTS, AttentionCut
+from pat_ray.tracer.graph import AttentionCut, check_attention
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,7 @@ class Architecture:
     def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
         sizes = {str(n): int(s) for n, s in data["sizes"].items()}
         kept = {str(n): tuple(int(i) for i in data["kept"][n]) for n in sizes}
-        layers, attention = data.get("layers"), data.get("attention", "heads")
-        if attention not in ATTENTION_CUTS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CUTS)}; got {attention!r}")
+        layers, attention = data.get("layers"), check_attention(data.get("attention", "heads"))
         return cls(kept, sizes, {str(n): int(c) for n, c in layers.items()} if layers is not None else None, attention)
 
     @classmethod

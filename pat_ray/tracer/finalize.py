@@ -9,14 +9,26 @@ every piece (q, k and v of a fused projection), and the costs it takes part in c
 
 from __future__ import annotations
 
-from pat_ray.tracer.graph import ChannelGroup, ComputeTerm, Member, ModelGraph, SizeAttribute, UnsupportedModelError
+from pat_ray.tracer.graph import (
+    AttentionCut,
+    ChannelGroup,
+    ComputeTerm,
+    Member,
+    ModelGraph,
+    SizeAttribute,
+    UnsupportedModelError,
+)
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict, Layout, Slot, Term
 
 
 def finalize(
-    builder: GroupBuilder, input_shape: tuple[int, ...], output_shapes: tuple[tuple[int, ...], ...]
+    builder: GroupBuilder,
+    input_shape: tuple[int, ...],
+    output_shapes: tuple[tuple[int, ...], ...],
+    attention: AttentionCut = "heads",
 ) -> ModelGraph:
-    """The graph the builder's state describes, once every node is seen."""
+    """The graph the builder's state describes, once every node is seen; ``attention``: the cut
+    the trace was asked for (kept when heads fell back to whole)."""
     names = _group_names(builder)
     members: dict[int, list[Member]] = {}
     for slot in [*builder.slots, *builder.params.values()]:
@@ -41,7 +53,7 @@ def finalize(
     attributes = tuple(
         SizeAttribute(a.module, a.attribute, names[builder.find(a.group)], a.per_channel) for a in builder.attributes
     )
-    return ModelGraph(tuple(groups), terms, input_shape, output_shapes, attributes)
+    return ModelGraph(tuple(groups), terms, input_shape, output_shapes, attributes, attention)
 
 
 def _slot_members(builder: GroupBuilder, slot: Slot) -> list[tuple[int, Member]]:

@@ -19,6 +19,14 @@ PRODUCER_ROLES: tuple[Role, ...] = ("out", "depthwise", "grouped")  # members wh
 AttentionCut = Literal["heads", "head_dim"]  # what a cut into attention heads makes prunable
 ATTENTION_CUTS: tuple[AttentionCut, ...] = get_args(AttentionCut)
 
+
+def check_attention(value: object) -> AttentionCut:
+    """``value`` if it names an attention cut (a caller's argument, a file's field), else ValueError."""
+    if value not in ATTENTION_CUTS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CUTS)}; got {value!r}")
+    return value
+
+
 Example = torch.Tensor | tuple[torch.Tensor, ...]  # a model's example input: one tensor, or one per argument
 
 

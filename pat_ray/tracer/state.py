@@ -130,6 +130,12 @@ class GroupBuilder:
     split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
     head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
 
+    @property
+    def cuts_whole_heads(self) -> bool:
+        """Whether attention layers that follow heads themselves (MultiheadAttention, Swin) may
+        cut whole heads here: not after a HeadsConflict, not when head_dim is pruned instead."""
+        return self.split_heads and not self.head_dim
+
     def new_group(self, size: int, label: str, pinned: bool = False, axis: int = 1) -> Layout:
         """A new group of ``size`` channels (a layer's outputs); ``pinned``: none may be removed."""
         gid = len(self.parent)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,12 +27,12 @@ from torch import nn
 from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import (
-    ATTENTION_CUTS,
     INPUT_GROUP_PREFIX,
     AttentionCut,
     Example,
     ModelGraph,
     UnsupportedModelError,
+    check_attention,
     first_sample,
 )
 from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
@@ -75,13 +74,12 @@ def trace_channel_groups(
     unknown = set(exclude) - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
-    if attention not in ATTENTION_CUTS:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CUTS)}; got {attention!r}")
+    check_attention(attention)
     graph, output_shapes = trace_with_shapes(model, example_input)
     input_shape = tuple(first_sample(example_input)[0].shape)
     builder = GroupBuilder(model, frozenset(exclude), head_dim=attention == "head_dim")
     try:
-        return replace(finalize(_walk(graph, builder), input_shape, output_shapes), attention=attention)
+        return finalize(_walk(graph, builder), input_shape, output_shapes, attention)
     except UnsupportedModelError as err:
         if not builder.heads:
             raise
@@ -90,7 +88,7 @@ def trace_channel_groups(
     # Heads that some op cannot follow: traced again with every head kept whole, as a
     # reshape that cuts channels was traced before heads were (so heads never refuse a model).
     builder = _walk(graph, GroupBuilder(model, frozenset(exclude), split_heads=False))
-    return replace(finalize(builder, input_shape, output_shapes), attention=attention)
+    return finalize(builder, input_shape, output_shapes, attention)
 
 
 def _walk(graph: fx.Graph, builder: GroupBuilder) -> GroupBuilder:

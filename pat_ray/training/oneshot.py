@@ -45,8 +45,8 @@ def prune(
     it. Returns the architecture applied, with indices relative to the model as
     it was before this call. ``example_input`` is one tensor, or a tuple with one tensor per
     argument of ``forward``. ``attention``: prune whole ``heads`` or each head's width
-    (``head_dim``), as docs/attention.md describes. The pruned model is run once on ``example_input``: should it
-    fail (a tracer or backend bug), PrunedModelError names the layer.
+    (``head_dim``), as docs/attention.md describes. The pruned model is run once on
+    ``example_input``: should it fail (a tracer or backend bug), PrunedModelError names the layer.
     """
     registry = get_registry()
     if isinstance(criterion, str):

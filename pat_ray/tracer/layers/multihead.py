@@ -96,7 +96,7 @@ class MultiheadAttention(LayerFamily):
 def _followable(builder: GroupBuilder, node: fx.Node, module: nn.MultiheadAttention) -> bool:
     """Self-attention with packed weights, nothing appended to k and v, weights unused."""
     query, key, value = (arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-    if not builder.split_heads or builder.head_dim or str(node.target) in builder.excluded:
+    if not builder.cuts_whole_heads or str(node.target) in builder.excluded:
         return False
     if not query is key is value:
         return False

@@ -37,7 +37,7 @@ class SwinAttention(LayerFamily):
         assert isinstance(module, ShiftedWindowAttention)
         x = arg(node, 0, "x")
         layout, shape = layouts.get(x), shape_of(x)
-        if not builder.split_heads or builder.head_dim or name in builder.excluded:
+        if not builder.cuts_whole_heads or name in builder.excluded:
             return None
         if not isinstance(layout, Layout) or shape is None:
             return None
