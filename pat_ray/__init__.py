@@ -24,10 +24,10 @@ from pat_ray.tracer.layers.declared import LayerRule
 if TYPE_CHECKING:
     from pat_ray.api import oracle, run
     from pat_ray.config import Config, load_config
-    from pat_ray.config_yaml import ConfigError
+    from pat_ray.config.files import ConfigError
     from pat_ray.core.cost.flops import measure_cost
     from pat_ray.core.cost.probe import measure_latency
-    from pat_ray.core.selection import BudgetError
+    from pat_ray.core.selection import BUDGET_TOLERANCE, BudgetError
     from pat_ray.core.verify import PrunedModelError
     from pat_ray.export import ExportError, export_model
     from pat_ray.plugins.registry import PluginError, PluginFailure
@@ -52,12 +52,13 @@ _LAZY = {  # public name -> (module, name there)
     "EpochRecord": ("pat_ray.training.records", "EpochRecord"),
     "prune": ("pat_ray.training.oneshot", "prune"),
     "measure_cost": ("pat_ray.core.cost.flops", "measure_cost"),
+    "BUDGET_TOLERANCE": ("pat_ray.core.selection", "BUDGET_TOLERANCE"),
     "measure_latency": ("pat_ray.core.cost.probe", "measure_latency"),
     "save_checkpoint": ("pat_ray.training.checkpoint", "save_checkpoint"),
     "load_checkpoint": ("pat_ray.training.checkpoint", "load_checkpoint"),
     "export_model": ("pat_ray.export", "export_model"),
     # what the calls above raise
-    "ConfigError": ("pat_ray.config_yaml", "ConfigError"),
+    "ConfigError": ("pat_ray.config.files", "ConfigError"),
     "BudgetError": ("pat_ray.core.selection", "BudgetError"),
     "UnsupportedModelError": ("pat_ray.tracer.graph", "UnsupportedModelError"),
     "PrunedModelError": ("pat_ray.core.verify", "PrunedModelError"),
@@ -85,6 +86,7 @@ __all__ = [
     "EpochRecord",
     "prune",
     "measure_cost",
+    "BUDGET_TOLERANCE",
     "measure_latency",
     "save_checkpoint",
     "load_checkpoint",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from pat_ray.config import Config, load_config
@@ -30,7 +29,6 @@ def run(
     quiet: bool = False,
     reporter: Reporter | None = None,
     resume: bool | str = False,
-    overrides: Sequence[str] = (),
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
@@ -46,8 +44,8 @@ def run(
     ``name`` from its last checkpoint (or the one before it, when the last is damaged), after
     checking that the config would not change what the run computes; ``resume="<version>"``
     (or a run folder's path or URI) continues that run. While it runs, the folder is locked: a
-    second resume of it fails at once (``RunInUseError``). ``overrides``: the ``key=value``
-    pairs that made ``config`` from a file, recorded in MLflow as a tag.
+    second resume of it fails at once (``RunInUseError``). To change the config, make a new
+    one: ``config.override("training.epochs=5")`` (recorded in MLflow as a tag).
     """
     config = config or Config()
     check_runnable(config, local=local)
@@ -60,7 +58,7 @@ def run(
             resume_from = None
         lock.announce()
         point_latest(folder)
-        tracked = open_run(config, folder, bool(resume), overrides) if config.tracking.mlflow else None
+        tracked = open_run(config, folder, bool(resume), config.overrides) if config.tracking.mlflow else None
         try:
             if local:
                 shown = reporter or (SilentReporter() if quiet else PrintReporter())
@@ -71,12 +69,13 @@ def run(
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
             _record_end(folder, {"status": "interrupted"} if interrupted else {"status": "failed", "error": str(err)})
+            err.run_folder = folder  # type: ignore[attr-defined]  # for a caller's "to continue, run ..." line
             if tracked:
                 abandon_run(tracked, interrupted=interrupted)
             raise
         if tracked:
             result.mlflow_run_id = close_run(tracked, config, result)
-        _record_end(folder, {"status": "finished", **result.summary()})
+        _record_end(folder, {"status": result.status(), **result.summary()})
     return result
 
 
@@ -84,7 +83,7 @@ def run_to_resume(config: Config, which: bool | str) -> Location:
     """The run folder ``resume`` names: the newest run of ``config.name`` (``True``), one of its
     versions (``"20261202-101500"``, ``"latest"``), or a run folder's own path or URI."""
     if isinstance(which, str) and which != LATEST and not VERSION.match(which):
-        return Location.of(which)
+        return Location.given(which)
     if which is True and (config.runs_folder() / LAST).exists():
         return config.runs_folder()  # a run written before runs had versions
     return find_version(config.runs_folder(), None if isinstance(which, bool) else which)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pat_ray.core.architecture import Architecture
-from pat_ray.training.checkpoint import Checkpoint, build_pruned_model, load_checkpoint
+from pat_ray.storage import Location, has_scheme
+from pat_ray.training.checkpoint import Checkpoint, load_checkpoint, sidecar
 
 FORMATS = ("state_dict", "torchscript", "pt2", "onnx")
 SUFFIXES = {"state_dict": ".state_dict.pt", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
@@ -39,15 +39,16 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     """Write the pruned model of ``checkpoint`` as ``fmt`` (one of ``FORMATS``) to ``out``
     (default: beside the checkpoint, ``last.<fmt suffix>``); returns the path written.
 
-    ``state_dict`` also writes ``<out>.json``: the base model's name and parameters, the input
-    shape and the architecture, which is what rebuilding the module in code needs."""
+    ``state_dict`` also writes ``<out>.json`` (``model.pt`` -> ``model.pt.json``): the base
+    model's name and parameters, the input shape and the architecture, which rebuilding the
+    pruned module needs: ``pat_ray.load_checkpoint(out)`` reads both."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require_onnx()
     model, ckpt = load_checkpoint(checkpoint)
     model.eval()
-    target = Path(out) if out is not None else Path(str(checkpoint)).with_suffix(SUFFIXES[fmt])
+    target = Path(out) if out is not None else _beside(checkpoint, fmt)
     if target.is_dir():
         raise ExportError(f"{target} is a folder; --out takes a file name")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,9 +60,16 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
             write(model, example, staged, ckpt)
         _check_outputs(model, load(staged, ckpt), _batch(ckpt, CHECK_BATCH), fmt)
         if fmt == "state_dict":
-            os.replace(staged.with_suffix(".json"), target.with_suffix(".json"))
+            os.replace(sidecar(staged), sidecar(target))
         os.replace(staged, target)
     return target
+
+
+def _beside(checkpoint: str | os.PathLike, fmt: str) -> Path:
+    """The default file: beside a local checkpoint; for one in a store, in the current folder."""
+    if has_scheme(checkpoint):
+        return Path(Location.of(checkpoint).name).with_suffix(SUFFIXES[fmt]).absolute()
+    return Path(checkpoint).with_suffix(SUFFIXES[fmt])
 
 
 def _batch(ckpt: Checkpoint, size: int) -> torch.Tensor:
@@ -101,16 +109,12 @@ def _write_state_dict(model: nn.Module, example: torch.Tensor, path: Path, ckpt:
         "input_shape": list(ckpt.input_shape),
         "architecture": ckpt.architecture.to_dict(),
     }
-    path.with_suffix(".json").write_text(json.dumps(description, indent=1))
+    sidecar(path).write_text(json.dumps(description, indent=1))
 
 
 def _load_state_dict(path: Path, ckpt: Checkpoint):
-    """The weights into a module rebuilt from the JSON beside them: what a user's code does."""
-    described = json.loads(path.with_suffix(".json").read_text())
-    architecture = Architecture.from_dict(described["architecture"])
-    model = build_pruned_model(described["model_name"], described["model_params"], architecture, ckpt.input_shape)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    """The weights into a module rebuilt from the JSON beside them, as ``load_checkpoint`` does."""
+    return load_checkpoint(path)[0].eval()
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:

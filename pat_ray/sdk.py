@@ -6,8 +6,8 @@ it comes from (``pat_ray.core``, ``pat_ray.plugins``) may be reorganized. The ho
 are documented in ``pat_ray.plugins.hookspecs``.
 """
 
-from pat_ray.config_start import BaseStartPolicy as StartPolicy
-from pat_ray.config_start import Watched
+from pat_ray.config.start import Watched
+from pat_ray.config.start import WatchingStartPolicy as StartPolicy
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.contracts import SimilarityMetric, SurgeryBackend
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, member_rows, member_tensor, normalize_per_group

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -75,6 +75,15 @@ class Location:
             return cls(urlunsplit(parts._replace(path=parts.path.rstrip("/") or "/")))
         return cls(str(Path(text).expanduser().absolute()))
 
+    @classmethod
+    def given(cls, value: str | os.PathLike | Location) -> Location:
+        """What a user names as an existing run, sweep or checkpoint: a path or any URI, a
+        ``file://`` URI read as the local path it is (links such as ``latest`` included)."""
+        text = str(value)
+        if isinstance(value, str) and text.lower().startswith("file://"):
+            return cls.of(Path(unquote(urlsplit(text).path)))
+        return cls.of(value)
+
     @property
     def is_local(self) -> bool:
         return not has_scheme(self.uri)
@@ -93,6 +102,13 @@ class Location:
     @property
     def uri_path(self) -> str:
         return self.uri if self.is_local else urlsplit(self.uri).path
+
+    @property
+    def parent(self) -> Location:
+        if self.is_local:
+            return Location(str(Path(self.uri).parent))
+        parts = urlsplit(self.uri)
+        return Location(urlunsplit(parts._replace(path=parts.path.rstrip("/").rsplit("/", 1)[0] or "/")))
 
     def __truediv__(self, name: str) -> Location:
         if self.is_local:

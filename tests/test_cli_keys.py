@@ -63,7 +63,7 @@ def test_the_run_folder_records_the_merged_config_and_mlflow_the_overrides(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [
-        "training.epochs=2",
+        "training.epochs=3",
         "start={kind: fixed, epoch: 1}",
         f"tracking.tracking_uri={uri}",
         f"output_dir={tmp_path}",
@@ -71,7 +71,7 @@ def test_the_run_folder_records_the_merged_config_and_mlflow_the_overrides(tmp_p
     result = CliRunner().invoke(main, ["run", ROOT_PIPELINE, *args, "--local"])
     assert result.exit_code == 0, result.output
     recorded = yaml.safe_load((tmp_path / "digits" / "latest" / "config.yaml").read_text())
-    assert recorded["training"]["epochs"] == 2 and recorded["start"] == {
+    assert recorded["training"]["epochs"] == 3 and recorded["start"] == {
         "kind": "fixed",
         "snapshot_every": 1.0,
         "epoch": 1,
@@ -111,3 +111,74 @@ def test_every_command_has_a_description_and_an_example(command):
     body = result.output.split("\n\n", 2)[1:]
     assert len(" ".join(body).split()) > 20  # a paragraph, not a line
     assert "pat-ray " + command in result.output  # an example of its own
+
+
+def test_python_changes_a_config_exactly_as_the_command_line_does():
+    import pat_ray
+
+    pairs = ["training.epochs=8", "start.kind=fixed", "start.epoch=2", "pruning.budget.fraction=0.3"]
+    from_file = pat_ray.load_config(ROOT_PIPELINE, overrides=pairs)
+    from_cli = validated(ROOT_PIPELINE, *pairs)
+    assert from_file.model_dump(mode="json") == from_cli and from_file.overrides == tuple(pairs)
+    step_by_step = pat_ray.load_config(ROOT_PIPELINE).override(*pairs[:1]).override(*pairs[1:])
+    assert step_by_step.model_dump(mode="json") == from_cli and step_by_step.overrides == tuple(pairs)
+    assert pat_ray.Config().override(*pairs).model_dump() == from_file.model_dump()  # the file is the default
+    with pytest.raises(pat_ray.ConfigError, match="training.epoch: no such key; did you mean training.epochs"):
+        from_file.override("training.epoch=3")
+    assert from_file.training.epochs == 8  # frozen: override made a new config and left this one alone
+
+
+def test_switching_the_start_policy_takes_its_defaults_and_keeps_the_cadence():
+    quarter = Config().override("start.snapshot_every=0.25", "start.tau=0.9")
+    switched = quarter.override("start.kind=early_bird")
+    assert switched.start.model_dump() == {
+        "kind": "early_bird",
+        "snapshot_every": 0.25,
+        "latest_start": "auto",
+        "window": 5,
+        "epsilon": 0.1,
+    }
+    assert quarter.override("start.kind=epi").start == quarter.start  # the same kind: nothing reset
+    back = switched.override("start.kind=epi")
+    assert back.start.tau == Config().start.tau and back.start.snapshot_every == 0.25
+
+
+def test_model_copy_validates_its_update_instead_of_keeping_a_plain_dict():
+    from pydantic import ValidationError
+
+    from pat_ray.config import TrainingConfig
+
+    copied = Config().model_copy(update={"training": {"epochs": 7}})
+    assert isinstance(copied.training, TrainingConfig) and copied.training.epochs == 7
+    with pytest.raises(ValidationError, match="epochs"):
+        Config().model_copy(update={"training": {"epochs": 0}})
+
+
+def test_run_has_no_overrides_argument_that_could_be_silently_ignored():
+    import inspect
+
+    import pat_ray
+
+    assert "overrides" not in inspect.signature(pat_ray.run).parameters
+
+
+def test_one_source_of_defaults_for_config_the_describer_the_schema_and_the_readme():
+    from pathlib import Path
+
+    from pat_ray.config.keys import config_schema, describe
+
+    default = Config().model_dump(mode="json")
+    shown = {info.key: info.default for info in describe("start") if not info.section}
+    for key in ("window", "patience", "tau", "latest_start", "snapshot_every"):
+        assert shown[f"start.{key}"] == default["start"][key], key
+    described = CliRunner().invoke(main, ["config", "start.tau"]).output
+    assert f"default {default['start']['tau']}" in described
+    epi_schema = config_schema()["$defs"]["EPIStart"]["properties"]
+    assert {key: epi_schema[key]["default"] for key in ("window", "patience", "tau")} == {
+        key: default["start"][key] for key in ("window", "patience", "tau")
+    }
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = default["start"]
+    assert (
+        f"| `start.kind: epi` | window {start['window']}, patience {start['patience']}, tau {start['tau']} |" in readme
+    )

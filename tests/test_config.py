@@ -49,9 +49,10 @@ def test_shipped_digits_pipeline_is_the_embedded_default():
             "start.epoch (40) must be < training.epochs (30)",
         ),
         (
-            {"training": {"epochs": 3}, "oracle": {"start_epochs": [0]}},
-            "start.window (3 snapshots) leaves none to trigger on in this schedule's 3 snapshots",
+            {"training": {"epochs": 3}, "start": {"kind": "epi", "latest_start": 3}},
+            "start.latest_start (3) must be < training.epochs (3)",
         ),
+        ({"start": {"kind": "epi", "latest_start": -1}}, "start.epi.latest_start: must be >= 0 or 'auto'"),
         (
             {"training": {"epochs": 2, "schedule": {"warmup_epochs": 3}}},
             "training: warmup_epochs (3.0) must be < epochs (2)",

@@ -60,7 +60,7 @@ def test_epi_prunes_at_the_first_epoch_satisfying_the_rule(tmp_path):
 
 
 def test_permissive_epi_triggers_as_soon_as_the_window_is_full(tmp_path):
-    start = EPIStart(window=3, patience=0, tau=0.0)
+    start = EPIStart(window=3, patience=0, tau=0.0, latest_start=4)
     result = pat_ray.run(tiny(tmp_path, start), local=True, quiet=True)
     assert result.trigger_epoch == 4  # snapshots 1..3 fill the window; epoch 4 may fire
     assert result.flops_kept < 0.52

@@ -3,6 +3,7 @@ checkpoint's outputs; a model a format cannot hold is refused with no file left 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -40,7 +41,7 @@ def finished(tmp_path_factory) -> Path:
     """A finished, pruned run (digits, pruned after epoch 1 to half its FLOPs)."""
     folder = tmp_path_factory.mktemp("export")
     config = configured(
-        output_dir=folder / "runs", training={"epochs": 2}, start=FixedStart(epoch=1), tracking={"mlflow": False}
+        output_dir=folder / "runs", training={"epochs": 3}, start=FixedStart(epoch=1), tracking={"mlflow": False}
     )
     result = pat_ray.run(config, local=True, quiet=True)
     assert result.flops_kept < 0.6
@@ -67,7 +68,12 @@ def test_each_format_loads_without_pat_ray_and_gives_the_checkpoints_outputs(fmt
     if fmt == "state_dict":
         assert loaded.keys() == model.state_dict().keys()
         assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
-        assert (out.with_suffix(".json")).is_file() and "architecture" in out.with_suffix(".json").read_text()
+        sidecar = out.with_name(out.name + ".json")  # FILE.json, as the README and --help say
+        assert sidecar.is_file() and "architecture" in sidecar.read_text()
+        assert f"architecture: {sidecar}" in result.output
+        rebuilt, _ = pat_ray.load_checkpoint(out)  # the pruned widths back: pat_ray reads FILE and FILE.json
+        with torch.no_grad():
+            assert torch.equal(rebuilt.eval()(batch), model.eval()(batch))
         return
     with torch.no_grad():
         expected = model.eval()(batch)
@@ -107,8 +113,16 @@ def test_a_model_a_format_cannot_hold_is_refused_and_no_file_is_left(plugins, tm
         out = tmp_path / "out" / f"noisy.{fmt}"
         with pytest.raises(ExportError, match=f"{fmt} cannot hold this model"):
             export_model(tmp_path / "noisy.pt", fmt, out)
-        assert not out.exists() and not out.with_suffix(".json").exists()
+        assert not out.exists() and not out.with_name(out.name + ".json").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no temp file either
+
+
+def test_a_run_folder_is_taken_as_a_path_or_a_file_uri(finished, tmp_path):
+    uri = f"file://{finished.parent / 'latest'}"
+    exported = CliRunner().invoke(main, ["export", uri, "--format", "state_dict", "--out", str(tmp_path / "m.pt")])
+    assert exported.exit_code == 0, exported.output
+    listed = CliRunner().invoke(main, ["runs", f"file://{finished.parents[1]}", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.output.splitlines()[0])["status"] == "finished", listed.output
 
 
 def test_bad_export_requests_are_one_line_errors(finished, tmp_path):

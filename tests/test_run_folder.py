@@ -111,12 +111,12 @@ def test_a_resume_of_a_run_that_does_not_exist_leaves_no_folder_behind(tmp_path)
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
-    config = write_config(tmp_path, training={"epochs": 2})
+    config = write_config(tmp_path, training={"epochs": 3})
     assert CliRunner().invoke(main, ["run", str(config), "--local"]).exit_code == 0
     folder = tmp_path / "runs" / "digits" / "latest"
     before = (folder / "last.pt").read_bytes()
     result = CliRunner().invoke(main, ["run", str(config), "--local", "--resume"])
-    assert result.exit_code == 2 and "already finished (epoch 2 of 2); nothing was changed" in result.output
+    assert result.exit_code == 0 and "already finished (epoch 3 of 3); nothing was changed" in result.output
     assert (folder / "last.pt").read_bytes() == before
 
 
@@ -125,7 +125,7 @@ def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
     from _helpers import configured
     from pat_ray.config import FixedStart
 
-    def config(name: str, epochs: int = 2):
+    def config(name: str, epochs: int = 3):
         return configured(
             name=name,
             output_dir=tmp_path / "runs",
@@ -174,3 +174,37 @@ def test_runs_lists_each_run_with_its_status_newest_first(plugins, tmp_path):
     assert re.search(r"^done/\S+\s+finished\s+epoch 1\s", table.output, re.M), table.output
     missing = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_an_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(plugins, tmp_path):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import pat_ray
+    from pat_ray.sdk import DataBundle
+
+    class Interrupted(TensorDataset):
+        def __getitem__(self, index):
+            if index == 5:
+                raise KeyboardInterrupt
+            return super().__getitem__(index)
+
+    class Data:
+        @pat_ray.hookimpl
+        def pat_ray_register_datasets(self, register):
+            def stops(seed: int = 0):
+                images, labels = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+                return DataBundle(Interrupted(images, labels), TensorDataset(images, labels), 10, (1, 8, 8))
+
+            register("stops", stops)
+
+    plugins(Data(), name="stops-data")
+    config = write_config(
+        tmp_path, data={"name": "stops", "batch_size": 64}, training={"epochs": 20}, pruning={"interval": 1}
+    )
+    result = CliRunner().invoke(main, ["run", str(config), "--local"])
+    assert result.exit_code == 130, result.output
+    assert "no epoch had finished, so there is nothing to resume" in result.output and "--resume" not in result.output
+    listed = CliRunner().invoke(main, ["runs", str(tmp_path / "runs"), "--json"])
+    (entry,) = [json.loads(line) for line in listed.output.splitlines()]
+    assert entry["status"] == "interrupted" and entry["epochs"] == 0

@@ -5,6 +5,8 @@ code is 128 + the signal, and the resumed run has every epoch once."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,15 +26,15 @@ def test_a_stop_signal_ends_a_local_run_cleanly_and_it_resumes(stop, tmp_path):
     run = start_cli("run", str(config), "--local")
     out = stop_after_epoch(run, 2, stop)
     assert run.returncode == 128 + stop, out
-    assert f"error: stopped by {stop.name}; a run continues from its last finished epoch" in out
+    hint = re.search(rf"error: stopped by {stop.name}; to continue it from its last finished epoch: (.+)$", out, re.M)
+    assert hint, out
     assert "Traceback" not in out
     folder = tmp_path / "runs" / "digits" / "latest"
     assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())][:2] == [1, 2]
+    pasted = shlex.split(hint.group(1))  # the hint, pasted as it is, from another folder
+    assert pasted[:2] == ["pat-ray", "run"]
     resumed = subprocess.run(
-        [sys.executable, "-m", "pat_ray.cli", "run", str(config), "--local", "--resume"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-m", "pat_ray.cli", *pasted[1:]], capture_output=True, text=True, timeout=300, cwd="/"
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == [1, 2, 3, 4]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import pat_ray
 from _helpers import configured
 from pat_ray.config import EPIStart, FixedStart, NeverStart
-from pat_ray.config_start import Cadence, paper_scaled, parse_cadence
+from pat_ray.config.start import Cadence, paper_scaled, parse_cadence
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import SilentReporter
 from pat_ray.training.engine import train
@@ -70,7 +70,7 @@ def test_quarter_epoch_snapshots_fill_the_epi_curve(tmp_path):
 
 
 def test_epi_starts_pruning_mid_epoch_and_the_schedule_goes_on_unchanged(tmp_path):
-    start = EPIStart(window=1, patience=0, tau=0.0, snapshot_every=0.25)
+    start = EPIStart(window=1, patience=0, tau=0.0, snapshot_every=0.25, latest_start=1)
     result = pat_ray.run(tiny(tmp_path / "epi", start), local=True, quiet=True)
     dense = pat_ray.run(tiny(tmp_path / "dense", NeverStart(snapshot_every=0.25)), local=True, quiet=True)
     assert result.trigger_epoch == 1 and result.trigger_position == pytest.approx(6 / ITERS * 2, abs=0.03)
@@ -92,7 +92,7 @@ class CrashAfter(SilentReporter):
 
 
 def test_a_run_cut_after_a_mid_epoch_start_resumes_to_the_uninterrupted_result(tmp_path):
-    start = EPIStart(window=2, patience=0, tau=0.0, snapshot_every=0.5)  # fires at the third snapshot: 1.5
+    start = EPIStart(window=2, patience=0, tau=0.0, snapshot_every=0.5, latest_start=2)  # fires at the third: 1.5
     whole = train(tiny(tmp_path / "whole", start, epochs=4), reporter=SilentReporter())
     assert whole.trigger_position == pytest.approx(1.5, abs=0.03)
     cut = tiny(tmp_path / "cut", start, epochs=4)

@@ -15,7 +15,7 @@ import pat_ray
 from _helpers import configured
 from pat_ray.cli import main
 from pat_ray.config import ConfigError, config_from_dict
-from pat_ray.config_keys import config_schema
+from pat_ray.config.keys import config_schema
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome, summarize, trial_configs
 from pat_ray.sweep.report import write_report
 
@@ -58,7 +58,12 @@ def installed_policy(tmp_path, monkeypatch, fresh_registry):
 def test_a_plugins_policy_is_chosen_by_kind_with_its_fields_checked(installed_policy, tmp_path):
     config = configured(output_dir=tmp_path, start={"kind": "halfway", "share": 0.25})
     assert type(config.start).__name__ == "Halfway" and config.start.share == 0.25
-    assert config.model_dump(mode="json")["start"] == {"kind": "halfway", "snapshot_every": 1.0, "share": 0.25}
+    assert config.model_dump(mode="json")["start"] == {
+        "kind": "halfway",
+        "snapshot_every": 1.0,
+        "latest_start": "auto",  # a plugin's policy has the latest start every watching policy has
+        "share": 0.25,
+    }
     with pytest.raises(ConfigError, match=r"start\.halfway\.share: Input should be less than 1"):
         config_from_dict({"start": {"kind": "halfway", "share": 2}})
     with pytest.raises(ConfigError, match="found using 'kind' does not match any of: epi, .*halfway"):
@@ -74,10 +79,17 @@ def test_a_plugins_policy_is_chosen_by_kind_with_its_fields_checked(installed_po
 
 def test_a_run_starts_pruning_when_the_plugins_policy_says(installed_policy, tmp_path):
     config = configured(
-        output_dir=tmp_path, start={"kind": "halfway"}, training={"epochs": 4}, tracking={"mlflow": False}
+        output_dir=tmp_path,
+        start={"kind": "halfway", "share": 0.25},
+        training={"epochs": 8},
+        tracking={"mlflow": False},
     )
     result = pat_ray.run(config, local=True, quiet=True)
-    assert result.trigger_epoch == 2 and abs(result.flops_kept - 0.5) < 0.015
+    assert result.trigger_epoch == 2 and result.started_by == "policy" and abs(result.flops_kept - 0.5) < 0.015
+    late = configured(config, start={"kind": "halfway", "share": 0.9})  # past its latest start, epoch 4
+    result = pat_ray.run(late, local=True, quiet=True)
+    assert result.trigger_epoch == 4 and result.started_by == "latest_start" and result.at_budget
+    assert result.start_text() == "halfway did not fire by epoch 4: pruning started there (start.latest_start)"
 
 
 def test_the_oracle_runs_reports_and_compares_the_plugins_policy(installed_policy, tmp_path):

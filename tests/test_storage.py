@@ -103,6 +103,20 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
     assert ckpt.extra["epoch"] == 5 and sum(p.numel() for p in model.parameters()) > 0
     assert not any(p.name.startswith("s3:") for p in tmp_path.rglob("*"))
     assert versions(Location.of(output) / "digits") == [folder.name]
+    listed = _cli("runs", output, "--json", cwd=tmp_path)  # the runs in a bucket, by their URI
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert entry["name"] == f"digits/{folder.name}" and entry["status"] == "finished" and entry["epochs"] == 5
+    exported = _cli("export", str(folder), "--format", "state_dict", cwd=tmp_path)
+    assert exported.returncode == 0 and (tmp_path / "last.state_dict.pt.json").is_file(), exported.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_store_that_cannot_be_reached_is_one_line_naming_the_field_and_the_uri(command, tmp_path):
+    uri = "s3://pat-ray-nowhere/runs?endpoint_override=http://127.0.0.1:9&scheme=http&region=us-east-1"
+    result = CliRunner().invoke(main, [command, f"output_dir={uri}", *(["--local"] if command == "run" else [])])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if "output_dir" in line]
+    assert f"output_dir: cannot reach {uri}: " in line and "Traceback" not in result.output
 
 
 def test_a_ray_run_writes_its_folder_and_rays_storage_to_s3(s3_server, local_ray, tmp_path):

@@ -3,6 +3,7 @@ params, per-epoch metrics and artifacts; a store that fails is a warning, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -17,7 +18,17 @@ from pat_ray.tracking.mlflow_log import TrackingWarning
 mlflow = pytest.importorskip("mlflow")
 
 
-def tracked(tmp_path, uri: str, epochs: int = 2) -> Config:
+@contextlib.contextmanager
+def mlflow_store(uri: str):
+    """MLflow's fluent calls (artifact downloads by model URI) against ``uri`` for the block."""
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def tracked(tmp_path, uri: str, epochs: int = 3) -> Config:
     return configured(
         output_dir=tmp_path / "runs",
         start=FixedStart(epoch=1),
@@ -55,11 +66,15 @@ def test_run_is_logged_with_metrics_and_artifacts(tmp_path):
     assert run.data.params["start.kind"] == "fixed"
     assert run.data.metrics["final_accuracy"] == pytest.approx(result.final_accuracy)
     history = client.get_metric_history(result.mlflow_run_id, "val_acc")
-    assert [m.step for m in history] == [1, 2]
+    assert [m.step for m in history] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
-    assert {"config.yaml", "architecture.json", "epi_curve.png", "checkpoint", "model"} <= artifacts
-    # the pruned model as an MLflow model: loads with mlflow.pytorch where pat_ray is not installed
-    model_dir = client.download_artifacts(result.mlflow_run_id, "model", str(tmp_path / "downloaded"))
+    assert {"config.yaml", "architecture.json", "epi_curve.png", "checkpoint"} <= artifacts
+    # the pruned model as an MLflow logged model of the run: loads with mlflow.pytorch where pat_ray is not installed
+    (logged,) = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{result.mlflow_run_id}'"
+    )
+    with mlflow_store(uri):
+        model_dir = mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}", dst_path=str(tmp_path / "dl"))
     pruned, ckpt = pat_ray.load_checkpoint(result.checkpoint)
     batch = torch.randn(3, *ckpt.input_shape[1:])
     torch.save(batch, tmp_path / "batch.pt")
@@ -150,13 +165,13 @@ def test_a_server_that_never_answers_costs_one_timeout_and_one_warning(tmp_path)
 
     threading.Thread(target=accept_and_hold, daemon=True).start()
     uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    config = configured(tracked(tmp_path, uri, epochs=2), tracking={"timeout_s": 1})
+    config = configured(tracked(tmp_path, uri, epochs=3), tracking={"timeout_s": 1})
     try:
         with pytest.warns(TrackingWarning, match="goes on untracked") as caught:
             result = pat_ray.run(config, local=True, quiet=True)
     finally:
         listener.close()
-    assert [h.epoch for h in result.history] == [1, 2] and result.mlflow_run_id is None
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.mlflow_run_id is None
     assert len([w for w in caught if w.category is TrackingWarning]) == 1
     assert len(held) == 1  # one connection, one timeout: never asked again
 
@@ -168,3 +183,42 @@ def test_tracking_off_writes_nothing(tmp_path):
     assert result.mlflow_run_id is None
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "runs" / config.name / "latest" / live.RUN_FILE).exists()
+
+
+def test_inside_the_callers_mlflow_run_it_nests_logs_a_registered_model_and_leaves_the_process_as_it_was(
+    tmp_path, capfd, monkeypatch
+):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    uri = f"sqlite:///{tmp_path / 'outer.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        config = configured(
+            output_dir=tmp_path / "runs",
+            start=FixedStart(epoch=1),
+            training={"epochs": 3},
+            tracking={"registered_model_name": "digits-small"},  # no tracking_uri: the caller's store
+        )
+        environment = dict(os.environ)
+        with mlflow.start_run() as outer:
+            capfd.readouterr()  # what the caller's own MLflow printed (a new store's tables)
+            result = pat_ray.run(config, local=True, quiet=True)
+            assert mlflow.active_run().info.run_id == outer.info.run_id  # the caller's run is still the active one
+        assert dict(os.environ) == environment and mlflow.get_tracking_uri() == uri
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.get_run(result.mlflow_run_id)
+        assert run.data.tags["mlflow.parentRunId"] == outer.info.run_id
+        assert run.info.experiment_id == outer.info.experiment_id
+        (logged,) = mlflow.search_logged_models(experiment_ids=[outer.info.experiment_id], output_format="list")
+        assert logged.name == "model" and logged.source_run_id == result.mlflow_run_id
+        (version,) = client.search_model_versions("name='digits-small'")
+        assert version.run_id == result.mlflow_run_id
+        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    finally:
+        mlflow.set_tracking_uri(None)
+    console = capfd.readouterr()
+    for line in ("Successfully registered model", "Created version", "INFO mlflow", "Creating initial MLflow"):
+        assert line not in console.out + console.err, line

@@ -78,7 +78,7 @@ def test_policy_and_role_names_are_one_list_each():
     from typing import get_args
 
     from pat_ray.config import ORACLE_POLICIES, OraclePolicy, StartKind
-    from pat_ray.config_start import BuiltinStartPolicy
+    from pat_ray.config.start import BuiltinStartPolicy
     from pat_ray.tracer.graph import PRODUCER_ROLES, Role
 
     kinds = {get_args(cls.model_fields["kind"].annotation)[0] for cls in get_args(BuiltinStartPolicy)}

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import click
 
-from pat_ray.config import Config, ConfigError, config_from_dict, load_config
-from pat_ray.config_keys import apply_overrides, is_override
-from pat_ray.config_yaml import read_yaml
+from pat_ray.config import Config, ConfigError, load_config
+from pat_ray.config.keys import is_override
 from pat_ray.core.selection import BudgetError
 from pat_ray.plugins.registry import PluginError, PluginFailure
 from pat_ray.tracer.graph import UnsupportedModelError
@@ -39,7 +38,7 @@ INPUT_ERRORS = (  # exit 2: what the user gave is wrong
 )
 
 
-RESUME_HINT = "pat-ray run CONFIG --resume"
+GENERIC_HINT = "nothing was written that could be continued"  # commands that can resume say how instead
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -73,7 +72,7 @@ class _Cli(click.Group):
                 raise
             signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
             what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            click.echo(f"error: {what}; a run continues from its last finished epoch with `{RESUME_HINT}`", err=True)
+            click.echo(f"error: {what}; {getattr(err, 'hint', None) or GENERIC_HINT}", err=True)
             _exit(128 + signum)
 
 
@@ -136,7 +135,7 @@ def _report(err: Exception) -> None:
     if type(err).__module__.startswith("ray"):  # Ray wraps worker errors; show the cause, not a driver traceback
         fail(f"the Ray run failed: {err}", 1)
     if isinstance(err, OSError):
-        fail(f"{err.strerror or err} ({err.filename or 'no file named'})", 1)
+        fail(f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else ""), 1)
     fail(f"internal error {type(err).__name__}: {err} (pat-ray --debug ... shows the traceback; please report it)", 1)
 
 
@@ -149,11 +148,7 @@ def load(path: str | None, overrides: tuple[str, ...] = (), output_dir: str | No
         path = None
     if output_dir is not None:
         overrides = (*overrides, f"output_dir={output_dir}")
-    if not overrides:
-        return load_config(path) if path is not None else Config()
-    data = read_yaml(path) if path is not None else None
-    source = f"{path or 'the default pipeline'} with {' '.join(overrides)}"
-    return config_from_dict(apply_overrides(data, list(overrides)), source)
+    return load_config(path, overrides)
 
 
 @click.group(cls=_Cli)
@@ -165,10 +160,10 @@ def main(debug: bool) -> None:
     stops changing, and finish the same run on the smaller model.
 
     \b
-    pat-ray run                                  the embedded digits pipeline, on Ray
-    pat-ray run pipelines/digits.yaml training.epochs=3 --local
-    pat-ray oracle pipelines/digits.yaml         EPI against a grid of fixed start epochs
-    pat-ray config training                      every key of a section: type, default, meaning
+    pat-ray run                                  # the embedded digits pipeline, on Ray
+    pat-ray run pipelines/digits.yaml training.epochs=8 start.snapshot_every=0.25 --local
+    pat-ray oracle pipelines/digits.yaml training.epochs=6 oracle.start_epochs=[0,2] oracle.policies=[epi] --name quick
+    pat-ray config training                      # every key of a section: type, default, meaning
     """
 
 

@@ -21,11 +21,11 @@ def config_keys(key: str | None, schema: bool) -> None:
     use to check and complete pipeline YAML files.
 
     \b
-    pat-ray config                  every key
-    pat-ray config pruning.budget   one section
+    pat-ray config                  # every key
+    pat-ray config pruning.budget   # one section
     pat-ray config --schema > pat_ray.schema.json
     """
-    from pat_ray.config_keys import config_schema, describe
+    from pat_ray.config.keys import config_schema, describe
 
     if schema:
         click.echo(json.dumps(config_schema(), indent=1))
@@ -40,9 +40,9 @@ def config_keys(key: str | None, schema: bool) -> None:
 
 
 @main.command(short_help="List the runs in a folder, newest first: status and headline numbers.")
-@click.argument("folder", type=click.Path(path_type=Path), default="runs")
+@click.argument("folder", default="runs")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, for scripts.")
-def runs(folder: Path, as_json: bool) -> None:
+def runs(folder: str, as_json: bool) -> None:
     """List the runs in FOLDER (default: runs), newest first: name, status (running, finished,
     interrupted, failed), the epoch pruning started, final accuracy, FLOPs kept, training FLOPs
     against dense training, wall time and the MLflow run id. An interrupted run continues with
@@ -50,7 +50,7 @@ def runs(folder: Path, as_json: bool) -> None:
 
     \b
     pat-ray runs
-    pat-ray runs /data/runs --json | jq .final_accuracy
+    pat-ray runs runs --json | python -c "import json, sys; print([json.loads(r)['status'] for r in sys.stdin])"
     """
     from pat_ray.training.run_index import list_runs
 
@@ -85,20 +85,32 @@ def _row(entry) -> tuple[str, ...]:
 
 
 @main.command(short_help="Redraw and print an oracle sweep's report.")
-@click.argument("run", type=click.Path(path_type=Path))
-def report(run: Path) -> None:
-    """Redraw and print the report of the oracle sweep in folder RUN (or its oracle.json):
-    report.md and the three plots are written again from oracle.json.
+@click.argument("run")
+def report(run: str) -> None:
+    """Redraw and print the report of the oracle sweep in folder RUN (or its oracle.json; a path
+    or a URI such as file:// or s3://): report.md and the three plots are written again from
+    oracle.json.
 
     \b
-    pat-ray report runs/oracle/digits-20261202-101500
+    pat-ray report runs/oracle/quick/latest
     """
+    import tempfile
+
+    from pat_ray.storage import Location
     from pat_ray.sweep.plan import read_summary
     from pat_ray.sweep.report import write_report
 
-    summary = read_summary(run)
-    folder = run if run.is_dir() else run.parent
-    click.echo(write_report(folder, summary).read_text())
+    where = Location.given(run)
+    summary = read_summary(where)
+    folder = where.parent if where.name.endswith(".json") else where
+    if folder.is_local:
+        click.echo(write_report(folder.local_path, summary).read_text())
+        return
+    with tempfile.TemporaryDirectory(prefix="pat_ray_report_") as scratch:
+        written = write_report(Path(scratch), summary)
+        for file in sorted(Path(scratch).iterdir()):
+            (folder / file.name).upload(file)
+        click.echo(written.read_text())
 
 
 @main.command(short_help="List the registered models, datasets, criteria and other plugins.")

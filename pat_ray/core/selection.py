@@ -26,6 +26,7 @@ from pat_ray.tracer.graph import ChannelGroup, ModelGraph
 
 Measure = Literal["flops", "params", "channels", "latency"]
 MEASURES: tuple[Measure, ...] = get_args(Measure)
+BUDGET_TOLERANCE = 0.005  # a selection keeps at most budget.fraction + this share of the reference measure
 
 
 class BudgetError(ValueError):
@@ -94,8 +95,9 @@ def select_architecture(
 
     ``reference`` defaults to the current model's full measure; pass the dense model's to
     express the budget against the unpruned model during iterative pruning. Of the two
-    cut points around the target the closer one is taken. A ``latency`` budget needs the
-    model's ``latency`` table.
+    cut points around the target the closer one is taken, the one above only within
+    ``BUDGET_TOLERANCE`` of the reference: whole heads or wide channel blocks are coarse, and a
+    budget is a ceiling. A ``latency`` budget needs the model's ``latency`` table.
     """
     measure = budget_measure(graph, budget.measure, latency)
     groups = graph.prunable
@@ -114,7 +116,9 @@ def select_architecture(
             counts[group.name] -= n
         return measure(counts)
 
-    target = _reachable_target(budget, measure_after(len(unit_group)), measure_after(0), reference)
+    full = measure_after(0)
+    target = _reachable_target(budget, measure_after(len(unit_group)), full, reference)
+    ceiling = target + BUDGET_TOLERANCE * (full if reference is None else reference)
 
     class _Probe:  # lazy sequence for bisect: is the prefix of length i within budget?
         def __len__(self) -> int:
@@ -124,7 +128,8 @@ def select_architecture(
             return measure_after(i) <= target
 
     cut = bisect.bisect_left(_Probe(), True)
-    if cut > 0 and abs(measure_after(cut - 1) - target) < abs(measure_after(cut) - target):
+    above = measure_after(cut - 1) if cut > 0 else None
+    if above is not None and above <= ceiling and abs(above - target) < abs(measure_after(cut) - target):
         cut -= 1
     removed_units = torch.bincount(unit_group[:cut], minlength=len(groups)).tolist()
     kept = {g.name: r.kept(len(r.unit_scores) - n) for g, r, n in zip(groups, rankings, removed_units)}

@@ -20,8 +20,9 @@ from pat_ray.config import (
     FixedStart,
     oracle_grid,
 )
-from pat_ray.config_start import policy_of_kind
+from pat_ray.config.start import policy_of_kind
 from pat_ray.core.epi import calibrate_tau_curves, trigger_epoch
+from pat_ray.storage import Location
 from pat_ray.sweep.stats import GroupStats, Verdict, best_and_reference, group_stats, pooled_std
 from pat_ray.training.checkpoint import atomic_write_text
 
@@ -284,13 +285,15 @@ def write_summary(folder: Path, summary: OracleSummary) -> Path:
     return path
 
 
-def read_summary(run: Path) -> OracleSummary:
-    """The summary of a finished sweep, from its folder (or the ``oracle.json`` in it)."""
-    run = Path(run)
-    path = run / RESULT_FILE if run.is_dir() else run
+def read_summary(run: str | Path | Location) -> OracleSummary:
+    """The summary of a finished sweep, from its folder (or the ``oracle.json`` in it): a path or
+    a URI (``file://``, ``s3://``, ...)."""
+    where = Location.given(run)
+    path = where if where.name == RESULT_FILE or where.is_file() else where / RESULT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run} is not an oracle sweep folder (no {RESULT_FILE} in it)")
     try:
-        return OracleSummary.from_json(path.read_text(encoding="utf-8"))
+        summary = OracleSummary.from_json(path.read_text())
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not a readable oracle summary: {err}") from None
+    return summary

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 from pat_ray.config import Config
 from pat_ray.storage import Location
 from pat_ray.tracking.mlflow_log import (
+    active_parent,
     client_for,
     create_run,
     forget_failures,
     guarded,
     log_epochs,
     log_result,
+    mlflow_calls,
     store_failed,
     tracking_uri,
 )
@@ -58,17 +60,18 @@ def open_run(
     uri = tracking_uri(config)
     forget_failures(uri)  # each run asks a store that failed an earlier run again, once
     tags = {"pat_ray.kind": "run", **({"pat_ray.overrides": " ".join(overrides)} if overrides else {})}
-    return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume, tags))
+    timeout = config.tracking.timeout_s
+    return guarded(uri, "the run goes on untracked", lambda: _open(uri, config, run_dir, resume, tags), timeout)
 
 
 def _open(uri: str, config: Config, run_dir: Path | Location, resume: bool, tags: dict[str, str]) -> LiveTarget:
-    client = client_for(uri, config.tracking.timeout_s)
+    client = client_for(uri)
     folder = Location.of(run_dir)
     recorded = _recorded(folder / RUN_FILE) if resume else None
     if recorded is not None and recorded.tracking_uri == uri and _exists(client, recorded.run_id):
         client.update_run(recorded.run_id, status="RUNNING")
         return LiveTarget(uri, recorded.run_id, config.tracking.timeout_s)
-    run_id = create_run(client, config, config.name, tags=tags)
+    run_id = create_run(client, config, config.name, tags=tags, parent=active_parent(uri))
     target = LiveTarget(uri, run_id, config.tracking.timeout_s)
     (folder / RUN_FILE).write_text(json.dumps(asdict(target)))
     return target
@@ -104,13 +107,14 @@ class EpochLogger:
         if self.failed:
             return
         try:
-            if self.client is None:
-                self.client = client_for(self.target.tracking_uri, self.target.timeout_s)
-                history = self.client.get_metric_history(self.target.run_id, PROGRESS_METRIC)
-                self.last_step = max((m.step for m in history), default=0)
-            if record["epoch"] > self.last_step:
-                log_epochs(self.client, self.target.run_id, [record])
-                self.last_step = record["epoch"]
+            with mlflow_calls(self.target.timeout_s):
+                if self.client is None:
+                    self.client = client_for(self.target.tracking_uri)
+                    history = self.client.get_metric_history(self.target.run_id, PROGRESS_METRIC)
+                    self.last_step = max((m.step for m in history), default=0)
+                if record["epoch"] > self.last_step:
+                    log_epochs(self.client, self.target.run_id, [record])
+                    self.last_step = record["epoch"]
         except Exception as err:
             self.failed = True
             store_failed(self.target.tracking_uri, f"{err!r}; training goes on untracked")
@@ -132,12 +136,12 @@ def close_run(target: LiveTarget, config: Config, result: RunResult) -> str | No
     """Log the finished run's summary and artifacts and mark it finished; its id, or None."""
 
     def close() -> str:
-        client = client_for(target.tracking_uri, target.timeout_s)
+        client = client_for(target.tracking_uri)
         log_result(client, target.run_id, config, result, checkpoint=True)
         client.set_terminated(target.run_id, status="FINISHED")
         return target.run_id
 
-    return guarded(target.tracking_uri, f"the run's results are in {result.checkpoint}", close)
+    return guarded(target.tracking_uri, f"the run's results are in {result.checkpoint}", close, target.timeout_s)
 
 
 def abandon_run(target: LiveTarget, interrupted: bool) -> None:
@@ -146,5 +150,6 @@ def abandon_run(target: LiveTarget, interrupted: bool) -> None:
     guarded(
         target.tracking_uri,
         "",
-        lambda: client_for(target.tracking_uri, target.timeout_s).set_terminated(target.run_id, status),
+        lambda: client_for(target.tracking_uri).set_terminated(target.run_id, status),
+        target.timeout_s,
     )

@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pat_ray.config import Config, config_to_yaml
-from pat_ray.config_fields import dotted
+from pat_ray.config.fields import dotted
 from pat_ray.storage import Location
+from pat_ray.tracking.mlflow_private import muted, using_tracking_uri
 from pat_ray.training.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
@@ -40,29 +43,75 @@ class TrackingWarning(UserWarning):
 
 
 def tracking_uri(config: Config) -> str:
-    """The store, resolved once on the driver: a relative ``sqlite:///mlflow.db`` names the
-    driver's working directory, never a folder on whichever node logs."""
-    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    """The store, resolved once on the driver: the config's, else the store of the caller's
+    active MLflow run (the run then nests under it), else ``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``; a relative ``sqlite:///mlflow.db`` names the driver's working
+    directory, never a folder on whichever node logs."""
+    active = _active_run()
+    caller = _absolute(sys.modules["mlflow"].get_tracking_uri()) if active is not None else None
+    uri = config.tracking.tracking_uri or caller or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return _absolute(uri)
+
+
+def _absolute(uri: str) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
+def _active_run() -> Any:
+    """The caller's active MLflow run (``with mlflow.start_run(): pat_ray.run(...)``), if any;
+    MLflow is not imported for the question: without it there is none."""
+    mlflow = sys.modules.get("mlflow")
+    return mlflow.active_run() if mlflow is not None and hasattr(mlflow, "active_run") else None
+
+
+def active_parent(uri: str) -> tuple[str, str] | None:
+    """``(run id, experiment id)`` of the caller's active MLflow run when it is in the store at
+    ``uri``: pat_ray's run is then created as its child, in its experiment."""
+    active = _active_run()
+    if active is None or _absolute(sys.modules["mlflow"].get_tracking_uri()) != uri:
+        return None
+    return active.info.run_id, active.info.experiment_id
+
+
 _failed_stores: set[str] = set()  # stores that failed once in this process: never asked again
 
 
-def guarded(uri: str, where: str, log: Callable[[], T]) -> T | None:
-    """``log()``, or None and a warning naming the store when any store / network / permission
-    problem stops it. A store that failed once is not asked again (None, no second warning), so
-    a dead server costs a run one timeout, not one per call."""
+def guarded(uri: str, where: str, log: Callable[[], T], timeout_s: float) -> T | None:
+    """``log()`` within ``mlflow_calls(timeout_s)``, or None and a warning naming the store when
+    any store / network / permission problem stops it. A store that failed once is not asked
+    again (None, no second warning), so a dead server costs a run one timeout, not one per call."""
     if uri in _failed_stores:
         return None
     try:
-        return log()
+        with mlflow_calls(timeout_s):
+            return log()
     except Exception as err:
         store_failed(uri, f"{err!r}; {where}")
         return None
+
+
+@contextmanager
+def mlflow_calls(timeout_s: float) -> Iterator[None]:
+    """For the MLflow calls in the block only: each HTTP request gives up after ``timeout_s``
+    and is not retried (MLflow's defaults, 120 s and 7 retries with backoff, stall a run for
+    minutes on a dead server), and MLflow's INFO lines ("Creating initial MLflow database
+    tables...") stay off the console unless ``PAT_RAY_VERBOSE``. The environment variables
+    MLflow reads these from, and its loggers, are as they were after the block."""
+    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        with nullcontext() if os.environ.get("PAT_RAY_VERBOSE") else muted():
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def forget_failures(uri: str) -> None:
@@ -74,21 +123,30 @@ def store_failed(uri: str, what: str) -> None:
     warnings.warn(f"MLflow tracking to {uri!r} failed: {what}", TrackingWarning, stacklevel=3)
 
 
-def client_for(uri: str, timeout_s: float) -> MlflowClient:
-    """A client whose HTTP requests give up after ``timeout_s`` and are not retried (MLflow's
-    defaults, 120 s and 7 retries with backoff, stall a run for minutes on a dead server)."""
+def client_for(uri: str) -> MlflowClient:
+    """A client of the store at ``uri`` (used inside ``mlflow_calls``, which limits its requests)."""
     from mlflow import MlflowClient
 
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     return MlflowClient(tracking_uri=uri)
 
 
-def create_run(client: MlflowClient, config: Config, name: str, tags: dict[str, str] | None = None) -> str:
-    """A new run in the config's experiment (created on first use) with the config as params."""
-    experiment = client.get_experiment_by_name(config.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.tracking.experiment)
-    run_id: str = client.create_run(experiment_id, run_name=name, tags=tags or {}).info.run_id
+def create_run(
+    client: MlflowClient,
+    config: Config,
+    name: str,
+    tags: dict[str, str] | None = None,
+    parent: tuple[str, str] | None = None,
+) -> str:
+    """A new run with the config as params: in the config's experiment (created on first use),
+    or nested under ``parent`` (run id, experiment id) in that run's experiment."""
+    tags = dict(tags or {})
+    if parent is not None:
+        tags["mlflow.parentRunId"], experiment_id = parent
+    else:
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        found = experiment.experiment_id if experiment else None
+        experiment_id = found or client.create_experiment(config.tracking.experiment)
+    run_id: str = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     log_params(client, run_id, config)
     return run_id
 
@@ -147,16 +205,18 @@ def log_result(client: MlflowClient, run_id: str, config: Config, result: RunRes
             with tempfile.TemporaryDirectory() as folder:
                 local = stored.download(Path(folder) / stored.name)
                 client.log_artifact(run_id, str(local), artifact_path="checkpoint")  # for resuming: optimizer state
-                log_model(client, run_id, local, Path(folder) / MODEL_ARTIFACT)
+                log_model(client, run_id, local, config.tracking.registered_model_name)
 
 
 MODEL_ARTIFACT = "model"
 
 
-def log_model(client: MlflowClient, run_id: str, checkpoint: Path, scratch: Path) -> None:
-    """The pruned model as an MLflow model, ``runs:/<run id>/model``: saved in MLflow's
-    ``pt2`` format (torch.export's program, with an input example and signature), so
-    ``mlflow.pytorch.load_model`` returns a working module where pat_ray is not installed."""
+def log_model(client: MlflowClient, run_id: str, checkpoint: Path, registered_name: str | None) -> str:
+    """The pruned model as an MLflow logged model of the run (``runs:/<run id>/model``, or
+    ``models:/<model id>``), registered as ``registered_name`` when given: MLflow's ``pt2``
+    format (torch.export's program, with an input example and signature), so
+    ``mlflow.pytorch.load_model`` returns a working module where pat_ray is not installed.
+    Returns the model's id."""
     import mlflow.pytorch
     import numpy
     import torch
@@ -167,17 +227,24 @@ def log_model(client: MlflowClient, run_id: str, checkpoint: Path, scratch: Path
     example = numpy.random.default_rng(0).standard_normal((2, *ckpt.input_shape[1:]), dtype=numpy.float32)
     with torch.no_grad():
         outputs = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.save_model(
-        model,
-        str(scratch),
-        serialization_format="pt2",
-        input_example=example,
-        signature=infer_signature(example, outputs),
-        pip_requirements=[
-            f"torch=={torch.__version__.split('+')[0]}"
-        ],  # stated: MLflow's inference runs the model again
+    run = client.get_run(run_id)  # the logged model goes into the run's experiment, whatever is active
+    logged = client.create_logged_model(
+        run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id, params=dict(run.data.params)
     )
-    client.log_artifacts(run_id, str(scratch), artifact_path=MODEL_ARTIFACT)
+    with using_tracking_uri(client.tracking_uri):
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            run_id=run_id,
+            model_id=logged.model_id,
+            serialization_format="pt2",
+            input_example=example,
+            signature=infer_signature(example, outputs),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # MLflow's inference runs the model
+            registered_model_name=registered_name,
+            validate_serving_input=False,  # MLflow would load and run it again; pat_ray ran it just now
+        )
+    return str(info.model_id)
 
 
 def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str | None:
@@ -189,15 +256,18 @@ def log_oracle(config: Config, summary: OracleSummary, results: list[tuple[str, 
     uri = tracking_uri(config)
     forget_failures(uri)
     return guarded(
-        uri, f"the sweep's report is in {summary.folder}", lambda: _log_oracle(uri, config, summary, results)
+        uri,
+        f"the sweep's report is in {summary.folder}",
+        lambda: _log_oracle(uri, config, summary, results),
+        config.tracking.timeout_s,
     )
 
 
 def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[tuple[str, RunResult]]) -> str:
     from mlflow.entities import Param
 
-    client = client_for(uri, config.tracking.timeout_s)
-    parent = create_run(client, config, summary.name, tags={"pat_ray.kind": "oracle"})
+    client = client_for(uri)
+    parent = create_run(client, config, summary.name, tags={"pat_ray.kind": "oracle"}, parent=active_parent(uri))
     client.log_batch(parent, params=[Param("oracle.grid", str(summary.grid))])
     found = summary.verdict()
     verdict = found.metrics() if found is not None else {}
@@ -209,14 +279,10 @@ def _log_oracle(uri: str, config: Config, summary: OracleSummary, results: list[
         if path.is_file():
             client.log_artifact(parent, str(path))
     client.log_text(parent, summary.to_json(), "oracle.json")
+    sweep = (parent, client.get_run(parent).info.experiment_id)
     for label, result in results:
-        tags = {
-            "pat_ray.kind": "oracle_trial",
-            "policy": result.config.start.kind,
-            "trial": label,
-            "mlflow.parentRunId": parent,
-        }
-        child = create_run(client, result.config, label, tags=tags)
+        tags = {"pat_ray.kind": "oracle_trial", "policy": result.config.start.kind, "trial": label}
+        child = create_run(client, result.config, label, tags=tags, parent=sweep)
         log_epochs(client, child, (record.to_dict() for record in result.history))
         log_result(client, child, result.config, result, checkpoint=False)
         client.set_terminated(child)

@@ -14,6 +14,7 @@ half-written file.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -133,8 +134,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     if not isinstance(data, dict) or version != FORMAT_VERSION:
         plain = isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values())
-        what = "a plain state dict" if plain else f"a {type(data).__name__}"
-        raise CheckpointError(path, f"is not a pat_ray checkpoint (format {FORMAT_VERSION}); it holds {what}")
+        if plain and sidecar(path).is_file():  # `pat-ray export --format state_dict`: weights + FILE.json
+            data = {**_described(path), "state_dict": data, "extra": {}}
+        else:
+            what = "a plain state dict" if plain else f"a {type(data).__name__}"
+            raise CheckpointError(path, f"is not a pat_ray checkpoint (format {FORMAT_VERSION}); it holds {what}")
     for name, kind in _FIELDS.items():
         if not isinstance(data.get(name), kind):
             raise CheckpointError(path, f"field {name!r} is missing or not a {kind.__name__}")
@@ -151,6 +155,20 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         extra=data["extra"],
         source=path,
     )
+
+
+def sidecar(path: Path) -> Path:
+    """The JSON beside an exported state dict (``model.pt`` -> ``model.pt.json``): how its module is built."""
+    return path.with_name(path.name + ".json")
+
+
+def _described(path: Path) -> dict[str, Any]:
+    """An exported state dict's sidecar, as the fields of a checkpoint."""
+    try:
+        described = json.loads(sidecar(path).read_text())
+        return {name: described[name] for name in ("model_name", "model_params", "input_shape", "architecture")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(sidecar(path), f"does not describe the exported model ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

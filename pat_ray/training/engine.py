@@ -57,9 +57,8 @@ def train(
     run = build(config, collective or LocalCollective(), reporter or PrintReporter(), resumed, latency_table, run_dir)
     progress = restore(run, resumed) if resumed is not None else Progress()
     run.net = run.collective.wrap(run.model)
-    if resumed is None and config.start.decide(0.0, run.train_epochs, run.tracker):  # fixed 0: prune at init
-        progress.trigger_epoch, progress.trigger_position = 0, 0.0
-        _start_pruning(run, epoch=0)
+    if resumed is None:  # a fixed start at 0 (or a latest start of 0): prune at initialization
+        _decide(run, progress, 0, 0.0, None)
     setup_seconds = time.perf_counter() - started  # tracing, layer timing, a prune at init
     first_epoch = progress.epoch + 1
     for epoch in range(first_epoch, run.total_epochs + 1):
@@ -97,6 +96,7 @@ def train(
                 fingerprint=run.pruner.architecture.fingerprint(),
                 snapshots=[SnapshotPoint(t.position, t.epi) for t in taken],
                 trigger_position=progress.trigger_position if progress.trigger_epoch == epoch else None,
+                budget_kept=run.pruner.budget_kept,
             )
         )
         save_and_report(run, progress)
@@ -215,8 +215,13 @@ def snapshot_and_decide(run: Run, progress: Progress, epoch: int, position: floa
 
 
 def _decide(run: Run, progress: Progress, epoch: int, position: float, scores) -> None:
-    if run.collective.broadcast_decision(run.config.start.decide(position, run.train_epochs, run.tracker)):
+    """The start policy decides; past its latest start pruning starts whatever it says, so the
+    pruning steps end inside the schedule and the run reaches its budget."""
+    fires = run.config.start.decide(position, run.train_epochs, run.tracker)
+    late = not fires and run.latest_start is not None and position >= run.latest_start
+    if run.collective.broadcast_decision(fires or late):
         progress.trigger_epoch, progress.trigger_position = epoch, position
+        progress.started_by = "latest_start" if late else "policy"
         _start_pruning(run, epoch, scores)
 
 
@@ -248,6 +253,7 @@ def _state(run: Run, progress: Progress) -> RunState:
         iteration=progress.iteration,
         trigger_epoch=progress.trigger_epoch,
         trigger_position=progress.trigger_position,
+        started_by=progress.started_by,
         history=progress.history,
         optimizer=run.optimizer.state_dict(),
         tracker=run.tracker.state(),

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
+from pyarrow.fs import FileType
 
 from pat_ray.config import Config, ConfigError
+from pat_ray.config.plan import iterations_per_epoch, plan_pruning
+from pat_ray.storage import OBJECT_STORES, Location
 
 
 def check_runnable(config: Config, local: bool = True, source: str = "config") -> None:
     """Raise ConfigError listing every field this machine cannot honour.
 
     ``local``: the run trains in this process; on Ray, GPU workers pick their own device."""
-    problems = [*_output_problems(Path(config.output_dir)), *_device_problems(config, local)]
+    where = Location.of(config.output_dir)
+    output = _output_problems(where.local_path) if where.is_local else _store_problems(where)
+    problems = [*output, *_device_problems(config, local)]
     if problems:
         raise ConfigError(source, problems)
 
@@ -33,6 +39,23 @@ def _output_problems(output_dir: Path) -> list[str]:
     return []
 
 
+def _store_problems(where: Location) -> list[str]:
+    """A store that cannot be reached, or a bucket that does not exist, fails now, naming the
+    field and the URI, not at the first write with the store's own message."""
+    try:
+        fs, path = where.filesystem()
+        bucket = path.strip("/").split("/", 1)[0]
+        if urlsplit(where.uri).scheme in OBJECT_STORES and fs.get_file_info(bucket).type == FileType.NotFound:
+            return [
+                f"output_dir: {where.uri}: the bucket {bucket!r} does not exist (or these credentials cannot see it)"
+            ]
+        fs.get_file_info(path)
+    except Exception as err:  # pyarrow and fsspec raise what their backends raise
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return [f"output_dir: cannot reach {where.uri}: {cause}"]
+    return []
+
+
 def _device_problems(config: Config, local: bool) -> list[str]:
     training = config.training
     cuda = torch.cuda.is_available()
@@ -43,3 +66,20 @@ def _device_problems(config: Config, local: bool) -> list[str]:
     if training.precision == "fp16" and not on_gpu:
         problems.append("training.precision: fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     return problems
+
+
+def check_schedule(config: Config, local: bool = True, source: str = "config") -> list[str]:
+    """Whether the pruning steps fit the schedule, once the data says how long an epoch is:
+    ConfigError naming the fields to change (and values that would work), else the plan's
+    notes (a start policy that cannot fire before its latest start)."""
+    from collections.abc import Sized
+    from typing import cast
+
+    from pat_ray.plugins.registry import get_registry
+
+    data = get_registry().create("dataset", config.data.name, **config.data.params)
+    workers = 1 if local else config.scaling.num_workers
+    plan = plan_pruning(config, iterations_per_epoch(len(cast(Sized, data.train)), config.data.batch_size, workers))
+    if plan.problems:
+        raise ConfigError(source, plan.problems)
+    return plan.notes

@@ -138,6 +138,11 @@ class Pruner:
             self.seconds = self._measure(self.graph, "latency")
 
     @property
+    def budget_kept(self) -> float:
+        """The share of the budget's measure (of the dense model) the model keeps now."""
+        return self._measure(self.graph, self.budget.measure) / self.reference
+
+    @property
     def flops_kept(self) -> float:
         return self.cost.flops / self.dense_cost.flops
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pat_ray.config import Config
+from pat_ray.core.selection import BUDGET_TOLERANCE
 
 if TYPE_CHECKING:
     from pat_ray.training.run_state import RunState
 
 Phase = Literal["dense", "pruning", "pruned", "finetune"]
+StartedBy = Literal["policy", "latest_start"]  # what started pruning: the start policy, or its latest start
 
 
 @dataclass
@@ -55,6 +57,7 @@ class EpochRecord:
     fingerprint: str  # of the architecture in effect
     snapshots: list[SnapshotPoint] = field(default_factory=list)  # taken in this epoch, in order
     trigger_position: float | None = None  # triggered: where, in epochs (1.75: three quarters into epoch 2)
+    budget_kept: float | None = None  # the budget's measure kept (flops, params, channels or step time); None: older
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +65,9 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
         """Records written before snapshots within epochs had one per epoch, at its end."""
-        values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("snapshots", "trigger_position")}
+        optional = ("snapshots", "trigger_position", "budget_kept")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name not in optional}
+        values["budget_kept"] = data.get("budget_kept")
         values["trigger_position"] = data.get("trigger_position", float(data["epoch"]) if data["triggered"] else None)
         listed = data.get("snapshots")
         if listed is None:
@@ -87,6 +92,7 @@ class RunResult:
     checkpoint: Path | str | None = None  # a local file, or the URI of one in a store
     mlflow_run_id: str | None = None
     trigger_position: float | None = None  # where pruning started, in epochs (2.25: a quarter into epoch 3)
+    started_by: StartedBy | None = None  # the start policy, or its latest start
 
     @classmethod
     def from_state(
@@ -106,6 +112,7 @@ class RunResult:
             architecture=architecture,
             checkpoint=checkpoint,
             trigger_position=state.trigger_position,
+            started_by=cast(StartedBy | None, state.started_by),
         )
 
     @property
@@ -116,11 +123,44 @@ class RunResult:
         """Where pruning started, as a person reads it: ``epoch 2``, or ``epoch 1.75 (within epoch 2)``."""
         return describe_trigger(self.trigger_epoch, self.trigger_position)
 
+    def start_text(self) -> str:
+        """How pruning started, as the summary says it: ``EPI fired at epoch 4``, ``EPI did not
+        fire by epoch 12: pruning started there``, ``fixed start at epoch 2``, ``never (dense baseline)``."""
+        policy = self.config.start
+        where = self.trigger_text()
+        if self.trigger_epoch is None:
+            return "never (dense baseline)" if policy.kind == "never" else f"never: {policy.label} did not fire"
+        if self.started_by == "latest_start":
+            return f"{policy.label} did not fire by {where}: pruning started there (start.latest_start)"
+        if policy.kind in ("fixed", "after_training"):
+            return f"{policy.label} at {where}"
+        return f"{policy.label} fired at {where}"
+
+    @property
+    def budget_share(self) -> float | None:
+        """The share of the budget's measure the final model keeps (None: a run recorded before it was)."""
+        return self.history[-1].budget_kept if self.history else None
+
+    @property
+    def at_budget(self) -> bool:
+        """Whether the run ended where its budget asked, within ``BUDGET_TOLERANCE`` (a dense
+        baseline, which prunes nothing by design, counts as at its budget)."""
+        if self.config.start.kind == "never":
+            return True
+        kept = self.budget_share if self.budget_share is not None else self.flops_kept
+        return self.trigger_epoch is not None and kept <= self.config.pruning.budget.fraction + BUDGET_TOLERANCE
+
+    def status(self) -> Literal["finished", "off_budget"]:
+        """``finished`` only at the budget: a run that ended above it says so."""
+        return "finished" if self.at_budget else "off_budget"
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers, as plain data (``status.json``, ``pat-ray runs``)."""
         return {
             "trigger_epoch": self.trigger_epoch,
             "trigger_position": self.trigger_position,
+            "started_by": self.started_by,
+            "budget_kept": self.budget_share,
             "final_accuracy": self.final_accuracy,
             "flops_kept": self.flops_kept,
             "train_flops_ratio": self.train_flops_ratio,

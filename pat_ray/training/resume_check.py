@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pat_ray.config import Config
-from pat_ray.config_fields import dotted
+from pat_ray.config.fields import dotted
 
 SAFE_TO_CHANGE = (  # dotted prefixes of fields that do not change what the run computes
     "name",
@@ -46,7 +46,7 @@ def check_resume(recorded: dict[str, Any] | None, config: Config, last_epoch: in
     if last_epoch >= planned_epochs(config):
         raise RunFinishedError(
             f"the run in {where} already finished (epoch {last_epoch} of {planned_epochs(config)}); nothing was "
-            "changed. Its results are there; start a new run under another name to train again"
+            "changed. Its results are there; a run without --resume trains again, in a new folder"
         )
     if recorded is None:  # a checkpoint from before configs were recorded: nothing to compare
         return []

@@ -4,6 +4,7 @@ from the loop in ``engine.py`` so that it reads as training, not as construction
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pat_ray.config import Config
+from pat_ray.config import Config, ConfigError
+from pat_ray.config.plan import plan_pruning
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
@@ -23,12 +25,16 @@ from pat_ray.training.collective import Collective, Reporter
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import EpochRecord
+from pat_ray.training.records import EpochRecord, StartedBy
 from pat_ray.training.run_state import RunState, restore_run_state
 from pat_ray.training.setup import autocast as run_autocast
 from pat_ray.training.setup import build_run, make_optimizer
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
+
+
+class PlanWarning(UserWarning):
+    """The start policy cannot fire before its latest start in this schedule (pruning starts there)."""
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Progress:
     iteration: int = 0
     trigger_epoch: int | None = None  # the epoch in which pruning started (0: at initialization)
     trigger_position: float | None = None  # where exactly, in epochs (2.25: a quarter into epoch 3)
+    started_by: StartedBy | None = None  # the start policy, or its latest start
     train_flops: float = 0.0
     history: list[EpochRecord] = field(default_factory=list)
     snapshots: list[Taken] = field(default_factory=list)  # taken in the epoch under way
@@ -78,6 +85,7 @@ class Run:
     dense_train_flops: float
     train_epochs: int
     finetune_epochs: int  # after training.epochs: the policy's fine-tuning (after_training), else 0
+    latest_start: int | None  # the epoch by whose end pruning starts whatever the policy says (None: no limit)
 
     @property
     def total_epochs(self) -> int:
@@ -119,6 +127,12 @@ def build(
     train_epochs = config.training.epochs
     train_loader = collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned)
     snapshots = config.start.cadence.count(train_epochs, len(train_loader)) or 0
+    plan = plan_pruning(config, len(train_loader))
+    if plan.problems:
+        raise ConfigError("config", plan.problems)
+    if collective.rank == 0:
+        for note in plan.notes:
+            warnings.warn(note, PlanWarning, stacklevel=2)
     return Run(
         config=config,
         collective=collective,
@@ -142,6 +156,7 @@ def build(
         dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
         train_epochs=train_epochs,
         finetune_epochs=config.start.extra_epochs(train_epochs),
+        latest_start=plan.latest_start,
     )
 
 
@@ -158,7 +173,15 @@ def restore(run: Run, resumed: Checkpoint) -> Progress:
     position = state.trigger_position
     if position is None and state.trigger_epoch is not None:  # a checkpoint from before snapshots within epochs
         position = float(state.trigger_epoch)
-    return Progress(state.epoch, state.iteration, state.trigger_epoch, position, last.train_flops, state.history)
+    return Progress(
+        state.epoch,
+        state.iteration,
+        state.trigger_epoch,
+        position,
+        cast(StartedBy | None, state.started_by),
+        last.train_flops,
+        state.history,
+    )
 
 
 def load_state(ckpt: Checkpoint, load, state, what: str) -> None:

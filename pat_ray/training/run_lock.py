@@ -94,9 +94,9 @@ def _holder(fd: int) -> str:
         return "holder unknown: it is starting"
 
 
-def is_held(folder: Path) -> bool:
-    """Whether a live process holds the lock of the local run folder ``folder``."""
-    path = folder / LOCK
+def is_held(folder: Location) -> bool:
+    """Whether a live process (on this machine, for a folder in a store) holds ``folder``'s lock."""
+    path = lock_file(folder)
     if not path.is_file():
         return False
     fd = os.open(path, os.O_RDONLY)

@@ -47,6 +47,7 @@ class RunState:
     dense_train_flops: float
     latency_table: dict | None
     trigger_position: float | None = None  # epochs into training (checkpoints before snapshots within epochs: unset)
+    started_by: str | None = None  # "policy" or "latest_start" (older checkpoints: unset)
 
     def to_extra(self) -> dict[str, Any]:
         return {**asdict(self), "history": [r.to_dict() for r in self.history]}

@@ -3,8 +3,10 @@
 Overrides (``key.path=value``) are merged into the YAML before validation. Values are YAML
 (``training.epochs=3``, ``oracle.seeds=[0,1]``, ``tracking.mlflow=false``), so every error is the
 validator's, naming the key; a key that names no field is refused before that, with the closest
-valid key suggested. ``describe`` reads each field's type, default and description from the
-pydantic schema, for ``pat-ray config``.
+valid key suggested. ``start.kind=<kind>`` switches the start policy to that kind's defaults
+(keeping ``snapshot_every``); ``start.<field>=...`` after it sets one of its fields.
+``describe`` reads each field's type, default and description from the pydantic schema, for
+``pat-ray config``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import yaml
 from pydantic import BaseModel, Field, TypeAdapter
 
 from pat_ray.config import Config
-from pat_ray.config_start import BaseStartPolicy, start_policy_classes
-from pat_ray.config_yaml import ConfigError
+from pat_ray.config.files import ConfigError
+from pat_ray.config.start import BaseStartPolicy, start_policy_classes
 
 SOURCE = "override"
 
@@ -54,10 +56,23 @@ def apply_overrides(data: dict[str, Any] | None, overrides: list[str]) -> dict[s
         except yaml.YAMLError as err:
             errors.append(f"{key}: {raw!r} is not a YAML value ({err.__class__.__name__})")
             continue
-        _set(merged, key.split("."), value)
+        if key == "start.kind":
+            merged["start"] = _switched_policy(merged.get("start"), value)
+        else:
+            _set(merged, key.split("."), value)
     if errors:
         raise ConfigError(SOURCE, errors)
     return merged
+
+
+def _switched_policy(start: Any, kind: Any) -> Any:
+    """``start.kind=<kind>``: the start section as that policy's defaults (a config group, as
+    Hydra's), keeping what every policy shares (``snapshot_every``); the same kind changes nothing."""
+    current = start if isinstance(start, dict) else {}
+    if current.get("kind", Config.model_fields["start"].get_default().kind) == kind:
+        return {**current, "kind": kind}
+    shared = set(BaseStartPolicy.model_fields) - {"kind"}
+    return {"kind": kind, **{key: value for key, value in current.items() if key in shared}}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Protocol, cast, get_args
 
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
-from pat_ray.config_fields import SimilarityName, Strict
+from pat_ray.config.fields import SimilarityName, Strict
 from pat_ray.core.epi import early_bird_trigger, should_trigger
 
 DEFAULT_WINDOW = 5  # snapshots kept for the EPI curve when the policy itself needs none
@@ -137,13 +137,51 @@ class BaseStartPolicy(Strict):
         not known before the data is), or None."""
         return None
 
+    def latest_epoch(self, auto: int) -> int | None:
+        """The epoch by whose end pruning starts although ``decide`` has not said so (None: this
+        policy needs no such limit); ``auto`` is the latest that leaves the pruning steps and a
+        quarter of the schedule to train the pruned model."""
+        return None
+
+    @property
+    def label(self) -> str:
+        """The policy as the run's summary names it (``EPI fired at epoch 4``)."""
+        return self.kind
+
+
+class WatchingStartPolicy(BaseStartPolicy):
+    """A policy that decides from what the snapshots show (EPI, Early-Bird, a plugin's). What it
+    watches may never settle, so it has a latest start: a run always reaches its budget with
+    training left for the pruned model."""
+
+    latest_start: int | Literal["auto"] = Field(
+        "auto",
+        description="the epoch by whose end pruning starts if the policy has not fired by then; auto: the latest "
+        "that leaves the pruning steps and a quarter of training.epochs (at least one epoch) to train the pruned "
+        "model",
+    )
+
+    @field_validator("latest_start")
+    @classmethod
+    def _not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return value
+
+    def latest_epoch(self, auto: int) -> int | None:
+        return auto if self.latest_start == "auto" else self.latest_start
+
+    def first_chance(self, snapshots: int) -> int:
+        """How many snapshots must exist before ``decide`` can say yes."""
+        return self.snapshot_window(snapshots) + 1
+
 
 StartKind = Literal["epi", "early_bird", "fixed", "never", "after_training"]  # the start policies' `kind`s
 OraclePolicy = Literal["epi", "early_bird", "never", "after_training"]  # those an oracle trial runs once
 ORACLE_POLICIES: tuple[OraclePolicy, ...] = ("epi", "early_bird", "never", "after_training")
 
 
-class EPIStart(BaseStartPolicy):
+class EPIStart(WatchingStartPolicy):
     kind: Literal["epi"] = Field("epi", description="the start policy; each kind has its own keys")
     similarity: SimilarityName = Field(
         "structural", description="how two architecture snapshots are compared (or a plugin's metric)"
@@ -187,11 +225,12 @@ class EPIStart(BaseStartPolicy):
     def threshold(self) -> float | None:
         return self.tau
 
-    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
-        return None if snapshots is None else _window_problem(self.rule(snapshots)[0], snapshots)
+    @property
+    def label(self) -> str:
+        return "EPI"
 
 
-class EarlyBirdStart(BaseStartPolicy):
+class EarlyBirdStart(WatchingStartPolicy):
     kind: Literal["early_bird"] = "early_bird"
     window: int = Field(5, ge=1, description="Early-Bird: previous masks each new one is compared with")
     epsilon: float = Field(0.1, gt=0, le=1, description="Early-Bird: starts when mask distances stay below this")
@@ -203,8 +242,9 @@ class EarlyBirdStart(BaseStartPolicy):
     def snapshot_window(self, snapshots: int) -> int:
         return self.window
 
-    def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
-        return None if snapshots is None else _window_problem(self.window, snapshots)
+    @property
+    def label(self) -> str:
+        return "Early-Bird"
 
 
 class FixedStart(BaseStartPolicy):
@@ -218,12 +258,20 @@ class FixedStart(BaseStartPolicy):
     def grid_epoch(self) -> int | None:
         return self.epoch
 
+    @property
+    def label(self) -> str:
+        return "fixed start"
+
     def schedule_problem(self, epochs: int, snapshots: int | None) -> str | None:
         return f"start.epoch ({self.epoch}) must be < training.epochs ({epochs})" if self.epoch >= epochs else None
 
 
 class NeverStart(BaseStartPolicy):
     kind: Literal["never"] = "never"
+
+    @property
+    def label(self) -> str:
+        return "dense baseline"
 
     def decide(self, position: float, train_epochs: int, watched: Watched) -> bool:
         return False
@@ -244,6 +292,10 @@ class AfterTrainingStart(BaseStartPolicy):
 
     def extra_lr(self, lr: float) -> float:
         return lr * self.finetune_lr_scale
+
+    @property
+    def label(self) -> str:
+        return "train-prune-fine-tune"
 
 
 POLICIES: dict[str, type[BaseStartPolicy]] = {  # the built-in ones
@@ -312,12 +364,6 @@ def check_policy_class(name: str, cls: object) -> str | None:
     if name in POLICIES:
         return f"{name!r} is a built-in start policy"
     return None
-
-
-def _window_problem(window: int, snapshots: int) -> str | None:
-    if window < snapshots:
-        return None
-    return f"start.window ({window} snapshots) leaves none to trigger on in this schedule's {snapshots} snapshots"
 
 
 # The config's ``start``: any policy class, chosen by ``kind`` when the config is validated, and

@@ -1,52 +1,27 @@
-"""The validated pipeline config (pydantic v2). ``Config()`` *is* the default pipeline.
-
-The start policies' sections live in ``config_start``, the pieces every section is built from
-in ``config_fields``; both are importable from here.
-
-Every model is frozen and forbids unknown keys, so a typo is an error, not a silently
-ignored knob. Plugin names (model, dataset, criterion, similarity, surgery backend) are
-checked against the live registry. The defaults are the embedded digits pipeline;
-``pipelines/digits.yaml`` spells the same values out (a test keeps them equal).
-"""
+"""The sections of a pipeline config, one pydantic model each (``model``, ``data``, ``training``,
+``pruning``, ``scaling``, ``tracking``, ``oracle``; ``start`` is in ``start``)."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pat_ray.config_fields import (
+from pat_ray.config.fields import (
     CriterionName,
     DatasetName,
     ModelName,
     Strict,
     SurgeryName,
     check_data_here,
-    check_params,
     expand_path,
 )
-from pat_ray.config_start import (
-    ORACLE_POLICIES,
-    AfterTrainingStart,
-    EarlyBirdStart,
-    EPIStart,
-    FixedStart,
-    NeverStart,
-    OraclePolicy,
-    StartKind,
-    StartPolicy,
-    oracle_kinds,
-)
-from pat_ray.config_yaml import ConfigError, read_yaml
+from pat_ray.config.start import ORACLE_POLICIES, oracle_kinds
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Measure
-from pat_ray.plugins.registry import get_registry
-from pat_ray.storage import Location, check_scheme, has_scheme
 from pat_ray.tracer.graph import AttentionCut
 
 
@@ -215,7 +190,15 @@ class TrackingConfig(Strict):
     tracking_uri: str | None = Field(
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory"
     )
-    experiment: str = Field("pat_ray", description="MLflow experiment the runs go into")
+    experiment: str = Field(
+        "pat_ray",
+        description="MLflow experiment the runs go into (a run started inside an active MLflow run nests "
+        "under it, in its experiment)",
+    )
+    registered_model_name: str | None = Field(
+        None,
+        description="register the pruned model in MLflow's model registry under this name (a new version each run)",
+    )
     timeout_s: float = Field(
         5.0,
         gt=0,
@@ -254,145 +237,3 @@ class OracleConfig(Strict):
         if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError(f"must be a non-empty list of distinct seeds, got {v}")
         return v
-
-
-PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
-RESERVED_NAMES = {"oracle": "oracle sweeps", "ray": "Ray Train storage"}  # folders beside the runs in output_dir
-
-
-class Config(Strict):
-    name: str = Field(
-        "digits",
-        description="the run's name: its runs go to output_dir/NAME/<start time>, one folder each (a plain folder "
-        "name; `oracle` and `ray` are taken by the sweep and Ray folders)",
-    )
-    output_dir: str = Field(
-        "runs",
-        description="where run folders go: a local folder or a URI (s3://, gs://, abfs://, hdfs://, file://, or "
-        "any fsspec protocol installed); on a multi-node cluster, storage every node reaches",
-    )
-    model: ModelConfig = Field(ModelConfig(), description="the network to train and prune")
-    data: DataConfig = Field(DataConfig(), description="the dataset and its loaders")
-    training: TrainingConfig = Field(TrainingConfig(), description="the schedule, optimizer and numerics")
-    pruning: PruningConfig = Field(PruningConfig(), description="criterion, budget and the pruning steps")
-    start: StartPolicy = Field(
-        EPIStart(window=3, patience=3, tau=0.97),  # calibrated on digits
-        description="when pruning starts: epi, early_bird, fixed, never or after_training",
-    )
-    scaling: ScalingConfig = Field(ScalingConfig(), description="Ray Train workers, GPUs and fault tolerance")
-    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
-    oracle: OracleConfig = Field(OracleConfig(), description="the oracle sweep: start-epoch grid, policies, seeds")
-
-    @field_validator("name")
-    @classmethod
-    def _plain_folder_name(cls, v: str) -> str:
-        """The run's folder and MLflow name: letters, digits and ``-_.``, so that no shell, store
-        or filesystem reads it as something else (``${HOME}``, control characters, ``..``)."""
-        if not PLAIN_NAME.fullmatch(v) or v.strip(".") == "" or len(v) > 128:
-            raise ValueError(
-                f"{v!r} is not a plain folder name: use letters, digits, '-', '_' and '.' (at most 128, not only dots)"
-            )
-        if v in RESERVED_NAMES:
-            raise ValueError(f"{v!r} is taken: output_dir/{v} holds pat_ray's {RESERVED_NAMES[v]}; choose another name")
-        return v
-
-    @field_validator("output_dir", mode="before")
-    @classmethod
-    def _expand_output_dir(cls, v: Any) -> Any:
-        if not isinstance(v, str | Path):
-            return v
-        if has_scheme(v):
-            check_scheme(str(v))  # nothing is ever written to a local folder named after a scheme
-            return str(v)
-        path = expand_path(v, "output_dir")
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{str(v)!r} is a file, not a folder")
-        return str(path)
-
-    def runs_folder(self) -> Location:
-        """``output_dir/name``: the folder (or URI) holding every run of this name, one
-        version folder each (``pat_ray.training.run_versions``)."""
-        return Location.of(self.output_dir) / self.name
-
-    @model_validator(mode="after")
-    def _plugin_params_accepted(self) -> Config:
-        if "num_classes" in self.model.params:
-            raise ValueError("model.params: num_classes is set from the dataset; remove it")
-        check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
-        check_params("data.params", "dataset", self.data.name, self.data.params, early=False)
-        try:
-            get_registry().early_check("dataset", self.data.name, self.data.params)
-        except ValueError as err:
-            check_data_here("data.params", str(err))
-        criterion = self.pruning.criterion
-        check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
-        try:  # a criterion is cheap to build: its own checks of the values run now, not at run start
-            get_registry().create("criterion", criterion.name, **criterion.params)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"pruning.criterion.params: {err}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _schedule_fits(self) -> Config:
-        epochs = self.training.epochs
-        problem = self.start.schedule_problem(epochs, self.start.cadence.count(epochs, None))
-        if problem:
-            raise ValueError(problem)
-        late = [e for e in self.oracle.start_epochs or [] if not 0 <= e < epochs]
-        if late:
-            raise ValueError(f"oracle.start_epochs {late} must be in [0, training.epochs={epochs})")
-        return self
-
-
-def oracle_grid(config: Config) -> list[int]:
-    """The oracle's start epochs: as configured, else 0 and every 10% of the run up to 2/3."""
-    if config.oracle.start_epochs is not None:
-        return sorted(set(config.oracle.start_epochs))
-    epochs = config.training.epochs
-    return sorted({round(epochs * tenth / 10) for tenth in range(0, 7)} - {epochs})
-
-
-def _format(err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        for message in e["msg"].removeprefix("Value error, ").splitlines():
-            named = not path or message.startswith(path + ".")  # whole-config checks, a policy's own fields
-            lines.append(message if named else f"{path}: {message}")
-    return lines
-
-
-def config_from_dict(data: Any, source: str = "<config>") -> Config:
-    try:
-        return Config.model_validate(data if data is not None else {})
-    except ValidationError as err:
-        raise ConfigError(source, _format(err)) from None
-
-
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML pipeline config; raises ConfigError listing every problem."""
-    return config_from_dict(read_yaml(path), str(path))
-
-
-def config_to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-__all__ = [
-    "ORACLE_POLICIES",
-    "AfterTrainingStart",
-    "Config",
-    "ConfigError",
-    "EarlyBirdStart",
-    "EPIStart",
-    "FixedStart",
-    "NeverStart",
-    "OraclePolicy",
-    "StartKind",
-    "StartPolicy",
-    "config_from_dict",
-    "config_to_yaml",
-    "expand_path",
-    "load_config",
-    "oracle_grid",
-]

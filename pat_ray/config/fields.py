@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -25,6 +25,16 @@ def expand_path(value: str | Path, what: str) -> Path:
 class Strict(BaseModel):
     # allow_inf_nan: an infinite lr or weight decay is a typo, and it diverges at iteration 1
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """With ``update``, a copy validated as a new config is: pydantic's own copy would keep
+        a section given as a mapping as a plain dict and skip every check."""
+        if not update:
+            return super().model_copy(deep=deep)
+        copy = type(self).model_validate({**dict(self), **update})
+        if self.__pydantic_private__:
+            object.__setattr__(copy, "__pydantic_private__", dict(self.__pydantic_private__))
+        return copy
 
 
 def check_params(
