@@ -1,6 +1,8 @@
 """pat_ray: pruning-aware training with the Early Pruning Indicator.
 
 Public API: ``run`` / ``load_config`` / ``Config`` (a PaT pipeline, returning a ``RunResult``),
+``PaT`` (pruning-aware training with EPI inside a training loop of your own), ``trust`` (modules
+a config's or checkpoint's import paths may be imported from),
 ``oracle`` (EPI against a grid of start epochs, on Ray Tune) and ``read_oracle`` (a finished
 sweep's ``OracleSummary``), ``prune`` (one-shot structural pruning), ``measure_cost``,
 ``measure_latency`` (per-layer timings for a budget in training-step time),
@@ -27,16 +29,19 @@ if TYPE_CHECKING:
     from pat_ray.config.files import ConfigError
     from pat_ray.core.cost.flops import measure_cost
     from pat_ray.core.cost.probe import measure_latency
+    from pat_ray.core.data import DataBundle
     from pat_ray.core.selection import BUDGET_TOLERANCE, BudgetError
     from pat_ray.core.verify import PrunedModelError
     from pat_ray.export import ExportError, export_model
     from pat_ray.plugins.registry import PluginError, PluginFailure
+    from pat_ray.plugins.user_code import UntrustedCodeError, trust
     from pat_ray.sweep.plan import OracleSummary
     from pat_ray.sweep.plan import read_summary as read_oracle
     from pat_ray.tracer.graph import UnsupportedModelError
     from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from pat_ray.training.engine import TrainingDivergedError
     from pat_ray.training.oneshot import prune
+    from pat_ray.training.pat import PaT
     from pat_ray.training.records import EpochRecord, RunResult
     from pat_ray.training.resume_check import ResumeChangesRunError, RunFinishedError
     from pat_ray.training.run_lock import RunInUseError
@@ -51,6 +56,9 @@ _LAZY = {  # public name -> (module, name there)
     "RunResult": ("pat_ray.training.records", "RunResult"),
     "EpochRecord": ("pat_ray.training.records", "EpochRecord"),
     "prune": ("pat_ray.training.oneshot", "prune"),
+    "PaT": ("pat_ray.training.pat", "PaT"),
+    "trust": ("pat_ray.plugins.user_code", "trust"),
+    "DataBundle": ("pat_ray.core.data", "DataBundle"),
     "measure_cost": ("pat_ray.core.cost.flops", "measure_cost"),
     "BUDGET_TOLERANCE": ("pat_ray.core.selection", "BUDGET_TOLERANCE"),
     "measure_latency": ("pat_ray.core.cost.probe", "measure_latency"),
@@ -66,6 +74,7 @@ _LAZY = {  # public name -> (module, name there)
     "ExportError": ("pat_ray.export", "ExportError"),
     "PluginError": ("pat_ray.plugins.registry", "PluginError"),
     "PluginFailure": ("pat_ray.plugins.registry", "PluginFailure"),
+    "UntrustedCodeError": ("pat_ray.plugins.user_code", "UntrustedCodeError"),
     "TrainingDivergedError": ("pat_ray.training.engine", "TrainingDivergedError"),
     "RunInUseError": ("pat_ray.training.run_lock", "RunInUseError"),
     "ResumeChangesRunError": ("pat_ray.training.resume_check", "ResumeChangesRunError"),
@@ -85,6 +94,9 @@ __all__ = [
     "RunResult",
     "EpochRecord",
     "prune",
+    "PaT",
+    "trust",
+    "DataBundle",
     "measure_cost",
     "BUDGET_TOLERANCE",
     "measure_latency",
@@ -99,6 +111,7 @@ __all__ = [
     "ExportError",
     "PluginError",
     "PluginFailure",
+    "UntrustedCodeError",
     "TrainingDivergedError",
     "RunInUseError",
     "ResumeChangesRunError",

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pat_ray.config import Config, load_config
+from torch import nn
+from torch.utils.data import Dataset
+
+from pat_ray.config import Config, ModelConfig, load_config
+from pat_ray.core.data import DataBundle
+from pat_ray.plugins.user_code import target_of, trust
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget, TrackingReporter, abandon_run, close_run, open_run
 from pat_ray.training.checkpoint import read_checkpoint
@@ -20,6 +27,7 @@ from pat_ray.training.run_index import STATUS
 from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import LAST, RunState, StoreMirror, check_new_run, resume_point
 from pat_ray.training.run_versions import LATEST, VERSION, find_version, new_version, point_latest
+from pat_ray.training.setup import Given
 
 
 def run(
@@ -29,6 +37,8 @@ def run(
     quiet: bool = False,
     reporter: Reporter | None = None,
     resume: bool | str = False,
+    model: Callable[..., nn.Module] | None = None,
+    data: DataBundle | tuple[Dataset[Any], Dataset[Any]] | None = None,
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
@@ -46,8 +56,14 @@ def run(
     (or a run folder's path or URI) continues that run. While it runs, the folder is locked: a
     second resume of it fails at once (``RunInUseError``). To change the config, make a new
     one: ``config.override("training.epochs=5")`` (recorded in MLflow as a tag).
+
+    ``model`` and ``data`` take your own objects instead of the config's names (notebooks): a
+    class or function that makes the ``nn.Module`` (given ``num_classes`` / ``in_channels`` from
+    the data when it takes them, and ``model.params``), and a ``DataBundle`` or a ``(train,
+    val)`` pair of datasets. A class with an import path is recorded by it in the config and
+    checkpoints (its module is trusted in this process); a resume needs the same objects again.
     """
-    config = config or Config()
+    config, given = _with_given(config or Config(), model, data)
     check_runnable(config, local=local)
     folder = run_to_resume(config, resume) if resume else new_version(config.runs_folder())
     with holding(folder, "run") as lock, tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
@@ -63,9 +79,9 @@ def run(
             if local:
                 shown = reporter or (SilentReporter() if quiet else PrintReporter())
                 shown = TrackingReporter(shown, tracked) if tracked else shown
-                result = _run_here(config, folder, shown, resume_from, Path(scratch))
+                result = _run_here(config, folder, shown, resume_from, Path(scratch), given)
             else:
-                result = _run_on_ray(config, folder, resume_from, tracked)
+                result = _run_on_ray(config, folder, resume_from, tracked, given)
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
             _record_end(folder, {"status": "interrupted"} if interrupted else {"status": "failed", "error": str(err)})
@@ -77,6 +93,17 @@ def run(
             result.mlflow_run_id = close_run(tracked, config, result)
         _record_end(folder, {"status": result.status(), **result.summary()})
     return result
+
+
+def _with_given(config: Config, model: Any, data: Any) -> tuple[Config, Given]:
+    """The config that records a handed-over model class by its import path, and what was given."""
+    if model is not None and not callable(model):
+        raise TypeError(f"model= takes a class or function that makes the model, not a {type(model).__name__}")
+    path = target_of(model) if model is not None else None
+    if path is not None:
+        trust(path.split(":")[0])  # handing pat_ray the class is opting in for its module
+        config = config.model_copy(update={"model": ModelConfig(target=path, params=config.model.params)})
+    return config, Given(model, data)
 
 
 def run_to_resume(config: Config, which: bool | str) -> Location:
@@ -108,21 +135,27 @@ def _resume_point(config: Config, folder: Location, scratch: Path) -> Path:
     return checkpoint
 
 
-def _run_on_ray(config: Config, folder: Location, resume: Path | None, tracked: LiveTarget | None) -> RunResult:
+def _run_on_ray(
+    config: Config, folder: Location, resume: Path | None, tracked: LiveTarget | None, given: Given
+) -> RunResult:
     from pat_ray.distributed.train import recorded_ray_run, run_on_ray
 
     restart = recorded_ray_run(folder) if resume is not None and resume.name == LAST else None
     if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
-        return run_on_ray(config, storage=restart[0], run_name=restart[1], tracking=tracked, run_folder=folder)
-    return run_on_ray(config, resume=resume, tracking=tracked, run_folder=folder)
+        storage, name = restart
+        return run_on_ray(config, storage=storage, run_name=name, tracking=tracked, run_folder=folder, given=given)
+    return run_on_ray(config, resume=resume, tracking=tracked, run_folder=folder, given=given)
 
 
-def _run_here(config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path) -> RunResult:
+def _run_here(
+    config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path, given: Given
+) -> RunResult:
     """The engine in this process; a run folder in a store is written through a local stage."""
     if folder.is_local:
-        return train(config, reporter=reporter, resume=resume, run_dir=folder.local_path)
+        return train(config, reporter=reporter, resume=resume, run_dir=folder.local_path, given=given)
     stage = scratch / "stage"
-    result = train(config, reporter=StoreMirror(reporter, stage, folder, config), resume=resume, run_dir=stage)
+    mirror = StoreMirror(reporter, stage, folder, config)
+    result = train(config, reporter=mirror, resume=resume, run_dir=stage, given=given)
     result.checkpoint = str(folder / LAST)
     return result
 

@@ -16,7 +16,8 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -35,7 +36,14 @@ class ExportError(ValueError):
     """The model cannot be written in the format asked for (or the format's extra is missing)."""
 
 
-def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None) -> Path:
+def export_model(
+    checkpoint: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike | None = None,
+    *,
+    model: Callable[..., nn.Module] | None = None,
+    trust: Iterable[str] = (),
+) -> Path:
     """Write the pruned model of ``checkpoint`` as ``fmt`` (one of ``FORMATS``) to ``out``
     (default: beside the checkpoint, ``last.<fmt suffix>``); returns the path written.
 
@@ -46,8 +54,8 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require_onnx()
-    model, ckpt = load_checkpoint(checkpoint)
-    model.eval()
+    pruned, ckpt = load_checkpoint(checkpoint, model=model, trust=trust)  # as load_checkpoint takes them
+    pruned.eval()
     target = Path(out) if out is not None else _beside(checkpoint, fmt)
     if target.is_dir():
         raise ExportError(f"{target} is a folder; --out takes a file name")
@@ -57,8 +65,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export_") as scratch:
         staged = Path(scratch) / target.name
         with torch.no_grad():
-            write(model, example, staged, ckpt)
-        _check_outputs(model, load(staged, ckpt), _batch(ckpt, CHECK_BATCH), fmt)
+            write(pruned, example, staged, ckpt)
+        exported = load(staged, ckpt) if fmt != "state_dict" else _weights_into(pruned, staged)
+        _check_outputs(pruned, exported, _batch(ckpt, CHECK_BATCH), fmt)
         if fmt == "state_dict":
             os.replace(sidecar(staged), sidecar(target))
         os.replace(staged, target)
@@ -105,6 +114,7 @@ def _write_state_dict(model: nn.Module, example: torch.Tensor, path: Path, ckpt:
     torch.save(model.state_dict(), path)
     description = {
         "model_name": ckpt.model_name,
+        "model_source": ckpt.model_source,
         "model_params": ckpt.model_params,
         "input_shape": list(ckpt.input_shape),
         "architecture": ckpt.architecture.to_dict(),
@@ -112,9 +122,12 @@ def _write_state_dict(model: nn.Module, example: torch.Tensor, path: Path, ckpt:
     sidecar(path).write_text(json.dumps(description, indent=1))
 
 
-def _load_state_dict(path: Path, ckpt: Checkpoint):
-    """The weights into a module rebuilt from the JSON beside them, as ``load_checkpoint`` does."""
-    return load_checkpoint(path)[0].eval()
+def _weights_into(model: nn.Module, path: Path) -> nn.Module:
+    """The written weights loaded into a copy of the pruned module (``load_checkpoint(FILE)`` builds
+    the same module from ``FILE.json``)."""
+    copy = deepcopy(model)
+    copy.load_state_dict(torch.load(path, weights_only=True))
+    return copy.eval()
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkpoint) -> None:
@@ -182,7 +195,7 @@ def _load_onnx(path: Path, ckpt: Checkpoint):
 
 
 WRITERS: dict[str, tuple[Callable, Callable]] = {
-    "state_dict": (_write_state_dict, _load_state_dict),
+    "state_dict": (_write_state_dict, lambda path, ckpt: None),  # checked against the pruned module itself
     "torchscript": (_write_torchscript, _load_torchscript),
     "pt2": (_write_pt2, _load_pt2),
     "onnx": (_write_onnx, _load_onnx),

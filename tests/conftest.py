@@ -4,6 +4,7 @@ plugins registered for one test only."""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -13,8 +14,11 @@ def local_ray():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # dashboard off 8265, which tests/test_cluster.py's `ray start --head` uses
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=8266, log_to_driver=False)
+    # the dashboard on a free port: off the README's 8265, and off another pytest-xdist worker's Ray
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -68,8 +68,9 @@ def test_no_committed_file_holds_a_secret():
 
 @pytest.mark.parametrize("name", ["imagenet_resnet50", "imagenet_resnet34", "imagenet_mobilenet_v2"])
 def test_imagenet_pipelines_validate(name, tmp_path, monkeypatch):
-    for split in ("train", "val"):
-        (tmp_path / "imagenet" / split).mkdir(parents=True)
+    """Validated before ``ray job submit`` (``RAY_ADDRESS`` set): the images are on the cluster's
+    shared filesystem, not on this machine, so the checks that need them are left to the workers."""
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     monkeypatch.setenv("PAT_RAY_SHARED", str(tmp_path))
     result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / f"{name}.yaml")])
     assert result.exit_code == 0, result.output
@@ -155,7 +156,7 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
         )  # fmt: skip
         output = job.stdout + job.stderr
         assert job.returncode == 0, output[-3000:]
-        assert re.search(r"pruning started:\s+epoch 2\n", output), output[-3000:]
+        assert re.search(r"pruning started:\s+fixed start at epoch 2\n", output), output[-3000:]
         kept = float(re.search(r"FLOPs kept:\s+([0-9.]+)", output).group(1))
         assert kept == pytest.approx(0.5, abs=0.015)
         assert "succeeded" in output

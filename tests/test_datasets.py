@@ -33,15 +33,15 @@ def write_cifar10(root, per_batch: int = 8) -> None:
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
 
 
-def write_imagefolder(root, classes=("cat", "dog", "fox"), per_class: int = 3) -> None:
+def write_imagefolder(root, classes=("cat", "dog", "fox"), per_class: int = 3, shape=(40, 48, 3)) -> None:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in classes:
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(per_class):
-                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.jpg")
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(pixels.squeeze(-1) if shape[-1] == 1 else pixels).save(folder / f"{i}.png")
 
 
 def test_cifar10_reads_the_batch_format(tmp_path):
@@ -61,6 +61,34 @@ def test_imagefolder_reads_the_imagenet_layout(tmp_path):
     assert (len(data.train), len(data.val), data.num_classes) == (9, 9, 3)
     assert data.train[0][0].shape == (3, 32, 32)
     assert data.input_shape == (3, 32, 32)
+
+
+def test_imagefolder_reads_its_defaults_from_the_images(tmp_path):
+    write_imagefolder(tmp_path, shape=(20, 20, 1))  # small grayscale squares
+    data = get_registry().create("dataset", "imagefolder", root=str(tmp_path), augment=False)
+    assert data.input_shape == (1, 20, 20) and data.train[0][0].shape == (1, 20, 20)
+    pixels = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    assert abs(float(pixels.mean())) < 0.05 and abs(float(pixels.std()) - 1) < 0.05  # normalize: auto
+    plain = get_registry().create("dataset", "imagefolder", root=str(tmp_path), normalize="none", image_size=16)
+    assert plain.input_shape == (1, 16, 16) and 0 <= float(plain.val[0][0].min()) <= float(plain.val[0][0].max()) <= 1
+    with pytest.raises(ValueError, match="normalize is auto, imagenet, none"):
+        get_registry().create("dataset", "imagefolder", root=str(tmp_path), normalize="cifar")
+
+
+def test_rgb_images_refuse_a_one_channel_model_naming_both(tmp_path):
+    from click.testing import CliRunner
+
+    from pat_ray.cli import main
+
+    write_imagefolder(tmp_path / "images", shape=(16, 16, 3))
+    args = [
+        "validate",
+        f"data={{name: imagefolder, params: {{root: {tmp_path / 'images'}}}}}",
+        "model.params.in_channels=1",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "reads 1 input channels" in result.output and "the data gives 3" in result.output
 
 
 def test_imagefolder_missing_split_names_the_path(tmp_path):
@@ -87,7 +115,7 @@ def test_pipeline_runs_on_cifar10_files(tmp_path):
         },
         training={"epochs": 2},
         start=FixedStart(epoch=1),
-        pruning={"steps": 1},
+        pruning={"steps": 1, "interval": 3},
     )
     result = pat_ray.run(cfg, local=True, quiet=True)
     assert result.trigger_epoch == 1 and abs(result.flops_kept - 0.5) < 0.02

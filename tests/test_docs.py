@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import pytest
 import yaml
+
 from _docs import (
     ROOT,
     Block,
@@ -24,7 +25,6 @@ from _docs import (
     run_block,
     run_line,
 )
-
 from pat_ray.cli import main
 from pat_ray.config import Config, config_from_dict
 

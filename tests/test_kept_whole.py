@@ -58,7 +58,8 @@ def test_an_lstm_is_kept_whole_and_the_convs_before_it_prune():
     pat_ray.prune(model, x, budget=0.6)
     assert model.c1.out_channels < 16 and model.c2.out_channels == 32  # c2's channels merge into the sequence
     assert shapes(model.lstm) == lstm_before
-    assert abs(measure_cost(model, x).flops / graph_cost(graph).flops - 0.6) < 0.03
+    kept = measure_cost(model, x).flops / graph_cost(graph).flops
+    assert 0.6 - 0.05 < kept <= 0.6 + pat_ray.BUDGET_TOLERANCE  # a ceiling, met with c1's channels alone
     model.train()(x).sum().backward()
 
 

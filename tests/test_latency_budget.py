@@ -23,7 +23,10 @@ def time_budget(tmp_path, fraction=0.75, epochs=4, name="digits", **budget):
             "name": name,
             "output_dir": str(tmp_path),
             "training": {"epochs": epochs},
-            "pruning": {"budget": {"measure": "latency", "fraction": fraction, "latency_grid": 3, **budget}},
+            "pruning": {
+                "budget": {"measure": "latency", "fraction": fraction, "latency_grid": 3, **budget},
+                "interval": 5,  # the 3 steps fit one epoch: a start at epoch 2 of 3 fits
+            },
             "start": FixedStart(epoch=2).model_dump(),
         }
     )

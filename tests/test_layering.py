@@ -18,7 +18,7 @@ LAYERS = {
     # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
     "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],
     "training": ["training", "export"],  # engine, pruner, policies, records, checkpoint I/O; export
-    "shells": ["distributed", "sweep", "tracking"],  # Ray Train / Tune, the oracle's plan and report, MLflow
+    "shells": ["distributed", "sweep", "tracking", "lightning"],  # Ray Train / Tune, the oracle, MLflow, Lightning
     "top": ["api", "cli", "__init__", "sdk"],  # sdk: the plugin authors' surface, start policies included
 }
 FORBIDDEN = {  # third-party packages a layer must not touch

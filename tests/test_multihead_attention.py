@@ -77,7 +77,7 @@ def test_heads_and_the_width_flowing_in_prune_under_one_budget_and_train():
     arch = pat_ray.prune(model, x, budget=0.4)
     assert arch.count("attn/heads") < 4 and arch.count("embed") < 16
     assert model.attn.embed_dim == model.norm.normalized_shape[0] == arch.count("embed")
-    assert abs(measure_cost(model, x).flops / (0.4 * before) - 1) < 0.03
+    assert 0.4 * 0.95 < measure_cost(model, x).flops / before <= 0.4 + pat_ray.BUDGET_TOLERANCE  # a ceiling
     model.train()(x).sum().backward()
     assert model.attn.in_proj_weight.grad is not None
 
@@ -140,6 +140,7 @@ def test_a_pruned_attention_is_traced_and_pruned_again():
 
 def test_a_checkpointed_vit_with_pruned_heads_is_rebuilt_from_its_architecture():
     """What loading a checkpoint does: the registered base model, pruned to the architecture."""
+    from pat_ray.plugins.recipes import ModelRecipe
     from pat_ray.plugins.registry import get_registry
     from pat_ray.training.checkpoint import build_pruned_model
 
@@ -147,7 +148,7 @@ def test_a_checkpointed_vit_with_pruned_heads_is_rebuilt_from_its_architecture()
     params = {"image_size": 64, "num_classes": 10}
     model, x = get_registry().create("model", "vit_b_32", **params).eval(), torch.randn(2, 3, 64, 64)
     arch = pat_ray.prune(model, x, budget=0.3)
-    rebuilt = build_pruned_model("vit_b_32", params, arch, tuple(x.shape)).eval()
+    rebuilt = build_pruned_model(ModelRecipe("registry", "vit_b_32", params), arch, tuple(x.shape)).eval()
     rebuilt.load_state_dict(model.state_dict())
     attention = rebuilt.encoder.layers[0].self_attention
     assert isinstance(attention, NarrowedMultiheadAttention) and attention.num_heads < 12

@@ -34,6 +34,7 @@ def small_config(tmp_path, **oracle) -> Config:
             "name": "tiny",
             "output_dir": str(tmp_path / "runs"),
             "training": {"epochs": 5},
+            "pruning": {"steps": 2, "interval": 5},  # two quick steps: a start as late as epoch 4 fits
             "start": {"kind": "epi", "window": 2, "patience": 1, "tau": 0.9},
             "oracle": {"start_epochs": [0, 2, 3], "policies": ["epi"], "max_concurrent_trials": 2, **oracle},
             "tracking": {"mlflow": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "o"},
@@ -117,6 +118,8 @@ def test_sweep_resumes_a_failed_trial_and_reports_every_trial(plugins, tmp_path)
 
     # a budget in step time: the sweep times the layers once and every trial prices with that table
     config, name = with_time_budget(small_config(tmp_path)), f"sweep-{uuid.uuid4().hex[:8]}"
+    # EPI may take until epoch 4 to fire (its window of 2 fills at epoch 3), not only until the auto latest start
+    config = config.override("start.latest_start=4")
     plugins(fail_once_after(3, tmp_path / "fault-done"), name="fail-once")  # shipped to trials
     first = run_oracle(config, name=name, echo=lambda line: None)
     failed = [t.label for t in first.trials if not t.ok]

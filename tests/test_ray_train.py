@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:
         output_dir=tmp_path / "runs",
         start=FixedStart(epoch=start_epoch),
         training={"epochs": epochs},
+        pruning={"interval": 5},  # 3 steps in 18 of a rank's 12 iterations per epoch: a start at epoch 2 of 4 fits
         scaling={"num_workers": 2},
     )
 
@@ -147,7 +149,11 @@ def test_one_ray_worker_trains_like_local(local_ray, tmp_path):
     import pat_ray
 
     config = configured(
-        output_dir=tmp_path / "runs", training={"epochs": 3}, start=FixedStart(epoch=2), tracking={"mlflow": False}
+        output_dir=tmp_path / "runs",
+        training={"epochs": 3},
+        pruning={"interval": 5},  # the 3 steps fit the last epoch
+        start=FixedStart(epoch=2),
+        tracking={"mlflow": False},
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -164,3 +170,59 @@ def test_one_ray_worker_trains_like_local(local_ray, tmp_path):
     assert [(h.train_loss, h.val_acc, h.fingerprint) for h in on_ray.history] == [
         (h.train_loss, h.val_acc, h.fingerprint) for h in local.history
     ]
+
+
+def _own_loop(settings: dict) -> None:
+    """A ``train_loop_per_worker`` of the user's own, with ``pat_ray.PaT`` in it."""
+    import ray.train
+    import ray.train.torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import pat_ray
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 12, 3), nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(12, 3))  # fmt: skip
+    model = ray.train.torch.prepare_model(net)  # DDP on the worker group
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    rank = ray.train.get_context().get_world_rank()
+    generator = torch.Generator().manual_seed(rank)  # each worker its own batches
+    batches = [(torch.randn(8, 1, 8, 8, generator=generator), torch.randint(0, 3, (8,), generator=generator))] * 6
+    start = {"kind": "fixed", "epoch": 1}
+    pat = pat_ray.PaT(
+        model, torch.zeros(1, 1, 8, 8), optimizer, epochs=settings["epochs"], start=start, steps=2, interval=2
+    )
+    for _ in range(settings["epochs"]):
+        for images, labels in batches:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            model = pat.step(model)
+        model = pat.end_epoch(model)
+    seen = {"fingerprint": pat.architecture.fingerprint(), "pruned": pat.pruned, "kept": pat.flops_kept}
+    (Path(settings["out"]) / f"rank{rank}.json").write_text(json.dumps(seen))  # one machine: one filesystem
+    ray.train.report(seen)
+
+
+def test_the_component_in_a_users_ray_train_loop_agrees_across_workers(local_ray, tmp_path):
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # the loop is defined in this test module, which Ray's workers cannot import: shipped by value,
+    # as a loop in a user's script (__main__) is
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    trainer = TorchTrainer(
+        _own_loop,
+        train_loop_config={"epochs": 3, "out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name=f"own-loop-{uuid.uuid4().hex[:8]}", storage_path=str(tmp_path)),
+    )
+    try:
+        trainer.fit()
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert seen[0] == seen[1] and seen[0]["pruned"] and seen[0]["kept"] <= 0.5 + 0.005

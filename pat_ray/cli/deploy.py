@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pat_ray.cli import main
+from pat_ray.cli.pipelines import TRUST
 from pat_ray.export import FORMATS
 from pat_ray.storage import Location
 from pat_ray.training.checkpoint import sidecar
@@ -17,6 +18,7 @@ from pat_ray.training.run_state import LAST
 @click.argument("run")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="pt2", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="The file to write (default: beside the checkpoint).")
+@TRUST
 def export(run: str, fmt: str, out: Path | None) -> None:
     """Write the pruned model of RUN (a run folder, its `latest` link, or a checkpoint file; a
     path or a URI such as file:// or s3://) in a format that loads without pat_ray

@@ -14,6 +14,7 @@ from pat_ray.config import config_to_yaml
 from pat_ray.config.fields import data_on_workers
 from pat_ray.config.keys import is_override
 from pat_ray.plugins.registry import PluginFailure
+from pat_ray.plugins.user_code import trust
 from pat_ray.storage import Location
 from pat_ray.training.resume_check import RunFinishedError
 from pat_ray.training.run_state import CONFIG, LAST, PREVIOUS
@@ -23,6 +24,21 @@ CONFIG_FILE = click.argument("config", required=False)
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 OUTPUT_DIR = click.option("--output-dir", help="Override output_dir (a folder or a URI such as s3://bucket/runs).")
 VERBOSE = click.option("--verbose", is_flag=True, help="Show Ray's own INFO lines (worker set-up, every report).")
+TRUST = click.option(
+    "--trust",
+    multiple=True,
+    metavar="MODULE",
+    callback=lambda ctx, param, modules: _trusted(modules),
+    expose_value=False,
+    is_eager=True,
+    help="Allow importing MODULE (and its submodules) for model.target / data.target and for checkpoints made from "
+    "them; repeat for several (or PAT_RAY_TRUST=a,b). Nothing else is ever imported from a config or checkpoint.",
+)
+
+
+def _trusted(modules: tuple[str, ...]) -> tuple[str, ...]:
+    trust(*modules)  # before the config is read: validation imports the targets it names
+    return modules
 
 
 def _set_verbose(verbose: bool) -> None:
@@ -46,6 +62,7 @@ def _set_verbose(verbose: bool) -> None:
     "20261202-101500, or a run folder).",
 )
 @VERBOSE
+@TRUST
 def run(
     config: str | None,
     overrides: tuple[str, ...],
@@ -181,6 +198,7 @@ def summary(result) -> str:
 )
 @OUTPUT_DIR
 @VERBOSE
+@TRUST
 def oracle(
     config: str | None,
     overrides: tuple[str, ...],
@@ -234,6 +252,7 @@ def _oracle_command(config: str | None, overrides: tuple[str, ...], name: str, o
 @main.command(short_help="Validate a config (with overrides); print it resolved, or every error.")
 @CONFIG_FILE
 @OVERRIDES
+@TRUST
 def validate(config: str | None, overrides: tuple[str, ...]) -> None:
     """Validate CONFIG (with any KEY=VALUE overrides) and print the resolved config, or every
     error as SOURCE: field: message, exit 2. Also checks what this machine must provide for a

@@ -5,6 +5,7 @@ Overrides (``key.path=value``) are merged into the YAML before validation. Value
 validator's, naming the key; a key that names no field is refused before that, with the closest
 valid key suggested. ``start.kind=<kind>`` switches the start policy to that kind's defaults
 (keeping ``snapshot_every``); ``start.<field>=...`` after it sets one of its fields.
+``model.target=...`` clears ``model.name`` (and the other way round; ``data`` likewise).
 ``describe`` reads each field's type, default and description from the pydantic schema, for
 ``pat-ray config``.
 """
@@ -27,6 +28,12 @@ from pat_ray.config.files import ConfigError
 from pat_ray.config.start import BaseStartPolicy, start_policy_classes
 
 SOURCE = "override"
+SOURCES = {
+    "model.name": "model.target",
+    "model.target": "model.name",
+    "data.name": "data.target",
+    "data.target": "data.name",
+}
 
 
 def is_override(text: str) -> bool:
@@ -60,6 +67,8 @@ def apply_overrides(data: dict[str, Any] | None, overrides: list[str]) -> dict[s
             merged["start"] = _switched_policy(merged.get("start"), value)
         else:
             _set(merged, key.split("."), value)
+            if key in SOURCES:  # a model (or data) comes from a name or a target: setting one clears the other
+                _set(merged, SOURCES[key].split("."), None)
     if errors:
         raise ConfigError(SOURCE, errors)
     return merged

@@ -34,6 +34,8 @@ from pat_ray.config.sections import (
 )
 from pat_ray.config.start import EPIStart, StartPolicy
 from pat_ray.plugins.registry import get_registry
+from pat_ray.plugins.signatures import check_params as check_factory_params
+from pat_ray.plugins.user_code import resolve
 from pat_ray.storage import Location, check_scheme, has_scheme
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -112,12 +114,17 @@ class Config(Strict):
     def _plugin_params_accepted(self) -> Config:
         if "num_classes" in self.model.params:
             raise ValueError("model.params: num_classes is set from the dataset; remove it")
-        check_params("model.params", "model", self.model.name, self.model.params, supplied=("num_classes",))
-        check_params("data.params", "dataset", self.data.name, self.data.params, early=False)
-        try:
-            get_registry().early_check("dataset", self.data.name, self.data.params)
-        except ValueError as err:
-            check_data_here("data.params", str(err))
+        supplied = ("num_classes", "in_channels")
+        if self.model.target is not None:
+            factory = resolve(self.model.target, "model.target")
+            check_factory_params(factory, self.model.params, supplied, f"model.params: {self.model.target}")
+        else:
+            check_params("model.params", "model", str(self.model.name), self.model.params, supplied=supplied)
+        if self.data.target is not None:
+            factory = resolve(self.data.target, "data.target")
+            check_factory_params(factory, self.data.params, (), f"data.params: {self.data.target}")
+        else:
+            self._dataset_params_accepted(str(self.data.name))
         criterion = self.pruning.criterion
         check_params("pruning.criterion.params", "criterion", criterion.name, criterion.params)
         try:  # a criterion is cheap to build: its own checks of the values run now, not at run start
@@ -125,6 +132,13 @@ class Config(Strict):
         except (ValueError, TypeError) as err:
             raise ValueError(f"pruning.criterion.params: {err}") from None
         return self
+
+    def _dataset_params_accepted(self, name: str) -> None:
+        check_params("data.params", "dataset", name, self.data.params, early=False)
+        try:
+            get_registry().early_check("dataset", name, self.data.params)
+        except ValueError as err:
+            check_data_here("data.params", str(err))
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:

@@ -12,9 +12,17 @@ import math
 from dataclasses import dataclass, field
 
 from pat_ray.config.pipeline import Config
-from pat_ray.config.start import WatchingStartPolicy
+from pat_ray.config.start import BaseStartPolicy, WatchingStartPolicy
 
 FINETUNE_SHARE = 0.25  # an automatic latest start leaves this share of training.epochs (>= 1 epoch) after pruning
+
+
+class PlanError(ValueError):
+    """The pruning steps do not fit the schedule; ``problems`` name what to change."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -55,33 +63,38 @@ def auto_latest_start(epochs: int, iters_per_epoch: int, pruning: int) -> int:
 
 def plan_pruning(config: Config, iters_per_epoch: int) -> PruningPlan:
     """The plan of ``config``'s run when each epoch has ``iters_per_epoch`` iterations per worker."""
-    policy, training, pruning = config.start, config.training, config.pruning
-    epochs, ipe = training.epochs, max(1, iters_per_epoch)
-    steps = pruning_iterations(pruning.steps, pruning.interval)
-    auto = auto_latest_start(epochs, ipe, steps)
+    pruning = config.pruning
+    return plan_for(config.start, config.training.epochs, pruning.steps, pruning.interval, iters_per_epoch)
+
+
+def plan_for(policy: BaseStartPolicy, epochs: int, steps: int, interval: int, iters_per_epoch: int) -> PruningPlan:
+    """The plan of ``policy`` in ``epochs`` epochs of ``iters_per_epoch`` iterations, for
+    ``steps`` pruning steps ``interval`` iterations apart."""
+    ipe = max(1, iters_per_epoch)
+    needed = pruning_iterations(steps, interval)
+    auto = auto_latest_start(epochs, ipe, needed)
     latest = policy.latest_epoch(max(0, auto))
-    problems: list[str] = []
-    notes: list[str] = []
-    what = f"the {pruning.steps} pruning steps take up to {steps} iterations (pruning.steps {pruning.steps} x " + (
-        f"(pruning.interval {pruning.interval} + 1)) at {ipe} iterations per epoch"
+    what = (
+        f"the {steps} pruning steps take up to {needed} iterations (pruning.steps {steps} x "
+        f"(pruning.interval {interval} + 1)) at {ipe} iterations per epoch"
     )
+    problems: list[str] = []
     if policy.kind == "after_training":
         finetune = policy.extra_epochs(epochs)
-        if finetune * ipe < steps:
+        if finetune * ipe < needed:
             problems.append(
                 f"start.finetune_epochs: {what}, more than the {finetune} fine-tuning epochs; set "
-                f"start.finetune_epochs >= {math.ceil(steps / ipe)} or pruning.interval <= "
-                f"{_interval_within(finetune * ipe, pruning.steps)}"
+                f"start.finetune_epochs >= {math.ceil(needed / ipe)} or pruning.interval <= "
+                f"{_interval_within(finetune * ipe, steps)}"
             )
     elif policy.grid_epoch is not None:
-        problems += _start_fits("start.epoch", policy.grid_epoch, epochs, ipe, steps, what)
+        problems += _start_fits("start.epoch", policy.grid_epoch, epochs, ipe, needed, what)
     elif latest is not None and getattr(policy, "latest_start", None) == "auto" and auto < 0:
-        problems.append(_too_short(config, ipe, steps, what))
+        problems.append(_too_short(epochs, steps, ipe, needed, what))
     elif latest is not None:
-        problems += _start_fits("start.latest_start", latest, epochs, ipe, steps, what)
-    if isinstance(policy, WatchingStartPolicy) and latest is not None and not problems:
-        notes += _watch_notes(policy, latest, ipe, epochs)
-    return PruningPlan(ipe, steps, latest, problems, notes)
+        problems += _start_fits("start.latest_start", latest, epochs, ipe, needed, what)
+    notes = _watch_notes(policy, latest, ipe, epochs) if isinstance(policy, WatchingStartPolicy) else []
+    return PruningPlan(ipe, needed, latest, problems, [] if problems or latest is None else notes)
 
 
 def _start_fits(key: str, start: int, epochs: int, ipe: int, steps: int, what: str) -> list[str]:
@@ -96,13 +109,12 @@ def _start_fits(key: str, start: int, epochs: int, ipe: int, steps: int, what: s
     ]
 
 
-def _too_short(config: Config, ipe: int, steps: int, what: str) -> str:
-    epochs = config.training.epochs
-    enough = next(
-        e for e in range(epochs, epochs + 10 * (1 + steps // ipe) + 10) if auto_latest_start(e, ipe, steps) >= 0
-    )
+def _too_short(epochs: int, steps: int, ipe: int, needed: int, what: str) -> str:
+    enough = epochs
+    while auto_latest_start(enough, ipe, needed) < 0:
+        enough += 1
     finetune = max(1, math.ceil(FINETUNE_SHARE * epochs))
-    interval = _interval_within((epochs - finetune) * ipe, config.pruning.steps)
+    interval = _interval_within((epochs - finetune) * ipe, steps)
     return (
         f"training.epochs {epochs}: {what}, and the pruned model needs {finetune} epoch(s) after them; set "
         f"training.epochs >= {enough}" + (f" or pruning.interval <= {interval}" if interval >= 1 else "")
@@ -114,8 +126,10 @@ def _interval_within(iterations: int, steps: int) -> int:
     return iterations // max(1, steps) - 1
 
 
-def _watch_notes(policy: WatchingStartPolicy, latest: int, ipe: int, epochs: int) -> list[str]:
+def _watch_notes(policy: WatchingStartPolicy, latest: int | None, ipe: int, epochs: int) -> list[str]:
     """A policy that cannot fire before its latest start still prunes (at that start); say so."""
+    if latest is None:
+        return []
     cadence = policy.cadence
     schedule = cadence.count(epochs, ipe) or 0
     before = cadence.count(latest, ipe) or 0

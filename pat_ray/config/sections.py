@@ -24,23 +24,60 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.selection import Measure
 from pat_ray.tracer.graph import AttentionCut
 
+DEFAULT_MODEL, DEFAULT_DATA = "cifar_resnet20", "digits"
+
 
 class ModelConfig(Strict):
-    name: ModelName = Field("cifar_resnet20", description="registered model name (`pat-ray plugins --kind model`)")
-    params: dict[str, Any] = Field(
-        default_factory=lambda: {"in_channels": 1},
-        description="keyword arguments for the model factory; num_classes comes from the dataset",
+    name: ModelName | None = Field(
+        None, description="registered model name (`pat-ray plugins --kind model`); default cifar_resnet20"
     )
+    target: str | None = Field(
+        None,
+        description="your own model instead of a registered one: an import path, module:Class or module:function "
+        "(e.g. my_pkg.nets:SmallCNN), imported only from modules you trust (--trust my_pkg)",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments for the model's class or factory; num_classes and in_channels come from the "
+        "data when it takes them and they are not given",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.name is not None and self.target is not None:
+            raise ValueError(f"give name ({self.name!r}) or target ({self.target!r}), not both")
+        if self.name is None and self.target is None:
+            object.__setattr__(self, "name", DEFAULT_MODEL)
+        return self
 
 
 class DataConfig(Strict):
-    name: DatasetName = Field("digits", description="registered dataset name")
+    name: DatasetName | None = Field(None, description="registered dataset name; default digits")
+    target: str | None = Field(
+        None,
+        description="your own data instead of a registered dataset: an import path (module:function) to a factory "
+        "returning a DataBundle or a (train, val) pair of datasets; imported only from modules you trust",
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the dataset factory (e.g. root)"
+    )
+    num_classes: int | None = Field(
+        None, gt=1, description="classes, when the data cannot say (default: read from the datasets)"
+    )
+    input_shape: list[int] | None = Field(
+        None, description="one sample's shape, e.g. [3, 32, 32], when the data cannot say (default: its first sample)"
     )
     batch_size: int = Field(64, gt=0, description="training batch size per worker")
     eval_batch_size: int = Field(512, gt=0, description="validation batch size per worker")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.name is not None and self.target is not None:
+            raise ValueError(f"give name ({self.name!r}) or target ({self.target!r}), not both")
+        if self.name is None and self.target is None:
+            object.__setattr__(self, "name", DEFAULT_DATA)
+        return self
 
     @field_validator("params")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, cast, get_args
 
@@ -343,6 +344,14 @@ def start_policy_of(value: Any) -> BaseStartPolicy:
             where = ".".join(str(part) for part in ("start", kind, *e["loc"]))
             problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         raise ValueError("\n".join(problems)) from None
+
+
+def as_start_policy(start: str | Mapping[str, Any] | BaseStartPolicy) -> BaseStartPolicy:
+    """A start policy from its kind (``"epi"``: its defaults), a mapping such as ``{"kind":
+    "fixed", "epoch": 2}``, or a policy object; ValueError naming each field that is wrong."""
+    if isinstance(start, BaseStartPolicy):
+        return start
+    return start_policy_of({"kind": start} if isinstance(start, str) else dict(start))
 
 
 def policy_of_kind(own: BaseStartPolicy, kind: str) -> BaseStartPolicy:

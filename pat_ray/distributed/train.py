@@ -11,11 +11,13 @@ talks to the tracking store. A restarted worker group resumes from ``ray.train.g
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import signal
 import socket
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -23,10 +25,12 @@ from pathlib import Path
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
 from pat_ray.distributed.worker import worker_loop
+from pat_ray.plugins.user_code import split_target, trusted_modules
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.records import RunResult
 from pat_ray.training.run_versions import new_version, point_latest
+from pat_ray.training.setup import Given
 
 RAY_RUN = "ray_run.json"  # the Ray Train run (storage + name) behind a run folder, for a same-name restart
 
@@ -63,6 +67,7 @@ def run_on_ray(
     resume: Path | None = None,
     tracking: LiveTarget | None = None,
     run_folder: Location | None = None,
+    given: Given | None = None,
 ) -> RunResult:
     """Run ``config`` with Ray Train; start a local Ray if none is running.
 
@@ -84,7 +89,7 @@ def run_on_ray(
     from pat_ray.distributed.progress import ProgressCallback, final_result
     from pat_ray.plugins.registry import shipped_plugins
 
-    start_ray()
+    start_ray(user_code_paths(config))
     cpus = config.scaling.cpus_per_worker or cpus_per_worker(config.scaling.num_workers)
     if run_folder is None:
         run_folder = new_version(config.runs_folder())
@@ -104,6 +109,8 @@ def run_on_ray(
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "plugins": shipped_plugins(),
+            "trusted": sorted(trusted_modules()),  # what this process may import for targets, the workers too
+            "given": given or Given(),  # objects handed over in Python: Ray pickles them to the workers
             "latency_table": latency_table,
             "resume": ray.put(resume.read_bytes()) if resume is not None else None,
             "threads": min(cpus, torch.get_num_threads()),  # what --local uses, shared among the workers
@@ -219,13 +226,34 @@ def ray_log_level() -> str:
     return "INFO" if os.environ.get("PAT_RAY_VERBOSE") else "CRITICAL"
 
 
-def start_ray() -> None:
-    """A local Ray for this process, unless one is up; its workers and actors log at ``ray_log_level()``."""
+def user_code_paths(config: Config) -> list[str]:
+    """The folders (or files) of the modules the config's targets import: a job started here
+    ships them to every node with Ray's ``py_modules``, as Ray documents for code a cluster's
+    nodes do not have (a job submitted with ``--working-dir`` carries its own). Installed
+    packages are left to each node's environment."""
+    installed = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    paths = []
+    for target in (config.model.target, config.data.target):
+        if target is None:
+            continue
+        top = split_target(target)[0].split(".")[0]
+        spec = importlib.util.find_spec(top)
+        if spec is not None and spec.submodule_search_locations:
+            paths.append(str(Path(list(spec.submodule_search_locations)[0])))
+        elif spec is not None and spec.origin and spec.origin.endswith(".py"):
+            paths.append(spec.origin)
+    return sorted({path for path in paths if not any(path.startswith(root) for root in installed)})
+
+
+def start_ray(py_modules: list[str] | None = None) -> None:
+    """A local Ray for this process, unless one is up; its workers and actors log at
+    ``ray_log_level()``, and import ``py_modules`` (folders or files) wherever they run."""
     import ray
 
     if ray.is_initialized():
         return
-    runtime_env, chosen = None, False
+    runtime_env: dict | None = None
+    chosen = False
     given = os.environ.get("RAY_ADDRESS", "")
     if given.count(":") == 1 and "://" not in given and not ray_private.in_submitted_job():
         # a cluster's GCS: Train's helper actors, which look the cluster up without an address,
@@ -240,6 +268,8 @@ def start_ray() -> None:
             os.environ[ray_private.GCS_SERVER_PORT] = str(_free_port())
         address = f"{ray.util.get_node_ip_address()}:{os.environ[ray_private.GCS_SERVER_PORT]}"
         runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
+    if py_modules and not ray_private.in_submitted_job():
+        runtime_env = {**(runtime_env or {}), "py_modules": py_modules}
     stops = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     context = ray.init(
         log_to_driver=True,

@@ -29,13 +29,15 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from pat_ray.config import config_from_dict
     from pat_ray.core.cost.latency import LatencyTable
     from pat_ray.distributed import ray_private
-    from pat_ray.distributed.torch_collective import DistributedCollective
     from pat_ray.distributed.train import ray_log_level
     from pat_ray.plugins.registry import install_shipped
+    from pat_ray.plugins.user_code import trust
     from pat_ray.training.engine import train
+    from pat_ray.training.torch_collective import DistributedCollective
 
     ray_private.quiet_report_logger("INFO" if ray_log_level() == "INFO" else "WARNING")
     install_shipped(loop_config["plugins"])
+    trust(*loop_config["trusted"])
     torch.set_num_threads(loop_config["threads"])
     config = config_from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -52,7 +54,12 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     given = loop_config.get("latency_table")
     table = LatencyTable.from_dict(given) if given else None
     train(
-        config.model_copy(update={"output_dir": str(run_dir)}), collective, reporter, resume=resume, latency_table=table
+        config.model_copy(update={"output_dir": str(run_dir)}),
+        collective,
+        reporter,
+        resume=resume,
+        latency_table=table,
+        given=loop_config["given"],
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any, cast
 import pluggy
 
 from pat_ray.plugins import hookspecs
+from pat_ray.plugins.signatures import check_params as check_factory_params
 from pat_ray.tracer.layers.declared import LayerRule, set_rules
 
 KINDS = {
@@ -125,18 +126,7 @@ class Registry:
         arguments the caller ``supplied`` itself), so a typo fails at validation, not at run start;
         ``early``: also run the factory's own early check."""
         entry = self.get(kind, name)
-        try:
-            signature = inspect.signature(entry.factory)
-        except (TypeError, ValueError):
-            return  # a builtin or C factory: nothing to check against
-        try:
-            signature.bind(**params, **{key: None for key in supplied})
-        except TypeError as err:
-            accepted = [p for p in signature.parameters if p not in supplied and not p.startswith("_")]
-            raise ValueError(
-                f"{kind} {name!r} ({entry.plugin}) does not take these params: {err}; "
-                f"it accepts: {', '.join(accepted) or 'none'}"
-            ) from None
+        check_factory_params(entry.factory, params, supplied, f"{kind} {name!r} ({entry.plugin})")
         if early:
             self.early_check(kind, name, params)
 

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from torch import nn
 
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.plugins.recipes import ModelRecipe, Source
+from pat_ray.plugins.user_code import TargetError, trusting
 from pat_ray.storage import Location, atomic_write, has_scheme
 from pat_ray.tracer.trace import trace_channel_groups
 
@@ -56,13 +59,18 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model_name: str
+    model_name: str  # a registry name, an import path, or what a model handed over in Python was
     model_params: dict[str, Any]
     input_shape: tuple[int, ...]
     architecture: Architecture
     state_dict: dict[str, torch.Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
     source: Path | str | None = None  # the file (or URI) it was read from
+    model_source: Source = "registry"  # how model_name makes the model (ModelRecipe.source)
+
+    @property
+    def recipe(self) -> ModelRecipe:
+        return ModelRecipe(self.model_source, self.model_name, dict(self.model_params))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, backup: str | os.PathLike | None = None) -> None:
@@ -76,7 +84,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
-    model_name: str,
+    made_by: str | ModelRecipe | Callable[..., nn.Module],
     architecture: Architecture,
     input_shape: tuple[int, ...],
     model_params: dict[str, Any] | None = None,
@@ -85,14 +93,19 @@ def save_checkpoint(
 ) -> None:
     """Save ``model`` (pruned to ``architecture``, relative to the base model) atomically.
 
+    ``made_by`` says how the base model is built again: a registered model's name, an import
+    path (``"my_pkg.nets:SmallCNN"``), the class or factory itself (recorded by its import path
+    when it has one), or a ``ModelRecipe``; ``model_params`` are its keyword arguments.
     ``extra`` must hold tensors and plain data only (what ``weights_only`` loading reads);
     ``backup``: keep the file this replaces under that name."""
+    recipe = recipe_of(made_by, model_params)
     atomic_torch_save(
         {
             "format_version": FORMAT_VERSION,
             "pat_ray_version": _own_version(),
-            "model_name": model_name,
-            "model_params": dict(model_params or {}),
+            "model_name": recipe.name,
+            "model_source": recipe.source,
+            "model_params": dict(recipe.params),
             "input_shape": list(input_shape),
             "architecture": architecture.to_dict(),
             "state_dict": model.state_dict(),
@@ -101,6 +114,14 @@ def save_checkpoint(
         path,
         backup,
     )
+
+
+def recipe_of(made_by: str | ModelRecipe | Callable[..., nn.Module], params: dict[str, Any] | None) -> ModelRecipe:
+    if isinstance(made_by, ModelRecipe):
+        return made_by if params is None else ModelRecipe(made_by.source, made_by.name, dict(params))
+    if isinstance(made_by, str):
+        return ModelRecipe("import" if ":" in made_by else "registry", made_by, dict(params or {}))
+    return ModelRecipe.of(None, None, dict(params or {}), given=made_by)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -146,8 +167,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         architecture = Architecture.from_dict(data["architecture"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(path, f"its architecture is invalid ({err})") from None
+    source = data.get("model_source", "registry")
+    if source not in ("registry", "import", "object"):
+        raise CheckpointError(path, f"field 'model_source' is {source!r}, not registry, import or object")
     return Checkpoint(
         model_name=data["model_name"],
+        model_source=source,
         model_params=data["model_params"],
         input_shape=tuple(data["input_shape"]),
         architecture=architecture,
@@ -166,7 +191,8 @@ def _described(path: Path) -> dict[str, Any]:
     """An exported state dict's sidecar, as the fields of a checkpoint."""
     try:
         described = json.loads(sidecar(path).read_text())
-        return {name: described[name] for name in ("model_name", "model_params", "input_shape", "architecture")}
+        fields = {name: described[name] for name in ("model_name", "model_params", "input_shape", "architecture")}
+        return {**fields, "model_source": described.get("model_source", "registry")}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(sidecar(path), f"does not describe the exported model ({_first_line(err)})") from None
 
@@ -177,15 +203,16 @@ def _first_line(err: BaseException) -> str:
 
 
 def build_pruned_model(
-    model_name: str,
-    model_params: dict[str, Any],
+    recipe: ModelRecipe,
     architecture: Architecture,
     input_shape: tuple[int, ...],
+    given: Callable[..., nn.Module] | None = None,
+    what: str = "checkpoint",
 ) -> nn.Module:
-    """The registered base model, physically pruned to ``architecture``."""
-    from pat_ray.plugins.registry import get_registry
-
-    model = get_registry().create("model", model_name, **model_params)
+    """The base model ``recipe`` makes (``given``: its class or factory, for a model handed
+    over in Python), physically pruned to ``architecture``."""
+    factory = recipe.factory(what, given)
+    model = factory(**recipe.params)
     graph = trace_channel_groups(model, torch.zeros(1, *input_shape[1:]), attention=architecture.attention)
     apply_architecture(model, graph, architecture)
     return model
@@ -214,21 +241,37 @@ def _read_remote(uri: str, map_location: str | torch.device) -> Checkpoint:
     return ckpt
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the pruned model saved at ``path``; returns it with the checkpoint's contents."""
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    model: Callable[..., nn.Module] | None = None,
+    trust: Iterable[str] = (),
+) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the pruned model saved at ``path``; returns it with the checkpoint's contents.
+
+    A model made from an import path is imported only from a module the user trusts
+    (``trust=["my_pkg"]``, ``pat_ray.trust``, ``PAT_RAY_TRUST``) or when its class or factory is
+    passed as ``model``: reading a file never runs code by itself."""
     from pat_ray.plugins.registry import PluginError
 
     ckpt = read_checkpoint(path, map_location)
+    what = f"checkpoint {str(path)!r}"
     try:
-        model = build_pruned_model(ckpt.model_name, ckpt.model_params, ckpt.architecture, ckpt.input_shape)
-    except PluginError as err:
+        with trusting(trust):
+            built = build_pruned_model(ckpt.recipe, ckpt.architecture, ckpt.input_shape, model, what)
+    except (PluginError, TargetError) as err:
+        raise CheckpointError(path, f"its model cannot be built here: {str(err).removeprefix(what + ': ')}") from None
+    except KeyError:
         raise CheckpointError(
-            path, f"was written for model {ckpt.model_name!r}, which cannot be built here: {err}"
+            path,
+            f"was written for model {ckpt.model_name!r}, which is not registered here (`pat-ray plugins --kind model` "
+            "lists what is; a plugin's model needs its distribution installed)",
         ) from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         raise CheckpointError(path, f"its architecture does not fit model {ckpt.model_name!r} ({err})") from None
     try:
-        model.load_state_dict(ckpt.state_dict)
+        built.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:
         raise CheckpointError(path, f"its weights do not fit model {ckpt.model_name!r} ({_first_line(err)})") from None
-    return model.to(map_location), ckpt
+    return built.to(map_location), ckpt

@@ -42,3 +42,10 @@ class SnapshotTracker:
             "epi": self.epi,
             "mask_distances": self.mask_distances,
         }
+
+    def load(self, state: dict) -> None:
+        """Continue from ``state()`` of an earlier tracker of the same run."""
+        for snapshot, epi, distances in zip(state["snapshots"], state["epi"], state["mask_distances"]):
+            self.snapshots.append(Architecture.from_dict(snapshot))
+            self.epi.append(epi)
+            self.mask_distances.append(distances)

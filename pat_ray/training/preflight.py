@@ -69,17 +69,28 @@ def _device_problems(config: Config, local: bool) -> list[str]:
 
 
 def check_schedule(config: Config, local: bool = True, source: str = "config") -> list[str]:
-    """Whether the pruning steps fit the schedule, once the data says how long an epoch is:
-    ConfigError naming the fields to change (and values that would work), else the plan's
-    notes (a start policy that cannot fire before its latest start)."""
+    """What only the data and the model can tell, checked before any training: the pruning steps
+    fit the schedule once the data says how long an epoch is, and the model reads as many input
+    channels as the data has. ConfigError names the fields to change (and values that would
+    work); returns the plan's notes (a start policy that cannot fire before its latest start)."""
     from collections.abc import Sized
     from typing import cast
 
-    from pat_ray.plugins.registry import get_registry
+    from pat_ray.plugins.recipes import ModelRecipe, make_data
+    from pat_ray.training.setup import check_input_channels
 
-    data = get_registry().create("dataset", config.data.name, **config.data.params)
+    section = config.data
+    data = make_data(section.name, section.target, section.params, None, section.num_classes, section.input_shape)
+    recipe = ModelRecipe.of(config.model.name, config.model.target, config.model.params)
+    model, recipe = recipe.build("model", None, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    problems = []
+    try:
+        check_input_channels(model, data, recipe)
+    except ValueError as err:
+        problems.append(f"model / data: {err}")
     workers = 1 if local else config.scaling.num_workers
     plan = plan_pruning(config, iterations_per_epoch(len(cast(Sized, data.train)), config.data.batch_size, workers))
-    if plan.problems:
-        raise ConfigError(source, plan.problems)
+    problems += plan.problems
+    if problems:
+        raise ConfigError(source, problems)
     return plan.notes

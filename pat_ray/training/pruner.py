@@ -17,17 +17,18 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.selection import Budget, Measure, budget_measure, check_reachable, select_architecture
 from pat_ray.core.verify import check_pruned
-from pat_ray.tracer.graph import AttentionCut, ModelGraph
+from pat_ray.tracer.graph import AttentionCut, Example, ModelGraph
 from pat_ray.tracer.trace import trace_channel_groups
 from pat_ray.training.collective import Collective
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneStep:
     step: int
     fraction: float
     architecture: Architecture  # relative to the base model
     cost: Cost
+    epoch: int = 0  # the epoch it happened in (0: at initialization)
 
 
 class Pruner:
@@ -36,7 +37,7 @@ class Pruner:
     def __init__(
         self,
         model: nn.Module,
-        example: torch.Tensor,
+        example: Example,
         criterion: Criterion,
         surgery,
         budget: Budget,
@@ -94,14 +95,21 @@ class Pruner:
         self.active = True
         self.iters_since_step = 0
 
-    def due(self) -> bool:
-        """Called once per iteration while active: is the next step due now?"""
+    def tick(self) -> bool:
+        """Called after each training iteration: is the next pruning step due now (``interval``
+        iterations trained since the last one, or since pruning started)?"""
         if not self.active or self.finished:
             return False
         self.iters_since_step += 1
-        return self.iters_since_step > self.interval
+        return self.iters_since_step >= self.interval
 
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scores: Scores | None = None) -> PruneStep:
+    def due_next(self) -> bool:
+        """Whether the next ``tick`` will say a step is due."""
+        return self.active and not self.finished and self.iters_since_step + 1 >= self.interval
+
+    def step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scores: Scores | None = None
+    ) -> PruneStep:
         """Remove the next share of channels: step i of S keeps 1 - (1 - f) * i / S."""
         self.steps_done += 1
         fraction = 1.0 - (1.0 - self.budget.fraction) * self.steps_done / self.steps
@@ -120,9 +128,12 @@ class Pruner:
     def state(self) -> dict:
         return {"steps_done": self.steps_done, "active": self.active, "iters_since_step": self.iters_since_step}
 
-    def restore(self, model: nn.Module, architecture: Architecture, state: dict) -> None:
-        """Shrink the freshly built dense ``model`` to a saved architecture and schedule position."""
-        self.surgery.apply(model, self.graph, architecture)
+    def restore(
+        self, model: nn.Module, architecture: Architecture, state: dict, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Shrink the freshly built dense ``model`` to a saved architecture and schedule position
+        (``optimizer``: rewired to the smaller parameters, ready for its saved state)."""
+        self.surgery.apply(model, self.graph, architecture, optimizer)
         self._adopt(model, architecture)
         self.steps_done, self.active = state["steps_done"], state["active"]
         self.iters_since_step = state["iters_since_step"]

@@ -1,5 +1,6 @@
-"""What a PaT run trains with and where it stands: ``Run`` (built once from the config, and
-from a checkpoint when resuming) and ``Progress`` (what changes as the loop goes). Kept apart
+"""What a PaT run trains with: ``Run`` (built once from the config, and from a checkpoint when
+resuming; its ``pat`` component knows where the run stands) and ``Progress`` (what the loop adds
+up). Kept apart
 from the loop in ``engine.py`` so that it reads as training, not as construction."""
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pat_ray.config import Config, ConfigError
-from pat_ray.config.plan import plan_pruning
+from pat_ray.config.plan import PlanError
 from pat_ray.core.cost.latency import LatencyTable
-from pat_ray.core.selection import Budget
+from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError
 from pat_ray.training.collective import Collective, Reporter
 from pat_ray.training.latency_budget import run_latency_table
-from pat_ray.training.policies import SnapshotTracker
-from pat_ray.training.pruner import Pruner
-from pat_ray.training.records import EpochRecord, StartedBy
-from pat_ray.training.run_state import RunState, restore_run_state
+from pat_ray.training.pat import PaT
+from pat_ray.training.pruner import PruneStep
+from pat_ray.training.records import EpochRecord
+from pat_ray.training.run_state import RunState
+from pat_ray.training.setup import Given, RunSetup, build_run, make_optimizer
 from pat_ray.training.setup import autocast as run_autocast
-from pat_ray.training.setup import build_run, make_optimizer
 
 BACKWARD_FACTOR = 3  # training FLOPs per sample = forward + backward (~2x forward)
 
@@ -38,27 +39,11 @@ class PlanWarning(UserWarning):
 
 
 @dataclass
-class Taken:
-    """One snapshot taken in the epoch under way."""
-
-    position: float  # epochs into training
-    epi: float | None
-    counts: list[int]
-    seconds: float
-
-
-@dataclass
 class Progress:
-    """What changes as the run goes: position, the trigger, the cost so far, the history."""
+    """What the loop adds up as the run goes (where it stands is the PaT component's)."""
 
-    epoch: int = 0  # the last finished epoch
-    iteration: int = 0
-    trigger_epoch: int | None = None  # the epoch in which pruning started (0: at initialization)
-    trigger_position: float | None = None  # where exactly, in epochs (2.25: a quarter into epoch 3)
-    started_by: StartedBy | None = None  # the start policy, or its latest start
     train_flops: float = 0.0
     history: list[EpochRecord] = field(default_factory=list)
-    snapshots: list[Taken] = field(default_factory=list)  # taken in the epoch under way
 
 
 @dataclass
@@ -71,21 +56,19 @@ class Run:
     hooks: Any  # the plugin manager's hook relay
     model: nn.Module
     net: nn.Module  # the model as the collective wraps it (DDP on Ray workers)
+    recipe: ModelRecipe  # how the model was made: every checkpoint records it
     device: torch.device
     layout: torch.memory_format
-    pruner: Pruner
-    tracker: SnapshotTracker
+    pat: PaT  # snapshots, the start policy and the pruning steps
     optimizer: torch.optim.Optimizer
     train_loader: DataLoader
     val_loader: DataLoader
     autocast: AbstractContextManager
     run_dir: Path
     input_shape: tuple[int, ...]
-    num_classes: int
     dense_train_flops: float
     train_epochs: int
     finetune_epochs: int  # after training.epochs: the policy's fine-tuning (after_training), else 0
-    latest_start: int | None  # the epoch by whose end pruning starts whatever the policy says (None: no limit)
 
     @property
     def total_epochs(self) -> int:
@@ -99,89 +82,128 @@ def build(
     resumed: Checkpoint | None,
     latency_table: LatencyTable | None,
     run_dir: Path,
+    given: Given | None = None,
 ) -> Run:
-    registry = get_registry()
-    setup = build_run(config)
-    budget = config.pruning.budget
+    setup = build_run(config, given or Given())
     saved_table = resumed.extra.get("latency_table") if resumed else None
     note = getattr(reporter, "note", None) if collective.rank == 0 else None
     latency = run_latency_table(
         config, setup.model, setup.example, collective, run_dir, saved_table, latency_table, note
     )
-    pruner = Pruner(
-        setup.model,
-        setup.example,
-        criterion=registry.create("criterion", config.pruning.criterion.name, **config.pruning.criterion.params),
-        surgery=registry.create("surgery", config.pruning.backend),
-        budget=Budget(budget.fraction, budget.measure, budget.round_to),
-        steps=config.pruning.steps,
-        interval=config.pruning.interval,
-        exclude=config.pruning.exclude,
-        collective=collective,
-        latency=latency,
-        attention=config.pruning.attention,
-    )
-    similarity = config.start.similarity_metric
     data, seed, workers = setup.data, config.training.seed, config.data.num_workers
     pinned = setup.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     train_epochs = config.training.epochs
     train_loader = collective.loader(data.train, config.data.batch_size, True, seed, workers, pinned)
-    snapshots = config.start.cadence.count(train_epochs, len(train_loader)) or 0
-    plan = plan_pruning(config, len(train_loader))
-    if plan.problems:
-        raise ConfigError("config", plan.problems)
+    optimizer = make_optimizer(config, setup.model)
+    hooks = get_plugin_manager().hook
+    pat = _component(config, setup, optimizer, collective, len(train_loader), latency, hooks)
     if collective.rank == 0:
-        for note in plan.notes:
-            warnings.warn(note, PlanWarning, stacklevel=2)
+        for line in pat.plan.notes if pat.plan else []:
+            warnings.warn(line, PlanWarning, stacklevel=2)
     return Run(
         config=config,
         collective=collective,
         reporter=reporter,
-        hooks=get_plugin_manager().hook,
+        hooks=hooks,
         model=setup.model,
         net=setup.model,  # wrapped by the collective once the weights are final (after a resume's restore)
+        recipe=setup.recipe,
         device=setup.device,
         layout=setup.layout,
-        pruner=pruner,
-        tracker=SnapshotTracker(
-            registry.create("similarity", similarity), config.start.snapshot_window(snapshots), snapshots
-        ),
-        optimizer=make_optimizer(config, setup.model),
+        pat=pat,
+        optimizer=optimizer,
         train_loader=train_loader,
         val_loader=collective.loader(data.val, config.data.eval_batch_size, False, 0, workers, pinned),
         autocast=run_autocast(config.training.precision, setup.device),
         run_dir=run_dir,
         input_shape=(1, *data.input_shape),
-        num_classes=data.num_classes,
-        dense_train_flops=BACKWARD_FACTOR * pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
+        dense_train_flops=BACKWARD_FACTOR * pat.pruner.dense_cost.flops * len(cast(Sized, data.train)) * train_epochs,
         train_epochs=train_epochs,
         finetune_epochs=config.start.extra_epochs(train_epochs),
-        latest_start=plan.latest_start,
     )
+
+
+def _component(
+    config: Config,
+    setup: RunSetup,
+    optimizer: torch.optim.Optimizer,
+    collective: Collective,
+    iterations_per_epoch: int,
+    latency: LatencyTable | None,
+    hooks: Any,
+) -> PaT:
+    """The PaT component with the config's pruning and start sections; a schedule too short for
+    the pruning steps is a ConfigError naming the fields to change."""
+    pruning, budget = config.pruning, config.pruning.budget
+
+    def on_prune(step: PruneStep) -> None:
+        metrics = {"flops": step.cost.flops, "params": step.cost.params, "fraction": step.fraction}
+        hooks.pat_ray_on_prune(epoch=step.epoch, step=step.step, architecture=step.architecture, metrics=metrics)
+
+    try:
+        return PaT(
+            setup.model,
+            setup.example,
+            optimizer,
+            epochs=config.training.epochs,
+            budget=budget.fraction,
+            measure=budget.measure,
+            round_to=budget.round_to,
+            start=config.start,
+            criterion=get_registry().create("criterion", pruning.criterion.name, **pruning.criterion.params),
+            steps=pruning.steps,
+            interval=pruning.interval,
+            exclude=pruning.exclude,
+            attention=pruning.attention,
+            backend=pruning.backend,
+            iterations_per_epoch=iterations_per_epoch,
+            latency=latency,
+            on_prune=on_prune,
+            collective=collective,
+        )
+    except PlanError as err:
+        raise ConfigError("config", err.problems) from None
 
 
 def restore(run: Run, resumed: Checkpoint) -> Progress:
     """Shrink the fresh model to the checkpoint's architecture and load weights, optimizer
-    state, tracker and pruning position; returns where the run stopped."""
+    state and the component's position; returns what the loop had added up."""
     state = RunState.from_checkpoint(resumed)
-    restore_run_state(resumed, state, run.model, run.pruner, run.tracker)
+    try:
+        run.pat.load_state_dict(component_state(resumed, state, len(run.train_loader)))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(resumed.source, f"does not fit this run's model ({err})") from None
     load_state(resumed, run.model.load_state_dict, resumed.state_dict, "weights")
     run.model.to(memory_format=run.layout)  # the restored, pruned tensors
     run.optimizer = make_optimizer(run.config, run.model)
+    run.pat.optimizer = run.optimizer
     load_state(resumed, run.optimizer.load_state_dict, state.optimizer, "optimizer state")
-    last = state.history[-1]
+    return Progress(state.history[-1].train_flops, state.history)
+
+
+def component_state(ckpt: Checkpoint, state: RunState, iterations_per_epoch: int) -> dict[str, Any]:
+    """What ``PaT.load_state_dict`` takes, from a run checkpoint (older ones included)."""
     position = state.trigger_position
     if position is None and state.trigger_epoch is not None:  # a checkpoint from before snapshots within epochs
         position = float(state.trigger_epoch)
-    return Progress(
-        state.epoch,
-        state.iteration,
-        state.trigger_epoch,
-        position,
-        cast(StartedBy | None, state.started_by),
-        last.train_flops,
-        state.history,
-    )
+    snapshots = [
+        {"position": point.position, "epi": point.epi, "counts": record.snapshot_counts or [], "seconds": 0.0}
+        for record in state.history
+        for point in record.snapshots
+    ]
+    return {
+        "architecture": ckpt.architecture.to_dict(),
+        "pruner": state.pruner,
+        "tracker": state.tracker,
+        "snapshots": snapshots,
+        "epoch": state.epoch,
+        "iteration": state.iteration,
+        "step_in_epoch": 0,
+        "iterations_per_epoch": iterations_per_epoch,
+        "trigger_epoch": state.trigger_epoch,
+        "trigger_position": position,
+        "started_by": state.started_by,
+    }
 
 
 def load_state(ckpt: Checkpoint, load, state, what: str) -> None:

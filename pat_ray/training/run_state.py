@@ -19,11 +19,10 @@ from torch import nn
 
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
+from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.storage import Location
 from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
 from pat_ray.training.collective import WrappingReporter
-from pat_ray.training.policies import SnapshotTracker
-from pat_ray.training.pruner import Pruner
 from pat_ray.training.records import EpochRecord
 
 if TYPE_CHECKING:
@@ -120,9 +119,9 @@ def save_run_state(
     run_dir: Path,
     model: nn.Module,
     config: Config,
+    recipe: ModelRecipe,
+    architecture: Architecture,
     input_shape: tuple[int, ...],
-    num_classes: int,
-    pruner: Pruner,
     state: RunState,
 ) -> Path:
     """Write ``last.pt`` (keeping the one it replaces as ``previous.pt``), ``history.json``
@@ -131,10 +130,9 @@ def save_run_state(
     save_checkpoint(
         path,
         model,
-        config.model.name,
-        pruner.architecture,
+        recipe,
+        architecture,
         input_shape,
-        model_params={"num_classes": num_classes, **config.model.params},
         extra={**state.to_extra(), "config": config.model_dump(mode="json")},  # what --resume compares with
         backup=run_dir / PREVIOUS,
     )
@@ -147,22 +145,6 @@ def write_run_files(run_dir: Path | Location, config: Config, history: list[Epoc
     folder = Location.of(run_dir)
     (folder / HISTORY).write_text(json.dumps([r.to_dict() for r in history], indent=1))
     (folder / CONFIG).write_text(config_to_yaml(config))
-
-
-def restore_run_state(
-    ckpt: Checkpoint, state: RunState, model: nn.Module, pruner: Pruner, tracker: SnapshotTracker
-) -> None:
-    """Bring a freshly built dense ``model``, its ``pruner`` and ``tracker`` to the saved state
-    (the weights and optimizer are the caller's to load, on the shrunk model)."""
-    try:
-        pruner.restore(model, ckpt.architecture, state.pruner)
-        snapshots = zip(state.tracker["snapshots"], state.tracker["epi"], state.tracker["mask_distances"])
-        for snapshot, epi, distances in snapshots:
-            tracker.snapshots.append(Architecture.from_dict(snapshot))
-            tracker.epi.append(epi)
-            tracker.mask_distances.append(distances)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(ckpt.source, f"does not fit this run's model ({err})") from None
 
 
 class StoreMirror(WrappingReporter):

@@ -7,15 +7,17 @@ run will, such as the oracle, which times the model's layers once for all its tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from pat_ray.config import Config
 from pat_ray.core.data import DataBundle
-from pat_ray.plugins.registry import get_registry
+from pat_ray.plugins.recipes import ModelRecipe, make_data
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
 
@@ -24,21 +26,47 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16} 
 class RunSetup:
     data: DataBundle
     model: nn.Module  # on ``device``, in ``layout``
+    recipe: ModelRecipe  # how the model was made, with what the data supplied: checkpoints record it
     device: torch.device
     layout: torch.memory_format
     example: torch.Tensor  # one zero input, for tracing
 
 
-def build_run(config: Config) -> RunSetup:
+@dataclass(frozen=True)
+class Given:
+    """What a caller handed over in Python instead of the config's names: a model class or
+    factory, and data (a ``DataBundle`` or a ``(train, val)`` pair of datasets)."""
+
+    model: Callable[..., nn.Module] | None = None
+    data: Any = None
+
+
+def build_run(config: Config, given: Given | None = None) -> RunSetup:
     """Seed, then build the dataset and the model (its initial weights follow the seed)."""
-    registry = get_registry()
+    given = given or Given()
     torch.manual_seed(config.training.seed)
     device = training_device(config.training.device)
-    data = registry.create("dataset", config.data.name, **config.data.params)
-    model = registry.create("model", config.model.name, num_classes=data.num_classes, **config.model.params)
+    section = config.data
+    data = make_data(section.name, section.target, section.params, given.data, section.num_classes, section.input_shape)
+    recipe = ModelRecipe.of(config.model.name, config.model.target, config.model.params, given.model)
+    model, recipe = recipe.build("model", given.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    check_input_channels(model, data, recipe)
     layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    return RunSetup(data, model, device, layout, torch.zeros(1, *data.input_shape, device=device))
+    model = model.to(device).to(memory_format=layout)
+    return RunSetup(data, model, recipe, device, layout, torch.zeros(1, *data.input_shape, device=device))
+
+
+def check_input_channels(model: nn.Module, data: DataBundle, recipe: ModelRecipe) -> None:
+    """A model whose first layer reads another number of channels than the data has fails here,
+    naming both, not at the first trace."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+    if first is None or len(data.input_shape) < 3 or first.in_channels == data.input_shape[0]:
+        return
+    raise ValueError(
+        f"model {recipe.name!r} reads {first.in_channels} input channels (its first layer, "
+        f"{type(first).__name__}({first.in_channels}, ...)), but the data gives {data.input_shape[0]} "
+        f"(samples of shape {tuple(data.input_shape)}): set model.params.in_channels, or change the data"
+    )
 
 
 def training_device(choice: str) -> torch.device:

@@ -1,0 +1,1 @@
+"""Small, complete examples of pat_ray with your own code (README, "Your own model")."""

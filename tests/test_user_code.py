@@ -1,0 +1,226 @@
+"""Your own model and data: by import path in a config, as objects in Python, and checkpoints
+that come home in a fresh process, with nothing imported that the user did not trust."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import pat_ray
+from _helpers import configured
+from pat_ray.cli import main
+from pat_ray.config import ConfigError
+from pat_ray.plugins import user_code
+from pat_ray.plugins.recipes import as_bundle
+from pat_ray.plugins.user_code import TargetError, UntrustedCodeError, resolve, split_target
+
+ROOT = Path(__file__).parents[1]
+NETS = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes, in_channels=1, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+"""
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A package of the user's own in a folder of its own (``mynets.nets:TinyNet``), untrusted."""
+    (tmp_path / "mynets").mkdir()
+    (tmp_path / "mynets" / "__init__.py").write_text("")
+    (tmp_path / "mynets" / "nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(user_code, "_trusted", set())
+    monkeypatch.delenv(user_code.TRUST_ENV, raising=False)
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "mynets" or m.startswith("mynets.")]:
+        sys.modules.pop(name)
+
+
+@pytest.mark.parametrize(
+    "target, parts",
+    [("a.b:C", ("a.b", "C")), ("a.b.C", ("a.b", "C")), ("a:C.make", ("a", "C.make"))],
+)
+def test_an_import_path_is_module_and_name(target, parts):
+    assert split_target(target) == parts
+
+
+@pytest.mark.parametrize("target", ["nonsense", "a b:C", "a:", ":C", "a:1x"])
+def test_a_malformed_import_path_is_one_line_naming_it(target):
+    with pytest.raises(TargetError, match="is not an import path: write module:name"):
+        resolve(target, "model.target")
+
+
+def test_nothing_is_imported_from_a_module_nobody_trusted(package):
+    with pytest.raises(UntrustedCodeError, match=r"model.target: 'mynets.nets:TinyNet' is in module 'mynets.nets'"):
+        resolve("mynets.nets:TinyNet", "model.target")
+    assert "mynets.nets" not in sys.modules
+    with pytest.raises(UntrustedCodeError, match=r"add --trust os \(Python: pat_ray.trust\('os'\)"):
+        resolve("os:system", "model.target")
+    pat_ray.trust("mynets")
+    assert resolve("mynets.nets:TinyNet", "model.target").__name__ == "TinyNet"
+
+
+def test_a_missing_module_or_name_is_one_line_naming_the_path(package):
+    pat_ray.trust("mynets")
+    with pytest.raises(TargetError, match=r"model.target: cannot import 'mynets.nope' for 'mynets.nope:X'"):
+        resolve("mynets.nope:X", "model.target")
+    with pytest.raises(TargetError, match=r"module 'mynets.nets' has no 'Nope' \(from 'mynets.nets:Nope'\)"):
+        resolve("mynets.nets:Nope", "model.target")
+
+
+def test_a_config_names_its_model_by_import_path_and_validation_checks_it(package, tmp_path):
+    target = {"name": None, "target": "mynets.nets:TinyNet", "params": {"width": 6}}
+    with pytest.raises(ConfigError, match="which pat_ray imports only when you trust it"):
+        configured(model=target)
+    pat_ray.trust("mynets")
+    config = configured(model=target, output_dir=tmp_path, training={"epochs": 3}, tracking={"mlflow": False})
+    assert config.model.name is None and config.model.target == "mynets.nets:TinyNet"
+    with pytest.raises(ConfigError, match="model.params: mynets.nets:TinyNet does not take these params"):
+        configured(model={"name": None, "target": "mynets.nets:TinyNet", "params": {"depth": 3}})
+    with pytest.raises(ConfigError, match=r"give name \('cifar_resnet20'\) or target"):
+        configured(model={"name": "cifar_resnet20", "target": "mynets.nets:TinyNet"})
+    result = pat_ray.run(config, local=True, quiet=True)
+    assert result.at_budget
+    model, ckpt = pat_ray.load_checkpoint(result.checkpoint)
+    assert ckpt.model_source == "import" and ckpt.model_name == "mynets.nets:TinyNet"
+    assert ckpt.model_params == {"width": 6, "num_classes": 10, "in_channels": 1}  # what the data supplied
+    assert model.conv.out_channels < 6
+
+
+def test_a_checkpoint_comes_home_in_a_fresh_process_only_with_trust(package, tmp_path):
+    pat_ray.trust("mynets")
+    config = configured(
+        model={"name": None, "target": "mynets.nets:TinyNet"},
+        output_dir=tmp_path / "runs",
+        training={"epochs": 3},
+        tracking={"mlflow": False},
+    )
+    checkpoint = pat_ray.run(config, local=True, quiet=True).checkpoint
+    (package / "mynets" / "__init__.py").write_text("open('imported.txt', 'w').write('side effect')\n")
+    env = {"PYTHONPATH": str(package), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "pat_ray.cli", "export", str(checkpoint), "--out", str(tmp_path / "m.pt2")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "module 'mynets.nets', which pat_ray imports only when you trust it: add --trust mynets" in refused.stderr
+    assert not (tmp_path / "imported.txt").exists()  # the module never ran
+    trusted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pat_ray.cli",
+            "export",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "m.pt2"),
+            "--trust",
+            "mynets",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert (tmp_path / "m.pt2").is_file() and (tmp_path / "imported.txt").exists()
+
+
+def test_objects_handed_over_in_python_train_and_come_home_when_given_again(tmp_path):
+    class Local(nn.Module):  # no import path: a notebook's class
+        def __init__(self, num_classes):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(1, 8, 3), nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(96, 1, 8, 8, generator=generator), torch.randint(0, 3, (96,), generator=generator)
+    data = (TensorDataset(images[:64], labels[:64]), TensorDataset(images[64:], labels[64:]))
+    config = configured(
+        output_dir=tmp_path,
+        training={"epochs": 4},
+        pruning={"interval": 1},
+        tracking={"mlflow": False},
+        data={"batch_size": 16},
+    )
+    result = pat_ray.run(config, local=True, quiet=True, model=Local, data=data)
+    assert result.at_budget and result.history[-1].flops_kept <= 0.5 + pat_ray.BUDGET_TOLERANCE
+    with pytest.raises(
+        pat_ray.CheckpointError, match=r"handed over in Python .*load_checkpoint\(path, model=TheClass\)"
+    ):
+        pat_ray.load_checkpoint(result.checkpoint)
+    model, ckpt = pat_ray.load_checkpoint(result.checkpoint, model=Local)
+    assert ckpt.model_source == "object" and ckpt.model_params == {"num_classes": 3}
+    assert model(images[:2]).shape == (2, 3)
+
+
+def test_a_pair_of_datasets_says_its_classes_and_shape_or_is_told():
+    images, labels = torch.zeros(10, 2, 5, 5), torch.arange(10) % 4
+    bundle = as_bundle((TensorDataset(images, labels), TensorDataset(images, labels)), None, None, "data.target")
+    assert bundle.num_classes == 4 and bundle.input_shape == (2, 5, 5)
+    told = as_bundle((TensorDataset(images, labels), TensorDataset(images, labels)), 7, [2, 5, 5], "data.target")
+    assert told.num_classes == 7
+    with pytest.raises(TypeError, match="returns a pat_ray.sdk.DataBundle or \\(train, val\\) datasets, not dict"):
+        as_bundle({"train": 1}, None, None, "data.target")
+
+
+def test_a_model_reading_other_channels_than_the_data_is_refused_naming_both(tmp_path):
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / "digits.yaml"), "model.name=resnet18"])
+    assert result.exit_code == 2, result.output
+    assert "model 'resnet18' reads 3 input channels" in result.output and "the data gives 1" in result.output
+
+
+def test_the_own_model_pipeline_runs_with_its_module_trusted(tmp_path):
+    pipeline = str(ROOT / "pipelines" / "digits_own_model.yaml")
+    refused = CliRunner().invoke(main, ["validate", pipeline])
+    assert refused.exit_code == 2 and "--trust examples" in refused.output
+    args = ["run", pipeline, "--trust", "examples", "--local", f"output_dir={tmp_path}", "tracking.mlflow=false"]
+    ran = CliRunner().invoke(main, args)
+    assert ran.exit_code == 0, ran.output
+    assert "examples.small_cnn:SmallCNN" in (tmp_path / "digits-own-model" / "latest" / "config.yaml").read_text()
+
+
+NOTEBOOK = textwrap.dedent(
+    """
+    import pat_ray
+    from examples.small_cnn import SmallCNN
+    from examples.digits_data import make
+
+    overrides = ["training.epochs=6", "tracking.mlflow=false", "output_dir={output}"]
+    config = pat_ray.load_config("pipelines/digits.yaml", overrides=overrides)
+    result = pat_ray.run(config, model=SmallCNN, data=make(), local=True, quiet=True)
+    print(result.config.model.target, result.status())
+    """
+)
+
+
+def test_a_class_with_an_import_path_is_recorded_by_it(tmp_path):
+    script = NOTEBOOK.replace("{output}", str(tmp_path))
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.split()[-2:] == ["examples.small_cnn:SmallCNN", "finished"]
