@@ -42,6 +42,20 @@ class ShippedL1(Criterion):
 def pat_ray_register_criteria(register):
     register("shipped_l1", ShippedL1)
 """
+USER_MODEL = """
+from torch import nn
+
+
+class Net(nn.Sequential):
+    \"\"\"The user's own CNN, in a package only the driver's machine has.\"\"\"
+
+    def __init__(self, num_classes, in_channels, width=16):
+        super().__init__(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+        )
+"""
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +84,24 @@ def cluster():
 
 def driver(cluster, tmp_path: Path, args: list[str], tracking: str = UNREACHABLE, **popen) -> subprocess.Popen:
     """``pat-ray ARGS`` in its own process against the cluster, with the shipped plugin registered
-    from a file that is gone before the run starts."""
+    from a file that is gone before the run starts, and the user's model package (``user_nets``,
+    trusted) deleted as soon as Ray has started."""
     plugin = tmp_path / "plugin_src" / "shipped_l1_plugin.py"
     plugin.parent.mkdir(exist_ok=True)
     plugin.write_text(PLUGIN)
+    package = tmp_path / "user_src" / "user_nets"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(USER_MODEL)
     env = {
         **os.environ,
         "RAY_ADDRESS": cluster.address,
         "MLFLOW_TRACKING_URI": tracking,
-        "PYTHONPATH": str(HERE),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(package.parent)]),
+        "USER_CODE": str(package),
         "PYTHONUNBUFFERED": "1",
     }
+    if args[0] in ("run", "oracle"):
+        args = [args[0], "--trust", "user_nets", *args[1:]]
     env.pop("PAT_RAY_VERBOSE", None)
     command = [sys.executable, str(HERE / "_multinode_driver.py"), str(plugin), *args]
     process = subprocess.Popen(command, env=env, cwd=tmp_path, text=True, **popen)
@@ -108,7 +129,8 @@ def finished(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str]
 
 
 def pipeline(tmp_path: Path, name: str, **overrides) -> Path:
-    """A short 2-worker digits config using the shipped plugin's criterion, written to a file."""
+    """A short 2-worker digits config using the shipped plugin's criterion and the user's own model
+    (``user_nets:Net``, by import path), written to a file."""
     settings = {
         "name": name,
         "output_dir": tmp_path / "runs",
@@ -121,6 +143,7 @@ def pipeline(tmp_path: Path, name: str, **overrides) -> Path:
         settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) else value
     config = configured(**settings).model_dump(mode="json")  # validated with a built-in criterion
     config["pruning"]["criterion"] = {"name": "shipped_l1", "params": {}}
+    config["model"] = {"name": None, "target": "user_nets:Net", "params": {"width": 12}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -143,7 +166,9 @@ def reference(cluster, mlflow_server, s3_server, tmp_path_factory):
     return find_version(Location.of(output) / "spread"), out
 
 
-def test_two_workers_on_two_nodes_ship_the_plugin_and_track_through_the_driver(reference, mlflow_server):
+def test_two_workers_on_two_nodes_ship_the_plugin_and_the_users_model_and_track_through_the_driver(
+    reference, mlflow_server
+):
     import mlflow
 
     folder, out = reference
@@ -154,6 +179,8 @@ def test_two_workers_on_two_nodes_ship_the_plugin_and_track_through_the_driver(r
     history = json.loads((folder / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3] and history[-1]["flops_kept"] == pytest.approx(0.5, abs=0.02)
     assert "shipped_l1" in (folder / "config.yaml").read_text()  # the deleted plugin's criterion did the ranking
+    # the user's model, its package deleted from the driver once Ray started: the workers built it from py_modules
+    assert "target: user_nets:Net" in (folder / "config.yaml").read_text()
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
     run_id = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]  # every epoch, once
@@ -234,7 +261,8 @@ def test_a_lost_node_without_a_replacement_ends_after_the_wait_with_one_line(clu
     print(out)  # the console a user sees (pytest -rP shows it)
     assert code == 1, out[-4000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "waited 10 s" in errors[0] and "pat-ray run CONFIG --resume" in errors[0], out[-3000:]
+    assert len(errors) == 1 and "waited 10 s" in errors[0], out[-3000:]
+    assert f"pat-ray run --resume {folder.resolve()}" in errors[0], out[-3000:]  # a command that works, pasted
     assert "Traceback" not in out and (folder / "last.pt").is_file()  # the last finished epoch is kept
     # with the nodes back, --resume restarts the Ray Train run by name and finishes it
     code, out = finished(

@@ -51,6 +51,7 @@ def test_a_checkpoint_from_a_newer_format_names_its_version_and_the_pat_ray_need
             output_dir=tmp_path / "runs",
             training={"epochs": 2},
             start=FixedStart(epoch=1),
+            pruning={"interval": 5},  # the 3 steps fit the last epoch
             tracking={"mlflow": False},
         ),
         local=True,

@@ -89,6 +89,7 @@ def run(
     """
     from pat_ray.api import run as run_pipeline
     from pat_ray.api import run_to_resume
+    from pat_ray.distributed.train import RayRunError
 
     _set_verbose(verbose)
     config, which, overrides = _resume_target(config, resume, overrides)
@@ -108,6 +109,10 @@ def run(
     except RunFinishedError as err:  # resuming what already ended is done, not wrong: scripts may always --resume
         click.echo(f"pat-ray: {err}")
         return
+    except RayRunError as err:
+        if err.resumable:  # once the resources are back: the command that continues this very run
+            fail(f"{err}; {_continue_hint(run_to_resume(cfg, which or True), local)}", code=1)
+        raise
     except PluginFailure as err:
         last = run_to_resume(cfg, which or True) / LAST  # this run: the newest of its name, or the one resumed
         kept = f"the last finished epoch's checkpoint is kept: {last}" if last.is_file() else "no epoch finished"

@@ -48,7 +48,12 @@ def recorded_ray_run(folder: Location) -> tuple[Location, str] | None:
 
 class RayRunError(RuntimeError):
     """A Ray run ended for a reason pat_ray can name in one line (resources that never came,
-    data missing on a worker); its message says what to do."""
+    data missing on a worker); its message says what to do. ``resumable``: the same run can go on
+    with ``--resume`` once the cause is gone (the command line adds the command)."""
+
+    def __init__(self, message: str, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class DataRootError(RuntimeError):
@@ -190,8 +195,8 @@ def _explained(error: BaseException, config: Config) -> BaseException:
         cpus = config.scaling.cpus_per_worker or 1
         return RayRunError(
             f"waited {config.scaling.resource_wait_s:g} s (scaling.resource_wait_s) for {config.scaling.num_workers} "
-            f"workers ({cpus} CPU{gpu} each); the cluster has {_alive()}. A node was lost or never joined; once the "
-            "resources are back, `pat-ray run CONFIG --resume` continues the run from its last finished epoch"
+            f"workers ({cpus} CPU{gpu} each); the cluster has {_alive()}. A node was lost or never joined",
+            resumable=True,
         )
     return error
 

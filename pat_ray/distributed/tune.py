@@ -22,9 +22,10 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.epi import epi_curve
 from pat_ray.distributed.progress import result_from_checkpoint
-from pat_ray.distributed.train import start_ray
+from pat_ray.distributed.train import start_ray, user_code_paths
 from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
+from pat_ray.plugins.user_code import trust, trusted_modules
 from pat_ray.storage import Location
 from pat_ray.sweep.plan import (
     OracleSummary,
@@ -72,7 +73,7 @@ def run_oracle(
             raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
     else:
         sweep_dir = new_version(sweeps)
-    start_ray()
+    start_ray(user_code_paths(config))
     with holding(sweep_dir, "sweep") as lock:
         lock.announce()
         point_latest(sweep_dir)
@@ -92,6 +93,7 @@ def _sweep(config: Config, sweep_dir: Location, resume: bool, echo) -> OracleSum
             trials={label: c.model_dump(mode="json") for label, c in trials.items()},
             sweep_dir=sweep_dir.uri,
             plugins=shipped_plugins(),
+            trusted=sorted(trusted_modules()),  # the modules the config's targets may import, in each trial too
             latency_table=_shared_latency_table(config, sweep_dir, echo),
         ),
         _trial_resources(config),
@@ -222,6 +224,7 @@ def _run_trial(
     trials: dict[str, dict],
     sweep_dir: str,
     plugins: list[ShippedPlugin],
+    trusted: list[str],
     latency_table: dict | None,
 ) -> None:
     """One trial inside a Tune actor: the engine here, or a TorchTrainer for several workers."""
@@ -231,6 +234,7 @@ def _run_trial(
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch
     install_shipped(plugins)
+    trust(*trusted)
     label = params["label"]
     config = config_from_dict(trials[label], source=f"oracle trial {label}")
     config = config.model_copy(update={"output_dir": tempfile.mkdtemp(prefix=f"pat_ray_{label}_")})

@@ -41,9 +41,11 @@ def trust(*modules: str) -> None:
 
 
 @contextmanager
-def trusting(modules: Iterable[str]) -> Iterator[None]:
-    """These modules trusted for the block only (``load_checkpoint(..., trust=[...])``)."""
-    added = {m for m in modules if m not in _trusted}
+def trusting(modules: str | Iterable[str]) -> Iterator[None]:
+    """These modules trusted for the block only (``load_checkpoint(..., trust=[...])``); one
+    name may be given as a string."""
+    names = [modules] if isinstance(modules, str) else list(modules)
+    added = {m for m in names if m not in _trusted}
     trust(*added)
     try:
         yield

@@ -10,6 +10,7 @@ written to a temp name and renamed, so a crash never leaves a half-written resul
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -78,7 +79,7 @@ def check_new_run(run_dir: Location) -> None:
     if found:
         raise RunExistsError(
             f"{run_dir} already holds a run ({', '.join(found)}); nothing was changed. Start again (a new "
-            "version folder), or continue that run with `pat-ray run CONFIG --resume`"
+            f"version folder), or continue that run with `pat-ray run --resume {shlex.quote(str(run_dir))}`"
         )
 
 

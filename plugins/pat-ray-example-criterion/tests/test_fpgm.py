@@ -55,6 +55,6 @@ def test_a_pipeline_uses_it(tmp_path):
     )
     result = CliRunner().invoke(main, ["run", str(config), "--local"])
     assert result.exit_code == 0, result.output
-    assert "pruning started:  epoch 1" in result.output
+    assert "pruning started:  fixed start at epoch 1" in result.output
     kept = float(re.search(r"FLOPs kept: +([0-9.]+)", result.output).group(1))
     assert kept == pytest.approx(0.5, abs=0.015)
