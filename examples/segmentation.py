@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> pat_ray.PaT:
         )
     how = "EPI fired" if pat.started_by == "policy" else "EPI did not fire: the latest start"
     print(f"pruning started at epoch {pat.trigger_position} ({how}); FLOPs kept {pat.flops_kept:.3f}")
+    if pat.flops_kept > args.budget + pat_ray.BUDGET_TOLERANCE:
+        raise SystemExit(f"the model keeps {pat.flops_kept:.3f} of its FLOPs, above the budget of {args.budget:g}")
     return pat
 
 

@@ -188,6 +188,23 @@ def _run(source: str, command: list[str], shown: str, folder: Path, env: dict[st
     return Ran(source, shown, done.returncode, done.stdout + done.stderr, time.perf_counter() - started)
 
 
+RAN: dict[str, str] = {}  # each `pat-ray ...` command a document's block ran without failing -> that block
+
+
+def command_of(line: str) -> str:
+    """A ``pat-ray ...`` line as the command it runs: without its comment and extra spaces."""
+    return " ".join(line.split(" #")[0].split())
+
+
+def record_ran(block: Block) -> None:
+    """Remember the ``pat-ray`` lines of a shell block that ran, so a help example identical to
+    one of them is not run a second time in the same session (the block's run showed it works)."""
+    if block.language == "shell":
+        for line in block.text.splitlines():
+            if line.strip().startswith("pat-ray "):
+                RAN.setdefault(command_of(line.strip()), block.source)
+
+
 def help_examples(group: click.Group) -> list[tuple[str, str]]:
     """``(command, line)`` for every ``pat-ray ...`` line in the help of ``group`` and its
     commands, in ``HELP_ORDER`` (then any other command), each line once."""
@@ -200,7 +217,7 @@ def help_examples(group: click.Group) -> list[tuple[str, str]]:
             text = command.get_help(ctx)
         for line in text.splitlines():
             line = line.strip()
-            command = line.split(" #")[0].strip()  # the same command with another comment runs once
+            command = command_of(line)  # the same command with another comment runs once
             if line.startswith("pat-ray ") and command not in seen:
                 seen.add(command)
                 found.append((f"pat-ray {name} --help".replace("  ", " "), line))

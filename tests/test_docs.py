@@ -14,14 +14,17 @@ import pytest
 import yaml
 
 from _docs import (
+    RAN,
     ROOT,
     Block,
     blocks,
+    command_of,
     documents,
     environment,
     fresh_folder,
     help_examples,
     installs,
+    record_ran,
     run_block,
     run_line,
 )
@@ -40,6 +43,7 @@ def test_every_block_of_a_document_runs_as_written_top_to_bottom(document, tmp_p
         outcome = run_block(block, folder, env, index)
         if outcome is not None:
             assert outcome.ok, outcome.failure()
+            record_ran(block)
             print(f"{outcome.seconds:6.1f} s  {block.source}")  # where the time goes (pytest -rP shows it)
             ran.append(outcome)
     assert ran, f"{document.name}: no block ran"
@@ -73,6 +77,9 @@ def test_every_help_example_runs_as_written_in_one_fresh_folder(tmp_path):
     folder = fresh_folder(tmp_path / "reader")
     env = environment(folder)
     for command, line in examples:
+        if command_of(line) in RAN:  # the same command, run by a document's block in this session
+            print(f"  ran by {RAN[command_of(line)]}: {line}")
+            continue
         outcome = run_line(command, line, folder, env)
         assert outcome.ok, outcome.failure()
         print(f"{outcome.seconds:6.1f} s  {line}")  # where the time goes (pytest -rP shows it)

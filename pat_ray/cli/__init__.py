@@ -50,6 +50,8 @@ class _Cli(click.Group):
     """Maps the project's exceptions to one line and an exit code, for every command."""
 
     def invoke(self, ctx: click.Context):
+        global _ray_connected
+        _ray_connected = False  # this command's own: an earlier one in the process (tests, a notebook) may have set it
         for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
             signal.signal(stop_signal, _stop)
         # Ctrl-C stops a run even where the process started with SIGINT ignored (a command put in
