@@ -18,7 +18,7 @@ import pat_ray
 from _helpers import configured, without_pat_ray
 from pat_ray.cli import main
 from pat_ray.config import FixedStart
-from pat_ray.export import FORMATS, ExportError, export_model
+from pat_ray.export import ATOL, FORMATS, RTOL, ExportError, export_model
 
 # what each format's own runtime needs to run a batch: no pat_ray import anywhere
 LOADERS = {
@@ -78,7 +78,7 @@ def test_each_format_loads_without_pat_ray_and_gives_the_checkpoints_outputs(fmt
     with torch.no_grad():
         expected = model.eval()(batch)
     assert loaded.shape == expected.shape
-    assert torch.allclose(loaded, expected, atol=1e-5, rtol=0), (loaded - expected).abs().max()
+    assert torch.allclose(loaded, expected, atol=ATOL, rtol=RTOL), (loaded - expected).abs().max()
 
 
 def test_the_default_is_pt2_beside_the_checkpoint(finished):

@@ -150,7 +150,8 @@ def test_a_token_model_prunes_to_its_flops_budget_and_trains():
     model, x = TokenNet(scale_view=False), torch.randn(2, 3, 8, 8)
     before = pat_ray.measure_cost(model, x).flops
     pat_ray.prune(model, x, budget=0.5)
-    assert abs(pat_ray.measure_cost(model, x).flops / (0.5 * before) - 1) < 0.05
+    kept = pat_ray.measure_cost(model, x).flops / before
+    assert 0.5 * 0.9 < kept <= 0.5 + pat_ray.BUDGET_TOLERANCE  # a ceiling; a few channels of 11 and 20 are coarse
     model.train()(x).sum().backward()
     assert model.pos_embed.grad is not None
 
