@@ -20,7 +20,11 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.models.cifar_resnet import CifarResNet
 from pat_ray.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
-TINY = {"training": {"epochs": 3, "schedule": {"warmup_epochs": 0}}, "start": {"kind": "fixed", "epoch": 1}}
+TINY = {
+    "training": {"epochs": 3, "schedule": {"warmup_epochs": 0}},
+    "start": {"kind": "fixed", "epoch": 1},
+    "tracking": {"mlflow": False},  # no test here checks it, and logging a run is most of a short run's time
+}
 
 
 def merged(base: dict, extra: dict) -> dict:
@@ -323,7 +327,7 @@ def test_an_interrupted_run_resumes_to_the_same_result_with_every_epoch_once(plu
     overrides = {
         "training": {"epochs": 5},
         "start": {"kind": "epi", "window": 1, "patience": 1, "tau": 0.5},
-        "tracking": {"mlflow": False},  # not what this checks; three runs' MLflow logging is half its time
+        "tracking": {"mlflow": False},
     }
     whole = pat_ray.run(
         pat_ray.load_config(write_config(tmp_path, {**overrides, "name": "whole"})), local=True, quiet=True

@@ -25,7 +25,10 @@ from pat_ray.training.engine import TrainingDivergedError
 
 
 def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:
-    return configured(output_dir=tmp_path, start=start, training={"epochs": epochs}, pruning=pruning)
+    # MLflow off: no test here checks it, and logging a run is most of a short run's time
+    return configured(
+        output_dir=tmp_path, start=start, training={"epochs": epochs}, pruning=pruning, tracking={"mlflow": False}
+    )
 
 
 def test_fixed_start_prunes_exactly_at_that_epoch(tmp_path):

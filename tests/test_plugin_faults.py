@@ -43,6 +43,7 @@ def test_a_criterion_that_raises_stops_the_run_naming_the_plugin_and_keeps_the_c
         "training": {"epochs": 4},
         "start": {"kind": "never"},
         "pruning": {"criterion": {"name": "flaky"}},
+        "tracking": {"mlflow": False},  # not what this checks
     }
     path = tmp_path / "flaky.yaml"
     path.write_text(yaml.safe_dump(config))
