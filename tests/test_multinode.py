@@ -68,8 +68,13 @@ def cluster():
     with socket.socket() as probe:  # the dashboard's usual port may be another Ray's on this machine
         probe.bind(("127.0.0.1", 0))
         dashboard_port = probe.getsockname()[1]
+    # a killed node is declared dead after 3 missed health checks a second apart (Ray's default:
+    # 5, 3 s apart): the lost-node tests wait for that, nothing else about the cluster changes
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
-        initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "dashboard_port": dashboard_port}
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 1, "dashboard_port": dashboard_port, "_system_config": health},
     )
     for _ in range(2):
         cluster.add_node(num_cpus=1)
@@ -96,7 +101,8 @@ def driver(cluster, tmp_path: Path, args: list[str], tracking: str = UNREACHABLE
         **os.environ,
         "RAY_ADDRESS": cluster.address,
         "MLFLOW_TRACKING_URI": tracking,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(package.parent)]),
+        # the driver, the user's code, then this pytest's own path (a worktree's pat_ray, when pytest runs there)
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(package.parent), os.environ.get("PYTHONPATH", "")]),
         "USER_CODE": str(package),
         "PYTHONUNBUFFERED": "1",
     }
