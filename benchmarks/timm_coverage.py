@@ -113,8 +113,7 @@ def _flops(model, x) -> int:
 
 
 def _attempt(make, x, prune) -> dict:
-    from pat_ray.core.selection import BudgetError
-    from pat_ray.tracer.graph import UnsupportedModelError
+    from pat_ray.errors import BudgetError, UnsupportedModelError
 
     model = make()
     dense_flops, out_shape = _flops(model, x), model(x).shape

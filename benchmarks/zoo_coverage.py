@@ -20,7 +20,7 @@ import torch
 import pat_ray
 from _report import header, write
 from _zoo import build, every_classifier, input_size
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 
 BUDGETS = (0.3, 0.5, 0.7)
 

@@ -21,32 +21,41 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from pat_ray.plugins.hookspecs import hookimpl
-from pat_ray.tracer.layers.declared import LayerRule
 
 if TYPE_CHECKING:
     from pat_ray.api import oracle, run
     from pat_ray.config import Config, load_config
-    from pat_ray.config.files import ConfigError
     from pat_ray.core.cost.flops import measure_cost
     from pat_ray.core.cost.probe import measure_latency
     from pat_ray.core.data import DataBundle
-    from pat_ray.core.selection import BUDGET_TOLERANCE, BudgetError
-    from pat_ray.core.verify import PrunedModelError
-    from pat_ray.export import ExportError, export_model
-    from pat_ray.plugins.registry import PluginError, PluginFailure
-    from pat_ray.plugins.user_code import UntrustedCodeError, trust
+    from pat_ray.core.selection import BUDGET_TOLERANCE
+    from pat_ray.errors import (
+        BudgetError,
+        CheckpointError,
+        ConfigError,
+        ExportError,
+        PluginError,
+        PluginFailure,
+        PrunedModelError,
+        ResumeChangesRunError,
+        RunFinishedError,
+        RunInUseError,
+        TrainingDivergedError,
+        UnsupportedModelError,
+        UntrustedCodeError,
+    )
+    from pat_ray.export import export_model
+    from pat_ray.plugins.user_code import trust
     from pat_ray.sweep.plan import OracleSummary
     from pat_ray.sweep.plan import read_summary as read_oracle
-    from pat_ray.tracer.graph import UnsupportedModelError
-    from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from pat_ray.training.engine import TrainingDivergedError
+    from pat_ray.tracer.layers.declared import LayerRule
+    from pat_ray.training.checkpoint import load_checkpoint, save_checkpoint
     from pat_ray.training.oneshot import prune
     from pat_ray.training.pat import PaT
     from pat_ray.training.records import EpochRecord, RunResult
-    from pat_ray.training.resume_check import ResumeChangesRunError, RunFinishedError
-    from pat_ray.training.run_lock import RunInUseError
 
 _LAZY = {  # public name -> (module, name there)
+    "LayerRule": ("pat_ray.tracer.layers.declared", "LayerRule"),
     "run": ("pat_ray.api", "run"),
     "oracle": ("pat_ray.api", "oracle"),
     "Config": ("pat_ray.config", "Config"),
@@ -66,19 +75,19 @@ _LAZY = {  # public name -> (module, name there)
     "load_checkpoint": ("pat_ray.training.checkpoint", "load_checkpoint"),
     "export_model": ("pat_ray.export", "export_model"),
     # what the calls above raise
-    "ConfigError": ("pat_ray.config.files", "ConfigError"),
-    "BudgetError": ("pat_ray.core.selection", "BudgetError"),
-    "UnsupportedModelError": ("pat_ray.tracer.graph", "UnsupportedModelError"),
-    "PrunedModelError": ("pat_ray.core.verify", "PrunedModelError"),
-    "CheckpointError": ("pat_ray.training.checkpoint", "CheckpointError"),
-    "ExportError": ("pat_ray.export", "ExportError"),
-    "PluginError": ("pat_ray.plugins.registry", "PluginError"),
-    "PluginFailure": ("pat_ray.plugins.registry", "PluginFailure"),
-    "UntrustedCodeError": ("pat_ray.plugins.user_code", "UntrustedCodeError"),
-    "TrainingDivergedError": ("pat_ray.training.engine", "TrainingDivergedError"),
-    "RunInUseError": ("pat_ray.training.run_lock", "RunInUseError"),
-    "ResumeChangesRunError": ("pat_ray.training.resume_check", "ResumeChangesRunError"),
-    "RunFinishedError": ("pat_ray.training.resume_check", "RunFinishedError"),
+    "ConfigError": ("pat_ray.errors", "ConfigError"),
+    "BudgetError": ("pat_ray.errors", "BudgetError"),
+    "UnsupportedModelError": ("pat_ray.errors", "UnsupportedModelError"),
+    "PrunedModelError": ("pat_ray.errors", "PrunedModelError"),
+    "CheckpointError": ("pat_ray.errors", "CheckpointError"),
+    "ExportError": ("pat_ray.errors", "ExportError"),
+    "PluginError": ("pat_ray.errors", "PluginError"),
+    "PluginFailure": ("pat_ray.errors", "PluginFailure"),
+    "UntrustedCodeError": ("pat_ray.errors", "UntrustedCodeError"),
+    "TrainingDivergedError": ("pat_ray.errors", "TrainingDivergedError"),
+    "RunInUseError": ("pat_ray.errors", "RunInUseError"),
+    "ResumeChangesRunError": ("pat_ray.errors", "ResumeChangesRunError"),
+    "RunFinishedError": ("pat_ray.errors", "RunFinishedError"),
 }
 
 __all__ = [

@@ -23,7 +23,7 @@ from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
 from pat_ray.training.records import RunResult
 from pat_ray.training.resume_check import check_resume
-from pat_ray.training.run_index import STATUS
+from pat_ray.training.run_files import STATUS
 from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import LAST, RunState, StoreMirror, check_new_run, resume_point
 from pat_ray.training.run_versions import LATEST, VERSION, find_version, new_version, point_latest

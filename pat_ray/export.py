@@ -23,19 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pat_ray.errors import ExportError
+from pat_ray.export_formats import FORMATS, SUFFIXES
 from pat_ray.storage import Location, has_scheme
 from pat_ray.training.checkpoint import Checkpoint, load_checkpoint, sidecar
 
-FORMATS = ("state_dict", "torchscript", "pt2", "onnx")
-SUFFIXES = {"state_dict": ".state_dict.pt", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
 # an exported output may differ from the checkpoint's by ATOL + RTOL x |output|: another runtime
 # sums in another order (float32), while a shape or value baked into the graph differs by far more
 ATOL, RTOL = 1e-5, 1e-4
 TRACE_BATCH, CHECK_BATCH = 2, 3  # traced with one batch size, checked with another
-
-
-class ExportError(ValueError):
-    """The model cannot be written in the format asked for (or the format's extra is missing)."""
 
 
 def export_model(

@@ -82,11 +82,16 @@ def _merged(base: dict, extra: dict) -> dict:
     return out
 
 
-def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0.5) -> Architecture:
+def assert_pruning_is_exact(
+    model: nn.Module, x: torch.Tensor, budget: float = 0.5, counted_by_torch: bool = True
+) -> Architecture:
     """Prune ``model`` (eval mode, magnitude scores) and check it computes what the dense model
-    computes with the removed channels zeroed; returns the architecture applied."""
+    computes with the removed channels zeroed, and that its measured cost is what torch
+    counts (``counted_by_torch=False`` where torch computes a product in fewer MACs than
+    pat_ray's cost model counts for it); returns the architecture applied."""
     import copy
 
+    from pat_ray.core.cost.flops import measure_cost
     from pat_ray.core.selection import Budget, select_architecture
     from pat_ray.core.surgery import apply_architecture
     from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
@@ -102,7 +107,30 @@ def assert_pruning_is_exact(model: nn.Module, x: torch.Tensor, budget: float = 0
         expected, got = reference(x), model(x)
     assert expected.abs().max() > 0
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    if counted_by_torch:
+        assert flops_counted_by_torch(model, x) == measure_cost(model, x).flops
     return arch
+
+
+def flops_counted_by_torch(model: nn.Module, x: torch.Tensor) -> int:
+    """One sample's multiply-accumulates as torch's ``FlopCounterMode`` counts them (half its
+    FLOPs): the check of pat_ray's cost model that shares nothing with it. ``measure_cost`` and
+    the traced cost both read pat_ray's layer families, so a family that is missing or counts
+    wrong agrees with itself there; here every conv, matmul and attention product torch runs is
+    counted. Gradients on and SDPA's math kernel, so attention runs as the matmuls the counter
+    knows (no-grad multi-head attention and the CPU flash kernel are fused ops it skips)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with counter, torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            model(x[:1])
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
 
 
 def assert_architecture_is_exact(model: nn.Module, x: torch.Tensor, graph: ModelGraph, arch: Architecture) -> None:
@@ -120,6 +148,7 @@ def assert_architecture_is_exact(model: nn.Module, x: torch.Tensor, graph: Model
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
     assert measure_cost(model, x) == predicted
+    assert flops_counted_by_torch(model, x) == predicted.flops  # and by a counter that shares no table with it
 
 
 def fail_once_after(epoch: int, marker) -> object:

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 import pat_ray
 from pat_ray.cli import main
 from pat_ray.core.architecture import Architecture
+from pat_ray.errors import CheckpointError
 from pat_ray.models.cifar_resnet import CifarResNet
-from pat_ray.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from pat_ray.training.checkpoint import read_checkpoint, save_checkpoint
 
 TINY = {
     "training": {"epochs": 3, "schedule": {"warmup_epochs": 0}},

@@ -20,8 +20,8 @@ from _helpers import assert_pruning_is_exact, randomize_norms, zero_removed_chan
 from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
-from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 

@@ -9,7 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from pat_ray.cli import main
-from pat_ray.config import Config, ConfigError, config_from_dict, load_config, oracle_grid
+from pat_ray.config import Config, config_from_dict, load_config, oracle_grid
+from pat_ray.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

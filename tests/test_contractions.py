@@ -12,8 +12,8 @@ from torch import nn
 import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms
 from pat_ray.core.cost.flops import graph_cost, measure_cost
-from pat_ray.core.selection import Budget, BudgetError, select_architecture
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.errors import BudgetError, UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 
@@ -158,7 +158,9 @@ def test_einsum_contractions_couple_slice_and_carry_channels_exactly():
     randomize_norms(model)
     graph = trace_channel_groups(model, x)
     assert {m.module for m in graph.group("q").producers()} == {"q", "k"}
-    arch = assert_pruning_is_exact(model, x, 0.5)
+    # torch runs "ncx,cd->nd" as a sum over x, then a (c, d) product: fewer MACs than the
+    # contraction pat_ray counts (c x d x positions), so its counter is not the reference here
+    arch = assert_pruning_is_exact(model, x, 0.5, counted_by_torch=False)
     assert model.q.out_channels == model.k.out_channels < 8
     assert model.weight.shape == (len(arch.kept["v"]), 5) and model.v.out_channels < 12
 

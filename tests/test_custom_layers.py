@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import pat_ray
-from _helpers import assert_pruning_is_exact, randomize_norms
+from _helpers import assert_pruning_is_exact, flops_counted_by_torch, randomize_norms
 from pat_ray.core.cost.flops import graph_cost
-from pat_ray.plugins.registry import PluginError
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import PluginError, UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 
@@ -61,6 +60,9 @@ def conv_macs(module, in_shape, out_shape):  # per (input, output) channel pair,
 
 
 class Declarations:
+    def __init__(self, macs=conv_macs) -> None:
+        self.macs = macs
+
     @pat_ray.hookimpl
     def pat_ray_register_layers(self, register):
         register(
@@ -70,7 +72,7 @@ class Declarations:
                 maps="produces",
                 params={"weight": {"out": 0, "in": 1}, "bias": {"out": 0}, "scale": {"out": 0}},
                 counts={"out_channels": ("weight", 0), "in_channels": ("weight", 1)},
-                macs=conv_macs,
+                macs=self.macs,
             ),
         )
         register(
@@ -149,3 +151,20 @@ def test_a_module_declared_twice_names_both_plugins(plugins):
 def test_a_follows_rule_with_input_channels_is_rejected_when_made():
     with pytest.raises(ValueError, match="'follows' layer has 'out' channels only"):
         pat_ray.LayerRule(ChannelGain, maps="follows", params={"gain": {"in": 0}})
+
+
+def test_a_declaration_that_leaves_out_its_macs_is_caught_by_torchs_own_count(plugins):
+    """The traced and the measured cost both read the declaration, so a LayerRule without
+    ``macs`` agrees with itself; torch's counter, which shares no table with pat_ray, finds
+    exactly the custom conv's multiply-accumulates missing."""
+    plugins(Declarations(macs=None), name="declarations")
+    model, x = Net(), torch.randn(2, 3, 8, 8)
+    measured = pat_ray.measure_cost(model, x).flops
+    assert graph_cost(trace_channel_groups(model, x)).flops == measured
+    assert flops_counted_by_torch(model, x) - measured == 12 * 16 * 9 * 8 * 8  # ScaledConv: 16 -> 12, 3x3, 8x8
+
+
+def test_a_declaration_with_its_macs_counts_what_torch_counts(plugins):
+    plugins(Declarations(), name="declarations")
+    model, x = Net(), torch.randn(2, 3, 8, 8)
+    assert flops_counted_by_torch(model, x) == pat_ray.measure_cost(model, x).flops

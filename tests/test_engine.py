@@ -19,9 +19,9 @@ from pat_ray.config import (
     NeverStart,
 )
 from pat_ray.core.epi import should_trigger
+from pat_ray.errors import TrainingDivergedError
 from pat_ray.plugins import registry
 from pat_ray.training.checkpoint import load_checkpoint, read_checkpoint
-from pat_ray.training.engine import TrainingDivergedError
 
 
 def tiny(tmp_path, start, epochs: int = 6, **pruning) -> Config:

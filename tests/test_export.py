@@ -18,7 +18,8 @@ import pat_ray
 from _helpers import configured, without_pat_ray
 from pat_ray.cli import main
 from pat_ray.config import FixedStart
-from pat_ray.export import ATOL, FORMATS, RTOL, ExportError, export_model
+from pat_ray.errors import ExportError
+from pat_ray.export import ATOL, FORMATS, RTOL, export_model
 
 # what each format's own runtime needs to run a batch: no pat_ray import anywhere
 LOADERS = {

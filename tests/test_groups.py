@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pat_ray.tracer.trace import UnsupportedModelError, trace_channel_groups
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def conv_bn(cin, cout, groups=1):

@@ -13,7 +13,8 @@ from torch import nn
 import pat_ray
 from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
 from pat_ray.core.cost.probe import count_grid, measure_latency
-from pat_ray.core.selection import Budget, BudgetError, budget_measure, select_architecture
+from pat_ray.core.selection import Budget, budget_measure, select_architecture
+from pat_ray.errors import BudgetError
 from pat_ray.plugins.registry import get_registry
 from pat_ray.tracer.trace import trace_channel_groups
 
@@ -248,7 +249,7 @@ def test_a_layer_the_probe_cannot_time_is_named_before_any_timing(plugins):
     """A plugin-declared layer has no timing model: a clear refusal, not a crash."""
     from test_custom_layers import Declarations, Net
 
-    from pat_ray.tracer.graph import UnsupportedModelError
+    from pat_ray.errors import UnsupportedModelError
 
     plugins(Declarations(), name="declarations")
     with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'custom' \(ScaledConv\).*measure: flops"):

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import pat_ray
 from pat_ray.cli import main
-from pat_ray.config import ConfigError, FixedStart, config_from_dict
+from pat_ray.config import FixedStart, config_from_dict
 from pat_ray.core.cost.latency import LatencyTable
-from pat_ray.core.selection import BudgetError
+from pat_ray.errors import BudgetError, ConfigError
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import PrintReporter
 

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "pat_ray"
 
 # lower layers first; a module may import its own layer and the layers below it
 LAYERS = {
+    "base": ["errors", "export_formats"],  # exception types and format names: importable before anything heavy
     "core": ["core", "tracer", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins"],  # hookspecs, registry, built-ins
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
@@ -22,6 +23,7 @@ LAYERS = {
     "top": ["api", "cli", "__init__", "sdk"],  # sdk: the plugin authors' surface, start policies included
 }
 FORBIDDEN = {  # third-party packages a layer must not touch
+    "base": {"torch", "ray", "mlflow", "pydantic", "pluggy", "click", "yaml"},
     "core": {"ray", "mlflow", "pydantic", "pluggy", "click", "yaml"},
     "plugins": {"ray", "mlflow", "click"},
     "storage": {"ray", "mlflow", "click", "torch"},
@@ -76,3 +78,14 @@ def test_modules_and_functions_stay_small_enough_to_read(path):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = node.end_lineno - node.lineno + 1
             assert length <= 80, f"{path.name}: {node.name} is {length} lines"
+
+
+def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_needs_them():
+    """``pat-ray --version``, ``--help`` and ``runs`` answer at once: importing the CLI (every
+    command registered) loads none of the heavy packages (benchmarks/cli_startup.py times it)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, pat_ray.cli; print(' '.join(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "", f"importing pat_ray.cli loads {loaded.strip()}"

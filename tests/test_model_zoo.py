@@ -84,6 +84,7 @@ def test_each_torchvision_family_prunes_to_30_50_and_70_percent_of_its_flops(nam
     measured = measure_cost(dense, x)
     graph = trace_channel_groups(dense, x)
     assert graph_cost(graph) == measured  # the cost model (attention included) == hooks and counters
+    assert measured.flops == flops_counted_by_torch(dense, x)  # == torch's own count, which shares no table
     full = measured.flops
     scores = Magnitude().scores(dense, graph)
     giant = sum(p.numel() for p in dense.parameters()) > 150e6  # convnext_large, vit_l_16: 20 s a budget

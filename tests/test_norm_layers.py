@@ -12,7 +12,7 @@ from torch import nn
 import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms
 from pat_ray.core.cost.flops import graph_cost, measure_cost
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 import pat_ray
 from _helpers import configured
 from pat_ray.cli import main
-from pat_ray.config import Config, ConfigError
+from pat_ray.config import Config
 from pat_ray.config.plan import FINETUNE_SHARE, auto_latest_start, plan_pruning, pruning_iterations
+from pat_ray.errors import ConfigError
 
 DIGITS = str(Path(__file__).parents[1] / "pipelines" / "digits.yaml")
 schedules = st.tuples(st.integers(1, 40), st.integers(1, 60), st.integers(1, 5), st.integers(1, 30))

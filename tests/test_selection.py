@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pat_ray.core.cost.flops import cost_of, graph_cost
-from pat_ray.core.selection import BUDGET_TOLERANCE, Budget, BudgetError, select_architecture
+from pat_ray.core.selection import BUDGET_TOLERANCE, Budget, select_architecture
+from pat_ray.errors import BudgetError
 from pat_ray.tracer.trace import trace_channel_groups
 
 

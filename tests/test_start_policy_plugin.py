@@ -14,8 +14,9 @@ from click.testing import CliRunner
 import pat_ray
 from _helpers import configured
 from pat_ray.cli import main
-from pat_ray.config import ConfigError, config_from_dict
+from pat_ray.config import config_from_dict
 from pat_ray.config.keys import config_schema
+from pat_ray.errors import ConfigError
 from pat_ray.sweep.plan import OracleSummary, TrialOutcome, summarize, trial_configs
 from pat_ray.sweep.report import write_report
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from _helpers import configured, start_cli, stop_after_epoch
 from pat_ray.cli import main
-from pat_ray.config import ConfigError, FixedStart
+from pat_ray.config import FixedStart
+from pat_ray.errors import ConfigError
 from pat_ray.storage import Location, has_scheme
 from pat_ray.training.run_versions import find_version, versions
 

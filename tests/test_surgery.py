@@ -11,9 +11,10 @@ import pat_ray
 from _helpers import randomize_norms
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.flops import measure_cost
+from pat_ray.errors import CheckpointError
 from pat_ray.models.cifar_resnet import CifarResNet
 from pat_ray.tracer.trace import trace_channel_groups
-from pat_ray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pat_ray.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def trained_step(optimizer_cls, **kw):

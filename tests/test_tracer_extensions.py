@@ -16,8 +16,8 @@ from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.core.cost.probe import measure_latency
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
-from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.layers.table import family_of
 from pat_ray.tracer.trace import trace_channel_groups
 

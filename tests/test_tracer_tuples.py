@@ -17,9 +17,9 @@ import pat_ray
 from _helpers import assert_pruning_is_exact, randomize_norms, zero_removed_channels
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
-from pat_ray.core.verify import PrunedModelError, check_pruned, output_shapes
+from pat_ray.core.verify import check_pruned, output_shapes
+from pat_ray.errors import PrunedModelError, UnsupportedModelError
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
-from pat_ray.tracer.graph import UnsupportedModelError
 from pat_ray.tracer.trace import trace_channel_groups
 
 

@@ -17,10 +17,10 @@ from torch.utils.data import TensorDataset
 import pat_ray
 from _helpers import configured
 from pat_ray.cli import main
-from pat_ray.config import ConfigError
+from pat_ray.errors import ConfigError, TargetError, UntrustedCodeError
 from pat_ray.plugins import user_code
 from pat_ray.plugins.recipes import as_bundle
-from pat_ray.plugins.user_code import TargetError, UntrustedCodeError, resolve, split_target
+from pat_ray.plugins.user_code import resolve, split_target
 
 ROOT = Path(__file__).parents[1]
 NETS = """

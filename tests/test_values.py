@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from _helpers import configured
 from pat_ray.cli import main
-from pat_ray.config import ConfigError, FixedStart
+from pat_ray.config import FixedStart
+from pat_ray.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,8 @@ def test_yaml_aliases_that_expand_past_a_sane_size_are_refused_while_loading(tmp
 
 def test_a_checkpoint_from_a_newer_format_names_its_version_and_the_pat_ray_needed(tmp_path):
     import pat_ray
-    from pat_ray.training.checkpoint import CheckpointError, read_checkpoint
+    from pat_ray.errors import CheckpointError
+    from pat_ray.training.checkpoint import read_checkpoint
 
     result = pat_ray.run(
         configured(

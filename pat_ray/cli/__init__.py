@@ -19,12 +19,18 @@ from pathlib import Path
 
 import click
 
-from pat_ray.config import Config, ConfigError, load_config
+from pat_ray.config import Config, load_config
 from pat_ray.config.keys import is_override
-from pat_ray.core.selection import BudgetError
-from pat_ray.plugins.registry import PluginError, PluginFailure
-from pat_ray.tracer.graph import UnsupportedModelError
-from pat_ray.training.checkpoint import CheckpointError
+from pat_ray.errors import (
+    BudgetError,
+    CheckpointError,
+    ConfigError,
+    PluginError,
+    PluginFailure,
+    RayRunError,
+    TrainingDivergedError,
+    UnsupportedModelError,
+)
 
 INPUT_ERRORS = (  # exit 2: what the user gave is wrong
     CheckpointError,
@@ -123,8 +129,6 @@ def _stop(signum: int, frame) -> None:
 
 
 def _report(err: Exception) -> None:
-    from pat_ray.distributed.train import RayRunError
-    from pat_ray.training.engine import TrainingDivergedError
 
     if isinstance(err, ConfigError):
         for line in err.errors:

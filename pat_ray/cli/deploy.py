@@ -8,10 +8,9 @@ import click
 
 from pat_ray.cli import main
 from pat_ray.cli.pipelines import TRUST
-from pat_ray.export import FORMATS
+from pat_ray.export_formats import FORMATS
 from pat_ray.storage import Location
-from pat_ray.training.checkpoint import sidecar
-from pat_ray.training.run_state import LAST
+from pat_ray.training.run_files import LAST
 
 
 @main.command(short_help="Write a run's pruned model as state_dict, TorchScript, pt2 or ONNX (no pat_ray needed).")
@@ -39,6 +38,7 @@ def export(run: str, fmt: str, out: Path | None) -> None:
     pat-ray export runs/digits/latest --format onnx --out digits.onnx
     """
     from pat_ray.export import export_model
+    from pat_ray.training.checkpoint import sidecar
 
     where = Location.given(run)
     checkpoint = where if where.is_file() else where / LAST

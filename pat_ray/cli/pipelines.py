@@ -13,11 +13,10 @@ from pat_ray.cli import connects_to_ray, fail, load, main
 from pat_ray.config import config_to_yaml
 from pat_ray.config.fields import data_on_workers
 from pat_ray.config.keys import is_override
-from pat_ray.plugins.registry import PluginFailure
+from pat_ray.errors import PluginFailure, RunFinishedError
 from pat_ray.plugins.user_code import trust
 from pat_ray.storage import Location
-from pat_ray.training.resume_check import RunFinishedError
-from pat_ray.training.run_state import CONFIG, LAST, PREVIOUS
+from pat_ray.training.run_files import CONFIG, LAST, PREVIOUS
 from pat_ray.training.run_versions import LATEST, VERSION
 
 CONFIG_FILE = click.argument("config", required=False)
@@ -89,7 +88,7 @@ def run(
     """
     from pat_ray.api import run as run_pipeline
     from pat_ray.api import run_to_resume
-    from pat_ray.distributed.train import RayRunError
+    from pat_ray.errors import RayRunError
 
     _set_verbose(verbose)
     config, which, overrides = _resume_target(config, resume, overrides)

@@ -1,7 +1,7 @@
 """The pipeline config: ``Config`` and its sections, the start policies, reading YAML and
 ``key=value`` overrides. Everything a caller needs is importable from here."""
 
-from pat_ray.config.files import ConfigError, read_yaml
+from pat_ray.config.files import read_yaml
 from pat_ray.config.pipeline import RESERVED_NAMES, Config, config_from_dict, config_to_yaml, load_config, oracle_grid
 from pat_ray.config.sections import (
     BudgetConfig,
@@ -29,6 +29,7 @@ from pat_ray.config.start import (
     StartPolicy,
     WatchingStartPolicy,
 )
+from pat_ray.errors import ConfigError
 
 __all__ = [
     "ORACLE_POLICIES",

@@ -8,16 +8,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file could not be read or validated; ``errors`` are ``field.path: message``."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source, self.errors = source, errors
-        super().__init__("\n".join(f"{source}: {e}" for e in errors))
-
-    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
-        return (type(self), (self.source, self.errors))
+from pat_ray.errors import ConfigError
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -24,8 +24,8 @@ import yaml
 from pydantic import BaseModel, Field, TypeAdapter
 
 from pat_ray.config import Config
-from pat_ray.config.files import ConfigError
 from pat_ray.config.start import BaseStartPolicy, start_policy_classes
+from pat_ray.errors import ConfigError
 
 SOURCE = "override"
 SOURCES = {

@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pat_ray.config.fields import Strict, check_data_here, check_params, expand_path
-from pat_ray.config.files import ConfigError, read_yaml
+from pat_ray.config.files import read_yaml
 from pat_ray.config.sections import (
     DataConfig,
     ModelConfig,
@@ -33,6 +33,7 @@ from pat_ray.config.sections import (
     TrainingConfig,
 )
 from pat_ray.config.start import EPIStart, StartPolicy
+from pat_ray.errors import ConfigError
 from pat_ray.plugins.registry import get_registry
 from pat_ray.plugins.signatures import check_params as check_factory_params
 from pat_ray.plugins.user_code import resolve

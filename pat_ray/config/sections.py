@@ -21,8 +21,7 @@ from pat_ray.config.fields import (
 )
 from pat_ray.config.start import ORACLE_POLICIES, oracle_kinds
 from pat_ray.core.cost.latency import LatencyTable
-from pat_ray.core.selection import Measure
-from pat_ray.tracer.graph import AttentionCut
+from pat_ray.core.kinds import AttentionCut, Measure
 
 DEFAULT_MODEL, DEFAULT_DATA = "cifar_resnet20", "digits"
 

@@ -308,7 +308,8 @@ POLICIES: dict[str, type[BaseStartPolicy]] = {  # the built-in ones
 def start_policy_classes() -> dict[str, type[BaseStartPolicy]]:
     """Every start policy by ``kind``: the built-ins, then those plugins registered with
     ``pat_ray_register_start_policies``."""
-    from pat_ray.plugins.registry import PluginError, get_registry
+    from pat_ray.errors import PluginError
+    from pat_ray.plugins.registry import get_registry
 
     registry = get_registry()
     plugins: dict[str, type[BaseStartPolicy]] = {}

@@ -15,22 +15,18 @@ import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.flops import cost_of
 from pat_ray.core.cost.latency import LatencyTable
+from pat_ray.core.kinds import MEASURES, Measure
+from pat_ray.errors import BudgetError
 from pat_ray.tracer.graph import ChannelGroup, ModelGraph
 
-Measure = Literal["flops", "params", "channels", "latency"]
-MEASURES: tuple[Measure, ...] = get_args(Measure)
 BUDGET_TOLERANCE = 0.005  # a selection keeps at most budget.fraction + this share of the reference measure
-
-
-class BudgetError(ValueError):
-    """The budget cannot be met on this model."""
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,9 @@ import torch
 from torch import nn
 
 from pat_ray.core.cost.flops import hooked_forward
+from pat_ray.errors import PrunedModelError
 from pat_ray.tracer.fx_trace import nested_leaves
-from pat_ray.tracer.graph import Example, UnsupportedModelError
-
-
-class PrunedModelError(UnsupportedModelError):
-    """Surgery produced a model that fails on the example input or changed its outputs' shapes."""
+from pat_ray.tracer.graph import Example
 
 
 def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:

@@ -78,7 +78,7 @@ class ProgressCallback(UserCallback):
 
 def _fatal(errors) -> BaseException | None:
     """A worker error that a restart cannot mend (data missing on a node), if any."""
-    from pat_ray.distributed.train import DataRootError
+    from pat_ray.errors import DataRootError
 
     return next((err for err in errors if isinstance(err, DataRootError)), None)
 

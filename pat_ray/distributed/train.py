@@ -25,6 +25,7 @@ from pathlib import Path
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
 from pat_ray.distributed.worker import worker_loop
+from pat_ray.errors import DataRootError, RayRunError
 from pat_ray.plugins.user_code import split_target, trusted_modules
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
@@ -44,23 +45,6 @@ def recorded_ray_run(folder: Location) -> tuple[Location, str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return (storage, name) if (storage / name).exists() else None
-
-
-class RayRunError(RuntimeError):
-    """A Ray run ended for a reason pat_ray can name in one line (resources that never came,
-    data missing on a worker); its message says what to do. ``resumable``: the same run can go on
-    with ``--resume`` once the cause is gone (the command line adds the command)."""
-
-    def __init__(self, message: str, resumable: bool = False) -> None:
-        super().__init__(message)
-        self.resumable = resumable
-
-
-class DataRootError(RuntimeError):
-    """A worker's data root does not exist on its node (raised on every rank, so none hangs)."""
-
-    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the controller
-        return (type(self), self.args)
 
 
 def run_on_ray(

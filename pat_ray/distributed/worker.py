@@ -100,7 +100,7 @@ def check_data_root(root: str | None, collective) -> None:
     every rank raises (none is left waiting in a collective), naming the node and path."""
     import ray
 
-    from pat_ray.distributed.train import DataRootError
+    from pat_ray.errors import DataRootError
 
     missing = None
     if root is not None and not Path(root).exists():

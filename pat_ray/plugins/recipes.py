@@ -19,9 +19,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pat_ray.core.data import DataBundle
+from pat_ray.errors import TargetError
 from pat_ray.plugins.registry import get_registry
 from pat_ray.plugins.signatures import accepted
-from pat_ray.plugins.user_code import TargetError, resolve, target_of, trust
+from pat_ray.plugins.user_code import resolve, target_of, trust
 
 Source = Literal["registry", "import", "object"]
 LABEL_SCAN_LIMIT = 200_000  # beyond this many samples, give data.num_classes instead of a scan

@@ -21,13 +21,16 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
+from pat_ray.errors import PluginError, PluginFailure
 from pat_ray.plugins import hookspecs
+
+if TYPE_CHECKING:
+    from pat_ray.tracer.layers.declared import LayerRule
 from pat_ray.plugins.signatures import check_params as check_factory_params
-from pat_ray.tracer.layers.declared import LayerRule, set_rules
 
 KINDS = {
     "criterion": "pat_ray_register_criteria",
@@ -49,14 +52,6 @@ DEFAULT_PLUGINS = (
     "pat_ray.plugins.builtin.idx_datasets",
 )
 AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
-
-
-class PluginError(RuntimeError):
-    """A plugin failed to load or to register."""
-
-
-class PluginFailure(RuntimeError):
-    """Plugin code raised while a run used it; names the plugin and its distribution."""
 
 
 GUARDED_KINDS = ("criterion", "similarity", "surgery")  # called during training, so failures are named
@@ -88,6 +83,8 @@ class Registry:
             table[entry.name] = entry
 
     def layer_rules(self) -> dict[type, LayerRule]:
+        from pat_ray.tracer.layers.declared import LayerRule  # the tracer (and torch) only once rules are read
+
         """The declared custom modules, by module type; a type declared twice names both plugins."""
         rules: dict[type, Entry] = {}
         for entry in self._entries["layer"].values():
@@ -261,7 +258,7 @@ def get_registry() -> Registry:
     global _registry
     if _registry is None:
         registry = collect(get_plugin_manager())
-        set_rules(registry.layer_rules())  # the tracer reads them from core
+        _set_rules(registry.layer_rules())  # the tracer reads them from core
         _registry = registry
     return _registry
 
@@ -282,7 +279,7 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     try:
         _check_pending(manager)
         registry = collect(manager)
-        set_rules(registry.layer_rules())
+        _set_rules(registry.layer_rules())
     except Exception:
         manager.unregister(plugin)
         raise
@@ -376,4 +373,11 @@ def unregister_plugins() -> None:
     global _manager, _registry
     _manager = _registry = None
     _in_process.clear()
-    set_rules({})
+    _set_rules({})
+
+
+def _set_rules(rules: dict[type, LayerRule]) -> None:
+    """Hand the declared layer rules to the tracer, which reads them while tracing."""
+    from pat_ray.tracer.layers.declared import set_rules
+
+    set_rules(rules)

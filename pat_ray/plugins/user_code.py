@@ -18,16 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pat_ray.errors import TargetError, UntrustedCodeError
+
 TRUST_ENV = "PAT_RAY_TRUST"
 _trusted: set[str] = set()
-
-
-class TargetError(ValueError):
-    """A target that cannot be used: bad syntax, a module that does not import, a missing name."""
-
-
-class UntrustedCodeError(TargetError):
-    """A target names a module the user has not trusted; nothing was imported."""
 
 
 def trust(*modules: str) -> None:

@@ -9,15 +9,8 @@ every piece (q, k and v of a fused projection), and the costs it takes part in c
 
 from __future__ import annotations
 
-from pat_ray.tracer.graph import (
-    AttentionCut,
-    ChannelGroup,
-    ComputeTerm,
-    Member,
-    ModelGraph,
-    SizeAttribute,
-    UnsupportedModelError,
-)
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.graph import AttentionCut, ChannelGroup, ComputeTerm, Member, ModelGraph, SizeAttribute
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict, Layout, Slot, Term
 
 

@@ -25,7 +25,8 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.core.cost.products import ProductCounter
-from pat_ray.tracer.graph import Example, UnsupportedModelError, first_sample
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
 from pat_ray.tracer.layers.table import family_of, kept_whole
 from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape

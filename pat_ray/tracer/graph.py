@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
+
+from pat_ray.core.kinds import ATTENTION_CUTS, AttentionCut
 
 INPUT_GROUP_PREFIX = "<input "  # the name of a group made of a model input's channels
 
 Role = Literal["out", "in", "norm", "depthwise", "grouped", "param"]  # see Member
 PRODUCER_ROLES: tuple[Role, ...] = ("out", "depthwise", "grouped")  # members whose weights make the channels
-
-AttentionCut = Literal["heads", "head_dim"]  # what a cut into attention heads makes prunable
-ATTENTION_CUTS: tuple[AttentionCut, ...] = get_args(AttentionCut)
 
 
 def check_attention(value: object) -> AttentionCut:
@@ -34,10 +33,6 @@ def first_sample(example: Example) -> tuple[torch.Tensor, ...]:
     """The first sample of every input, as positional arguments for the model."""
     inputs = example if isinstance(example, tuple | list) else (example,)
     return tuple(t[:1] for t in inputs)
-
-
-class UnsupportedModelError(ValueError):
-    """The tracer met an op whose channel semantics it cannot guarantee."""
 
 
 @dataclass(frozen=True)

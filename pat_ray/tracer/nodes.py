@@ -14,7 +14,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 
 SHAPE = "pat_ray_shape"  # node.meta key: the shape of a node's tensor result
 PIECE_SHAPES = "pat_ray_piece_shapes"  # node.meta key: per item of a tuple / list result, its PieceShape

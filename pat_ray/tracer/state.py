@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from torch import nn
 
-from pat_ray.tracer.graph import ProductShape, Role, UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.graph import ProductShape, Role
 
 
 @dataclass

@@ -24,17 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
-from pat_ray.tracer.graph import (
-    INPUT_GROUP_PREFIX,
-    AttentionCut,
-    Example,
-    ModelGraph,
-    UnsupportedModelError,
-    check_attention,
-    first_sample,
-)
+from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, Example, ModelGraph, check_attention, first_sample
 from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,

@@ -28,8 +28,9 @@ from torch import nn
 
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.surgery import apply_architecture
+from pat_ray.errors import CheckpointError, TargetError
 from pat_ray.plugins.recipes import ModelRecipe, Source
-from pat_ray.plugins.user_code import TargetError, trusting
+from pat_ray.plugins.user_code import trusting
 from pat_ray.storage import Location, atomic_write, has_scheme
 from pat_ray.tracer.trace import trace_channel_groups
 
@@ -42,19 +43,6 @@ _FIELDS = {
     "state_dict": dict,
     "extra": dict,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, damaged, unsafe or does not fit its model."""
-
-    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
-        self.path = None if path is None else (str(path) if has_scheme(path) else Path(path))
-        self.problem = problem
-        where = "read from memory" if path is None else repr(str(path))
-        super().__init__(f"checkpoint {where}: {problem}")
-
-    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
-        return (type(self), (self.path, self.problem))
 
 
 @dataclass
@@ -253,7 +241,7 @@ def load_checkpoint(
     A model made from an import path is imported only from a module the user trusts
     (``trust=["my_pkg"]``, ``pat_ray.trust``, ``PAT_RAY_TRUST``) or when its class or factory is
     passed as ``model``: reading a file never runs code by itself."""
-    from pat_ray.plugins.registry import PluginError
+    from pat_ray.errors import PluginError
 
     ckpt = read_checkpoint(path, map_location)
     what = f"checkpoint {str(path)!r}"

@@ -19,6 +19,7 @@ from torch import nn
 
 from pat_ray.config import Config
 from pat_ray.core.cost.latency import LatencyTable
+from pat_ray.errors import TrainingDivergedError
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
 from pat_ray.training.epoch_progress import progress_of
@@ -31,10 +32,6 @@ from pat_ray.training.setup import Given, to_device
 DIVERGENCE_CHECK_EVERY = 50  # iterations between the host's looks at the finite-loss flag
 
 __all__ = ["train", "RunResult", "TrainingDivergedError", "BACKWARD_FACTOR"]
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def train(

@@ -11,10 +11,11 @@ from torch import nn
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion
-from pat_ray.core.selection import Budget, Measure, select_architecture
+from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.verify import check_pruned
 from pat_ray.plugins.registry import get_registry
-from pat_ray.tracer.graph import AttentionCut, Example
+from pat_ray.tracer.graph import Example
 from pat_ray.tracer.trace import trace_channel_groups
 
 

@@ -28,9 +28,10 @@ from pat_ray.config.start import BaseStartPolicy, as_start_policy
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
-from pat_ray.core.selection import Budget, Measure
+from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_registry
-from pat_ray.tracer.graph import AttentionCut, Example
+from pat_ray.tracer.graph import Example
 from pat_ray.training.collective import Collective, LocalCollective
 from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner, PruneStep

@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 import torch
 from pyarrow.fs import FileType
 
-from pat_ray.config import Config, ConfigError
+from pat_ray.config import Config
 from pat_ray.config.plan import iterations_per_epoch, plan_pruning
+from pat_ray.errors import ConfigError
 from pat_ray.storage import OBJECT_STORES, Location
 
 

@@ -15,9 +15,10 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.flops import Cost, graph_cost
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
-from pat_ray.core.selection import Budget, Measure, budget_measure, check_reachable, select_architecture
+from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
 from pat_ray.core.verify import check_pruned
-from pat_ray.tracer.graph import AttentionCut, Example, ModelGraph
+from pat_ray.tracer.graph import Example, ModelGraph
 from pat_ray.tracer.trace import trace_channel_groups
 from pat_ray.training.collective import Collective
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pat_ray.config import Config
 from pat_ray.config.fields import dotted
+from pat_ray.errors import ResumeChangesRunError, RunFinishedError
 
 SAFE_TO_CHANGE = (  # dotted prefixes of fields that do not change what the run computes
     "name",
@@ -25,14 +26,6 @@ SAFE_TO_CHANGE = (  # dotted prefixes of fields that do not change what the run 
     "training.checkpoint_every",
     "training.device",
 )
-
-
-class ResumeChangesRunError(ValueError):
-    """The config given to ``--resume`` differs from the run's in fields that change its meaning."""
-
-
-class RunFinishedError(ValueError):
-    """The run to resume already ran its last epoch; nothing was changed."""
 
 
 def planned_epochs(config: Config) -> int:

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pat_ray.config import Config, ConfigError
+from pat_ray.config import Config
 from pat_ray.config.plan import PlanError
 from pat_ray.core.cost.latency import LatencyTable
+from pat_ray.errors import CheckpointError, ConfigError
 from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
-from pat_ray.training.checkpoint import Checkpoint, CheckpointError
+from pat_ray.training.checkpoint import Checkpoint
 from pat_ray.training.collective import Collective, Reporter
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.pat import PaT

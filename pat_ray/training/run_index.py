@@ -14,11 +14,9 @@ from typing import Any
 
 from pat_ray.config import RESERVED_NAMES
 from pat_ray.storage import Location
+from pat_ray.training.run_files import HISTORY, LAST, STATUS
 from pat_ray.training.run_lock import is_held
-from pat_ray.training.run_state import HISTORY, LAST
 from pat_ray.training.run_versions import VERSION, versions
-
-STATUS = "status.json"  # written when a run ends: finished / failed / interrupted, and its numbers
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from pat_ray.errors import RunInUseError
 from pat_ray.storage import Location
 
 LOCK = ".lock"
-
-
-class RunInUseError(FileExistsError):
-    """Another live process holds the run folder's lock."""
 
 
 def lock_file(folder: Location) -> Path:

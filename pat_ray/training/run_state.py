@@ -20,16 +20,16 @@ from torch import nn
 
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.core.architecture import Architecture
+from pat_ray.errors import CheckpointError, RunExistsError
 from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.storage import Location
-from pat_ray.training.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint
+from pat_ray.training.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from pat_ray.training.collective import WrappingReporter
 from pat_ray.training.records import EpochRecord
+from pat_ray.training.run_files import CONFIG, HISTORY, LAST, PREVIOUS
 
 if TYPE_CHECKING:
     from pat_ray.training.collective import Reporter
-
-LAST, PREVIOUS, HISTORY, CONFIG = "last.pt", "previous.pt", "history.json", "config.yaml"
 
 
 @dataclass
@@ -64,10 +64,6 @@ class RunState:
             return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]]})
         except (KeyError, TypeError) as err:
             raise CheckpointError(ckpt.source, f"its run history is malformed ({err!r})") from None
-
-
-class RunExistsError(FileExistsError):
-    """A new run's folder already holds a run (two runs in one store chose the same version)."""
 
 
 def check_new_run(run_dir: Location) -> None:

@@ -16,9 +16,10 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pat_ray.tracer.graph import ComputeTerm
+if TYPE_CHECKING:
+    from pat_ray.tracer.graph import ComputeTerm
 
 
 @dataclass(frozen=True)

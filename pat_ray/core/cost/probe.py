@@ -28,7 +28,8 @@ from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.core.cost.latency import LatencyTable, LayerTimes, monotone
 from pat_ray.core.cost.product_timing import ProductTiming, TimedProduct
 from pat_ray.core.cost.timing import device_name, seconds_of
-from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, ComputeTerm, ModelGraph, UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, ComputeTerm, ModelGraph
 from pat_ray.tracer.layers.family import LayerFamily
 from pat_ray.tracer.layers.table import family_of
 from pat_ray.tracer.trace import trace_channel_groups

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Reindex, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.state import Layout, Term
 

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.state import Layout, Term
 

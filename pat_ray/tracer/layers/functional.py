@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
 from pat_ray.tracer.nodes import arg, is_parameter, target_name
 from pat_ray.tracer.ops.call import OpCall

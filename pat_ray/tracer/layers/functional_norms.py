@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
 from pat_ray.tracer.nodes import arg, target_name
 from pat_ray.tracer.ops.call import OpCall

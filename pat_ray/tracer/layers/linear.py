@@ -10,7 +10,7 @@ from collections.abc import Hashable
 import torch
 from torch import nn
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.state import Layout, Term
 

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.batch_norm import ChannelNorm
 from pat_ray.tracer.layers.conv import Conv
 from pat_ray.tracer.layers.declared import Declared, rule_for

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.models.swin_transformer import _get_relative_position_bias, shifted_window_attention
 from torchvision.ops import stochastic_depth
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     arg,

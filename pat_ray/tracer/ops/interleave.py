@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout

@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torchvision.models.swin_transformer import _patch_merging_pad
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, parameter_dim, size_arguments
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout, Traced

@@ -20,7 +20,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from pat_ray.core.cost.products import attention_macs, einsum_macs, matmul_macs
-from pat_ray.tracer.graph import ProductShape, UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.graph import ProductShape
 from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout, Term

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.state import GroupBuilder, Layout, Pieces

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from pat_ray.tracer.graph import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import (
     arg,
     int_arg,

@@ -1,0 +1,66 @@
+"""How long the command line takes before it does anything: each command below in a fresh
+process, median of 5, against ``python -c pass`` (the interpreter's own start, the floor).
+Commands that only describe (``--version``, ``--help``, ``runs``) should not import torch,
+Ray or MLflow; those that read the plugin registry (``config``, ``plugins``) still do.
+
+    python benchmarks/cli_startup.py
+
+Writes benchmarks/results/cli_startup.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _report import header, write
+
+ROUNDS = 5
+PAT_RAY = str(Path(sys.executable).with_name("pat-ray"))
+COMMANDS = [
+    ["--version"],
+    ["--help"],
+    ["run", "--help"],
+    ["oracle", "--help"],
+    ["export", "--help"],
+    ["runs"],
+    ["config", "training"],
+    ["plugins"],
+]
+
+
+def median_seconds(argv: list[str], folder: str) -> float:
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        subprocess.run(argv, cwd=folder, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    folder = tempfile.mkdtemp(prefix="pat_ray_cli_")
+    (Path(folder) / "runs").mkdir()  # `runs` lists an empty folder
+    floor = median_seconds([sys.executable, "-c", "pass"], folder)
+    rows = []
+    for args in COMMANDS:
+        seconds = median_seconds([PAT_RAY, *args], folder)
+        rows.append(f"| `pat-ray {' '.join(args)}` | {seconds:.2f} | {seconds - floor:.2f} |")
+        print(rows[-1], flush=True)
+    lines = header(
+        "Command-line start-up",
+        torch.device("cpu"),
+        f"Median of {ROUNDS} fresh processes each; `python -c pass` takes {floor:.2f} s here.",
+    )
+    lines += ["| command | seconds | over `python -c pass` |", "|---|---|---|", *rows]
+    write("cli_startup.md", lines)
+
+
+if __name__ == "__main__":
+    main()

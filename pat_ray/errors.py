@@ -1,0 +1,107 @@
+"""Every exception pat_ray raises on purpose, in a module that imports nothing heavy.
+
+The command line maps these to one line and an exit code before it knows which command will
+run, so they must be importable without torch, Ray or MLflow; the modules that raise them
+import them from here. Each is picklable, so Ray can carry it from a worker to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file could not be read or validated; ``errors`` are ``field.path: message``."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source, self.errors = source, errors
+        super().__init__("\n".join(f"{source}: {e}" for e in errors))
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.errors))
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met on this model."""
+
+
+class UnsupportedModelError(ValueError):
+    """The tracer met an op whose channel semantics it cannot guarantee."""
+
+
+class PrunedModelError(UnsupportedModelError):
+    """Surgery produced a model that fails on the example input or changed its outputs' shapes."""
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or to register."""
+
+
+class PluginFailure(RuntimeError):
+    """Plugin code raised while a run used it; names the plugin and its distribution."""
+
+
+class TargetError(ValueError):
+    """A target that cannot be used: bad syntax, a module that does not import, a missing name."""
+
+
+class UntrustedCodeError(TargetError):
+    """A target names a module the user has not trusted; nothing was imported."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, unsafe or does not fit its model."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path = None if path is None else (str(path) if "://" in str(path) else Path(path))  # a URI stays one
+        self.problem = problem
+        where = "read from memory" if path is None else repr(str(path))
+        super().__init__(f"checkpoint {where}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
+
+class ExportError(ValueError):
+    """The model cannot be written in the format asked for (or the format's extra is missing)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunExistsError(FileExistsError):
+    """A new run's folder already holds a run (two runs in one store chose the same version)."""
+
+
+class RunInUseError(FileExistsError):
+    """Another live process holds the run folder's lock."""
+
+
+class ResumeChangesRunError(ValueError):
+    """The config given to ``--resume`` differs from the run's in fields that change its meaning."""
+
+
+class RunFinishedError(ValueError):
+    """The run to resume already ran its last epoch; nothing was changed."""
+
+
+class RayRunError(RuntimeError):
+    """A Ray run ended for a reason pat_ray can name in one line (resources that never came,
+    data missing on a worker); its message says what to do. ``resumable``: the same run can go on
+    with ``--resume`` once the cause is gone (the command line adds the command)."""
+
+    def __init__(self, message: str, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.resumable))
+
+
+class DataRootError(RuntimeError):
+    """A worker's data root does not exist on its node (raised on every rank, so none hangs)."""
+
+    def __reduce__(self):
+        return (type(self), self.args)
