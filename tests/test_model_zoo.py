@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import pat_ray
-from _helpers import assert_pruning_is_exact, randomize_norms
+from _helpers import assert_pruning_is_exact, flops_counted_by_torch, randomize_norms
 from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.core.surgery import apply_architecture
