@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
-from pat_ray.distributed.worker import worker_loop
+from pat_ray.distributed.worker import TASK, WorkerTask, worker_loop
 from pat_ray.errors import DataRootError, RayRunError
 from pat_ray.plugins.user_code import split_target, trusted_modules
 from pat_ray.storage import Location
@@ -96,13 +96,16 @@ def run_on_ray(
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "plugins": shipped_plugins(),
-            "trusted": sorted(trusted_modules()),  # what this process may import for targets, the workers too
-            "given": given or Given(),  # objects handed over in Python: Ray pickles them to the workers
-            "latency_table": latency_table,
-            "resume": ray.put(resume.read_bytes()) if resume is not None else None,
-            "threads": min(cpus, torch.get_num_threads()),  # what --local uses, shared among the workers
+            TASK: WorkerTask(
+                config=config.model_dump(mode="json"),
+                plugins=shipped_plugins(),
+                trusted=sorted(trusted_modules()),  # what this process may import for targets, the workers too
+                given=given or Given(),  # objects handed over in Python: Ray pickles them to the workers
+                latency_table=latency_table,
+                resume=ray.put(resume.read_bytes()) if resume is not None else None,
+                threads=min(cpus, torch.get_num_threads()),  # what --local uses, shared among the workers
+                ray_log_level=ray_log_level(),
+            )
         },
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,

@@ -13,15 +13,43 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pat_ray.training.collective import Reporter
 from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
-from pat_ray.training.run_state import LAST
+from pat_ray.training.run_files import LAST
+
+if TYPE_CHECKING:
+    from pat_ray.plugins.registry import ShippedPlugin
+    from pat_ray.training.setup import Given
+
+TASK = "task"  # the one key of Train's train_loop_config: the WorkerTask
 
 
-def worker_loop(loop_config: dict[str, Any]) -> None:
+@dataclass(frozen=True, kw_only=True)
+class WorkerTask:
+    """Everything the driver hands each Ray Train worker (Ray pickles it to every rank).
+
+    ``config``: the validated config as JSON (re-validated on the worker, against the plugins
+    below); ``plugins``: those registered in the driver's process; ``trusted``: the modules the
+    config's targets may be imported from; ``given``: objects passed to ``pat_ray.run``;
+    ``latency_table``: a measured table, as its dict; ``resume``: an object-store reference to
+    the bytes of a ``last.pt`` to continue from; ``threads``: torch threads per worker, as
+    ``--local`` would use; ``ray_log_level``: Train's own loggers' level (INFO when verbose)."""
+
+    config: dict[str, Any]
+    plugins: list[ShippedPlugin]
+    trusted: list[str]
+    given: Given
+    latency_table: dict[str, Any] | None
+    resume: Any
+    threads: int
+    ray_log_level: str
+
+
+def worker_loop(loop_config: dict[str, WorkerTask]) -> None:
     import ray
     import ray.train
     import torch
@@ -29,17 +57,17 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from pat_ray.config import config_from_dict
     from pat_ray.core.cost.latency import LatencyTable
     from pat_ray.distributed import ray_private
-    from pat_ray.distributed.train import ray_log_level
     from pat_ray.plugins.registry import install_shipped
     from pat_ray.plugins.user_code import trust
     from pat_ray.training.engine import train
     from pat_ray.training.torch_collective import DistributedCollective
 
-    ray_private.quiet_report_logger("INFO" if ray_log_level() == "INFO" else "WARNING")
-    install_shipped(loop_config["plugins"])
-    trust(*loop_config["trusted"])
-    torch.set_num_threads(loop_config["threads"])
-    config = config_from_dict(loop_config["config"])
+    task = loop_config[TASK]
+    ray_private.quiet_report_logger("INFO" if task.ray_log_level == "INFO" else "WARNING")
+    install_shipped(task.plugins)
+    trust(*task.trusted)
+    torch.set_num_threads(task.threads)
+    config = config_from_dict(task.config)
     context = ray.train.get_context()
     device = torch.device("cpu")
     if config.scaling.use_gpu:
@@ -48,18 +76,17 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     config = config.model_copy(update={"training": config.training.model_copy(update={"device": device.type})})
     collective = DistributedCollective(device)
     check_data_root(config.data.params.get("root"), collective)
-    resume = resume_file(loop_config["resume"])
+    resume = resume_file(task.resume)
     reporter: Reporter = RayReporter(collective, ray.get_runtime_context().get_node_id())
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
-    given = loop_config.get("latency_table")
-    table = LatencyTable.from_dict(given) if given else None
+    table = LatencyTable.from_dict(task.latency_table) if task.latency_table else None
     train(
         config.model_copy(update={"output_dir": str(run_dir)}),
         collective,
         reporter,
         resume=resume,
         latency_table=table,
-        given=loop_config["given"],
+        given=task.given,
     )
 
 

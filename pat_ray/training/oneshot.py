@@ -13,6 +13,7 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion
 from pat_ray.core.kinds import AttentionCut, Measure
 from pat_ray.core.selection import Budget, select_architecture
+from pat_ray.core.undo import undone_on_failure
 from pat_ray.core.verify import check_pruned
 from pat_ray.plugins.registry import get_registry
 from pat_ray.tracer.graph import Example
@@ -47,7 +48,8 @@ def prune(
     it was before this call. ``example_input`` is one tensor, or a tuple with one tensor per
     argument of ``forward``. ``attention``: prune whole ``heads`` or each head's width
     (``head_dim``), as docs/attention.md describes. The pruned model is run once on
-    ``example_input``: should it fail (a tracer or backend bug), PrunedModelError names the layer.
+    ``example_input``: should it fail (a tracer or backend bug), PrunedModelError names the layer,
+    and the model and ``optimizer`` are left as they were before the call.
     """
     registry = get_registry()
     if isinstance(criterion, str):
@@ -60,8 +62,9 @@ def prune(
     elif criterion.needs_gradients:
         raise ValueError(f"criterion {type(criterion).__name__} needs gradients: pass calibration batches")
     architecture = select_architecture(graph, criterion.scores(model, graph), target, latency=latency)
-    surgery.apply(model, graph, architecture, optimizer)
-    check_pruned(model, example_input, list(graph.output_shapes))
+    with undone_on_failure(model, optimizer):  # a prune that fails changes nothing
+        surgery.apply(model, graph, architecture, optimizer)
+        check_pruned(model, example_input, list(graph.output_shapes))
     return architecture
 
 

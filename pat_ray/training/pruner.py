@@ -17,6 +17,7 @@ from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.kinds import AttentionCut, Measure
 from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
+from pat_ray.core.undo import undone_on_failure
 from pat_ray.core.verify import check_pruned
 from pat_ray.tracer.graph import Example, ModelGraph
 from pat_ray.tracer.trace import trace_channel_groups
@@ -111,15 +112,18 @@ class Pruner:
     def step(
         self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scores: Scores | None = None
     ) -> PruneStep:
-        """Remove the next share of channels: step i of S keeps 1 - (1 - f) * i / S."""
-        self.steps_done += 1
-        fraction = 1.0 - (1.0 - self.budget.fraction) * self.steps_done / self.steps
+        """Remove the next share of channels: step i of S keeps 1 - (1 - f) * i / S. A step
+        that fails (surgery, or the smaller model's check) leaves the model, the optimizer and
+        this pruner as they were."""
+        fraction = 1.0 - (1.0 - self.budget.fraction) * (self.steps_done + 1) / self.steps
         scores = scores if scores is not None else self.scores(model)
         target = Budget(fraction, self.budget.measure, self.budget.round_to)
         selected = select_architecture(self.graph, scores, target, self.reference, self.latency)
         self.collective.check_agreement(selected.fingerprint())
-        self.surgery.apply(model, self.graph, selected, optimizer)
-        self._adopt(model, self.architecture.compose(selected))
+        with undone_on_failure(model, optimizer):
+            self.surgery.apply(model, self.graph, selected, optimizer)
+            self._adopt(model, self.architecture.compose(selected))
+        self.steps_done += 1
         self.criterion.reset()
         self.iters_since_step = 0
         if self.finished:
@@ -141,13 +145,11 @@ class Pruner:
 
     def _adopt(self, model: nn.Module, architecture: Architecture) -> None:
         """After surgery: check the smaller model runs, record the base-relative architecture,
-        re-trace it."""
+        re-trace it (nothing is recorded unless all of it succeeds)."""
         check_pruned(model, self.example, self.output_shapes)
-        self.architecture = architecture
-        self.graph = trace_channel_groups(model, self.example, exclude=self.exclude, attention=self.attention)
-        self.cost = graph_cost(self.graph)
-        if self.latency:
-            self.seconds = self._measure(self.graph, "latency")
+        graph = trace_channel_groups(model, self.example, exclude=self.exclude, attention=self.attention)
+        seconds = self._measure(graph, "latency") if self.latency else self.seconds
+        self.architecture, self.graph, self.cost, self.seconds = architecture, graph, graph_cost(graph), seconds
 
     @property
     def budget_kept(self) -> float:
