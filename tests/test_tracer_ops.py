@@ -279,3 +279,34 @@ class ReflectedChannels(nn.Module):
 def test_padding_channels_with_anything_but_a_constant_is_refused():
     with pytest.raises(UnsupportedModelError, match="pads"):
         trace_channel_groups(ReflectedChannels(), torch.randn(2, 3, 8, 8))
+
+
+def test_a_second_rule_for_a_registered_op_or_kind_is_refused_naming_the_first():
+    """Two rules never compete for one op: registering a target or a kind again fails at once,
+    naming what holds it, and leaves the table as it was."""
+    from pat_ray.tracer.ops.registry import OPS, op_rule
+    from pat_ray.tracer.ops.table import op_family
+
+    def rule(builder, call):
+        return call.first_layout()
+
+    kinds = OPS.kinds()
+    with pytest.raises(ValueError, match=r"op kind 'my_relu': torch\.relu \(kind 'pass'\) registered already"):
+        op_rule("my_relu", functions={torch.relu, torch.special.expit})(rule)
+    with pytest.raises(ValueError, match=r"op kind 'my_view': \.view\(\) \(kind 'reshape'\) registered already"):
+        op_rule("my_view", methods={"view", "my_view"})(rule)
+    with pytest.raises(ValueError, match="op kind 'interleave' is registered already"):
+        op_rule("interleave", methods={"interleave_twice"})(rule)
+    assert OPS.kinds() == kinds and op_family("call_method", "my_view") is None
+    assert op_family("call_function", torch.relu).kind == "pass"
+
+
+def test_the_layers_an_error_lists_as_supported_are_read_from_the_families():
+    from pat_ray.tracer.layers.stateless import Passthrough
+    from pat_ray.tracer.layers.table import FAMILIES, supported_layers
+
+    listed = supported_layers()
+    for family in FAMILIES:
+        if not isinstance(family, Passthrough):
+            assert all(kind.__name__ in listed for kind in family.types), type(family).__name__
+    assert {"RMSNorm", "GroupNorm", "PReLU", "ConvTranspose2d"} <= set(listed.replace(",", " ").split())

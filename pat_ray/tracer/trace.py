@@ -43,7 +43,7 @@ from pat_ray.tracer.ops.heads import check_head_counts
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
 from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
 from pat_ray.tracer.ops.splits import MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, pick, split_layout
-from pat_ray.tracer.ops.table import OPS, op_kind
+from pat_ray.tracer.ops.table import op_family
 from pat_ray.tracer.state import GroupBuilder, Layout, Pieces, Traced
 
 Layouts = dict[fx.Node, Traced]  # what the tracer knows of every node seen so far
@@ -161,8 +161,7 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
     tuples = [n for n in node.all_input_nodes if isinstance(layouts.get(n), tuple)]
     if tuples:
         return _use_pieces(builder, node, tuples[0], layouts, where)
-    kind = op_kind(node.op, node.target) if node.op in ("call_function", "call_method") else None
-    family = OPS[kind] if kind is not None else None
+    family = op_family(node.op, node.target) if node.op in ("call_function", "call_method") else None
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
     if not inputs and (family is None or family.needs_input):
         constant = _constant_input(builder, node)
@@ -232,8 +231,8 @@ def _visit_multi_output(
     if dim_position is None or in_shape is None:
         raise UnsupportedModelError(
             f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
-            "its input's; supported: split, chunk, unbind, tensor_split, and (values, indices) along a dim "
-            "(max, min, median, mode, kthvalue, topk, sort, cummax, cummin)"
+            f"its input's; supported: {', '.join(sorted(MULTI_OUTPUT_METHODS))}, and (values, indices) along a dim "
+            f"({', '.join(sorted(INDEXED_METHODS))})"
         )
     return split_layout(builder, node, layout, dim_position, in_shape, pieces, where)
 

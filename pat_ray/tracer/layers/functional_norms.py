@@ -17,6 +17,7 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
 from pat_ray.tracer.nodes import arg, target_name
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout
 
 FUNCTIONS = {F.batch_norm, F.instance_norm, F.group_norm}
@@ -29,6 +30,7 @@ _TENSORS = {
 _LAYER: dict[str, type[nn.Module]] = {"batch_norm": _NormBase, "instance_norm": _NormBase, "group_norm": nn.GroupNorm}
 
 
+@op_rule("norm_call", functions=FUNCTIONS)
 def functional_norm(builder: GroupBuilder, call: OpCall) -> Layout | None:
     node, layout, where = call.node, call.first_layout(), call.where
     name = target_name(node)

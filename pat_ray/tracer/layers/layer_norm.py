@@ -22,6 +22,7 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
 from pat_ray.tracer.nodes import arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout
 
 LAYER_NORM_FUNCTIONS = {F.layer_norm}
@@ -63,6 +64,7 @@ class LayerNorm(LayerFamily):
         return type(module).forward is nn.LayerNorm.forward
 
 
+@op_rule("layer_norm", functions=LAYER_NORM_FUNCTIONS)
 def functional_layer_norm(builder: GroupBuilder, call: OpCall) -> Layout:
     """``F.layer_norm(x, shape, weight, bias)``: the module owning ``weight`` is the one to resize."""
     node, layout = call.node, call.first_layout()

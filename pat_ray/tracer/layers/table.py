@@ -56,6 +56,17 @@ def family_of(module: nn.Module) -> LayerFamily | None:
     return next((family for family in FAMILIES if family.matches(module)), None)
 
 
+def supported_layers() -> str:
+    """The layers an error for an unknown module lists, read from ``FAMILIES`` (so a new family
+    is never missing from it); the element-wise ones, dozens of them, as a count."""
+    named = [kind.__name__ for family in FAMILIES if not isinstance(family, Passthrough) for kind in family.types]
+    element_wise = sum(len(family.types) for family in FAMILIES if isinstance(family, Passthrough))
+    return (
+        f"{', '.join(named)}, {element_wise} element-wise layers (activations, pooling, dropout, ...), "
+        "and modules a plugin declares with pat_ray_register_layers"
+    )
+
+
 def kept_whole(module: nn.Module) -> bool:
     """A torch.nn layer in no family: its forward reads only its inputs and its own weights,
     so keeping its inputs and outputs whole makes it safe to prune everything around it."""
@@ -76,9 +87,7 @@ def trace_layer(builder: GroupBuilder, node: fx.Node, layout: Layout, name: str 
     family = family_of(module)
     if family is None:
         raise UnsupportedModelError(
-            f"{where}: pat_ray does not know how this module treats channels; supported: Conv, "
-            "ConvTranspose, Linear, BatchNorm, LayerNorm, activations, pooling, dropout, and modules a "
-            "plugin declares with pat_ray_register_layers"
+            f"{where}: pat_ray does not know how this module treats channels; supported: {supported_layers()}"
         )
     terms_before = len(builder.terms)
     result = family.trace(LayerCall(builder, node, name, module, layout, where))

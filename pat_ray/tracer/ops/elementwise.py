@@ -26,6 +26,7 @@ from pat_ray.tracer.nodes import (
 )
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.reductions import reduce_rule
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.ops.shape import sizes_read_from_channels
 from pat_ray.tracer.state import GroupBuilder, Layout
 
@@ -191,6 +192,7 @@ SAMPLE_FUNCTIONS = {F.grid_sample}
 SEALED_FUNCTIONS = {shifted_window_attention, _get_relative_position_bias}
 
 
+@op_rule("pass", functions=PASSTHROUGH_FUNCTIONS, methods=PASSTHROUGH_METHODS)
 def unary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """An op applied to each element alone: any other tensor among its arguments (a clamp's
     bounds, say) would need slicing with the channels, which a pass-through does not do."""
@@ -204,6 +206,7 @@ def unary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     return layout
 
 
+@op_rule("binary", functions=BINARY_FUNCTIONS, methods=BINARY_METHODS)
 def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """Element-wise op: operands that vary over the result's channels are coupled to them.
 
@@ -248,6 +251,7 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     return builder.unify_all(wide, where)
 
 
+@op_rule("minmax", functions=MINMAX_FUNCTIONS, methods=MINMAX_METHODS)
 def minmax_layout(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``max(x, other)`` is element-wise; ``max(x)`` reduces (``max(x, dim)`` returns a tuple)."""
     if sum(shape_of(a) is not None for a in call.node.all_input_nodes) > 1:
@@ -255,6 +259,7 @@ def minmax_layout(builder: GroupBuilder, call: OpCall) -> Layout | None:
     return reduce_rule(builder, call)
 
 
+@op_rule("mixing", functions=MIXING_FUNCTIONS, methods=MIXING_METHODS)
 def mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """``softmax`` and kin along ``dim``: over the channels every output reads every channel, so
     none may go; over another dim (attention's softmax over tokens) channel i stays channel i."""
@@ -267,12 +272,14 @@ def mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     return layout
 
 
+@op_rule("channel_mixing", functions=CHANNEL_MIXING_FUNCTIONS)
 def channel_mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """An op that mixes neighbouring channels (``local_response_norm``): none may go."""
     builder.pin(call.inputs[0])
     return call.inputs[0]
 
 
+@op_rule("sample", functions=SAMPLE_FUNCTIONS)
 def sample_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """``grid_sample``: moves pixels; the sampling grid must not shrink."""
     first = call.first_layout()
@@ -282,6 +289,7 @@ def sample_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     return first.on_dim1(call.where)
 
 
+@op_rule("sealed", functions=SEALED_FUNCTIONS)
 def sealed_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """A function whose channels pat_ray cannot follow inside: its traced inputs keep their
     width, so the products it runs cost the same after pruning (the parameters it is handed are

@@ -13,12 +13,14 @@ import torch
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout
 
 INTERLEAVE_FUNCTIONS = {torch.repeat_interleave}
 INTERLEAVE_METHODS = {"repeat_interleave"}
 
 
+@op_rule("interleave", functions=INTERLEAVE_FUNCTIONS, methods=INTERLEAVE_METHODS)
 def interleave_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     node, layout, where = call.node, call.first_layout(), call.where
     repeats, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")

@@ -17,6 +17,7 @@ from torchvision.models.swin_transformer import _patch_merging_pad
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, parameter_dim, size_arguments
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
 # Aliases of ``torch.cat``.
@@ -131,18 +132,22 @@ def pad_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str)
     return Layout(tuple(groups), 1, layout.axis)
 
 
+@op_rule("cat", functions=CAT_FUNCTIONS)
 def cat_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return cat_layout(builder, call.node, call.layouts, call.where)
 
 
+@op_rule("stack", functions=STACK_FUNCTIONS)
 def stack_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return stack_layout(builder, call.node, call.layouts, call.where)
 
 
+@op_rule("repeat", functions=REPEAT_FUNCTIONS, methods=REPEAT_METHODS)
 def repeat_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return repeat_layout(call.node, call.first_layout(), call.where)
 
 
+@op_rule("tile", functions=TILING_FUNCTIONS)
 def tiling_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     layout = call.first_layout()
     if layout.axis != len(call.shape) - 1 or layout.repeat != 1:
@@ -150,9 +155,11 @@ def tiling_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return Layout(layout.groups * 4, 1, layout.axis)
 
 
+@op_rule("pad", functions=PAD_FUNCTIONS)
 def pad_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return pad_layout(builder, call.node, call.first_layout(), call.where)
 
 
+@op_rule("create", functions=CREATION_FUNCTIONS, methods=CREATION_METHODS, needs_input=False)
 def created_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     return created_layout(builder, call.node, call.shape)

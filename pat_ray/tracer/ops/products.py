@@ -24,6 +24,7 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import ProductShape
 from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout, Term
 
 # Matrix products.
@@ -41,6 +42,7 @@ _DEFAULT_SCALE_KEEPS_HEAD_DIM = (
 )
 
 
+@op_rule("matmul", functions=MATMUL_FUNCTIONS, methods=MATMUL_METHODS)
 def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """The layout of ``a @ b``, coupling or slicing what it contracts."""
     node, shape, layouts, where = call.node, call.shape, call.layouts, call.where
@@ -158,6 +160,7 @@ def _slice_partner(builder: GroupBuilder, partner: fx.Node, axis: int, layout: L
         builder.pin(layout)
 
 
+@op_rule("einsum", functions=EINSUM_FUNCTIONS)
 def einsum_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``torch.einsum``: every operand holding a traced tensor's channel letter is coupled with it
     (a traced tensor with the same letter on its channels) or sliced with it (a model parameter);
@@ -203,6 +206,7 @@ def _einsum_arguments(node: fx.Node, where: str) -> tuple[str, list[fx.Node]]:
     return equation, [n for n in operands if isinstance(n, fx.Node)]
 
 
+@op_rule("attention", functions=ATTENTION_FUNCTIONS)
 def attention_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q @ k^T) @ v`` over (..., tokens,
     features). q and k meet on their last axis (coupled, like a product's contracted channels);

@@ -20,6 +20,7 @@ import torch.fx as fx
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
 from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
 
 # Reductions that keep channels when they reduce only spatial dimensions.
@@ -66,11 +67,13 @@ INDEXED_FUNCTIONS = {getattr(torch, name) for name in _INDEXED}
 INDEXED_METHODS = set(_INDEXED)
 
 
+@op_rule("reduce", functions=REDUCTION_FUNCTIONS, methods=REDUCTION_METHODS)
 def reduce_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``mean`` / ``sum`` / ``amax``... over the listed dims (all of them when none is given)."""
     return _reduce_layout(builder, call, dim_position=1)
 
 
+@op_rule("norm", functions=NORM_FUNCTIONS, methods=NORM_METHODS)
 def norm_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """``norm(x, p, dim)``: a reduction whose ``dim`` comes after ``p``."""
     return _reduce_layout(builder, call, dim_position=2)

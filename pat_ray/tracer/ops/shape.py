@@ -7,6 +7,7 @@ channels), whose input is then kept whole.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from pat_ray.tracer.nodes import (
 )
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.heads import cut_heads, merged_layout, written_by_attribute
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder, Layout, Traced
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
@@ -182,22 +184,28 @@ def shift_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: st
     return layout
 
 
+@op_rule("reshape", functions=RESHAPE_FUNCTIONS, methods=RESHAPE_METHODS)
+@op_rule("axes", functions=AXIS_FUNCTIONS, methods=AXIS_METHODS)
 def reshape_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return reshape_layout(builder, call.node, call.first_layout(), call.where, call.layouts)
 
 
+@op_rule("permute", functions=PERMUTE_FUNCTIONS, methods=PERMUTE_METHODS)
 def permute_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return permute_layout(call.node, call.first_layout(), call.where)
 
 
+@op_rule("getitem", functions={operator.getitem})
 def getitem_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """Indexing a tensor; indexing a python container of tensors is followed through its uses."""
     return getitem_layout(call.node, call.first, call.where) if call.first is not None else None
 
 
+@op_rule("shift", functions=SHIFT_FUNCTIONS, methods=SHIFT_METHODS)
 def shift_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return shift_layout(builder, call.node, call.first_layout(), call.where)
 
 
+@op_rule("reorder", functions=REORDERING_FUNCTIONS)
 def reorder_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return reordered_layout(builder, call.node, call.first_layout(), call.where)
