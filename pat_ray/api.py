@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,18 +13,14 @@ from torch.utils.data import Dataset
 from pat_ray.config import Config, ModelConfig, load_config
 from pat_ray.core.data import DataBundle
 from pat_ray.plugins.user_code import target_of, trust
+from pat_ray.run_folder import RunFolder
+from pat_ray.run_folder.files import LAST
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget, TrackingReporter, abandon_run, close_run, open_run
-from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
 from pat_ray.training.records import RunResult
-from pat_ray.training.resume_check import check_resume
-from pat_ray.training.run_files import STATUS
-from pat_ray.training.run_lock import holding
-from pat_ray.training.run_state import LAST, RunState, StoreMirror, check_new_run, resume_point
-from pat_ray.training.run_versions import LATEST, VERSION, find_version, new_version, point_latest
 from pat_ray.training.setup import Given
 
 
@@ -65,16 +59,14 @@ def run(
     """
     config, given = _with_given(config or Config(), model, data)
     check_runnable(config, local=local)
-    folder = run_to_resume(config, resume) if resume else new_version(config.runs_folder())
-    with holding(folder, "run") as lock, tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
-        if resume:
-            resume_from: Path | None = _resume_point(config, folder, Path(scratch))
-        else:
-            check_new_run(folder)
-            resume_from = None
+    folder = RunFolder.of(config.runs_folder(), resume) if resume else RunFolder.new(config.runs_folder())
+    with folder.locked("run") as lock, tempfile.TemporaryDirectory(prefix="pat_ray_run_") as scratch:
+        resume_from = folder.resume_point(config, Path(scratch)) if resume else None
+        if not resume:
+            folder.check_new()
         lock.announce()
-        point_latest(folder)
-        tracked = open_run(config, folder, bool(resume), config.overrides) if config.tracking.mlflow else None
+        folder.point_latest()
+        tracked = open_run(config, folder.location, bool(resume), config.overrides) if config.tracking.mlflow else None
         try:
             if local:
                 shown = reporter or (SilentReporter() if quiet else PrintReporter())
@@ -84,14 +76,14 @@ def run(
                 result = _run_on_ray(config, folder, resume_from, tracked, given)
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
-            _record_end(folder, {"status": "interrupted"} if interrupted else {"status": "failed", "error": str(err)})
-            err.run_folder = folder  # type: ignore[attr-defined]  # for a caller's "to continue, run ..." line
+            folder.record_end({"status": "interrupted"} if interrupted else {"status": "failed", "error": str(err)})
+            err.run_folder = folder.location  # type: ignore[attr-defined]  # for a caller's "to continue, run ..." line
             if tracked:
                 abandon_run(tracked, interrupted=interrupted)
             raise
         if tracked:
             result.mlflow_run_id = close_run(tracked, config, result)
-        _record_end(folder, {"status": result.status(), **result.summary()})
+        folder.record_end({"status": result.status(), **result.summary()})
     return result
 
 
@@ -109,38 +101,15 @@ def _with_given(config: Config, model: Any, data: Any) -> tuple[Config, Given]:
 def run_to_resume(config: Config, which: bool | str) -> Location:
     """The run folder ``resume`` names: the newest run of ``config.name`` (``True``), one of its
     versions (``"20261202-101500"``, ``"latest"``), or a run folder's own path or URI."""
-    if isinstance(which, str) and which != LATEST and not VERSION.match(which):
-        return Location.given(which)
-    if which is True and (config.runs_folder() / LAST).exists():
-        return config.runs_folder()  # a run written before runs had versions
-    return find_version(config.runs_folder(), None if isinstance(which, bool) else which)
-
-
-def _record_end(folder: Location, status: dict) -> None:
-    """``status.json``: how the run ended, for ``pat-ray runs`` (best effort: a full disk may be why)."""
-    try:
-        (folder / STATUS).write_text(json.dumps(status, indent=1))
-    except OSError:
-        pass
-
-
-def _resume_point(config: Config, folder: Location, scratch: Path) -> Path:
-    """The checkpoint to continue from, once it is clear that resuming continues the same run."""
-    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    checkpoint = resume_point(folder, warn, scratch)
-    ckpt = read_checkpoint(checkpoint)
-    allowed = check_resume(ckpt.extra.get("config"), config, RunState.from_checkpoint(ckpt).epoch, str(folder))
-    if allowed:
-        warn(f"note: resuming with changes that do not alter the run: {'; '.join(allowed)}")
-    return checkpoint
+    return RunFolder.of(config.runs_folder(), which).location
 
 
 def _run_on_ray(
-    config: Config, folder: Location, resume: Path | None, tracked: LiveTarget | None, given: Given
+    config: Config, folder: RunFolder, resume: Path | None, tracked: LiveTarget | None, given: Given
 ) -> RunResult:
     from pat_ray.distributed.train import recorded_ray_run, run_on_ray
 
-    restart = recorded_ray_run(folder) if resume is not None and resume.name == LAST else None
+    restart = recorded_ray_run(folder.location) if resume is not None and resume.name == LAST else None
     if restart is not None:  # Train's same-name restart: workers read its latest checkpoint themselves
         storage, name = restart
         return run_on_ray(config, storage=storage, run_name=name, tracking=tracked, run_folder=folder, given=given)
@@ -148,13 +117,13 @@ def _run_on_ray(
 
 
 def _run_here(
-    config: Config, folder: Location, reporter: Reporter, resume: Path | None, scratch: Path, given: Given
+    config: Config, folder: RunFolder, reporter: Reporter, resume: Path | None, scratch: Path, given: Given
 ) -> RunResult:
     """The engine in this process; a run folder in a store is written through a local stage."""
-    if folder.is_local:
-        return train(config, reporter=reporter, resume=resume, run_dir=folder.local_path, given=given)
+    if folder.location.is_local:
+        return train(config, reporter=reporter, resume=resume, run_dir=folder.location.local_path, given=given)
     stage = scratch / "stage"
-    mirror = StoreMirror(reporter, stage, folder, config)
+    mirror = folder.mirror(reporter, stage, config)
     result = train(config, reporter=mirror, resume=resume, run_dir=stage, given=given)
     result.checkpoint = str(folder / LAST)
     return result

@@ -18,7 +18,11 @@ LAYERS = {
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
     # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
     "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],
-    "training": ["training", "export"],  # engine, pruner, policies, records, checkpoint I/O; export
+    "training": [
+        "training",
+        "export",
+        "run_folder",
+    ],  # engine, pruner, policies, records, checkpoints; export; run folders
     "shells": ["distributed", "sweep", "tracking", "lightning"],  # Ray Train / Tune, the oracle, MLflow, Lightning
     "top": ["api", "cli", "__init__", "sdk"],  # sdk: the plugin authors' surface, start policies included
 }

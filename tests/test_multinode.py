@@ -23,8 +23,8 @@ ray = pytest.importorskip("ray")
 
 from _helpers import configured  # noqa: E402
 from pat_ray.config import FixedStart  # noqa: E402
+from pat_ray.run_folder.versions import find_version  # noqa: E402
 from pat_ray.storage import Location  # noqa: E402
-from pat_ray.training.run_versions import find_version  # noqa: E402
 
 HERE = Path(__file__).parent
 UNREACHABLE = "http://127.0.0.1:9/"

@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 
 from _helpers import configured, fail_once_after  # noqa: E402
 from pat_ray.config import Config, EPIStart, FixedStart  # noqa: E402
+from pat_ray.run_folder import RunFolder  # noqa: E402
 from pat_ray.storage import Location  # noqa: E402
 
 
@@ -52,8 +53,8 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     # EPI starting mid-epoch: at the second of four snapshots of epoch 1 (12 steps a rank)
     mid_epoch = EPIStart(window=1, patience=0, tau=0.0, snapshot_every=0.25)
     config = configured(two_workers(tmp_path), tracking={"tracking_uri": uri}, start=mid_epoch)
-    folder = Location.of(tmp_path / "runs" / config.name / "v1")
-    tracked = open_run(config, folder, resume=False)
+    folder = RunFolder(Location.of(tmp_path / "runs" / config.name / "v1"))
+    tracked = open_run(config, folder.location, resume=False)
     result = run_on_ray(
         config, storage=Location.of(tmp_path / "storage"), run_name=name, tracking=tracked, run_folder=folder
     )

@@ -18,8 +18,8 @@ from _helpers import configured, start_cli, stop_after_epoch
 from pat_ray.cli import main
 from pat_ray.config import FixedStart
 from pat_ray.errors import ConfigError
+from pat_ray.run_folder.versions import find_version, versions
 from pat_ray.storage import Location, has_scheme
-from pat_ray.training.run_versions import find_version, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 

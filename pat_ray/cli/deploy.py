@@ -9,8 +9,8 @@ import click
 from pat_ray.cli import main
 from pat_ray.cli.pipelines import TRUST
 from pat_ray.export_formats import FORMATS
+from pat_ray.run_folder.files import LAST
 from pat_ray.storage import Location
-from pat_ray.training.run_files import LAST
 
 
 @main.command(short_help="Write a run's pruned model as state_dict, TorchScript, pt2 or ONNX (no pat_ray needed).")

@@ -52,7 +52,7 @@ def runs(folder: str, as_json: bool) -> None:
     pat-ray runs
     pat-ray runs runs --json | python -c "import json, sys; print([json.loads(r)['status'] for r in sys.stdin])"
     """
-    from pat_ray.training.run_index import list_runs
+    from pat_ray.run_folder.index import list_runs
 
     entries = list_runs(folder)
     if as_json:

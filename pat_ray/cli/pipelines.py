@@ -15,9 +15,9 @@ from pat_ray.config.fields import data_on_workers
 from pat_ray.config.keys import is_override
 from pat_ray.errors import PluginFailure, RunFinishedError
 from pat_ray.plugins.user_code import trust
+from pat_ray.run_folder.files import CONFIG, LAST, PREVIOUS
+from pat_ray.run_folder.versions import LATEST, VERSION
 from pat_ray.storage import Location
-from pat_ray.training.run_files import CONFIG, LAST, PREVIOUS
-from pat_ray.training.run_versions import LATEST, VERSION
 
 CONFIG_FILE = click.argument("config", required=False)
 OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

@@ -108,7 +108,7 @@ class Config(Strict):
 
     def runs_folder(self) -> Location:
         """``output_dir/name``: the folder (or URI) holding every run of this name, one
-        version folder each (``pat_ray.training.run_versions``)."""
+        version folder each (``pat_ray.run_folder.versions``)."""
         return Location.of(self.output_dir) / self.name
 
     @model_validator(mode="after")

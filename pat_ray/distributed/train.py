@@ -27,10 +27,10 @@ from pat_ray.distributed import ray_private
 from pat_ray.distributed.worker import TASK, WorkerTask, worker_loop
 from pat_ray.errors import DataRootError, RayRunError
 from pat_ray.plugins.user_code import split_target, trusted_modules
+from pat_ray.run_folder import RunFolder
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.records import RunResult
-from pat_ray.training.run_versions import new_version, point_latest
 from pat_ray.training.setup import Given
 
 RAY_RUN = "ray_run.json"  # the Ray Train run (storage + name) behind a run folder, for a same-name restart
@@ -55,7 +55,7 @@ def run_on_ray(
     latency_table: dict | None = None,
     resume: Path | None = None,
     tracking: LiveTarget | None = None,
-    run_folder: Location | None = None,
+    run_folder: RunFolder | None = None,
     given: Given | None = None,
 ) -> RunResult:
     """Run ``config`` with Ray Train; start a local Ray if none is running.
@@ -71,19 +71,17 @@ def run_on_ray(
     reach every worker. ``tracking``: the
     MLflow run each epoch is logged into, from the driver's node.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pat_ray.distributed.progress import ProgressCallback, final_result
-    from pat_ray.plugins.registry import shipped_plugins
 
     start_ray(user_code_paths(config))
     cpus = config.scaling.cpus_per_worker or cpus_per_worker(config.scaling.num_workers)
     if run_folder is None:
-        run_folder = new_version(config.runs_folder())
-        point_latest(run_folder)
-    folder = run_folder
+        run_folder = RunFolder.new(config.runs_folder())
+        run_folder.point_latest()
+    folder = run_folder.location
     warn_if_unshared(folder)
     storage = storage or Location.of(config.output_dir) / "ray" / config.name
     storage_fs, storage_path = storage.filesystem()
@@ -91,22 +89,10 @@ def run_on_ray(
     (folder / RAY_RUN).write_text(json.dumps({"storage": storage.uri, "name": name}))
     attempt_s = min(ray_private.start_timeout(), config.scaling.resource_wait_s)
     ray_private.set_start_timeout(attempt_s)  # read by Train's controller when fit() starts it
-    import torch
 
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={
-            TASK: WorkerTask(
-                config=config.model_dump(mode="json"),
-                plugins=shipped_plugins(),
-                trusted=sorted(trusted_modules()),  # what this process may import for targets, the workers too
-                given=given or Given(),  # objects handed over in Python: Ray pickles them to the workers
-                latency_table=latency_table,
-                resume=ray.put(resume.read_bytes()) if resume is not None else None,
-                threads=min(cpus, torch.get_num_threads()),  # what --local uses, shared among the workers
-                ray_log_level=ray_log_level(),
-            )
-        },
+        train_loop_config={TASK: _worker_task(config, given, latency_table, resume, cpus)},
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
@@ -130,6 +116,27 @@ def run_on_ray(
     started = time.perf_counter()
     _fit(trainer, config)
     return final_result(config, folder, time.perf_counter() - started)
+
+
+def _worker_task(
+    config: Config, given: Given | None, latency_table: dict | None, resume: Path | None, cpus: int
+) -> WorkerTask:
+    """What every worker gets: the config and what it cannot rebuild from it on its own."""
+    import ray
+    import torch
+
+    from pat_ray.plugins.registry import shipped_plugins
+
+    return WorkerTask(
+        config=config.model_dump(mode="json"),
+        plugins=shipped_plugins(),
+        trusted=sorted(trusted_modules()),  # what this process may import for targets, the workers too
+        given=given or Given(),  # objects handed over in Python: Ray pickles them to the workers
+        latency_table=latency_table,
+        resume=ray.put(resume.read_bytes()) if resume is not None else None,
+        threads=min(cpus, torch.get_num_threads()),  # what --local uses, shared among the workers
+        ray_log_level=ray_log_level(),
+    )
 
 
 def _fit(trainer, config: Config) -> None:

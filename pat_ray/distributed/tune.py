@@ -26,6 +26,7 @@ from pat_ray.distributed.train import start_ray, user_code_paths
 from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
 from pat_ray.plugins.user_code import trust, trusted_modules
+from pat_ray.run_folder import RunFolder
 from pat_ray.storage import Location
 from pat_ray.sweep.plan import (
     OracleSummary,
@@ -42,9 +43,7 @@ from pat_ray.sweep.report import write_report
 from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.latency_budget import TABLE_FILE, measure_for_config
 from pat_ray.training.records import describe_trigger
-from pat_ray.training.run_lock import holding
 from pat_ray.training.run_state import RunState
-from pat_ray.training.run_versions import find_version, new_version, point_latest
 
 CALIBRATION_SOURCES: tuple[OraclePolicy, ...] = ("never", "after_training", "epi")  # longest-watched dense phase first
 
@@ -68,15 +67,17 @@ def run_oracle(
 
     sweeps = (storage or Location.of(config.output_dir) / "oracle") / (name or config.name)
     if resume:
-        sweep_dir = find_version(sweeps, None if resume is True else str(resume))
+        sweep = RunFolder.of(sweeps, resume)
+        sweep_dir = sweep.location
         if not tune.Tuner.can_restore(sweep_dir.filesystem()[1], storage_filesystem=sweep_dir.filesystem()[0]):
             raise FileNotFoundError(f"no oracle sweep to resume at {sweep_dir}")
     else:
-        sweep_dir = new_version(sweeps)
+        sweep = RunFolder.new(sweeps)
+        sweep_dir = sweep.location
     start_ray(user_code_paths(config))
-    with holding(sweep_dir, "sweep") as lock:
+    with sweep.locked("sweep") as lock:
         lock.announce()
-        point_latest(sweep_dir)
+        sweep.point_latest()
         return _sweep(config, sweep_dir, bool(resume), echo)
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pat_ray.run_folder.files import LAST
 from pat_ray.training.collective import Reporter
 from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
-from pat_ray.training.run_files import LAST
 
 if TYPE_CHECKING:
     from pat_ray.plugins.registry import ShippedPlugin

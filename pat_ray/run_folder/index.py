@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pat_ray.config import RESERVED_NAMES
+from pat_ray.run_folder.files import HISTORY, LAST, STATUS
+from pat_ray.run_folder.lock import is_held
+from pat_ray.run_folder.versions import VERSION, versions
 from pat_ray.storage import Location
-from pat_ray.training.run_files import HISTORY, LAST, STATUS
-from pat_ray.training.run_lock import is_held
-from pat_ray.training.run_versions import VERSION, versions
 
 
 @dataclass(frozen=True)
