@@ -93,3 +93,38 @@ def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_n
     probe = "import sys, pat_ray.cli; print(' '.join(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "", f"importing pat_ray.cli loads {loaded.strip()}"
+
+
+MUTATORS = {"append", "extend", "add", "update", "pop", "setdefault", "clear", "remove", "discard", "insert"}
+
+
+def _builder(node: ast.AST) -> bool:
+    """``builder`` or ``<something>.builder``: the tracer's GroupBuilder as rules name it."""
+    return (isinstance(node, ast.Name) and node.id == "builder") or (
+        isinstance(node, ast.Attribute) and node.attr == "builder"
+    )
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "tracer" in p.parts or p.parent.name == "core"], ids=str)
+def test_tracer_rules_change_the_builder_only_through_its_methods(path):
+    """The GroupBuilder's records are private: a rule that appended to them, assigned into them
+    or read a private one would bypass the checks its methods make."""
+    if path.name == "state.py":
+        return
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and _builder(node.value):
+            assert not node.attr.startswith("_"), f"{path.name}:{node.lineno}: builder.{node.attr}"
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+        )
+        for target in targets:
+            inner = target.value if isinstance(target, ast.Subscript) else target
+            if isinstance(inner, ast.Attribute):
+                assert not _builder(inner.value) and not (
+                    isinstance(inner.value, ast.Attribute) and _builder(inner.value.value)
+                ), f"{path.name}:{node.lineno}: writes {ast.unparse(target)}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+            owner = node.func.value
+            assert not (isinstance(owner, ast.Attribute) and _builder(owner.value)), (
+                f"{path.name}:{node.lineno}: {ast.unparse(node.func)}"
+            )

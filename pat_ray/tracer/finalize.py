@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import AttentionCut, ChannelGroup, ComputeTerm, Member, ModelGraph, SizeAttribute
-from pat_ray.tracer.state import GroupBuilder, HeadsConflict, Layout, Slot, Term
+from pat_ray.tracer.layout import Layout, Slot, Term
+from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 
 def finalize(
@@ -30,7 +31,7 @@ def finalize(
     pinned = {builder.find(h.group) for g, h in builder.heads.items() if builder.find(g) in builder.pinned}
     groups = []
     for root, name in names.items():
-        sub = builder.subgroups.get(root, 1)
+        sub = builder.subgroups_of(root) or 1
         if builder.sizes[root] % sub:
             raise UnsupportedModelError(f"group {name!r}: size not divisible by groups")
         groups.append(
@@ -44,7 +45,8 @@ def finalize(
         )
     terms = tuple(_compute_term(builder, names, term) for term in builder.terms)
     attributes = tuple(
-        SizeAttribute(a.module, a.attribute, names[builder.find(a.group)], a.per_channel) for a in builder.attributes
+        SizeAttribute(a.module, a.attribute, names[builder.find(a.group)], a.per_channel)
+        for a in builder.size_attributes
     )
     return ModelGraph(tuple(groups), terms, input_shape, output_shapes, attributes, attention)
 

@@ -1,111 +1,28 @@
-"""The tracer's state: tensor channel layouts, the union-find over channel groups, and the
-members and cost terms found so far.
+"""The tracer's state: the union-find over channel groups, and the members and cost terms
+found so far.
 
-A ``Layout`` says which groups a tensor's channel axis is made of (dim 1, or the last dim
-after a permute to channels-last); the ``GroupBuilder`` merges groups that an element-wise op
-couples and collects ``Slot``s (future members) and ``Term``s (future cost terms), which
+The ``GroupBuilder`` merges groups that an element-wise op couples and collects ``Slot``s
+(future members) and ``Term``s (future cost terms), the records of ``layout.py``, which
 ``trace.py`` turns into the ``ModelGraph`` once every node is seen. The op rules (``ops/``)
-and layer families (``layers/``) change this state only through the builder's methods.
+and layer families (``layers/``) change this state only through the builder's methods (the
+records it keeps are private; ``tests/test_layering.py`` checks that no rule writes them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
-from pat_ray.tracer.graph import ProductShape, Role
-
-
-@dataclass
-class Layout:
-    """The channel structure of one traced tensor: the group ids along its channel ``axis``, in
-    order; each channel fills ``repeat`` consecutive positions (> 1 after a flatten)."""
-
-    groups: tuple[int, ...]
-    repeat: int = 1
-    axis: int = 1
-
-    def on_dim1(self, where: str) -> Layout:
-        """This layout, if its channels are where a conv / BatchNorm / flatten expects them."""
-        if self.axis != 1:
-            raise UnsupportedModelError(
-                f"{where}: its input holds channels on dim {self.axis} (after a permute), not on dim 1"
-            )
-        if self.repeat != 1:
-            raise UnsupportedModelError(f"{where}: its input is flattened features, not channels")
-        return self
-
-
-Pieces = tuple["Layout | Pieces | None", ...]  # the layouts of an op's several results (split, chunk; nested)
-Traced = Layout | Pieces | None  # what the tracer knows of a node's result
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A member in the making: ``module`` plays ``role`` for the channels of ``layout``, which
-    sit on ``axis`` of its weight (of the parameter itself, for role ``param``)."""
-
-    module: str
-    role: Role
-    layout: Layout
-    axis: int
-
-
-@dataclass(frozen=True)
-class Term:
-    """A cost term in the making: ``ComputeTerm``'s numbers, with the layouts its output and
-    input channels come from (group names exist only once tracing ends)."""
-
-    module: str
-    out: Layout
-    inp: Layout | None = None
-    in_divisor: int = 1
-    macs_per_pair: int = 0
-    params_per_pair: int = 0
-    params_per_out: int = 0
-    is_layer: bool = True  # False: a tensor, not a layer (no latency of its own)
-    product: ProductShape | None = None  # a product between activations: how to time it
-
-    def run_again(self) -> Term:
-        """The same layer applied once more: its MACs count again, its parameters do not."""
-        return replace(self, params_per_pair=0, params_per_out=0)
-
-
-class Heads(NamedTuple):
-    """How a group of channels is cut into attention heads: ``group`` is the head group (one
-    channel per head), each of the group's channels belongs to head ``(i // head_dim) % heads``,
-    and the group holds ``pieces`` such runs of heads (q, k and v of a fused projection). When
-    head_dim is pruned instead, ``group`` has a channel per feature of a head, ``head_dim`` is 1
-    and every head of every piece is a run."""
-
-    group: int
-    pieces: int
-    head_dim: int
-
-
-class AttributeSlot(NamedTuple):
-    """A ``SizeAttribute`` in the making: the group is a provisional id until tracing ends."""
-
-    module: str
-    attribute: str
-    group: int
-    per_channel: int
+from pat_ray.tracer.graph import Role
+from pat_ray.tracer.layout import AttributeSlot, Call, Heads, Layout, Pieces, Slot, Term
 
 
 class HeadsConflict(UnsupportedModelError):
     """A group cut into heads is also used in a way heads cannot follow (split inside a head,
     coupled with another head size): the model is traced again with heads kept whole."""
-
-
-class Call(NamedTuple):
-    """The layouts of a weighted module's first call, which every later call must match."""
-
-    inp: Layout
-    out: Layout | None
 
 
 @dataclass
@@ -118,18 +35,71 @@ class GroupBuilder:
     sizes: list[int] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     pinned: set[int] = field(default_factory=set)
-    subgroups: dict[int, int] = field(default_factory=dict)
+    _subgroups: dict[int, int] = field(default_factory=dict)
     slots: list[Slot] = field(default_factory=list)
     params: dict[str, Slot] = field(default_factory=dict)  # per-channel parameters, by dotted name
-    terms: list[Term] = field(default_factory=list)
-    calls: dict[str, Call] = field(default_factory=dict)  # by module name
+    _terms: list[Term] = field(default_factory=list)
+    _calls: dict[str, Call] = field(default_factory=dict)  # by module name
     children: dict[int, tuple[int, int]] = field(default_factory=dict)  # a root split in two: its parts
     heads: dict[int, Heads] = field(default_factory=dict)  # a root cut into heads (by a reshape): how
-    attributes: list[AttributeSlot] = field(default_factory=list)  # sizes surgery writes back
-    head_reshapes: set[str] = field(default_factory=set)  # nodes that cut channels into heads or merge them
-    head_counts: set[tuple[str, int]] = field(default_factory=set)  # (module, a number pruning heads changes)
+    _attributes: list[AttributeSlot] = field(default_factory=list)  # sizes surgery writes back
+    _head_reshapes: set[str] = field(default_factory=set)  # nodes that cut channels into heads or merge them
+    _head_counts: set[tuple[str, int]] = field(default_factory=set)  # (module, a number pruning heads changes)
     split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
     head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
+
+    # What rules record besides groups, each through one method (the fields stay private).
+    def add_term(self, term: Term) -> None:
+        """A cost term: a layer's MACs and parameters, or a product between activations."""
+        self._terms.append(term)
+
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return tuple(self._terms)
+
+    def count_again(self, since: int) -> None:
+        """The terms added after the first ``since`` are a layer applied once more: MACs again, no parameters."""
+        self._terms[since:] = [term.run_again() for term in self._terms[since:]]
+
+    def record_call(self, module: str, call: Call) -> None:
+        """The first call of ``module`` (a later one is coupled with it, not recorded)."""
+        self._calls.setdefault(module, call)
+
+    def call_of(self, module: str) -> Call | None:
+        return self._calls.get(module)
+
+    def set_subgroups(self, root: int, count: int) -> None:
+        """Group ``root``'s channels form ``count`` equal runs (conv groups, GroupNorm groups) pruned alike."""
+        self._subgroups[root] = count
+
+    def subgroups_of(self, root: int) -> int | None:
+        return self._subgroups.get(root)
+
+    def add_size_attribute(self, slot: AttributeSlot) -> None:
+        """A module attribute surgery rewrites from a group's kept count (a head count)."""
+        self._attributes.append(slot)
+
+    @property
+    def size_attributes(self) -> tuple[AttributeSlot, ...]:
+        return tuple(self._attributes)
+
+    def note_head_reshape(self, node: str, module: str | None = None, count: int | None = None) -> None:
+        """``node`` cuts channels into heads or merges them; ``module`` holds ``count``, a number
+        (heads, or a head's width) that pruning heads changes."""
+        self._head_reshapes.add(node)
+        if module is not None and count is not None:
+            self._head_counts.add((module, count))
+
+    def note_head_count(self, module: str, count: int) -> None:
+        self._head_counts.add((module, count))
+
+    @property
+    def head_reshapes(self) -> frozenset[str]:
+        return frozenset(self._head_reshapes)
+
+    @property
+    def head_counts(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._head_counts)
 
     @property
     def cuts_whole_heads(self) -> bool:
@@ -177,9 +147,9 @@ class GroupBuilder:
         self.parent[drop] = keep
         if drop in self.pinned:
             self.pinned.add(keep)
-        g = max(self.subgroups.pop(drop, 1), self.subgroups.get(keep, 1))
+        g = max(self._subgroups.pop(drop, 1), self._subgroups.get(keep, 1))
         if g > 1:
-            self.subgroups[keep] = g
+            self._subgroups[keep] = g
         self._merge_heads(keep, drop, where)
 
     def _merge_heads(self, keep: int, drop: int, where: str) -> None:
@@ -234,7 +204,7 @@ class GroupBuilder:
         piece = heads * head_dim
         if not self.split_heads or layout.repeat != 1 or any(self.sizes[g] % piece for g in leaves.groups):
             return None
-        if heads < 2 or self.is_pinned(layout) or any(g in self.subgroups for g in leaves.groups):
+        if heads < 2 or self.is_pinned(layout) or any(g in self._subgroups for g in leaves.groups):
             return None
         unit, count = (1, head_dim) if self.head_dim else (head_dim, heads)
         return self.tile(layout, count, unit, label, where)
@@ -259,7 +229,7 @@ class GroupBuilder:
         if len(leaves) != 1 or layout.repeat != 1 or count < 2:
             return None
         root = leaves[0]
-        if self.sizes[root] % count or root in self.pinned or root in self.heads or self.subgroups.get(root, 1) > 1:
+        if self.sizes[root] % count or root in self.pinned or root in self.heads or self._subgroups.get(root, 1) > 1:
             return None
         parts, rest, width = [], root, self.sizes[root] // count
         for _ in range(count - 1):
@@ -279,7 +249,7 @@ class GroupBuilder:
     def _split(self, root: int, at: int, where: str) -> None:
         if root in self.heads:
             raise HeadsConflict(f"{where}: splits channels that are cut into attention heads")
-        if self.subgroups.get(root, 1) > 1:
+        if self._subgroups.get(root, 1) > 1:
             raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
         label, pinned = self.labels[root], root in self.pinned  # names without sizes: the same after pruning
         head = self.new_group(at, f"{label}/0", pinned).groups[0]
@@ -306,7 +276,7 @@ class GroupBuilder:
         """A norm over ``layout``'s channels (BatchNorm, a per-channel LayerNorm, GroupNorm):
         a ``norm`` member, and a term of ``params_per_channel`` parameters per kept channel."""
         self.add_member(module, "norm", layout, 0)
-        self.terms.append(Term(module, layout, params_per_out=params_per_channel))
+        self._terms.append(Term(module=module, out=layout, params_per_out=params_per_channel))
 
     def add_param(self, target: str, axis: int, layout: Layout, where: str) -> bool:
         """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group.
@@ -330,18 +300,20 @@ class GroupBuilder:
     def count_param(self, target: str, layout: Layout) -> None:
         """Count a per-channel tensor's size per kept channel (a buffer is no parameter: 0)."""
         channels = self.width(layout) // layout.repeat
-        self.terms.append(Term(target, layout, params_per_out=self._numel(target) // channels, is_layer=False))
+        self._terms.append(
+            Term(module=target, out=layout, params_per_out=self._numel(target) // channels, is_layer=False)
+        )
 
     def count_fixed(self, target: str) -> None:
         """Count a parameter whose size no pruning changes (a PReLU's one slope, a LayerNorm's
         weight over spatial axes), so the traced cost equals the measured one."""
-        self.terms.append(Term(target, Layout(()), params_per_out=self._numel(target), is_layer=False))
+        self._terms.append(Term(module=target, out=Layout(()), params_per_out=self._numel(target), is_layer=False))
 
     def count_fixed_macs(self, node: str, macs: int) -> None:
         """Count MACs that no pruning changes (a call kept whole runs its products at the
         widths it has); nothing when there are none."""
         if macs:
-            self.terms.append(Term(f"<{node}>", Layout(()), macs_per_pair=macs, is_layer=False))
+            self._terms.append(Term(module=f"<{node}>", out=Layout(()), macs_per_pair=macs, is_layer=False))
 
     def count_weights_as_they_are(self, module: str) -> None:
         """Count every parameter of ``module`` at its present size (a layer kept whole)."""

@@ -29,6 +29,7 @@ from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, Example, ModelGraph, check_attention, first_sample
 from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
+from pat_ray.tracer.layout import Layout, Pieces, Traced
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     RETURNED_ARGUMENT,
@@ -44,7 +45,7 @@ from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
 from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
 from pat_ray.tracer.ops.splits import MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, pick, split_layout
 from pat_ray.tracer.ops.table import op_family
-from pat_ray.tracer.state import GroupBuilder, Layout, Pieces, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 Layouts = dict[fx.Node, Traced]  # what the tracer knows of every node seen so far
 

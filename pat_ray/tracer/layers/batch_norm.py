@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
-from pat_ray.tracer.state import Layout
+from pat_ray.tracer.layout import Layout
 
 NORM_TYPES = (
     nn.BatchNorm1d,

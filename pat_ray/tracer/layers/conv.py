@@ -19,7 +19,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Reindex, Rewrite, chained, kept_indices, select
-from pat_ray.tracer.state import Layout, Term
+from pat_ray.tracer.layout import Layout, Term
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -88,32 +88,72 @@ class Conv(LayerFamily):
             builder.add_member(name, "in", layout, 1)
             out = builder.new_group(cout, name, pinned=excluded)
             builder.add_member(name, "out", out, 0)
-            builder.terms.append(Term(name, out, layout, 1, kernel * spatial, kernel, per_out))
+            builder.add_term(
+                Term(
+                    module=name,
+                    out=out,
+                    inp=layout,
+                    in_divisor=1,
+                    macs_per_pair=kernel * spatial,
+                    params_per_pair=kernel,
+                    params_per_out=per_out,
+                )
+            )
             return out
         if groups == cin == cout:  # depthwise: channel i in -> channel i out
             if excluded:
                 builder.pin(layout)
             builder.add_member(name, "depthwise", layout, 0)
-            builder.terms.append(Term(name, layout, None, 1, kernel * spatial, kernel, per_out))
+            builder.add_term(
+                Term(
+                    module=name,
+                    out=layout,
+                    inp=None,
+                    in_divisor=1,
+                    macs_per_pair=kernel * spatial,
+                    params_per_pair=kernel,
+                    params_per_out=per_out,
+                )
+            )
             return layout
         parts = builder.leaves(layout).groups
         if cin == cout and len(parts) == 1:  # grouped, e.g. ResNeXt / RegNet
             root = parts[0]
-            if builder.subgroups.get(root, groups) != groups:
+            if builder.subgroups_of(root) not in (None, groups):
                 raise UnsupportedModelError(f"{call.where}: channels feed convs of different groups")
-            builder.subgroups[root] = groups
+            builder.set_subgroups(root, groups)
             if excluded:
                 builder.pin(layout)
             builder.add_member(name, "grouped", layout, 0)
-            builder.terms.append(Term(name, layout, layout, groups, kernel * spatial, kernel, per_out))
+            builder.add_term(
+                Term(
+                    module=name,
+                    out=layout,
+                    inp=layout,
+                    in_divisor=groups,
+                    macs_per_pair=kernel * spatial,
+                    params_per_pair=kernel,
+                    params_per_out=per_out,
+                )
+            )
             return layout
         # grouped, in != out: the input stays whole, the outputs shrink by the same count in
         # every conv group (each output channel reads only its own group's inputs)
         builder.pin(layout)
         out = builder.new_group(cout, name, pinned=excluded)
-        builder.subgroups[out.groups[0]] = groups
+        builder.set_subgroups(out.groups[0], groups)
         builder.add_member(name, "out", out, 0)
-        builder.terms.append(Term(name, out, layout, groups, kernel * spatial, kernel, per_out))
+        builder.add_term(
+            Term(
+                module=name,
+                out=out,
+                inp=layout,
+                in_divisor=groups,
+                macs_per_pair=kernel * spatial,
+                params_per_pair=kernel,
+                params_per_out=per_out,
+            )
+        )
         return out
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:

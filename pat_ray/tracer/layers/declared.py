@@ -17,7 +17,7 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
-from pat_ray.tracer.state import Layout, Term
+from pat_ray.tracer.layout import Layout, Term
 
 Side = Literal["in", "out"]
 Maps = Literal["follows", "produces"]
@@ -113,7 +113,7 @@ class Declared(LayerFamily):
                 _check_size(tensors[param], sides["out"], in_width, where, param)
                 builder.add_param(f"{name}.{param}", sides["out"], layout, where)
             per_out = sum(t.numel() for t in learned.values()) // max(in_width, 1)
-            builder.terms.append(Term(name, layout, macs_per_pair=macs, params_per_out=per_out))
+            builder.add_term(Term(module=name, out=layout, macs_per_pair=macs, params_per_out=per_out))
             return layout
         for param, sides in rule.params.items():
             for side, axis in sides.items():
@@ -123,7 +123,17 @@ class Declared(LayerFamily):
         builder.add_member(name, "out", out, rule.weight_axis("out"))
         pairs = sum(t.numel() for p, t in learned.items() if len(rule.params[p]) == 2) // max(in_width * out_width, 1)
         per_out = sum(t.numel() for p, t in learned.items() if set(rule.params[p]) == {"out"}) // max(out_width, 1)
-        builder.terms.append(Term(name, out, layout, 1, macs, pairs, per_out))
+        builder.add_term(
+            Term(
+                module=name,
+                out=out,
+                inp=layout,
+                in_divisor=1,
+                macs_per_pair=macs,
+                params_per_pair=pairs,
+                params_per_out=per_out,
+            )
+        )
         return out
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:

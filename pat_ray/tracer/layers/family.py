@@ -19,8 +19,9 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.tracer.graph import Role
+from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import known_shape
-from pat_ray.tracer.state import GroupBuilder, Layout, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 Reindex = Callable[[torch.Tensor], torch.Tensor]  # a tensor with some channels removed
 Rewrite = Callable[[nn.Module, str, Reindex], None]  # replace module.<name> by reindex(it), optimizer state along

@@ -14,11 +14,12 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, is_parameter, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder
 
 FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 _KIND = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d, "linear": nn.Linear}

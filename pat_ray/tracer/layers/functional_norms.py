@@ -15,10 +15,11 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder
 
 FUNCTIONS = {F.batch_norm, F.instance_norm, F.group_norm}
 # per function: the positions of its tensors (weight and bias, and running statistics) and the layer class

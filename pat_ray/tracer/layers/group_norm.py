@@ -10,7 +10,7 @@ from collections.abc import Hashable
 from torch import nn
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
-from pat_ray.tracer.state import Layout
+from pat_ray.tracer.layout import Layout
 
 
 class GroupNorm(LayerFamily):
@@ -23,12 +23,12 @@ class GroupNorm(LayerFamily):
         layout = call.on_dim1()
         parts = builder.leaves(layout).groups
         root = parts[0] if len(parts) == 1 else None
-        if root is None or builder.subgroups.get(root, module.num_groups) != module.num_groups:
+        if root is None or builder.subgroups_of(root) not in (None, module.num_groups):
             builder.pin(layout)
             for param in ("weight", "bias") if module.affine else ():
                 builder.count_fixed(f"{name}.{param}")
             return layout
-        builder.subgroups[root] = module.num_groups
+        builder.set_subgroups(root, module.num_groups)
         builder.add_norm(name, layout, 2 if module.affine else 0)
         return layout
 

@@ -20,10 +20,11 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder
 
 LAYER_NORM_FUNCTIONS = {F.layer_norm}
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
-from pat_ray.tracer.state import Layout, Term
+from pat_ray.tracer.layout import Layout, Term
 
 
 class Linear(LayerFamily):
@@ -41,7 +41,17 @@ class Linear(LayerFamily):
         builder.add_member(name, "out", out, 0)
         per_out = 1 if module.bias is not None else 0
         positions = math.prod(in_shape[:-1])  # once per pixel or token, and per window folded into dim 0
-        builder.terms.append(Term(name, out, layout, 1, positions, 1, per_out))
+        builder.add_term(
+            Term(
+                module=name,
+                out=out,
+                inp=layout,
+                in_divisor=1,
+                macs_per_pair=positions,
+                params_per_pair=1,
+                params_per_out=per_out,
+            )
+        )
         return out
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:
@@ -72,6 +82,8 @@ def _across(call: LayerCall, module: nn.Linear, in_shape: tuple[int, ...]) -> La
     per channel, which it leaves where they are; its own weights never change size."""
     layout = call.layout
     rows = math.prod(in_shape[:-1]) // in_shape[layout.axis]  # the other axes it runs along
-    call.builder.terms.append(Term(call.name, layout, macs_per_pair=module.in_features * module.out_features * rows))
+    call.builder.add_term(
+        Term(module=call.name, out=layout, macs_per_pair=module.in_features * module.out_features * rows)
+    )
     call.builder.count_weights_as_they_are(call.name)
     return layout

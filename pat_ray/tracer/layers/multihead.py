@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from pat_ray.tracer.layers.family import Cut, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.layers.packed_attention import PackedAttention, add_packed_attention
+from pat_ray.tracer.layout import Call, Layout, Traced
 from pat_ray.tracer.nodes import arg, shape_of
-from pat_ray.tracer.state import Call, GroupBuilder, HeadsConflict, Layout, Traced
+from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 
 class MultiheadAttention(LayerFamily):
@@ -60,7 +61,7 @@ class MultiheadAttention(LayerFamily):
             return None
         if len(shape) != 3 or layout.axis != 2 or layout.repeat != 1:
             return None
-        if name in builder.calls:  # weights shared by two calls: both would have to prune alike
+        if builder.call_of(name) is not None:  # weights shared by two calls: both would have to prune alike
             raise HeadsConflict(f"module {name!r}: a MultiheadAttention called twice")
         tokens, batch = (shape[1], shape[0]) if module.batch_first else (shape[0], shape[1])
         attention = PackedAttention(
@@ -79,7 +80,7 @@ class MultiheadAttention(LayerFamily):
         if added is None:
             return None
         out = added[1]
-        builder.calls[name] = Call(layout, out)
+        builder.record_call(name, Call(layout, out))
         return (out, None)
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from pat_ray.tracer.layout import Layout, Term
 from pat_ray.tracer.ops.products import attention_products
-from pat_ray.tracer.state import GroupBuilder, Layout, Term
+from pat_ray.tracer.state import GroupBuilder
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,36 @@ def add_packed_attention(
     positions = attention.groups * attention.tokens
     builder.add_member(attention.qkv, "in", inp, 1)
     builder.add_member(attention.qkv, "out", packed, 0)
-    builder.terms.append(Term(attention.qkv, packed, inp, 1, positions, 1, int(attention.qkv_bias)))
+    builder.add_term(
+        Term(
+            module=attention.qkv,
+            out=packed,
+            inp=inp,
+            in_divisor=1,
+            macs_per_pair=positions,
+            params_per_pair=1,
+            params_per_out=int(attention.qkv_bias),
+        )
+    )
     per_head = (attention.groups, attention.heads, attention.tokens, attention.head_dim)
     macs = positions * attention.tokens * attention.head_dim  # of each product, per head
     for product, timing in zip(("scores", "mix"), attention_products(per_head, per_head, per_head, 1, False)):
-        builder.terms.append(
-            Term(f"<{node.name}:{product}>", heads, macs_per_pair=macs, is_layer=False, product=timing)
+        builder.add_term(
+            Term(module=f"<{node.name}:{product}>", out=heads, macs_per_pair=macs, is_layer=False, product=timing)
         )
     merged = Layout(heads.groups, attention.head_dim, axis)
     out = builder.new_group(attention.proj_out, attention.proj, pinned=attention.proj in builder.excluded, axis=axis)
     builder.add_member(attention.proj, "in", merged, 1)
     builder.add_member(attention.proj, "out", out, 0)
-    builder.terms.append(Term(attention.proj, out, merged, 1, positions, 1, int(attention.proj_bias)))
+    builder.add_term(
+        Term(
+            module=attention.proj,
+            out=out,
+            inp=merged,
+            in_divisor=1,
+            macs_per_pair=positions,
+            params_per_pair=1,
+            params_per_out=int(attention.proj_bias),
+        )
+    )
     return Layout(heads.groups, 1, axis), out

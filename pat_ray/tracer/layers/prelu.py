@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
-from pat_ray.tracer.state import Layout
+from pat_ray.tracer.layout import Layout
 
 
 class PReLU(LayerFamily):

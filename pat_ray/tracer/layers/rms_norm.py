@@ -13,7 +13,7 @@ from torch import nn
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
 from pat_ray.tracer.layers.layer_norm import layer_norm_layout
-from pat_ray.tracer.state import Layout
+from pat_ray.tracer.layout import Layout
 
 
 class RMSNorm(LayerFamily):

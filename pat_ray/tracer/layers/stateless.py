@@ -7,8 +7,8 @@ from __future__ import annotations
 from torch import nn
 
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
-from pat_ray.tracer.state import Layout
 
 PASSTHROUGH_MODULES = (
     nn.ReLU,

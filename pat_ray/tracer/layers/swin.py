@@ -23,8 +23,9 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 
 from pat_ray.tracer.layers.family import LayerFamily
 from pat_ray.tracer.layers.packed_attention import PackedAttention, add_packed_attention
+from pat_ray.tracer.layout import AttributeSlot, Call, Layout, Term, Traced
 from pat_ray.tracer.nodes import arg, shape_of
-from pat_ray.tracer.state import AttributeSlot, Call, GroupBuilder, HeadsConflict, Layout, Term, Traced
+from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 
 class SwinAttention(LayerFamily):
@@ -43,7 +44,7 @@ class SwinAttention(LayerFamily):
             return None
         if len(shape) != 4 or layout.axis != 3 or layout.repeat != 1:
             return None
-        if name in builder.calls:
+        if builder.call_of(name) is not None:
             raise HeadsConflict(f"module {name!r}: a window attention called twice")
         windows, tokens = _windows(shape, module.window_size)
         attention = PackedAttention(
@@ -63,8 +64,8 @@ class SwinAttention(LayerFamily):
             return None
         cut, out = added
         _position_bias(builder, name, module, cut)
-        builder.attributes.append(AttributeSlot(name, "num_heads", cut.groups[0], 1))
-        builder.calls[name] = Call(layout, out)
+        builder.add_size_attribute(AttributeSlot(name, "num_heads", cut.groups[0], 1))
+        builder.record_call(name, Call(layout, out))
         return out
 
     def resized(self, module: nn.Module) -> None:
@@ -93,9 +94,29 @@ def _position_bias(builder: GroupBuilder, name: str, module: ShiftedWindowAttent
     coordinates = math.prod(module.relative_coords_table.shape[:-1])
     inputs = builder.fixed_group(first.in_features, f"<{name}.cpb_mlp input>", axis=3)
     hidden = builder.fixed_group(first.out_features, f"{name}.cpb_mlp.0", axis=3)
-    builder.terms.append(Term(f"{name}.cpb_mlp.0", hidden, inputs, 1, coordinates, 1, int(first.bias is not None)))
+    builder.add_term(
+        Term(
+            module=f"{name}.cpb_mlp.0",
+            out=hidden,
+            inp=inputs,
+            in_divisor=1,
+            macs_per_pair=coordinates,
+            params_per_pair=1,
+            params_per_out=int(first.bias is not None),
+        )
+    )
     builder.add_member(f"{name}.cpb_mlp.2", "out", heads, 0)
-    builder.terms.append(Term(f"{name}.cpb_mlp.2", heads, hidden, 1, coordinates, 1, int(last.bias is not None)))
+    builder.add_term(
+        Term(
+            module=f"{name}.cpb_mlp.2",
+            out=heads,
+            inp=hidden,
+            in_divisor=1,
+            macs_per_pair=coordinates,
+            params_per_pair=1,
+            params_per_out=int(last.bias is not None),
+        )
+    )
 
 
 class NarrowedSwinAttention(ShiftedWindowAttention):

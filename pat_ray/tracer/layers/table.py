@@ -27,8 +27,9 @@ from pat_ray.tracer.layers.rms_norm import RMSNorm
 from pat_ray.tracer.layers.stateless import ChannelMixing, Flatten, Passthrough, Reordering
 from pat_ray.tracer.layers.swin import SwinAttention
 from pat_ray.tracer.layers.transposed import TransposedConv
+from pat_ray.tracer.layout import Call, Layout, Traced
 from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
-from pat_ray.tracer.state import Call, GroupBuilder, Layout, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 FAMILIES: tuple[LayerFamily, ...] = (
     MultiheadAttention(),
@@ -95,15 +96,15 @@ def trace_layer(builder: GroupBuilder, node: fx.Node, layout: Layout, name: str 
         for kept in (layout, result):
             if kept is not None:
                 builder.pin(kept)
-    first = builder.calls.get(name)
+    first = builder.call_of(name)
     if first is None or not any(True for _ in module.parameters()):
-        builder.calls.setdefault(name, Call(layout, result))
+        builder.record_call(name, Call(layout, result))
         return result
     where = f"{where}, called again"
     builder.unify(first.inp, layout, where)
     if first.out is not None and result is not None:
         builder.unify(first.out, result, where)
-    builder.terms[terms_before:] = [term.run_again() for term in builder.terms[terms_before:]]
+    builder.count_again(since=terms_before)
     return result
 
 
@@ -127,8 +128,8 @@ def kept_whole_result(builder: GroupBuilder, node: fx.Node, inputs: list[Layout]
     name = str(node.target)
     for layout in inputs:
         builder.pin(layout)
-    if name not in builder.calls:
-        builder.calls[name] = Call(Layout(()), None)
+    if builder.call_of(name) is None:
+        builder.record_call(name, Call(Layout(()), None))
         builder.count_weights_as_they_are(name)
     builder.count_fixed_macs(node.name, node.meta.get(PRODUCT_MACS, 0))  # its projections and products
     return fixed_result(builder, node)

@@ -14,7 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.conv import conv_hyper, conv_input, conv_like
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
-from pat_ray.tracer.state import Layout, Term
+from pat_ray.tracer.layout import Layout, Term
 
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -36,8 +36,16 @@ class TransposedConv(LayerFamily):
         out = builder.new_group(module.out_channels, name, pinned=name in builder.excluded)
         builder.add_member(name, "out", out, 1)
         per_out = 1 if module.bias is not None else 0
-        builder.terms.append(
-            Term(name, out, layout, 1, kernel * math.prod(call.in_shape[:1] + call.in_shape[2:]), kernel, per_out)
+        builder.add_term(
+            Term(
+                module=name,
+                out=out,
+                inp=layout,
+                in_divisor=1,
+                macs_per_pair=kernel * math.prod(call.in_shape[:1] + call.in_shape[2:]),
+                params_per_pair=kernel,
+                params_per_out=per_out,
+            )
         )
         return out
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
-from pat_ray.tracer.state import GroupBuilder, Layout, Traced
+from pat_ray.tracer.layout import Layout, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from torchvision.models.swin_transformer import _get_relative_position_bias, shi
 from torchvision.ops import stochastic_depth
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     arg,
@@ -28,7 +29,7 @@ from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.reductions import reduce_rule
 from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.ops.shape import sizes_read_from_channels
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder
 
 # Ops that keep channel i at position i and read no other tensor.
 PASSTHROUGH_FUNCTIONS = {

@@ -31,8 +31,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from pat_ray.tracer.layout import AttributeSlot, Layout
 from pat_ray.tracer.nodes import describe, size_arguments
-from pat_ray.tracer.state import AttributeSlot, GroupBuilder, HeadsConflict, Layout
+from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 HEADS_SUFFIX, HEAD_DIM_SUFFIX = "/heads", "/head_dim"  # end the names of the groups a cut makes
 
@@ -57,8 +58,7 @@ def cut_heads(
     cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}{suffix}", node.name)
     if cut is None:
         return None
-    builder.head_reshapes.add(node.name)
-    builder.head_counts.add((_owning_module(node), head_dim if builder.head_dim else heads))
+    builder.note_head_reshape(node.name, _owning_module(node), head_dim if builder.head_dim else heads)
     return Layout(cut.groups, 1, heads_axis + 1 if builder.head_dim else heads_axis)
 
 
@@ -80,7 +80,7 @@ def merged_layout(
         for end in range(axis + 2, len(in_shape) + 1):
             merged = math.prod(in_shape[axis:end])
             if out_shape[j] == merged and math.prod(out_shape[j + 1 :]) == math.prod(in_shape[end:]):
-                builder.head_reshapes.add(node.name)
+                builder.note_head_reshape(node.name)
                 return Layout(layout.groups, layout.repeat * merged // in_shape[axis], j)
     return None
 
@@ -102,7 +102,7 @@ def _merged_features(
                 merged = builder.new_group(width, f"<{node.name}>")
                 features = builder.tile(merged, in_shape[axis], 1, f"<{node.name}>{HEAD_DIM_SUFFIX}", node.name)
                 builder.unify(features, Layout(layout.groups), node.name)
-                builder.head_reshapes.add(node.name)
+                builder.note_head_reshape(node.name)
                 return Layout(merged.groups, 1, j)
     return None
 
@@ -129,8 +129,8 @@ def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -
     attribute = _attribute_with_value(builder, owner, value, width)
     if attribute is None:
         return False
-    builder.attributes.append(AttributeSlot(owner, attribute, group, per_channel))
-    builder.head_counts.add((owner, value))
+    builder.add_size_attribute(AttributeSlot(owner, attribute, group, per_channel))
+    builder.note_head_count(owner, value)
     return True
 
 

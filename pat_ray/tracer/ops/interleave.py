@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, int_arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout
+from pat_ray.tracer.state import GroupBuilder
 
 INTERLEAVE_FUNCTIONS = {torch.repeat_interleave}
 INTERLEAVE_METHODS = {"repeat_interleave"}

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torchvision.models.swin_transformer import _patch_merging_pad
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, parameter_dim, size_arguments
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 # Aliases of ``torch.cat``.
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from pat_ray.core.cost.products import attention_macs, einsum_macs, matmul_macs
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import ProductShape
+from pat_ray.tracer.layout import Layout, Term
 from pat_ray.tracer.nodes import arg, is_parameter, known_shape
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout, Term
+from pat_ray.tracer.state import GroupBuilder
 
 # Matrix products.
 MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm, torch.mm}
@@ -113,8 +114,8 @@ def count_product(
         if layout is not None:
             per_pair //= builder.width(layout)
     name = f"<{node.name}{label}>"
-    builder.terms.append(
-        Term(name, result or Layout(()), summed, macs_per_pair=per_pair, is_layer=False, product=timing)
+    builder.add_term(
+        Term(module=name, out=result or Layout(()), inp=summed, macs_per_pair=per_pair, is_layer=False, product=timing)
     )
 
 

@@ -18,10 +18,11 @@ import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout, Pieces
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
+from pat_ray.tracer.state import GroupBuilder
 
 # Reductions that keep channels when they reduce only spatial dimensions.
 # Over the channel axis they consume the channels (below).

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import (
     arg,
     int_arg,
@@ -28,7 +29,7 @@ from pat_ray.tracer.nodes import (
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.heads import cut_heads, merged_layout, written_by_attribute
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.state import GroupBuilder, Layout, Traced
+from pat_ray.tracer.state import GroupBuilder
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}

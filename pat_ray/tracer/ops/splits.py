@@ -17,8 +17,9 @@ import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
+from pat_ray.tracer.layout import Layout, Pieces
 from pat_ray.tracer.nodes import arg, target_name
-from pat_ray.tracer.state import GroupBuilder, Layout, Pieces
+from pat_ray.tracer.state import GroupBuilder
 
 # Ops that return a tuple of tensors; the tracer follows each piece.
 # Value: the position of their ``dim`` argument (after the tensor) when given positionally.
