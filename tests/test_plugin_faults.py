@@ -59,5 +59,5 @@ def test_a_criterion_that_raises_stops_the_run_naming_the_plugin_and_keeps_the_c
 def test_guarded_plugins_pass_attributes_through(flaky_registered):
     criterion = registry.get_registry().create("criterion", "flaky", good=0)
     assert criterion.needs_gradients is False and criterion.good == 0
-    with pytest.raises(registry.PluginFailure, match=r"^criterion 'flaky' from plugin 'flaky-plugin'"):
+    with pytest.raises(pat_ray.PluginFailure, match=r"^criterion 'flaky' from plugin 'flaky-plugin'"):
         criterion.scores(None, None)

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from pat_ray.cli import main
-from pat_ray.plugins.registry import KINDS, get_registry
+from pat_ray.plugins.names import KINDS
+from pat_ray.plugins.registry import get_registry
 
 
 @main.command("config", short_help="Describe the config keys (type, default, meaning); --schema for editors.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def prune(
     """
     registry = get_registry()
     if isinstance(criterion, str):
-        criterion = cast(Criterion, registry.create("criterion", criterion, **dict(criterion_params or {})))
+        criterion = registry.create("criterion", criterion, **dict(criterion_params or {}))
     surgery = registry.create("surgery", backend)
     target = Budget(budget, measure, round_to)
     graph = trace_channel_groups(model, example_input, exclude=exclude, attention=attention)

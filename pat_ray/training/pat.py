@@ -93,7 +93,7 @@ class PaT:
     ) -> None:
         registry = get_registry()
         if isinstance(criterion, str):
-            criterion = cast(Criterion, registry.create("criterion", criterion, **dict(criterion_params or {})))
+            criterion = registry.create("criterion", criterion, **dict(criterion_params or {}))
         self.policy = as_start_policy(start)
         self.epochs, self.optimizer, self.on_prune = epochs, optimizer, on_prune
         self.collective = collective or default_collective(example_input)
