@@ -157,3 +157,36 @@ def test_every_shipped_pipeline_validates(path):
 
     with trusting("examples"):  # digits_own_model.yaml's model is examples/small_cnn.py (run with --trust examples)
         assert load_config(path).name
+
+
+def test_validating_a_config_builds_no_plugin_object_but_runs_its_check(plugins):
+    """Validation checks names and values; it makes nothing. A criterion's own ``check`` sees
+    the params (a bad value is reported by validate), its constructor is never called."""
+    import pat_ray
+    from pat_ray.core.criterion import Criterion
+
+    built, checked = [], []
+
+    class Counting(Criterion):
+        def __init__(self, scale: float = 1.0) -> None:
+            built.append(scale)
+
+        @staticmethod
+        def check(scale: float = 1.0) -> None:
+            checked.append(scale)
+            if scale <= 0:
+                raise ValueError(f"counting criterion: scale must be positive, got {scale}")
+
+        def scores(self, model, graph):
+            return {}
+
+    class Plugin:
+        @pat_ray.hookimpl
+        def pat_ray_register_criteria(self, register):
+            register("counting", Counting)
+
+    plugins(Plugin(), name="counting-plugin")
+    config_from_dict({"pruning": {"criterion": {"name": "counting", "params": {"scale": 2.0}}}})
+    with pytest.raises(ConfigError, match="pruning.criterion.params: counting criterion: scale must be positive"):
+        config_from_dict({"pruning": {"criterion": {"name": "counting", "params": {"scale": -1.0}}}})
+    assert built == [] and checked == [2.0, -1.0]

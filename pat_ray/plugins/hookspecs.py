@@ -31,7 +31,12 @@ Register = Callable[[str, Callable[..., Any]], None]
 @hookspec
 def pat_ray_register_criteria(register: Callable[[str, Callable[..., Criterion]], None]) -> None:
     """Register importance criteria: ``register(name, factory)``, where ``factory(**params)``
-    returns a :class:`pat_ray.core.criterion.Criterion`."""
+    returns a :class:`pat_ray.core.criterion.Criterion`.
+
+    A factory may carry a ``check(**params)`` attribute that raises ``ValueError`` for values
+    it cannot use: config validation calls it (validation builds nothing), so a bad value is
+    reported by ``pat-ray validate``; without one, the criterion's own ``__init__`` reports it
+    when the run starts."""
 
 
 @hookspec

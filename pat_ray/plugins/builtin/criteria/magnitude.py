@@ -22,13 +22,18 @@ Normalization = Literal["group_mean", "filter_size", "none"]
 
 class Magnitude(Criterion):
     def __init__(self, p: int = 2, normalize: Normalization = "group_mean") -> None:
+        self.check(p, normalize)
+        self.p, self.normalize = p, normalize
+
+    @staticmethod
+    def check(p: int = 2, normalize: Normalization = "group_mean") -> None:
+        """The values' own check, which config validation runs without building the criterion."""
         if p not in (1, 2):
             raise ValueError(f"magnitude criterion: p must be 1 or 2, got {p!r}")
         if normalize not in get_args(Normalization):
             raise ValueError(
                 f"magnitude criterion: normalize must be one of {', '.join(get_args(Normalization))}, got {normalize!r}"
             )
-        self.p, self.normalize = p, normalize
 
     def scores(self, model: nn.Module, graph: ModelGraph) -> Scores:
         per_weight = self.normalize == "filter_size"
