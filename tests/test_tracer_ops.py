@@ -310,3 +310,39 @@ def test_the_layers_an_error_lists_as_supported_are_read_from_the_families():
         if not isinstance(family, Passthrough):
             assert all(kind.__name__ in listed for kind in family.types), type(family).__name__
     assert {"RMSNorm", "GroupNorm", "PReLU", "ConvTranspose2d"} <= set(listed.replace(",", " ").split())
+
+
+class ReshapedAs(nn.Module):
+    """LeViT's ``reshape_as``: a flattened branch put back into the shape of another tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, z = self.a(x), self.b(x)
+        return self.head(y.flatten(2).reshape_as(z) * torch.sigmoid(z)).mean((2, 3))
+
+
+class ViewedAsABuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("shape_of", torch.zeros(1, 8, 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.a(x).flatten(2).view_as(self.shape_of)).mean((2, 3))
+
+
+def test_reshape_as_couples_the_result_with_the_tensor_whose_shape_it_takes():
+    torch.manual_seed(0)
+    model, x = ReshapedAs(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    assert {m.module for m in graph.group("a").producers()} == {"a", "b"}  # one group: they stay equal
+    arch = assert_pruning_is_exact(model, x, 0.6)
+    assert model.a.out_channels == model.b.out_channels == len(arch.kept["a"]) < 8
+
+
+def test_view_as_a_fixed_tensor_keeps_the_width_it_takes_from_it():
+    graph = trace_channel_groups(ViewedAsABuffer(), torch.randn(2, 3, 4, 4))
+    assert not graph.prunable  # the buffer's 8 channels never change, so neither may a's

@@ -210,3 +210,19 @@ def shift_rule(builder: GroupBuilder, call: OpCall) -> Layout:
 @op_rule("reorder", functions=REORDERING_FUNCTIONS)
 def reorder_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return reordered_layout(builder, call.node, call.first_layout(), call.where)
+
+
+@op_rule("reshape_as", methods={"reshape_as", "view_as"})
+def reshape_as_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    """``x.reshape_as(other)``: a reshape to ``other``'s shape, so the result's channels and
+    ``other``'s must stay equal in number: coupled when both are traced on the same axis, else
+    the result keeps its width (the shape comes from a tensor pruning does not change)."""
+    result = reshape_layout(builder, call.node, call.first_layout(), call.where, call.layouts)
+    source = call.node.args[1] if len(call.node.args) > 1 else None
+    other = call.layouts.get(source) if isinstance(source, fx.Node) else None
+    if isinstance(other, Layout) and (other.axis, other.repeat) == (result.axis, result.repeat):
+        return builder.unify(result, other, call.where)
+    builder.pin(result)
+    if isinstance(other, Layout):
+        builder.pin(other)
+    return result
