@@ -128,3 +128,48 @@ def test_tracer_rules_change_the_builder_only_through_its_methods(path):
             assert not (isinstance(owner, ast.Attribute) and _builder(owner.value)), (
                 f"{path.name}:{node.lineno}: {ast.unparse(node.func)}"
             )
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """``imports``, less those under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_no_import_circle_even_through_imports_inside_functions():
+    """Within a layer the arrows may point either way, never around a circle: a circle means two
+    modules are one concern split in two (or a lazy import hiding a knot)."""
+    names = {_module_name(path): path for path in MODULES}
+
+    def owner(imported: str) -> str | None:
+        while imported and imported not in names:
+            imported = imported.rpartition(".")[0]
+        return imported or None
+
+    graph = {}
+    for name, path in names.items():
+        targets = {owner(i) for i in _runtime_imports(path) if i.startswith("pat_ray.")}
+        graph[name] = {t for t in targets if t and t != name and not t.startswith(name + ".")}  # a package's own parts
+    for start in graph:
+        seen, stack = set(), [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                assert nxt != start, "import circle: " + " -> ".join([*trail, nxt])
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
