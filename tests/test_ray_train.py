@@ -61,7 +61,7 @@ def test_two_workers_agree_on_the_architecture(local_ray, tmp_path):
     assert result.trigger_epoch == 1 and result.trigger_position == pytest.approx(0.5, abs=0.05)
     assert [h.epoch for h in result.history] == [1, 2, 3, 4]
     assert abs(result.flops_kept - 0.5) < 0.015
-    logs = rank_logs(folder.local_path)
+    logs = rank_logs(folder.location.local_path)
     assert set(logs) == {"rank0", "rank1"}
     for epoch in range(4):
         assert logs["rank0"][epoch]["fingerprint"] == logs["rank1"][epoch]["fingerprint"]
