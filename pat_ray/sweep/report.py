@@ -123,9 +123,10 @@ def calibration_lines(summary: OracleSummary) -> list[str]:
         return ["No calibrated tau: the EPI curves are too short for the window, or there is no grid."]
     interval = f"({cal['low']:.4f}, {cal['high']:.4f}]" if cal["low"] is not None else f"[0, {cal['high']:.4f}]"
     curves = len(summary.calibration_curves)
+    whose = "seeds'" if curves > 1 else "seed's"
     return [
         f"Calibrated tau = **{cal['tau']:.4f}**: any tau in {interval} fires, on average over the {curves} "
-        f"seed{'s' if curves > 1 else ''}' curves (from the `{summary.calibration_source}` trials), at epoch "
+        f"{whose} curves (from the `{summary.calibration_source}` trials), at epoch "
         f"{cal['epoch']}, the nearest the EPI rule gets to the reference start epoch {_epoch(reference)} "
         f"(configured tau = {summary.tau:g}). Calibrate on a cheap proxy run like this one, then put it in "
         "`start.tau` for the expensive run."
