@@ -128,8 +128,9 @@ def _free_port() -> int:
 
 def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
     """The README's `ray job submit ... -- pat-ray run CONFIG` (with overrides, to keep it short),
-    against `ray start --head` on 127.0.0.1 (auth disabled on both sides, as on a laptop); the
-    head is stopped by signalling its own `ray start --block`."""
+    against `ray start --head` on 127.0.0.1 (auth disabled on both sides, as on a laptop); then a
+    plain `pat-ray run` joins that running head instead of starting a Ray of its own. The head is
+    stopped by signalling its own `ray start --block`."""
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -138,7 +139,9 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
-    temp_dir = f"/tmp/prh_{uuid.uuid4().hex[:6]}"  # short: Unix socket paths are limited
+    # short: Unix socket paths are limited; RAY_TMPDIR makes it where a bare ray.init() looks for a running head
+    env["RAY_TMPDIR"] = f"/tmp/prh_{uuid.uuid4().hex[:6]}"
+    temp_dir = f"{env['RAY_TMPDIR']}/ray"
     gcs_port, dashboard_port = _free_port(), _free_port()  # the README's 8265 may be another Ray's here
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
@@ -160,6 +163,15 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
         kept = float(re.search(r"FLOPs kept:\s+([0-9.]+)", output).group(1))
         assert kept == pytest.approx(0.5, abs=0.015)
         assert "succeeded" in output
+        joined = subprocess.run(
+            ["pat-ray", "run", "pipelines/digits.yaml", "training.epochs=4", "start={kind: fixed, epoch: 2}",
+             "tracking.mlflow=false", "--output-dir", str(Path(temp_dir).parent / "runs")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+        output = joined.stdout + joined.stderr
+        assert joined.returncode == 0, output[-3000:]
+        assert re.search(rf"Ray: joined the running local cluster at [0-9.]+:{gcs_port}\b", output), output[-3000:]
+        assert "did not exit within" not in output, output[-3000:]  # Train's helpers found the cluster
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

@@ -36,6 +36,7 @@ def test_every_private_detail_still_exists_in_the_installed_ray():
     from ray._private.runtime_env import constants as runtime_constants
 
     assert runtime_constants.RAY_JOB_CONFIG_JSON_ENV_VAR == ray_private.JOB_CONFIG_JSON
+    from ray._private.services import canonicalize_bootstrap_address  # noqa: F401  (running_local_cluster)
 
 
 def test_no_other_module_touches_rays_private_api():

@@ -34,6 +34,24 @@ def in_submitted_job() -> bool:
     return JOB_CONFIG_JSON in os.environ
 
 
+def running_local_cluster() -> str | None:
+    """The address of the cluster a bare ``ray.init()`` joins on this machine (the latest
+    ``ray start``, as Ray's ``canonicalize_bootstrap_address`` finds it), or None: it would
+    start a new one. ``RAY_ADDRESS`` unset is the caller's to check."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(None)  # type: ignore[arg-type]  # None: "find one", as ray.init passes it
+    except (ConnectionError, ValueError):
+        return None
+
+
+def train_settings() -> dict[str, str]:
+    """The Train settings set in this process, for the workers of a cluster it did not start
+    (whose processes do not inherit this environment)."""
+    return {name: os.environ[name] for name in TRAIN_ENV_VARS if name in os.environ}
+
+
 def tune_local_train() -> None:
     """Settings for a Ray that pat_ray starts on this machine (a user's own values win)."""
     os.environ.setdefault(PREEMPTION_WATCHER, "0")  # nothing drains on one machine (ray-project/ray#53727)

@@ -258,7 +258,11 @@ def start_ray(py_modules: list[str] | None = None) -> None:
         # a cluster's GCS: Train's helper actors, which look the cluster up without an address,
         # must find this one and not another Ray on the same machine
         runtime_env = {"env_vars": {"RAY_ADDRESS": given}}
-    if not given:  # a new local Ray (on a cluster, ray job submit sets it)
+    joined = None if given else ray_private.running_local_cluster()  # a `ray start --head` on this machine
+    if joined:  # joined, not restarted: its processes get the address and Train settings through runtime_env
+        ray_private.tune_local_train()
+        runtime_env = {"env_vars": {"RAY_ADDRESS": joined, **ray_private.train_settings()}}
+    elif not given:  # a new local Ray (on a cluster, ray job submit sets it)
         ray_private.tune_local_train()
         # Train's placement-group cleaner looks the cluster up without an address and fails
         # when another Ray runs on the machine: our GCS gets a known port, its actors the address
@@ -281,7 +285,8 @@ def start_ray(py_modules: list[str] | None = None) -> None:
     if chosen:
         os.environ.pop(ray_private.GCS_SERVER_PORT)  # read once, by the GCS just started
     if not given and not os.environ.get("PAT_RAY_VERBOSE") and context.dashboard_url:  # Ray's line about it is INFO
-        print(f"Ray: a local instance started; dashboard at http://{context.dashboard_url}", flush=True)
+        what = f"joined the running local cluster at {joined}" if joined else "a local instance started"
+        print(f"Ray: {what}; dashboard at http://{context.dashboard_url}", flush=True)
 
 
 def _free_port() -> int:

@@ -306,12 +306,22 @@ def rewrapped(model: nn.Module) -> nn.Module:
         model.module,
         device_ids=model.device_ids,
         output_device=model.output_device,
-        broadcast_buffers=model.broadcast_buffers,
+        **_buffer_sync(model),
         process_group=model.process_group,
         find_unused_parameters=model.find_unused_parameters,
         gradient_as_bucket_view=model.gradient_as_bucket_view,
         static_graph=model.static_graph,
     )
+
+
+def _buffer_sync(model: DistributedDataParallel) -> dict[str, Any]:
+    """The wrapper's buffer syncing, said the way this torch takes it without a warning: torch
+    2.14 deprecates ``broadcast_buffers`` (syncing is its default); ``False`` is still passed as
+    ``broadcast_buffers``, the one spelling that also skips the sync at construction."""
+    syncs = getattr(model, "forward_sync_buffers", None)
+    if syncs is None:  # an older torch
+        return {"broadcast_buffers": model.broadcast_buffers}
+    return {} if syncs else {"broadcast_buffers": False}
 
 
 def default_collective(example: Example) -> Collective:
