@@ -57,6 +57,10 @@ class GroupBuilder:
     def terms(self) -> tuple[Term, ...]:
         return tuple(self._terms)
 
+    @property
+    def term_count(self) -> int:
+        return len(self._terms)
+
     def count_again(self, since: int) -> None:
         """The terms added after the first ``since`` are a layer applied once more: MACs again, no parameters."""
         self._terms[since:] = [term.run_again() for term in self._terms[since:]]

@@ -90,7 +90,7 @@ def trace_layer(builder: GroupBuilder, node: fx.Node, layout: Layout, name: str 
         raise UnsupportedModelError(
             f"{where}: pat_ray does not know how this module treats channels; supported: {supported_layers()}"
         )
-    terms_before = len(builder.terms)
+    terms_before = builder.term_count
     result = family.trace(LayerCall(builder, node, name, module, layout, where))
     if _weights_made_at_call_time(module):  # surgery would cut the weight, not what it is made of
         for kept in (layout, result):

@@ -138,13 +138,14 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
     """Pruning heads changes the head count (and the merged width) a module's forward writes:
     a size computed from either anywhere else in that forward (VOLO's ``C // self.num_heads``
     for another tensor) would not follow, so heads are kept whole there (HeadsConflict)."""
-    if not builder.head_counts:
+    head_counts, head_reshapes = builder.head_counts, builder.head_reshapes
+    if not head_counts:
         return
     for node in graph.nodes:
-        if node.name in builder.head_reshapes:
+        if node.name in head_reshapes:
             continue
         owner = _owning_module(node)
-        counts = [count for module, count in builder.head_counts if module == owner]
+        counts = [count for module, count in head_counts if module == owner]
         numbers = set(_numbers((node.args, node.kwargs), int)) if _computes_sizes(node) else set()
         for count in counts:
             if count in numbers:
