@@ -1,6 +1,6 @@
 """Wall time of the default pipeline as a user runs it: ``pat-ray run --local`` against
 ``pat-ray run`` (Ray Train, 1 worker, and 2 workers), each a fresh process that starts its own
-Ray; where Ray's time goes (start-up, per-epoch report + checkpoint, the rest); and the cost
+Ray, and the 1-worker run again joining a Ray started once with ``ray start --head``; where Ray's time goes (start-up, per-epoch report + checkpoint, the rest); and the cost
 of the EPI gossip (score all-reduce + fingerprint all-gather + trigger broadcast).
 
     RAY_AUTH_MODE=disabled python benchmarks/scaling.py
@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,24 +26,39 @@ RESULTS = Path(__file__).parent / "results" / "scaling.md"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def timed_process(args: list[str]) -> tuple[float, str]:
+def timed_process(args: list[str], env: dict[str, str] = ENV) -> tuple[float, str]:
     """Seconds of one fresh Python process running ``args``, and its output."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, check=True)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, check=True)
     return time.perf_counter() - started, done.stdout + done.stderr
 
 
-def cli_run(folder: Path, name: str, workers: int | None) -> dict:
+def joined_run(folder: Path) -> dict:
+    """The 1-worker run again, joining a Ray started beforehand with ``ray start --head`` (in a
+    temp dir of its own, which RAY_TMPDIR points the run at), as for repeated runs."""
+    temp = Path(tempfile.mkdtemp(prefix="prs_", dir="/tmp"))  # short: Unix socket paths are limited
+    env = {**ENV, "RAY_TMPDIR": str(temp)}
+    ray = str(Path(sys.executable).with_name("ray"))
+    start = [ray, "start", "--head", "--num-cpus=2", f"--temp-dir={temp / 'ray'}", "--disable-usage-stats"]
+    subprocess.run(start, env=env, check=True, capture_output=True)
+    try:
+        return cli_run(folder, "joined", 1, env)
+    finally:
+        subprocess.run([ray, "stop"], env=env, capture_output=True)
+
+
+def cli_run(folder: Path, name: str, workers: int | None, env: dict[str, str] = ENV) -> dict:
     """``pat-ray run`` of the default pipeline (MLflow off: this measures training, not tracking)."""
     config = folder / f"{name}.yaml"
     scaling = f"scaling: {{num_workers: {workers}}}\n" if workers else ""
     config.write_text(f"name: {name}\noutput_dir: {folder}\ntracking: {{mlflow: false}}\n{scaling}")
-    seconds, output = timed_process(["-m", "pat_ray.cli", "run", str(config), *([] if workers else ["--local"])])
-    history = json.loads((folder / name / "history.json").read_text())
+    seconds, output = timed_process(["-m", "pat_ray.cli", "run", str(config), *([] if workers else ["--local"])], env)
+    run_dir = folder / name / "latest"  # the run's own version folder
+    history = json.loads((run_dir / "history.json").read_text())
     records = history["history"] if isinstance(history, dict) else history
-    ranks = folder / name / "ranks.jsonl"  # written by the driver's side from what each rank reported
+    ranks = run_dir / "ranks.jsonl"  # written by the driver's side from what each rank reported
     rank0 = [json.loads(line)["ranks"][0] for line in ranks.read_text().splitlines()] if ranks.is_file() else []
-    size = (folder / name / "last.pt").stat().st_size
+    size = (run_dir / "last.pt").stat().st_size
     return {"seconds": seconds, "records": records, "rank0": rank0, "output": output, "checkpoint_kb": size / 1024}
 
 
@@ -53,6 +69,7 @@ def main() -> None:
     runs = {"--local": cli_run(folder, "local", None)}
     runs["Ray Train, 1 worker"] = cli_run(folder, "ray1", 1)
     runs["Ray Train, 2 workers"] = cli_run(folder, "ray2", 2)
+    runs["Ray Train, 1 worker, joining `ray start --head`"] = joined_run(folder)
     local_s = runs["--local"]["seconds"]
     table = [
         "| `pat-ray run` | final acc | wall s (process) | x --local | epochs s | our setup s | Ray report + checkpoint "
@@ -79,7 +96,7 @@ def main() -> None:
             "Scaling: `pat-ray run --local` vs on Ray Train (default digits pipeline)",
             torch.device("cpu"),
             f"{os.cpu_count()} CPUs. Each run is a fresh process, as a user starts it (Ray runs start their own "
-            "Ray); MLflow off. Columns: the process's wall time; the sum of the epochs' own time; our setup "
+            "Ray, but the last, which joins one started before it and left running); MLflow off. Columns: the process's wall time; the sum of the epochs' own time; our setup "
             "(tracing, budget); Ray's report + checkpoint per epoch (rank 0, measured around `ray.train.report`, "
             "which returns once Ray has persisted the checkpoint); per epoch a Ray run writes `last.pt` three times "
             "(the engine; Ray's copy to its storage, from a hard link; one copy to the run folder) and never loads it "
