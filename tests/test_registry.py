@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import pat_ray
 from pat_ray.cli import main
+from pat_ray.errors import PluginError
 from pat_ray.plugins import registry
 
 
@@ -82,7 +83,7 @@ def test_duplicate_names_fail_naming_both_plugins(fresh_registry):
         def pat_ray_register_criteria(self, register):
             register("magnitude", object)
 
-    with pytest.raises(registry.PluginError, match="registered twice.*criteria.magnitude.*clash"):
+    with pytest.raises(PluginError, match="registered twice.*criteria.magnitude.*clash"):
         registry.register_plugin(Clash(), name="clash")
     # the failed plugin left nothing behind
     assert registry.get_registry().get("criterion", "magnitude").plugin.endswith("magnitude")
@@ -94,7 +95,7 @@ def test_misspelled_hook_fails_loudly(fresh_registry):
         def pat_ray_register_criterion(self, register):  # missing the trailing "a"
             pass
 
-    with pytest.raises(registry.PluginError, match="plugin 'typo'.*pat_ray_register_criterion"):
+    with pytest.raises(PluginError, match="plugin 'typo'.*pat_ray_register_criterion"):
         registry.register_plugin(Typo(), name="typo")
     assert "typo" not in [name for name, _ in registry.get_plugin_manager().list_name_plugin()]
 
@@ -105,7 +106,7 @@ def test_plugin_raising_during_registration_is_named(fresh_registry):
         def pat_ray_register_models(self, register):
             raise RuntimeError("boom")
 
-    with pytest.raises(registry.PluginError, match="plugin 'broken'.*boom"):
+    with pytest.raises(PluginError, match="plugin 'broken'.*boom"):
         registry.register_plugin(Broken(), name="broken")
 
 
@@ -175,7 +176,7 @@ def test_a_notebook_cell_run_again_can_forget_its_plugin_and_register_it_anew(fr
             register("always-one", lambda a, b: 1.0)
 
     register_plugin(Mine(), name="mine")
-    with pytest.raises(registry.PluginError, match="mine"):
+    with pytest.raises(PluginError, match="mine"):
         register_plugin(Mine(), name="mine")  # the cell run again
     unregister_plugins()
     assert "always-one" not in registry.get_registry().names("similarity")
