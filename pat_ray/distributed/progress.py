@@ -114,4 +114,4 @@ def final_result(config: Config, folder: Location, wall_seconds: float) -> RunRe
 
 def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path | str | None, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint (which carries the whole history)."""
-    return RunResult.from_state(config, RunState.from_checkpoint(ckpt), ckpt.architecture.to_dict(), path, wall_seconds)
+    return RunState.from_checkpoint(ckpt).result(config, ckpt.architecture.to_dict(), path, wall_seconds)

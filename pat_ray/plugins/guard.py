@@ -3,26 +3,19 @@ plugin and its distribution, so a failing third-party criterion is never mistake
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pat_ray.errors import PluginFailure
-
-if TYPE_CHECKING:
-    from pat_ray.plugins.names import Entry
 
 
 class Guarded:
     """Delegates to a plugin object; turns its exceptions into a ``PluginFailure`` naming it."""
 
-    def __init__(self, target: Any, entry: Entry) -> None:
-        self._target, self._entry = target, entry
+    def __init__(self, target: Any, plugin: str) -> None:
+        self._target, self._plugin = target, plugin  # "criterion 'x' from plugin 'y' (dist 1.0)"
 
     def _fail(self, where: str, err: Exception) -> PluginFailure:
-        e = self._entry
-        return PluginFailure(
-            f"{e.kind} {e.name!r} from plugin {e.plugin!r} ({e.distribution}) raised in {where}: "
-            f"{type(err).__name__}: {err}"
-        )
+        return PluginFailure(f"{self._plugin} raised in {where}: {type(err).__name__}: {err}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

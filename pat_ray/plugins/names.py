@@ -136,7 +136,9 @@ class Registry:
             made = entry.factory(**params)
         except TypeError as err:
             raise ValueError(f"{kind} {name!r} ({entry.plugin}): bad parameters: {err}") from err
-        return Guarded(made, entry) if kind in GUARDED_KINDS else made
+        if kind not in GUARDED_KINDS:
+            return made
+        return Guarded(made, f"{kind} {name!r} from plugin {entry.plugin!r} ({entry.distribution})")
 
 
 def collect(manager: pluggy.PluginManager) -> Registry:

@@ -95,9 +95,8 @@ def train(
         )
         save_and_report(run, progress)
     checkpoint = run.run_dir / LAST if run.collective.rank == 0 else None
-    return RunResult.from_state(
-        config, _state(run, progress), run.pat.architecture.to_dict(), checkpoint, time.perf_counter() - started
-    )
+    state = _state(run, progress)
+    return state.result(config, run.pat.architecture.to_dict(), checkpoint, time.perf_counter() - started)
 
 
 def _phase(run: Run, epoch: int) -> Phase:

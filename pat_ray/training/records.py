@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
 from pat_ray.config import Config
 from pat_ray.core.selection import BUDGET_TOLERANCE
-
-if TYPE_CHECKING:
-    from pat_ray.training.run_state import RunState
 
 Phase = Literal["dense", "pruning", "pruned", "finetune"]
 StartedBy = Literal["policy", "latest_start"]  # what started pruning: the start policy, or its latest start
@@ -93,27 +90,6 @@ class RunResult:
     mlflow_run_id: str | None = None
     trigger_position: float | None = None  # where pruning started, in epochs (2.25: a quarter into epoch 3)
     started_by: StartedBy | None = None  # the start policy, or its latest start
-
-    @classmethod
-    def from_state(
-        cls, config: Config, state: RunState, architecture: dict, checkpoint: Path | str | None, wall_seconds: float
-    ) -> RunResult:
-        last = state.history[-1]
-        return cls(
-            config=config,
-            history=state.history,
-            trigger_epoch=state.trigger_epoch,
-            final_accuracy=last.val_acc,
-            dense_flops=state.dense_flops,
-            final_flops=last.flops,
-            train_flops=last.train_flops,
-            dense_train_flops=state.dense_train_flops,
-            wall_seconds=wall_seconds,
-            architecture=architecture,
-            checkpoint=checkpoint,
-            trigger_position=state.trigger_position,
-            started_by=cast(StartedBy | None, state.started_by),
-        )
 
     @property
     def flops_kept(self) -> float:

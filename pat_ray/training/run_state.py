@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
@@ -23,7 +23,7 @@ from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.run_folder.files import CONFIG, HISTORY, LAST, PREVIOUS
 from pat_ray.storage import Location
 from pat_ray.training.checkpoint import Checkpoint, save_checkpoint
-from pat_ray.training.records import EpochRecord
+from pat_ray.training.records import EpochRecord, RunResult, StartedBy
 
 if TYPE_CHECKING:
     pass
@@ -61,6 +61,27 @@ class RunState:
             return cls(**{**data, "history": [EpochRecord.from_dict(r) for r in data["history"]]})
         except (KeyError, TypeError) as err:
             raise CheckpointError(ckpt.source, f"its run history is malformed ({err!r})") from None
+
+    def result(
+        self, config: Config, architecture: dict, checkpoint: Path | str | None, wall_seconds: float
+    ) -> RunResult:
+        """The run's result as this state records it after its last epoch."""
+        last = self.history[-1]
+        return RunResult(
+            config=config,
+            history=self.history,
+            trigger_epoch=self.trigger_epoch,
+            final_accuracy=last.val_acc,
+            dense_flops=self.dense_flops,
+            final_flops=last.flops,
+            train_flops=last.train_flops,
+            dense_train_flops=self.dense_train_flops,
+            wall_seconds=wall_seconds,
+            architecture=architecture,
+            checkpoint=checkpoint,
+            trigger_position=self.trigger_position,
+            started_by=cast(StartedBy | None, self.started_by),
+        )
 
 
 def save_run_state(
