@@ -128,7 +128,6 @@ class Declared(LayerFamily):
                 module=name,
                 out=out,
                 inp=layout,
-                in_divisor=1,
                 macs_per_pair=macs,
                 params_per_pair=pairs,
                 params_per_out=per_out,

@@ -46,7 +46,6 @@ class Linear(LayerFamily):
                 module=name,
                 out=out,
                 inp=layout,
-                in_divisor=1,
                 macs_per_pair=positions,
                 params_per_pair=1,
                 params_per_out=per_out,

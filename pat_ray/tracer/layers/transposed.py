@@ -41,7 +41,6 @@ class TransposedConv(LayerFamily):
                 module=name,
                 out=out,
                 inp=layout,
-                in_divisor=1,
                 macs_per_pair=kernel * math.prod(call.in_shape[:1] + call.in_shape[2:]),
                 params_per_pair=kernel,
                 params_per_out=per_out,
