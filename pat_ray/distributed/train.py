@@ -258,12 +258,12 @@ def start_ray(py_modules: list[str] | None = None) -> None:
         # a cluster's GCS: Train's helper actors, which look the cluster up without an address,
         # must find this one and not another Ray on the same machine
         runtime_env = {"env_vars": {"RAY_ADDRESS": given}}
+    if not given:  # a Ray on this machine (on a cluster, ray job submit sets RAY_ADDRESS)
+        ray_private.tune_local_train()
     joined = None if given else ray_private.running_local_cluster()  # a `ray start --head` on this machine
     if joined:  # joined, not restarted: its processes get the address and Train settings through runtime_env
-        ray_private.tune_local_train()
         runtime_env = {"env_vars": {"RAY_ADDRESS": joined, **ray_private.train_settings()}}
-    elif not given:  # a new local Ray (on a cluster, ray job submit sets it)
-        ray_private.tune_local_train()
+    elif not given:  # a new local Ray
         # Train's placement-group cleaner looks the cluster up without an address and fails
         # when another Ray runs on the machine: our GCS gets a known port, its actors the address
         chosen = not os.environ.get(ray_private.GCS_SERVER_PORT)  # else the user's port

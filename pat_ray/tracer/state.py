@@ -87,14 +87,12 @@ class GroupBuilder:
     def size_attributes(self) -> tuple[AttributeSlot, ...]:
         return tuple(self._attributes)
 
-    def note_head_reshape(self, node: str, module: str | None = None, count: int | None = None) -> None:
-        """``node`` cuts channels into heads or merges them; ``module`` holds ``count``, a number
-        (heads, or a head's width) that pruning heads changes."""
+    def note_head_reshape(self, node: str) -> None:
+        """``node`` cuts channels into heads or merges them."""
         self._head_reshapes.add(node)
-        if module is not None and count is not None:
-            self._head_counts.add((module, count))
 
     def note_head_count(self, module: str, count: int) -> None:
+        """``module`` holds ``count``, a number (heads, or a head's width) that pruning heads changes."""
         self._head_counts.add((module, count))
 
     @property

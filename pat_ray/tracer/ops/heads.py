@@ -58,7 +58,8 @@ def cut_heads(
     cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}{suffix}", node.name)
     if cut is None:
         return None
-    builder.note_head_reshape(node.name, _owning_module(node), head_dim if builder.head_dim else heads)
+    builder.note_head_reshape(node.name)
+    builder.note_head_count(_owning_module(node), head_dim if builder.head_dim else heads)
     return Layout(cut.groups, 1, heads_axis + 1 if builder.head_dim else heads_axis)
 
 
