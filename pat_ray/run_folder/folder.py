@@ -28,6 +28,7 @@ from pat_ray.storage import Location
 if TYPE_CHECKING:
     from pat_ray.config import Config
     from pat_ray.run_folder.mirror import StoreMirror
+    from pat_ray.training.checkpoint import Checkpoint
     from pat_ray.training.collective import Reporter
 
 
@@ -91,21 +92,17 @@ class RunFolder:
         says so), once it is clear that ``config`` continues the same run (else
         ``ResumeChangesRunError`` / ``RunFinishedError``)."""
         from pat_ray.run_folder.resume_check import check_resume
-        from pat_ray.training.checkpoint import read_checkpoint
-        from pat_ray.training.run_state import RunState
 
         warn = warn or (lambda line: print(line, file=sys.stderr))
-        checkpoint = self._newest_readable(scratch, warn)
-        ckpt = read_checkpoint(checkpoint)
-        allowed = check_resume(ckpt.extra.get("config"), config, RunState.from_checkpoint(ckpt).epoch, str(self))
+        checkpoint, ckpt, epoch = self._newest_readable(scratch, warn)
+        allowed = check_resume(ckpt.extra.get("config"), config, epoch, str(self))
         if allowed:
             warn(f"note: resuming with changes that do not alter the run: {'; '.join(allowed)}")
         return checkpoint
 
-    def _newest_readable(self, scratch: Path, warn: Callable[[str], None]) -> Path:
-        from pat_ray.training.checkpoint import read_checkpoint
-        from pat_ray.training.run_state import RunState
-
+    def _newest_readable(self, scratch: Path, warn: Callable[[str], None]) -> tuple[Path, Checkpoint, int]:
+        """``last.pt``, else ``previous.pt``: the local file, the checkpoint read from it (once)
+        and its last finished epoch."""
         last, previous = self / LAST, self / PREVIOUS
         if not last.exists() and not previous.exists():
             raise CheckpointError(str(last), f"does not exist: there is no run to resume in {self}")
@@ -114,10 +111,9 @@ class RunFolder:
         except CheckpointError as err:
             if not previous.is_file():
                 raise
-            local = _readable(previous, scratch)
-            state = RunState.from_checkpoint(read_checkpoint(local))
-            warn(f"warning: {err}; resuming from {previous} (epoch {state.epoch}) instead")
-            return local
+            local, ckpt, epoch = _readable(previous, scratch)
+            warn(f"warning: {err}; resuming from {previous} (epoch {epoch}) instead")
+            return local, ckpt, epoch
 
     def mirror(self, reporter: Reporter, stage: Path, config: Config) -> StoreMirror:
         """A reporter that copies a run staged in ``stage`` into this folder (in a store) after
@@ -134,19 +130,20 @@ class RunFolder:
             pass
 
 
-def _readable(checkpoint: Location, scratch: Path) -> Path:
-    """``checkpoint`` as a local file, checked whole (raises CheckpointError naming what is wrong)."""
+def _readable(checkpoint: Location, scratch: Path) -> tuple[Path, Checkpoint, int]:
+    """``checkpoint`` as a local file, checked whole (raises CheckpointError naming what is
+    wrong), with what was read from it and its last finished epoch."""
     from pat_ray.training.checkpoint import read_checkpoint
     from pat_ray.training.run_state import RunState
 
     if checkpoint.is_local:
-        RunState.from_checkpoint(read_checkpoint(checkpoint.local_path))
-        return checkpoint.local_path
+        ckpt = read_checkpoint(checkpoint.local_path)
+        return checkpoint.local_path, ckpt, RunState.from_checkpoint(ckpt).epoch
     if not checkpoint.is_file():
         raise CheckpointError(str(checkpoint), "does not exist")
     local = checkpoint.download(scratch / checkpoint.name)
     try:
-        RunState.from_checkpoint(read_checkpoint(local))
+        ckpt = read_checkpoint(local)
+        return local, ckpt, RunState.from_checkpoint(ckpt).epoch
     except CheckpointError as err:
         raise CheckpointError(str(checkpoint), err.problem) from None
-    return local
