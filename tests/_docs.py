@@ -9,7 +9,10 @@ Collected, not listed by hand, so a new example is tested without anyone remembe
   order of ``HELP_ORDER`` (an export example finds the run a run example made).
 
 Not run: a block marked ``<!-- doc-test: cluster -->`` or ``<!-- doc-test: gpu -->`` on the line
-before it (this machine has neither), the install lines CI itself runs before the suite
+before it (this machine has neither); a block marked ``<!-- doc-test: excerpt -->`` quotes a file
+of the repository named in its first line (a worked example's family, which importing pat_ray
+registers already): each of its code lines, less a trailing comment, must be a line of that file
+(``excerpt_lines_missing``); the install lines CI itself runs before the suite
 (``.ci/run``; ``test_the_install_lines_are_what_ci_installs`` checks they are the same) and the
 README's test command (this suite). A fresh folder holds links to ``pipelines/``, ``examples/``
 and ``plugins/``, as a clone does; ``pip install`` in a document installs into that folder, not
@@ -30,7 +33,7 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKERS = ("cluster", "gpu")
+MARKERS = ("cluster", "gpu", "excerpt")
 LANGUAGES = {"bash": "shell", "sh": "shell", "shell": "shell", "console": "shell", "python": "python"}
 LINKED = ("pipelines", "examples", "plugins")  # what a clone has beside the documents
 HELP_ORDER = ("", "run", "runs", "export", "validate", "config", "oracle", "report", "plugins")
@@ -56,7 +59,7 @@ class Block:
     source: str  # "README.md:29", where the fence opens
     language: str  # shell, python, or the fence's own word (toml, yaml, ...)
     text: str
-    marker: str | None  # "cluster" / "gpu": not run here
+    marker: str | None  # "cluster" / "gpu" / "excerpt": not run here
     file: str | None  # a relative path the block is written to, named in its first line
 
     @property
@@ -86,6 +89,25 @@ def blocks(document: Path) -> list[Block]:
             )
         )
     return found
+
+
+def excerpt_lines_missing(block: Block) -> list[str]:
+    """The code lines of an ``excerpt`` block that its file (named in its first line, relative
+    to the repository) does not hold, whitespace at either end ignored; comments count as code."""
+    if block.file is None:
+        return [f"{block.source}: an excerpt names the file it quotes in its first line"]
+    quoted = ROOT / block.file
+    if not quoted.is_file():
+        return [f"{block.source}: {block.file} does not exist"]
+    held = {_code(line) for line in quoted.read_text().splitlines()}
+    return [line for line in block.text.splitlines()[1:] if _code(line) and _code(line) not in held]
+
+
+def _code(line: str) -> str:
+    """A line without its trailing comment (a document may explain a quoted line) and without
+    the whitespace at either end; a comment line is no code."""
+    code = line.split("  # ", 1)[0].strip()
+    return "" if code.startswith("#") else code
 
 
 def ci_lines() -> set[str]:
@@ -159,7 +181,7 @@ class Ran:
 
 def run_block(block: Block, folder: Path, env: dict[str, str], index: int) -> Ran | None:
     """Write a file block where it says; run a shell or Python block in ``folder``."""
-    if block.file is not None:
+    if block.file is not None and block.marker != "excerpt":
         target = folder / block.file
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(block.text)

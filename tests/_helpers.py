@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -118,11 +119,13 @@ def flops_counted_by_torch(model: nn.Module, x: torch.Tensor) -> int:
     the traced cost both read pat_ray's layer families, so a family that is missing or counts
     wrong agrees with itself there; here every conv, matmul and attention product torch runs is
     counted. Gradients on and SDPA's math kernel, so attention runs as the matmuls the counter
-    knows (no-grad multi-head attention and the CPU flash kernel are fused ops it skips)."""
+    knows (no-grad multi-head attention and the CPU flash kernel are fused ops it skips). The
+    counter has no formula for ``aten._trilinear`` (``nn.Bilinear``): it gets one here, from the
+    op's shapes alone."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten._trilinear: _trilinear_flops})
     was_training = model.training
     model.eval()
     try:
@@ -131,6 +134,20 @@ def flops_counted_by_torch(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def _trilinear_flops(first, second, third, expand1, expand2, expand3, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``_trilinear``: each operand gets size-1 axes at its ``expand`` positions, and
+    one multiply-add per point of the broadcast index space (2 FLOPs, as the counter counts)."""
+
+    def expanded(shape, axes) -> list[int]:
+        dims = list(shape)
+        for axis in sorted(axes):
+            dims.insert(axis, 1)
+        return dims
+
+    shapes = [expanded(first, expand1), expanded(second, expand2), expanded(third, expand3)]
+    return 2 * math.prod(max(dims[i] for dims in shapes) for i in range(len(shapes[0])))
 
 
 def assert_architecture_is_exact(model: nn.Module, x: torch.Tensor, graph: ModelGraph, arch: Architecture) -> None:
@@ -143,7 +160,7 @@ def assert_architecture_is_exact(model: nn.Module, x: torch.Tensor, graph: Model
 
     reference = copy.deepcopy(model)
     zero_removed_channels(reference, graph, arch)
-    predicted = cost_of(graph.terms, {n: len(k) for n, k in arch.kept.items()})
+    predicted = cost_of(graph.terms, {g.name: g.size for g in graph.groups} | {n: len(k) for n, k in arch.kept.items()})
     apply_architecture(model, graph, arch)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)

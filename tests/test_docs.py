@@ -21,6 +21,7 @@ from _docs import (
     command_of,
     documents,
     environment,
+    excerpt_lines_missing,
     fresh_folder,
     help_examples,
     installs,
@@ -123,6 +124,24 @@ def test_only_blocks_marked_for_a_cluster_or_gpu_are_left_out(tmp_path):
     document.write_text("<!-- doc-test: gpu -->\n```bash\nnvidia-smi\n```\n```python\nprint(1)\n```\n")
     marked, plain = blocks(document)
     assert marked.marker == "gpu" and not marked.runs_here and plain.runs_here
+
+
+def test_every_excerpt_quotes_its_file_line_for_line():
+    excerpts = [b for doc in documents() for b in blocks(doc) if b.marker == "excerpt"]
+    assert len(excerpts) >= 2, "CONTRIBUTING.md's worked examples quote their families"
+    for block in excerpts:
+        assert not excerpt_lines_missing(block), (block.source, excerpt_lines_missing(block))
+
+
+def test_an_excerpt_that_drifted_from_its_file_is_caught(tmp_path):
+    document = tmp_path / "doc.md"
+    document.write_text(
+        "<!-- doc-test: excerpt -->\n```python\n# pat_ray/tracer/layers/bilinear.py\n"
+        "@layer_family(nn.Bilinear)\nclass Bilinear(LayerFamily):\n    counts_macs = True  # explained here\n"
+        "    # a comment line of the document's own\n    tensor_inputs = 3\n```\n"
+    )
+    (block,) = blocks(document)
+    assert not block.runs_here and excerpt_lines_missing(block) == ["    tensor_inputs = 3"]
 
 
 def test_a_block_naming_a_file_is_written_there_for_the_blocks_after_it(tmp_path):

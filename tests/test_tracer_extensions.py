@@ -1,6 +1,6 @@
-"""The two worked examples of CONTRIBUTING.md, each a family added in one file and one table
-entry: ``nn.RMSNorm`` (a layer family: trace, surgery, cost and timing) and
-``repeat_interleave`` (an op kind). Both were refused or kept whole before."""
+"""The three worked examples of CONTRIBUTING.md, each added as one file and its registration:
+``nn.RMSNorm`` (a layer family: trace, surgery, cost and timing), ``repeat_interleave`` (an op
+kind) and ``nn.Bilinear`` (a layer with two inputs). All were refused or kept whole before."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _helpers import assert_pruning_is_exact
+from _helpers import assert_architecture_is_exact, assert_pruning_is_exact, flops_counted_by_torch
 from pat_ray.core.cost.flops import graph_cost, measure_cost
 from pat_ray.core.cost.probe import measure_latency
 from pat_ray.core.selection import Budget, select_architecture
@@ -139,3 +139,72 @@ def test_repeat_interleave_that_scrambles_the_channels_is_refused(interleave):
 
     with pytest.raises(UnsupportedModelError, match="repeat_interleave"):
         trace_channel_groups(Net(), torch.randn(2, 3, 6, 6))
+
+
+class BilinearFusion(nn.Module):
+    """Two branches of one input fused by ``nn.Bilinear`` (a weight of shape (out, in1, in2)):
+    each branch's channels are one axis of that weight, so both prune, and so does its output."""
+
+    def __init__(self, second_from_input: bool = False) -> None:
+        super().__init__()
+        self.second_from_input = second_from_input
+        self.first = nn.Linear(6, 12)
+        self.second = nn.Linear(6, 10)
+        self.fuse = nn.Bilinear(12, 6 if second_from_input else 10, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.first(x))
+        b = x if self.second_from_input else torch.tanh(self.second(x))
+        return self.head(torch.relu(self.fuse(a, b)))
+
+
+def test_bilinear_prunes_both_inputs_and_its_output_exactly_at_the_traced_cost():
+    model, x = BilinearFusion().eval(), torch.randn(5, 6)
+    graph = trace_channel_groups(model, x)
+    members = {(m.module, m.role, m.axis, m.input) for g in graph.prunable for m in g.members}
+    assert {("fuse", "in", 1, 0), ("fuse", "in", 2, 1), ("fuse", "out", 0, 0)} <= members
+    assert graph_cost(graph) == measure_cost(model, x) and graph_cost(graph).flops == flops_counted_by_torch(model, x)
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(0.4))
+    assert all(len(arch.kept[g]) < arch.sizes[g] for g in ("first", "second", "fuse"))
+    assert_architecture_is_exact(model, x, graph, arch)  # zeroing, measured cost and torch's count agree
+    fuse = model.fuse
+    assert fuse.weight.shape == (fuse.out_features, fuse.in1_features, fuse.in2_features)
+    assert (fuse.in1_features, fuse.in2_features, fuse.out_features) == tuple(
+        len(arch.kept[g]) for g in ("first", "second", "fuse")
+    )
+
+
+def test_bilinear_called_twice_keeps_both_inputs_coupled():
+    class Twice(BilinearFusion):
+        def forward(self, x):
+            a, b = torch.relu(self.first(x)), torch.tanh(self.second(x))
+            return self.head(self.fuse(a, b) + self.fuse(a * 2, b.flip(0)))
+
+    model = Twice()
+    arch = assert_pruning_is_exact(model, torch.randn(4, 6), budget=0.5)
+    assert (model.fuse.in1_features, model.fuse.in2_features) == (len(arch.kept["first"]), len(arch.kept["second"]))
+
+
+def test_the_latency_probe_times_bilinear_with_both_of_its_inputs():
+    """A fixed second input (the model's own) is passed to the timed layer at its width; two
+    prunable inputs would need a table over three widths, so that is refused, naming the layer."""
+    table = measure_latency(BilinearFusion(second_from_input=True), torch.randn(2, 6), 4, points=2, repeats=1, rounds=1)
+    assert table.layers["fuse"].in_counts == (1, 12) and all(t > 0 for row in table.layers["fuse"].seconds for t in row)
+    with pytest.raises(UnsupportedModelError, match=r"cannot time layer 'fuse' \(Bilinear\): more than one"):
+        measure_latency(BilinearFusion(), torch.randn(2, 6), 4, points=2, repeats=1, rounds=1)
+
+
+def test_without_its_family_bilinear_is_kept_whole_and_only_torchs_count_sees_its_cost(monkeypatch):
+    """The check a new family's cost is tested against: pat_ray's traced and measured costs both
+    read the family table, so a layer missing from it agrees with itself there (its MACs are
+    not counted at all); torch's counter, which shares nothing with pat_ray, finds them."""
+    from pat_ray.tracer.layers.registry import LAYERS
+
+    monkeypatch.delitem(LAYERS._by_class, nn.Bilinear)
+    model, x = BilinearFusion(), torch.randn(2, 6)
+    assert family_of(model.fuse) is None
+    graph = trace_channel_groups(model, x)
+    assert all(m.module != "fuse" for g in graph.prunable for m in g.members)  # kept whole
+    assert graph_cost(graph) == measure_cost(model, x)
+    assert flops_counted_by_torch(model, x) - measure_cost(model, x).flops == 8 * 12 * 10

@@ -302,14 +302,72 @@ def test_a_second_rule_for_a_registered_op_or_kind_is_refused_naming_the_first()
 
 
 def test_the_layers_an_error_lists_as_supported_are_read_from_the_families():
+    from pat_ray.tracer.layers.registry import LAYERS
     from pat_ray.tracer.layers.stateless import Passthrough
-    from pat_ray.tracer.layers.table import FAMILIES, supported_layers
+    from pat_ray.tracer.layers.table import supported_layers
 
     listed = supported_layers()
-    for family in FAMILIES:
+    for family in LAYERS.families():
         if not isinstance(family, Passthrough):
             assert all(kind.__name__ in listed for kind in family.types), type(family).__name__
-    assert {"RMSNorm", "GroupNorm", "PReLU", "ConvTranspose2d"} <= set(listed.replace(",", " ").split())
+    assert {"RMSNorm", "GroupNorm", "PReLU", "ConvTranspose2d", "Bilinear"} <= set(listed.replace(",", " ").split())
+
+
+def test_a_layer_class_registered_twice_is_refused_naming_both_families():
+    from pat_ray.tracer.layers.family import LayerFamily
+    from pat_ray.tracer.layers.registry import LAYERS, layer_family
+    from pat_ray.tracer.layers.table import family_of
+
+    before = LAYERS.families()
+    with pytest.raises(
+        ValueError, match=r"layer family MyLinear: Linear \(Linear\), Bilinear \(Bilinear\) registered already"
+    ):
+
+        @layer_family(nn.Linear, nn.Bilinear)
+        class MyLinear(LayerFamily):
+            pass
+
+    assert LAYERS.families() == before and type(family_of(nn.Linear(2, 2))).__name__ == "Linear"
+    assert type(family_of(nn.Bilinear(2, 2, 2))).__name__ == "Bilinear"  # nothing of the refused one was kept
+
+
+def test_ops_returning_or_reading_several_tensors_register_like_any_other_op():
+    """``split`` (returns pieces), ``pieces[0]`` and ``cat(pieces)`` (read them) are looked up in
+    the same registry as single-result ops, in their own form: ``max(a, b)`` and ``max(x, dim)``
+    are two rules of one target; a second rule for a target in one form is refused."""
+    import operator
+
+    from pat_ray.tracer.ops.registry import OPS, op_rule
+    from pat_ray.tracer.ops.table import op_family
+
+    assert op_family("call_method", "split", form="pieces").kind == "split"
+    assert op_family("call_function", torch.max).kind == "minmax"
+    assert op_family("call_function", torch.max, form="pieces").kind == "indexed"
+    assert op_family("call_function", operator.getitem, form="tuple").kind == "pick"
+    assert op_family("call_function", torch.cat, form="tuple").kind == "cat_pieces"
+    assert op_family("call_method", "split") is None  # no single-result rule for it
+    kinds = OPS.kinds()
+    with pytest.raises(ValueError, match=r"op kind 'my_chunk': \.chunk\(\) \(kind 'split'\) registered already"):
+        op_rule("my_chunk", methods={"chunk"}, form="pieces")(lambda builder, call: None)
+    with pytest.raises(ValueError, match="form must be one of"):
+        op_rule("my_form", methods={"my_form"}, form="list")(lambda builder, call: None)  # type: ignore[arg-type]
+    assert OPS.kinds() == kinds
+
+
+def test_an_op_returning_several_tensors_that_no_rule_knows_is_refused_listing_the_known_ones():
+    class Frexp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            mantissa, exponent = torch.frexp(self.conv(x))
+            return mantissa
+
+    with pytest.raises(
+        UnsupportedModelError, match=r"returns several tensors .* supported: .*\.chunk\(\).*\.split\(\)"
+    ):
+        trace_channel_groups(Frexp(), torch.randn(1, 3, 4, 4))
 
 
 class ReshapedAs(nn.Module):

@@ -42,12 +42,22 @@ def apply_architecture(
         family = family_of(module)
         if family is None:
             raise TypeError(f"native surgery cannot shrink {name!r} ({type(module).__name__})")
-        empty = torch.empty(0, dtype=torch.long)
-        cut = Cut(removed.get((name, "out"), empty), removed.get((name, "in"), empty), frozenset(roles[name]))
-        family.shrink(module, cut, state)
+        family.shrink(module, _cut_of(name, removed, roles[name]), state)
     state.rewire()
     sync_counts(model)
     set_size_attributes(model, graph, architecture)
+
+
+def _cut_of(name: str, removed: dict[tuple[str, str], torch.Tensor], roles: set[Role]) -> Cut:
+    empty = torch.empty(0, dtype=torch.long)
+    inputs = [int(side[2:]) for module, side in removed if module == name and side.startswith("in") and side[2:]]
+    later = tuple(removed.get((name, input_side(k)), empty) for k in range(1, max(inputs, default=0) + 1))
+    return Cut(removed.get((name, "out"), empty), removed.get((name, "in"), empty), frozenset(roles), later)
+
+
+def input_side(input: int) -> str:
+    """The to-do list's key for a layer's input number ``input``: ``in``, then ``in1``, ``in2``..."""
+    return "in" if input == 0 else f"in{input}"
 
 
 def set_size_attributes(model: nn.Module, graph: ModelGraph, architecture: Architecture) -> None:
@@ -66,7 +76,8 @@ def channels_to_drop(
     graph: ModelGraph, architecture: Architecture
 ) -> tuple[dict[tuple[str, str], torch.Tensor], dict[str, set[Role]]]:
     """Per ``(module name, "out" | "in" | "param")`` the sorted channel indices ``architecture`` removes,
-    and the roles each touched module plays (a surgery backend's whole to-do list)."""
+    and the roles each touched module plays (a surgery backend's whole to-do list). A layer's
+    second input and later ones (``nn.Bilinear``) are ``"in1"``, ``"in2"``..."""
     removed: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
     roles: dict[str, set[Role]] = defaultdict(set)
     for group in graph.groups:
@@ -81,7 +92,7 @@ def channels_to_drop(
         if drop.numel() == 0:
             continue
         for member in group.members:
-            axis = member.role if member.role in ("in", "param") else "out"
+            axis = input_side(member.input) if member.role == "in" else "param" if member.role == "param" else "out"
             removed[(member.module, axis)].append(member.positions(drop))
             roles[member.module].add(member.role)
     return {key: _cat(parts) for key, parts in removed.items()}, dict(roles)

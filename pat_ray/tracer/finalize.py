@@ -57,13 +57,13 @@ def _slot_members(builder: GroupBuilder, slot: Slot) -> list[tuple[int, Member]]
     for root in builder.leaves(slot.layout).groups:
         heads = builder.heads.get(root)
         if heads is None:
-            found.append((root, Member(slot.module, slot.role, offset, repeat, slot.axis)))
+            found.append((root, Member(slot.module, slot.role, offset, repeat, slot.axis, slot.input)))
         else:  # each piece of the group holds every head once
             piece = builder.sizes[heads.group] * heads.head_dim * repeat
             found.extend(
                 (
                     builder.find(heads.group),
-                    Member(slot.module, slot.role, offset + p * piece, repeat * heads.head_dim, slot.axis),
+                    Member(slot.module, slot.role, offset + p * piece, repeat * heads.head_dim, slot.axis, slot.input),
                 )
                 for p in range(heads.pieces)
             )
@@ -74,6 +74,7 @@ def _slot_members(builder: GroupBuilder, slot: Slot) -> list[tuple[int, Member]]
 def _compute_term(builder: GroupBuilder, names: dict[int, str], term: Term) -> ComputeTerm:
     out_groups, out_unit = _named(builder, names, term.out, term.module)
     in_groups, in_unit = _named(builder, names, term.inp, term.module) if term.inp else ((), 1)
+    factor_groups, factor_unit = _named(builder, names, term.factor, term.module) if term.factor else ((), 1)
     return ComputeTerm(
         module=term.module,
         out_groups=out_groups,
@@ -86,6 +87,8 @@ def _compute_term(builder: GroupBuilder, names: dict[int, str], term: Term) -> C
         is_layer=term.is_layer,
         out_repeat=out_unit,
         product=term.product,
+        factor_groups=factor_groups,
+        factor_repeat=(term.factor.repeat if term.factor else 1) * factor_unit,
     )
 
 

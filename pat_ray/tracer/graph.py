@@ -48,6 +48,8 @@ class Member:
     0 for outputs and 1 for inputs of a conv or linear, the other way round for a transposed
     conv; biases and norms hold them on dim 0.
     Channel ``i`` of the group occupies positions ``offset + i*repeat ... + repeat-1``.
+    ``input``: for role ``in``, which of the layer's inputs the channels are of (0: the first;
+    ``nn.Bilinear`` reads two).
     """
 
     module: str
@@ -55,6 +57,7 @@ class Member:
     offset: int = 0
     repeat: int = 1
     axis: int = 0
+    input: int = 0
 
     def positions(self, channels: torch.Tensor) -> torch.Tensor:
         """Positions in the module's dimension occupied by the given group channels."""
@@ -124,7 +127,9 @@ class ComputeTerm:
     params = params_per_pair * n_out * n_in / in_divisor + params_per_out * n_out
     with n_out = out_repeat * (channels kept in out_groups), n_in = in_repeat * (in in_groups):
     a repeat > 1 counts several of the layer's channels per group channel (a head's, a
-    flattened channel's positions).
+    flattened channel's positions). A layer with a second input whose width multiplies its
+    cost (``nn.Bilinear``: out x in1 x in2 weights) names it as ``factor_groups``: n_in is then
+    the product of both inputs' widths.
     ``is_layer`` is False for a per-channel parameter (``module`` is then its dotted name): it
     is counted, but a latency table has no layer of it to time.
     """
@@ -140,6 +145,8 @@ class ComputeTerm:
     is_layer: bool = True
     out_repeat: int = 1
     product: ProductShape | None = None  # a product between activations, timed as one
+    factor_groups: tuple[str, ...] = ()
+    factor_repeat: int = 1
 
     @property
     def timed(self) -> bool:
@@ -151,6 +158,8 @@ class ComputeTerm:
         side with no groups has a fixed size, counted as 1."""
         n_out = sum(counts[g] for g in self.out_groups) * self.out_repeat if self.out_groups else 1
         n_in = sum(counts[g] for g in self.in_groups) * self.in_repeat if self.in_groups else 1
+        if self.factor_groups:
+            n_in *= sum(counts[g] for g in self.factor_groups) * self.factor_repeat
         return n_out, n_in
 
 

@@ -45,6 +45,7 @@ class Slot:
     role: Role
     layout: Layout
     axis: int
+    input: int = 0  # which of the layer's inputs (role ``in``)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,7 @@ class Term:
     params_per_out: int = 0
     is_layer: bool = True  # False: a tensor, not a layer (no latency of its own)
     product: ProductShape | None = None  # a product between activations: how to time it
+    factor: Layout | None = None  # a second input multiplying the cost (``ComputeTerm.factor_groups``)
 
     def run_again(self) -> Term:
         """The same layer applied once more: its MACs count again, its parameters do not."""
@@ -89,7 +91,9 @@ class AttributeSlot(NamedTuple):
 
 
 class Call(NamedTuple):
-    """The layouts of a weighted module's first call, which every later call must match."""
+    """The layouts of a weighted module's first call, which every later call must match
+    (``others``: of its inputs after the first)."""
 
     inp: Layout
     out: Layout | None
+    others: tuple[Layout | None, ...] = ()

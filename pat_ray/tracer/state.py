@@ -270,9 +270,10 @@ class GroupBuilder:
                 found.append(root)
         return Layout(tuple(found), layout.repeat, layout.axis)
 
-    def add_member(self, module: str, role: Role, layout: Layout, axis: int) -> None:
-        """``module`` holds the channels of ``layout`` on ``axis`` of its weight, in ``role``."""
-        self.slots.append(Slot(module, role, layout, axis))
+    def add_member(self, module: str, role: Role, layout: Layout, axis: int, input: int = 0) -> None:
+        """``module`` holds the channels of ``layout`` on ``axis`` of its weight, in ``role``
+        (for ``in``: the channels of its input number ``input``)."""
+        self.slots.append(Slot(module, role, layout, axis, input))
 
     def add_norm(self, module: str, layout: Layout, params_per_channel: int) -> None:
         """A norm over ``layout``'s channels (BatchNorm, a per-channel LayerNorm, GroupNorm):

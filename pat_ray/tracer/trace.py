@@ -15,12 +15,10 @@ This module walks the graph; what each op and layer does to channels is in ``ops
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import nn
 
@@ -29,11 +27,10 @@ from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, Example, ModelGraph, check_attention, first_sample
 from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
-from pat_ray.tracer.layout import Layout, Pieces, Traced
+from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     RETURNED_ARGUMENT,
-    PieceShape,
     describe,
     is_parameter,
     piece_shapes,
@@ -41,10 +38,7 @@ from pat_ray.tracer.nodes import (
 )
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.heads import check_head_counts
-from pat_ray.tracer.ops.joins import CAT_FUNCTIONS, cat_layout, stack_layout
-from pat_ray.tracer.ops.reductions import INDEXED_FUNCTIONS, INDEXED_METHODS, indexed_pieces
-from pat_ray.tracer.ops.splits import MULTI_OUTPUT_FUNCTIONS, MULTI_OUTPUT_METHODS, pick, split_layout
-from pat_ray.tracer.ops.table import op_family
+from pat_ray.tracer.ops.table import OPS, op_family
 from pat_ray.tracer.state import GroupBuilder
 
 Layouts = dict[fx.Node, Traced]  # what the tracer knows of every node seen so far
@@ -173,12 +167,12 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
                 f"{where}: its input is a tensor whose channels pat_ray could not follow from the model's input"
             )
         return None  # no channel-carrying tensor flows in (shape arithmetic, constants)
-    pieces = piece_shapes(node)
-    if pieces is not None and inputs:
-        return _visit_multi_output(builder, node, inputs[0], pieces, where)
+    if piece_shapes(node) is not None:
+        return _visit_multi_output(builder, node, inputs, layouts, where)
     shape = shape_of(node)
+    result: Traced
     if node.op == "call_module":
-        result = trace_layer(builder, node, inputs[0])
+        result = trace_layer(builder, node, inputs[0], others=_later_arguments(node, inputs[0], layouts))
     elif shape is None:
         return None  # a non-tensor result (size, shape, a python number)
     elif family is None and RETURNED_ARGUMENT in node.meta:  # returned its argument as is on the example
@@ -201,6 +195,17 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
     return result
 
 
+def _later_arguments(node: fx.Node, first: Layout, layouts: Layouts) -> tuple[Layout | None, ...]:
+    """The layouts of a module call's tensor arguments after the one ``first`` is of (None
+    where the tracer follows no channels): a layer with two inputs (``nn.Bilinear``) sees both."""
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    traced = [layouts.get(a) for a in tensors]
+    at = next((i for i, t in enumerate(traced) if t is first), None)
+    if at is None:
+        return ()
+    return tuple(t if isinstance(t, Layout) else None for t in traced[at + 1 :])
+
+
 def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     """A layer applied to a tensor computed from the model's buffers and parameters alone (Swin
     V2's position-bias MLP on its coordinate table): that tensor's channels are fixed, like a
@@ -220,35 +225,25 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
 
 
 def _visit_multi_output(
-    builder: GroupBuilder, node: fx.Node, layout: Layout, nested: list[PieceShape], where: str
-) -> Pieces:
-    pieces = [p if isinstance(p, tuple) else None for p in nested]  # these ops return flat tuples
-    indexed: set[Any] = INDEXED_METHODS if node.op == "call_method" else INDEXED_FUNCTIONS
-    if node.op in ("call_method", "call_function") and node.target in indexed:
-        return indexed_pieces(builder, node, layout, pieces, where)
-    table: dict[Any, int] = MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS
-    dim_position = table.get(node.target) if node.op in ("call_method", "call_function") else None
-    in_shape = shape_of(node.args[0] if node.args else None)
-    if dim_position is None or in_shape is None:
+    builder: GroupBuilder, node: fx.Node, inputs: list[Layout], layouts: Layouts, where: str
+) -> Traced:
+    """An op that returns several tensors: its rule of form ``pieces`` gives each one's layout."""
+    family = op_family(node.op, node.target, form="pieces")
+    if family is None:
         raise UnsupportedModelError(
             f"{where}: returns several tensors and pat_ray does not know how their channels relate to "
-            f"its input's; supported: {', '.join(sorted(MULTI_OUTPUT_METHODS))}, and (values, indices) along a dim "
-            f"({', '.join(sorted(INDEXED_METHODS))})"
+            f"its input's; supported: {', '.join(OPS.names('pieces'))}"
         )
-    return split_layout(builder, node, layout, dim_position, in_shape, pieces, where)
+    return family.rule(builder, OpCall(node, inputs, (), layouts, where))
 
 
 def _use_pieces(builder: GroupBuilder, node: fx.Node, source: fx.Node, layouts: Layouts, where: str) -> Traced:
-    """A node that consumes a whole tuple of tensors: indexing it, or concatenating it."""
-    pieces = layouts[source]
-    assert isinstance(pieces, tuple), "only a multi-output node's layouts are pieces"
-    if node.op == "call_function" and node.target in (operator.getitem, getattr) and node.args[0] is source:
-        return pick(node, pieces, where)
-    if node.op == "call_function" and node.target in CAT_FUNCTIONS and node.args[0] is source:
-        return cat_layout(builder, node, layouts, where)
-    if node.op == "call_function" and node.target is torch.stack and node.args[0] is source:
-        return stack_layout(builder, node, layouts, where)
-    raise UnsupportedModelError(
-        f"{where}: takes the tuple of tensors {source.name!r} returns; "
-        "pat_ray follows such tuples only through indexing (or .values / .indices), cat and stack"
-    )
+    """A node that reads a whole tuple of tensors (indexing it, concatenating it): its rule of
+    form ``tuple``, given the tuple as its first argument."""
+    family = op_family(node.op, node.target, form="tuple")
+    if family is None or not node.args or node.args[0] is not source:
+        raise UnsupportedModelError(
+            f"{where}: takes the tuple of tensors {source.name!r} returns; pat_ray follows such tuples only "
+            f"through {', '.join(OPS.names('tuple'))} (indexing: also .values / .indices)"
+        )
+    return family.rule(builder, OpCall(node, [], (), layouts, where))

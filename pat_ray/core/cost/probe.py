@@ -105,11 +105,11 @@ def count_grid(full: int, step: int, points: int) -> tuple[int, ...]:
 
 
 def _plan(
-    graph: ModelGraph, term: ComputeTerm, model: nn.Module, shapes: dict[str, torch.Size], round_to: int, points: int
+    graph: ModelGraph, term: ComputeTerm, model: nn.Module, shapes: dict[str, Shapes], round_to: int, points: int
 ) -> _Plan:
     """A layer's plan, or a product's (attention's), which has no module of its own."""
     if term.product is not None:
-        return _Plan.of(graph, term, TimedProduct(term.product), (1, 1), round_to, points, _PRODUCTS)
+        return _Plan.of(graph, term, TimedProduct(term.product), ((1, 1),), round_to, points, _PRODUCTS)
     name = term.module
     while name not in shapes and "." in name:  # run inside its parent (a MultiheadAttention's out_proj)
         name = name.rpartition(".")[0]
@@ -131,6 +131,7 @@ class _Plan:
     in_full: int
     spatial: tuple[int, ...]
     input_grad: bool  # False for a layer reading the model's input: training computes no grad there
+    later_inputs: tuple[tuple[int, ...], ...]  # one sample's shape of each input after the first (fixed widths)
     channels_last: bool = False  # features on the input's last axis (a Linear per pixel, a LayerNorm)
     fold: int = 1  # inputs per sample (windows or patches folded into the batch dim)
 
@@ -140,7 +141,7 @@ class _Plan:
         graph: ModelGraph,
         term: ComputeTerm,
         module: nn.Module,
-        shape: Sequence[int],
+        shapes: Sequence[Sequence[int]],
         round_to: int,
         points: int,
         family: LayerFamily | None = None,
@@ -152,6 +153,12 @@ class _Plan:
                 "norms and Linears are timed; use measure: flops"
             )
         variable = {g.name for g in graph.prunable}
+        if variable & set(term.factor_groups):
+            raise UnsupportedModelError(
+                f"a latency budget cannot time layer {term.module!r} ({type(module).__name__}): more than one of its "
+                "inputs is prunable, and a latency table varies one input width; use measure: flops"
+            )
+        shape = shapes[0]
         size = {g.name: g.size for g in graph.groups}
         # a group channel fills ``repeat`` of the layer's (a head: head_dim), and round_to counts the layer's
         out_step = math.lcm(round_to // math.gcd(round_to, term.out_repeat), family.width_step(module))
@@ -168,7 +175,8 @@ class _Plan:
         last = family.reads_last_axis(module, tuple(shape))
         spatial = tuple(shape[1:-1]) if last else tuple(shape[2:])
         fold = int(shape[0]) if len(shape) > 1 else 1
-        return cls(term.module, module, family, in_counts, out_counts, in_full, spatial, input_grad, last, fold)
+        later = tuple(tuple(s[1:]) for s in shapes[1 : family.tensor_inputs])  # the rebuilt layer takes these
+        return cls(term.module, module, family, in_counts, out_counts, in_full, spatial, input_grad, later, last, fold)
 
     @property
     def in_widths(self) -> tuple[int, ...]:
@@ -186,13 +194,16 @@ class _Plan:
         return (*layer, self.spatial, self.channels_last, self.input_grad, self.fold)
 
 
-def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Size]:
-    """The input shape every module sees in ``model(example[:1])``."""
-    shapes: dict[str, torch.Size] = {}
+Shapes = tuple[torch.Size, ...]  # of each tensor a module is called with
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, Shapes]:
+    """The shapes of the tensors every module is called with in ``model(example[:1])``."""
+    shapes: dict[str, Shapes] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: object) -> None:  # output kept
-            shapes.setdefault(name, inputs[0].shape)
+            shapes.setdefault(name, tuple(t.shape for t in inputs if isinstance(t, torch.Tensor)))
 
         return hook
 
@@ -243,13 +254,14 @@ class _LayerTimer:
         if self.channels_last and x.dim() == 4:
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(plan.input_grad)
+        later = [torch.randn(self.batch_size * plan.fold, *shape, device=self.device) for shape in plan.later_inputs]
         grads: list[torch.Tensor] = []  # the output's gradient, made once by the warm-up step
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             x.grad = None
             with self._autocast():
-                out = layer(x)
+                out = layer(x, *later)
             if not grads:
                 grads.append(torch.ones_like(out))
             out.backward(grads[0])

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 
 NORM_TYPES = (
@@ -22,8 +23,8 @@ NORM_TYPES = (
 )
 
 
+@layer_family(*NORM_TYPES)
 class ChannelNorm(LayerFamily):
-    types = NORM_TYPES
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:

@@ -19,6 +19,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Reindex, Rewrite, chained, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout, Term
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -70,8 +71,8 @@ def conv_input(call: LayerCall) -> tuple[_ConvNd, Layout]:
     return module, layout
 
 
+@layer_family(*CONV_TYPES)
 class Conv(LayerFamily):
-    types = CONV_TYPES
     counts_macs = True
     timed = True
 

@@ -30,14 +30,27 @@ Rewrite = Callable[[nn.Module, str, Reindex], None]  # replace module.<name> by 
 @dataclass(frozen=True)
 class LayerCall:
     """One call of a layer, as its family's ``trace`` sees it: ``name`` is the module whose
-    weights run (``node`` may be a functional call inside that module's forward)."""
+    weights run (``node`` may be a functional call inside that module's forward). ``layout``:
+    of the first input's channels; ``others``: of each later tensor argument, None where the
+    tracer follows no channels (a constant)."""
 
     builder: GroupBuilder
     node: fx.Node
     name: str
     module: nn.Module
-    layout: Layout  # of the input's channels
+    layout: Layout
     where: str
+    others: tuple[Layout | None, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[Layout | None, ...]:
+        """Every input's layout, in argument order."""
+        return (self.layout, *self.others)
+
+    def shape_of_input(self, input: int) -> tuple[int, ...]:
+        """The recorded shape of tensor argument number ``input``."""
+        tensors = [a for a in self.node.args if isinstance(a, fx.Node)]
+        return known_shape(tensors[input] if input < len(tensors) else None, self.where)
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -54,12 +67,22 @@ class LayerCall:
 
 @dataclass(frozen=True)
 class Cut:
-    """What surgery removes from one module: sorted indices of its output and input channels,
+    """What surgery removes from one module: sorted indices of its output and input channels
+    (of its first input; ``later_inputs``: of its second, third... when it reads several),
     and the roles the module plays in the groups it belongs to."""
 
     drop_out: torch.Tensor
     drop_in: torch.Tensor
     roles: frozenset[Role]
+    later_inputs: tuple[torch.Tensor, ...] = ()
+
+    def drop_of_input(self, input: int) -> torch.Tensor:
+        """The channels removed from input number ``input`` (0: the first)."""
+        if input == 0:
+            return self.drop_in
+        if input <= len(self.later_inputs):
+            return self.later_inputs[input - 1]
+        return torch.empty(0, dtype=torch.long)
 
 
 class LayerFamily:
@@ -71,6 +94,7 @@ class LayerFamily:
     counts_macs: ClassVar[bool] = False  # whether ``macs`` is part of the model's FLOPs
     timed: ClassVar[bool] = False  # whether the latency probe can time it
     whole_unless_followed: ClassVar[bool] = False  # kept whole where ``follow`` returns None
+    tensor_inputs: ClassVar[int] = 1  # inputs ``trace`` follows; the tracer keeps any further one whole
 
     def parameter_name(self, name: str) -> str:
         """The attribute holding what criteria call ``weight`` or ``bias`` (the channels' rows)."""

@@ -10,11 +10,12 @@ from collections.abc import Hashable
 from torch import nn
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 
 
+@layer_family(nn.GroupNorm)
 class GroupNorm(LayerFamily):
-    types = (nn.GroupNorm,)
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:

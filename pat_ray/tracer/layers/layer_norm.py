@@ -20,6 +20,7 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, known_shape
 from pat_ray.tracer.ops.call import OpCall
@@ -29,8 +30,8 @@ from pat_ray.tracer.state import GroupBuilder
 LAYER_NORM_FUNCTIONS = {F.layer_norm}
 
 
+@layer_family(nn.LayerNorm)
 class LayerNorm(LayerFamily):
-    types = (nn.LayerNorm,)
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:

@@ -12,11 +12,12 @@ from torch import nn
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout, Term
 
 
+@layer_family(nn.Linear)
 class Linear(LayerFamily):
-    types = (nn.Linear,)
     counts_macs = True
     timed = True
 

@@ -26,13 +26,14 @@ from torch import Tensor, nn
 
 from pat_ray.tracer.layers.family import Cut, LayerFamily, Rewrite, chained, kept_indices, select
 from pat_ray.tracer.layers.packed_attention import PackedAttention, add_packed_attention
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Call, Layout, Traced
 from pat_ray.tracer.nodes import arg, shape_of
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 
+@layer_family(nn.MultiheadAttention)
 class MultiheadAttention(LayerFamily):
-    types = (nn.MultiheadAttention,)
     whole_unless_followed = True  # a call ``follow`` cannot read is kept whole, not refused
     timed = True  # its in-projection, as the Linear it is (out_proj and the products: their own terms)
 

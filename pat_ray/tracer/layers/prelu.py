@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 
 
+@layer_family(nn.PReLU)
 class PReLU(LayerFamily):
-    types = (nn.PReLU,)
-
     def trace(self, call: LayerCall) -> Layout:
         assert isinstance(call.module, nn.PReLU)
         weight = f"{call.name}.weight"

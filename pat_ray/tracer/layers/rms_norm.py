@@ -13,11 +13,12 @@ from torch import nn
 
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, kept_indices, select
 from pat_ray.tracer.layers.layer_norm import layer_norm_layout
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 
 
+@layer_family(nn.RMSNorm)
 class RMSNorm(LayerFamily):
-    types = (nn.RMSNorm,)
     timed = True
 
     def trace(self, call: LayerCall) -> Layout:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
 
@@ -76,37 +77,33 @@ PASSTHROUGH_MODULES = (
 )
 
 
+@layer_family(*PASSTHROUGH_MODULES)
 class Passthrough(LayerFamily):
     """Channel i at position i, no per-channel parameters."""
-
-    types = PASSTHROUGH_MODULES
 
     def trace(self, call: LayerCall) -> Layout:
         return call.layout
 
 
+@layer_family(nn.Flatten, nn.Unflatten)
 class Flatten(LayerFamily):
     """``nn.Flatten`` / ``nn.Unflatten``: followed like the ``flatten`` / ``view`` they run."""
-
-    types = (nn.Flatten, nn.Unflatten)
 
     def trace(self, call: LayerCall) -> Layout:
         return reshape_layout(call.builder, call.node, call.layout, call.where)
 
 
+@layer_family(nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.GLU)
 class Reordering(LayerFamily):
     """Channels move to other positions (or axes): the input is kept whole."""
-
-    types = (nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.GLU)
 
     def trace(self, call: LayerCall) -> Layout:
         return reordered_layout(call.builder, call.node, call.layout, call.where)
 
 
+@layer_family(nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Softmin, nn.LocalResponseNorm)
 class ChannelMixing(LayerFamily):
     """Every output reads all channels, without parameters: the input is kept whole."""
-
-    types = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Softmin, nn.LocalResponseNorm)
 
     def trace(self, call: LayerCall) -> Layout:
         call.builder.pin(call.layout)

@@ -23,13 +23,14 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 
 from pat_ray.tracer.layers.family import LayerFamily
 from pat_ray.tracer.layers.packed_attention import PackedAttention, add_packed_attention
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import AttributeSlot, Call, Layout, Term, Traced
 from pat_ray.tracer.nodes import arg, shape_of
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 
+@layer_family(ShiftedWindowAttention)  # V2 is a subclass
 class SwinAttention(LayerFamily):
-    types = (ShiftedWindowAttention,)  # V2 is a subclass
     whole_unless_followed = True
 
     def follow(self, builder: GroupBuilder, node: fx.Node, layouts: dict[fx.Node, Traced]) -> Traced | None:

@@ -1,8 +1,9 @@
-"""The table of layer families, and the tracer's step for one call of a module.
+"""Every layer family, registered, and the tracer's step for one call of a module.
 
-``family_of`` is how the tracer, surgery, the FLOPs count and the latency probe find the
-family of a module: layers a plugin declared (``declared.py``) first, then ``FAMILIES`` in
-order, the first match wins. A ``torch.nn`` layer in no family (LSTM, MultiheadAttention,
+Importing this module imports each family module, whose ``@layer_family`` decorators fill
+``registry.LAYERS``. ``family_of`` is how the tracer, surgery, the FLOPs count and the latency
+probe find the family of a module: a layer a plugin declared (``declared.py``, exact class)
+first, then the registry (most specific class first). A ``torch.nn`` layer in no family (LSTM,
 Embedding...) is ``kept_whole``: its inputs and outputs never change, so everything around it
 can still be pruned. Any other module without a family is traced into (its forward's ops).
 """
@@ -14,39 +15,26 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pat_ray.errors import UnsupportedModelError
-from pat_ray.tracer.layers.batch_norm import ChannelNorm
-from pat_ray.tracer.layers.conv import Conv
+from pat_ray.tracer.layers import (  # noqa: F401  (register their families)
+    batch_norm,
+    bilinear,
+    conv,
+    group_norm,
+    layer_norm,
+    linear,
+    multihead,
+    prelu,
+    rms_norm,
+    stateless,
+    swin,
+    transposed,
+)
 from pat_ray.tracer.layers.declared import Declared, rule_for
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
-from pat_ray.tracer.layers.group_norm import GroupNorm
-from pat_ray.tracer.layers.layer_norm import LayerNorm
-from pat_ray.tracer.layers.linear import Linear
-from pat_ray.tracer.layers.multihead import MultiheadAttention
-from pat_ray.tracer.layers.prelu import PReLU
-from pat_ray.tracer.layers.rms_norm import RMSNorm
-from pat_ray.tracer.layers.stateless import ChannelMixing, Flatten, Passthrough, Reordering
-from pat_ray.tracer.layers.swin import SwinAttention
-from pat_ray.tracer.layers.transposed import TransposedConv
+from pat_ray.tracer.layers.registry import LAYERS
 from pat_ray.tracer.layout import Call, Layout, Traced
 from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
 from pat_ray.tracer.state import GroupBuilder
-
-FAMILIES: tuple[LayerFamily, ...] = (
-    MultiheadAttention(),
-    SwinAttention(),
-    Conv(),
-    TransposedConv(),
-    Linear(),
-    ChannelNorm(),
-    LayerNorm(),
-    RMSNorm(),
-    GroupNorm(),
-    PReLU(),
-    Passthrough(),
-    Flatten(),
-    Reordering(),
-    ChannelMixing(),
-)
 
 
 def family_of(module: nn.Module) -> LayerFamily | None:
@@ -54,14 +42,16 @@ def family_of(module: nn.Module) -> LayerFamily | None:
     rule = rule_for(module)
     if rule is not None:
         return Declared(rule)
-    return next((family for family in FAMILIES if family.matches(module)), None)
+    return LAYERS.family_of(module)
 
 
 def supported_layers() -> str:
-    """The layers an error for an unknown module lists, read from ``FAMILIES`` (so a new family
-    is never missing from it); the element-wise ones, dozens of them, as a count."""
-    named = [kind.__name__ for family in FAMILIES if not isinstance(family, Passthrough) for kind in family.types]
-    element_wise = sum(len(family.types) for family in FAMILIES if isinstance(family, Passthrough))
+    """The layers an error for an unknown module lists, read from the registry (so a new
+    family is never missing from it); the element-wise ones, dozens of them, as a count."""
+    families = LAYERS.families()
+    passthrough = [f for f in families if isinstance(f, stateless.Passthrough)]
+    named = [kind.__name__ for family in families if family not in passthrough for kind in family.types]
+    element_wise = sum(len(family.types) for family in passthrough)
     return (
         f"{', '.join(named)}, {element_wise} element-wise layers (activations, pooling, dropout, ...), "
         "and modules a plugin declares with pat_ray_register_layers"
@@ -77,11 +67,18 @@ def kept_whole(module: nn.Module) -> bool:
     return str(getattr(type(module).forward, "__module__", "")).startswith("torch.nn.")
 
 
-def trace_layer(builder: GroupBuilder, node: fx.Node, layout: Layout, name: str | None = None) -> Layout | None:
+def trace_layer(
+    builder: GroupBuilder,
+    node: fx.Node,
+    layout: Layout,
+    name: str | None = None,
+    others: tuple[Layout | None, ...] = (),
+) -> Layout | None:
     """One call of a module (``name``: the module whose weights ``node`` applies, when the node
-    is a functional call inside its forward). A module with weights called again (weights
-    shared between two places) must keep the same channels in both: its inputs and outputs are
-    coupled with the first call's, and only its MACs count again (its parameters exist once)."""
+    is a functional call inside its forward; ``others``: the layouts of its later inputs). A
+    module with weights called again (weights shared between two places) must keep the same
+    channels in both: its inputs and outputs are coupled with the first call's, and only its
+    MACs count again (its parameters exist once)."""
     name = name or str(node.target)
     module = builder.model.get_submodule(name)
     where = f"module {name!r} ({type(module).__name__})"
@@ -91,19 +88,23 @@ def trace_layer(builder: GroupBuilder, node: fx.Node, layout: Layout, name: str 
             f"{where}: pat_ray does not know how this module treats channels; supported: {supported_layers()}"
         )
     terms_before = builder.term_count
-    result = family.trace(LayerCall(builder, node, name, module, layout, where))
+    for unread in others[family.tensor_inputs - 1 :]:  # a second tensor the family does not follow
+        if unread is not None:
+            builder.pin(unread)
+    others = others[: family.tensor_inputs - 1]
+    result = family.trace(LayerCall(builder, node, name, module, layout, where, others))
     if _weights_made_at_call_time(module):  # surgery would cut the weight, not what it is made of
-        for kept in (layout, result):
+        for kept in (layout, *others, result):
             if kept is not None:
                 builder.pin(kept)
     first = builder.call_of(name)
     if first is None or not any(True for _ in module.parameters()):
-        builder.record_call(name, Call(layout, result))
+        builder.record_call(name, Call(layout, result, others))
         return result
     where = f"{where}, called again"
-    builder.unify(first.inp, layout, where)
-    if first.out is not None and result is not None:
-        builder.unify(first.out, result, where)
+    for before, now in zip((first.inp, first.out, *first.others), (layout, result, *others), strict=False):
+        if before is not None and now is not None:
+            builder.unify(before, now, where)
     builder.count_again(since=terms_before)
     return result
 

@@ -14,13 +14,14 @@ from torch.nn.modules.conv import _ConvNd
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.conv import conv_hyper, conv_input, conv_like
 from pat_ray.tracer.layers.family import Cut, LayerCall, LayerFamily, Rewrite, chained, kept_indices, select
+from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout, Term
 
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
+@layer_family(*TRANSPOSED_CONV_TYPES)
 class TransposedConv(LayerFamily):
-    types = TRANSPOSED_CONV_TYPES
     counts_macs = True
     timed = True
 

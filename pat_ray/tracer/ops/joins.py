@@ -134,11 +134,13 @@ def pad_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str)
 
 
 @op_rule("cat", functions=CAT_FUNCTIONS)
+@op_rule("cat_pieces", functions=CAT_FUNCTIONS, form="tuple")  # cat(x.split(...))
 def cat_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return cat_layout(builder, call.node, call.layouts, call.where)
 
 
 @op_rule("stack", functions=STACK_FUNCTIONS)
+@op_rule("stack_pieces", functions=STACK_FUNCTIONS, form="tuple")
 def stack_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return stack_layout(builder, call.node, call.layouts, call.where)
 

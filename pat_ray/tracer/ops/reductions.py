@@ -89,10 +89,10 @@ def _reduce_layout(builder: GroupBuilder, call: OpCall, dim_position: int) -> La
     return _reduced(builder, node, layout, dims, call.shape, ndim, where)
 
 
-def indexed_pieces(
-    builder: GroupBuilder, node: fx.Node, layout: Layout, pieces: list[tuple[int, ...] | None], where: str
-) -> Pieces:
+@op_rule("indexed", functions=INDEXED_FUNCTIONS, methods=INDEXED_METHODS, form="pieces")
+def indexed_rule(builder: GroupBuilder, call: OpCall) -> Pieces:
     """The layouts of the ``(values, indices)`` an ``_INDEXED`` op returns (both alike)."""
+    node, layout, pieces, where = call.node, call.inputs[0], call.pieces, call.where
     kind, position, default = _INDEXED[target_name(node)]
     dim: Any = arg(node, position, "dim", default)
     values = pieces[0]

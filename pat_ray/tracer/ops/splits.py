@@ -13,18 +13,30 @@ Splitting any other axis leaves the channels alone.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout, Pieces
-from pat_ray.tracer.nodes import arg, target_name
+from pat_ray.tracer.nodes import arg, known_shape, target_name
+from pat_ray.tracer.ops.call import OpCall
+from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
 
 # Ops that return a tuple of tensors; the tracer follows each piece.
 # Value: the position of their ``dim`` argument (after the tensor) when given positionally.
 MULTI_OUTPUT_FUNCTIONS = {torch.split: 2, torch.chunk: 2, torch.tensor_split: 2, torch.unbind: 1}
 MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
+
+
+@op_rule("split", functions=MULTI_OUTPUT_FUNCTIONS, methods=MULTI_OUTPUT_METHODS, form="pieces")
+def split_rule(builder: GroupBuilder, call: OpCall) -> Pieces:
+    node = call.node
+    dim_position = (MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS)[node.target]  # type: ignore[index]
+    in_shape = known_shape(node.args[0], call.where)
+    return split_layout(builder, node, call.inputs[0], dim_position, in_shape, call.pieces, call.where)
 
 
 def split_layout(
@@ -81,6 +93,13 @@ def _aligned_pieces(builder: GroupBuilder, layout: Layout, widths: list[int]) ->
 
 
 _NAMED_PIECES = {"values": 0, "indices": 1}  # torch.return_types fields
+
+
+@op_rule("pick", functions={operator.getitem, getattr}, form="tuple")
+def pick_rule(builder: GroupBuilder, call: OpCall) -> Layout | Pieces | None:
+    pieces = call.layouts[call.node.args[0]]  # type: ignore[index]
+    assert isinstance(pieces, tuple), "a rule of form tuple reads a multi-output node's pieces"
+    return pick(call.node, pieces, call.where)
 
 
 def pick(node: fx.Node, pieces: Pieces, where: str) -> Layout | Pieces | None:

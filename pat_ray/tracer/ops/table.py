@@ -10,10 +10,13 @@ a rule in a module of ``ops/`` (or of ``layers/`` for a layer's functional form)
 from __future__ import annotations
 
 from pat_ray.tracer.layers import functional, functional_norms, layer_norm  # noqa: F401  (register their rules)
-from pat_ray.tracer.ops import elementwise, interleave, joins, products, reductions, shape  # noqa: F401
-from pat_ray.tracer.ops.registry import OPS, OpFamily
+from pat_ray.tracer.ops import elementwise, interleave, joins, products, reductions, shape, splits  # noqa: F401
+from pat_ray.tracer.ops.registry import OPS, OpFamily, OpForm
+
+__all__ = ["OPS", "op_family"]
 
 
-def op_family(op: str, target: object) -> OpFamily | None:
-    """The family of a ``call_function`` / ``call_method`` node's target (None: no rule knows it)."""
-    return OPS.family(op, target)
+def op_family(op: str, target: object, form: OpForm = "tensor") -> OpFamily | None:
+    """The family of a ``call_function`` / ``call_method`` node's target in ``form`` (None: no
+    rule knows it)."""
+    return OPS.family(op, target, form)
