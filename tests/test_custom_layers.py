@@ -148,6 +148,23 @@ def test_a_module_declared_twice_names_both_plugins(plugins):
         plugins(Again(), name="again")
 
 
+def test_a_module_with_a_built_in_family_cannot_be_declared_again(plugins):
+    """One class, one rule: a plugin declaring ``nn.Linear`` would silently change how every
+    model's Linears prune; it is refused naming the layer and the plugin, and nothing changes."""
+
+    class Overrides:
+        @pat_ray.hookimpl
+        def pat_ray_register_layers(self, register):
+            register("my_linear", pat_ray.LayerRule(nn.Linear, maps="produces", params={"weight": {"out": 0, "in": 1}}))
+
+    with pytest.raises(
+        PluginError, match=r"layer 'my_linear' from plugin 'overrides' declares Linear, which has a built-in"
+    ):
+        plugins(Overrides(), name="overrides")
+    graph = trace_channel_groups(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), torch.randn(2, 4))
+    assert {m.module for g in graph.prunable for m in g.members} == {"0", "2"}
+
+
 def test_a_follows_rule_with_input_channels_is_rejected_when_made():
     with pytest.raises(ValueError, match="'follows' layer has 'out' channels only"):
         pat_ray.LayerRule(ChannelGain, maps="follows", params={"gain": {"in": 0}})

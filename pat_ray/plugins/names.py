@@ -62,8 +62,10 @@ class Registry:
             table[entry.name] = entry
 
     def layer_rules(self) -> dict[type, LayerRule]:
-        """The declared custom modules, by module type; a type declared twice names both plugins."""
+        """The declared custom modules, by module type; a type declared twice names both plugins,
+        and a type with a built-in family (``nn.Linear``) is refused: one class, one rule."""
         from pat_ray.tracer.layers.declared import LayerRule  # the tracer (and torch) only once rules are read
+        from pat_ray.tracer.layers.table import LAYERS
 
         rules: dict[type, Entry] = {}
         for entry in self._entries["layer"].values():
@@ -72,6 +74,11 @@ class Registry:
                 raise PluginError(
                     f"layer {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}): "
                     f"register a pat_ray.LayerRule, not {type(rule).__name__}"
+                )
+            if LAYERS.has_class(rule.module_type):
+                raise PluginError(
+                    f"layer {entry.name!r} from plugin {entry.plugin!r} declares {rule.module_type.__name__}, which "
+                    "has a built-in layer family; declare a subclass of your own instead"
                 )
             first = rules.get(rule.module_type)
             if first is not None:
