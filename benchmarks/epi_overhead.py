@@ -29,8 +29,8 @@ from pat_ray.core.cost.timing import seconds_of
 from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_registry
 from pat_ray.training.collective import LocalCollective
-from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner
+from pat_ray.training.snapshots import SnapshotTracker
 
 CPU = torch.device("cpu")
 SETTINGS = {  # model -> (input size, classes, images per epoch of its usual dataset)

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from pat_ray.sweep.plan import read_summary as read_oracle
     from pat_ray.tracer.layers.declared import LayerRule
     from pat_ray.training.checkpoint import load_checkpoint, save_checkpoint
-    from pat_ray.training.oneshot import prune
     from pat_ray.training.pat import PaT
+    from pat_ray.training.prune import prune
     from pat_ray.training.records import EpochRecord, RunResult
 
 _LAZY = {  # public name -> (module, name there)
@@ -64,7 +64,7 @@ _LAZY = {  # public name -> (module, name there)
     "OracleSummary": ("pat_ray.sweep.plan", "OracleSummary"),
     "RunResult": ("pat_ray.training.records", "RunResult"),
     "EpochRecord": ("pat_ray.training.records", "EpochRecord"),
-    "prune": ("pat_ray.training.oneshot", "prune"),
+    "prune": ("pat_ray.training.prune", "prune"),
     "PaT": ("pat_ray.training.pat", "PaT"),
     "trust": ("pat_ray.plugins.user_code", "trust"),
     "DataBundle": ("pat_ray.core.data", "DataBundle"),

@@ -17,10 +17,10 @@ from pat_ray.run_folder import RunFolder
 from pat_ray.run_folder.files import LAST
 from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget, TrackingReporter, abandon_run, close_run, open_run
-from pat_ray.training.collective import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.engine import train
 from pat_ray.training.preflight import check_runnable
 from pat_ray.training.records import RunResult
+from pat_ray.training.reporters import PrintReporter, Reporter, SilentReporter
 from pat_ray.training.setup import Given
 
 

@@ -153,7 +153,7 @@ def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
         train(cfg, reporter=CrashAfter(3))
     checkpoint = tmp_path / "digits" / "last.pt"
     assert read_checkpoint(checkpoint).extra["epoch"] == 3
-    from pat_ray.training.collective import SilentReporter
+    from pat_ray.training.reporters import SilentReporter
 
     resumed = train(cfg, reporter=SilentReporter(), resume=checkpoint)
     assert [h.epoch for h in resumed.history] == [1, 2, 3, 4, 5]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from pat_ray.training.collective import PrintReporter, SilentReporter
 from pat_ray.training.epoch_progress import LINE_EVERY, NoProgress, ProgressLines, progress_of
+from pat_ray.training.reporters import PrintReporter, SilentReporter
 
 
 class Clock:

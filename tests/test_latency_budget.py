@@ -14,7 +14,7 @@ from pat_ray.config import FixedStart, config_from_dict
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.errors import BudgetError, ConfigError
 from pat_ray.training.checkpoint import read_checkpoint
-from pat_ray.training.collective import PrintReporter
+from pat_ray.training.reporters import PrintReporter
 
 
 # 0.85: ResNet-20 on 8x8 digits spends much of a step in per-layer overhead that no width

@@ -14,8 +14,8 @@ from _helpers import configured
 from pat_ray.config import EPIStart, FixedStart, NeverStart
 from pat_ray.config.start import Cadence, paper_scaled, parse_cadence
 from pat_ray.training.checkpoint import read_checkpoint
-from pat_ray.training.collective import SilentReporter
 from pat_ray.training.engine import train
+from pat_ray.training.reporters import SilentReporter
 
 ITERS = 23  # digits: 1,437 training images in batches of 64
 

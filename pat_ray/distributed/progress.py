@@ -19,8 +19,8 @@ from pat_ray.config import Config, config_to_yaml
 from pat_ray.storage import Location
 from pat_ray.tracking.live import EpochLogger, LiveTarget
 from pat_ray.training.checkpoint import Checkpoint, read_checkpoint
-from pat_ray.training.collective import PrintReporter
 from pat_ray.training.records import EpochRecord, RunResult
+from pat_ray.training.reporters import PrintReporter
 from pat_ray.training.run_state import CONFIG, HISTORY, LAST, PREVIOUS, RunState
 
 RANKS = "ranks.jsonl"  # one line per report: what each rank saw, and where it ran

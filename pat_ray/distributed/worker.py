@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pat_ray.run_folder.files import LAST
-from pat_ray.training.collective import Reporter
 from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressLines
+from pat_ray.training.reporters import Reporter
 
 if TYPE_CHECKING:
     from pat_ray.plugins.registry import ShippedPlugin

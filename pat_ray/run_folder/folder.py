@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pat_ray.config import Config
     from pat_ray.run_folder.mirror import StoreMirror
     from pat_ray.training.checkpoint import Checkpoint
-    from pat_ray.training.collective import Reporter
+    from pat_ray.training.reporters import Reporter
 
 
 @dataclass(frozen=True)

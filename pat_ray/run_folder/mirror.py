@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from pat_ray.config import Config, config_to_yaml
 from pat_ray.run_folder.files import CONFIG, HISTORY, LAST, PREVIOUS
 from pat_ray.storage import Location
-from pat_ray.training.collective import WrappingReporter
+from pat_ray.training.reporters import WrappingReporter
 
 if TYPE_CHECKING:
-    from pat_ray.training.collective import Reporter
+    from pat_ray.training.reporters import Reporter
 
 
 class StoreMirror(WrappingReporter):

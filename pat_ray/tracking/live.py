@@ -32,11 +32,11 @@ from pat_ray.tracking.mlflow_log import (
     store_failed,
     tracking_uri,
 )
-from pat_ray.training.collective import WrappingReporter
+from pat_ray.training.reporters import WrappingReporter
 
 if TYPE_CHECKING:
-    from pat_ray.training.collective import Reporter
     from pat_ray.training.records import RunResult
+    from pat_ray.training.reporters import Reporter
 
 RUN_FILE = "mlflow_run.json"
 PROGRESS_METRIC = "val_acc"  # logged every epoch: its last step is the last epoch logged

@@ -21,9 +21,10 @@ from pat_ray.config import Config
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.errors import TrainingDivergedError
 from pat_ray.training.checkpoint import read_checkpoint
-from pat_ray.training.collective import Collective, LocalCollective, PrintReporter, Reporter
+from pat_ray.training.collective import Collective, LocalCollective
 from pat_ray.training.epoch_progress import progress_of
 from pat_ray.training.records import EpochRecord, Phase, RunResult, SnapshotPoint
+from pat_ray.training.reporters import PrintReporter, Reporter
 from pat_ray.training.run import BACKWARD_FACTOR, Progress, Run, build, restore
 from pat_ray.training.run_state import LAST, RunState, save_run_state
 from pat_ray.training.schedule import lr_multiplier

@@ -33,9 +33,9 @@ from pat_ray.core.selection import Budget
 from pat_ray.plugins.registry import get_registry
 from pat_ray.tracer.graph import Example
 from pat_ray.training.collective import Collective, LocalCollective
-from pat_ray.training.policies import SnapshotTracker
 from pat_ray.training.pruner import Pruner, PruneStep
 from pat_ray.training.records import StartedBy
+from pat_ray.training.snapshots import SnapshotTracker
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from pat_ray.core.architecture import Architecture
+from pat_ray.core.contracts import SurgeryBackend
 from pat_ray.core.cost.flops import Cost, graph_cost
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion, Scores
 from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.prune_step import pruned
 from pat_ray.core.selection import Budget, budget_measure, check_reachable, select_architecture
-from pat_ray.core.undo import undone_on_failure
-from pat_ray.core.verify import check_pruned
 from pat_ray.tracer.graph import Example, ModelGraph
 from pat_ray.tracer.trace import trace_channel_groups
 from pat_ray.training.collective import Collective
@@ -41,7 +41,7 @@ class Pruner:
         model: nn.Module,
         example: Example,
         criterion: Criterion,
-        surgery,
+        surgery: SurgeryBackend,
         budget: Budget,
         steps: int,
         interval: int,
@@ -54,7 +54,6 @@ class Pruner:
         self.budget, self.steps, self.interval, self.exclude = budget, steps, interval, exclude
         self.collective, self.latency, self.attention = collective, latency, attention
         self.graph = trace_channel_groups(model, example, exclude=exclude, attention=attention)
-        self.output_shapes = list(self.graph.output_shapes)
         self.dense_cost = graph_cost(self.graph)
         self.cost = self.dense_cost
         self.architecture = Architecture.full(
@@ -120,8 +119,7 @@ class Pruner:
         target = Budget(fraction, self.budget.measure, self.budget.round_to)
         selected = select_architecture(self.graph, scores, target, self.reference, self.latency)
         self.collective.check_agreement(selected.fingerprint())
-        with undone_on_failure(model, optimizer):
-            self.surgery.apply(model, self.graph, selected, optimizer)
+        with pruned(model, self.graph, selected, self.surgery, self.example, optimizer):
             self._adopt(model, self.architecture.compose(selected))
         self.steps_done += 1
         self.criterion.reset()
@@ -138,15 +136,14 @@ class Pruner:
     ) -> None:
         """Shrink the freshly built dense ``model`` to a saved architecture and schedule position
         (``optimizer``: rewired to the smaller parameters, ready for its saved state)."""
-        self.surgery.apply(model, self.graph, architecture, optimizer)
-        self._adopt(model, architecture)
+        with pruned(model, self.graph, architecture, self.surgery, self.example, optimizer):
+            self._adopt(model, architecture)
         self.steps_done, self.active = state["steps_done"], state["active"]
         self.iters_since_step = state["iters_since_step"]
 
     def _adopt(self, model: nn.Module, architecture: Architecture) -> None:
-        """After surgery: check the smaller model runs, record the base-relative architecture,
-        re-trace it (nothing is recorded unless all of it succeeds)."""
-        check_pruned(model, self.example, self.output_shapes)
+        """After surgery and its check: re-trace the smaller model and record the base-relative
+        architecture (nothing is recorded unless all of it succeeds)."""
         graph = trace_channel_groups(model, self.example, exclude=self.exclude, attention=self.attention)
         seconds = self._measure(graph, "latency") if self.latency else self.seconds
         self.architecture, self.graph, self.cost, self.seconds = architecture, graph, graph_cost(graph), seconds

@@ -23,11 +23,12 @@ from pat_ray.errors import CheckpointError, ConfigError
 from pat_ray.plugins.recipes import ModelRecipe
 from pat_ray.plugins.registry import get_plugin_manager, get_registry
 from pat_ray.training.checkpoint import Checkpoint
-from pat_ray.training.collective import Collective, Reporter
+from pat_ray.training.collective import Collective
 from pat_ray.training.latency_budget import run_latency_table
 from pat_ray.training.pat import PaT
 from pat_ray.training.pruner import PruneStep
 from pat_ray.training.records import EpochRecord
+from pat_ray.training.reporters import Reporter
 from pat_ray.training.run_state import RunState
 from pat_ray.training.setup import Given, RunSetup, build_run, make_optimizer
 from pat_ray.training.setup import autocast as run_autocast

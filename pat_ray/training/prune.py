@@ -12,9 +12,8 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion
 from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.prune_step import pruned
 from pat_ray.core.selection import Budget, select_architecture
-from pat_ray.core.undo import undone_on_failure
-from pat_ray.core.verify import check_pruned
 from pat_ray.plugins.registry import get_registry
 from pat_ray.tracer.graph import Example
 from pat_ray.tracer.trace import trace_channel_groups
@@ -62,9 +61,8 @@ def prune(
     elif criterion.needs_gradients:
         raise ValueError(f"criterion {type(criterion).__name__} needs gradients: pass calibration batches")
     architecture = select_architecture(graph, criterion.scores(model, graph), target, latency=latency)
-    with undone_on_failure(model, optimizer):  # a prune that fails changes nothing
-        surgery.apply(model, graph, architecture, optimizer)
-        check_pruned(model, example_input, list(graph.output_shapes))
+    with pruned(model, graph, architecture, surgery, example_input, optimizer):  # a prune that fails changes nothing
+        pass
     return architecture
 
 
