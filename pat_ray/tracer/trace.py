@@ -10,7 +10,14 @@ each channel into ``H*W`` features. Any op we do not understand stops the trace 
 error that names it: a silently wrong prune is worse than no prune.
 
 This module walks the graph; what each op and layer does to channels is in ``ops/`` and
-``layers/``, and the state they change in ``state.py``.
+``layers/``, and the state they change in ``state.py``. One node is looked up in this order:
+a module call by its class in the layer registry (a ``torch.nn`` layer in no family is kept
+whole, unless its family ``follow``s it); a node reading a tuple of tensors by its target in the
+op registry's ``tuple`` form, one returning several in its ``pieces`` form, any other in its
+``tensor`` form. Three fallbacks follow, each safe by construction: an op with no rule that
+returned its argument unchanged on the example passes its layout on; an op with no rule whose
+traced inputs are all pinned gets new fixed channels; a layer fed only from the model's
+buffers and parameters sees fixed channels.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A family answers four questions about its layers, and each part asks only its ow
 tracer (how a call maps channels: ``trace``), surgery (how to cut a layer's tensors:
 ``shrink``), the FLOPs count (how many MACs one call costs: ``macs``) and the latency probe
 (how to rebuild a layer at other widths and what identifies a timing). Supporting a new
-layer family is one subclass in one file and one entry in ``layers/table.py``; CONTRIBUTING.md
-walks through one.
+layer family is one subclass in one file, registered with ``@layer_family`` (``registry.py``),
+and its module's import in ``layers/table.py``; CONTRIBUTING.md walks through two.
 """
 
 from __future__ import annotations

@@ -26,15 +26,14 @@ from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
 
 # Ops that return a tuple of tensors; the tracer follows each piece.
-# Value: the position of their ``dim`` argument (after the tensor) when given positionally.
-MULTI_OUTPUT_FUNCTIONS = {torch.split: 2, torch.chunk: 2, torch.tensor_split: 2, torch.unbind: 1}
-MULTI_OUTPUT_METHODS = {"split": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
+SPLIT_FUNCTIONS = {torch.split, torch.chunk, torch.tensor_split, torch.unbind}
+SPLIT_METHODS = {"split", "chunk", "tensor_split", "unbind"}
 
 
-@op_rule("split", functions=MULTI_OUTPUT_FUNCTIONS, methods=MULTI_OUTPUT_METHODS, form="pieces")
+@op_rule("split", functions=SPLIT_FUNCTIONS, methods=SPLIT_METHODS, form="pieces")
 def split_rule(builder: GroupBuilder, call: OpCall) -> Pieces:
     node = call.node
-    dim_position = (MULTI_OUTPUT_METHODS if node.op == "call_method" else MULTI_OUTPUT_FUNCTIONS)[node.target]  # type: ignore[index]
+    dim_position = 1 if target_name(node) == "unbind" else 2  # of ``dim``, when given positionally
     in_shape = known_shape(node.args[0], call.where)
     return split_layout(builder, node, call.inputs[0], dim_position, in_shape, call.pieces, call.where)
 
