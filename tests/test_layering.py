@@ -16,13 +16,8 @@ LAYERS = {
     "core": ["core", "tracer", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins"],  # hookspecs, registry, built-ins
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
-    # the validated config (plugin names checked), its pieces, its YAML and its dotted keys
-    "config": ["config", "config_fields", "config_start", "config_yaml", "config_keys"],
-    "training": [
-        "training",
-        "export",
-        "run_folder",
-    ],  # engine, pruner, policies, records, checkpoints; export; run folders
+    "config": ["config"],  # the validated config (plugin names checked), its YAML and its dotted keys
+    "training": ["training", "export", "run_folder"],  # engine, pruner, records, checkpoints; export; run folders
     "shells": ["distributed", "sweep", "tracking", "lightning"],  # Ray Train / Tune, the oracle, MLflow, Lightning
     "top": ["api", "cli", "__init__", "sdk"],  # sdk: the plugin authors' surface, start policies included
 }
