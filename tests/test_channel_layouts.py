@@ -235,7 +235,7 @@ class ChannelsLastSlice(nn.Module):
         self.a, self.head = nn.Conv2d(3, 12, 3), nn.Linear(6, 4)
 
     def forward(self, x):
-        return self.head(self.a(x).permute(0, 2, 3, 1)[..., :6].mean((1, 2)))
+        return self.head(self.a(x).permute(0, 2, 3, 1)[..., ::2].mean((1, 2)))
 
 
 class LinearOverWidth(nn.Module):

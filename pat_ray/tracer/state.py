@@ -248,6 +248,17 @@ class GroupBuilder:
         heads = self.heads.get(root)
         return heads.pieces * heads.head_dim if heads else 1
 
+    def split_at(self, layout: Layout, position: int, where: str) -> None:
+        """Make a group boundary fall at channel ``position`` of ``layout`` (a slice ends there):
+        the group that straddles it, if any, is split in two."""
+        offset = 0
+        for group in self.leaves(layout).groups:
+            size = self.sizes[group]
+            if offset < position < offset + size:
+                self._split(group, position - offset, where)
+                return
+            offset += size
+
     def _split(self, root: int, at: int, where: str) -> None:
         if root in self.heads:
             raise HeadsConflict(f"{where}: splits channels that are cut into attention heads")

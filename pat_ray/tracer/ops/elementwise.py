@@ -213,7 +213,9 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
 
     Broadcasting aligns shapes from the right, so an operand's dim ``d`` lines up with the
     result's dim ``len(shape) - len(s) + d`` (a ``(C,)`` weight times an ``(N, C)`` activation
-    varies over channels; times an ``(N, C, H, W)`` one it does not)."""
+    varies over channels; times an ``(N, C, H, W)`` one it does not). A parameter that varies
+    over channels is sliced with them; any other constant that does (Swin's attention mask, a
+    scale viewed to a shape written in the code) keeps them whole."""
     node, shape, layouts, where = call.node, call.shape, call.layouts, call.where
     operands = [(a, known_shape(a, where)) for a in node.args if isinstance(a, fx.Node) and shape_of(a) is not None]
     traced = [(layouts.get(a), s) for a, s in operands]
@@ -240,11 +242,9 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
                 builder.pin(lay)  # broadcast across the result's channels: its own channels must stay
         elif lay is None and (source := parameter_dim(builder.model, operand, dim)) is not None:
             builder.slice_param(source[0], source[1], wide[0], where)
-        elif lay is None:
-            raise UnsupportedModelError(
-                f"{where}: a constant tensor of shape {s} varies over channels; pat_ray cannot slice it"
-            )
-        elif isinstance(lay, Layout) and builder.is_pinned(lay):  # a fixed-width axis meets the channels: they stay
+        elif lay is None or (isinstance(lay, Layout) and builder.is_pinned(lay)):
+            # a constant (a mask, a scale viewed to sizes written in the code) or a fixed-width
+            # axis meets the channels: they stay, so it stays right
             for w in wide:
                 builder.pin(w)
         else:

@@ -146,9 +146,10 @@ def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
     return Layout(layout.groups, layout.repeat, axis)
 
 
-def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
-    """Indexing that leaves the batch and channel axes whole (spatial crops, ``x[:, :, 0]``,
-    ``y[:, :, None, None]``): the channels move by the axes added or removed before them."""
+def getitem_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
+    """Indexing that leaves the batch axis whole (spatial crops, ``x[:, :, 0]``,
+    ``y[:, :, None, None]``): the channels move by the axes added or removed before them; a
+    slice of the channels by numbers in the code is ``channel_slice``."""
     ndim = len(known_shape(node.args[0], where))
     index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
     if index.count(Ellipsis) > 1:
@@ -163,7 +164,7 @@ def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
             continue
         if in_dim == layout.axis:
             if entry != slice(None):
-                raise UnsupportedModelError(f"{where}: indexing {index} slices the channel dimension")
+                layout = channel_slice(builder, layout, entry, f"{where}: indexing {index}")
             axis = out_pos
         elif in_dim < layout.axis and (
             isinstance(entry, fx.Node) or (in_dim == 0 and isinstance(entry, int) and layout.axis == 1)
@@ -172,6 +173,46 @@ def getitem_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
         out_pos += 0 if isinstance(entry, int) else 1
         in_dim += 1
     return Layout(layout.groups, layout.repeat, axis if axis is not None else out_pos + layout.axis - in_dim)
+
+
+def channel_slice(builder: GroupBuilder, layout: Layout, entry: object, where: str) -> Layout:
+    """``x[:, a:b]`` with ``a`` and ``b`` numbers written in the code (GhostNet's ``out[:, :oup]``,
+    ReXNet's ``x[:, 0:c] + shortcut`` beside ``x[:, c:]``). The numbers do not change when
+    channels go, so every channel before the slice's end must stay where it is: the channels
+    before ``b`` are kept (before ``a`` when it runs to the end, ``x[:, a:]``), those after it
+    prune freely, and a group that straddles a boundary is split there. A slice that reaches
+    past the last channel (``b`` at least the width) stays whole however many channels go."""
+    width = builder.width(layout)
+    if not isinstance(entry, slice) or entry.step not in (None, 1) or layout.repeat != 1:
+        raise UnsupportedModelError(f"{where} slices the channel dimension with a step or a tensor")
+    start, stop = entry.start or 0, entry.stop
+    if not isinstance(start, int) or not (stop is None or isinstance(stop, int)):
+        raise UnsupportedModelError(f"{where} slices the channel dimension by sizes known only at run time")
+    if start < 0 or (stop or 0) < 0:
+        raise UnsupportedModelError(
+            f"{where} slices the channel dimension counting from its end, which moves with every channel removed"
+        )
+    if stop is not None and stop >= width:
+        stop = None  # to the end, now and after pruning
+    fixed_until = start if stop is None else stop
+    for at in (start, fixed_until):
+        builder.split_at(layout, at, where)
+    leaves = builder.leaves(layout)
+    before = _groups_within(builder, leaves, 0, fixed_until)
+    if before:
+        builder.pin(Layout(before, axis=layout.axis))
+    return Layout(_groups_within(builder, leaves, start, width if stop is None else stop), axis=layout.axis)
+
+
+def _groups_within(builder: GroupBuilder, layout: Layout, start: int, stop: int) -> tuple[int, ...]:
+    """The groups of ``layout`` (split at both ends already) that lie in positions [start, stop)."""
+    found, offset = [], 0
+    for group in layout.groups:
+        size = builder.sizes[builder.find(group)]
+        if start <= offset and offset + size <= stop:
+            found.append(group)
+        offset += size
+    return tuple(found)
 
 
 def shift_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -199,7 +240,7 @@ def permute_rule(builder: GroupBuilder, call: OpCall) -> Layout:
 @op_rule("getitem", functions={operator.getitem})
 def getitem_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """Indexing a tensor; indexing a python container of tensors is followed through its uses."""
-    return getitem_layout(call.node, call.first, call.where) if call.first is not None else None
+    return getitem_layout(builder, call.node, call.first, call.where) if call.first is not None else None
 
 
 @op_rule("shift", functions=SHIFT_FUNCTIONS, methods=SHIFT_METHODS)
