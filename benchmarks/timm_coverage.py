@@ -3,15 +3,9 @@
 One small variant of every timm model family (a family is one of ``timm.list_modules()``),
 built without pretrained weights, at a small input where the model takes one. Each library
 prunes it to 50% of its FLOPs with L2 magnitude scores; the pruned model must then run forward
-and backward. FLOPs are counted by torch's ``FlopCounterMode`` with gradients enabled and timm's
-fused attention off (under ``no_grad``, and in SDPA's CPU kernel, attention runs where the
-counter does not see it), so both columns are one yardstick, attention included.
-
-Verdicts: ``pruned`` (forward and backward ran; FLOPs kept shown), ``refused`` (pat_ray's
-``UnsupportedModelError``, which names the op it cannot follow, or ``BudgetError``: the budget is
-below the smallest legal sub-network), ``failed`` (the library raised
-anything else while pruning), ``broken`` (pruning returned, then the model raised or changed its
-output shape). Torch-Pruning is driven as its timm example does: global pruning, attention
+and backward (verdicts and FLOPs count: ``_coverage.py``). timm's fused attention is off: under
+``no_grad``, and in SDPA's CPU kernel, attention runs where the FLOPs counter does not see it.
+Torch-Pruning is driven as its timm example does: global pruning, attention
 modules' ``qkv`` registered with their head counts, the classifier left alone; its pruning ratio
 is stepped until the FLOPs reach the budget.
 
@@ -29,16 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from _report import RESULTS, header, write
+from _coverage import BUDGET, attempt, flops, measure_all, row, write_table
 
-BUDGET = 0.5
+from _report import RESULTS
+
 ROWS = RESULTS / "timm_coverage.jsonl"
-TIMEOUT_S = 150
 SMALL = ("test", "atto", "femto", "pico", "nano", "xxs", "xxsmall", "mini", "tiny", "xs", "xsmall", "small",
          "s0", "b0", "m0", "t0", "s1", "s", "m1", "m")  # fmt: skip
 TOO_LARGE = re.compile(r"giant|huge|enormous|large|_1b_|_3b_|gigantic|448|512|384")
@@ -70,9 +60,9 @@ def measure_one(name: str, library: str) -> dict:
     torch.set_num_threads(1)
     built = _build(name)
     if isinstance(built, str):
-        return {"input": None, "row": _row("failed", why=built)}
+        return {"input": None, "row": row("failed", why=built)}
     make, x = built
-    return {"input": list(x.shape[1:]), "row": _attempt(make, x, LIBRARIES[library])}
+    return {"input": list(x.shape[1:]), "row": attempt(make, x, LIBRARIES[library])}
 
 
 def _build(name: str):
@@ -100,44 +90,6 @@ def _build(name: str):
 
         return make, x
     return "could not build: " + " / ".join(errors)
-
-
-def _flops(model, x) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.enable_grad(), counter:
-        model(x)
-    return counter.get_total_flops()
-
-
-def _attempt(make, x, prune) -> dict:
-    from pat_ray.errors import BudgetError, UnsupportedModelError
-
-    model = make()
-    dense_flops, out_shape = _flops(model, x), model(x).shape
-    try:
-        attention_cut = prune(model, x, dense_flops)
-    except (UnsupportedModelError, BudgetError) as err:  # a clean refusal: what it cannot follow, or reach
-        return _row("refused", why=f"{type(err).__name__}: {str(err).split(';')[0][:160]}")
-    except Exception as err:  # noqa: BLE001 - a library's failure is the row
-        return _row("failed", why=f"{type(err).__name__}: {str(err)[:160]}")
-    try:
-        model.train()
-        out = model(x)
-        out.sum().backward()
-        if out.shape != out_shape:
-            return _row("broken", why=f"output shape {tuple(out.shape)}, was {tuple(out_shape)}")
-        model.eval()
-        row = _row("pruned", kept=round(_flops(model, x) / dense_flops, 3))
-        return row if attention_cut is None else {**row, "attention_cut": attention_cut}
-    except Exception as err:  # noqa: BLE001
-        return _row("broken", why=f"{type(err).__name__}: {str(err)[:160]}")
-
-
-def _row(verdict: str, kept: float | None = None, why: str = "") -> dict:
-    return {"verdict": verdict, "flops_kept": kept, "why": why}
 
 
 def _pat_ray(model, x, dense_flops, attention: str = "heads") -> int:
@@ -176,7 +128,7 @@ def _torch_pruning(model, x, dense_flops) -> None:  # attention cut: not told
             owner.head_dim = attention.out_features // (3 * owner.num_heads)
             if hasattr(owner, "attn_dim"):
                 owner.attn_dim = owner.head_dim * owner.num_heads
-        if _flops(model, x) <= BUDGET * dense_flops * 1.01:
+        if flops(model, x) <= BUDGET * dense_flops * 1.01:
             return
     raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
 
@@ -195,92 +147,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure_one(*args.one)))
         return
-    done = (
-        {json.loads(line)["model"]: json.loads(line) for line in ROWS.read_text().splitlines()} if ROWS.exists() else {}
-    )
     picks = {name: name for name in args.only} if args.only else families()
-    if args.redo:  # first the rows measured before, with that library's cells only
-        todo = [
-            (f, name)
-            for f, name in picks.items()
-            if name in done and done[name].get(args.redo, {}).get("commit") != _commit()
-        ]
-        measure = lambda pick: {  # noqa: E731
-            **done[pick[1]],
-            **_measure_family(done[pick[1]]["family"], pick[1], libraries=(args.redo,)),
-        }
-    else:
-        todo = [(family, name) for family, name in picks.items() if name not in done]
-        measure = lambda pick: _measure_family(*pick)  # noqa: E731
-    with ThreadPoolExecutor(args.jobs) as pool:  # each job waits on its child processes
-        for row in pool.map(measure, todo):
-            done[row["model"]] = row
-            with ROWS.open("a") as rows:
-                rows.write(json.dumps(row) + "\n")
-            print(row["family"], row["model"], *(row.get(lib, {}).get("verdict") for lib in LIBRARIES), flush=True)
-    write("timm_coverage.md", _table(sorted(done.values(), key=lambda row: row["family"])))  # every row, --only or not
-
-
-def _measure_family(family: str, name: str, libraries: tuple[str, ...] = tuple(LIBRARIES)) -> dict:
-    results = {library: _in_child(name, library) for library in libraries}
-    size = next((r["input"] for r in results.values() if r["input"]), None)
-    row = {"model": name, "family": family, **{k: {**r["row"], "commit": _commit()} for k, r in results.items()}}
-    return {**row, "input": size} if size is not None else row
-
-
-def _commit() -> str:
-    """The pat_ray commit measured (a cell says which code it describes)."""
-    here = Path(__file__).resolve().parent
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
-def _in_child(name: str, library: str) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", name, library]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"input": None, "row": _row("failed", why=f"over {TIMEOUT_S} s")}
-    if out.returncode != 0:
-        why = f"child process exited {out.returncode}: {out.stderr.strip().splitlines()[-1:]}"
-        return {"input": None, "row": _row("failed", why=why)}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _table(rows: list[dict]) -> list[str]:
-    import torch
-
-    missing = {"verdict": "-", "flops_kept": None, "why": ""}  # a column not measured on that row yet
-    libraries = [lib for lib in LIBRARIES if any(lib in r for r in rows)]
-
-    def count(lib: str, verdict: str) -> int:
-        return sum(1 for r in rows if r.get(lib, missing)["verdict"] == verdict)
-
-    verdicts = ("pruned", "refused", "failed", "broken")
-    tally = "; ".join(f"{TITLES[lib]}: " + ", ".join(f"{count(lib, v)} {v}" for v in verdicts) for lib in libraries)
-    cut = [f"{TITLES[lib]} in {sum(1 for r in rows if r.get(lib, missing).get('attention_cut'))}" for lib in libraries
-           if any("attention_cut" in r.get(lib, missing) for r in rows)]  # fmt: skip
-    tally += f". Attention pruned (a head, or a feature of every head, removed): {'; '.join(cut)} models" if cut else ""
-    lines = header(
+    rows = measure_all(__file__, ROWS, picks, tuple(LIBRARIES), args.redo, args.jobs)
+    write_table(  # every row, --only or not
+        "timm_coverage.md",
         f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
-        torch.device("cpu"),
-        f"{len(rows)} families. {tally}. FLOPs kept by torch's FlopCounterMode (attention included).",
+        rows,
+        TITLES,
+        "FLOPs kept by torch's FlopCounterMode (attention included).",
     )
-    titles = " | ".join(f"{TITLES[lib]} | FLOPs kept" for lib in libraries)
-    lines += [f"| family | model | input | {titles} | why ({' / '.join(TITLES[lib] for lib in libraries)}) |",
-              "|---|---|---|" + "---|---|" * len(libraries) + "---|"]  # fmt: skip
-    for r in rows:
-        cells = [r.get(lib, missing) for lib in libraries]
-        why = " / ".join(c["why"] for c in cells if c["why"]).replace("|", "\\|")
-        size = "x".join(map(str, r["input"])) if r["input"] else "-"
-        verdicts_kept = " | ".join(f"{c['verdict']}{_attention(c)} | {c['flops_kept'] or '-'}" for c in cells)
-        lines.append(f"| {r.get('family', '')} | {r['model']} | {size} | {verdicts_kept} | {why} |")
-    return lines
-
-
-def _attention(cell: dict) -> str:
-    """How many groups of heads (or head features) a pruned cell cut, where any."""
-    return f" ({cell['attention_cut']} attn)" if cell.get("attention_cut") else ""
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""Which Hugging Face ``transformers`` image classifiers pat_ray prunes, beside Torch-Pruning.
+
+Every architecture of the installed transformers' ``AutoModelForImageClassification`` mapping,
+built with random weights from its default config made small (2 layers, or one block per stage,
+10 classes; widths as the architecture's defaults) and wrapped as a user would wrap it:
+``forward(x)`` returns ``model(pixel_values=x).logits``. Each library prunes it to 50% of its
+FLOPs with L2 magnitude scores; the pruned model must then run forward and backward (verdicts
+and the FLOPs count: ``_coverage.py``). Torch-Pruning is driven as its Hugging Face ViT example
+does: global pruning, each attention's query, key and value registered with its head count and
+the head attributes set again after each step, the classifier left alone; its pruning ratio is
+stepped until the FLOPs reach the budget.
+
+    pip install -e ".[bench]"   # transformers and torch-pruning; then
+    python benchmarks/hf_coverage.py --jobs 2   # resumable: rows already measured are kept
+    python benchmarks/hf_coverage.py --only vit swin
+    python benchmarks/hf_coverage.py --redo pat_ray   # pat_ray's cells again, after a change
+
+Each library runs on each model in a child process of its own, with a 150 s limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from _coverage import BUDGET, attempt, flops, measure_all, row, write_table
+
+from _report import RESULTS
+
+ROWS = RESULTS / "hf_coverage.jsonl"
+SMALL = {"num_hidden_layers": 2, "num_labels": 10}  # set where the config has the field
+IMAGE_SIZES = (64, None)  # tried in order; None: the config's own image size (or 224)
+
+
+def architectures() -> dict[str, str]:
+    """Every model type with an image-classification head: model type -> class name."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return dict(sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.items()))
+
+
+def small_config(model_type: str, image_size: int | None):
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    for field, value in SMALL.items():
+        if hasattr(config, field):
+            setattr(config, field, value)
+    for field in ("depths", "num_layers_per_stage"):  # one block per stage
+        if isinstance(getattr(config, field, None), list):
+            setattr(config, field, [1] * len(getattr(config, field)))
+    if image_size is not None and hasattr(config, "image_size"):
+        config.image_size = image_size
+    return config
+
+
+def _build(model_type: str):
+    """A constructor for the wrapped model and an input it runs on: 64 px where it takes that."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForImageClassification
+
+    class Classifier(nn.Module):
+        """An image batch in, logits out: how a user hands a transformers model to a pruner."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(pixel_values=x).logits
+
+    errors = []
+    for image_size in IMAGE_SIZES:
+        try:
+            config = small_config(model_type, image_size)
+            side = image_size or _own_size(config)
+            x = torch.randn(2, getattr(config, "num_channels", 3), side, side)
+
+            def make(config=config):
+                torch.manual_seed(0)
+                # eager attention: written-out products, which the FLOPs counter sees (SDPA's CPU kernel it does not)
+                return Classifier(
+                    AutoModelForImageClassification.from_config(config, attn_implementation="eager")
+                ).eval()
+
+            with torch.no_grad():
+                make()(x)
+            return make, x
+        except Exception as err:  # noqa: BLE001 - the next size is tried
+            errors.append(f"{type(err).__name__}: {str(err)[:100]}")
+    return "could not build: " + " / ".join(errors)
+
+
+def _own_size(config) -> int:
+    size = getattr(config, "image_size", 224)
+    return size[0] if isinstance(size, list | tuple) else int(size)
+
+
+def measure_one(model_type: str, library: str) -> dict:
+    """One library on one architecture (run in a child process): the input and its row."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    built = _build(model_type)
+    if isinstance(built, str):
+        return {"input": None, "row": row("failed", why=built)}
+    make, x = built
+    return {"input": list(x.shape[1:]), "row": attempt(make, x, LIBRARIES[library])}
+
+
+def _pat_ray(model, x, dense_flops) -> int:
+    """pat_ray's prune (whole heads); returns how many groups of heads lost some."""
+    import pat_ray
+
+    arch = pat_ray.prune(model, x, criterion="magnitude", budget=BUDGET)
+    return sum(1 for name, kept in arch.kept.items() if name.endswith("/heads") and len(kept) < arch.sizes[name])
+
+
+QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))  # transformers 4 / 5 attentions
+
+
+def _attentions(model) -> list[tuple[object, tuple]]:
+    """Each attention module with a head count, and its query, key and value Linears."""
+    found = []
+    for module in model.modules():
+        for names in QKV_NAMES:
+            if hasattr(module, "num_attention_heads") and all(hasattr(module, n) for n in names):
+                found.append((module, tuple(getattr(module, n) for n in names)))
+    return found
+
+
+def _torch_pruning(model, x, dense_flops) -> None:
+    """Torch-Pruning as its Hugging Face ViT example drives it, stepped until the budget."""
+    import torch_pruning as tp
+
+    attentions = _attentions(model)
+    heads = {linear: module.num_attention_heads for module, qkv in attentions for linear in qkv}
+    classifier = getattr(model.model, "classifier", None)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=0.9,
+        iterative_steps=30,
+        ignored_layers=[classifier] if hasattr(classifier, "weight") else [],
+        num_heads=heads,
+    )
+    for _ in range(30):
+        pruner.step()
+        for module, (query, _, _) in attentions:  # what its example does after each step: the forward reads these
+            module.num_attention_heads = pruner.num_heads[query]
+            for size in ("head_dim", "attention_head_size"):
+                if hasattr(module, size):
+                    setattr(module, size, query.out_features // module.num_attention_heads)
+            if hasattr(module, "all_head_size"):
+                module.all_head_size = query.out_features
+        if flops(model, x) <= BUDGET * dense_flops * 1.01:
+            return
+    raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
+
+
+LIBRARIES = {"pat_ray": _pat_ray, "torch_pruning": _torch_pruning}
+TITLES = {"pat_ray": "pat_ray", "torch_pruning": "Torch-Pruning"}
+
+
+def main() -> None:
+    import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="these model types (default: every image classifier)")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
+    parser.add_argument("--redo", choices=sorted(LIBRARIES), help="measure this library's cells again (after a change)")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: TYPE LIBRARY
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(*args.one)))
+        return
+    picks = {t: t for t in args.only} if args.only else {t: t for t in architectures()}
+    rows = measure_all(__file__, ROWS, picks, tuple(LIBRARIES), args.redo, args.jobs)
+    write_table(  # every row, --only or not
+        "hf_coverage.md",
+        f"Hugging Face coverage: every image classifier pruned to {BUDGET:.0%} of its FLOPs",
+        rows,
+        TITLES,
+        f"transformers {transformers.__version__}; random weights, small configs (2 layers or one block per stage). "
+        "FLOPs kept by torch's FlopCounterMode (attention included).",
+    )
+
+
+if __name__ == "__main__":
+    main()
