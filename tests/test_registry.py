@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -128,8 +129,10 @@ def test_plugin_failing_to_import_names_it(fresh_registry, tmp_path, monkeypatch
 def test_a_module_registered_in_process_reaches_a_fresh_process(
     fresh_registry, installed_plugin, tmp_path, monkeypatch
 ):
-    """What a Ray worker gets: the module's source and import name (the worker lacks the driver's
-    files and path), read when it was registered: deleting the file afterwards changes nothing."""
+    """What a Ray worker gets: the module's import name, and a copy of its source made when it was
+    registered, which Ray's ``py_modules`` puts on the worker's path (a fresh process with that
+    copy's folder on ``PYTHONPATH`` here): deleting the original afterwards changes nothing. A
+    worker without the copy is told which plugin and module it lacks, and how to ship it."""
     import importlib
     import pickle
     import subprocess
@@ -139,6 +142,8 @@ def test_a_module_registered_in_process_reaches_a_fresh_process(
     registry.register_plugin(module, name="my-random")
     shipped = registry.shipped_plugins()
     assert [(p.name, p.module) for p in shipped] == [("my-random", "my_criterion_plugin")]
+    copy = Path(shipped[0].source)
+    assert registry.plugin_sources() == [str(copy)] and copy.name == "my_criterion_plugin.py"
     (tmp_path / "shipped.pkl").write_bytes(pickle.dumps(shipped))
     os.unlink(module.__file__)  # the worker never needs the driver's file
     child = (
@@ -147,11 +152,18 @@ def test_a_module_registered_in_process_reaches_a_fresh_process(
         "print(registry.get_registry().get('criterion', 'random').plugin)"
     )
     env = {**os.environ, registry.AUTOLOAD_SWITCH: "1"}  # so only the shipped module can provide it
-    done = subprocess.run(
-        [sys.executable, "-c", child, str(tmp_path / "shipped.pkl")], capture_output=True, text=True, env=env, cwd="/"
-    )
+
+    def worker(path: str) -> subprocess.CompletedProcess:
+        env["PYTHONPATH"] = os.pathsep.join([path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)])
+        command = [sys.executable, "-c", child, str(tmp_path / "shipped.pkl")]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd="/")
+
+    done = worker(str(copy.parent))  # what py_modules does on a node
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "my-random"
+    missing = worker(str(tmp_path))
+    assert missing.returncode != 0
+    assert "plugin 'my-random': module 'my_criterion_plugin' is not importable on this Ray worker" in missing.stderr
 
 
 def test_an_unregistered_plugin_is_not_shipped(fresh_registry):

@@ -76,7 +76,8 @@ def run_on_ray(
 
     from pat_ray.distributed.progress import ProgressCallback, final_result
 
-    start_ray(user_code_paths(config))
+    py_modules, submitted = shipped_code(config), ray_private.in_submitted_job()  # a submission ships its own
+    start_ray(py_modules)
     cpus = config.scaling.cpus_per_worker or cpus_per_worker(config.scaling.num_workers)
     if run_folder is None:
         run_folder = RunFolder.new(config.runs_folder())
@@ -111,6 +112,8 @@ def run_on_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
             callbacks=[ProgressCallback(folder, storage, config, tracking), *(callbacks or [])],  # type: ignore[list-item]
+            # the workers' py_modules, also when this process's Ray was started before a plugin was registered
+            worker_runtime_env={"py_modules": py_modules} if py_modules and not submitted else None,
         ),
     )
     started = time.perf_counter()
@@ -223,6 +226,14 @@ def ray_log_level() -> str:
     every failure pat_ray can name is one line from the driver, and Train otherwise logs each
     retry with a traceback (a lost node: one per start attempt)."""
     return "INFO" if os.environ.get("PAT_RAY_VERBOSE") else "CRITICAL"
+
+
+def shipped_code(config: Config) -> list[str]:
+    """What Ray's ``py_modules`` carries to every node: the user's own code the config names and
+    the sources of the plugins registered in this process (``register_plugin``)."""
+    from pat_ray.plugins.registry import plugin_sources
+
+    return sorted({*user_code_paths(config), *plugin_sources()})
 
 
 def user_code_paths(config: Config) -> list[str]:

@@ -22,7 +22,7 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.epi import epi_curve
 from pat_ray.distributed.progress import result_from_checkpoint
-from pat_ray.distributed.train import start_ray, user_code_paths
+from pat_ray.distributed.train import shipped_code, start_ray
 from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins
 from pat_ray.plugins.user_code import trust, trusted_modules
@@ -74,7 +74,7 @@ def run_oracle(
     else:
         sweep = RunFolder.new(sweeps)
         sweep_dir = sweep.location
-    start_ray(user_code_paths(config))
+    start_ray(shipped_code(config))
     with sweep.locked("sweep") as lock:
         lock.announce()
         sweep.point_latest()

@@ -130,9 +130,14 @@ def shipped_plugins() -> list[ShippedPlugin]:
     manager = get_plugin_manager()
     shipped = [shipped for name, (plugin, shipped) in _in_process.items() if manager.get_plugin(name) is plugin]
     for plugin in shipped:
-        if plugin.module is not None and not plugin.archive:
+        if plugin.module is not None and not plugin.source:
             raise PluginError(f"plugin {plugin.name!r} is a module without a file; Ray workers cannot load it")
     return shipped
+
+
+def plugin_sources() -> list[str]:
+    """The copies of the in-process plugin modules' sources, for Ray's ``py_modules``."""
+    return sorted({plugin.source for plugin in shipped_plugins() if plugin.source})
 
 
 def install_shipped(plugins: list[ShippedPlugin]) -> None:
