@@ -156,3 +156,30 @@ def test_a_constant_mask_over_the_channels_keeps_them_whole_and_a_buffer_as_it_i
     assert set(_prunable(model, x)) == {"qk"}
     assert_pruning_is_exact(model, x, budget=0.6)
     assert model.mask.shape[1] == model.qk.out_channels < 4
+
+
+class HalfRotated(nn.Module):
+    """Rotary-style attention: each head's features sliced in halves by numbers in the code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, 8
+        self.qkv, self.proj, self.head = nn.Linear(16, 96), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = torch.cat([-q[..., 4:], q[..., :4]], dim=-1)
+        attention = (q @ k.transpose(-2, -1)).softmax(-1)
+        y = x + self.proj((attention @ v).transpose(1, 2).reshape(batch, tokens, -1))
+        return self.head(y.mean(1))
+
+
+def test_a_slice_of_each_heads_features_keeps_them_whole_when_head_dim_is_pruned():
+    """Pruning head_dim would move the halves' boundary: the trace keeps head_dim whole, with a
+    warning (it once failed with a KeyError, timm's Qwen3 ViT); whole heads prune exactly."""
+    x = torch.randn(2, 5, 16)
+    assert_pruning_is_exact(HalfRotated(), x, budget=0.7)  # whole heads
+    with pytest.warns(UserWarning, match="head_dim is kept whole"):
+        graph = trace_channel_groups(HalfRotated(), x, attention="head_dim")
+    assert not any(g.name.endswith("/head_dim") for g in graph.groups)  # and no trace error

@@ -260,7 +260,7 @@ class GroupBuilder:
             offset += size
 
     def _split(self, root: int, at: int, where: str) -> None:
-        if root in self.heads:
+        if root in self.heads or any(self.find(cut.group) == root for cut in self.heads.values()):
             raise HeadsConflict(f"{where}: splits channels that are cut into attention heads")
         if self._subgroups.get(root, 1) > 1:
             raise UnsupportedModelError(f"{where}: couples part of a channel group that feeds a grouped conv")
