@@ -32,7 +32,7 @@ SMALL = {"num_hidden_layers": 2, "num_labels": 10}  # set where the config has t
 IMAGE_SIZES = (64, None)  # tried in order; None: the config's own image size (or 224)
 
 
-def architectures() -> dict[str, str]:
+def architectures() -> dict[str, str | tuple[str, ...]]:
     """Every model type with an image-classification head: model type -> class name."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
@@ -43,9 +43,13 @@ def small_config(model_type: str, image_size: int | None):
     from transformers import AutoConfig
 
     config = AutoConfig.for_model(model_type)
+    fields = config.to_dict()  # its own fields: ``hasattr`` also sees aliases (ConvNeXt's num_hidden_layers)
     for field, value in SMALL.items():
-        if hasattr(config, field):
+        if field in fields:
             setattr(config, field, value)
+    if not config.architectures:  # several heads (DeiT's teacher, Perceiver's): the mapping's first
+        named = architectures()[model_type]
+        config.architectures = [named if isinstance(named, str) else named[0]]
     for field in ("depths", "num_layers_per_stage"):  # one block per stage
         if isinstance(getattr(config, field, None), list):
             setattr(config, field, [1] * len(getattr(config, field)))
@@ -137,7 +141,8 @@ def _torch_pruning(model, x, dense_flops) -> None:
 
     attentions = _attentions(model)
     heads = {linear: module.num_attention_heads for module, qkv in attentions for linear in qkv}
-    classifier = getattr(model.model, "classifier", None)
+    classes = model.model.config.num_labels  # the classifier (whatever its name) is left alone
+    classifier = [m for m in model.modules() if getattr(m, "out_features", getattr(m, "out_channels", 0)) == classes]
     pruner = tp.pruner.MetaPruner(
         model,
         x,
@@ -145,7 +150,7 @@ def _torch_pruning(model, x, dense_flops) -> None:
         global_pruning=True,
         pruning_ratio=0.9,
         iterative_steps=30,
-        ignored_layers=[classifier] if hasattr(classifier, "weight") else [],
+        ignored_layers=classifier,
         num_heads=heads,
     )
     for _ in range(30):
