@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -36,7 +37,12 @@ def test_every_private_detail_still_exists_in_the_installed_ray():
     from ray._private.runtime_env import constants as runtime_constants
 
     assert runtime_constants.RAY_JOB_CONFIG_JSON_ENV_VAR == ray_private.JOB_CONFIG_JSON
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed  # (uploaded_py_modules)
     from ray._private.services import canonicalize_bootstrap_address  # noqa: F401  (running_local_cluster)
+
+    assert {"runtime_env", "include_gitignore", "scratch_dir"} <= set(
+        inspect.signature(upload_py_modules_if_needed).parameters
+    )
 
 
 def test_no_other_module_touches_rays_private_api():

@@ -227,3 +227,36 @@ def test_the_component_in_a_users_ray_train_loop_agrees_across_workers(local_ray
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert seen[0] == seen[1] and seen[0]["pruned"] and seen[0]["kept"] <= 0.5 + 0.005
+
+
+MODULE_PLUGIN = """
+import pat_ray
+from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
+
+
+class LateL1(Magnitude):
+    pass
+
+
+@pat_ray.hookimpl
+def pat_ray_register_criteria(register):
+    register("late_l1", LateL1)
+"""
+
+
+def test_a_plugin_module_registered_after_ray_started_reaches_the_workers(plugins, local_ray, tmp_path, monkeypatch):
+    """Ray was started before the plugin existed, so the job's py_modules lack it: the Train run's
+    own runtime environment ships the copy made at registration (the file itself is gone)."""
+    import importlib
+
+    from pat_ray.distributed.train import run_on_ray
+
+    source = tmp_path / "late_plugin_src" / "late_l1_plugin.py"
+    source.parent.mkdir()
+    source.write_text(MODULE_PLUGIN)
+    monkeypatch.syspath_prepend(str(source.parent))
+    plugins(importlib.import_module("late_l1_plugin"), name="late-l1")
+    source.unlink()
+    config = configured(two_workers(tmp_path, epochs=3, start_epoch=1), pruning={"criterion": {"name": "late_l1"}})
+    result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=f"late-{uuid.uuid4().hex[:8]}")
+    assert [h.epoch for h in result.history] == [1, 2, 3] and result.trigger_epoch == 1

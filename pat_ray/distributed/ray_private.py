@@ -87,3 +87,17 @@ def quiet_report_logger(level: str) -> None:
     from ray.train.v2._internal.execution import context as train_context
 
     logging.getLogger(train_context.__file__).setLevel(level)
+
+
+def uploaded_py_modules(paths: list[str]) -> list[str]:
+    """Local folders or ``.py`` files uploaded to the cluster as ``ray.init`` uploads a job's
+    ``py_modules`` (``ray/_private/runtime_env/py_modules.py``, ``upload_py_modules_if_needed``):
+    their URIs, which an actor's runtime environment (Train's ``worker_runtime_env``) accepts,
+    where a local path is accepted only by ``ray.init``."""
+    import tempfile
+
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    with tempfile.TemporaryDirectory(prefix="pat_ray_py_modules_") as scratch:
+        env = upload_py_modules_if_needed({"py_modules": list(paths)}, include_gitignore=True, scratch_dir=scratch)
+    return list(env["py_modules"])

@@ -112,8 +112,7 @@ def run_on_ray(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
             callbacks=[ProgressCallback(folder, storage, config, tracking), *(callbacks or [])],  # type: ignore[list-item]
-            # the workers' py_modules, also when this process's Ray was started before a plugin was registered
-            worker_runtime_env={"py_modules": py_modules} if py_modules and not submitted else None,
+            worker_runtime_env=None if submitted else _worker_runtime_env(py_modules),
         ),
     )
     started = time.perf_counter()
@@ -228,6 +227,26 @@ def ray_log_level() -> str:
     return "INFO" if os.environ.get("PAT_RAY_VERBOSE") else "CRITICAL"
 
 
+def _worker_runtime_env(py_modules: list[str]) -> dict | None:
+    """The Train workers' own ``py_modules``, for code the job's runtime environment lacks (a
+    plugin registered after this process started Ray, or a Ray started by someone else): the
+    job's already uploaded modules, by their URIs (a worker's own list replaces the job's, and
+    the local folders they came from may be gone), plus the missing folders, uploaded now (an
+    actor's runtime environment takes URIs only). None: the job's environment ships everything."""
+    import ray
+
+    context = ray.get_runtime_context()
+    shipped = _shipped_with_job.get(context.get_job_id(), set())
+    missing = [path for path in py_modules if path not in shipped]
+    if not missing:
+        return None
+    job = list(context.runtime_env.get("py_modules") or [])
+    return {"py_modules": job + ray_private.uploaded_py_modules(missing)}
+
+
+_shipped_with_job: dict[str, set[str]] = {}  # by Ray job: the folders start_ray handed to its py_modules
+
+
 def shipped_code(config: Config) -> list[str]:
     """What Ray's ``py_modules`` carries to every node: the user's own code the config names and
     the sources of the plugins registered in this process (``register_plugin``)."""
@@ -290,6 +309,7 @@ def start_ray(py_modules: list[str] | None = None) -> None:
         logging_config=ray.LoggingConfig(log_level="INFO" if os.environ.get("PAT_RAY_VERBOSE") else "WARNING"),
         runtime_env=runtime_env,
     )
+    _shipped_with_job[ray.get_runtime_context().get_job_id()] = set((runtime_env or {}).get("py_modules", ()))
     for signum, handler in stops.items():  # ray.init exits at once on SIGTERM; keep the caller's handler
         if callable(handler) and threading.current_thread() is threading.main_thread():
             signal.signal(signum, handler)
