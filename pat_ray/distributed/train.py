@@ -303,13 +303,14 @@ def start_ray(py_modules: list[str] | None = None) -> None:
         runtime_env = {"env_vars": {"RAY_ADDRESS": address}}
     if py_modules and not ray_private.in_submitted_job():
         runtime_env = {**(runtime_env or {}), "py_modules": py_modules}
+    shipped = set((runtime_env or {}).get("py_modules", ()))  # read now: ray.init puts URIs in their place
     stops = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     context = ray.init(
         log_to_driver=True,
         logging_config=ray.LoggingConfig(log_level="INFO" if os.environ.get("PAT_RAY_VERBOSE") else "WARNING"),
         runtime_env=runtime_env,
     )
-    _shipped_with_job[ray.get_runtime_context().get_job_id()] = set((runtime_env or {}).get("py_modules", ()))
+    _shipped_with_job[ray.get_runtime_context().get_job_id()] = shipped
     for signum, handler in stops.items():  # ray.init exits at once on SIGTERM; keep the caller's handler
         if callable(handler) and threading.current_thread() is threading.main_thread():
             signal.signal(signum, handler)
