@@ -12,6 +12,7 @@ gradients enabled, so both libraries are measured by one yardstick, attention in
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _report import header, write
+from _report import RESULTS, header, write
 
 BUDGET = 0.5
 TIMEOUT_S = 150
@@ -64,6 +65,71 @@ def attempt(make: Callable, x, prune: Callable) -> dict:
         return kept if not attention_cut else {**kept, "attention_cut": attention_cut}
     except Exception as err:  # noqa: BLE001
         return row("broken", why=f"{type(err).__name__}: {str(err)[:160]}")
+
+
+def measure_one(build: Callable, name: str, prune: Callable) -> dict:
+    """One library on one model, in the child process: the input it ran at and its row.
+    ``build(name)`` returns a constructor and an input, or why it could not build."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    built = build(name)
+    if isinstance(built, str):
+        return {"input": None, "row": row("failed", why=built)}
+    make, x = built
+    return {"input": list(x.shape[1:]), "row": attempt(make, x, prune)}
+
+
+def step_torch_pruning(model, x, dense_flops: int, heads: dict, ignored: list, after_step: Callable) -> None:
+    """Torch-Pruning as its examples drive it: global L2 magnitude, ``heads`` (each attention
+    Linear's head count), ``ignored`` layers left alone, ``after_step(pruner)`` setting again what
+    the forward reads; its ratio stepped until the FLOPs reach the budget."""
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MetaPruner(
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=0.9,
+        iterative_steps=30,
+        ignored_layers=ignored,
+        num_heads=heads,
+    )
+    for _ in range(30):
+        pruner.step()
+        after_step(pruner)
+        if flops(model, x) <= BUDGET * dense_flops * 1.01:
+            return
+    raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
+
+
+def main(
+    script: str,
+    what: str,
+    picks: Callable[[], dict[str, str]],
+    build: Callable,
+    libraries: dict[str, Callable],
+    titles: dict[str, str],
+    table: tuple[str, str, str],
+) -> None:
+    """A coverage benchmark's command line: measure (resumably) and write the table; ``table``
+    is its file name, title and notes. ``--one NAME LIBRARY`` is the child process's entry."""
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help=f"these {what} (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
+    parser.add_argument("--redo", choices=sorted(libraries), help="measure this library's cells again (after a change)")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: NAME LIBRARY
+    args = parser.parse_args()
+    if args.one:
+        name, library = args.one
+        print(json.dumps(measure_one(build, name, libraries[library])))
+        return
+    chosen = {name: name for name in args.only} if args.only else picks()
+    rows_file = RESULTS / table[0].replace(".md", ".jsonl")
+    rows = measure_all(script, rows_file, chosen, tuple(libraries), args.redo, args.jobs)
+    write_table(*table[:2], rows, titles, table[2])  # every row, --only or not
 
 
 def in_child(script: str, name: str, library: str) -> dict:

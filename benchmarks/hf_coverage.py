@@ -20,14 +20,8 @@ Each library runs on each model in a child process of its own, with a 150 s limi
 
 from __future__ import annotations
 
-import argparse
-import json
+from _coverage import BUDGET, main, step_torch_pruning
 
-from _coverage import BUDGET, attempt, flops, measure_all, row, write_table
-
-from _report import RESULTS
-
-ROWS = RESULTS / "hf_coverage.jsonl"
 SMALL = {"num_hidden_layers": 2, "num_labels": 10}  # set where the config has the field
 IMAGE_SIZES = (64, None)  # tried in order; None: the config's own image size (or 224)
 
@@ -101,19 +95,6 @@ def _own_size(config) -> int:
     return size[0] if isinstance(size, list | tuple) else int(size)
 
 
-def measure_one(model_type: str, library: str) -> dict:
-    """One library on one architecture (run in a child process): the input and its row."""
-    import torch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    built = _build(model_type)
-    if isinstance(built, str):
-        return {"input": None, "row": row("failed", why=built)}
-    make, x = built
-    return {"input": list(x.shape[1:]), "row": attempt(make, x, LIBRARIES[library])}
-
-
 def _pat_ray(model, x, dense_flops) -> int:
     """pat_ray's prune (whole heads); returns how many groups of heads lost some."""
     import pat_ray
@@ -136,64 +117,47 @@ def _attentions(model) -> list[tuple[object, tuple]]:
 
 
 def _torch_pruning(model, x, dense_flops) -> None:
-    """Torch-Pruning as its Hugging Face ViT example drives it, stepped until the budget."""
-    import torch_pruning as tp
-
+    """Torch-Pruning as its Hugging Face ViT example drives it: query, key and value with their
+    head count, the head attributes set again after each step, the classifier left alone."""
     attentions = _attentions(model)
     heads = {linear: module.num_attention_heads for module, qkv in attentions for linear in qkv}
     classes = model.model.config.num_labels  # the classifier (whatever its name) is left alone
     classifier = [m for m in model.modules() if getattr(m, "out_features", getattr(m, "out_channels", 0)) == classes]
-    pruner = tp.pruner.MetaPruner(
-        model,
-        x,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        global_pruning=True,
-        pruning_ratio=0.9,
-        iterative_steps=30,
-        ignored_layers=classifier,
-        num_heads=heads,
-    )
-    for _ in range(30):
-        pruner.step()
-        for module, (query, _, _) in attentions:  # what its example does after each step: the forward reads these
+
+    def after_step(pruner) -> None:
+        for module, (query, _, _) in attentions:  # the forward reads these
             module.num_attention_heads = pruner.num_heads[query]
             for size in ("head_dim", "attention_head_size"):
                 if hasattr(module, size):
                     setattr(module, size, query.out_features // module.num_attention_heads)
             if hasattr(module, "all_head_size"):
                 module.all_head_size = query.out_features
-        if flops(model, x) <= BUDGET * dense_flops * 1.01:
-            return
-    raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
+
+    step_torch_pruning(model, x, dense_flops, heads, classifier, after_step)
 
 
 LIBRARIES = {"pat_ray": _pat_ray, "torch_pruning": _torch_pruning}
 TITLES = {"pat_ray": "pat_ray", "torch_pruning": "Torch-Pruning"}
 
 
-def main() -> None:
+def _transformers_version() -> str:
     import transformers
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="these model types (default: every image classifier)")
-    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
-    parser.add_argument("--redo", choices=sorted(LIBRARIES), help="measure this library's cells again (after a change)")
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: TYPE LIBRARY
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure_one(*args.one)))
-        return
-    picks = {t: t for t in args.only} if args.only else {t: t for t in architectures()}
-    rows = measure_all(__file__, ROWS, picks, tuple(LIBRARIES), args.redo, args.jobs)
-    write_table(  # every row, --only or not
-        "hf_coverage.md",
-        f"Hugging Face coverage: every image classifier pruned to {BUDGET:.0%} of its FLOPs",
-        rows,
-        TITLES,
-        f"transformers {transformers.__version__}; random weights, small configs (2 layers or one block per stage). "
-        "FLOPs kept by torch's FlopCounterMode (attention included).",
-    )
+    return transformers.__version__
 
 
 if __name__ == "__main__":
-    main()
+    main(
+        __file__,
+        "model types",
+        lambda: {t: t for t in architectures()},
+        _build,
+        LIBRARIES,
+        TITLES,
+        (
+            "hf_coverage.md",
+            f"Hugging Face coverage: every image classifier pruned to {BUDGET:.0%} of its FLOPs",
+            f"transformers {_transformers_version()}; random weights, small configs (2 layers or one block per "
+            "stage). FLOPs kept by torch's FlopCounterMode (attention included).",
+        ),
+    )

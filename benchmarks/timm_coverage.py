@@ -20,15 +20,10 @@ hangs or crashes costs its cell, not the table).
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 
-from _coverage import BUDGET, attempt, flops, measure_all, row, write_table
+from _coverage import BUDGET, main, step_torch_pruning
 
-from _report import RESULTS
-
-ROWS = RESULTS / "timm_coverage.jsonl"
 SMALL = ("test", "atto", "femto", "pico", "nano", "xxs", "xxsmall", "mini", "tiny", "xs", "xsmall", "small",
          "s0", "b0", "m0", "t0", "s1", "s", "m1", "m")  # fmt: skip
 TOO_LARGE = re.compile(r"giant|huge|enormous|large|_1b_|_3b_|gigantic|448|512|384")
@@ -50,19 +45,6 @@ def families() -> dict[str, str]:
     import timm
 
     return {module: pick_small(timm.list_models(module=module)) for module in timm.list_modules()}
-
-
-def measure_one(name: str, library: str) -> dict:
-    """One library on one model (run in a child process): the input it ran at and its row."""
-    import torch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    built = _build(name)
-    if isinstance(built, str):
-        return {"input": None, "row": row("failed", why=built)}
-    make, x = built
-    return {"input": list(x.shape[1:]), "row": attempt(make, x, LIBRARIES[library])}
 
 
 def _build(name: str):
@@ -106,57 +88,37 @@ def _pat_ray_head_dim(model, x, dense_flops) -> int:
 
 
 def _torch_pruning(model, x, dense_flops) -> None:  # attention cut: not told
-    """Torch-Pruning as its timm example drives it, stepped until the FLOPs reach the budget."""
-    import torch_pruning as tp
-
+    """Torch-Pruning as its timm example drives it: every ``qkv`` with its head count, the
+    classifier ignored, ``head_dim`` set again after each step."""
     heads = {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    pruner = tp.pruner.MetaPruner(
-        model,
-        x,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        global_pruning=True,
-        pruning_ratio=0.9,
-        iterative_steps=30,
-        ignored_layers=[classifier] if classifier is not None and hasattr(classifier, "weight") else [],
-        num_heads=heads,
-    )
-    for _ in range(30):
-        pruner.step()
-        for attention in heads:  # what its example does after each step: the forward reads these
+
+    def after_step(pruner) -> None:
+        for attention in heads:  # the forward reads these
             owner = next(m for m in model.modules() if getattr(m, "qkv", None) is attention)
             owner.head_dim = attention.out_features // (3 * owner.num_heads)
             if hasattr(owner, "attn_dim"):
                 owner.attn_dim = owner.head_dim * owner.num_heads
-        if flops(model, x) <= BUDGET * dense_flops * 1.01:
-            return
-    raise RuntimeError("stepped to a 90% pruning ratio without reaching the budget")
+
+    ignored = [classifier] if classifier is not None and hasattr(classifier, "weight") else []
+    step_torch_pruning(model, x, dense_flops, heads, ignored, after_step)
 
 
 LIBRARIES = {"pat_ray": _pat_ray, "pat_ray_head_dim": _pat_ray_head_dim, "torch_pruning": _torch_pruning}
 TITLES = {"pat_ray": "pat_ray (heads)", "pat_ray_head_dim": "pat_ray (head_dim)", "torch_pruning": "Torch-Pruning"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="these timm model names (default: one per family)")
-    parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
-    parser.add_argument("--redo", choices=sorted(LIBRARIES), help="measure this library's cells again (after a change)")
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: MODEL LIBRARY
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure_one(*args.one)))
-        return
-    picks = {name: name for name in args.only} if args.only else families()
-    rows = measure_all(__file__, ROWS, picks, tuple(LIBRARIES), args.redo, args.jobs)
-    write_table(  # every row, --only or not
-        "timm_coverage.md",
-        f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
-        rows,
-        TITLES,
-        "FLOPs kept by torch's FlopCounterMode (attention included).",
-    )
-
-
 if __name__ == "__main__":
-    main()
+    main(
+        __file__,
+        "timm model names",
+        families,
+        _build,
+        LIBRARIES,
+        TITLES,
+        (
+            "timm_coverage.md",
+            f"timm coverage: one small model per family pruned to {BUDGET:.0%} of its FLOPs",
+            "FLOPs kept by torch's FlopCounterMode (attention included).",
+        ),
+    )
