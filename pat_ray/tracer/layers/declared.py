@@ -93,9 +93,6 @@ class Declared(LayerFamily):
     def __init__(self, rule: LayerRule) -> None:
         self.rule = rule
 
-    def matches(self, module: nn.Module) -> bool:
-        return type(module) is self.rule.module_type
-
     def trace(self, call: LayerCall) -> Layout:
         """Join the input's group (``follows``) or start a new group (``produces``), with the
         declared tensors as members and the declared cost as a term."""

@@ -86,9 +86,9 @@ class Cut:
 
 
 class LayerFamily:
-    """One family of layers. ``types``: the module classes it covers (instances of subclasses
-    too, unless ``matches`` says otherwise). The defaults describe a layer without weights:
-    nothing to cut, no MACs, not timed."""
+    """One family of layers. ``types``: the module classes it covers, as ``@layer_family``
+    registered them (subclasses without a family of their own too). The defaults describe a
+    layer without weights: nothing to cut, no MACs, not timed."""
 
     types: ClassVar[tuple[type[nn.Module], ...]] = ()
     counts_macs: ClassVar[bool] = False  # whether ``macs`` is part of the model's FLOPs
@@ -108,9 +108,6 @@ class LayerFamily:
         """For a family of layers otherwise kept whole (``nn.MultiheadAttention``): the layouts
         of a call it can read from the whole graph, or None to keep that call whole."""
         return None
-
-    def matches(self, module: nn.Module) -> bool:
-        return isinstance(module, self.types)
 
     def trace(self, call: LayerCall) -> Layout | None:
         """The layout of the call's result, recording members and cost terms on the builder."""

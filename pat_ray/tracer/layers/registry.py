@@ -41,7 +41,7 @@ class LayerTable:
         for cls in type(module).__mro__:
             family = self._by_class.get(cls)
             if family is not None:
-                return family if family.matches(module) else None
+                return family
         return None
 
     def has_class(self, cls: type[nn.Module]) -> bool:
