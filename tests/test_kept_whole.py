@@ -80,14 +80,6 @@ def test_multihead_attention_prunes_its_heads_with_its_residual():
     assert model(x).shape == (2, 5)
 
 
-def test_an_embedding_feeds_a_linear_whose_hidden_features_prune():
-    model = nn.Sequential(nn.Embedding(50, 12), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
-    tokens = torch.randint(0, 50, (2, 7))
-    pat_ray.prune(model, tokens, budget=0.5)
-    assert model[0].weight.shape == (50, 12) and model[1].out_features == model[3].in_features < 32
-    assert model(tokens).shape == (2, 7, 3)
-
-
 class FourChannelInput(nn.Module):
     """An RGBA input: colour through convs, alpha as a mask; the input's channels are sliced."""
 

@@ -6,17 +6,23 @@ went). Running the graph through an Interpreter bound to the model itself skips 
 CNNs), and recording bare shapes instead of ShapeProp's full tensor metadata keeps the
 per-node overhead low.
 
-Python control flow on sizes (``if x.shape[1] != self.num_tokens:``, a loop over a tensor's
-size) stops plain ``torch.fx``. Here it is decided by the example input: the graph built so far
-is run on it, and the branch (or loop count) that input takes is the one traced. The graph, and
-so the channel groups found in it, are then those of inputs of the example's size: for another
-size a model may take a branch that was never traced (a position embedding resampled, a window
-padded), and pruning follows only the branch seen. Control flow on a tensor's values
-(``if x.sum() > 0``) differs from one batch to the next and is still refused.
+Tracing by running: the Python a forward runs on sizes stops plain ``torch.fx`` (``if
+x.shape[1] != self.num_tokens:``, a loop over a size, ``len(x.shape)``, ``(*x.shape[:-1], -1, d)``
+unpacked into a view, ``int(n ** 0.5)``). Here each such question is answered by the example
+input: the graph built so far is run on it and the branch, loop count, length or number that
+input gives is the one traced. Ops on sizes stay in the graph (a view's sizes are still known to
+come from the tensor they were read from), and so do a buffer's ops (``proxy_buffer_attributes``:
+BERT's token-type ids, sliced and expanded to sizes read at run time, would otherwise be a real
+tensor handed traced sizes). The graph, and so the channel groups found in it, are those of inputs
+of the example's size and rank: for another size a model may take a branch that was never traced
+(a position embedding resampled, a window padded), and pruning follows only the branch seen.
+Control flow on a tensor's values (``if x.sum() > 0``) differs from one batch to the next and is
+still refused.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,8 +44,12 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     without gradients; the model's mode is restored."""
     was_training = model.training
     model.eval()
+    attributes = [(module, dict(vars(module))) for module in model.modules()]
     try:
-        graph = _Tracer(first_sample(example_input)).trace(model)
+        try:
+            graph = _Tracer(first_sample(example_input)).trace(model)
+        finally:
+            _restore(attributes)
         with torch.no_grad():
             result = _ShapeRecorder(model, graph=graph).run(*first_sample(example_input))
     except UnsupportedModelError:
@@ -49,6 +59,17 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     finally:
         model.train(was_training)
     return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
+
+
+def _restore(attributes: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Undo what the traced forward stored on its modules (transformers' Swin keeps the window
+    size it computed from the input: a traced value, a ``Proxy``, after tracing). Attributes
+    fx adds to hold constant tensors (``_tensor_constant0``) stay: the graph reads them."""
+    for module, held in attributes:
+        state = vars(module)
+        for name in [name for name, value in state.items() if name not in held and isinstance(value, fx.Proxy)]:
+            del state[name]
+        state.update(held)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -94,17 +115,20 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, example: tuple[torch.Tensor, ...]) -> None:
         super().__init__()
+        self.proxy_buffer_attributes = True  # a buffer's ops are recorded, as its sizes may be traced ones
         self.example = example
         self.values: dict[fx.Node, Any] = {}
         self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """fx's trace, with ``int(x.shape[1] ** 0.5)`` on a traced size read on the example too
-        (a Python number the code computes from sizes, as ConViT's patch grid)."""
+        (a Python number the code computes from sizes, as ConViT's patch grid), and ``len`` of a
+        traced tensor, shape or tuple (transformers' ``(*input_shape, -1, head_dim)``)."""
         number = _NUMBER_CONVERSIONS
-        saved = {name: getattr(fx.Proxy, name, None) for name in number}
+        saved = {name: fx.Proxy.__dict__.get(name) for name in _PATCHED}
         for name, convert in number.items():
             setattr(fx.Proxy, name, lambda proxy, convert=convert: convert(self._size_value(proxy)))
+        fx.Proxy.__len__ = lambda proxy: len(self._value(proxy.node))  # type: ignore[method-assign]
         try:
             return super().trace(root, concrete_args)
         finally:
@@ -130,7 +154,25 @@ class _Tracer(fx.Tracer):
         return value
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        return iter([obj[i] for i in range(len(self._value(obj.node)))])  # type: ignore[index]
+        return iter(self._items(obj))
+
+    def _items(self, obj: Any) -> list[Any]:
+        """The items of a traced tuple, each as the code wrote it: a size tuple built as
+        ``x.size()[:-2] + (self.all_head_size,)`` unpacks to reads of ``x``'s sizes and the
+        number itself, so a view given ``*shape`` still shows which sizes are numbers in the code."""
+        if not isinstance(obj, fx.Proxy):
+            return list(obj)
+        node = obj.node
+        if node.target is operator.add and len(node.args) == 2 and all(_is_sequence(self, a) for a in node.args):
+            return [item for part in node.args for item in self._items(self._as_proxy(part))]
+        whole = node.args[0] if node.target is operator.getitem else None
+        if isinstance(whole, fx.Node) and isinstance(node.args[1], slice) and _reads_shape(whole):
+            positions = range(*node.args[1].indices(len(self._value(whole))))
+            return [fx.Proxy(whole, self)[i] for i in positions]  # type: ignore[index]
+        return [obj[i] for i in range(len(self._value(node)))]  # type: ignore[index]
+
+    def _as_proxy(self, value: Any) -> Any:
+        return fx.Proxy(value, self) if isinstance(value, fx.Node) else value
 
     def _value(self, wanted: fx.Node) -> Any:
         """What ``wanted`` holds on the example input. Tracing patches ``nn.Module`` so that a
@@ -171,6 +213,19 @@ def _followed_whole(module: nn.Module) -> bool:
 
 _SIZE_READS = {"size", "dim", "shape", "ndim", "numel", "dtype", "device", "is_cuda"}  # never the values
 _NUMBER_CONVERSIONS = {"__int__": int, "__index__": int, "__float__": float}
+_PATCHED = (*_NUMBER_CONVERSIONS, "__len__")
+
+
+def _is_sequence(tracer: _Tracer, value: Any) -> bool:
+    if isinstance(value, fx.Node):
+        return isinstance(tracer._value(value), tuple | list)
+    return isinstance(value, tuple | list)
+
+
+def _reads_shape(node: fx.Node) -> bool:
+    """``x.shape`` or ``x.size()``: a tuple of sizes read from a tensor."""
+    whole_size = node.op == "call_method" and node.target == "size" and len(node.args) == 1
+    return whole_size or (node.target is getattr and node.args[1] == "shape")
 
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:

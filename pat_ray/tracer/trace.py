@@ -33,7 +33,14 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.finalize import finalize
 from pat_ray.tracer.fx_trace import trace_with_shapes
 from pat_ray.tracer.graph import INPUT_GROUP_PREFIX, AttentionCut, Example, ModelGraph, check_attention, first_sample
-from pat_ray.tracer.layers.table import fixed_result, followed_result, kept_whole, kept_whole_result, trace_layer
+from pat_ray.tracer.layers.table import (
+    family_of,
+    fixed_result,
+    followed_result,
+    kept_whole,
+    kept_whole_result,
+    trace_layer,
+)
 from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
@@ -165,6 +172,8 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
         return _use_pieces(builder, node, tuples[0], layouts, where)
     family = op_family(node.op, node.target) if node.op in ("call_function", "call_method") else None
     inputs = _tensor_layouts((node.args, node.kwargs), layouts)
+    if not inputs and node.op == "call_module" and _reads_indices(builder, node):
+        return trace_layer(builder, node, Layout(()))  # token ids computed in the forward (BERT's type ids)
     if not inputs and (family is None or family.needs_input):
         constant = _constant_input(builder, node)
         if constant is not None:
@@ -200,6 +209,11 @@ def _visit_op(builder: GroupBuilder, node: fx.Node, layouts: Layouts, where: str
             f"{builder.width(result)}; pat_ray does not know how this op maps channels"
         )
     return result
+
+
+def _reads_indices(builder: GroupBuilder, node: fx.Node) -> bool:
+    family = family_of(builder.model.get_submodule(str(node.target)))
+    return family is not None and family.reads_indices
 
 
 def _later_arguments(node: fx.Node, first: Layout, layouts: Layouts) -> tuple[Layout | None, ...]:

@@ -95,6 +95,7 @@ class LayerFamily:
     timed: ClassVar[bool] = False  # whether the latency probe can time it
     whole_unless_followed: ClassVar[bool] = False  # kept whole where ``follow`` returns None
     tensor_inputs: ClassVar[int] = 1  # inputs ``trace`` follows; the tracer keeps any further one whole
+    reads_indices: ClassVar[bool] = False  # its input holds indices (token ids), never channels
 
     def parameter_name(self, name: str) -> str:
         """The attribute holding what criteria call ``weight`` or ``bias`` (the channels' rows)."""

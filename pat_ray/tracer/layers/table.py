@@ -4,7 +4,7 @@ Importing this module imports each family module, whose ``@layer_family`` decora
 ``registry.LAYERS``. ``family_of`` is how the tracer, surgery, the FLOPs count and the latency
 probe find the family of a module: a layer a plugin declared (``declared.py``, exact class)
 first, then the registry (most specific class first). A ``torch.nn`` layer in no family (LSTM,
-Embedding...) is ``kept_whole``: its inputs and outputs never change, so everything around it
+GRU...) is ``kept_whole``: its inputs and outputs never change, so everything around it
 can still be pruned. Any other module without a family is traced into (its forward's ops).
 """
 
@@ -19,6 +19,7 @@ from pat_ray.tracer.layers import (  # noqa: F401  (register their families)
     batch_norm,
     bilinear,
     conv,
+    embedding,
     group_norm,
     layer_norm,
     linear,

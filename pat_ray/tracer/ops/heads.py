@@ -143,7 +143,7 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
     if not head_counts:
         return
     for node in graph.nodes:
-        if node.name in head_reshapes:
+        if node.name in head_reshapes or not node.users:  # unused: a size tuple a view was given unpacked
             continue
         owner = _owning_module(node)
         counts = [count for module, count in head_counts if module == owner]
