@@ -3,7 +3,9 @@
 Every architecture of the installed transformers' ``AutoModelForImageClassification`` mapping,
 built with random weights from its default config made small (2 layers, or one block per stage,
 10 classes; widths as the architecture's defaults) and wrapped as a user would wrap it:
-``forward(x)`` returns ``model(pixel_values=x).logits``. Each library prunes it to 50% of its
+``forward(x)`` returns ``model(pixel_values=x).logits``; and six BERT-family text classifiers
+(``AutoModelForSequenceClassification``, 2 layers at their default widths, 16 token ids in,
+``model(input_ids=ids).logits`` out). Each library prunes it to 50% of its
 FLOPs with L2 magnitude scores; the pruned model must then run forward and backward (verdicts
 and the FLOPs count: ``_coverage.py``). Torch-Pruning is driven as its Hugging Face ViT example
 does: global pruning, each attention's query, key and value registered with its head count and
@@ -12,7 +14,7 @@ stepped until the FLOPs reach the budget.
 
     pip install -e ".[bench]"   # transformers and torch-pruning; then
     python benchmarks/hf_coverage.py --jobs 2   # resumable: rows already measured are kept
-    python benchmarks/hf_coverage.py --only vit swin
+    python benchmarks/hf_coverage.py --only vit swin text:bert
     python benchmarks/hf_coverage.py --redo pat_ray   # pat_ray's cells again, after a change
 
 Each library runs on each model in a child process of its own, with a 150 s limit.
@@ -23,6 +25,8 @@ from __future__ import annotations
 from _coverage import BUDGET, main, step_torch_pruning
 
 SMALL = {"num_hidden_layers": 2, "num_labels": 10}  # set where the config has the field
+TEXT = ("albert", "bert", "distilbert", "electra", "roberta", "xlm-roberta")  # text classifiers, ids in
+TOKENS = 16
 IMAGE_SIZES = (64, None)  # tried in order; None: the config's own image size (or 224)
 
 
@@ -52,8 +56,41 @@ def small_config(model_type: str, image_size: int | None):
     return config
 
 
+def _build_text(model_type: str):
+    """A text classifier wrapped as a user would (token ids in, logits out) and a batch of ids."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    class TextClassifier(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).logits
+
+    try:
+        config = AutoConfig.for_model(model_type, **SMALL)
+        ids = torch.randint(0, 1000, (2, TOKENS))
+
+        def make(config=config):
+            torch.manual_seed(0)
+            return TextClassifier(
+                AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+            ).eval()
+
+        with torch.no_grad():
+            make()(ids)
+        return make, ids
+    except Exception as err:  # noqa: BLE001 - the row says why
+        return f"could not build: {type(err).__name__}: {str(err)[:100]}"
+
+
 def _build(model_type: str):
     """A constructor for the wrapped model and an input it runs on: 64 px where it takes that."""
+    if model_type.startswith("text:"):
+        return _build_text(model_type.removeprefix("text:"))
     import torch
     from torch import nn
     from transformers import AutoModelForImageClassification
@@ -150,13 +187,14 @@ if __name__ == "__main__":
     main(
         __file__,
         "model types",
-        lambda: {t: t for t in architectures()},
+        lambda: {t: t for t in (*architectures(), *(f"text:{t}" for t in TEXT))},
         _build,
         LIBRARIES,
         TITLES,
         (
             "hf_coverage.md",
-            f"Hugging Face coverage: every image classifier pruned to {BUDGET:.0%} of its FLOPs",
+            f"Hugging Face coverage: every image classifier and six text classifiers pruned to {BUDGET:.0%} "
+            "of their FLOPs",
             f"transformers {_transformers_version()}; random weights, small configs (2 layers or one block per "
             "stage). FLOPs kept by torch's FlopCounterMode (attention included).",
         ),

@@ -184,3 +184,32 @@ def test_a_forward_that_stores_a_size_on_its_module_keeps_a_plain_number_there()
     assert model.window == 8 and type(model.window) is int  # as before the trace, not a traced value
     pat_ray.prune(model, x, budget=0.5)
     assert model.c1.out_channels < 16 and model(x).shape == (2, 4)
+
+
+class MakesModulesInItsForward(nn.Module):
+    """DistilBERT's ``nn.ReLU()(pooled)``: a module built on every call, no submodule of the model."""
+
+    def __init__(self, with_weights: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.with_weights = with_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = nn.ReLU()(self.fc1(x))
+        if self.with_weights:
+            hidden = nn.LayerNorm(16)(hidden)
+        return self.fc2(hidden)
+
+
+def test_a_stateless_module_made_in_the_forward_is_traced_as_its_ops():
+    torch.manual_seed(0)
+    model = MakesModulesInItsForward()
+    assert_pruning_is_exact(model, torch.randn(4, 6), budget=0.5)
+    assert model.fc1.out_features < 16
+
+
+def test_a_module_with_weights_made_in_the_forward_is_refused_naming_it():
+    from pat_ray.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="creates a LayerNorm with weights on every call"):
+        trace_channel_groups(MakesModulesInItsForward(with_weights=True), torch.randn(4, 6))

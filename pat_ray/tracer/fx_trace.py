@@ -195,6 +195,23 @@ class _Tracer(fx.Tracer):
             nn.Module.__call__, nn.Module.__getattr__ = patched  # type: ignore[method-assign]
         raise AssertionError(f"node {wanted.name!r} is not in the graph being traced")
 
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A module made in the forward (DistilBERT's ``nn.ReLU()(x)``) is no submodule fx can
+        name: a stateless one is traced as the ops it runs; one with weights is refused, since
+        nothing could prune or even keep its weights."""
+        try:
+            self.path_of_module(m)
+        except NameError:
+            if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+                raise UnsupportedModelError(
+                    f"{type(self.root).__name__}: its forward creates a {type(m).__name__} with weights on every call "
+                    "(no submodule of the model); create it in __init__"
+                ) from None
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
             rule_for(m) is not None
