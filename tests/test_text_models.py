@@ -1,7 +1,6 @@
-"""Text models and the Python that transformers writes in its forwards: token ids through
-embeddings whose columns prune, ``len()`` of shapes and tensors, sizes unpacked into new
-shapes, and buffers sliced and expanded to sizes read at run time. The tracer runs such code
-on the example input (tracing by running) instead of refusing it as plain torch.fx does."""
+"""Text models: token ids through embeddings whose columns prune, and a BERT-style classifier
+written as transformers writes it (sizes unpacked, id buffers sliced and expanded to them,
+``len()`` of shapes) pruning its width, heads and MLP."""
 
 from __future__ import annotations
 
@@ -86,130 +85,9 @@ def test_a_bert_style_classifier_prunes_its_width_heads_and_mlp():
     model.train()(torch.randint(0, 30, (3, 9))).sum().backward()  # another batch size: sizes are read at run time
 
 
-class ReadsLengths(nn.Module):
-    """``len`` of a shape and of a tensor, and sizes unpacked into a shape: Python that plain
-    torch.fx refuses ("'len' is not supported in symbolic tracing")."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.c1(x))
-        if len(y.shape) == 4 and len(y) == x.shape[0]:
-            y = y.reshape(*y.shape[:2], -1).reshape(*y.shape)
-        return self.fc(self.c2(y).mean((2, 3)))
-
-
-def test_len_and_unpacked_sizes_are_read_on_the_example_and_the_prune_is_exact():
-    torch.manual_seed(0)
-    assert_pruning_is_exact(ReadsLengths(), torch.randn(2, 3, 8, 8), budget=0.5)
-
-
-class BufferExpandedToTracedSizes(nn.Module):
-    """A per-channel buffer expanded to the batch size read at run time, then added."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
-        self.register_buffer("offset", torch.randn(1, 16))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x) + self.offset.expand(x.shape[0], -1)))
-
-
-def test_a_buffer_expanded_to_a_traced_size_is_sliced_with_the_channels_it_meets():
-    torch.manual_seed(0)
-    model, x = BufferExpandedToTracedSizes(), torch.randn(4, 6)
-    assert_pruning_is_exact(model, x, budget=0.5)
-    assert model.offset.shape == (1, model.fc1.out_features) and model.fc1.out_features < 16
-
-
 @pytest.mark.parametrize("batch", [1, 5])
 def test_the_pruned_bert_runs_any_batch_size_and_sequence_length_up_to_its_table(batch):
     torch.manual_seed(0)
     model = TinyBert()
     pat_ray.prune(model, torch.randint(0, 30, (2, 9)), budget=0.5)
     assert model(torch.randint(0, 30, (batch, 12))).shape == (batch, 3)
-
-
-class MergesHeadsByAttribute(nn.Module):
-    """Heads merged back by ``x.size()[:-2] + (self.all_head_size,)`` unpacked into a view, as
-    BEiT, Data2Vec and MobileViT in transformers write it: the merged width is an attribute
-    (surgery sets it) and the leading sizes are read from the tensor."""
-
-    def __init__(self, width: int = 24, heads: int = 4) -> None:
-        super().__init__()
-        self.head_dim, self.all_head_size = width // heads, width
-        self.embed = nn.Linear(6, width)
-        self.query, self.key, self.value, self.out = (nn.Linear(width, width) for _ in range(4))
-        self.head = nn.Linear(width, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
-        hidden_shape = (*x.shape[:-1], -1, self.head_dim)
-        q, k, v = (layer(x).view(hidden_shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
-        context = (q @ k.transpose(-1, -2) * self.head_dim**-0.5).softmax(-1) @ v
-        context = context.permute(0, 2, 1, 3).contiguous()
-        merged = context.size()[:-2] + (self.all_head_size,)
-        return self.head(self.out(context.view(*merged)).mean(1))
-
-
-def test_heads_merged_by_an_unpacked_size_tuple_prune_exactly_and_set_the_attribute():
-    torch.manual_seed(0)
-    model, x = MergesHeadsByAttribute(), torch.randn(2, 5, 6)
-    arch = assert_pruning_is_exact(model, x, budget=0.4)
-    assert any(name.endswith("/heads") for name in arch.kept) and model.all_head_size == model.query.out_features < 24
-
-
-class StoresWhatItComputes(nn.Module):
-    """A forward that keeps a size it computed on the module (transformers' Swin clamps its
-    window to the input's resolution so): tracing must not leave a traced value there."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
-        self.window = 8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) <= self.window:
-            self.window = min(x.shape[-2:])
-        return F.avg_pool2d(self.c2(F.relu(self.c1(x))), self.window).flatten(1)
-
-
-def test_a_forward_that_stores_a_size_on_its_module_keeps_a_plain_number_there():
-    model, x = StoresWhatItComputes(), torch.randn(2, 3, 6, 6)
-    trace_channel_groups(model, x)
-    assert model.window == 8 and type(model.window) is int  # as before the trace, not a traced value
-    pat_ray.prune(model, x, budget=0.5)
-    assert model.c1.out_channels < 16 and model(x).shape == (2, 4)
-
-
-class MakesModulesInItsForward(nn.Module):
-    """DistilBERT's ``nn.ReLU()(pooled)``: a module built on every call, no submodule of the model."""
-
-    def __init__(self, with_weights: bool = False) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
-        self.with_weights = with_weights
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = nn.ReLU()(self.fc1(x))
-        if self.with_weights:
-            hidden = nn.LayerNorm(16)(hidden)
-        return self.fc2(hidden)
-
-
-def test_a_stateless_module_made_in_the_forward_is_traced_as_its_ops():
-    torch.manual_seed(0)
-    model = MakesModulesInItsForward()
-    assert_pruning_is_exact(model, torch.randn(4, 6), budget=0.5)
-    assert model.fc1.out_features < 16
-
-
-def test_a_module_with_weights_made_in_the_forward_is_refused_naming_it():
-    from pat_ray.errors import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match="creates a LayerNorm with weights on every call"):
-        trace_channel_groups(MakesModulesInItsForward(with_weights=True), torch.randn(4, 6))

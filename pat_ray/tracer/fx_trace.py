@@ -22,6 +22,7 @@ still refused.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,7 +36,7 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
 from pat_ray.tracer.layers.table import family_of, kept_whole
-from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape
+from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape, reads_size
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -44,10 +45,11 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     without gradients; the model's mode is restored."""
     was_training = model.training
     model.eval()
-    attributes = [(module, dict(vars(module))) for module in model.modules()]
+    attributes = [(module, dict(vars(module)), _registered(module)) for module in model.modules()]
     try:
         try:
-            graph = _Tracer(first_sample(example_input)).trace(model)
+            example = first_sample(example_input)
+            graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
         finally:
             _restore(attributes)
         with torch.no_grad():
@@ -61,15 +63,43 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
 
 
-def _restore(attributes: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    """Undo what the traced forward stored on its modules (transformers' Swin keeps the window
-    size it computed from the input: a traced value, a ``Proxy``, after tracing). Attributes
-    fx adds to hold constant tensors (``_tensor_constant0``) stay: the graph reads them."""
-    for module, held in attributes:
-        state = vars(module)
-        for name in [name for name, value in state.items() if name not in held and isinstance(value, fx.Proxy)]:
-            del state[name]
-        state.update(held)
+def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:
+    """The defaults of the forward's arguments after the ``given`` examples (timm's Hiera
+    ``forward(x, mask=None)``): passed as they are, so ``if mask is not None`` takes the branch a
+    call with the example takes, not the one a traced argument would."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[given:]
+    except (TypeError, ValueError):  # no signature Python can read: every argument traced
+        return None
+    defaults = {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return defaults or None
+
+
+_REGISTRIES = ("_parameters", "_buffers", "_modules")
+
+
+def _registered(module: nn.Module) -> dict[str, dict[str, Any]]:
+    return {registry: dict(getattr(module, registry)) for registry in _REGISTRIES}
+
+
+def _restore(attributes: list[tuple[nn.Module, dict[str, Any], dict[str, dict[str, Any]]]]) -> None:
+    """Undo what the traced forward stored on its modules as traced values (transformers'
+    Swin keeps the window size it computed from the input's size, timm's ConViT a buffer of
+    relative positions: ``Proxy`` objects after tracing, which the next real call would meet).
+    A real value it stored stays, as after any call of the model (the graph may read it)."""
+    for module, held, registered in attributes:
+        tables = [(vars(module), held), *((getattr(module, r), registered[r]) for r in _REGISTRIES)]
+        for table, before in tables:
+            for name in [name for name, value in table.items() if isinstance(value, fx.Proxy)]:
+                if name in before:
+                    table[name] = before[name]
+                else:
+                    del table[name]
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -84,6 +114,8 @@ class _ShapeRecorder(fx.Interpreter):
                 n.meta[RETURNED_ARGUMENT] = returned[0]
         else:
             value = super().run_node(n)
+        if n.target is operator.setitem:  # what it returns is None; what it made is its first argument
+            value = self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else value
         if isinstance(value, torch.Tensor):
             n.meta[SHAPE] = tuple(value.shape)
         elif isinstance(value, list | tuple) and n.op != "output" and any(isinstance(v, torch.Tensor) for v in value):
@@ -122,21 +154,45 @@ class _Tracer(fx.Tracer):
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """fx's trace, with ``int(x.shape[1] ** 0.5)`` on a traced size read on the example too
-        (a Python number the code computes from sizes, as ConViT's patch grid), and ``len`` of a
-        traced tensor, shape or tuple (transformers' ``(*input_shape, -1, head_dim)``)."""
-        number = _NUMBER_CONVERSIONS
-        saved = {name: fx.Proxy.__dict__.get(name) for name in _PATCHED}
-        for name, convert in number.items():
-            setattr(fx.Proxy, name, lambda proxy, convert=convert: convert(self._size_value(proxy)))
-        fx.Proxy.__len__ = lambda proxy: len(self._value(proxy.node))  # type: ignore[method-assign]
+        (a Python number the code computes from sizes, as ConViT's patch grid), ``len`` of a
+        traced tensor, shape or tuple (transformers' ``(*input_shape, -1, head_dim)``), and
+        torch's factories given a traced size recorded (``torch.ones(B, n, device=x.device)``:
+        torch's argument parser would refuse a ``Proxy`` there), and item assignment recorded."""
+        patched: list[tuple[Any, str, Any]] = [
+            *((fx.Proxy, name, self._on_example(convert)) for name, convert in _NUMBER_CONVERSIONS.items()),
+            (fx.Proxy, "__len__", lambda proxy: len(self._value(proxy.node))),
+            (fx.Proxy, "__setitem__", lambda proxy, key, value: self._assigned(proxy, key, value)),
+            *((torch, name, self._recorded(getattr(torch, name))) for name in _FACTORIES),
+        ]
+        saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patched]
+        for owner, name, replacement in patched:
+            setattr(owner, name, replacement)
         try:
             return super().trace(root, concrete_args)
         finally:
-            for name, method in saved.items():
+            for owner, name, method in saved:
                 if method is None:
-                    delattr(fx.Proxy, name)
+                    delattr(owner, name)
                 else:
-                    setattr(fx.Proxy, name, method)
+                    setattr(owner, name, method)
+
+    def _assigned(self, proxy: fx.Proxy, key: Any, value: Any) -> None:
+        """``t[..., 2] = v`` (ConViT's relative indices filled in): recorded; the channel rule
+        keeps whatever channels it writes into or from."""
+        self.create_proxy("call_function", operator.setitem, (proxy, key, value), {})
+
+    def _on_example(self, convert: Callable[[Any], Any]) -> Callable[[fx.Proxy], Any]:
+        return lambda proxy: convert(self._size_value(proxy))
+
+    def _recorded(self, factory: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            traced: list[bool] = []
+            fx.node.map_aggregate((args, kwargs), lambda a: traced.append(isinstance(a, fx.Proxy)))
+            return (
+                self.create_proxy("call_function", factory, args, kwargs) if any(traced) else factory(*args, **kwargs)
+            )
+
+        return call
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(self._size_value(obj))
@@ -228,9 +284,8 @@ def _followed_whole(module: nn.Module) -> bool:
     return family is not None and family.whole_unless_followed
 
 
-_SIZE_READS = {"size", "dim", "shape", "ndim", "numel", "dtype", "device", "is_cuda"}  # never the values
 _NUMBER_CONVERSIONS = {"__int__": int, "__index__": int, "__float__": float}
-_PATCHED = (*_NUMBER_CONVERSIONS, "__len__")
+_FACTORIES = ("zeros", "ones", "empty", "full", "arange", "eye", "rand", "randn", "linspace", "tensor")
 
 
 def _is_sequence(tracer: _Tracer, value: Any) -> bool:
@@ -253,8 +308,7 @@ def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | No
         if node in seen:
             continue
         seen.add(node)
-        reads_size = node.target in _SIZE_READS or (node.target is getattr and node.args[1] in _SIZE_READS)
-        if reads_size:
+        if reads_size(node):
             continue
         if isinstance(values.get(node), torch.Tensor) and node.op != "get_attr":
             return node

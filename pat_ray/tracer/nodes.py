@@ -170,6 +170,14 @@ def same_axis(in_shape: tuple[int, ...], out_shape: tuple[int, ...], out_dim: in
     return None
 
 
+_SIZE_READS = {"size", "dim", "shape", "ndim", "numel", "dtype", "device", "is_cuda"}  # never the values
+
+
+def reads_size(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.device``...: a node that reads what a tensor is, never its values."""
+    return node.target in _SIZE_READS or (node.target is getattr and node.args[1] in _SIZE_READS)
+
+
 def size_read_from(entry: object) -> tuple[fx.Node, int] | None:
     """The tensor and dim a size argument was read from at run time (``x.shape[3]``,
     ``x.size(3)``, ``x.size()[3]``); None for a constant or any other expression."""

@@ -48,6 +48,7 @@ from pat_ray.tracer.nodes import (
     describe,
     is_parameter,
     piece_shapes,
+    reads_size,
     shape_of,
 )
 from pat_ray.tracer.ops.call import OpCall
@@ -229,8 +230,9 @@ def _later_arguments(node: fx.Node, first: Layout, layouts: Layouts) -> tuple[La
 
 def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     """A layer applied to a tensor computed from the model's buffers and parameters alone (Swin
-    V2's position-bias MLP on its coordinate table): that tensor's channels are fixed, like a
-    model input's; None when ``node`` is no such call."""
+    V2's position-bias MLP on its coordinate table), or from the input's size alone (ConViT's
+    relative positions of its patch grid): that tensor's channels are fixed, like a model
+    input's; None when ``node`` is no such call."""
     source = node.args[0] if node.op == "call_module" and node.args else None
     shape = shape_of(source)
     if not isinstance(source, fx.Node) or shape is None or len(shape) < 2:
@@ -241,7 +243,8 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
         if current.op == "placeholder":
             return None
         seen.add(current)
-        pending.extend(n for n in current.all_input_nodes if n not in seen)
+        if not reads_size(current):  # the input's size, not its values (ConViT's patch grid)
+            pending.extend(n for n in current.all_input_nodes if n not in seen)
     return builder.fixed_group(shape[1], f"<{source.name}>")
 
 

@@ -290,6 +290,15 @@ def sample_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     return first.on_dim1(call.where)
 
 
+@op_rule("assign", functions={operator.setitem})
+def assigned_layout(builder: GroupBuilder, call: OpCall) -> Layout:
+    """``t[index] = v`` writes into ``t`` in place at positions the code names: neither ``t``'s
+    channels nor ``v``'s may move."""
+    for layout in call.inputs:
+        builder.pin(layout)
+    return call.inputs[0]
+
+
 @op_rule("sealed", functions=SEALED_FUNCTIONS)
 def sealed_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     """A function whose channels pat_ray cannot follow inside: its traced inputs keep their

@@ -1,0 +1,221 @@
+"""The Python a forward runs on traced values, answered by running the model on the example
+input (tracing by running) where plain torch.fx refuses: ``len()`` of shapes and tensors, size
+tuples unpacked into views, buffers expanded to traced sizes, factories given traced sizes, item
+assignment, modules made or attributes stored by the forward, arguments left at their defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pat_ray
+from _helpers import assert_pruning_is_exact
+from pat_ray.tracer.trace import trace_channel_groups
+
+
+class ReadsLengths(nn.Module):
+    """``len`` of a shape and of a tensor, and sizes unpacked into a shape: Python that plain
+    torch.fx refuses ("'len' is not supported in symbolic tracing")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c1(x))
+        if len(y.shape) == 4 and len(y) == x.shape[0]:
+            y = y.reshape(*y.shape[:2], -1).reshape(*y.shape)
+        return self.fc(self.c2(y).mean((2, 3)))
+
+
+def test_len_and_unpacked_sizes_are_read_on_the_example_and_the_prune_is_exact():
+    torch.manual_seed(0)
+    assert_pruning_is_exact(ReadsLengths(), torch.randn(2, 3, 8, 8), budget=0.5)
+
+
+class BufferExpandedToTracedSizes(nn.Module):
+    """A per-channel buffer expanded to the batch size read at run time, then added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.register_buffer("offset", torch.randn(1, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x) + self.offset.expand(x.shape[0], -1)))
+
+
+def test_a_buffer_expanded_to_a_traced_size_is_sliced_with_the_channels_it_meets():
+    torch.manual_seed(0)
+    model, x = BufferExpandedToTracedSizes(), torch.randn(4, 6)
+    assert_pruning_is_exact(model, x, budget=0.5)
+    assert model.offset.shape == (1, model.fc1.out_features) and model.fc1.out_features < 16
+
+
+class MergesHeadsByAttribute(nn.Module):
+    """Heads merged back by ``x.size()[:-2] + (self.all_head_size,)`` unpacked into a view, as
+    BEiT, Data2Vec and MobileViT in transformers write it: the merged width is an attribute
+    (surgery sets it) and the leading sizes are read from the tensor."""
+
+    def __init__(self, width: int = 24, heads: int = 4) -> None:
+        super().__init__()
+        self.head_dim, self.all_head_size = width // heads, width
+        self.embed = nn.Linear(6, width)
+        self.query, self.key, self.value, self.out = (nn.Linear(width, width) for _ in range(4))
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        hidden_shape = (*x.shape[:-1], -1, self.head_dim)
+        q, k, v = (layer(x).view(hidden_shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
+        context = (q @ k.transpose(-1, -2) * self.head_dim**-0.5).softmax(-1) @ v
+        context = context.permute(0, 2, 1, 3).contiguous()
+        merged = context.size()[:-2] + (self.all_head_size,)
+        return self.head(self.out(context.view(*merged)).mean(1))
+
+
+def test_heads_merged_by_an_unpacked_size_tuple_prune_exactly_and_set_the_attribute():
+    torch.manual_seed(0)
+    model, x = MergesHeadsByAttribute(), torch.randn(2, 5, 6)
+    arch = assert_pruning_is_exact(model, x, budget=0.4)
+    assert any(name.endswith("/heads") for name in arch.kept) and model.all_head_size == model.query.out_features < 24
+
+
+class StoresWhatItComputes(nn.Module):
+    """A forward that keeps a size it computed on the module (transformers' Swin clamps its
+    window to the input's resolution so): tracing must not leave a traced value there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+        self.window = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) <= self.window:
+            self.window = min(x.shape[-2:])
+        return F.avg_pool2d(self.c2(F.relu(self.c1(x))), self.window).flatten(1)
+
+
+def test_a_forward_that_stores_a_size_on_its_module_keeps_a_plain_number_there():
+    model, x = StoresWhatItComputes(), torch.randn(2, 3, 6, 6)
+    trace_channel_groups(model, x)
+    assert model.window == 8 and type(model.window) is int  # as before the trace, not a traced value
+    pat_ray.prune(model, x, budget=0.5)
+    assert model.c1.out_channels < 16 and model(x).shape == (2, 4)
+
+
+class MakesModulesInItsForward(nn.Module):
+    """DistilBERT's ``nn.ReLU()(pooled)``: a module built on every call, no submodule of the model."""
+
+    def __init__(self, with_weights: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.with_weights = with_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = nn.ReLU()(self.fc1(x))
+        if self.with_weights:
+            hidden = nn.LayerNorm(16)(hidden)
+        return self.fc2(hidden)
+
+
+def test_a_stateless_module_made_in_the_forward_is_traced_as_its_ops():
+    torch.manual_seed(0)
+    model = MakesModulesInItsForward()
+    assert_pruning_is_exact(model, torch.randn(4, 6), budget=0.5)
+    assert model.fc1.out_features < 16
+
+
+def test_a_module_with_weights_made_in_the_forward_is_refused_naming_it():
+    from pat_ray.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="creates a LayerNorm with weights on every call"):
+        trace_channel_groups(MakesModulesInItsForward(with_weights=True), torch.randn(4, 6))
+
+
+class OptionalMask(nn.Module):
+    """``forward(x, mask=None)`` (timm's Hiera, every transformers model): called with the example
+    alone, the mask is None and its branch is not taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        y = F.relu(self.c1(x))
+        if mask is not None:
+            y = y * mask.view(*mask.shape, 1, 1)
+        return self.c2(y).mean((2, 3)) * scale
+
+
+def test_arguments_left_at_their_defaults_take_the_branch_a_call_with_the_example_takes():
+    torch.manual_seed(0)
+    model = OptionalMask()
+    assert_pruning_is_exact(model, torch.randn(2, 3, 8, 8), budget=0.5)
+    assert model.c1.out_channels < 16
+
+
+class RelativePositions(nn.Module):
+    """ConViT's positional attention: a table of relative patch positions built in the forward
+    from the input's size (``torch.zeros`` given traced sizes, filled by item assignment), cached
+    in a buffer, and projected by a Linear whose outputs prune: a coordinate encoding is fixed
+    channels feeding a prunable projection."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 2, stride=2)
+        self.pos_proj, self.out = nn.Linear(3, width), nn.Linear(width, 4)
+        self.register_buffer("rel_indices", torch.zeros(1, 1, 1, 3), persistent=False)
+
+    def positions(self, side: int) -> torch.Tensor:
+        table = torch.zeros(1, side * side, side * side, 3)
+        coords = torch.arange(side)
+        ind = (coords.view(1, -1) - coords.view(-1, 1)).repeat(side, side)
+        table[:, :, :, 0] = ind.unsqueeze(0)
+        table[:, :, :, 1] = ind.t().unsqueeze(0)
+        table[:, :, :, 2] = (ind**2).unsqueeze(0)
+        return table
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        if self.rel_indices.shape[1] != tokens.shape[1]:
+            self.rel_indices = self.positions(int(tokens.shape[1] ** 0.5))
+        weights = self.pos_proj(self.rel_indices.expand(tokens.shape[0], -1, -1, -1)).sum(-1).softmax(-1)
+        return self.out(F.relu(weights @ tokens).mean(1))
+
+
+def test_a_coordinate_table_built_from_the_input_size_feeds_a_projection_that_prunes():
+    torch.manual_seed(0)
+    model, x = RelativePositions(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    assert model.rel_indices.shape == (1, 16, 16, 3)  # the table the forward cached, a real tensor
+    assert not graph.group("pos_proj").pinned and not graph.group("embed").pinned
+    assert_pruning_is_exact(model, x, budget=0.5)
+    assert model.pos_proj.in_features == 3 and model.pos_proj.out_features < 16
+
+
+class WritesIntoActivations(nn.Module):
+    """``y[:, 0] = 0``: item assignment into a tensor that carries channels, at a position the
+    code names: those channels must keep their places."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.c1(x))
+        z = self.c2(y)
+        z[:, 0] = 0.0
+        return self.c3(z)
+
+
+def test_item_assignment_into_channels_keeps_them_and_everything_else_prunes():
+    model, x = WritesIntoActivations(), torch.randn(2, 3, 4, 4)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("c2").pinned and not graph.group("c1").pinned
+    torch.manual_seed(0)
+    assert_pruning_is_exact(model, x, budget=0.6)
+    assert model.c2.out_channels == 8 and model.c1.out_channels < 8
