@@ -90,6 +90,21 @@ def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_n
     assert loaded.strip() == "", f"importing pat_ray.cli loads {loaded.strip()}"
 
 
+@pytest.mark.parametrize("section", ["training", "pruning.budget", "tracking"])
+def test_describing_a_config_section_other_than_start_imports_no_plugin_nor_torch(section):
+    """``pat-ray config training`` answers at once; only ``start`` lists plugins' policies."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from click.testing import CliRunner; from pat_ray.cli import main; "
+        f"out = CliRunner().invoke(main, ['config', {section!r}]); assert out.exit_code == 0, out.output; "
+        "print(' '.join(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "", f"pat-ray config {section} loads {loaded.strip()}"
+
+
 MUTATORS = {"append", "extend", "add", "update", "pop", "setdefault", "clear", "remove", "discard", "insert"}
 
 

@@ -113,24 +113,30 @@ def config_schema() -> dict[str, Any]:
     return schema
 
 
-def keys() -> list[KeyInfo]:
-    """Every dotted key of a config, sections first, in the schema's order."""
+def keys(section: str | None = None) -> list[KeyInfo]:
+    """Every dotted key of a config (or of one top-level ``section``), sections first, in the
+    schema's order. Only ``start`` reads the plugins (their start policies' fields), so the other
+    sections are described without importing them (or torch)."""
     found: dict[str, KeyInfo] = {}
-    _walk(Config, "", found)
+    _walk(Config, "", found, section)
     return list(found.values())
 
 
 def describe(prefix: str | None = None) -> list[KeyInfo]:
     """The keys at and below ``prefix`` (all when None); ConfigError suggesting a close key."""
-    chosen = [info for info in keys() if prefix is None or info.key == prefix or info.key.startswith(prefix + ".")]
+    section = prefix.split(".")[0] if prefix and prefix.split(".")[0] in Config.model_fields else None
+    known = keys(section)
+    chosen = [info for info in known if prefix is None or info.key == prefix or info.key.startswith(prefix + ".")]
     if not chosen:
         close = difflib.get_close_matches(prefix or "", [info.key for info in keys()], n=1, cutoff=0.6)
         raise ConfigError("config", [f"{prefix}: no such key" + (f"; did you mean {close[0]}?" if close else "")])
     return chosen
 
 
-def _walk(model: type[BaseModel], prefix: str, found: dict[str, KeyInfo]) -> None:
+def _walk(model: type[BaseModel], prefix: str, found: dict[str, KeyInfo], only: str | None = None) -> None:
     for name, field in model.model_fields.items():
+        if only is not None and name != only:
+            continue
         key = f"{prefix}{name}"
         models = [t for t in _types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
         if BaseStartPolicy in models:  # ``start``: every policy's keys, plugins' included
