@@ -219,3 +219,47 @@ def test_item_assignment_into_channels_keeps_them_and_everything_else_prunes():
     torch.manual_seed(0)
     assert_pruning_is_exact(model, x, budget=0.6)
     assert model.c2.out_channels == 8 and model.c1.out_channels < 8
+
+
+class FourierPositions(nn.Module):
+    """XCiT's and EdgeNeXt's positional encoding: a grid of coordinates made from the input's
+    size (``torch.arange`` of traced sizes), expanded into sines, repeated to the batch size
+    read at run time, projected by a 1x1 conv and added: its outputs prune with the stream. The
+    block runs its attention in float32 under ``torch.autocast(x.device.type)``, as EfficientViT."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 2, stride=2)
+        self.token_projection = nn.Conv2d(8, width, 1)
+        self.mix, self.head = nn.Conv2d(width, width, 1), nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.embed(x)
+        b, _, h, w = y.shape
+        rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, w)
+        cols = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(1, 1, h, w)
+        frequencies = torch.arange(1, 3, dtype=torch.float32).view(1, 2, 1, 1)
+        grid = torch.cat(
+            [
+                (rows * frequencies).sin(),
+                (rows * frequencies).cos(),
+                (cols * frequencies).sin(),
+                (cols * frequencies).cos(),
+            ],
+            dim=1,
+        )
+        y = y + self.token_projection(grid.repeat(b, 1, 1, 1))
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y = F.relu(self.mix(y.float()))
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_coordinate_encoding_repeated_to_the_batch_prunes_its_projection_with_the_stream():
+    torch.manual_seed(0)
+    model, x = FourierPositions(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x)
+    assert not graph.group("embed").pinned and not graph.group("mix").pinned
+    assert_pruning_is_exact(model, x, budget=0.5)
+    assert (
+        model.token_projection.in_channels == 8 and model.token_projection.out_channels == model.embed.out_channels < 16
+    )

@@ -162,6 +162,7 @@ class _Tracer(fx.Tracer):
             *((fx.Proxy, name, self._on_example(convert)) for name, convert in _NUMBER_CONVERSIONS.items()),
             (fx.Proxy, "__len__", lambda proxy: len(self._value(proxy.node))),
             (fx.Proxy, "__setitem__", lambda proxy, key, value: self._assigned(proxy, key, value)),
+            (fx.Proxy, "__getattr__", lambda proxy, name: self._attribute(proxy, name)),
             *((torch, name, self._recorded(getattr(torch, name))) for name in _FACTORIES),
         ]
         saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patched]
@@ -175,6 +176,11 @@ class _Tracer(fx.Tracer):
                     delattr(owner, name)
                 else:
                     setattr(owner, name, method)
+
+    def _attribute(self, proxy: fx.Proxy, name: str) -> Any:
+        """``x.device`` is the example's device, no traced value: pruning never changes it, and
+        code hands it where torch wants a real one (``torch.autocast(x.device.type)``)."""
+        return self._value(proxy.node).device if name == "device" else fx.proxy.Attribute(proxy, name)
 
     def _assigned(self, proxy: fx.Proxy, key: Any, value: Any) -> None:
         """``t[..., 2] = v`` (ConViT's relative indices filled in): recorded; the channel rule

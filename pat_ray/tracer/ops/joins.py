@@ -89,14 +89,17 @@ def stack_layout(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node,
 
 
 def repeat_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
-    """``x.repeat(1, r, 1, 1)`` / ``tile``: the channels ``r`` times over, like a ``cat`` of copies."""
+    """``x.repeat(1, r, 1, 1)`` / ``tile``: the channels ``r`` times over, like a ``cat`` of copies;
+    a count on another axis is free to be read at run time (``pos.repeat(B, 1, 1, 1)``)."""
     given = size_arguments(node, 1, "dims", "repeats")
     factors: list[Any] = [given] if isinstance(given, fx.Node) else list(given)
     ndim = len(known_shape(node.args[0], where))
     factors = [1] * (ndim - len(factors)) + factors  # tile pads on the left
-    if len(factors) != ndim or not all(isinstance(f, int) for f in factors):
-        raise UnsupportedModelError(f"{where}: repeats by {factors}: new leading axes or counts known only at run time")
-    factor = factors[layout.axis]
+    if len(factors) != ndim:
+        raise UnsupportedModelError(f"{where}: repeats by {factors}: adds leading axes")
+    factor = factors[layout.axis]  # other axes' counts may be read at run time (XCiT's batch size)
+    if not isinstance(factor, int):
+        raise UnsupportedModelError(f"{where}: repeats the channels a number of times known only at run time")
     if factor != 1 and layout.repeat != 1:
         raise UnsupportedModelError(f"{where}: tiles flattened features")
     return Layout(layout.groups * factor, layout.repeat, layout.axis)
