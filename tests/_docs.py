@@ -126,7 +126,7 @@ def _ci_runs(line: str) -> bool:
     ci = ci_lines()
     ci_install = next((installs(c) for c in ci if "pip install" in c), None)
     return (
-        stripped == "pytest"
+        stripped in ("pytest", "pytest -m slow")
         or stripped.startswith("python3 -m venv .venv")
         or (ci_install is not None and "pip install" in stripped and installs(stripped) == ci_install)
     )

@@ -126,6 +126,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # a Ray head of its own and a submitted job: `pytest -m slow`
 def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
     """The README's `ray job submit ... -- pat-ray run CONFIG` (with overrides, to keep it short),
     against `ray start --head` on 127.0.0.1 (auth disabled on both sides, as on a laptop); then a

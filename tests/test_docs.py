@@ -35,6 +35,7 @@ from pat_ray.config import Config, config_from_dict
 RUNNABLE = [doc for doc in documents() if any(block.runs_here for block in blocks(doc))]
 
 
+@pytest.mark.slow  # every documented command, Ray runs included: `pytest -m slow`
 @pytest.mark.parametrize("document", RUNNABLE, ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_block_of_a_document_runs_as_written_top_to_bottom(document, tmp_path):
     folder = fresh_folder(tmp_path / "reader")
@@ -72,6 +73,7 @@ def check_the_set_up_block(output: str, folder: Path) -> None:
         assert json.loads((version / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_every_help_example_runs_as_written_in_one_fresh_folder(tmp_path):
     examples = help_examples(main)
     assert {command for command, _ in examples} >= {"pat-ray --help", "pat-ray run --help", "pat-ray export --help"}
@@ -173,7 +175,10 @@ def test_the_install_lines_are_what_ci_installs():
     ci = (ROOT / ".ci" / "run").read_text()
     (ci_install,) = [line for line in ci.splitlines() if "pip install" in line and not line.startswith("#")]
     assert installs(lines[1]) == installs(ci_install) != []
-    assert "\npytest\n" in ci and "```bash\npytest\n```" in (ROOT / "README.md").read_text()
+    shown = next(b for b in blocks(ROOT / "README.md") if "pytest" in b.text)
+    commands = [line.split("#")[0].strip() for line in shown.text.splitlines() if line.strip()]
+    assert commands == ["pytest", "pytest -m slow"]
+    assert [line.strip() for line in ci.splitlines() if line.startswith("pytest")] == commands
 
 
 def test_every_config_shown_in_yaml_is_valid():

@@ -45,6 +45,8 @@ def pat_ray_register_criteria(register):
 USER_MODEL = """
 from torch import nn
 
+pytestmark = pytest.mark.slow  # a multi-node test cluster: `pytest -m slow` (README)
+
 
 class Net(nn.Sequential):
     \"\"\"The user's own CNN, in a package only the driver's machine has.\"\"\"

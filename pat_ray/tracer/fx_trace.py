@@ -303,7 +303,7 @@ def _is_sequence(tracer: _Tracer, value: Any) -> bool:
 def _reads_shape(node: fx.Node) -> bool:
     """``x.shape`` or ``x.size()``: a tuple of sizes read from a tensor."""
     whole_size = node.op == "call_method" and node.target == "size" and len(node.args) == 1
-    return whole_size or (node.target is getattr and node.args[1] == "shape")
+    return whole_size or (node.target is getattr and str(node.args[1]) == "shape")
 
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
