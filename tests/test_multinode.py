@@ -26,6 +26,8 @@ from pat_ray.config import FixedStart  # noqa: E402
 from pat_ray.run_folder.versions import find_version  # noqa: E402
 from pat_ray.storage import Location  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a multi-node test cluster: `pytest -m slow` (README)
+
 HERE = Path(__file__).parent
 UNREACHABLE = "http://127.0.0.1:9/"
 PLUGIN = """
@@ -44,8 +46,6 @@ def pat_ray_register_criteria(register):
 """
 USER_MODEL = """
 from torch import nn
-
-pytestmark = pytest.mark.slow  # a multi-node test cluster: `pytest -m slow` (README)
 
 
 class Net(nn.Sequential):
