@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from _helpers import assert_pruning_is_exact
@@ -183,3 +184,30 @@ def test_a_slice_of_each_heads_features_keeps_them_whole_when_head_dim_is_pruned
     with pytest.warns(UserWarning, match="head_dim is kept whole"):
         graph = trace_channel_groups(HalfRotated(), x, attention="head_dim")
     assert not any(g.name.endswith("/head_dim") for g in graph.groups)  # and no trace error
+
+
+class FocalSplit(nn.Module):
+    """FocalNet's focal modulation: ``c = h.shape[1]`` read at run time sizes a split of a
+    projection of ``h``; pruning ``h`` would change ``c`` while the projection keeps its width,
+    so ``h``'s channels stay and what the pieces feed prunes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.proj = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 18, 1)
+        self.hidden, self.out, self.head = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        c = h.shape[1]
+        q, ctx, gates = torch.split(self.proj(h), (c, c, 2), 1)
+        modulated = q * ctx * gates.sum(1, keepdim=True)
+        return self.head(self.out(F.relu(self.hidden(modulated))).mean((2, 3)))
+
+
+def test_split_sizes_read_from_a_tensors_channels_keep_them_and_the_rest_prunes_exactly():
+    torch.manual_seed(0)
+    model, x = FocalSplit(), torch.randn(2, 3, 6, 6)
+    graph = trace_channel_groups(model, x)
+    assert graph.group("stem").pinned and not graph.group("hidden").pinned
+    assert_pruning_is_exact(model, x, budget=0.7)
+    assert model.stem.out_channels == 8 and model.hidden.out_channels < 16

@@ -13,22 +13,46 @@ from pat_ray.core.undo import undone_on_failure
 from pat_ray.errors import PrunedModelError
 
 
-class WidthSplit(nn.Module):
-    """FocalNet's focal modulation in small: the split sizes are read at run time from a width
-    that pruning changes (``c = h.shape[1]``), while the projection feeding the split keeps its
-    own: the pruned model fails its check."""
+class DeclaredWrongly(nn.Module):
+    """A model whose prune fails its check: a plugin declares its gain layer wrongly (the gain
+    "follows" the channels, but its forward writes the width 8 as a number), so the pruned model
+    fails at that layer. (FocalNet's split sizes read from a pruned width once failed so; the
+    tracer now keeps that width: ``tests/test_channel_slices.py``.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 1)
+        self.scale = WrittenWidthGain()
         self.proj = nn.Conv2d(8, 2 * 8 + 2, 1)
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        c = h.shape[1]
+        h = self.scale(self.stem(x))
+        c = 8
         q, ctx, gates = torch.split(self.proj(h), (c, c, 2), 1)
         return self.head((q * ctx * gates.sum(1, keepdim=True)).mean((2, 3)))
+
+
+class WrittenWidthGain(nn.Module):
+    """A per-channel gain whose forward writes its width as a number: no rule could prune it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain.view(1, 8, 1, 1)
+
+
+class WronglyDeclared:
+    @pat_ray.hookimpl
+    def pat_ray_register_layers(self, register):
+        register("written_width_gain", pat_ray.LayerRule(WrittenWidthGain, maps="follows", params={"gain": {"out": 0}}))
+
+
+@pytest.fixture(autouse=True)
+def wrong_rule(plugins):
+    plugins(WronglyDeclared(), name="wrongly_declared")
 
 
 def trained(model: nn.Module, x: torch.Tensor) -> torch.optim.Optimizer:
@@ -67,10 +91,10 @@ def assert_unchanged(model: nn.Module, optimizer: torch.optim.Optimizer, before:
 
 def test_a_one_shot_prune_that_fails_its_check_leaves_model_and_optimizer_as_they_were():
     torch.manual_seed(0)
-    model, x = WidthSplit(), torch.randn(2, 3, 8, 8)
+    model, x = DeclaredWrongly(), torch.randn(2, 3, 8, 8)
     optimizer = trained(model, x)
     before, out = snapshot(model, optimizer), model(x).detach()
-    with pytest.raises(PrunedModelError, match="split_with_sizes"):
+    with pytest.raises(PrunedModelError, match="scale"):
         pat_ray.prune(model, x, budget=0.5, optimizer=optimizer)
     assert_unchanged(model, optimizer, before, x, out)
     optimizer.step()  # and the optimizer still steps the model's own parameters
@@ -78,7 +102,7 @@ def test_a_one_shot_prune_that_fails_its_check_leaves_model_and_optimizer_as_the
 
 def test_a_pat_step_that_fails_leaves_the_model_optimizer_and_component_as_they_were():
     torch.manual_seed(0)
-    model, x = WidthSplit(), torch.randn(2, 3, 8, 8)
+    model, x = DeclaredWrongly(), torch.randn(2, 3, 8, 8)
     optimizer = trained(model, x)
     pat = pat_ray.PaT(
         model,

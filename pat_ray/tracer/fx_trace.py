@@ -150,6 +150,7 @@ class _Tracer(fx.Tracer):
         self.proxy_buffer_attributes = True  # a buffer's ops are recorded, as its sizes may be traced ones
         self.example = example
         self.values: dict[fx.Node, Any] = {}
+        self.runner: fx.Interpreter | None = None
         self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
@@ -239,11 +240,15 @@ class _Tracer(fx.Tracer):
     def _value(self, wanted: fx.Node) -> Any:
         """What ``wanted`` holds on the example input. Tracing patches ``nn.Module`` so that a
         call or a parameter read records a node; the real run needs the plain ones back."""
+        if wanted in self.values:
+            return self.values[wanted]
         patched = (nn.Module.__call__, nn.Module.__getattr__)
         nn.Module.__call__, nn.Module.__getattr__ = self.unpatched  # type: ignore[method-assign]
         try:
-            runner = fx.Interpreter(self.root, graph=self.graph, garbage_collect_values=False)
-            runner.env = self.values
+            if self.runner is None:  # one for the whole trace: the graph only grows at its end
+                self.runner = fx.Interpreter(self.root, graph=self.graph, garbage_collect_values=False)
+                self.runner.env = self.values
+            runner = self.runner
             inputs = iter(self.example)
             with torch.no_grad():
                 for node in self.graph.nodes:

@@ -14,13 +14,14 @@ Splitting any other axis leaves the channels alone.
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 
 import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
-from pat_ray.tracer.layout import Layout, Pieces
-from pat_ray.tracer.nodes import arg, known_shape, target_name
+from pat_ray.tracer.layout import Layout, Pieces, Traced
+from pat_ray.tracer.nodes import arg, known_shape, size_derived_from, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
@@ -35,7 +36,21 @@ def split_rule(builder: GroupBuilder, call: OpCall) -> Pieces:
     node = call.node
     dim_position = 1 if target_name(node) == "unbind" else 2  # of ``dim``, when given positionally
     in_shape = known_shape(node.args[0], call.where)
-    return split_layout(builder, node, call.inputs[0], dim_position, in_shape, call.pieces, call.where)
+    pieces = split_layout(builder, node, call.inputs[0], dim_position, in_shape, call.pieces, call.where)
+    _keep_channels_sizes_are_read_from(builder, node, call.layouts)
+    return pieces
+
+
+def _keep_channels_sizes_are_read_from(builder: GroupBuilder, node: fx.Node, layouts: Mapping[fx.Node, Traced]) -> None:
+    """A piece size read at run time from another tensor's channels (FocalNet's ``c =
+    x.shape[1]`` then ``split(proj(x), (c, c, k), 1)``) would change with them while the split's
+    input keeps its boundaries: those channels keep their width too."""
+    given = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+    for entry in given if isinstance(given, list | tuple) else [given]:
+        read = size_derived_from(entry)
+        source = layouts.get(read[0]) if read is not None else None
+        if read is not None and isinstance(source, Layout) and read[1] % len(known_shape(read[0], "")) == source.axis:
+            builder.pin(source)
 
 
 def split_layout(
