@@ -18,7 +18,7 @@ def local_ray():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -62,3 +62,17 @@ def test_a_startup_timeout_is_recognised_through_trains_wrapping():
     wrapped = ControllerError(WorkerGroupStartupTimeoutError(2))
     assert ray_private.is_startup_timeout(wrapped)
     assert not ray_private.is_startup_timeout(ControllerError(ValueError("other")))
+
+
+def test_a_cluster_that_died_is_not_joined_though_ray_still_has_it_on_record(tmp_path, monkeypatch):
+    """A killed ``ray start`` leaves ``ray_current_cluster`` behind; Ray hands that address to a
+    bare ``ray.init()``, which then waits on it for ever. pat_ray starts its own instead."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    for folder in (tmp_path, tmp_path / "ray"):  # where this Ray version looks for the record
+        (folder / "ray_current_cluster").write_text("127.0.0.1:9")  # port 9: nothing answers
+    from ray._private.services import canonicalize_bootstrap_address
+
+    assert str(canonicalize_bootstrap_address(None)).endswith(":9")  # what Ray itself would join
+    assert ray_private.running_local_cluster() is None

@@ -35,15 +35,19 @@ def in_submitted_job() -> bool:
 
 
 def running_local_cluster() -> str | None:
-    """The address of the cluster a bare ``ray.init()`` joins on this machine (the latest
-    ``ray start``, as Ray's ``canonicalize_bootstrap_address`` finds it), or None: it would
-    start a new one. ``RAY_ADDRESS`` unset is the caller's to check."""
-    from ray._private.services import canonicalize_bootstrap_address
+    """The address of the live cluster a bare ``ray.init()`` joins on this machine (the latest
+    ``ray start``, as Ray's ``canonicalize_bootstrap_address`` finds it), or None: start a new
+    one (``ray.init(address="local")``). ``RAY_ADDRESS`` unset is the caller's to check."""
+    from ray._private.services import canonicalize_bootstrap_address, find_gcs_addresses
 
     try:
-        return canonicalize_bootstrap_address(None)  # type: ignore[arg-type]  # None: "find one", as ray.init passes it
+        address = canonicalize_bootstrap_address(None)  # type: ignore[arg-type]  # None: "find one", as ray.init passes it
     except (ConnectionError, ValueError):
         return None
+    # Ray reads that address from /tmp/ray/ray_current_cluster, which a cluster that died (a
+    # killed `ray start`, a crashed machine) leaves behind: joining it would wait for ever. A
+    # live one has a raylet on this machine pointing at it.
+    return address if address in find_gcs_addresses() else None
 
 
 def train_settings() -> dict[str, str]:

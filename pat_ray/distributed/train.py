@@ -306,6 +306,7 @@ def start_ray(py_modules: list[str] | None = None) -> None:
     shipped = set((runtime_env or {}).get("py_modules", ()))  # read now: ray.init puts URIs in their place
     stops = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     context = ray.init(
+        address=joined or (None if given else "local"),  # "local": never the stale cluster a dead one left on record
         log_to_driver=True,
         logging_config=ray.LoggingConfig(log_level="INFO" if os.environ.get("PAT_RAY_VERBOSE") else "WARNING"),
         runtime_env=runtime_env,
