@@ -56,33 +56,38 @@ def small_config(model_type: str, image_size: int | None):
     return config
 
 
-def _build_text(model_type: str):
-    """A text classifier wrapped as a user would (token ids in, logits out) and a batch of ids."""
+def _wrapped(auto_class, config, x, keyword: str):
+    """A constructor for the model ``auto_class`` builds from ``config``, wrapped as a user would
+    hand it to a pruner (``x`` passed as ``keyword``, logits out), and ``x``, once it ran on it."""
     import torch
     from torch import nn
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    class TextClassifier(nn.Module):
+    class Classifier(nn.Module):
         def __init__(self, model: nn.Module) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, ids):
-            return self.model(input_ids=ids).logits
+        def forward(self, inputs):
+            return self.model(**{keyword: inputs}).logits
+
+    def make():
+        torch.manual_seed(0)
+        # eager attention: written-out products, which the FLOPs counter sees (SDPA's CPU kernel it does not)
+        return Classifier(auto_class.from_config(config, attn_implementation="eager")).eval()
+
+    with torch.no_grad():
+        make()(x)
+    return make, x
+
+
+def _build_text(model_type: str):
+    """A text classifier (token ids in, logits out) and a batch of ids."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
         config = AutoConfig.for_model(model_type, **SMALL)
-        ids = torch.randint(0, 1000, (2, TOKENS))
-
-        def make(config=config):
-            torch.manual_seed(0)
-            return TextClassifier(
-                AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
-            ).eval()
-
-        with torch.no_grad():
-            make()(ids)
-        return make, ids
+        return _wrapped(AutoModelForSequenceClassification, config, torch.randint(0, 1000, (2, TOKENS)), "input_ids")
     except Exception as err:  # noqa: BLE001 - the row says why
         return f"could not build: {type(err).__name__}: {str(err)[:100]}"
 
@@ -92,18 +97,7 @@ def _build(model_type: str):
     if model_type.startswith("text:"):
         return _build_text(model_type.removeprefix("text:"))
     import torch
-    from torch import nn
     from transformers import AutoModelForImageClassification
-
-    class Classifier(nn.Module):
-        """An image batch in, logits out: how a user hands a transformers model to a pruner."""
-
-        def __init__(self, model: nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(pixel_values=x).logits
 
     errors = []
     for image_size in IMAGE_SIZES:
@@ -111,17 +105,7 @@ def _build(model_type: str):
             config = small_config(model_type, image_size)
             side = image_size or _own_size(config)
             x = torch.randn(2, getattr(config, "num_channels", 3), side, side)
-
-            def make(config=config):
-                torch.manual_seed(0)
-                # eager attention: written-out products, which the FLOPs counter sees (SDPA's CPU kernel it does not)
-                return Classifier(
-                    AutoModelForImageClassification.from_config(config, attn_implementation="eager")
-                ).eval()
-
-            with torch.no_grad():
-                make()(x)
-            return make, x
+            return _wrapped(AutoModelForImageClassification, config, x, "pixel_values")
         except Exception as err:  # noqa: BLE001 - the next size is tried
             errors.append(f"{type(err).__name__}: {str(err)[:100]}")
     return "could not build: " + " / ".join(errors)
