@@ -124,8 +124,8 @@ def keys(section: str | None = None) -> list[KeyInfo]:
 
 def describe(prefix: str | None = None) -> list[KeyInfo]:
     """The keys at and below ``prefix`` (all when None); ConfigError suggesting a close key."""
-    section = prefix.split(".")[0] if prefix and prefix.split(".")[0] in Config.model_fields else None
-    known = keys(section)
+    first = (prefix or "").split(".")[0]
+    known = keys(first if first in Config.model_fields else None)
     chosen = [info for info in known if prefix is None or info.key == prefix or info.key.startswith(prefix + ".")]
     if not chosen:
         close = difflib.get_close_matches(prefix or "", [info.key for info in keys()], n=1, cutoff=0.6)

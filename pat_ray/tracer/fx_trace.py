@@ -36,7 +36,15 @@ from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
 from pat_ray.tracer.layers.table import family_of, kept_whole
-from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape, reads_size
+from pat_ray.tracer.nodes import (
+    PIECE_SHAPES,
+    PRODUCT_MACS,
+    RETURNED_ARGUMENT,
+    SHAPE,
+    PieceShape,
+    reads_shape,
+    reads_size,
+)
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
@@ -47,13 +55,13 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
     model.eval()
     attributes = [(module, dict(vars(module)), _registered(module)) for module in model.modules()]
     try:
+        example = first_sample(example_input)
         try:
-            example = first_sample(example_input)
             graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
         finally:
             _restore(attributes)
         with torch.no_grad():
-            result = _ShapeRecorder(model, graph=graph).run(*first_sample(example_input))
+            result = _ShapeRecorder(model, graph=graph).run(*example)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
@@ -226,13 +234,17 @@ class _Tracer(fx.Tracer):
         if not isinstance(obj, fx.Proxy):
             return list(obj)
         node = obj.node
-        if node.target is operator.add and len(node.args) == 2 and all(_is_sequence(self, a) for a in node.args):
+        if node.target is operator.add and len(node.args) == 2 and all(self._is_sequence(a) for a in node.args):
             return [item for part in node.args for item in self._items(self._as_proxy(part))]
         whole = node.args[0] if node.target is operator.getitem else None
-        if isinstance(whole, fx.Node) and isinstance(node.args[1], slice) and _reads_shape(whole):
+        if isinstance(whole, fx.Node) and isinstance(node.args[1], slice) and reads_shape(whole):
             positions = range(*node.args[1].indices(len(self._value(whole))))
             return [fx.Proxy(whole, self)[i] for i in positions]  # type: ignore[index]
         return [obj[i] for i in range(len(self._value(node)))]  # type: ignore[index]
+
+    def _is_sequence(self, value: Any) -> bool:
+        """A tuple or list, as written or as the example makes it."""
+        return isinstance(self._value(value) if isinstance(value, fx.Node) else value, tuple | list)
 
     def _as_proxy(self, value: Any) -> Any:
         return fx.Proxy(value, self) if isinstance(value, fx.Node) else value
@@ -297,18 +309,6 @@ def _followed_whole(module: nn.Module) -> bool:
 
 _NUMBER_CONVERSIONS = {"__int__": int, "__index__": int, "__float__": float}
 _FACTORIES = ("zeros", "ones", "empty", "full", "arange", "eye", "rand", "randn", "linspace", "tensor")
-
-
-def _is_sequence(tracer: _Tracer, value: Any) -> bool:
-    if isinstance(value, fx.Node):
-        return isinstance(tracer._value(value), tuple | list)
-    return isinstance(value, tuple | list)
-
-
-def _reads_shape(node: fx.Node) -> bool:
-    """``x.shape`` or ``x.size()``: a tuple of sizes read from a tensor."""
-    whole_size = node.op == "call_method" and node.target == "size" and len(node.args) == 1
-    return whole_size or (node.target is getattr and str(node.args[1]) == "shape")
 
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:

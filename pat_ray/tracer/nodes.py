@@ -189,13 +189,15 @@ def size_read_from(entry: object) -> tuple[fx.Node, int] | None:
     if entry.op != "call_function" or entry.target is not operator.getitem or not isinstance(entry.args[1], int):
         return None
     whole = entry.args[0]
-    reads_shape = isinstance(whole, fx.Node) and (
-        (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1)
-        or (whole.op == "call_function" and whole.target is getattr and whole.args[1] == "shape")
-    )
-    if not reads_shape or not isinstance(whole, fx.Node) or not isinstance(whole.args[0], fx.Node):
+    if not isinstance(whole, fx.Node) or not reads_shape(whole) or not isinstance(whole.args[0], fx.Node):
         return None
     return whole.args[0], entry.args[1]
+
+
+def reads_shape(node: fx.Node) -> bool:
+    """``x.shape`` or ``x.size()``: the whole tuple of sizes read from a tensor."""
+    whole_size = node.op == "call_method" and node.target == "size" and len(node.args) == 1
+    return whole_size or (node.op == "call_function" and node.target is getattr and str(node.args[1]) == "shape")
 
 
 _SIZE_ARITHMETIC = {operator.floordiv, operator.mul, operator.truediv, operator.add, operator.sub, operator.mod}
