@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pat_ray.core.cost.flops import measure_cost
     from pat_ray.core.cost.probe import measure_latency
     from pat_ray.core.data import DataBundle
-    from pat_ray.core.selection import BUDGET_TOLERANCE
+    from pat_ray.core.kinds import BUDGET_TOLERANCE
     from pat_ray.errors import (
         BudgetError,
         CheckpointError,
@@ -69,7 +69,7 @@ _LAZY = {  # public name -> (module, name there)
     "trust": ("pat_ray.plugins.user_code", "trust"),
     "DataBundle": ("pat_ray.core.data", "DataBundle"),
     "measure_cost": ("pat_ray.core.cost.flops", "measure_cost"),
-    "BUDGET_TOLERANCE": ("pat_ray.core.selection", "BUDGET_TOLERANCE"),
+    "BUDGET_TOLERANCE": ("pat_ray.core.kinds", "BUDGET_TOLERANCE"),
     "measure_latency": ("pat_ray.core.cost.probe", "measure_latency"),
     "save_checkpoint": ("pat_ray.training.checkpoint", "save_checkpoint"),
     "load_checkpoint": ("pat_ray.training.checkpoint", "load_checkpoint"),

@@ -79,30 +79,42 @@ def test_modules_and_functions_stay_small_enough_to_read(path):
             assert length <= 80, f"{path.name}: {node.name} is {length} lines"
 
 
-def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_needs_them():
-    """``pat-ray --version``, ``--help`` and ``runs`` answer at once: importing the CLI (every
-    command registered) loads none of the heavy packages (benchmarks/cli_startup.py times it)."""
+HEAVY = ("torch", "ray", "mlflow")
+
+
+def _heavy_after(probe: str) -> str:
+    """The heavy packages a fresh interpreter holds after running ``probe``."""
     import subprocess
     import sys
 
-    probe = "import sys, pat_ray.cli; print(' '.join(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "", f"importing pat_ray.cli loads {loaded.strip()}"
+    report = f"; import sys; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe + report], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_needs_them():
+    """``pat-ray --version``, ``--help`` and ``runs`` answer at once: importing the CLI (every
+    command registered) loads none of the heavy packages (benchmarks/cli_startup.py times it)."""
+    loaded = _heavy_after("import pat_ray.cli")
+    assert loaded == "", f"importing pat_ray.cli loads {loaded}"
 
 
 @pytest.mark.parametrize("section", ["training", "pruning.budget", "tracking"])
 def test_describing_a_config_section_other_than_start_imports_no_plugin_nor_torch(section):
     """``pat-ray config training`` answers at once; only ``start`` lists plugins' policies."""
-    import subprocess
-    import sys
-
     probe = (
-        "import sys; from click.testing import CliRunner; from pat_ray.cli import main; "
-        f"out = CliRunner().invoke(main, ['config', {section!r}]); assert out.exit_code == 0, out.output; "
-        "print(' '.join(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+        "from click.testing import CliRunner; from pat_ray.cli import main; "
+        f"out = CliRunner().invoke(main, ['config', {section!r}]); assert out.exit_code == 0, out.output"
     )
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "", f"pat-ray config {section} loads {loaded.strip()}"
+    loaded = _heavy_after(probe)
+    assert loaded == "", f"pat-ray config {section} loads {loaded}"
+
+
+def test_the_ray_train_controller_side_of_a_run_imports_no_torch():
+    """Train's controller process unpickles ``ProgressCallback`` before it starts the workers:
+    every second its imports take is added to every Ray run's start (torch alone was ~2 s)."""
+    loaded = _heavy_after("import pat_ray.distributed.progress").split()
+    assert "torch" not in loaded and "mlflow" not in loaded, f"the controller's callback loads {loaded}"
 
 
 MUTATORS = {"append", "extend", "add", "update", "pop", "setdefault", "clear", "remove", "discard", "insert"}

@@ -202,3 +202,16 @@ def test_the_ranks_of_a_distributed_job_agree_and_train_on_through_a_rebuilt_ddp
     assert results[0][1] == results[1][1]  # one architecture for every rank
     assert all(r[2] and r[3] for r in results)  # still DDP, and pruned
     assert results[0][4] == pytest.approx(results[1][4])  # DDP kept the ranks' weights in step after pruning
+
+
+def test_a_single_rank_trains_its_model_without_a_ddp_wrapper(tmp_path):
+    """A one-worker Ray run is a torch.distributed job of one rank: DDP would all-reduce its
+    gradients with itself and broadcast its buffers every step, for nothing."""
+    from pat_ray.training.torch_collective import DistributedCollective
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = TinySegmenter()
+        assert DistributedCollective(torch.device("cpu")).wrap(model) is model
+    finally:
+        torch.distributed.destroy_process_group()

@@ -22,11 +22,9 @@ import torch
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.flops import cost_of
 from pat_ray.core.cost.latency import LatencyTable
-from pat_ray.core.kinds import MEASURES, Measure
+from pat_ray.core.kinds import BUDGET_TOLERANCE, MEASURES, Measure
 from pat_ray.errors import BudgetError
 from pat_ray.tracer.graph import ChannelGroup, ModelGraph
-
-BUDGET_TOLERANCE = 0.005  # a selection keeps at most budget.fraction + this share of the reference measure
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray.train import UserCallback
 
 from pat_ray.config import Config, config_to_yaml
+from pat_ray.run_folder.files import CONFIG, HISTORY, LAST, PREVIOUS
 from pat_ray.storage import Location
 from pat_ray.tracking.live import EpochLogger, LiveTarget
-from pat_ray.training.checkpoint import Checkpoint, read_checkpoint
 from pat_ray.training.records import EpochRecord, RunResult
 from pat_ray.training.reporters import PrintReporter
-from pat_ray.training.run_state import CONFIG, HISTORY, LAST, PREVIOUS, RunState
+
+if TYPE_CHECKING:  # torch: Train's controller, which runs this callback, never needs it
+    from pat_ray.training.checkpoint import Checkpoint
 
 RANKS = "ranks.jsonl"  # one line per report: what each rank saw, and where it ran
 RANK_KEYS = (
@@ -100,6 +103,7 @@ def _append(log: Location, line: str) -> None:
 def final_result(config: Config, folder: Location, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint in the run folder (read once, at the end)."""
     from pat_ray.core.cost.latency import LatencyTable
+    from pat_ray.training.checkpoint import read_checkpoint
     from pat_ray.training.latency_budget import TABLE_FILE, write_table
 
     ckpt = read_checkpoint(str(folder / LAST))
@@ -114,4 +118,6 @@ def final_result(config: Config, folder: Location, wall_seconds: float) -> RunRe
 
 def result_from_checkpoint(config: Config, ckpt: Checkpoint, path: Path | str | None, wall_seconds: float) -> RunResult:
     """The run's result from its final checkpoint (which carries the whole history)."""
+    from pat_ray.training.run_state import RunState
+
     return RunState.from_checkpoint(ckpt).result(config, ckpt.architecture.to_dict(), path, wall_seconds)

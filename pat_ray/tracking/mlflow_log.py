@@ -26,7 +26,6 @@ from pat_ray.config import Config, config_to_yaml
 from pat_ray.config.fields import dotted
 from pat_ray.storage import Location
 from pat_ray.tracking.mlflow_private import muted, using_tracking_uri
-from pat_ray.training.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -221,6 +220,8 @@ def log_model(client: MlflowClient, run_id: str, checkpoint: Path, registered_na
     import numpy
     import torch
     from mlflow.models import infer_signature
+
+    from pat_ray.training.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
     model.eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pat_ray.config import Config
-from pat_ray.core.selection import BUDGET_TOLERANCE
+from pat_ray.core.kinds import BUDGET_TOLERANCE
 
 Phase = Literal["dense", "pruning", "pruned", "finetune"]
 StartedBy = Literal["policy", "latest_start"]  # what started pruning: the start policy, or its latest start

@@ -41,6 +41,10 @@ class DistributedCollective:
         return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, pin_memory, self.rank, self.world_size)
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP when there are gradients to average: one rank (a one-worker Ray run) trains the
+        model as it is, without a gradient all-reduce and buffer broadcast per step."""
+        if self.world_size == 1:
+            return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
