@@ -33,16 +33,31 @@ def timed_process(args: list[str], env: dict[str, str] = ENV) -> tuple[float, st
     return time.perf_counter() - started, done.stdout + done.stderr
 
 
-def joined_run(folder: Path) -> dict:
+EMPTY_FIT = """
+import ray, ray.train
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+ray.init(address="auto", logging_config=ray.LoggingConfig(log_level="WARNING"))
+def loop():
+    ray.train.report({{"done": 1}})
+config = RunConfig(storage_path={storage!r}, name="empty")
+TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1), run_config=config).fit()
+"""
+
+
+def joined_run(folder: Path) -> tuple[dict, float]:
     """The 1-worker run again, joining a Ray started beforehand with ``ray start --head`` (in a
-    temp dir of its own, which RAY_TMPDIR points the run at), as for repeated runs."""
+    temp dir of its own, which RAY_TMPDIR points the run at), as for repeated runs; and Ray
+    Train's floor on that cluster: a fresh process whose TorchTrainer runs an empty training
+    function on one worker (no torch work, no pat_ray)."""
     temp = Path(tempfile.mkdtemp(prefix="prs_", dir="/tmp"))  # short: Unix socket paths are limited
     env = {**ENV, "RAY_TMPDIR": str(temp)}
     ray = str(Path(sys.executable).with_name("ray"))
     start = [ray, "start", "--head", "--num-cpus=2", f"--temp-dir={temp / 'ray'}", "--disable-usage-stats"]
     subprocess.run(start, env=env, check=True, capture_output=True)
     try:
-        return cli_run(folder, "joined", 1, env)
+        floor_s, _ = timed_process(["-c", EMPTY_FIT.format(storage=str(folder / "empty"))], env)
+        return cli_run(folder, "joined", 1, env), floor_s
     finally:
         subprocess.run([ray, "stop"], env=env, capture_output=True)
 
@@ -69,7 +84,7 @@ def main() -> None:
     runs = {"--local": cli_run(folder, "local", None)}
     runs["Ray Train, 1 worker"] = cli_run(folder, "ray1", 1)
     runs["Ray Train, 2 workers"] = cli_run(folder, "ray2", 2)
-    runs["Ray Train, 1 worker, joining `ray start --head`"] = joined_run(folder)
+    runs["Ray Train, 1 worker, joining `ray start --head`"], floor_s = joined_run(folder)
     local_s = runs["--local"]["seconds"]
     table = [
         "| `pat-ray run` | final acc | wall s (process) | x --local | epochs s | our setup s | Ray report + checkpoint "
@@ -106,6 +121,9 @@ def main() -> None:
             "teardown for Ray runs.",
         ),
         *table,
+        "",
+        f"Ray Train's floor on the joined cluster: a fresh process whose `TorchTrainer` fits an empty training "
+        f"function on 1 worker takes {floor_s:.1f} s ({floor_s / local_s:.2f}x the whole --local run).",
     ]
     RESULTS.write_text("\n".join(text) + "\n")
     print("\n".join(text))
