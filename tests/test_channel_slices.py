@@ -211,3 +211,24 @@ def test_split_sizes_read_from_a_tensors_channels_keep_them_and_the_rest_prunes_
     assert graph.group("stem").pinned and not graph.group("hidden").pinned
     assert_pruning_is_exact(model, x, budget=0.7)
     assert model.stem.out_channels == 8 and model.hidden.out_channels < 16
+
+
+class LastAxisUnbound(nn.Module):
+    """Channels-last features cut into their channels with ``unbind(-1)`` (CSATv2's colour planes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.planes = nn.Linear(6, 3)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):  # (B, 5, 4)
+        y, cb, cr = self.planes(torch.relu(self.embed(x))).unbind(-1)
+        return self.head(y * 0.3 + cb * 0.5 + cr * 0.2)
+
+
+def test_unbinding_the_last_axis_keeps_those_channels_and_the_rest_prunes_exactly():
+    model, x = LastAxisUnbound().eval(), torch.randn(3, 5, 4)
+    graph = trace_channel_groups(model, x)
+    assert "planes" not in {g.name for g in graph.prunable} and "embed" in {g.name for g in graph.prunable}
+    assert_pruning_is_exact(model, x, budget=0.7)

@@ -208,3 +208,61 @@ def test_without_its_family_bilinear_is_kept_whole_and_only_torchs_count_sees_it
     assert all(m.module != "fuse" for g in graph.prunable for m in g.members)  # kept whole
     assert graph_cost(graph) == measure_cost(model, x)
     assert flops_counted_by_torch(model, x) - measure_cost(model, x).flops == 8 * 12 * 10
+
+
+def _dct(size: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix: a fixed linear map, as CSATv2 stores it (a buffer)."""
+    n = torch.arange(size, dtype=torch.float32)
+    basis = torch.cos(torch.pi * (n[None, :] + 0.5) * n[:, None] / size) * (2 / size) ** 0.5
+    basis[0] /= 2**0.5
+    return basis
+
+
+class FixedLinear(nn.Module):
+    """``F.linear`` with a buffer for a weight: over each patch's pixels at the stem (the input's
+    channels), over the width axis of prunable channels, and optionally over the channels."""
+
+    def __init__(self, over_channels: bool = False) -> None:
+        super().__init__()
+        self.over_channels = over_channels
+        self.register_buffer("dct", _dct(4))
+        self.register_buffer("mix", _dct(8))
+        self.register_buffer("shift", torch.linspace(-1, 1, 8))
+        self.stem = nn.Conv2d(3 * 16, 12, 1)
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        patches = x.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, 4, 4)
+        coefficients = F.linear(F.linear(patches, self.dct).transpose(-1, -2), self.dct)
+        x = coefficients.reshape(b, h // 4, w // 4, c * 16).permute(0, 3, 1, 2)
+        x = torch.relu(self.conv(torch.relu(self.stem(x))))  # (B, 8, 8, 8)
+        if self.over_channels:
+            x = F.linear(x.permute(0, 2, 3, 1), self.mix).permute(0, 3, 1, 2)
+        else:
+            x = F.linear(x, self.mix, self.shift)  # mixes the width axis: every channel passes
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_linear_with_a_fixed_weight_is_a_product_whose_channels_pass_or_stay():
+    """CSATv2's stem: a DCT applied with ``F.linear`` and a buffer weight. Channels on another
+    axis pass through it (pruned exactly, its MACs scaling with them, as torch counts them);
+    channels it sums over meet a constant and are kept."""
+    model, x = FixedLinear().eval(), torch.randn(2, 3, 32, 32)
+    arch = assert_pruning_is_exact(model, x, budget=0.5)
+    assert len(arch.kept["conv"]) < 8 and len(arch.kept["stem"]) < 12
+    summing = FixedLinear(over_channels=True).eval()
+    graph = trace_channel_groups(summing, x)
+    assert "conv" not in {g.name for g in graph.prunable} and "stem" in {g.name for g in graph.prunable}
+    assert graph_cost(graph).flops == flops_counted_by_torch(summing, x)
+
+
+def test_a_linear_whose_weight_comes_from_a_parameter_of_no_linear_layer_is_still_refused():
+    class Borrowed(FixedLinear):
+        def forward(self, x):
+            features = torch.relu(self.stem(x.reshape(x.shape[0], 48, 2, 2))).mean((2, 3))
+            return self.head(F.linear(features, self.conv.weight[:, :, 0, 0]))
+
+    with pytest.raises(UnsupportedModelError, match="a bare linear whose weight is not made from one Linear"):
+        trace_channel_groups(Borrowed().eval(), torch.randn(2, 3, 8, 8))

@@ -61,7 +61,13 @@ class LayerCall:
         return known_shape(self.node, self.where)
 
     def on_dim1(self) -> Layout:
-        """The input layout, which must hold its channels on dim 1 (convs, BatchNorms)."""
+        """The input layout, which must hold its channels on dim 1 (convs, BatchNorms). Fixed
+        channels elsewhere (the model's input, reshaped into patches and moved) never change
+        any width: what dim 1 then holds is fixed too."""
+        if (self.layout.axis != 1 or self.layout.repeat != 1) and self.builder.is_pinned(self.layout):
+            fixed = self.builder.fixed_channels(f"<{self.node.name} input>", self.in_shape)
+            if fixed is not None:
+                return fixed
         return self.layout.on_dim1(self.where)
 
 

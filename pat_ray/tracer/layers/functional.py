@@ -2,8 +2,10 @@
 from that layer's parameters: weight standardization (BiT's and NFNet's ``StdConv2d``: each
 filter normalized by its mean and std), a learned per-filter gain. The call is traced as the
 layer itself (surgery cuts the layer's weight and bias; the weight is computed again from
-them at each call); the layer's other per-filter parameters are cut with its outputs. Anything
-else feeding the weight (another layer's parameter, a traced activation) is refused.
+them at each call); the layer's other per-filter parameters are cut with its outputs. An
+``F.linear`` whose weight and bias are fixed (buffers, no parameter: a DCT) is the matrix
+product it computes. Anything else feeding the weight (another layer's parameter, a traced
+activation) is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, is_parameter, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS
+from pat_ray.tracer.ops.products import fixed_linear
 from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
 
@@ -30,8 +33,11 @@ def functional_layer(builder: GroupBuilder, call: OpCall) -> Layout | None:
     """The layout of ``F.conv*(x, weight, bias, ...)`` / ``F.linear(x, weight, bias)``."""
     node, layout, where = call.node, call.first_layout(), call.where
     kind = _KIND[target_name(node)]
-    pieces = _bias_pieces(builder, arg(node, 2, "bias"))
-    tensors = (arg(node, 1, "weight"),) if pieces else (arg(node, 1, "weight"), arg(node, 2, "bias"))
+    weight, bias = arg(node, 1, "weight"), arg(node, 2, "bias")
+    if kind is nn.Linear and all(_fixed(builder, t) for t in (weight, bias)) and isinstance(weight, fx.Node):
+        return fixed_linear(builder, call, weight)
+    pieces = _bias_pieces(builder, bias)
+    tensors = (weight,) if pieces else (weight, bias)
     owners = {_owner(n) for n in tensors if isinstance(n, fx.Node)}
     owner = next(iter(owners)) if len(owners) == 1 else None
     module = builder.model.get_submodule(owner) if owner is not None else None
@@ -80,6 +86,30 @@ def _length(model: nn.Module, target: str) -> int:
     """The length of a parameter or buffer given by its dotted name."""
     owner, _, name = target.rpartition(".")
     return int(getattr(model.get_submodule(owner), name).shape[0])
+
+
+def _fixed(builder: GroupBuilder, tensor: object) -> bool:
+    """Made from the model's buffers and constants only (or absent): no parameter, no input."""
+    if not isinstance(tensor, fx.Node):
+        return tensor is None
+    pending, seen = [tensor], set()
+    while pending:
+        n = pending.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder" or (n.op == "get_attr" and _learned(builder.model, str(n.target))):
+            return False
+        pending.extend(n.all_input_nodes)
+    return True
+
+
+def _learned(model: nn.Module, target: str) -> bool:
+    try:
+        model.get_parameter(target)
+    except AttributeError:
+        return False
+    return True
 
 
 def _owner(tensor: fx.Node) -> str | None:

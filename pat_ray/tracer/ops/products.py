@@ -86,6 +86,31 @@ def matmul_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
     return result
 
 
+def fixed_linear(builder: GroupBuilder, call: OpCall, weight: fx.Node) -> Layout | None:
+    """``F.linear(x, w)`` with a fixed ``w`` (a buffer, no layer's parameter: CSATv2's DCT over
+    each patch's pixels) is the product ``x @ w.T``: channels on ``x``'s last axis meet a constant
+    and are kept, channels on another axis pass into the result; its MACs scale with them."""
+    node, shape, where = call.node, call.shape, call.where
+    first = call.first_layout()
+    if first.repeat != 1:
+        raise UnsupportedModelError(f"{where}: multiplies flattened features by a fixed matrix")
+    x_shape = known_shape(node.args[0], where)
+    w_shape = tuple(reversed(known_shape(weight, where)))  # w.T: (in, out)
+    contracted = len(x_shape) - 1
+    summed = first if first.axis == contracted else None
+    if summed is not None:
+        builder.pin(summed)  # a constant cannot be sliced
+    result = _one_carried(builder, node, shape, [] if summed is not None else [first], where)
+    timing = ProductShape(
+        (x_shape, w_shape),
+        (_carries(builder, first, contracted, result), None),
+        (contracted, 0) if summed is not None else (None, None),
+        (True, False),
+    )
+    count_product(builder, node, result, summed, matmul_macs(x_shape, w_shape, shape), timing)
+    return result
+
+
 def _carries(builder: GroupBuilder, side: Layout | None, contracted: int, result: Layout | None) -> int | None:
     """The dim of a factor that holds the channels its product's result carries (None: none)."""
     if side is None or result is None or side.axis == contracted:

@@ -75,7 +75,7 @@ def split_layout(
         return tuple(moved if s is not None else None for s in piece_shapes)
     sections = arg(node, 1, "chunks" if target_name(node) == "chunk" else "indices_or_sections")
     by_count = target_name(node) in ("chunk", "tensor_split") and isinstance(sections, int) and not unbinds
-    equal = all(s is not None and s[axis] * len(piece_shapes) == in_shape[axis] for s in piece_shapes)
+    equal = not unbinds and all(s is not None and s[axis] * len(piece_shapes) == in_shape[axis] for s in piece_shapes)
     tied = builder.tie_equal_pieces(layout, len(piece_shapes), where) if by_count and equal else None
     if tied is not None:
         return tied
@@ -85,7 +85,7 @@ def split_layout(
     if aligned is not None and not unbinds:
         return aligned
     return tuple(
-        builder.fixed_channels(f"<{node.name}[{i}]>", s, axis) if s is not None else None
+        builder.fixed_channels(f"<{node.name}[{i}]>", s, None if unbinds else axis) if s is not None else None
         for i, s in enumerate(piece_shapes)
     )
 
