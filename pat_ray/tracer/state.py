@@ -49,6 +49,7 @@ class GroupBuilder:
     head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
     _feature_groups: set[int] = field(default_factory=set)  # groups made by a cut into heads' features
     _feature_cut_modules: set[str] = field(default_factory=set)  # modules whose forward makes such a cut
+    _fixed_sources: set[str] = field(default_factory=set)  # nodes a layer read as fixed channels
 
     # What rules record besides groups, each through one method (the fields stay private).
     def add_term(self, term: Term) -> None:
@@ -88,6 +89,14 @@ class GroupBuilder:
     @property
     def size_attributes(self) -> tuple[AttributeSlot, ...]:
         return tuple(self._attributes)
+
+    def read_as_fixed(self, node: str) -> None:
+        """A layer read ``node`` (made from parameters and buffers) as fixed channels: no later
+        op may slice the parameters it is made from."""
+        self._fixed_sources.add(node)
+
+    def is_read_as_fixed(self, node: str) -> bool:
+        return node in self._fixed_sources
 
     def note_head_reshape(self, node: str) -> None:
         """``node`` cuts channels into heads or merges them."""
