@@ -117,7 +117,7 @@ def main(
     """A coverage benchmark's command line: measure (resumably) and write the table; ``table``
     is its file name, title and notes. ``--one NAME LIBRARY`` is the child process's entry."""
     parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help=f"these {what} (default: all)")
+    parser.add_argument("--only", nargs="*", help=f"these {what}, by family or model name (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once (each child runs one thread)")
     parser.add_argument("--redo", choices=sorted(libraries), help="measure this library's cells again (after a change)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # the child process's entry: NAME LIBRARY
@@ -126,7 +126,10 @@ def main(
         name, library = args.one
         print(json.dumps(measure_one(build, name, libraries[library])))
         return
-    chosen = {name: name for name in args.only} if args.only else picks()
+    chosen = picks()
+    if args.only:
+        chosen = {family: name for family, name in chosen.items() if family in args.only or name in args.only}
+        chosen |= {name: name for name in args.only if name not in chosen and name not in chosen.values()}
     rows_file = RESULTS / table[0].replace(".md", ".jsonl")
     rows = measure_all(script, rows_file, chosen, tuple(libraries), args.redo, args.jobs)
     write_table(*table[:2], rows, titles, table[2])  # every row, --only or not

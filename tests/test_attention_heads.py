@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pat_ray
-from _helpers import assert_architecture_is_exact, assert_pruning_is_exact
+from _helpers import assert_architecture_is_exact, assert_pruning_is_exact, flops_counted_by_torch
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.flops import graph_cost, measure_cost
+from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.plugins.builtin.criteria.magnitude import Magnitude
 from pat_ray.tracer.graph import AttentionCut
 from pat_ray.tracer.trace import trace_channel_groups
@@ -255,3 +256,39 @@ def test_a_bias_concatenated_at_run_time_and_a_gathered_position_bias_go_with_th
     assert params == {("q_bias", 0, 0), ("k_bias", 0, 0), ("v_bias", 0, 0), ("table", 0, 1)}
     assert_removing_is_exact(model, x, {0, 2})
     assert model.q_bias.shape == model.k_bias.shape == (6,) and model.table.shape == (7, 2)
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's attention over kernel paths: the selector's channels are viewed as (paths, C) and
+    softmaxed across the paths, which weigh the paths against each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_paths = 2
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.paths = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 5, padding=2)])
+        self.reduce = nn.Conv2d(8, 4, 1)
+        self.select = nn.Conv2d(4, 16, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        paths = torch.stack([torch.relu(path(x)) for path in self.paths], dim=1)  # (B, paths, C, H, W)
+        weights = self.select(torch.relu(self.reduce(paths.sum(1).mean((2, 3), keepdim=True))))
+        b, c, h, w = weights.shape
+        weights = weights.view(b, self.num_paths, c // self.num_paths, h, w).softmax(1)
+        return self.head((paths * weights).sum(1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("attention", ["heads", "head_dim"])
+def test_a_softmax_across_the_cut_prunes_channel_c_of_every_path_under_either_setting(attention):
+    """No path can go alone (the softmax weighs each against the others): under ``heads`` too
+    the cut is read as head_dim, channel ``c`` of every path (it kept the whole model before)."""
+    model, x = SelectiveKernel().eval(), torch.randn(2, 3, 8, 8)
+    graph = trace_channel_groups(model, x, attention=attention)
+    assert {"stem", "reduce", "paths.0"} <= {g.name for g in graph.prunable}  # paths.0: with paths.1 and select
+    assert graph_cost(graph).flops == flops_counted_by_torch(model, x)
+    arch = select_architecture(graph, Magnitude().scores(model, graph), Budget(0.5))
+    assert_architecture_is_exact(model, x, graph, arch)
+    kept = model.paths[0].out_channels
+    assert model.num_paths == 2 and kept == model.paths[1].out_channels < 8 and model.select.out_channels == 2 * kept

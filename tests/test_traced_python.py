@@ -263,3 +263,62 @@ def test_a_coordinate_encoding_repeated_to_the_batch_prunes_its_projection_with_
     assert (
         model.token_projection.in_channels == 8 and model.token_projection.out_channels == model.embed.out_channels < 16
     )
+
+
+class PerceiverStyle(nn.Module):
+    """What transformers' Perceiver asks of traced values: ``np.prod`` of a traced shape (numpy
+    asks the size tuple for ``prod``, finds none, multiplies its items), ``torch.finfo(x.dtype)``,
+    a size tuple whose last item is a traced number, and a layer handed ``None`` (an
+    ``nn.Identity`` for a missing second input) whose result the next ``if`` reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 12, 1)
+        self.kv_norm = nn.Identity()
+        self.q, self.k = nn.Linear(12, 8), nn.Linear(12, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        import numpy as np
+
+        x = self.embed(x).permute(0, 2, 3, 1)  # channels last
+        x = torch.reshape(x, [x.shape[0], int(np.prod(x.shape[1:-1])), x.shape[-1]])
+        inputs = self.kv_norm(inputs)
+        source = x if inputs is None else inputs
+        q = self.q(x)
+        scores = q @ self.k(source).transpose(1, 2) + torch.finfo(x.dtype).min * 0
+        mixed = scores.softmax(-1) @ q
+        shape = mixed.size()[:-1] + (q.shape[-1],)
+        return self.head(mixed.view(*shape).mean(1))
+
+
+def test_numpy_sizes_dtype_questions_and_a_layer_handed_none_are_answered_on_the_example():
+    torch.manual_seed(0)
+    arch = assert_pruning_is_exact(PerceiverStyle().eval(), torch.randn(2, 3, 4, 4), budget=0.5)
+    assert len(arch.kept["embed"]) < 12
+
+
+class LatentsReadTwice(nn.Module):
+    """Perceiver's latents: a parameter expanded to the batch, normalized as a layer's input (read
+    as fixed channels) and then added to the stream the attention writes: the stream must keep
+    them too, or surgery slices the latents but not the norm that read them whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(4, 8))
+        self.norm = nn.LayerNorm(8)
+        self.out = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.expand(x.shape[0], -1, -1)
+        stream = self.out(self.norm(latents)) * x.mean() + latents
+        return self.head((stream + self.mlp(stream)).mean(1))
+
+
+def test_a_parameter_a_layer_read_as_fixed_channels_is_not_sliced_by_a_later_sum():
+    model, x = LatentsReadTwice().eval(), torch.randn(2, 5)
+    graph = trace_channel_groups(model, x)
+    assert {g.name for g in graph.prunable} == {"mlp.0"}  # the stream stays; the MLP's hidden width prunes
+    assert_pruning_is_exact(model, x, budget=0.8)

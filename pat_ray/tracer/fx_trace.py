@@ -187,9 +187,16 @@ class _Tracer(fx.Tracer):
                     setattr(owner, name, method)
 
     def _attribute(self, proxy: fx.Proxy, name: str) -> Any:
-        """``x.device`` is the example's device, no traced value: pruning never changes it, and
-        code hands it where torch wants a real one (``torch.autocast(x.device.type)``)."""
-        return self._value(proxy.node).device if name == "device" else fx.proxy.Attribute(proxy, name)
+        """``x.device`` and ``x.dtype`` are the example's, no traced values: pruning never changes
+        them, and code hands them where torch wants real ones (``torch.autocast(x.device.type)``,
+        ``torch.finfo(x.dtype)``). A value
+        made from sizes alone answers what it has as the example's does: ``np.prod(x.shape[1:])``
+        (Perceiver) asks a size tuple for ``prod``, and on finding none, multiplies its items."""
+        if name in ("device", "dtype"):
+            return getattr(self._value(proxy.node), name)
+        if _from_sizes(proxy.node) and not hasattr(self._value(proxy.node), name):
+            raise AttributeError(f"{type(self._value(proxy.node)).__name__!r} object has no attribute {name!r}")
+        return fx.proxy.Attribute(proxy, name)
 
     def _assigned(self, proxy: fx.Proxy, key: Any, value: Any) -> None:
         """``t[..., 2] = v`` (ConViT's relative indices filled in): recorded; the channel rule
@@ -231,8 +238,8 @@ class _Tracer(fx.Tracer):
         """The items of a traced tuple, each as the code wrote it: a size tuple built as
         ``x.size()[:-2] + (self.all_head_size,)`` unpacks to reads of ``x``'s sizes and the
         number itself, so a view given ``*shape`` still shows which sizes are numbers in the code."""
-        if not isinstance(obj, fx.Proxy):
-            return list(obj)
+        if not isinstance(obj, fx.Proxy):  # a tuple as written, whose traced items the graph holds as nodes
+            return [self._as_proxy(item) for item in obj]
         node = obj.node
         if node.target is operator.add and len(node.args) == 2 and all(self._is_sequence(a) for a in node.args):
             return [item for part in node.args for item in self._items(self._as_proxy(part))]
@@ -279,7 +286,9 @@ class _Tracer(fx.Tracer):
     ) -> Any:
         """A module made in the forward (DistilBERT's ``nn.ReLU()(x)``) is no submodule fx can
         name: a stateless one is traced as the ops it runs; one with weights is refused, since
-        nothing could prune or even keep its weights."""
+        nothing could prune or even keep its weights. A layer handed no tensor at all (Perceiver's
+        ``nn.Identity()`` given ``inputs=None``) is run: its result (``None``) is what the forward's
+        next ``if inputs is not None`` must see, not a traced value."""
         try:
             self.path_of_module(m)
         except NameError:
@@ -288,6 +297,10 @@ class _Tracer(fx.Tracer):
                     f"{type(self.root).__name__}: its forward creates a {type(m).__name__} with weights on every call "
                     "(no submodule of the model); create it in __init__"
                 ) from None
+            return forward(*args, **kwargs)
+        given: list[bool] = []
+        fx.node.map_aggregate((args, kwargs), lambda a: given.append(isinstance(a, fx.Proxy | torch.Tensor)))
+        if not any(given) and not any(True for _ in m.parameters()):
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
@@ -325,6 +338,20 @@ def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | No
             return node
         pending.extend(node.all_input_nodes)
     return None
+
+
+def _from_sizes(node: fx.Node) -> bool:
+    """Computed from tensors' sizes and constants only (``x.shape[1:-1]``, ``C // heads``)."""
+    pending, seen = [node], set()
+    while pending:
+        n = pending.pop()
+        if n in seen or reads_size(n):
+            continue
+        seen.add(n)
+        if n.op != "call_function" and n.op != "call_method":
+            return False
+        pending.extend(n.all_input_nodes)
+    return True
 
 
 def _inherits_torch_forward(kind: type[nn.Module]) -> bool:

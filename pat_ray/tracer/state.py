@@ -47,6 +47,9 @@ class GroupBuilder:
     _head_counts: set[tuple[str, int]] = field(default_factory=set)  # (module, a number pruning heads changes)
     split_heads: bool = True  # False: heads are kept whole (the trace after a HeadsConflict)
     head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
+    _feature_groups: set[int] = field(default_factory=set)  # groups made by a cut into heads' features
+    _feature_cut_modules: set[str] = field(default_factory=set)  # modules whose forward makes such a cut
+    _fixed_sources: set[str] = field(default_factory=set)  # nodes a layer read as fixed channels
 
     # What rules record besides groups, each through one method (the fields stay private).
     def add_term(self, term: Term) -> None:
@@ -87,13 +90,29 @@ class GroupBuilder:
     def size_attributes(self) -> tuple[AttributeSlot, ...]:
         return tuple(self._attributes)
 
+    def read_as_fixed(self, node: str) -> None:
+        """A layer read ``node`` (made from parameters and buffers) as fixed channels: no later
+        op may slice the parameters it is made from."""
+        self._fixed_sources.add(node)
+
+    def is_read_as_fixed(self, node: str) -> bool:
+        return node in self._fixed_sources
+
     def note_head_reshape(self, node: str) -> None:
         """``node`` cuts channels into heads or merges them."""
         self._head_reshapes.add(node)
 
-    def note_head_count(self, module: str, count: int) -> None:
-        """``module`` holds ``count``, a number (heads, or a head's width) that pruning heads changes."""
+    def note_head_count(self, module: str, count: int, by_features: bool = False) -> None:
+        """``module`` holds ``count``, a number (heads, or a head's width) that pruning heads
+        changes; ``by_features``: its cut prunes the heads' features (head_dim)."""
         self._head_counts.add((module, count))
+        if by_features:
+            self._feature_cut_modules.add(module)
+
+    @property
+    def feature_cut_modules(self) -> frozenset[str]:
+        """The modules whose forward cuts channels into heads' features."""
+        return frozenset(self._feature_cut_modules)
 
     @property
     def head_reshapes(self) -> frozenset[str]:
@@ -194,22 +213,34 @@ class GroupBuilder:
             self.unify(first, other, where)
         return first
 
-    def cut_into_heads(self, layout: Layout, heads: int, head_dim: int, label: str, where: str) -> Layout | None:
+    def cut_into_heads(
+        self, layout: Layout, heads: int, head_dim: int, label: str, where: str, by_features: bool | None = None
+    ) -> Layout | None:
         """Cut ``layout``'s channels into ``heads`` heads of ``head_dim`` consecutive channels,
         as a reshape (..., P*heads*head_dim) -> (..., P, heads, head_dim) does: a new group of
         one channel per head, which every piece shares (head ``h`` of q, k and v goes as one).
         None where the channels cannot be cut so (pinned, or a group not made of whole pieces).
 
-        With ``head_dim`` set, the new group is one channel per feature of a head instead: feature
-        ``d`` is channel ``d`` of every head of every piece (a "head" of width 1, repeated)."""
+        With ``head_dim`` set (or ``by_features``), the new group is one channel per feature of a
+        head instead: feature ``d`` is channel ``d`` of every head of every piece (a "head" of
+        width 1, repeated)."""
+        by_features = self.head_dim if by_features is None else by_features
         leaves = self.leaves(layout)
         piece = heads * head_dim
         if not self.split_heads or layout.repeat != 1 or any(self.sizes[g] % piece for g in leaves.groups):
             return None
         if heads < 2 or self.is_pinned(layout) or any(g in self._subgroups for g in leaves.groups):
             return None
-        unit, count = (1, head_dim) if self.head_dim else (head_dim, heads)
-        return self.tile(layout, count, unit, label, where)
+        unit, count = (1, head_dim) if by_features else (head_dim, heads)
+        cut = self.tile(layout, count, unit, label, where)
+        if by_features:
+            self._feature_groups.add(cut.groups[0])
+        return cut
+
+    def cut_by_features(self, layout: Layout) -> bool:
+        """Whether ``layout``'s channels are heads' features (a head_dim cut), not whole heads."""
+        features = {self.find(g) for g in self._feature_groups}
+        return bool(layout.groups) and all(self.find(g) in features for g in self.leaves(layout).groups)
 
     def tile(self, layout: Layout, count: int, unit: int, label: str, where: str) -> Layout:
         """A new group of ``count`` channels, each filling ``unit`` consecutive positions of

@@ -232,7 +232,9 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     """A layer applied to a tensor computed from the model's buffers and parameters alone (Swin
     V2's position-bias MLP on its coordinate table), or from the input's size alone (ConViT's
     relative positions of its patch grid): that tensor's channels are fixed, like a model
-    input's; None when ``node`` is no such call."""
+    input's, and a later op meeting it keeps them so (Perceiver's latents, normalized here and
+    added to the residual stream there, are not sliced with that stream); None when ``node`` is
+    no such call, or a parameter it is made from was sliced with channels already."""
     source = node.args[0] if node.op == "call_module" and node.args else None
     shape = shape_of(source)
     if not isinstance(source, fx.Node) or shape is None or len(shape) < 2:
@@ -240,11 +242,12 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     pending, seen = [source], set()
     while pending:
         current = pending.pop()
-        if current.op == "placeholder":
+        if current.op == "placeholder" or (current.op == "get_attr" and str(current.target) in builder.params):
             return None
         seen.add(current)
         if not reads_size(current):  # the input's size, not its values (ConViT's patch grid)
             pending.extend(n for n in current.all_input_nodes if n not in seen)
+    builder.read_as_fixed(source.name)
     return builder.fixed_group(shape[1], f"<{source.name}>")
 
 

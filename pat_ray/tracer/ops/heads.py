@@ -29,10 +29,11 @@ import operator
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from pat_ray.tracer.layout import AttributeSlot, Layout
-from pat_ray.tracer.nodes import describe, size_arguments
+from pat_ray.tracer.nodes import arg, describe, size_arguments
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 HEADS_SUFFIX, HEAD_DIM_SUFFIX = "/heads", "/head_dim"  # end the names of the groups a cut makes
@@ -54,13 +55,29 @@ def cut_heads(
     first, count = found
     heads_axis = first + count - 2
     heads, head_dim = out_shape[heads_axis], out_shape[heads_axis + 1]
-    suffix = HEAD_DIM_SUFFIX if builder.head_dim else HEADS_SUFFIX
-    cut = builder.cut_into_heads(layout, heads, head_dim, f"{builder.labels[layout.groups[0]]}{suffix}", node.name)
+    by_features = builder.head_dim or _weighted_across(node, heads_axis, len(out_shape))
+    suffix = HEAD_DIM_SUFFIX if by_features else HEADS_SUFFIX
+    label = f"{builder.labels[layout.groups[0]]}{suffix}"
+    cut = builder.cut_into_heads(layout, heads, head_dim, label, node.name, by_features=by_features)
     if cut is None:
         return None
     builder.note_head_reshape(node.name)
-    builder.note_head_count(_owning_module(node), head_dim if builder.head_dim else heads)
-    return Layout(cut.groups, 1, heads_axis + 1 if builder.head_dim else heads_axis)
+    builder.note_head_count(_owning_module(node), head_dim if by_features else heads, by_features)
+    return Layout(cut.groups, 1, heads_axis + 1 if by_features else heads_axis)
+
+
+def _weighted_across(node: fx.Node, heads_axis: int, rank: int) -> bool:
+    """Whether the cut's result is softmaxed across its "heads" at once: SKNet's attention over
+    kernel paths, ``view(B, paths, C, H, W).softmax(1)``, weighs the paths against each other,
+    so no path could ever go alone; what can go is channel ``c`` of every path (as head_dim)."""
+    for user in node.users:
+        is_softmax = (user.op == "call_method" and user.target == "softmax") or (
+            user.op == "call_function" and user.target in (torch.softmax, F.softmax)
+        )
+        dim = arg(user, 1, "dim") if is_softmax else None
+        if isinstance(dim, int) and dim % rank == heads_axis:
+            return True
+    return False
 
 
 def merged_layout(
@@ -71,7 +88,7 @@ def merged_layout(
     are followed so (other channels merged with a spatial axis are kept whole, as before)."""
     if not set(builder.leaves(layout).groups) <= _head_groups(builder):
         return None
-    if builder.head_dim:
+    if builder.head_dim or builder.cut_by_features(layout):
         return _merged_features(builder, node, layout, in_shape, out_shape)
     axis = layout.axis
     before = math.prod(in_shape[:axis])
@@ -126,7 +143,7 @@ def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -
     owner = _owning_module(node)
     if not isinstance(value, int):
         return False
-    width = builder.head_dim and per_channel == 1  # a head's width written at the cut
+    width = (builder.head_dim or builder.cut_by_features(Layout((group,)))) and per_channel == 1  # a head's width
     attribute = _attribute_with_value(builder, owner, value, width)
     if attribute is None:
         return False
@@ -151,7 +168,7 @@ def check_head_counts(builder: GroupBuilder, graph: fx.Graph) -> None:
         for count in counts:
             if count in numbers:
                 raise HeadsConflict(f"{describe(node)}: computes a size from {count}, a number pruning heads changes")
-        if builder.head_dim and counts:
+        if counts and (builder.head_dim or owner in builder.feature_cut_modules):
             _check_scale(builder.model.get_submodule(owner), node, counts)
 
 
