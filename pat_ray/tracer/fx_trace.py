@@ -159,6 +159,7 @@ class _Tracer(fx.Tracer):
         self.example = example
         self.values: dict[fx.Node, Any] = {}
         self.runner: fx.Interpreter | None = None
+        self.sizes_only: dict[fx.Node, bool] = {}  # nodes computed from sizes alone, as far as asked
         self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
@@ -194,7 +195,7 @@ class _Tracer(fx.Tracer):
         (Perceiver) asks a size tuple for ``prod``, and on finding none, multiplies its items."""
         if name in ("device", "dtype"):
             return getattr(self._value(proxy.node), name)
-        if _from_sizes(proxy.node) and not hasattr(self._value(proxy.node), name):
+        if _from_sizes(proxy.node, self.sizes_only) and not hasattr(self._value(proxy.node), name):
             raise AttributeError(f"{type(self._value(proxy.node)).__name__!r} object has no attribute {name!r}")
         return fx.proxy.Attribute(proxy, name)
 
@@ -340,18 +341,26 @@ def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | No
     return None
 
 
-def _from_sizes(node: fx.Node) -> bool:
-    """Computed from tensors' sizes and constants only (``x.shape[1:-1]``, ``C // heads``)."""
-    pending, seen = [node], set()
+def _from_sizes(node: fx.Node, known: dict[fx.Node, bool]) -> bool:
+    """Computed from tensors' sizes and constants only (``x.shape[1:-1]``, ``C // heads``).
+    ``known`` holds the answers for nodes asked before: each node is looked at once per trace."""
+    pending = [node]
     while pending:
-        n = pending.pop()
-        if n in seen or reads_size(n):
+        n = pending[-1]
+        if n in known:
+            pending.pop()
             continue
-        seen.add(n)
-        if n.op != "call_function" and n.op != "call_method":
-            return False
-        pending.extend(n.all_input_nodes)
-    return True
+        if reads_size(n) or n.op not in ("call_function", "call_method"):
+            known[n] = reads_size(n)
+            pending.pop()
+            continue
+        unknown = [i for i in n.all_input_nodes if i not in known]
+        if unknown:
+            pending.extend(unknown)
+            continue
+        known[n] = all(known[i] for i in n.all_input_nodes)
+        pending.pop()
+    return known[node]
 
 
 def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
