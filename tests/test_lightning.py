@@ -19,7 +19,9 @@ def fit(tmp_path, devices: int) -> list[list[str]]:
         [sys.executable, str(SCRIPT), str(tmp_path), str(devices)], capture_output=True, text=True, timeout=600
     )
     assert ran.returncode == 0, ran.stderr[-4000:]
-    return [line.split()[1:] for line in ran.stdout.splitlines() if line.startswith("RESULT ")]
+    results = [line.split()[1:] for line in ran.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, f"no rank printed its RESULT line:\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}"
+    return results
 
 
 def test_one_device_prunes_saves_the_pruned_widths_and_resumes_from_them(tmp_path):
