@@ -190,9 +190,9 @@ class _Tracer(fx.Tracer):
     def _attribute(self, proxy: fx.Proxy, name: str) -> Any:
         """``x.device`` and ``x.dtype`` are the example's, no traced values: pruning never changes
         them, and code hands them where torch wants real ones (``torch.autocast(x.device.type)``,
-        ``torch.finfo(x.dtype)``). A value
-        made from sizes alone answers what it has as the example's does: ``np.prod(x.shape[1:])``
-        (Perceiver) asks a size tuple for ``prod``, and on finding none, multiplies its items."""
+        ``torch.finfo(x.dtype)``). A value made from sizes alone has the attributes the example's
+        has: ``np.prod(x.shape[1:])`` (Perceiver) asks a size tuple for ``prod``, finds none and
+        multiplies its items."""
         if name in ("device", "dtype"):
             return getattr(self._value(proxy.node), name)
         if _from_sizes(proxy.node, self.sizes_only) and not hasattr(self._value(proxy.node), name):
