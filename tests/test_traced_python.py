@@ -322,3 +322,29 @@ def test_a_parameter_a_layer_read_as_fixed_channels_is_not_sliced_by_a_later_sum
     graph = trace_channel_groups(model, x)
     assert {g.name for g in graph.prunable} == {"mlp.0"}  # the stream stays; the MLP's hidden width prunes
     assert_pruning_is_exact(model, x, budget=0.8)
+
+
+class ClassTokenReadTwice(nn.Module):
+    """A class token a layer reads whole (a gate from its normalized value) and that is also
+    concatenated with the tokens: the concatenation must keep the stream's channels too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.embed = nn.Linear(4, 8)
+        self.gate = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.cls.expand(x.shape[0], -1, -1)
+        gate = torch.sigmoid(self.gate(cls)).mean(1)
+        seq = torch.cat([cls, self.embed(x)], dim=1)
+        return self.head((seq + self.mlp(seq)).mean(1) * gate)
+
+
+def test_a_parameter_a_layer_read_as_fixed_channels_is_not_sliced_by_a_later_concatenation():
+    model, x = ClassTokenReadTwice().eval(), torch.randn(2, 5, 4)
+    graph = trace_channel_groups(model, x)
+    assert {g.name for g in graph.prunable} == {"mlp.0"}
+    assert_pruning_is_exact(model, x, budget=0.8)

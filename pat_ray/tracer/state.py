@@ -49,7 +49,7 @@ class GroupBuilder:
     head_dim: bool = False  # True: a cut prunes each head's features (head_dim), not whole heads
     _feature_groups: set[int] = field(default_factory=set)  # groups made by a cut into heads' features
     _feature_cut_modules: set[str] = field(default_factory=set)  # modules whose forward makes such a cut
-    _fixed_sources: set[str] = field(default_factory=set)  # nodes a layer read as fixed channels
+    _fixed_params: set[str] = field(default_factory=set)  # parameters a layer read as fixed channels
 
     # What rules record besides groups, each through one method (the fields stay private).
     def add_term(self, term: Term) -> None:
@@ -90,13 +90,10 @@ class GroupBuilder:
     def size_attributes(self) -> tuple[AttributeSlot, ...]:
         return tuple(self._attributes)
 
-    def read_as_fixed(self, node: str) -> None:
-        """A layer read ``node`` (made from parameters and buffers) as fixed channels: no later
-        op may slice the parameters it is made from."""
-        self._fixed_sources.add(node)
-
-    def is_read_as_fixed(self, node: str) -> bool:
-        return node in self._fixed_sources
+    def read_as_fixed(self, params: Iterable[str]) -> None:
+        """A layer read a tensor made from ``params`` (and buffers) as fixed channels: whatever
+        later meets them keeps its channels, as no rule may slice them now."""
+        self._fixed_params.update(params)
 
     def note_head_reshape(self, node: str) -> None:
         """``node`` cuts channels into heads or merges them."""
@@ -326,7 +323,11 @@ class GroupBuilder:
     def add_param(self, target: str, axis: int, layout: Layout, where: str) -> bool:
         """A parameter applied per channel of ``layout`` along ``axis``: sliced with the group.
         Applied again along the same axis (CaiT's class token, concatenated, then added to), the
-        channels it meets are the same ones: coupled. Returns whether it was new."""
+        channels it meets are the same ones: coupled. One a layer read whole (``read_as_fixed``)
+        keeps the channels it meets instead. Returns whether it was new."""
+        if target in self._fixed_params:
+            self.pin(layout)
+            return False
         seen = self.params.get(target)
         if seen is None:
             self.params[target] = Slot(target, "param", layout, axis)

@@ -239,15 +239,17 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     shape = shape_of(source)
     if not isinstance(source, fx.Node) or shape is None or len(shape) < 2:
         return None
-    pending, seen = [source], set()
+    pending, seen, made_of = [source], set(), set()
     while pending:
         current = pending.pop()
         if current.op == "placeholder" or (current.op == "get_attr" and str(current.target) in builder.params):
             return None
         seen.add(current)
+        if current.op == "get_attr":
+            made_of.add(str(current.target))
         if not reads_size(current):  # the input's size, not its values (ConViT's patch grid)
             pending.extend(n for n in current.all_input_nodes if n not in seen)
-    builder.read_as_fixed(source.name)
+    builder.read_as_fixed(made_of)
     return builder.fixed_group(shape[1], f"<{source.name}>")
 
 

@@ -240,11 +240,7 @@ def binary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
         if extent == 1:
             if isinstance(lay, Layout):
                 builder.pin(lay)  # broadcast across the result's channels: its own channels must stay
-        elif (
-            lay is None
-            and not builder.is_read_as_fixed(operand.name)
-            and (source := parameter_dim(builder.model, operand, dim)) is not None
-        ):
+        elif lay is None and (source := parameter_dim(builder.model, operand, dim)) is not None:
             builder.slice_param(source[0], source[1], wide[0], where)
         elif lay is None or (isinstance(lay, Layout) and builder.is_pinned(lay)):
             # a constant (a mask, a scale viewed to sizes written in the code) or a fixed-width
