@@ -42,6 +42,7 @@ from pat_ray.tracer.nodes import (
     RETURNED_ARGUMENT,
     SHAPE,
     PieceShape,
+    computed_from,
     reads_shape,
     reads_size,
 )
@@ -327,17 +328,9 @@ _FACTORIES = ("zeros", "ones", "empty", "full", "arange", "eye", "rand", "randn"
 
 def _tensor_read(condition: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
     """A tensor whose values (not just its size, dtype or device) ``condition`` is computed from."""
-    pending, seen = [condition], set()
-    while pending:
-        node = pending.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if reads_size(node):
-            continue
-        if isinstance(values.get(node), torch.Tensor) and node.op != "get_attr":
+    for node in computed_from(condition, stop=reads_size):
+        if not reads_size(node) and isinstance(values.get(node), torch.Tensor) and node.op != "get_attr":
             return node
-        pending.extend(node.all_input_nodes)
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch.fx as fx
@@ -192,6 +193,20 @@ def size_read_from(entry: object) -> tuple[fx.Node, int] | None:
     if not isinstance(whole, fx.Node) or not reads_shape(whole) or not isinstance(whole.args[0], fx.Node):
         return None
     return whole.args[0], entry.args[1]
+
+
+def computed_from(node: fx.Node, stop: Callable[[fx.Node], bool] = lambda _: False) -> Iterator[fx.Node]:
+    """``node`` and every node it is computed from, each once, depth first; the walk does not
+    go past a node for which ``stop`` holds (that node is still given)."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        yield current
+        if not stop(current):
+            pending.extend(current.all_input_nodes)
 
 
 def reads_shape(node: fx.Node) -> bool:

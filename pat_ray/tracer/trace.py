@@ -45,6 +45,7 @@ from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import (
     PRODUCT_MACS,
     RETURNED_ARGUMENT,
+    computed_from,
     describe,
     is_parameter,
     piece_shapes,
@@ -239,16 +240,12 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
     shape = shape_of(source)
     if not isinstance(source, fx.Node) or shape is None or len(shape) < 2:
         return None
-    pending, seen, made_of = [source], set(), set()
-    while pending:
-        current = pending.pop()
+    made_of: set[str] = set()
+    for current in computed_from(source, stop=reads_size):  # the input's size, not its values (ConViT's grid)
         if current.op == "placeholder" or (current.op == "get_attr" and str(current.target) in builder.params):
             return None
-        seen.add(current)
         if current.op == "get_attr":
             made_of.add(str(current.target))
-        if not reads_size(current):  # the input's size, not its values (ConViT's patch grid)
-            pending.extend(n for n in current.all_input_nodes if n not in seen)
     builder.read_as_fixed(made_of)
     return builder.fixed_group(shape[1], f"<{source.name}>")
 

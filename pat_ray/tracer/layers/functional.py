@@ -17,7 +17,7 @@ from torch import nn
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layers.table import trace_layer
 from pat_ray.tracer.layout import Layout
-from pat_ray.tracer.nodes import arg, is_parameter, target_name
+from pat_ray.tracer.nodes import arg, computed_from, is_parameter, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.joins import CAT_FUNCTIONS
 from pat_ray.tracer.ops.products import fixed_linear
@@ -92,16 +92,10 @@ def _fixed(builder: GroupBuilder, tensor: object) -> bool:
     """Made from the model's buffers and constants only (or absent): no parameter, no input."""
     if not isinstance(tensor, fx.Node):
         return tensor is None
-    pending, seen = [tensor], set()
-    while pending:
-        n = pending.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op == "placeholder" or (n.op == "get_attr" and _learned(builder.model, str(n.target))):
-            return False
-        pending.extend(n.all_input_nodes)
-    return True
+    return not any(
+        n.op == "placeholder" or (n.op == "get_attr" and _learned(builder.model, str(n.target)))
+        for n in computed_from(tensor)
+    )
 
 
 def _learned(model: nn.Module, target: str) -> bool:
@@ -115,17 +109,11 @@ def _learned(model: nn.Module, target: str) -> bool:
 def _owner(tensor: fx.Node) -> str | None:
     """The one module whose parameters ``tensor`` is computed from, and from nothing else."""
     owners: set[str | None] = set()
-    pending, seen = [tensor], set()
-    while pending:
-        n = pending.pop()
-        if n in seen:
-            continue
-        seen.add(n)
+    for n in computed_from(tensor):
         if n.op == "get_attr":
             owners.add(str(n.target).rpartition(".")[0])
         elif n.op == "placeholder":
             owners.add(None)  # made from the model's input: a dynamic filter
-        pending.extend(n.all_input_nodes)
     return owners.pop() if len(owners) == 1 else None
 
 
