@@ -99,15 +99,21 @@ def test_the_command_line_imports_neither_torch_ray_nor_mlflow_until_a_command_n
     assert loaded == "", f"importing pat_ray.cli loads {loaded}"
 
 
-@pytest.mark.parametrize("section", ["training", "pruning.budget", "tracking"])
-def test_describing_a_config_section_other_than_start_imports_no_plugin_nor_torch(section):
-    """``pat-ray config training`` answers at once; only ``start`` lists plugins' policies."""
+@pytest.mark.parametrize(
+    "argv",
+    [["config"], ["config", "training"], ["config", "start"], ["plugins"], ["plugins", "--kind", "model"]],
+    ids=" ".join,
+)
+def test_describing_config_keys_and_listing_plugins_import_no_torch(argv):
+    """``pat-ray config`` and ``pat-ray plugins`` answer at once: the registry is built from
+    names alone (built-ins, torchvision's model list and the installed plugins here register
+    by import path), and nothing is imported until a name is used."""
     probe = (
         "from click.testing import CliRunner; from pat_ray.cli import main; "
-        f"out = CliRunner().invoke(main, ['config', {section!r}]); assert out.exit_code == 0, out.output"
+        f"out = CliRunner().invoke(main, {argv!r}); assert out.exit_code == 0, out.output"
     )
     loaded = _heavy_after(probe)
-    assert loaded == "", f"pat-ray config {section} loads {loaded}"
+    assert loaded == "", f"pat-ray {' '.join(argv)} loads {loaded}"
 
 
 def test_the_ray_train_controller_side_of_a_run_imports_no_torch():

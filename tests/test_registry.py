@@ -84,10 +84,10 @@ def test_duplicate_names_fail_naming_both_plugins(fresh_registry):
         def pat_ray_register_criteria(self, register):
             register("magnitude", object)
 
-    with pytest.raises(PluginError, match="registered twice.*criteria.magnitude.*clash"):
+    with pytest.raises(PluginError, match="registered twice.*builtin.catalog.*clash"):
         registry.register_plugin(Clash(), name="clash")
     # the failed plugin left nothing behind
-    assert registry.get_registry().get("criterion", "magnitude").plugin.endswith("magnitude")
+    assert registry.get_registry().get("criterion", "magnitude").plugin.endswith("builtin.catalog")
 
 
 def test_misspelled_hook_fails_loudly(fresh_registry):
@@ -217,3 +217,61 @@ def test_every_registered_metric_and_backend_meets_its_contract():
         assert isinstance(reg.get("surgery", name).factory(), SurgeryBackend), name
     for name in reg.names("criterion"):
         assert isinstance(reg.get("criterion", name).factory(), Criterion), name
+
+
+def test_the_shipped_torchvision_model_list_is_torchvisions_own():
+    """``pat-ray plugins`` lists torchvision's models from a shipped list (importing torchvision
+    would be nearly all of its time); stale for the installed torchvision, the names would be
+    asked of torchvision at every start."""
+    from pat_ray.plugins.builtin import torchvision_names as tv
+
+    shipped_version, names = tv.shipped_names()
+    assert shipped_version == tv.installed_version(), (
+        "the shipped list is for another torchvision: python -m pat_ray.plugins.builtin.torchvision_names"
+    )
+    assert names == tv.listed_by_torchvision()
+
+
+def test_a_factory_named_by_import_path_is_imported_only_when_used(fresh_registry, tmp_path, monkeypatch):
+    (tmp_path / "lazy_criterion_impl.py").write_text(
+        textwrap.dedent("""
+        import torch
+        from pat_ray.core.criterion import Criterion
+
+        class Ones(Criterion):
+            def __init__(self, scale: float = 1.0):
+                self.scale = scale
+
+            def scores(self, model, graph):
+                return {g.name: torch.full((g.size,), self.scale) for g in graph.prunable}
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Lazy:
+        @pat_ray.hookimpl
+        def pat_ray_register_criteria(self, register):
+            register("ones", "lazy_criterion_impl:Ones")
+            register("missing", "lazy_criterion_impl:Nothing")
+
+    registry.register_plugin(Lazy(), name="lazy")
+    reg = registry.get_registry()
+    assert {"ones", "missing"} <= set(reg.names("criterion"))
+    assert "lazy_criterion_impl" not in sys.modules  # listed, not imported
+    with pytest.raises(ValueError, match="does not take these params.*accepts: scale"):
+        reg.check_params("criterion", "ones", {"scal": 2.0})  # the signature is the class's own
+    assert reg.create("criterion", "ones", scale=2.0).scale == 2.0
+    with pytest.raises(PluginError, match="criterion 'missing' from plugin 'lazy'.*lazy_criterion_impl:Nothing"):
+        reg.create("criterion", "missing")
+    sys.modules.pop("lazy_criterion_impl", None)
+
+
+def test_a_malformed_import_path_is_named_when_used(fresh_registry):
+    class Typo:
+        @pat_ray.hookimpl
+        def pat_ray_register_surgery_backends(self, register):
+            register("dotted", "some.module.Backend")  # a dot where the colon goes
+
+    registry.register_plugin(Typo(), name="typo")
+    with pytest.raises(PluginError, match="surgery 'dotted' from plugin 'typo'.*'package.module:attribute'"):
+        registry.get_registry().create("surgery", "dotted")

@@ -1,7 +1,10 @@
 """The hooks a pat_ray plugin may implement (pluggy project ``pat_ray``).
 
 Registration hooks receive a ``register(name, factory)`` callback; calling it makes
-``name`` selectable in configs and in the Python API. A config's ``params`` become the
+``name`` selectable in configs and in the Python API. ``factory`` may be the object or its
+import path, ``"package.module:attribute"``: a path is imported when the name is first used, so
+listing names (``pat-ray plugins``, ``pat-ray config``) imports neither the plugin's module nor
+torch. A config's ``params`` become the
 factory's keyword arguments, checked against its signature when the config is validated.
 Observer hooks are called by the training engine; their return values are ignored.
 """

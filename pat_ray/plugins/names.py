@@ -5,6 +5,8 @@ holds the process-wide one)."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,12 +39,42 @@ GUARDED_KINDS = ("criterion", "similarity", "surgery")  # called during training
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """A factory named by import path (``"package.module:attribute"``), with leading positional
+    arguments: listing names (``pat-ray plugins``, ``pat-ray config``) then imports nothing of
+    the plugin, and a plugin whose classes need torch costs torch's import only when used."""
+
+    path: str
+    args: tuple[Any, ...] = ()
+
+    def resolve(self) -> Callable[..., Any]:
+        module_name, _, attribute = self.path.partition(":")
+        if not module_name or not attribute:
+            raise ValueError(f"{self.path!r} is not a 'package.module:attribute' path")
+        made = getattr(importlib.import_module(module_name), attribute)
+        return functools.partial(made, *self.args) if self.args else made
+
+
+@dataclass(frozen=True)
 class Entry:
     kind: str
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | Deferred
     plugin: str
     distribution: str
+
+    @functools.cached_property
+    def factory(self) -> Callable[..., Any]:
+        """What makes this name's objects; a deferred one is imported here, on first use."""
+        if not isinstance(self.target, Deferred):
+            return self.target
+        try:
+            return self.target.resolve()
+        except Exception as err:  # an import runs the plugin's module: anything can fail there
+            raise PluginError(
+                f"{self.kind} {self.name!r} from plugin {self.plugin!r} ({self.distribution}): "
+                f"cannot import {self.target.path}: {err!r}"
+            ) from err
 
 
 class Registry:
@@ -64,6 +96,8 @@ class Registry:
     def layer_rules(self) -> dict[type, LayerRule]:
         """The declared custom modules, by module type; a type declared twice names both plugins,
         and a type with a built-in family (``nn.Linear``) is refused: one class, one rule."""
+        if not self._entries["layer"]:
+            return {}
         from pat_ray.tracer.layers.declared import LayerRule  # the tracer (and torch) only once rules are read
         from pat_ray.tracer.layers.table import LAYERS
 
@@ -155,8 +189,9 @@ def collect(manager: pluggy.PluginManager) -> Registry:
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
             dist = dists.get(id(impl.plugin)) or origin(impl.plugin)
 
-            def register(name: str, factory: Callable[..., Any], _k=kind, _i=impl, _d=dist):
-                entries.append(Entry(_k, name, factory, _i.plugin_name, _d))
+            def register(name: str, factory: Callable[..., Any] | str | Deferred, _k=kind, _i=impl, _d=dist):
+                target = Deferred(factory) if isinstance(factory, str) else factory
+                entries.append(Entry(_k, name, target, _i.plugin_name, _d))
 
             try:
                 impl.function(register=register)

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -25,16 +26,7 @@ from pat_ray.plugins.shipping import ShippedPlugin, import_shipped, shippable
 if TYPE_CHECKING:
     from pat_ray.tracer.layers.declared import LayerRule
 
-DEFAULT_PLUGINS = (
-    "pat_ray.plugins.builtin.criteria.magnitude",
-    "pat_ray.plugins.builtin.criteria.bn_scale",
-    "pat_ray.plugins.builtin.criteria.taylor",
-    "pat_ray.plugins.builtin.similarity",
-    "pat_ray.plugins.builtin.surgery_native",
-    "pat_ray.plugins.builtin.models",
-    "pat_ray.plugins.builtin.datasets",
-    "pat_ray.plugins.builtin.idx_datasets",
-)
+DEFAULT_PLUGINS = ("pat_ray.plugins.builtin.catalog",)
 AUTOLOAD_SWITCH = "PAT_RAY_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -164,7 +156,10 @@ def unregister_plugins() -> None:
 
 
 def _set_rules(rules: dict[type, LayerRule]) -> None:
-    """Hand the declared layer rules to the tracer, which reads them while tracing."""
+    """Hand the declared layer rules to the tracer, which reads them while tracing (a tracer
+    not imported yet has none, so listing names without rules never imports it, nor torch)."""
+    if not rules and "pat_ray.tracer.layers.declared" not in sys.modules:
+        return
     from pat_ray.tracer.layers.declared import set_rules
 
     set_rules(rules)

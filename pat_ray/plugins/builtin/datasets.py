@@ -13,7 +13,6 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 from torchvision import datasets, transforms
 
-import pat_ray
 from pat_ray.core.data import DataBundle
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -173,11 +172,3 @@ def synthetic(
         )
 
     return DataBundle(make(num_samples), make(max(1, num_samples // 4)), num_classes, tuple(shape))
-
-
-@pat_ray.hookimpl
-def pat_ray_register_datasets(register) -> None:
-    register("digits", digits)
-    register("cifar10", cifar10)
-    register("imagefolder", imagefolder)
-    register("synthetic", synthetic)

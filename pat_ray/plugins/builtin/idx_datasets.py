@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import v2
 
-import pat_ray
 from pat_ray.core.data import DataBundle
 from pat_ray.plugins.builtin.idx_format import check_labels, check_pair, read_idx
 
@@ -164,9 +163,3 @@ def _check(name: str):
 
 fashion_mnist.check = _check("fashion_mnist")  # type: ignore[attr-defined]
 mnist.check = _check("mnist")  # type: ignore[attr-defined]
-
-
-@pat_ray.hookimpl
-def pat_ray_register_datasets(register) -> None:
-    register("fashion_mnist", fashion_mnist)
-    register("mnist", mnist)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pat_ray
 from pat_ray.core.architecture import Architecture
+from pat_ray.core.contracts import SimilarityMetric
 from pat_ray.core.epi import mask_similarity, structural_similarity, weighted_structural_similarity
 
 
@@ -25,8 +25,9 @@ def mask_hamming(a: Architecture, b: Architecture) -> float:
     return mask_similarity([frozenset(a.kept[n]) for n in a.names], [frozenset(b.kept[n]) for n in a.names], sizes)
 
 
-@pat_ray.hookimpl
-def pat_ray_register_similarity_metrics(register) -> None:
-    register("structural", lambda: structural)
-    register("structural_layers", lambda: structural_layers)
-    register("mask_hamming", lambda: mask_hamming)
+METRICS = {"structural": structural, "structural_layers": structural_layers, "mask_hamming": mask_hamming}
+
+
+def metric(name: str) -> SimilarityMetric:
+    """The factory each built-in name is registered with: a metric takes no params."""
+    return METRICS[name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import pat_ray
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.surgery import apply_architecture
 from pat_ray.tracer.graph import ModelGraph
@@ -20,8 +19,3 @@ class NativeSurgery:
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         apply_architecture(model, graph, architecture, optimizer)
-
-
-@pat_ray.hookimpl
-def pat_ray_register_surgery_backends(register) -> None:
-    register("native", NativeSurgery)

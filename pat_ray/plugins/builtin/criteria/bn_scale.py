@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import pat_ray
 from pat_ray.core.criterion import (
     Criterion,
     Scores,
@@ -37,8 +36,3 @@ class BNScale(Criterion):
             else:
                 result.update(normalize_per_group({group.name: filter_norms(model, group, 1)}))
         return result
-
-
-@pat_ray.hookimpl
-def pat_ray_register_criteria(register) -> None:
-    register("bn_scale", BNScale)

@@ -13,7 +13,6 @@ from typing import Literal, get_args
 
 from torch import nn
 
-import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, filter_norms, normalize_per_group
 from pat_ray.tracer.graph import ModelGraph
 
@@ -39,8 +38,3 @@ class Magnitude(Criterion):
         per_weight = self.normalize == "filter_size"
         norms = {g.name: filter_norms(model, g, self.p, per_weight) for g in graph.prunable}
         return normalize_per_group(norms) if self.normalize == "group_mean" else norms
-
-
-@pat_ray.hookimpl
-def pat_ray_register_criteria(register) -> None:
-    register("magnitude", Magnitude)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import pat_ray
 from pat_ray.core.criterion import Criterion, Scores, member_rows, parameter_attribute
 from pat_ray.tracer.graph import ChannelGroup, Member, ModelGraph
 
@@ -87,8 +86,3 @@ class _GroupPlan:
             device = next(self.members[0][0].parameters()).device
             return torch.zeros(self.size, device=device)
         return total
-
-
-@pat_ray.hookimpl
-def pat_ray_register_criteria(register) -> None:
-    register("taylor", Taylor)
