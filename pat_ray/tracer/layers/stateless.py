@@ -1,6 +1,7 @@
 """Layers without weights: activations, pooling, dropout, padding, flatten (channel i stays
 channel i); channel shuffles and pixel shuffles (channels change places, so their input is
-kept whole); softmax-like layers (every output reads every channel: kept whole too)."""
+kept whole); GLU (two halves of the channels, gated pairwise); softmax-like layers (along the
+channels every output reads every channel: kept whole too)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from torch import nn
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
 from pat_ray.tracer.layers.registry import layer_family
 from pat_ray.tracer.layout import Layout
+from pat_ray.tracer.ops.elementwise import mixed_along
 from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
+from pat_ray.tracer.ops.splits import gated_halves
 
 PASSTHROUGH_MODULES = (
     nn.ReLU,
@@ -93,7 +96,7 @@ class Flatten(LayerFamily):
         return reshape_layout(call.builder, call.node, call.layout, call.where)
 
 
-@layer_family(nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.GLU)
+@layer_family(nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)
 class Reordering(LayerFamily):
     """Channels move to other positions (or axes): the input is kept whole."""
 
@@ -101,7 +104,27 @@ class Reordering(LayerFamily):
         return reordered_layout(call.builder, call.node, call.layout, call.where)
 
 
-@layer_family(nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Softmin, nn.LocalResponseNorm)
+@layer_family(nn.GLU)
+class GatedHalves(LayerFamily):
+    """``nn.GLU``: followed as ``F.glu``, channel ``i`` of one half gating channel ``i`` of the other."""
+
+    def trace(self, call: LayerCall) -> Layout:
+        assert isinstance(call.module, nn.GLU)
+        return gated_halves(call.builder, call.node, call.layout, call.module.dim, call.where)
+
+
+@layer_family(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+class MixingAlongDim(LayerFamily):
+    """Softmax-like layers mix along their ``dim``, as the functions they run: over the
+    channels none may go; over another dim (an attention's ``nn.Softmax(dim=-1)`` over tokens)
+    channel ``i`` stays channel ``i``. ``dim=None`` (softmax's legacy implicit dim) keeps them."""
+
+    def trace(self, call: LayerCall) -> Layout:
+        dim = getattr(call.module, "dim", None)
+        return mixed_along(call.builder, call.layout, dim, len(call.in_shape))
+
+
+@layer_family(nn.Softmax2d, nn.LocalResponseNorm)
 class ChannelMixing(LayerFamily):
     """Every output reads all channels, without parameters: the input is kept whole."""
 

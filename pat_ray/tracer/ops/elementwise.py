@@ -266,8 +266,14 @@ def mixing_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     none may go; over another dim (attention's softmax over tokens) channel i stays channel i."""
     layout = call.first_layout()
     given = arg(call.node, 2, "dim", 1) if call.node.target is F.normalize else arg(call.node, 1, "dim")
-    ndim = len(known_shape(call.node.args[0], call.where))
-    if isinstance(given, int) and given % ndim != layout.axis and layout.repeat == 1:
+    return mixed_along(builder, layout, given, len(known_shape(call.node.args[0], call.where)))
+
+
+def mixed_along(builder: GroupBuilder, layout: Layout, dim: object, ndim: int) -> Layout:
+    """What mixing the values along ``dim`` leaves of ``layout`` (the functional op and its
+    module form, ``nn.Softmax(dim=-1)``, alike): another dim's mixing keeps every channel where
+    it was; mixing along the channels, or along a dim not known here, keeps them all."""
+    if isinstance(dim, int) and dim % ndim != layout.axis and layout.repeat == 1:
         return layout
     builder.pin(layout)
     return layout

@@ -8,7 +8,8 @@ channels land in which piece. Such an input is pinned (kept whole); its pieces a
 followed exactly, so the layers they feed can still be pruned. Equal pieces cut by their
 count (``qkv.chunk(3, dim=-1)``, a gated MLP's ``x.chunk(2)``) stay equal when each loses
 the same channels: channel ``i`` of every piece is then one channel, and the input prunes.
-Splitting any other axis leaves the channels alone.
+Splitting any other axis leaves the channels alone. ``glu`` is such a split in two, one half
+gating the other.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout, Pieces, Traced
@@ -104,6 +106,30 @@ def _aligned_pieces(builder: GroupBuilder, layout: Layout, widths: list[int]) ->
             return None
         pieces.append(Layout(tuple(taken), axis=layout.axis) if taken else None)
     return tuple(pieces) if not groups else None
+
+
+@op_rule("glu", functions={F.glu})
+def glu_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    return gated_halves(builder, call.node, call.first_layout(), arg(call.node, 1, "dim", -1), call.where)
+
+
+def gated_halves(builder: GroupBuilder, node: fx.Node, layout: Layout, dim: object, where: str) -> Layout:
+    """``glu(x, dim)``: ``a * sigmoid(b)`` of ``x``'s two halves along ``dim``. Across the
+    channels, channel ``i`` of ``a`` and of ``b`` make output channel ``i``: the halves lose the
+    same channels (as ``x.chunk(2)`` multiplied); where they cannot, ``x`` is kept whole."""
+    in_shape = known_shape(node.args[0], where)
+    if not isinstance(dim, int):
+        raise UnsupportedModelError(f"{where}: gates along a dimension known only at run time ({dim!r})")
+    axis = dim % len(in_shape)
+    if axis != layout.axis:
+        return layout  # halves another dim: the channels pass
+    halves = builder.tie_equal_pieces(layout, 2, where)
+    if halves is not None and isinstance(halves[0], Layout):
+        return halves[0]
+    builder.pin(layout)
+    fixed = builder.fixed_channels(f"<{node.name}>", known_shape(node, where), axis)
+    assert fixed is not None, "glu keeps its input's dims"
+    return fixed
 
 
 _NAMED_PIECES = {"values": 0, "indices": 1}  # torch.return_types fields
