@@ -97,15 +97,27 @@ def size_written_in_code(model: nn.Module, node: fx.Node, axis: int) -> bool:
         module = model.get_submodule(str(node.target))
         if not isinstance(module, nn.Unflatten):
             return False
-        sizes = list(module.unflattened_size)
-        first = module.dim % len(known_shape(node.args[0], "")) if isinstance(module.dim, int) else 0
-        return first <= axis < first + len(sizes) and sizes[axis - first] != -1
+        return _unflattened_size_written(node, module.dim, module.unflattened_size, axis)
+    if target_name(node) == "unflatten":
+        return _unflattened_size_written(node, arg(node, 1, "dim"), arg(node, 2, "sizes"), axis)
     if target_name(node) not in ("view", "reshape", "expand"):
         return False
     written = size_arguments(node, 1, "shape", "size")
     if isinstance(written, fx.Node) or axis >= len(written):
         return True
     return isinstance(written[axis], int) and written[axis] != -1
+
+
+def _unflattened_size_written(node: fx.Node, dim: object, sizes: Any, axis: int) -> bool:
+    """``unflatten(dim, sizes)``: whether ``axis`` of the result is one of ``sizes`` written as a
+    number (``-1`` and a size read from a tensor follow the channels, as in a ``view``)."""
+    if not isinstance(sizes, list | tuple) or not isinstance(dim, int):
+        return True
+    first = dim % len(known_shape(node.args[0], ""))
+    if not first <= axis < first + len(sizes):
+        return False
+    entry = sizes[axis - first]
+    return isinstance(entry, int) and entry != -1
 
 
 # Ops that give a parameter's values new axes or a new order without mixing them: a parameter

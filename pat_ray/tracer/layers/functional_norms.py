@@ -3,7 +3,9 @@
 ``nn.BatchNorm2d`` but run ``F.batch_norm(x, self.running_mean, ..., self.weight, self.bias)``
 and their activation themselves; PoolFormer's ``GroupNorm1`` runs ``F.group_norm``. The call is
 traced as the layer (its family cuts weight, bias and running statistics); a call fed by
-another layer's tensors, or by tensors computed from them, is refused.
+another layer's tensors, or by tensors computed from them, is refused. A call with no tensors
+but its input (``F.instance_norm(x)``) normalizes each channel by its own statistics, so the
+channels pass; ``F.group_norm(x, g)`` alone keeps them (its groups are channel counts).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def functional_norm(builder: GroupBuilder, call: OpCall) -> Layout | None:
     name = target_name(node)
     tensors = [arg(node, position, keyword) for position, keyword in _TENSORS[name]]
     given = [t for t in tensors if t is not None]
+    if not given:  # statistics of the input itself, no affine: nothing to cut
+        if name == "group_norm":
+            builder.pin(layout)  # its groups of C / G channels would change with the channel count
+        return layout
     own = all(isinstance(t, fx.Node) and t.op == "get_attr" for t in given)
     owners = {str(t.target).rpartition(".")[0] for t in given if isinstance(t, fx.Node)}
     owner = owners.pop() if own and len(owners) == 1 else None

@@ -1,6 +1,7 @@
 """Layers without weights: activations, pooling, dropout, padding, flatten (channel i stays
 channel i); channel shuffles and pixel shuffles (channels change places, so their input is
-kept whole); GLU (two halves of the channels, gated pairwise); softmax-like layers (along the
+kept whole); GLU (two halves of the channels, gated pairwise); unfold / fold (each channel
+over its patch positions); softmax-like layers (along the
 channels every output reads every channel: kept whole too)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.ops.elementwise import mixed_along
 from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
 from pat_ray.tracer.ops.splits import gated_halves
+from pat_ray.tracer.ops.windows import folded, unfolded
 
 PASSTHROUGH_MODULES = (
     nn.ReLU,
@@ -102,6 +104,22 @@ class Reordering(LayerFamily):
 
     def trace(self, call: LayerCall) -> Layout:
         return reordered_layout(call.builder, call.node, call.layout, call.where)
+
+
+@layer_family(nn.Unfold)
+class Im2col(LayerFamily):
+    """``nn.Unfold``: followed as ``F.unfold`` (each channel over its patch positions)."""
+
+    def trace(self, call: LayerCall) -> Layout:
+        return unfolded(call.builder, call.node, call.layout, call.where)
+
+
+@layer_family(nn.Fold)
+class Col2im(LayerFamily):
+    """``nn.Fold``: followed as ``F.fold`` (the patch positions summed back per channel)."""
+
+    def trace(self, call: LayerCall) -> Layout:
+        return folded(call.builder, call.node, call.layout, call.where)
 
 
 @layer_family(nn.GLU)

@@ -178,10 +178,11 @@ MINMAX_FUNCTIONS = {torch.max, torch.min}
 MINMAX_METHODS = {"max", "min"}
 
 # Functions that mix the values along one dim without parameters (softmax over tokens, a
-# normalize over channels): along the channel dim the input is kept whole; along another the
-# channels pass. ``local_response_norm`` always mixes neighbouring channels.
+# normalize over channels, a running sum): along the channel dim the input is kept whole;
+# along another the channels pass. ``local_response_norm`` always mixes neighbouring channels.
 MIXING_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.softmin, F.normalize}
-MIXING_METHODS = {"softmax", "log_softmax"}
+MIXING_FUNCTIONS |= {torch.cumsum, torch.cumprod, torch.logcumsumexp}  # running totals along ``dim``
+MIXING_METHODS = {"softmax", "log_softmax", "cumsum", "cumprod", "logcumsumexp"}
 CHANNEL_MIXING_FUNCTIONS = {F.local_response_norm}
 
 SAMPLE_FUNCTIONS = {F.grid_sample}

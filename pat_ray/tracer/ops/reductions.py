@@ -1,4 +1,4 @@
-"""How the tracer follows reductions (``mean``, ``amax``, ``std``...) and the ops that return
+"""How the tracer follows reductions (``mean``, ``amax``, ``std``, ``var_mean``...) and the ops that return
 ``(values, indices)`` along one dim (``max(x, dim)``, ``median``, ``sort``, ``topk``).
 
 Over spatial dims the channels survive (global pooling). Over the channel axis they are
@@ -83,10 +83,25 @@ def norm_rule(builder: GroupBuilder, call: OpCall) -> Layout | None:
 def _reduce_layout(builder: GroupBuilder, call: OpCall, dim_position: int) -> Layout | None:
     node, layout, where = call.node, call.first_layout(), call.where
     ndim = len(known_shape(node.args[0], where))
-    given = arg(node, dim_position, "dim")
+    return _reduced(builder, node, layout, _dims(node, dim_position, ndim, where), call.shape, ndim, where)
+
+
+def _dims(node: fx.Node, position: int, ndim: int, where: str) -> set[int]:
+    """The dims a reduction was given (one, or a list), every dim when none."""
+    given = arg(node, position, "dim")
     listed = given if isinstance(given, list | tuple) else [] if given is None else [given]
-    dims = {int_arg(d, where) % ndim for d in listed} if listed else set(range(ndim))
-    return _reduced(builder, node, layout, dims, call.shape, ndim, where)
+    return {int_arg(d, where) % ndim for d in listed} if listed else set(range(ndim))
+
+
+@op_rule("moments", functions={torch.var_mean, torch.std_mean}, form="pieces")
+def moments_rule(builder: GroupBuilder, call: OpCall) -> Pieces:
+    """``var_mean`` / ``std_mean``: two reductions over the same dims, alike."""
+    node, layout, where = call.node, call.inputs[0], call.where
+    ndim, pieces = len(known_shape(node.args[0], where)), call.pieces
+    if pieces[0] is None:
+        raise UnsupportedModelError(f"{where}: returns no tensors pat_ray can read")
+    result = _reduced(builder, node, layout, _dims(node, 1, ndim, where), pieces[0], ndim, where)
+    return tuple(result for _ in pieces)
 
 
 @op_rule("indexed", functions=INDEXED_FUNCTIONS, methods=INDEXED_METHODS, form="pieces")

@@ -32,8 +32,8 @@ from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
 
 # Ops that change the shape; allowed only as a flatten of (N, C, ...) into (N, C*...).
-RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
-RESHAPE_METHODS = {"flatten", "view", "reshape"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unflatten}
+RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
 
 # Ops that reorder a tensor's axes: the channels move with theirs (to the last one, channels-last).
 PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
@@ -112,9 +112,35 @@ def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) 
     if out_shape[0] == in_shape[0]:
         shapes = (in_shape, out_shape)
         regrouped = merged_layout(builder, node, layout, *shapes) or cut_heads(builder, node, layout, shapes)
+        if regrouped is None and not _holds_heads(builder, layout):
+            regrouped = channel_major(layout, in_shape, out_shape)
         if regrouped is not None:
             return regrouped
     return reordered_layout(builder, node, layout, where)
+
+
+def _holds_heads(builder: GroupBuilder, layout: Layout) -> bool:
+    """Whether ``layout`` holds attention heads or channels cut into them: their reshapes are
+    the heads rules' to follow (``heads.py``); one those leave alone keeps them whole."""
+    heads = {builder.find(g) for g in builder.heads} | {builder.find(h.group) for h in builder.heads.values()}
+    return any(builder.find(g) in heads for g in builder.leaves(layout).groups)
+
+
+def channel_major(layout: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Layout | None:
+    """A reshape that keeps each channel's values together: in row-major order channel ``c``
+    of ``layout`` fills one run of the positions after the dims before its axis (``repeat`` times
+    the size of the dims after it); when the result's dim ``j`` cuts those positions into whole
+    runs, channel ``c`` fills consecutive positions of dim ``j``. So merging the channels with the
+    dims after them (``(N, C, k, L) -> (N, C * k, L)``, im2col's columns) and splitting them back
+    (``(N, C * k, L) -> (N, C, k, L)``) are followed, not kept whole."""
+    axis = layout.axis
+    before, channels = math.prod(in_shape[:axis]), in_shape[axis] // layout.repeat
+    run = layout.repeat * math.prod(in_shape[axis + 1 :])
+    for j in range(1, len(out_shape)):
+        after = math.prod(out_shape[j + 1 :])
+        if math.prod(out_shape[:j]) == before and run % after == 0 and out_shape[j] == channels * (run // after):
+            return Layout(layout.groups, run // after, j)
+    return None
 
 
 def reordered_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
@@ -141,9 +167,9 @@ def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:
         given: Any = rest or (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
         first, second = (int_arg(d, where) % ndim for d in given)
         axis = second if layout.axis == first else first if layout.axis == second else layout.axis
-    if axis == 0 or (layout.repeat != 1 and axis != layout.axis):
+    if axis == 0:
         raise UnsupportedModelError(f"{where}: moves the channels to dim {axis}")
-    return Layout(layout.groups, layout.repeat, axis)
+    return Layout(layout.groups, layout.repeat, axis)  # a channel's ``repeat`` positions move with their dim
 
 
 def getitem_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
