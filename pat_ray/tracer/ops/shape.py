@@ -112,7 +112,7 @@ def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) 
     if out_shape[0] == in_shape[0]:
         shapes = (in_shape, out_shape)
         regrouped = merged_layout(builder, node, layout, *shapes) or cut_heads(builder, node, layout, shapes)
-        if regrouped is None and not _holds_heads(builder, layout):
+        if regrouped is None and not builder.is_pinned(layout) and not _holds_heads(builder, layout):
             regrouped = channel_major(layout, in_shape, out_shape)
         if regrouped is not None:
             return regrouped
