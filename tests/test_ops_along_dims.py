@@ -128,3 +128,24 @@ def test_an_unfolded_patch_embedding_prunes_the_convs_before_it():
     model, x = Embedding(), torch.randn(2, 3, 8, 8)
     assert_pruning_is_exact(model, x, 0.5)
     assert model.embed.in_features == 16 * model.first.out_channels < 8 * 16
+
+
+def test_fixed_channels_stay_fixed_through_a_reshape_that_merges_them():
+    """A channels-last input image (its dim 1, rows, is a fixed group as for any model input)
+    flattened to tokens: the reshape must leave the fixed rows alone, not follow them onto the
+    token axis where the Linear then refuses the model (Twins' and Swin V2's windows were so)."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.mlp, self.head = nn.Linear(3, 16), nn.Linear(16, 24), nn.Linear(24, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, h, w, c = x.shape
+            tokens = self.embed(x.reshape(b, h * w, c))
+            return self.head(F.relu(self.mlp(tokens)).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Tokens(), torch.randn(2, 4, 4, 3)
+    assert_pruning_is_exact(model, x, 0.6)
+    assert model.embed.out_features == model.mlp.in_features < 16 or model.mlp.out_features < 24
