@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
-from pat_ray.tracer.layout import Layout
+from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
@@ -42,25 +42,37 @@ def keep_channels_there(builder: GroupBuilder, node: fx.Node, layout: Layout, ax
 
 @op_rule("along_dim", functions={getattr(torch, name) for name in _ALONG}, methods=set(_ALONG))
 def along_dim_rule(builder: GroupBuilder, call: OpCall) -> Layout:
+    """``diff`` / ``index_select`` / ``gather`` / ``argsort`` along ``dim``."""
     node, layout, where = call.node, call.first_layout(), call.where
     position, default = _ALONG[target_name(node)]
     axis = int_arg(arg(node, position, "dim", default), where) % len(known_shape(node.args[0], where))
     if axis == layout.axis or layout.repeat != 1:
         return keep_channels_there(builder, node, layout, layout.axis, where)
-    if target_name(node) in ("index_select", "argsort"):
-        return layout  # positions along another dim: every channel keeps its own
     others = [call.layouts.get(a) for a in node.all_input_nodes[1:]]  # gather's index, diff's prepend / append
-    traced = [other for other in others if isinstance(other, Layout)]
     if target_name(node) == "gather":
-        index = traced[0] if traced else None
-        if index is not None and (index.axis, index.repeat) == (layout.axis, 1) and not builder.is_pinned(index):
-            return builder.unify(layout, index, where)  # an index made from the input (``argsort``)
-        builder.pin(layout)  # an index the code made: its extent over the channels stays
-        return layout
-    if len(traced) < len(others):
-        builder.pin(layout)  # a constant prepended or appended: its channels stay, so must the input's
-    for other in traced:  # prepended / appended tensors made from the model's: sliced with the input's channels
-        builder.unify(layout, other, where)
+        return _gathered(builder, layout, others[0] if others else None, where)
+    if target_name(node) == "diff":
+        return _with_ends(builder, layout, others, where)
+    return layout  # positions along another dim (index_select, argsort): every channel keeps its own
+
+
+def _gathered(builder: GroupBuilder, layout: Layout, index: Traced, where: str) -> Layout:
+    """``gather`` along another dim: its index is as wide over the channels as its result. An
+    index made from the input (``x.argsort(dim)``) prunes with it; one the code made keeps them."""
+    if isinstance(index, Layout) and (index.axis, index.repeat) == (layout.axis, 1) and not builder.is_pinned(index):
+        return builder.unify(layout, index, where)
+    builder.pin(layout)
+    return layout
+
+
+def _with_ends(builder: GroupBuilder, layout: Layout, ends: list[Traced], where: str) -> Layout:
+    """``diff``'s ``prepend`` / ``append`` are concatenated along its dim, so they are sliced with
+    the input's channels; a constant among them keeps the input's channels whole."""
+    traced = [end for end in ends if isinstance(end, Layout)]
+    if len(traced) < len(ends):
+        builder.pin(layout)
+    for end in traced:
+        builder.unify(layout, end, where)
     return layout
 
 

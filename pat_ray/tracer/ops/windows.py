@@ -26,12 +26,10 @@ from pat_ray.tracer.state import GroupBuilder
 def unfolded(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) -> Layout:
     """im2col's columns: channel ``c`` repeated over its ``k * k`` patch positions."""
     in_shape, out_shape = known_shape(node.args[0], where), known_shape(node, where)
-    batched = len(in_shape) == 4
-    channel_dim = 1 if batched else 0
-    if layout.axis != channel_dim or layout.repeat != 1 or out_shape[channel_dim] % in_shape[channel_dim]:
-        return keep_channels_there(builder, node, layout, channel_dim, where)
-    if not batched:
-        raise UnsupportedModelError(f"{where}: unfolds an image without a batch dimension")
+    if len(in_shape) != 4:
+        raise UnsupportedModelError(f"{where}: unfolds a tensor of shape {in_shape}, not a batch of images")
+    if layout.axis != 1 or layout.repeat != 1 or out_shape[1] % in_shape[1]:
+        return keep_channels_there(builder, node, layout, 1, where)
     return Layout(layout.groups, out_shape[1] // in_shape[1], 1)
 
 
