@@ -124,3 +124,44 @@ def test_a_softmax_layer_across_the_channels_keeps_them(softmax):
 
     graph = trace_channel_groups(Mixed(), torch.randn(1, 3, 8, 8))
     assert "stem" not in {g.name for g in graph.prunable}
+
+
+class SegNetBlock(nn.Module):
+    """An encoder conv pooled with its indices, a decoder unpooling by them (SegNet)."""
+
+    def __init__(self, layers: bool) -> None:
+        super().__init__()
+        self.encode, self.decode = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True) if layers else None
+        self.unpool = nn.MaxUnpool2d(2) if layers else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.encode(x))
+        if self.pool is not None and self.unpool is not None:
+            pooled, where = self.pool(y)
+            return self.decode(self.unpool(pooled, where))
+        pooled, where = F.max_pool2d(y, 2, return_indices=True)
+        return self.decode(F.max_unpool2d(pooled, where, 2))
+
+
+@pytest.mark.parametrize("layers", [True, False], ids=["layers", "functions"])
+def test_max_pooling_with_indices_and_unpooling_by_them_prune_the_encoder(layers):
+    torch.manual_seed(0)
+    model, x = SegNetBlock(layers), torch.randn(2, 3, 8, 8)
+    assert_pruning_is_exact(model, x, 0.5, counted_by_torch=False)
+    assert model.encode.out_channels == model.decode.in_channels < 16
+
+
+def test_unpooling_by_indices_the_code_made_keeps_the_channels():
+    class Unpool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encode, self.decode = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.max_pool2d(self.encode(x), 2)
+            where = torch.zeros(y.shape, dtype=torch.long)  # every value back to its window's corner
+            return self.decode(F.max_unpool2d(y, where, 2))
+
+    graph = trace_channel_groups(Unpool(), torch.randn(1, 3, 8, 8))
+    assert "encode" not in {g.name for g in graph.prunable}

@@ -40,6 +40,7 @@ from pat_ray.tracer.layers.table import (
     kept_whole,
     kept_whole_result,
     trace_layer,
+    trace_layer_pieces,
 )
 from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import (
@@ -253,7 +254,12 @@ def _constant_input(builder: GroupBuilder, node: fx.Node) -> Layout | None:
 def _visit_multi_output(
     builder: GroupBuilder, node: fx.Node, inputs: list[Layout], layouts: Layouts, where: str
 ) -> Traced:
-    """An op that returns several tensors: its rule of form ``pieces`` gives each one's layout."""
+    """An op that returns several tensors: its rule of form ``pieces`` gives each one's layout
+    (a layer's family, for a module call)."""
+    if node.op == "call_module":
+        pieces = trace_layer_pieces(builder, node, inputs[0])
+        if pieces is not None:
+            return pieces
     family = op_family(node.op, node.target, form="pieces")
     if family is None:
         raise UnsupportedModelError(

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.tracer.graph import Role
-from pat_ray.tracer.layout import Layout, Traced
+from pat_ray.tracer.layout import Layout, Pieces, Traced
 from pat_ray.tracer.nodes import known_shape
 from pat_ray.tracer.state import GroupBuilder
 
@@ -119,6 +119,11 @@ class LayerFamily:
     def trace(self, call: LayerCall) -> Layout | None:
         """The layout of the call's result, recording members and cost terms on the builder."""
         raise NotImplementedError
+
+    def trace_pieces(self, call: LayerCall, shapes: list[tuple[int, ...] | None]) -> Pieces | None:
+        """For a call that returns several tensors (of ``shapes``): each one's layout, or None
+        when the family cannot tell (the call is then refused)."""
+        return None
 
     def shrink(self, module: nn.Module, cut: Cut, rewrite: Rewrite) -> None:
         """Remove ``cut``'s channels from the module's tensors (through ``rewrite``) and keep its

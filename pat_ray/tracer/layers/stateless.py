@@ -1,7 +1,7 @@
-"""Layers without weights: activations, pooling, dropout, padding, flatten (channel i stays
-channel i); channel shuffles and pixel shuffles (channels change places, so their input is
-kept whole); GLU (two halves of the channels, gated pairwise); unfold / fold (each channel
-over its patch positions); softmax-like layers (along the
+"""Layers without weights: activations, pooling (with its indices, and unpooling by them),
+dropout, padding, flatten (channel i stays channel i); channel shuffles and pixel shuffles
+(channels change places, so their input is kept whole); GLU (two halves of the channels, gated
+pairwise); unfold / fold (each channel over its patch positions); softmax-like layers (along the
 channels every output reads every channel: kept whole too)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from torch import nn
 
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
 from pat_ray.tracer.layers.registry import layer_family
-from pat_ray.tracer.layout import Layout
+from pat_ray.tracer.layout import Layout, Pieces
 from pat_ray.tracer.ops.elementwise import mixed_along
 from pat_ray.tracer.ops.shape import reordered_layout, reshape_layout
 from pat_ray.tracer.ops.splits import gated_halves
+from pat_ray.tracer.ops.unpool import unpooled, with_indices
 from pat_ray.tracer.ops.windows import folded, unfolded
 
 PASSTHROUGH_MODULES = (
@@ -84,10 +85,24 @@ PASSTHROUGH_MODULES = (
 
 @layer_family(*PASSTHROUGH_MODULES)
 class Passthrough(LayerFamily):
-    """Channel i at position i, no per-channel parameters."""
+    """Channel i at position i, no per-channel parameters. A max pooling that also returns
+    where each maximum came from (``return_indices=True``) returns both with the input's channels."""
 
     def trace(self, call: LayerCall) -> Layout:
         return call.layout
+
+    def trace_pieces(self, call: LayerCall, shapes: list[tuple[int, ...] | None]) -> Pieces | None:
+        return with_indices(call.layout, call.in_shape, shapes)
+
+
+@layer_family(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+class Unpool(LayerFamily):
+    """``nn.MaxUnpool2d(values, indices)``: followed as ``F.max_unpool2d``."""
+
+    tensor_inputs = 2
+
+    def trace(self, call: LayerCall) -> Layout:
+        return unpooled(call.builder, call.layout, call.others[0] if call.others else None, call.where)
 
 
 @layer_family(nn.Flatten, nn.Unflatten)

@@ -33,7 +33,7 @@ from pat_ray.tracer.layers import (  # noqa: F401  (register their families)
 from pat_ray.tracer.layers.declared import Declared, rule_for
 from pat_ray.tracer.layers.family import LayerCall, LayerFamily
 from pat_ray.tracer.layers.registry import LAYERS
-from pat_ray.tracer.layout import Call, Layout, Traced
+from pat_ray.tracer.layout import Call, Layout, Pieces, Traced
 from pat_ray.tracer.nodes import PRODUCT_MACS, piece_shapes, shape_of
 from pat_ray.tracer.state import GroupBuilder
 
@@ -108,6 +108,20 @@ def trace_layer(
             builder.unify(before, now, where)
     builder.count_again(since=terms_before)
     return result
+
+
+def trace_layer_pieces(builder: GroupBuilder, node: fx.Node, layout: Layout) -> Pieces | None:
+    """A module call that returns several tensors: its family's layout for each (None: the
+    family cannot tell; such a layer has no weights, so nothing is recorded for it)."""
+    name = str(node.target)
+    module = builder.model.get_submodule(name)
+    family = family_of(module)
+    if family is None:
+        return None
+    where = f"module {name!r} ({type(module).__name__})"
+    shapes = piece_shapes(node) or []
+    shaped = [s if isinstance(s, tuple) else None for s in shapes]
+    return family.trace_pieces(LayerCall(builder, node, name, module, layout, where), shaped)
 
 
 def _weights_made_at_call_time(module: nn.Module) -> bool:

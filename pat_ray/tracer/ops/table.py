@@ -20,6 +20,7 @@ from pat_ray.tracer.ops import (  # noqa: F401
     reductions,
     shape,
     splits,
+    unpool,
     windows,
 )
 from pat_ray.tracer.ops.pointwise import is_pointwise
