@@ -12,14 +12,13 @@ result's channels are new fixed ones.
 from __future__ import annotations
 
 import torch
-import torch.fx as fx
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout, Traced
 from pat_ray.tracer.nodes import arg, int_arg, known_shape, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
-from pat_ray.tracer.ops.shape import channel_slice
+from pat_ray.tracer.ops.shape import channel_slice, keep_channels_there
 from pat_ray.tracer.state import GroupBuilder
 
 # name -> where ``dim`` sits among the positional arguments, and its default
@@ -29,15 +28,6 @@ _ALONG: dict[str, tuple[int, int | None]] = {
     "gather": (1, None),
     "argsort": (1, -1),
 }
-
-
-def keep_channels_there(builder: GroupBuilder, node: fx.Node, layout: Layout, axis: int, where: str) -> Layout:
-    """The input's channels stay whole; the result's ``axis`` holds new fixed channels."""
-    builder.pin(layout)
-    fixed = builder.fixed_channels(f"<{node.name}>", known_shape(node, where), axis)
-    if fixed is None:
-        raise UnsupportedModelError(f"{where}: its result has no dim {axis} for the channels")
-    return fixed
 
 
 @op_rule("along_dim", functions={getattr(torch, name) for name in _ALONG}, methods=set(_ALONG))

@@ -86,7 +86,7 @@ def merged_layout(
     """A reshape that merges the heads axis with the axes after it ((B, N, heads, head_dim) ->
     (B, N, heads * head_dim)): each head then fills that many consecutive positions. Only heads
     are followed so (other channels merged with a spatial axis are kept whole, as before)."""
-    if not set(builder.leaves(layout).groups) <= _head_groups(builder):
+    if not set(builder.leaves(layout).groups) <= head_groups(builder):
         return None
     if builder.head_dim or builder.cut_by_features(layout):
         return _merged_features(builder, node, layout, in_shape, out_shape)
@@ -132,7 +132,7 @@ def written_by_attribute(builder: GroupBuilder, node: fx.Node, result: Layout) -
     leaves = builder.leaves(result).groups
     if len(leaves) != 1:
         return False
-    if leaves[0] in _head_groups(builder):
+    if leaves[0] in head_groups(builder):
         group, per_channel = leaves[0], result.repeat
     elif leaves[0] in builder.heads:  # head features merged (head_dim pruned): heads x features
         group, per_channel = builder.find(builder.heads[leaves[0]].group), builder.head_unit(leaves[0])
@@ -211,7 +211,8 @@ def _numbers(value: object, kind: type[int] | type[float]) -> list:
     return [n for item in value for n in _numbers(item, kind)] if isinstance(value, list | tuple) else []
 
 
-def _head_groups(builder: GroupBuilder) -> set[int]:
+def head_groups(builder: GroupBuilder) -> set[int]:
+    """The groups of one channel per head (the heads themselves, not the channels cut into them)."""
     return {builder.find(h.group) for h in builder.heads.values()}
 
 

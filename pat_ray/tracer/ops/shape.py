@@ -27,7 +27,7 @@ from pat_ray.tracer.nodes import (
     target_name,
 )
 from pat_ray.tracer.ops.call import OpCall
-from pat_ray.tracer.ops.heads import cut_heads, merged_layout, written_by_attribute
+from pat_ray.tracer.ops.heads import cut_heads, head_groups, merged_layout, written_by_attribute
 from pat_ray.tracer.ops.registry import op_rule
 from pat_ray.tracer.state import GroupBuilder
 
@@ -122,7 +122,7 @@ def _reshaped(builder: GroupBuilder, node: fx.Node, layout: Layout, where: str) 
 def _holds_heads(builder: GroupBuilder, layout: Layout) -> bool:
     """Whether ``layout`` holds attention heads or channels cut into them: their reshapes are
     the heads rules' to follow (``heads.py``); one those leave alone keeps them whole."""
-    heads = {builder.find(g) for g in builder.heads} | {builder.find(h.group) for h in builder.heads.values()}
+    heads = head_groups(builder) | {builder.find(g) for g in builder.heads}
     return any(builder.find(g) in heads for g in builder.leaves(layout).groups)
 
 
@@ -147,11 +147,17 @@ def reordered_layout(builder: GroupBuilder, node: fx.Node, layout: Layout, where
     """An op that moves channels to other positions or axes (a channel shuffle, pixel shuffle,
     a reshape that splits the channel axis): pruning its input would change which channel
     lands where, so the input is kept whole and the result's dim 1 is a new pinned group."""
+    return keep_channels_there(builder, node, layout, 1, where)
+
+
+def keep_channels_there(builder: GroupBuilder, node: fx.Node, layout: Layout, axis: int, where: str) -> Layout:
+    """The input's channels stay whole; the result's ``axis`` holds new fixed channels, so
+    nothing downstream depends on their order."""
     out_shape = known_shape(node, where)
-    if len(out_shape) < 2:
-        raise UnsupportedModelError(f"{where}: its result {out_shape} has no channel dimension")
+    if len(out_shape) <= axis:
+        raise UnsupportedModelError(f"{where}: its result {out_shape} has no dim {axis} for the channels")
     builder.pin(layout)
-    return builder.fixed_group(out_shape[1], f"<{node.name}>")
+    return builder.fixed_group(out_shape[axis], f"<{node.name}>", axis=axis)
 
 
 def permute_layout(node: fx.Node, layout: Layout, where: str) -> Layout:

@@ -26,6 +26,7 @@ from pat_ray.tracer.layout import Layout, Pieces, Traced
 from pat_ray.tracer.nodes import arg, known_shape, size_derived_from, target_name
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
+from pat_ray.tracer.ops.shape import keep_channels_there
 from pat_ray.tracer.state import GroupBuilder
 
 # Ops that return a tuple of tensors; the tracer follows each piece.
@@ -126,10 +127,7 @@ def gated_halves(builder: GroupBuilder, node: fx.Node, layout: Layout, dim: obje
     halves = builder.tie_equal_pieces(layout, 2, where)
     if halves is not None and isinstance(halves[0], Layout):
         return halves[0]
-    builder.pin(layout)
-    fixed = builder.fixed_channels(f"<{node.name}>", known_shape(node, where), axis)
-    assert fixed is not None, "glu keeps its input's dims"
-    return fixed
+    return keep_channels_there(builder, node, layout, axis, where)
 
 
 _NAMED_PIECES = {"values": 0, "indices": 1}  # torch.return_types fields

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import arg, int_arg, known_shape
-from pat_ray.tracer.ops.along_dim import keep_channels_there
 from pat_ray.tracer.ops.call import OpCall
 from pat_ray.tracer.ops.registry import op_rule
+from pat_ray.tracer.ops.shape import keep_channels_there
 from pat_ray.tracer.state import GroupBuilder
 
 
