@@ -11,9 +11,9 @@ Names are imported on first use, as in ``pat_ray`` itself: a plugin's hook modul
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pat_ray.lazy import lazy_names
 from pat_ray.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -85,12 +85,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pat_ray.sdk' has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    return getattr(importlib.import_module(module), attribute)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

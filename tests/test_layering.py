@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "pat_ray"
 
 # lower layers first; a module may import its own layer and the layers below it
 LAYERS = {
-    "base": ["errors", "export_formats"],  # exception types and format names: importable before anything heavy
+    "base": ["errors", "export_formats", "lazy"],  # exceptions, format names, lazy public names: nothing heavy
     "core": ["core", "tracer", "models"],  # pure torch: tracing, selection, surgery, EPI maths, costs
     "plugins": ["plugins"],  # hookspecs, registry, built-ins
     "storage": ["storage"],  # local folders and URIs (pyarrow / fsspec), atomic replaces
