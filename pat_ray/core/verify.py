@@ -18,11 +18,14 @@ from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.errors import PrunedModelError
 from pat_ray.tracer.fx_trace import nested_leaves
 from pat_ray.tracer.graph import Example
+from pat_ray.tracer.shapes_only import ShapesOnly
 
 
 def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:
-    """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad)."""
-    return [tuple(t.shape) for t in _tensors(hooked_forward(model, example, {}))]
+    """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad),
+    its products run on meta tensors (they check their operands' shapes as the real ones do)."""
+    with ShapesOnly():
+        return [tuple(t.shape) for t in _tensors(hooked_forward(model, example, {}))]
 
 
 def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, ...]]) -> None:

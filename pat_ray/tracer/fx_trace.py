@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.core.cost.products import ProductCounter
+from pat_ray.core.modes import in_mode
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
@@ -46,29 +47,27 @@ from pat_ray.tracer.nodes import (
     reads_shape,
     reads_size,
 )
+from pat_ray.tracer.shapes_only import ShapesOnly
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
     """The model's fx graph with every node's result shapes in its ``meta``, and the shapes of
     the tensors the model returns (in order, nested outputs flattened). Runs in eval mode
     without gradients; the model's mode is restored."""
-    was_training = model.training
-    model.eval()
     attributes = [(module, dict(vars(module)), _registered(module)) for module in model.modules()]
     try:
-        example = first_sample(example_input)
-        try:
-            graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
-        finally:
-            _restore(attributes)
-        with torch.no_grad():
-            result = _ShapeRecorder(model, graph=graph).run(*example)
+        with in_mode(model, training=False):
+            example = first_sample(example_input)
+            try:
+                graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
+            finally:
+                _restore(attributes)
+            with torch.no_grad(), ShapesOnly():
+                result = _ShapeRecorder(model, graph=graph).run(*example)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
         raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
-    finally:
-        model.train(was_training)
     return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
 
 
@@ -271,7 +270,7 @@ class _Tracer(fx.Tracer):
                 self.runner.env = self.values
             runner = self.runner
             inputs = iter(self.example)
-            with torch.no_grad():
+            with torch.no_grad(), ShapesOnly():
                 for node in self.graph.nodes:
                     if node not in self.values:
                         default = node.args[0] if node.args else None

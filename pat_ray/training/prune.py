@@ -12,6 +12,7 @@ from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.criterion import Criterion
 from pat_ray.core.kinds import AttentionCut, Measure
+from pat_ray.core.modes import in_mode
 from pat_ray.core.prune_step import pruned
 from pat_ray.core.selection import Budget, select_architecture
 from pat_ray.plugins.registry import get_registry
@@ -67,13 +68,11 @@ def prune(
 
 
 def _observe(model, graph, criterion: Criterion, batches, loss_fn) -> None:
-    was_training = model.training
-    model.train()
     try:
-        for inputs, targets in batches:
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(inputs), targets).backward()
-            criterion.observe(model, graph)
+        with in_mode(model, training=True):
+            for inputs, targets in batches:
+                model.zero_grad(set_to_none=True)
+                loss_fn(model(inputs), targets).backward()
+                criterion.observe(model, graph)
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)

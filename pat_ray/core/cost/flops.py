@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pat_ray.core.cost.products import ProductCounter
+from pat_ray.core.modes import in_mode
 from pat_ray.tracer.graph import ComputeTerm, Example, ModelGraph, first_sample
 from pat_ray.tracer.layers.table import family_of
 
@@ -73,12 +74,9 @@ def hooked_forward(model: nn.Module, example_input: Example, hooks: Mapping[nn.M
     """One eval-mode, no-grad forward of one example with ``hooks`` attached as forward hooks;
     the model's mode is restored and the hooks removed whatever happens. Returns the output."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), in_mode(model, training=False):
             return model(*first_sample(example_input))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()

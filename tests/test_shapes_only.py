@@ -1,0 +1,107 @@
+"""``ShapesOnly``: under it a product returns zeros laid out exactly as its real result
+(shape, strides, dtype, device), refuses the operands the real kernel refuses, and everything
+else runs for real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pat_ray.core.cost.products import ProductCounter
+from pat_ray.tracer.shapes_only import ShapesOnly
+
+
+def same_layout(real: torch.Tensor, fake: torch.Tensor) -> None:
+    assert fake.shape == real.shape
+    # a dimension of size 1 has no stride that matters (views and contiguity ignore it)
+    assert [s for s, n in zip(fake.stride(), fake.shape) if n > 1] == [
+        s for s, n in zip(real.stride(), real.shape) if n > 1
+    ]
+    assert fake.dtype == real.dtype and fake.device == real.device
+    assert not fake.is_meta
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    side=st.integers(5, 9),
+    channels_last=st.booleans(),
+)
+def test_a_convolution_is_laid_out_as_the_real_one(
+    groups, per_group_in, per_group_out, kernel, stride, padding, dilation, side, channels_last
+) -> None:
+    x = torch.randn(2, groups * per_group_in, side, side)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(groups * per_group_out, per_group_in, kernel, kernel)
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    real = F.conv2d(x, weight, None, **args)
+    with ShapesOnly():
+        fake = F.conv2d(x, weight, None, **args)
+    same_layout(real, fake)
+    computed = torch.count_nonzero(fake) > 0  # channels-last: the real kernel picks the strides
+    assert computed == channels_last
+
+
+@pytest.mark.parametrize(
+    ("product", "on_meta"),
+    [
+        (lambda a, b, c: F.linear(a, b.T.contiguous()), True),
+        (lambda a, b, c: F.linear(a, b.T), True),
+        (lambda a, b, c: a @ b, True),
+        (lambda a, b, c: torch.matmul(a.transpose(1, 2), a), True),
+        (lambda a, b, c: torch.einsum("bij,jk->bik", a, b), True),
+        (lambda a, b, c: torch.einsum("bij,jk->kbi", [a, b]), True),
+        (lambda a, b, c: torch.bmm(a, b.expand(3, -1, -1)), True),
+        (lambda a, b, c: torch.baddbmm(c, a, b.expand(3, -1, -1)), True),
+        (lambda a, b, c: F.scaled_dot_product_attention(a, a, a), True),
+        # attention on CPU lays its result out from the operands' strides: those run for real
+        (lambda a, b, c: F.scaled_dot_product_attention(*[a.view(3, 4, 5, 1).expand(3, 4, 5, 2)] * 3), False),
+        (lambda a, b, c: F.scaled_dot_product_attention(*[a.reshape(3, 2, 2, 5).transpose(1, 2)] * 3), False),
+    ],
+)
+def test_products_are_laid_out_as_the_real_ones(product, on_meta) -> None:
+    a, b, c = torch.randn(3, 4, 5), torch.randn(5, 6), torch.randn(3, 4, 6)
+    real = product(a, b, c)
+    with ShapesOnly():
+        fake = product(a, b, c)
+    same_layout(real, fake)
+    assert (torch.count_nonzero(fake) == 0) == on_meta
+
+
+def test_operands_the_real_kernel_refuses_are_refused() -> None:
+    with ShapesOnly(), pytest.raises(RuntimeError):
+        F.conv2d(torch.randn(1, 5, 8, 8), torch.randn(4, 6, 3, 3))
+    with ShapesOnly(), pytest.raises(RuntimeError):
+        F.linear(torch.randn(2, 5), torch.randn(3, 6))
+
+
+def test_other_ops_compute_for_real() -> None:
+    x = torch.randn(4, 7)
+    with ShapesOnly():
+        assert torch.equal(torch.relu(x) + 1, x.clamp(min=0) + 1)
+
+
+def test_under_autocast_a_product_runs_for_real() -> None:
+    x, w = torch.randn(2, 8), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16), ShapesOnly():
+        result = F.linear(x, w)
+    assert result.dtype == torch.bfloat16
+    assert torch.count_nonzero(result) > 0
+
+
+def test_products_are_still_counted_under_it() -> None:
+    q = torch.randn(2, 4, 16, 8)
+    with ShapesOnly():
+        with ProductCounter() as counter:
+            F.scaled_dot_product_attention(q, q, q)
+    assert counter.macs == 2 * 4 * 16 * 16 * (8 + 8)
