@@ -3,7 +3,9 @@
 The tracer refuses every op it does not understand, so a pruned model should always run;
 this check makes sure that a gap in that reasoning (or in a third-party surgery backend)
 surfaces as an error naming the layer, at the moment of pruning, instead of as a model that
-fails later in someone's training loop. It costs one forward pass on a one-sample batch.
+fails later in someone's training loop. It runs the model's forward on a one-sample batch with
+its products computed on meta tensors (``ShapesOnly``): their kernels check the operands' shapes
+as the real ones do, without the arithmetic, and the rest of the forward runs for real.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def prune(
     it was before this call. ``example_input`` is one tensor, or a tuple with one tensor per
     argument of ``forward``. ``attention``: prune whole ``heads`` or each head's width
     (``head_dim``), as docs/attention.md describes. The pruned model is run once on
-    ``example_input``: should it fail (a tracer or backend bug), PrunedModelError names the layer,
+    ``example_input`` (its products on meta tensors, which check shapes without the arithmetic):
+    should it fail (a tracer or backend bug), PrunedModelError names the layer,
     and the model and ``optimizer`` are left as they were before the call.
     """
     registry = get_registry()
