@@ -1,6 +1,6 @@
 """``ShapesOnly``: under it a product returns zeros laid out exactly as its real result
 (shape, strides, dtype, device), refuses the operands the real kernel refuses, and everything
-else runs for real."""
+else runs for real; a model whose shapes depend on values is traced and checked with real products."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+import pat_ray
+from _helpers import flops_counted_by_torch
+from pat_ray.core.cost.flops import cost_of
 from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.shapes_only import ShapesOnly
+from pat_ray.tracer.trace import trace_channel_groups
 
 
 def same_layout(real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -105,3 +110,35 @@ def test_products_are_still_counted_under_it() -> None:
         with ProductCounter() as counter:
             F.scaled_dot_product_attention(q, q, q)
     assert counter.macs == 2 * 4 * 16 * 16 * (8 + 8)
+
+
+class PicksTokens(nn.Module):
+    """Keeps the tokens whose features sum above zero: how many depends on the embedding's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.mlp = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        picked = torch.nonzero(tokens.sum(2) > 0)[:, 1]
+        return self.head(self.mlp(tokens.index_select(1, picked)).relu().mean(1))
+
+
+def test_a_model_whose_shapes_follow_values_is_traced_with_real_products() -> None:
+    torch.manual_seed(0)
+    model, x = PicksTokens().eval(), torch.randn(1, 3, 16, 16)
+    graph = trace_channel_groups(model, x)
+    assert graph.shapes_from_values
+    dense = cost_of(graph.terms, {g.name: g.size for g in graph.groups})
+    assert dense.flops == flops_counted_by_torch(model, x)  # the picked tokens' MLP counted, not zero of them
+    pat_ray.prune(model, x, budget=0.6)  # its check computes the products too
+    assert model.mlp.in_features < 8 or model.mlp.out_features < 16
+
+
+def test_a_model_whose_shapes_follow_sizes_only_is_traced_on_meta() -> None:
+    assert not trace_channel_groups(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), torch.randn(1, 3, 8, 8)
+    ).shapes_from_values

@@ -10,6 +10,7 @@ as the real ones do, without the arithmetic, and the rest of the forward runs fo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,20 +24,26 @@ from pat_ray.tracer.graph import Example
 from pat_ray.tracer.shapes_only import ShapesOnly
 
 
-def output_shapes(model: nn.Module, example: Example) -> list[tuple[int, ...]]:
-    """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad),
-    its products run on meta tensors (they check their operands' shapes as the real ones do)."""
-    with ShapesOnly():
+def output_shapes(model: nn.Module, example: Example, products_on_meta: bool = True) -> list[tuple[int, ...]]:
+    """The shapes of every tensor ``model`` returns for the first sample (eval mode, no grad).
+    ``products_on_meta``: its products run on meta tensors (they check their operands' shapes as
+    the real ones do); a model whose shapes depend on values (``ModelGraph.shapes_from_values``)
+    computes them."""
+    with ShapesOnly() if products_on_meta else contextlib.nullcontext():
         return [tuple(t.shape) for t in _tensors(hooked_forward(model, example, {}))]
 
 
-def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, ...]]) -> None:
-    """Raise PrunedModelError unless the pruned ``model`` runs and returns ``expected`` shapes."""
+def check_pruned(
+    model: nn.Module, example: Example, expected: list[tuple[int, ...]], products_on_meta: bool = True
+) -> None:
+    """Raise PrunedModelError unless the pruned ``model`` runs and returns ``expected`` shapes
+    (``products_on_meta`` as in ``output_shapes``)."""
     try:
-        got = output_shapes(model, example)
+        got = output_shapes(model, example, products_on_meta)
     except Exception as err:
+        where = _failing_layer(model, example, products_on_meta)
         raise PrunedModelError(
-            f"the pruned model fails at {_failing_layer(model, example)} ({type(err).__name__}: {err}); "
+            f"the pruned model fails at {where} ({type(err).__name__}: {err}); "
             "pat_ray traced an op whose channels it did not follow correctly: please report this model"
         ) from err
     if got != expected:
@@ -46,7 +53,7 @@ def check_pruned(model: nn.Module, example: Example, expected: list[tuple[int, .
         )
 
 
-def _failing_layer(model: nn.Module, example: Example) -> str:
+def _failing_layer(model: nn.Module, example: Example, products_on_meta: bool) -> str:
     """Which module's forward the failure happens in, found by running the model again with a
     hook on every module: only after a failure, so that the check itself stays one plain forward."""
     running: list[str] = []  # the modules whose forward is in progress, innermost last
@@ -60,7 +67,7 @@ def _failing_layer(model: nn.Module, example: Example) -> str:
 
     hooks = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
-        output_shapes(model, example)
+        output_shapes(model, example, products_on_meta)
     except Exception:
         return f"layer {running[-1]!r}" if running else "an op of the top-level forward"
     finally:

@@ -9,16 +9,21 @@ every piece (q, k and v of a fused projection), and the costs it takes part in c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import AttentionCut, ChannelGroup, ComputeTerm, Member, ModelGraph, SizeAttribute
 from pat_ray.tracer.layout import Layout, Slot, Term
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
+if TYPE_CHECKING:
+    from pat_ray.tracer.fx_trace import Recorded
+
 
 def finalize(
     builder: GroupBuilder,
     input_shape: tuple[int, ...],
-    output_shapes: tuple[tuple[int, ...], ...],
+    recorded: Recorded,
     attention: AttentionCut = "heads",
 ) -> ModelGraph:
     """The graph the builder's state describes, once every node is seen; ``attention``: the cut
@@ -48,7 +53,9 @@ def finalize(
         SizeAttribute(a.module, a.attribute, names[builder.find(a.group)], a.per_channel)
         for a in builder.size_attributes
     )
-    return ModelGraph(tuple(groups), terms, input_shape, output_shapes, attributes, attention)
+    return ModelGraph(
+        tuple(groups), terms, input_shape, recorded.output_shapes, attributes, attention, recorded.shapes_from_values
+    )
 
 
 def _slot_members(builder: GroupBuilder, slot: Slot) -> list[tuple[int, Member]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import operator
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -50,10 +50,18 @@ from pat_ray.tracer.nodes import (
 from pat_ray.tracer.shapes_only import ShapesOnly
 
 
-def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Graph, tuple[tuple[int, ...], ...]]:
-    """The model's fx graph with every node's result shapes in its ``meta``, and the shapes of
-    the tensors the model returns (in order, nested outputs flattened). Runs in eval mode
-    without gradients; the model's mode is restored."""
+class Recorded(NamedTuple):
+    """What the run on the example recorded besides each node's shapes (in its ``meta``)."""
+
+    graph: fx.Graph
+    output_shapes: tuple[tuple[int, ...], ...]  # the tensors the model returns, nested ones flattened
+    shapes_from_values: bool  # some shape depends on values: the products had to be computed
+
+
+def trace_with_shapes(model: nn.Module, example_input: Example) -> Recorded:
+    """The model's fx graph with every node's result shapes in its ``meta``, recorded on the
+    example with the products on meta tensors (``ShapesOnly``) unless an op's result shape
+    depends on values. Runs in eval mode without gradients; each module's mode is restored."""
     attributes = [(module, dict(vars(module)), _registered(module)) for module in model.modules()]
     try:
         with in_mode(model, training=False):
@@ -62,13 +70,20 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> tuple[fx.Grap
                 graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
             finally:
                 _restore(attributes)
-            with torch.no_grad(), ShapesOnly():
-                result = _ShapeRecorder(model, graph=graph).run(*example)
+            recorder = _ShapeRecorder(model, graph=graph)
+            with torch.no_grad():
+                try:
+                    with ShapesOnly():
+                        result = recorder.run(*example)
+                except _ShapeFromValues:
+                    recorder.products_on_meta = False
+                    result = recorder.run(*example)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
         raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
-    return graph, tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
+    outputs = tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
+    return Recorded(graph, outputs, not recorder.products_on_meta)
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:
@@ -110,8 +125,35 @@ def _restore(attributes: list[tuple[nn.Module, dict[str, Any], dict[str, dict[st
                     del table[name]
 
 
+class _ShapeFromValues(Exception):
+    """An op whose result's shape depends on its operands' values, met under ``ShapesOnly``."""
+
+
+# aten's ops tagged ``dynamic_output_shape``, by the names Python calls them (``argwhere`` and a
+# one-argument ``where`` run ``nonzero``), and indexing with a boolean mask.
+_SHAPE_FROM_VALUES = frozenset(
+    {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "one_hot", "repeat_interleave"}
+)
+
+
+def _shape_from_values(node: fx.Node, env: dict[fx.Node, Any]) -> bool:
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name in _SHAPE_FROM_VALUES or (name == "where" and len(node.args) + len(node.kwargs) == 1):
+        return True
+    if node.target is not operator.getitem:
+        return False
+    masks: list[bool] = []
+    index = fx.node.map_arg(node.args[1], lambda n: env.get(n))
+    fx.node.map_aggregate(index, lambda i: masks.append(isinstance(i, torch.Tensor) and i.dtype == torch.bool))
+    return any(masks)
+
+
 class _ShapeRecorder(fx.Interpreter):
+    products_on_meta = True  # under ShapesOnly: an op whose shape follows values stops the run
+
     def run_node(self, n: fx.Node) -> Any:
+        if self.products_on_meta and n.op in ("call_function", "call_method") and _shape_from_values(n, self.env):
+            raise _ShapeFromValues(n.name)
         if _runs_unseen_products(self.module, n):
             counter = ProductCounter()
             with counter:

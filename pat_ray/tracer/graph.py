@@ -185,6 +185,7 @@ class ModelGraph:
     output_shapes: tuple[tuple[int, ...], ...] = ()  # of every tensor the model returns (one sample)
     size_attributes: tuple[SizeAttribute, ...] = ()  # set by surgery from the kept channels
     attention: AttentionCut = "heads"  # how the trace cut attention (the groups' names depend on it)
+    shapes_from_values: bool = False  # an op's result shape depends on values: checks compute the products
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

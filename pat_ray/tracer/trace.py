@@ -80,11 +80,11 @@ def trace_channel_groups(
     if unknown:
         raise ValueError(f"exclude names modules that do not exist: {sorted(unknown)}")
     check_attention(attention)
-    graph, output_shapes = trace_with_shapes(model, example_input)
+    recorded = trace_with_shapes(model, example_input)
     input_shape = tuple(first_sample(example_input)[0].shape)
     builder = GroupBuilder(model, frozenset(exclude), head_dim=attention == "head_dim")
     try:
-        return finalize(_walk(graph, builder), input_shape, output_shapes, attention)
+        return finalize(_walk(recorded.graph, builder), input_shape, recorded, attention)
     except UnsupportedModelError as err:
         if not builder.heads:
             raise
@@ -92,8 +92,8 @@ def trace_channel_groups(
             warnings.warn(f"head_dim is kept whole: {err}", stacklevel=2)
     # Heads that some op cannot follow: traced again with every head kept whole, as a
     # reshape that cuts channels was traced before heads were (so heads never refuse a model).
-    builder = _walk(graph, GroupBuilder(model, frozenset(exclude), split_heads=False))
-    return finalize(builder, input_shape, output_shapes, attention)
+    builder = _walk(recorded.graph, GroupBuilder(model, frozenset(exclude), split_heads=False))
+    return finalize(builder, input_shape, recorded, attention)
 
 
 def _walk(graph: fx.Graph, builder: GroupBuilder) -> GroupBuilder:
