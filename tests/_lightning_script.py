@@ -4,6 +4,7 @@ its own: Lightning starts the other ranks by running it again)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning.pytorch as pl
@@ -61,7 +62,9 @@ def fit(root: str, devices: int, epochs: int, resume: str | None = None) -> None
     trainer.fit(model, data(), ckpt_path=resume)
     assert pat.pat is not None
     width = model.body[0].out_channels
-    print("RESULT", trainer.global_rank, pat.pat.architecture.fingerprint(), pat.pat.pruned, width, flush=True)
+    # one write per line: both ranks share the pipe, and unbuffered print() writes each piece apart
+    line = f"RESULT {trainer.global_rank} {pat.pat.architecture.fingerprint()} {pat.pat.pruned} {width}\n"
+    os.write(sys.stdout.fileno(), line.encode())
 
 
 if __name__ == "__main__":
