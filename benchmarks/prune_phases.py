@@ -2,10 +2,11 @@
 
 Per model (224 px, 50% of the FLOPs, magnitude scores): the trace (torch.fx, plus the run of
 the graph on the example that records every shape), scores, selection, surgery, and the
-post-surgery check (one forward of the pruned model). The check's forward is also timed a
-second time on the same pruned model: the difference is what its *first* forward pays for the
-pruned model's new layer shapes (oneDNN builds a kernel per new convolution shape), and the
-dense forward beside it is what any forward of that size costs. Medians of --repeats fresh
+post-surgery check (one forward of the pruned model). Both runs on the example compute their
+products on meta tensors (``ShapesOnly``). The check is also timed a second time on the same
+pruned model: the difference is what its *first* run pays for the pruned model's new layer
+shapes (with real products, oneDNN built a kernel per new convolution shape there), and the
+dense forward beside it is what one real forward of that size costs. Medians of --repeats fresh
 models, each with its own weights (so its own pruned shapes), garbage collector paused. Writes benchmarks/results/prune_phases.md.
 
     python benchmarks/prune_phases.py

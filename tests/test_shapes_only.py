@@ -142,3 +142,23 @@ def test_a_model_whose_shapes_follow_sizes_only_is_traced_on_meta() -> None:
     assert not trace_channel_groups(
         nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), torch.randn(1, 3, 8, 8)
     ).shapes_from_values
+
+
+class BranchesOnTheCount(PicksTokens):
+    """Takes another branch when no token is picked: the trace must see the real count."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        picked = torch.nonzero(tokens.sum(2) > 0)[:, 1]
+        if len(picked) == 0:
+            return self.head(tokens.new_zeros(1, 16))
+        return self.head(self.mlp(tokens.index_select(1, picked)).relu().mean(1))
+
+
+def test_a_branch_on_a_count_that_follows_values_is_traced_as_the_values_take_it() -> None:
+    torch.manual_seed(0)
+    model, x = BranchesOnTheCount().eval(), torch.randn(1, 3, 16, 16)
+    graph = trace_channel_groups(model, x)
+    assert graph.shapes_from_values
+    assert any(m.module == "mlp" for g in graph.groups for m in g.members)
+    assert cost_of(graph.terms, {g.name: g.size for g in graph.groups}).flops == flops_counted_by_torch(model, x)

@@ -19,8 +19,8 @@ from torch import nn
 
 from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.errors import PrunedModelError
-from pat_ray.tracer.fx_trace import nested_leaves
 from pat_ray.tracer.graph import Example
+from pat_ray.tracer.shape_record import nested_leaves
 from pat_ray.tracer.shapes_only import ShapesOnly
 
 

@@ -17,7 +17,7 @@ from pat_ray.tracer.layout import Layout, Slot, Term
 from pat_ray.tracer.state import GroupBuilder, HeadsConflict
 
 if TYPE_CHECKING:
-    from pat_ray.tracer.fx_trace import Recorded
+    from pat_ray.tracer.shape_record import Recorded
 
 
 def finalize(

@@ -1,10 +1,5 @@
-"""Trace a model with torch.fx and record the shape of every value on one example.
-
-The channel tracer reads each node's shape (how many channels, where the channel axis
-went). Running the graph through an Interpreter bound to the model itself skips building a
-``GraphModule`` (its code generation and module copies cost more than the run on small
-CNNs), and recording bare shapes instead of ShapeProp's full tensor metadata keeps the
-per-node overhead low.
+"""Trace a model with torch.fx, then record the shape of every value on one example
+(``shape_record``).
 
 Tracing by running: the Python a forward runs on sizes stops plain ``torch.fx`` (``if
 x.shape[1] != self.num_tokens:``, a loop over a size, ``len(x.shape)``, ``(*x.shape[:-1], -1, d)``
@@ -17,45 +12,34 @@ tensor handed traced sizes). The graph, and so the channel groups found in it, a
 of the example's size and rank: for another size a model may take a branch that was never traced
 (a position embedding resampled, a window padded), and pruning follows only the branch seen.
 Control flow on a tensor's values (``if x.sum() > 0``) differs from one batch to the next and is
-still refused.
+still refused. The graph so far runs with its products on meta tensors (``ShapesOnly``), and
+with real ones from the moment an op whose result shape follows values is in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from pat_ray.core.cost.products import ProductCounter
 from pat_ray.core.modes import in_mode
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
-from pat_ray.tracer.layers.table import family_of, kept_whole
+from pat_ray.tracer.layers.table import family_of
 from pat_ray.tracer.nodes import (
-    PIECE_SHAPES,
-    PRODUCT_MACS,
-    RETURNED_ARGUMENT,
-    SHAPE,
-    PieceShape,
     computed_from,
     reads_shape,
     reads_size,
 )
+from pat_ray.tracer.shape_record import Recorded, ShapeFromValues, record_shapes, shape_from_values
 from pat_ray.tracer.shapes_only import ShapesOnly
-
-
-class Recorded(NamedTuple):
-    """What the run on the example recorded besides each node's shapes (in its ``meta``)."""
-
-    graph: fx.Graph
-    output_shapes: tuple[tuple[int, ...], ...]  # the tensors the model returns, nested ones flattened
-    shapes_from_values: bool  # some shape depends on values: the products had to be computed
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> Recorded:
@@ -67,23 +51,15 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> Recorded:
         with in_mode(model, training=False):
             example = first_sample(example_input)
             try:
-                graph = _Tracer(example).trace(model, _defaults_after(model, len(example)))
+                tracer = _Tracer(example)
+                graph = tracer.trace(model, _defaults_after(model, len(example)))
             finally:
                 _restore(attributes)
-            recorder = _ShapeRecorder(model, graph=graph)
-            with torch.no_grad():
-                try:
-                    with ShapesOnly():
-                        result = recorder.run(*example)
-                except _ShapeFromValues:
-                    recorder.products_on_meta = False
-                    result = recorder.run(*example)
+            return record_shapes(model, graph, example, products_on_meta=tracer.products_on_meta)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
         raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
-    outputs = tuple(tuple(t.shape) for t in nested_leaves(result, torch.is_tensor))
-    return Recorded(graph, outputs, not recorder.products_on_meta)
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:
@@ -125,70 +101,6 @@ def _restore(attributes: list[tuple[nn.Module, dict[str, Any], dict[str, dict[st
                     del table[name]
 
 
-class _ShapeFromValues(Exception):
-    """An op whose result's shape depends on its operands' values, met under ``ShapesOnly``."""
-
-
-# aten's ops tagged ``dynamic_output_shape``, by the names Python calls them (``argwhere`` and a
-# one-argument ``where`` run ``nonzero``), and indexing with a boolean mask.
-_SHAPE_FROM_VALUES = frozenset(
-    {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "one_hot", "repeat_interleave"}
-)
-
-
-def _shape_from_values(node: fx.Node, env: dict[fx.Node, Any]) -> bool:
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    if name in _SHAPE_FROM_VALUES or (name == "where" and len(node.args) + len(node.kwargs) == 1):
-        return True
-    if node.target is not operator.getitem:
-        return False
-    masks: list[bool] = []
-    index = fx.node.map_arg(node.args[1], lambda n: env.get(n))
-    fx.node.map_aggregate(index, lambda i: masks.append(isinstance(i, torch.Tensor) and i.dtype == torch.bool))
-    return any(masks)
-
-
-class _ShapeRecorder(fx.Interpreter):
-    products_on_meta = True  # under ShapesOnly: an op whose shape follows values stops the run
-
-    def run_node(self, n: fx.Node) -> Any:
-        if self.products_on_meta and n.op in ("call_function", "call_method") and _shape_from_values(n, self.env):
-            raise _ShapeFromValues(n.name)
-        if _runs_unseen_products(self.module, n):
-            counter = ProductCounter()
-            with counter:
-                value = super().run_node(n)
-            n.meta[PRODUCT_MACS] = counter.macs
-            returned = [a for a in n.all_input_nodes if self.env.get(a) is value]
-            if n.op == "call_function" and returned:  # timm's maybe_add_mask(attn, None): attn itself
-                n.meta[RETURNED_ARGUMENT] = returned[0]
-        else:
-            value = super().run_node(n)
-        if n.target is operator.setitem:  # what it returns is None; what it made is its first argument
-            value = self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else value
-        if isinstance(value, torch.Tensor):
-            n.meta[SHAPE] = tuple(value.shape)
-        elif isinstance(value, list | tuple) and n.op != "output" and any(isinstance(v, torch.Tensor) for v in value):
-            n.meta[PIECE_SHAPES] = [_piece_shape(v) for v in value]
-        return value
-
-
-def _runs_unseen_products(model: nn.Module, node: fx.Node) -> bool:
-    """A call the channel tracer does not look into whose products (attention's) still cost:
-    a function fx kept whole that is not torch's or Python's own (``torch.fx.wrap``-ped, as
-    torchvision's Swin attention), or a module kept whole (``nn.MultiheadAttention``)."""
-    if node.op == "call_module":
-        return kept_whole(model.get_submodule(str(node.target)))
-    package = str(getattr(node.target, "__module__", None) or "").split(".")[0]
-    return node.op == "call_function" and package not in ("torch", "_operator", "operator", "builtins", "math", "")
-
-
-def _piece_shape(value: Any) -> PieceShape:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    return [_piece_shape(v) for v in value] if isinstance(value, list | tuple) else None
-
-
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with the modules a plugin declared kept whole (a leaf) like nn.Conv2d,
     and so is a subclass of a torch.nn layer that keeps its forward (torchvision's
@@ -202,6 +114,7 @@ class _Tracer(fx.Tracer):
         self.values: dict[fx.Node, Any] = {}
         self.runner: fx.Interpreter | None = None
         self.sizes_only: dict[fx.Node, bool] = {}  # nodes computed from sizes alone, as far as asked
+        self.products_on_meta = True  # until an op whose result shape follows values is met
         self.unpatched = (nn.Module.__call__, nn.Module.__getattr__)  # read before tracing patches them
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
@@ -300,10 +213,21 @@ class _Tracer(fx.Tracer):
         return fx.Proxy(value, self) if isinstance(value, fx.Node) else value
 
     def _value(self, wanted: fx.Node) -> Any:
-        """What ``wanted`` holds on the example input. Tracing patches ``nn.Module`` so that a
-        call or a parameter read records a node; the real run needs the plain ones back."""
+        """What ``wanted`` holds on the example input, the graph so far run with its products on
+        meta tensors; once an op whose result shape follows values is met, with real products
+        from the start (a branch on ``len(picked)`` after ``nonzero`` must see the real count)."""
         if wanted in self.values:
             return self.values[wanted]
+        try:
+            return self._run_until(wanted)
+        except ShapeFromValues:
+            self.products_on_meta = False
+            self.values.clear()  # the values so far came from zeros: run the graph again
+            return self._run_until(wanted)
+
+    def _run_until(self, wanted: fx.Node) -> Any:
+        """Tracing patches ``nn.Module`` so that a call or a parameter read records a node; the
+        real run needs the plain ones back."""
         patched = (nn.Module.__call__, nn.Module.__getattr__)
         nn.Module.__call__, nn.Module.__getattr__ = self.unpatched  # type: ignore[method-assign]
         try:
@@ -312,9 +236,11 @@ class _Tracer(fx.Tracer):
                 self.runner.env = self.values
             runner = self.runner
             inputs = iter(self.example)
-            with torch.no_grad(), ShapesOnly():
+            with torch.no_grad(), ShapesOnly() if self.products_on_meta else contextlib.nullcontext():
                 for node in self.graph.nodes:
                     if node not in self.values:
+                        if self.products_on_meta and shape_from_values(node, self.values):
+                            raise ShapeFromValues(node.name)
                         default = node.args[0] if node.args else None
                         is_input = node.op == "placeholder"
                         self.values[node] = next(inputs, default) if is_input else runner.run_node(node)
@@ -400,16 +326,3 @@ def _from_sizes(node: fx.Node, known: dict[fx.Node, bool]) -> bool:
 def _inherits_torch_forward(kind: type[nn.Module]) -> bool:
     base: type[nn.Module] = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.modules")), nn.Module)
     return base not in (nn.Module, nn.Sequential) and kind.forward is base.forward
-
-
-def nested_leaves(value: Any, is_leaf: Callable[[Any], bool]) -> Iterator[Any]:
-    """The leaves of nested dicts / lists / tuples in order: how a model's outputs are read,
-    both from the model itself and from the trace's record of them."""
-    if is_leaf(value):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from nested_leaves(item, is_leaf)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from nested_leaves(item, is_leaf)
