@@ -1,5 +1,6 @@
 """Multiply-accumulates of products between tensors (``q @ k^T``, ``attn @ v``, ``einsum``,
-scaled dot-product attention, ``F.linear`` called outside a layer), which no layer hook sees.
+scaled dot-product attention, ``F.linear`` called outside a layer, a recurrent layer's fused
+call), which no layer hook sees.
 
 An attention block's two products grow with tokens squared: left out, a FLOPs budget on a
 transformer is a share of its layers' FLOPs, not of the model's. The formulas here are the
@@ -48,6 +49,12 @@ def multi_head_attention_macs(
     return batch * embed_dim * (projections + 2 * tokens * keys + tokens * out_features)
 
 
+def recurrent_macs(tokens: int, weight_shapes: Sequence[Sequence[int]]) -> int:
+    """An RNN, GRU or LSTM (any layers, directions, projection): each weight matrix multiplies
+    one vector per token, per layer and direction, each of which has its own matrices."""
+    return tokens * sum(math.prod(shape) for shape in weight_shapes if len(shape) == 2)
+
+
 def _shapes(*tensors: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in tensors]
 
@@ -61,6 +68,9 @@ _MATMULS: set[Callable[..., Any]] = {
     torch.mm,
     torch.Tensor.mm,
 }
+
+
+_RECURRENT: set[Callable[..., Any]] = {torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu}
 
 
 class ProductCounter(TorchFunctionMode):
@@ -94,6 +104,11 @@ def _product_macs(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         out_weight = kwargs.get("out_proj_weight", args[11] if len(args) > 11 else None)
         out_features = out_weight.shape[0] if torch.is_tensor(out_weight) else embed_dim
         return multi_head_attention_macs(query.shape, key.shape, value.shape, embed_dim, out_features)
+    if func in _RECURRENT:  # nn.LSTM / GRU / RNN's one fused call, whose matmuls no mode sees
+        weights = next(a for a in args if isinstance(a, list))
+        packed = torch.is_tensor(args[1]) and not args[1].is_floating_point()  # (data, batch_sizes, ...)
+        tokens = args[0].shape[0] if packed else math.prod(args[0].shape[:-1])
+        return recurrent_macs(tokens, _shapes(*weights))
     if func is F.scaled_dot_product_attention:
         query, key, value = (kwargs.get(k, a) for k, a in zip(("query", "key", "value"), args[:3]))
         return attention_macs(query.shape, key.shape, value.shape)
