@@ -125,14 +125,11 @@ def flops_counted_by_torch(model: nn.Module, x: torch.Tensor) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pat_ray.core.modes import in_mode
+
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten._trilinear: _trilinear_flops})
-    was_training = model.training
-    model.eval()
-    try:
-        with counter, torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            model(x[:1])
-    finally:
-        model.train(was_training)
+    with counter, torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), in_mode(model, training=False):
+        model(x[:1])
     return counter.get_total_flops() // 2
 
 

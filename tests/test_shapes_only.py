@@ -113,17 +113,21 @@ def test_products_are_still_counted_under_it() -> None:
 
 
 class PicksTokens(nn.Module):
-    """Keeps the tokens whose features sum above zero: how many depends on the embedding's values."""
+    """Keeps the tokens whose features sum above zero: how many depends on the embedding's values.
+    ``branches``: another branch when none is picked, so the trace must see the real count."""
 
-    def __init__(self) -> None:
+    def __init__(self, branches: bool = False) -> None:
         super().__init__()
         self.embed = nn.Conv2d(3, 8, 4, stride=4)
         self.mlp = nn.Linear(8, 16)
         self.head = nn.Linear(16, 5)
+        self.branches = branches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x).flatten(2).transpose(1, 2)
         picked = torch.nonzero(tokens.sum(2) > 0)[:, 1]
+        if self.branches and len(picked) == 0:
+            return self.head(tokens.new_zeros(1, 16))
         return self.head(self.mlp(tokens.index_select(1, picked)).relu().mean(1))
 
 
@@ -144,20 +148,9 @@ def test_a_model_whose_shapes_follow_sizes_only_is_traced_on_meta() -> None:
     ).shapes_from_values
 
 
-class BranchesOnTheCount(PicksTokens):
-    """Takes another branch when no token is picked: the trace must see the real count."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x).flatten(2).transpose(1, 2)
-        picked = torch.nonzero(tokens.sum(2) > 0)[:, 1]
-        if len(picked) == 0:
-            return self.head(tokens.new_zeros(1, 16))
-        return self.head(self.mlp(tokens.index_select(1, picked)).relu().mean(1))
-
-
 def test_a_branch_on_a_count_that_follows_values_is_traced_as_the_values_take_it() -> None:
     torch.manual_seed(0)
-    model, x = BranchesOnTheCount().eval(), torch.randn(1, 3, 16, 16)
+    model, x = PicksTokens(branches=True).eval(), torch.randn(1, 3, 16, 16)
     graph = trace_channel_groups(model, x)
     assert graph.shapes_from_values
     assert any(m.module == "mlp" for g in graph.groups for m in g.members)

@@ -32,5 +32,5 @@ def pruned(
     surgery, in the check or in the block undoes the prune and propagates."""
     with undone_on_failure(model, optimizer):
         surgery.apply(model, graph, architecture, optimizer)
-        check_pruned(model, example, list(graph.output_shapes), not graph.shapes_from_values)
+        check_pruned(model, example, list(graph.output_shapes), products_on_meta=not graph.shapes_from_values)
         yield

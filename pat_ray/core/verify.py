@@ -10,7 +10,6 @@ as the real ones do, without the arithmetic, and the rest of the forward runs fo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from pat_ray.core.cost.flops import hooked_forward
 from pat_ray.errors import PrunedModelError
 from pat_ray.tracer.graph import Example
 from pat_ray.tracer.shape_record import nested_leaves
-from pat_ray.tracer.shapes_only import ShapesOnly
+from pat_ray.tracer.shapes_only import products_on_meta as on_meta
 
 
 def output_shapes(model: nn.Module, example: Example, products_on_meta: bool = True) -> list[tuple[int, ...]]:
@@ -29,7 +28,7 @@ def output_shapes(model: nn.Module, example: Example, products_on_meta: bool = T
     ``products_on_meta``: its products run on meta tensors (they check their operands' shapes as
     the real ones do); a model whose shapes depend on values (``ModelGraph.shapes_from_values``)
     computes them."""
-    with ShapesOnly() if products_on_meta else contextlib.nullcontext():
+    with on_meta(products_on_meta):
         return [tuple(t.shape) for t in _tensors(hooked_forward(model, example, {}))]
 
 

@@ -18,7 +18,6 @@ with real ones from the moment an op whose result shape follows values is in it.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import operator
 from collections.abc import Callable, Iterator
@@ -39,7 +38,7 @@ from pat_ray.tracer.nodes import (
     reads_size,
 )
 from pat_ray.tracer.shape_record import Recorded, ShapeFromValues, record_shapes, shape_from_values
-from pat_ray.tracer.shapes_only import ShapesOnly
+from pat_ray.tracer.shapes_only import products_on_meta
 
 
 def trace_with_shapes(model: nn.Module, example_input: Example) -> Recorded:
@@ -236,7 +235,7 @@ class _Tracer(fx.Tracer):
                 self.runner.env = self.values
             runner = self.runner
             inputs = iter(self.example)
-            with torch.no_grad(), ShapesOnly() if self.products_on_meta else contextlib.nullcontext():
+            with torch.no_grad(), products_on_meta(self.products_on_meta):
                 for node in self.graph.nodes:
                     if node not in self.values:
                         if self.products_on_meta and shape_from_values(node, self.values):

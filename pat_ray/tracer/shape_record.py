@@ -11,7 +11,6 @@ on zeros would not be the ones training sees, so the products are computed then.
 
 from __future__ import annotations
 
-import contextlib
 import operator
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -23,7 +22,7 @@ from torch import nn
 from pat_ray.core.cost.products import ProductCounter
 from pat_ray.tracer.layers.table import kept_whole
 from pat_ray.tracer.nodes import PIECE_SHAPES, PRODUCT_MACS, RETURNED_ARGUMENT, SHAPE, PieceShape
-from pat_ray.tracer.shapes_only import ShapesOnly
+from pat_ray.tracer.shapes_only import products_on_meta as on_meta
 
 
 class Recorded(NamedTuple):
@@ -42,7 +41,7 @@ def record_shapes(model: nn.Module, graph: fx.Graph, example: tuple[Any, ...], p
     recorder.products_on_meta = products_on_meta
     with torch.no_grad():
         try:
-            with ShapesOnly() if products_on_meta else contextlib.nullcontext():
+            with on_meta(products_on_meta):
                 result = recorder.run(*example)
         except ShapeFromValues:
             recorder.products_on_meta = False

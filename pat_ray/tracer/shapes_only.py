@@ -19,6 +19,7 @@ runs for real.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -54,6 +55,12 @@ _PRODUCTS = _DEVICE_LAYOUT | frozenset(
         torch.einsum,
     }
 )
+
+
+def products_on_meta(enabled: bool = True) -> AbstractContextManager[object]:
+    """``ShapesOnly`` where ``enabled``, else nothing: the runs that fall back to real products
+    (a graph whose shapes follow values) keep one ``with``."""
+    return ShapesOnly() if enabled else nullcontext()
 
 
 class ShapesOnly(TorchFunctionMode):
