@@ -123,6 +123,46 @@ def test_the_ray_train_controller_side_of_a_run_imports_no_torch():
     assert "torch" not in loaded and "mlflow" not in loaded, f"the controller's callback loads {loaded}"
 
 
+def test_a_run_that_uses_nothing_of_torchvision_does_not_import_it(tmp_path):
+    """Importing torchvision costs about a second (it imports ``torch._dynamo``) in every run
+    and every Ray worker: the default pipeline (digits, a CIFAR ResNet: config, data, model,
+    EPI, pruning, training) must not load it; its tracer rules wait for it (tracer/on_import.py)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, pat_ray; "
+        f"config = pat_ray.load_config(None, ['training.epochs=3', 'output_dir={tmp_path}', 'tracking.mlflow=false']); "
+        "result = pat_ray.run(config, local=True, quiet=True); "
+        "assert result.flops_kept < 0.9, result; "
+        "print('torchvision' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False", "the default pipeline imports torchvision"
+
+
+def test_torchvision_rules_register_when_torchvision_is_imported_after_the_tracer():
+    """The tracer's tables are built before torchvision is imported; its Swin attention and
+    ``stochastic_depth`` are still known once it is."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from torch import nn; "
+        "from pat_ray.tracer.ops.table import op_family; from pat_ray.tracer.layers.table import family_of; "
+        "assert 'torchvision' not in sys.modules; "
+        "from torchvision.ops import stochastic_depth; "
+        "from torchvision.models.swin_transformer import ShiftedWindowAttention, shifted_window_attention; "
+        "kind = lambda f: op_family('call_function', f).kind; "
+        "print(kind(stochastic_depth), kind(shifted_window_attention), "
+        "type(family_of(ShiftedWindowAttention(32, [4, 4], [2, 2], 2))).__name__, family_of(nn.LSTM(2, 2)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["pass_torchvision", "sealed", "SwinAttention", "None"]
+
+
 MUTATORS = {"append", "extend", "add", "update", "pop", "setdefault", "clear", "remove", "discard", "insert"}
 
 

@@ -15,4 +15,6 @@ Where things are, by what a contributor adds (CONTRIBUTING.md walks through thre
   registered with ``@layer_family`` in ``layers/registry.py`` (by module class);
   ``layers/table.py`` imports them all and is where the tracer, surgery, the FLOPs count and
   the latency probe look a module's family up.
+- ``on_import.py``: rules for a library's own layers and functions (torchvision's Swin,
+  ``ops/torchvision_functions.py``), registered when that library is imported, not before.
 """

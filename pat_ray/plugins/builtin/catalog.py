@@ -40,7 +40,9 @@ def pat_ray_register_models(register) -> None:
 
 @pat_ray.hookimpl
 def pat_ray_register_datasets(register) -> None:
-    for name in ("digits", "cifar10", "imagefolder", "synthetic"):
+    for name in ("digits", "synthetic"):
         register(name, f"{BUILTIN}.datasets:{name}")
+    for name in ("cifar10", "imagefolder"):
+        register(name, f"{BUILTIN}.image_files:{name}")
     register("fashion_mnist", f"{BUILTIN}.idx_datasets:fashion_mnist")
     register("mnist", f"{BUILTIN}.idx_datasets:mnist")

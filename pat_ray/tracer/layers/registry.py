@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import nn
 
 from pat_ray.tracer.layers.family import LayerFamily
+from pat_ray.tracer.on_import import register_loaded
 
 F = TypeVar("F", bound=type[LayerFamily])
 
@@ -38,6 +39,7 @@ class LayerTable:
 
     def family_of(self, module: nn.Module) -> LayerFamily | None:
         """The family of the most specific registered class ``module`` is an instance of."""
+        register_loaded()
         for cls in type(module).__mro__:
             family = self._by_class.get(cls)
             if family is not None:
@@ -45,10 +47,12 @@ class LayerTable:
         return None
 
     def has_class(self, cls: type[nn.Module]) -> bool:
+        register_loaded()
         return cls in self._by_class
 
     def families(self) -> tuple[LayerFamily, ...]:
         """Every family, in the order they registered."""
+        register_loaded()
         return tuple(self._families)
 
 

@@ -27,7 +27,6 @@ from pat_ray.tracer.layers import (  # noqa: F401  (register their families)
     prelu,
     rms_norm,
     stateless,
-    swin,
     transposed,
 )
 from pat_ray.tracer.layers.declared import Declared, rule_for

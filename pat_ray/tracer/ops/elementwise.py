@@ -12,13 +12,10 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torchvision.models.swin_transformer import _get_relative_position_bias, shifted_window_attention
-from torchvision.ops import stochastic_depth
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout
 from pat_ray.tracer.nodes import (
-    PRODUCT_MACS,
     arg,
     known_shape,
     parameter_dim,
@@ -68,7 +65,6 @@ PASSTHROUGH_FUNCTIONS = {
     F.adaptive_max_pool2d,
     F.adaptive_max_pool3d,
     F.interpolate,
-    stochastic_depth,
     operator.neg,
     torch.neg,
     torch.clone,
@@ -187,12 +183,6 @@ CHANNEL_MIXING_FUNCTIONS = {F.local_response_norm}
 
 SAMPLE_FUNCTIONS = {F.grid_sample}
 
-# Library functions that compute their result from every channel of their input in a way that
-# ties the channel count to sizes inside them (torchvision's Swin attention reshapes its input's
-# width into its heads; its relative position bias, gathered per head): the inputs are kept
-# whole, and the result has the input's channels (or new fixed ones, shaped otherwise).
-SEALED_FUNCTIONS = {shifted_window_attention, _get_relative_position_bias}
-
 
 @op_rule("pass", functions=PASSTHROUGH_FUNCTIONS, methods=PASSTHROUGH_METHODS)
 def unary_layout(builder: GroupBuilder, call: OpCall) -> Layout:
@@ -304,17 +294,3 @@ def assigned_layout(builder: GroupBuilder, call: OpCall) -> Layout:
     for layout in call.inputs:
         builder.pin(layout)
     return call.inputs[0]
-
-
-@op_rule("sealed", functions=SEALED_FUNCTIONS)
-def sealed_layout(builder: GroupBuilder, call: OpCall) -> Layout:
-    """A function whose channels pat_ray cannot follow inside: its traced inputs keep their
-    width, so the products it runs cost the same after pruning (the parameters it is handed are
-    counted at their size once tracing ends, like every parameter no rule counted)."""
-    for layout in call.inputs:
-        builder.pin(layout)
-    builder.count_fixed_macs(call.node.name, call.node.meta.get(PRODUCT_MACS, 0))
-    first = call.first_layout()
-    if call.shape == shape_of(call.node.args[0]):
-        return first
-    return builder.fixed_channels(f"<{call.node.name}>", call.shape) or first

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torchvision.models.swin_transformer import _patch_merging_pad
 
 from pat_ray.errors import UnsupportedModelError
 from pat_ray.tracer.layout import Layout, Traced
@@ -26,9 +25,6 @@ CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 
 # Ops that tile a tensor (``x.repeat(1, 2, 1, 1)``): the channels repeat like a ``cat`` of copies.
 REPEAT_FUNCTIONS = {torch.tile}
-# torchvision's Swin downsampling: each 2x2 neighbourhood's four pixels side by side on the
-# channel axis (the last), so the channels four times over, as a ``cat`` of four slices
-TILING_FUNCTIONS = {_patch_merging_pad}
 REPEAT_METHODS = {"repeat", "tile"}
 
 # Ops that make a new tensor of a given size (``torch.zeros(n, 8, h, w)``, ``x.new_zeros(...)``).
@@ -151,14 +147,6 @@ def stack_rule(builder: GroupBuilder, call: OpCall) -> Layout:
 @op_rule("repeat", functions=REPEAT_FUNCTIONS, methods=REPEAT_METHODS)
 def repeat_rule(builder: GroupBuilder, call: OpCall) -> Layout:
     return repeat_layout(call.node, call.first_layout(), call.where)
-
-
-@op_rule("tile", functions=TILING_FUNCTIONS)
-def tiling_rule(builder: GroupBuilder, call: OpCall) -> Layout:
-    layout = call.first_layout()
-    if layout.axis != len(call.shape) - 1 or layout.repeat != 1:
-        raise UnsupportedModelError(f"{call.where}: its input's channels are not on the last axis")
-    return Layout(layout.groups * 4, 1, layout.axis)
 
 
 @op_rule("pad", functions=PAD_FUNCTIONS)

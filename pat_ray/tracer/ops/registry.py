@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from pat_ray.tracer.on_import import register_loaded
 from pat_ray.tracer.ops.call import OpRule
 
 OpForm = Literal["tensor", "pieces", "tuple"]
@@ -68,6 +69,7 @@ class OpTable:
             return self._methods[form].get(target) if isinstance(target, str) else None
         if op != "call_function":
             return None
+        register_loaded()
         try:
             return self._functions[form].get(target)
         except TypeError:  # an unhashable target
@@ -76,6 +78,7 @@ class OpTable:
     def names(self, form: OpForm) -> list[str]:
         """The method names (``.split()``) and functions (``torch.split``) registered in ``form``,
         for an error that lists what is supported."""
+        register_loaded()
         methods = [f".{m}()" for m in sorted(self._methods[form])]
         return methods + sorted({_name(f) for f in self._functions[form]} - {f"torch.{m}" for m in self._methods[form]})
 
