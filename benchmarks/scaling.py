@@ -36,12 +36,15 @@ def timed_process(args: list[str], env: dict[str, str] = ENV) -> tuple[float, st
 EMPTY_FIT = """
 import ray, ray.train
 from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-ray.init(address="auto", logging_config=ray.LoggingConfig(log_level="WARNING"))
+from pat_ray.distributed import ray_private
+ray_private.tune_local_train()  # the Train settings a pat_ray run passes a cluster it joins
+ray.init(address="auto", runtime_env={{"env_vars": ray_private.train_settings()}},
+         logging_config=ray.LoggingConfig(log_level="WARNING"))
 def loop():
     ray.train.report({{"done": 1}})
 config = RunConfig(storage_path={storage!r}, name="empty")
-TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1), run_config=config).fit()
+trainer = ray_private.torch_trainer_without_datasets()  # the trainer a pat_ray run uses
+trainer(loop, scaling_config=ScalingConfig(num_workers=1), run_config=config).fit()
 """
 
 

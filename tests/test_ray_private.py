@@ -34,6 +34,10 @@ def test_every_private_detail_still_exists_in_the_installed_ray():
     for name in ray_private.TRAIN_ENV_VARS:
         assert f'"{name}"' in source, f"Ray Train no longer reads {name} (ray/train/v2/_internal/constants.py)"
     assert constants.DEFAULT_WORKER_GROUP_START_TIMEOUT_S > 0
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback  # noqa: F401  (torch_trainer_without_datasets)
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    assert callable(getattr(DataParallelTrainer, "_create_default_callbacks", None))
     from ray._private.runtime_env import constants as runtime_constants
 
     assert runtime_constants.RAY_JOB_CONFIG_JSON_ENV_VAR == ray_private.JOB_CONFIG_JSON

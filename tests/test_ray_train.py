@@ -147,6 +147,8 @@ def test_one_ray_worker_trains_like_local(local_ray, tmp_path):
     """Same config and seed, same numbers: each epoch's batches depend on (seed, epoch) only,
     and a worker gets the threads --local uses (the fixture's Ray has 2 CPUs, so 2 threads).
     (Two two-worker runs agreeing with each other: tests/test_multinode.py's lost-node test.)"""
+    from ray.util.state import list_actors
+
     import pat_ray
 
     config = configured(
@@ -162,7 +164,12 @@ def test_one_ray_worker_trains_like_local(local_ray, tmp_path):
         local = pat_ray.run(configured(config, name="local"), local=True, quiet=True)
     finally:
         torch.set_num_threads(threads)
+    before = {actor.actor_id for actor in list_actors(limit=10_000)}
     on_ray = pat_ray.run(configured(config, name="onray"))
+    started = sorted(actor.class_name for actor in list_actors(limit=10_000) if actor.actor_id not in before)
+    # Train's controller and one worker; no Ray Data manager: pat_ray hands Train no datasets
+    assert "TrainController" in started and started.count("RayTrainWorker") == 1, started
+    assert "DatasetManager" not in started, started
     assert on_ray.trigger_epoch == local.trigger_epoch is not None
     for name in ("history.json", "config.yaml", "last.pt"):  # a Ray run leaves what a local run leaves
         assert (tmp_path / "runs" / "onray" / "latest" / name).is_file(), name

@@ -72,7 +72,7 @@ def run_on_ray(
     MLflow run each epoch is logged into, from the driver's node.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from pat_ray.distributed.progress import ProgressCallback, final_result
 
@@ -91,7 +91,7 @@ def run_on_ray(
     attempt_s = min(ray_private.start_timeout(), config.scaling.resource_wait_s)
     ray_private.set_start_timeout(attempt_s)  # read by Train's controller when fit() starts it
 
-    trainer = TorchTrainer(
+    trainer = ray_private.torch_trainer_without_datasets()(
         worker_loop,
         train_loop_config={TASK: _worker_task(config, given, latency_table, resume, cpus)},
         scaling_config=ScalingConfig(
