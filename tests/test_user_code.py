@@ -195,6 +195,48 @@ def test_a_model_reading_other_channels_than_the_data_is_refused_naming_both(tmp
     assert "model 'resnet18' reads 3 input channels" in result.output and "the data gives 1" in result.output
 
 
+class _SizedNet(nn.Module):
+    """A model that, like a ViT, is built for one image size."""
+
+    def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.head = nn.Linear(4 * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_square_images_give_their_size_to_a_model_that_takes_image_size(tmp_path):
+    """The built-in ViT on the 8x8 digits (its default is 32x32: a position table of 65 rows for 5
+    tokens), and a user's model; explicit params win, non-square images offer no size."""
+    from pat_ray.plugins.recipes import ModelRecipe, offered_by
+    from pat_ray.sdk import DataBundle
+    from pat_ray.training.setup import build_run
+
+    config = configured(model={"name": "vit_small_images"}, training={"epochs": 2}, output_dir=tmp_path)
+    built = build_run(config)
+    assert built.model.pos_embed.shape[1] == (8 // 4) ** 2 + 1 and built.recipe.params["image_size"] == 8
+    pair = TensorDataset(torch.zeros(4, 1, 6, 6), torch.arange(4))
+    square, wide = DataBundle(pair, pair, 4, (1, 6, 6)), DataBundle(pair, pair, 4, (1, 6, 9))
+    model, recipe = ModelRecipe.of(None, None, {}, _SizedNet).build("model", _SizedNet, **offered_by(square))
+    assert model.head.in_features == 4 * 6 * 6
+    assert recipe.params == {"num_classes": 4, "image_size": 6, "in_channels": 1}
+    model, _ = ModelRecipe.of(None, None, {"image_size": 5}, _SizedNet).build("model", _SizedNet, **offered_by(square))
+    assert model.head.in_features == 4 * 5 * 5
+    assert "image_size" not in offered_by(wide)
+
+
+def test_a_model_that_does_not_run_on_the_data_is_named_with_the_input_shape():
+    """Not "torch.fx could not trace": the model fails on the example itself, a mismatch the
+    user fixes in the config; torch's lines below its message are left out."""
+    with pytest.raises(pat_ray.UnsupportedModelError) as caught:
+        pat_ray.prune(_SizedNet(10, image_size=32, in_channels=1), torch.zeros(2, 1, 8, 8))
+    message = str(caught.value)
+    assert message.startswith("_SizedNet does not run on an input of shape (1, 1, 8, 8): ")
+    assert "mat1 and mat2 shapes cannot be multiplied" in message and "\n" not in message
+
+
 def test_the_own_model_pipeline_runs_with_its_module_trusted(tmp_path):
     pipeline = str(ROOT / "pipelines" / "digits_own_model.yaml")
     refused = CliRunner().invoke(main, ["validate", pipeline])

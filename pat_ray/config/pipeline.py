@@ -115,7 +115,7 @@ class Config(Strict):
     def _plugin_params_accepted(self) -> Config:
         if "num_classes" in self.model.params:
             raise ValueError("model.params: num_classes is set from the dataset; remove it")
-        supplied = ("num_classes", "in_channels")
+        supplied = ("num_classes", "in_channels", "image_size")  # recipes.offered_by
         if self.model.target is not None:
             factory = resolve(self.model.target, "model.target")
             check_factory_params(factory, self.model.params, supplied, f"model.params: {self.model.target}")

@@ -37,8 +37,8 @@ class ModelConfig(Strict):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="keyword arguments for the model's class or factory; num_classes and in_channels come from the "
-        "data when it takes them and they are not given",
+        description="keyword arguments for the model's class or factory; num_classes, in_channels and (square "
+        "images) image_size come from the data when it takes them and they are not given",
     )
 
     @model_validator(mode="after")

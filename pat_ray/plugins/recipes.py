@@ -67,8 +67,8 @@ class ModelRecipe:
     def build(
         self, what: str, given: Callable[..., Any] | None = None, **supplied: Any
     ) -> tuple[nn.Module, ModelRecipe]:
-        """The model, and the recipe with what ``supplied`` gave it (``num_classes``,
-        ``in_channels``: offered only when the factory takes them and the params do not set them)."""
+        """The model, and the recipe with what ``supplied`` gave it (``offered_by(data)``: each
+        only when the factory takes it and the params do not set it)."""
         factory = self.factory(what, given)
         offered = accepted(factory, {key: value for key, value in supplied.items() if key not in self.params})
         params = {**self.params, **offered}
@@ -79,6 +79,16 @@ class ModelRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "name": self.name, "params": dict(self.params)}
+
+
+def offered_by(data: DataBundle) -> dict[str, int]:
+    """What the data tells a model's factory (``ModelRecipe.build`` offers each only where the
+    factory names it and the params leave it out): ``num_classes``, ``in_channels`` and, for
+    square images, ``image_size``, by which a ViT sizes its position table."""
+    offered = {"num_classes": data.num_classes, "in_channels": data.input_shape[0]}
+    if len(data.input_shape) == 3 and data.input_shape[1] == data.input_shape[2]:
+        offered["image_size"] = data.input_shape[1]
+    return offered
 
 
 def make_data(

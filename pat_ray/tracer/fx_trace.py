@@ -58,7 +58,28 @@ def trace_with_shapes(model: nn.Module, example_input: Example) -> Recorded:
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many types; name the model and the cause
-        raise UnsupportedModelError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
+        raise _untraceable(model, example_input, err) from err
+
+
+def _untraceable(model: nn.Module, example_input: Example, err: Exception) -> UnsupportedModelError:
+    """The error to show when tracing failed: the model itself may not run on this input (a ViT
+    sized for other images, data with other channels), which is the user's to fix, not fx's.
+    Only then, after the failure, does the model run once for real to tell the two apart."""
+    name = type(model).__name__
+    example = first_sample(example_input)
+    try:
+        with in_mode(model, training=False), torch.no_grad():
+            model(*example)
+    except Exception as own:  # the model's own error, whatever its type
+        shapes = ", ".join(str(tuple(t.shape)) for t in example)
+        return UnsupportedModelError(f"{name} does not run on an input of shape {shapes}: {_first_line(own)}")
+    return UnsupportedModelError(f"torch.fx could not trace {name}: {_first_line(err)}")
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's message without what torch appends below it (the fx node, a pointer to tlparse)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:

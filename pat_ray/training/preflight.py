@@ -77,13 +77,13 @@ def check_schedule(config: Config, local: bool = True, source: str = "config") -
     from collections.abc import Sized
     from typing import cast
 
-    from pat_ray.plugins.recipes import ModelRecipe, make_data
+    from pat_ray.plugins.recipes import ModelRecipe, make_data, offered_by
     from pat_ray.training.setup import check_input_channels
 
     section = config.data
     data = make_data(section.name, section.target, section.params, None, section.num_classes, section.input_shape)
     recipe = ModelRecipe.of(config.model.name, config.model.target, config.model.params)
-    model, recipe = recipe.build("model", None, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    model, recipe = recipe.build("model", None, **offered_by(data))
     problems = []
     try:
         check_input_channels(model, data, recipe)

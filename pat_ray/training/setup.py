@@ -17,7 +17,7 @@ from torch import nn
 
 from pat_ray.config import Config
 from pat_ray.core.data import DataBundle
-from pat_ray.plugins.recipes import ModelRecipe, make_data
+from pat_ray.plugins.recipes import ModelRecipe, make_data, offered_by
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
 
@@ -49,7 +49,7 @@ def build_run(config: Config, given: Given | None = None) -> RunSetup:
     section = config.data
     data = make_data(section.name, section.target, section.params, given.data, section.num_classes, section.input_shape)
     recipe = ModelRecipe.of(config.model.name, config.model.target, config.model.params, given.model)
-    model, recipe = recipe.build("model", given.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    model, recipe = recipe.build("model", given.model, **offered_by(data))
     check_input_channels(model, data, recipe)
     layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=layout)
