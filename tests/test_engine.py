@@ -18,6 +18,7 @@ from pat_ray.config import (
     FixedStart,
     NeverStart,
 )
+from pat_ray.core.criterion import Criterion
 from pat_ray.core.epi import should_trigger
 from pat_ray.errors import TrainingDivergedError
 from pat_ray.plugins import registry
@@ -118,7 +119,8 @@ class PoisonPlugin:
     def pat_ray_register_datasets(self, register):
         def poisoned():
             data = registry.get_registry().create("dataset", "digits")
-            train = PoisonedDigits(data.train, clean_reads=len(data.train))
+            # the run's setup reads the first sample once (its labels are checked), then epoch 1 reads them all
+            train = PoisonedDigits(data.train, clean_reads=1 + len(data.train))
             return type(data)(train, data.val, data.num_classes, data.input_shape)
 
         register("poisoned_digits", poisoned)
@@ -162,7 +164,7 @@ def test_resume_continues_a_pruned_run_from_its_checkpoint(tmp_path):
     assert resumed.train_flops < resumed.dense_train_flops
 
 
-class LayoutSpy(pat_ray.core.criterion.Criterion):
+class LayoutSpy(Criterion):
     """Magnitude scores that record whether every conv weight is channels-last when scored."""
 
     seen: list[bool] = []

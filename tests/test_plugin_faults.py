@@ -8,12 +8,12 @@ from click.testing import CliRunner
 
 import pat_ray
 from pat_ray.cli import main
-from pat_ray.core.criterion import filter_norms
+from pat_ray.core.criterion import Criterion, filter_norms
 from pat_ray.plugins import registry
 from pat_ray.training.checkpoint import read_checkpoint
 
 
-class FlakyCriterion(pat_ray.core.criterion.Criterion):
+class FlakyCriterion(Criterion):
     """Magnitude scores for the first ``good`` snapshots, then an exception."""
 
     def __init__(self, good: int = 2) -> None:

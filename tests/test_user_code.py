@@ -266,3 +266,78 @@ def test_a_class_with_an_import_path_is_recorded_by_it(tmp_path):
     ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.split()[-2:] == ["examples.small_cnn:SmallCNN", "finished"]
+
+
+FAULTY = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+class PairNet(nn.Module):
+    def __init__(self, num_classes, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3))), 1
+
+
+class Broken(nn.Module):
+    def __init__(self, num_classes):
+        raise RuntimeError("weights file missing")
+
+
+def one_dataset():
+    return TensorDataset(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.long))
+
+
+def float_labels():
+    pair = TensorDataset(torch.randn(400, 1, 8, 8), torch.rand(400))
+    return pair, pair
+
+
+def raises():
+    raise RuntimeError("disk on fire")
+"""
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.name=null", "model.target=faulty:PairNet"],
+            "returns a tuple of 2 (a float32 tensor of shape (1, 10), an int)",
+        ),
+        (
+            ["model.name=null", "model.target=faulty:Broken"],
+            "'faulty:Broken' raised RuntimeError: weights file missing",
+        ),
+        (
+            ["data.name=null", "data.target=faulty:one_dataset"],
+            "returns a pat_ray.sdk.DataBundle or (train, val) datasets",
+        ),
+        (["data.name=null", "data.target=faulty:float_labels"], "the data's labels are a float32 tensor of shape ()"),
+        (
+            ["data.name=null", "data.target=faulty:raises"],
+            "data.target 'faulty:raises' raised RuntimeError: disk on fire",
+        ),
+    ],
+    ids=["model returns a tuple", "model raises", "one dataset", "float labels", "data raises"],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_the_users_own_code_failing_is_their_error_named_not_an_internal_one(
+    tmp_path, monkeypatch, overrides, message, command
+):
+    """Exit 2 and one line naming what the code did, before any training: a model or data
+    factory that raises, returns the wrong thing, a model whose output is not one tensor of
+    logits, labels that are not classes."""
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [command, "--trust", "faulty", *overrides, "training.epochs=50", f"output_dir={tmp_path / 'runs'}"]
+    result = CliRunner().invoke(main, [*args, *(["--local", "tracking.mlflow=false"] if command == "run" else [])])
+    sys.modules.pop("faulty", None)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "internal error" not in result.output, result.output
+    assert not list((tmp_path / "runs").rglob("last.pt")), "nothing trained"

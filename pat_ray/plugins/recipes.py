@@ -72,7 +72,12 @@ class ModelRecipe:
         factory = self.factory(what, given)
         offered = accepted(factory, {key: value for key, value in supplied.items() if key not in self.params})
         params = {**self.params, **offered}
-        model = factory(**params)
+        try:
+            model = factory(**params)
+        except Exception as err:
+            if self.source != "import":  # a registered model's plugin answers for itself; Python callers see theirs
+                raise
+            raise TargetError(f"{what}: {self.name!r} raised {type(err).__name__}: {err}") from err
         if not isinstance(model, nn.Module):
             raise TypeError(f"{what}: {self.name} made a {type(model).__name__}, not a torch.nn.Module")
         return model, ModelRecipe(self.source, self.name, params)
@@ -102,13 +107,20 @@ def make_data(
     """The data of a config's ``data`` section, or what was handed over (a ``DataBundle`` or a
     ``(train, val)`` pair), as a ``DataBundle``."""
     if given is not None:
-        made = given
-    elif target is not None:
-        made = resolve(target, "data.target")(**params)
+        return as_bundle(given, num_classes, input_shape, "the data given")
+    if target is not None:
+        factory = resolve(target, "data.target")
+        try:
+            made = factory(**params)
+        except Exception as err:  # the user's code: its failure is theirs to read, not an internal error
+            raise TargetError(f"data.target {target!r} raised {type(err).__name__}: {err}") from err
     else:
         assert name is not None
         made = get_registry().create("dataset", name, **params)
-    return as_bundle(made, num_classes, input_shape, target or name or "the data given")
+    try:
+        return as_bundle(made, num_classes, input_shape, target or name or "the data given")
+    except TypeError as err:  # a config's factory returned the wrong thing: the config's to fix
+        raise TargetError(str(err)) from None
 
 
 def as_bundle(made: Any, num_classes: int | None, input_shape: Iterable[int] | None, what: str) -> DataBundle:

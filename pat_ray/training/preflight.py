@@ -71,14 +71,15 @@ def _device_problems(config: Config, local: bool) -> list[str]:
 
 def check_schedule(config: Config, local: bool = True, source: str = "config") -> list[str]:
     """What only the data and the model can tell, checked before any training: the pruning steps
-    fit the schedule once the data says how long an epoch is, and the model reads as many input
-    channels as the data has. ConfigError names the fields to change (and values that would
-    work); returns the plan's notes (a start policy that cannot fire before its latest start)."""
+    fit the schedule once the data says how long an epoch is, the model reads as many input
+    channels as the data has and returns one logit per class, and the labels are classes.
+    ConfigError names the fields to change (and values that would work); returns the plan's
+    notes (a start policy that cannot fire before its latest start)."""
     from collections.abc import Sized
     from typing import cast
 
     from pat_ray.plugins.recipes import ModelRecipe, make_data, offered_by
-    from pat_ray.training.setup import check_input_channels
+    from pat_ray.training.setup import check_classifier, check_input_channels
 
     section = config.data
     data = make_data(section.name, section.target, section.params, None, section.num_classes, section.input_shape)
@@ -87,6 +88,7 @@ def check_schedule(config: Config, local: bool = True, source: str = "config") -
     problems = []
     try:
         check_input_channels(model, data, recipe)
+        check_classifier(model, data, recipe, torch.zeros(1, *data.input_shape))
     except ValueError as err:
         problems.append(f"model / data: {err}")
     workers = 1 if local else config.scaling.num_workers

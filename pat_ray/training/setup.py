@@ -17,6 +17,7 @@ from torch import nn
 
 from pat_ray.config import Config
 from pat_ray.core.data import DataBundle
+from pat_ray.core.modes import in_mode
 from pat_ray.plugins.recipes import ModelRecipe, make_data, offered_by
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
@@ -53,7 +54,9 @@ def build_run(config: Config, given: Given | None = None) -> RunSetup:
     check_input_channels(model, data, recipe)
     layout = torch.channels_last if config.training.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=layout)
-    return RunSetup(data, model, recipe, device, layout, torch.zeros(1, *data.input_shape, device=device))
+    example = torch.zeros(1, *data.input_shape, device=device)
+    check_classifier(model, data, recipe, example)
+    return RunSetup(data, model, recipe, device, layout, example)
 
 
 def check_input_channels(model: nn.Module, data: DataBundle, recipe: ModelRecipe) -> None:
@@ -67,6 +70,52 @@ def check_input_channels(model: nn.Module, data: DataBundle, recipe: ModelRecipe
         f"{type(first).__name__}({first.in_channels}, ...)), but the data gives {data.input_shape[0]} "
         f"(samples of shape {tuple(data.input_shape)}): set model.params.in_channels, or change the data"
     )
+
+
+def check_classifier(model: nn.Module, data: DataBundle, recipe: ModelRecipe, example: torch.Tensor) -> None:
+    """pat_ray's loop trains a classifier with cross-entropy: the data's labels are class
+    indices (or one score per class) and the model returns one tensor of logits, (batch,
+    classes). Anything else fails here, naming what was found, not as a TypeError in the loss
+    after the first dense epoch. Costs one forward of one zero sample."""
+    label = torch.as_tensor(_first_label(data))
+    soft = label.is_floating_point() and tuple(label.shape) == (data.num_classes,)
+    if not soft and (label.dim() != 0 or label.is_floating_point() or label.is_complex()):
+        raise ValueError(
+            f"the data's labels are {_described(label)}; pat_ray trains classifiers: give each sample an integer "
+            "class index, or one score per class"
+        )
+    try:
+        with in_mode(model, training=False), torch.no_grad():
+            out = model(example)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        shape = tuple(example.shape)
+        raise ValueError(f"model {recipe.name!r} does not run on one sample of the data {shape}: {first}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, data.num_classes):
+        raise ValueError(
+            f"model {recipe.name!r} returns {_described(out)} for one sample; pat_ray's loop needs one tensor "
+            f"of logits of shape (batch, {data.num_classes}) for the data's {data.num_classes} classes (in your "
+            "own loop, pat_ray.PaT takes any model)"
+        )
+
+
+def _first_label(data: DataBundle) -> Any:
+    try:
+        sample = data.train[0]
+    except Exception as err:
+        raise ValueError(f"the training set's first sample cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(sample, tuple | list) or len(sample) != 2:
+        raise ValueError(f"the training set's samples are {_described(sample)}, not (input, label) pairs")
+    return sample[1]
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(_described(v) for v in value)})"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def training_device(choice: str) -> torch.device:
