@@ -67,19 +67,28 @@ def _untraceable(model: nn.Module, example_input: Example, err: Exception) -> Un
     Only then, after the failure, does the model run once for real to tell the two apart."""
     name = type(model).__name__
     example = first_sample(example_input)
+    traced, node = _message(err)
+    where = f" ({node})" if node else ""
     try:
         with in_mode(model, training=False), torch.no_grad():
             model(*example)
     except Exception as own:  # the model's own error, whatever its type
         shapes = ", ".join(str(tuple(t.shape)) for t in example)
-        return UnsupportedModelError(f"{name} does not run on an input of shape {shapes}: {_first_line(own)}")
-    return UnsupportedModelError(f"torch.fx could not trace {name}: {_first_line(err)}")
+        mine = _message(own)[0]
+        also = where if traced == mine else f" (traced: {traced}{where})"
+        return UnsupportedModelError(f"{name} does not run on an input of shape {shapes}: {mine}{also}")
+    return UnsupportedModelError(f"torch.fx could not trace {name}: {traced}{where}")
 
 
-def _first_line(err: BaseException) -> str:
-    """An error's message without what torch appends below it (the fx node, a pointer to tlparse)."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+def _message(err: BaseException) -> tuple[str, str | None]:
+    """An error's first line, and the fx node it stopped at when torch names one below it
+    (``while executing %x : ... = call_module[target=stem.0]``); the rest (an empty traceback,
+    a pointer to tlparse) is left out."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__, None
+    node = next((line for line in lines[1:] if line.startswith("While executing")), None)
+    return lines[0], (node[0].lower() + node[1:]) if node else None
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:
