@@ -267,3 +267,22 @@ def test_a_plugin_module_registered_after_ray_started_reaches_the_workers(plugin
     config = configured(two_workers(tmp_path, epochs=3, start_epoch=1), pruning={"criterion": {"name": "late_l1"}})
     result = run_on_ray(config, storage=Location.of(tmp_path / "storage"), run_name=f"late-{uuid.uuid4().hex[:8]}")
     assert [h.epoch for h in result.history] == [1, 2, 3] and result.trigger_epoch == 1
+
+
+def test_what_a_worker_finds_wrong_with_the_config_is_raised_as_a_local_run_raises_it(local_ray, tmp_path):
+    """A model that does not fit the data fails in the workers' setup; the driver raises that
+    ValueError, one line as ``--local`` shows it, not Train's error with the worker's traceback."""
+    import pat_ray
+
+    config = configured(
+        output_dir=tmp_path / "runs",
+        model={"name": "vit_small_images", "params": {"image_size": 32}},  # the digits are 8x8
+        training={"epochs": 3},
+        pruning={"interval": 5},
+        scaling={"max_failures": 0},
+        tracking={"mlflow": False},
+    )
+    with pytest.raises(ValueError) as caught:
+        pat_ray.run(config)
+    assert type(caught.value) is ValueError, type(caught.value)
+    assert str(caught.value).startswith("model 'vit_small_images' does not run on one sample of the data (1, 1, 8, 8)")

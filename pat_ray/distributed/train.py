@@ -186,6 +186,9 @@ def _explained(error: BaseException, config: Config) -> BaseException:
         if isinstance(cause, DataRootError):
             return RayRunError(str(cause))
         cause = getattr(cause, "controller_failure", None) or cause.__cause__
+    given = _bad_input(error)
+    if given is not None:
+        return given
     if ray_private.is_startup_timeout(error):
         gpu = ", 1 GPU" if config.scaling.use_gpu else ""
         cpus = config.scaling.cpus_per_worker or 1
@@ -195,6 +198,20 @@ def _explained(error: BaseException, config: Config) -> BaseException:
             resumable=True,
         )
     return error
+
+
+def _bad_input(error: BaseException) -> ValueError | None:
+    """What a worker found wrong with what the user gave (a model that returns no logits, labels
+    that are not classes, a factory that raises: a ``ValueError``, as ``--local`` reports it),
+    from Train's ``WorkerGroupError.worker_failures``: the same one line a local run shows, not
+    the worker's traceback."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause: BaseException | None = failure
+        while cause is not None:
+            if isinstance(cause, ValueError):
+                return cause
+            cause = cause.__cause__
+    return None
 
 
 def _alive() -> str:
