@@ -3,6 +3,7 @@
 The command line maps these to one line and an exit code before it knows which command will
 run, so they must be importable without torch, Ray or MLflow; the modules that raise them
 import them from here. Each is picklable, so Ray can carry it from a worker to the driver.
+``first_line`` is how a message quotes someone else's error (torch's, pyarrow's) in one line.
 """
 
 from __future__ import annotations
@@ -105,3 +106,10 @@ class DataRootError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), self.args)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message on one line: its first (torch, pyarrow and fx append context below
+    it), or the type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pat_ray.errors import ExportError
+from pat_ray.errors import ExportError, first_line
 from pat_ray.export_formats import FORMATS, SUFFIXES
 from pat_ray.storage import Location, has_scheme
 from pat_ray.training.checkpoint import Checkpoint, load_checkpoint, sidecar
@@ -90,7 +90,7 @@ def _check_outputs(model: nn.Module, exported: Callable[[torch.Tensor], torch.Te
         try:
             got = exported(batch)
         except Exception as err:  # the format's own runtime refuses the batch: a shape baked in
-            failure = _first_line(err)
+            failure = first_line(err)
             raise ExportError(f"{fmt}: the exported model fails on a batch of {len(batch)}: {failure}") from None
     if got.shape != expected.shape or not torch.allclose(got, expected, atol=ATOL, rtol=RTOL):
         worst = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
@@ -99,11 +99,6 @@ def _check_outputs(model: nn.Module, exported: Callable[[torch.Tensor], torch.Te
             f"(allowed {ATOL:g} + {RTOL:g} x |output|); the model's forward probably depends on its input's "
             "values or size"
         )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --- one writer and one loader per format -------------------------------------------------------
@@ -136,9 +131,9 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ckpt
         try:
             traced = torch.jit.trace(model, example)
         except torch.jit.TracerWarning as warning:
-            raise ExportError(f"torchscript cannot hold this model: tracing says {_first_line(warning)}") from None
+            raise ExportError(f"torchscript cannot hold this model: tracing says {first_line(warning)}") from None
         except Exception as err:
-            raise ExportError(f"torchscript: tracing fails on this model: {_first_line(err)}") from None
+            raise ExportError(f"torchscript: tracing fails on this model: {first_line(err)}") from None
         torch.jit.save(traced, str(path))
 
 
@@ -153,7 +148,7 @@ def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Checkp
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception as err:
-        raise ExportError(f"pt2: torch.export cannot capture this model: {_first_line(err)}") from None
+        raise ExportError(f"pt2: torch.export cannot capture this model: {first_line(err)}") from None
     torch.export.save(program, str(path))
 
 
@@ -182,7 +177,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, ckpt: Check
             raise RuntimeError("the exporter returned no program")
         program.save(str(path))
     except Exception as err:
-        raise ExportError(f"onnx: the exporter cannot convert this model: {_first_line(err)}") from None
+        raise ExportError(f"onnx: the exporter cannot convert this model: {first_line(err)}") from None
 
 
 def _load_onnx(path: Path, ckpt: Checkpoint):

@@ -46,6 +46,13 @@ INPUT_ERRORS = (  # exit 2: what the user gave is wrong
 )
 
 
+# The last exit handler (they run last registered first, and this one is registered before the
+# command imports Ray or MLflow): by then Ray's shutdown and MLflow's flush have run and every
+# file the command wrote is closed. Frozen, the heap torch and scikit-learn leave is not collected
+# again and again while the interpreter tears its modules down (half a second of every `pat-ray
+# run` on two cores).
+atexit.register(gc.freeze)
+
 GENERIC_HINT = "nothing was written that could be continued"  # commands that can resume say how instead
 
 
@@ -58,14 +65,7 @@ class _Cli(click.Group):
     """Maps the project's exceptions to one line and an exit code, for every command."""
 
     def invoke(self, ctx: click.Context):
-        global _ray_connected, _exit_quickly
-        if not _exit_quickly:
-            # The last exit handler (they run last registered first): by then Ray's shutdown and
-            # MLflow's flush have run and every file the command wrote is closed. Frozen, the heap
-            # torch and scikit-learn leave is not collected again and again while the interpreter
-            # tears its modules down (half a second of every `pat-ray run` on two cores).
-            atexit.register(gc.freeze)
-            _exit_quickly = True
+        global _ray_connected
         _ray_connected = False  # this command's own: an earlier one in the process (tests, a notebook) may have set it
         for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # schedulers, `kill`, a closed terminal: as Ctrl-C
             signal.signal(stop_signal, _stop)
@@ -94,7 +94,6 @@ class _Cli(click.Group):
 
 
 _ray_connected = False  # set by the commands that connect this process to Ray
-_exit_quickly = False  # gc.freeze registered to run at exit
 
 
 def connects_to_ray() -> None:

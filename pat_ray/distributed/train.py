@@ -20,6 +20,7 @@ import socket
 import sysconfig
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pat_ray.config import Config
@@ -181,11 +182,9 @@ def _drop_ray_connection() -> None:
 
 def _explained(error: BaseException, config: Config) -> BaseException:
     """The one line a user needs, for the ways a cluster run ends that pat_ray can name."""
-    cause: BaseException | None = error
-    while cause is not None:
+    for cause in _wrapped(error):
         if isinstance(cause, DataRootError):
             return RayRunError(str(cause))
-        cause = getattr(cause, "controller_failure", None) or cause.__cause__
     given = _bad_input(error)
     if given is not None:
         return given
@@ -206,12 +205,18 @@ def _bad_input(error: BaseException) -> ValueError | None:
     from Train's ``WorkerGroupError.worker_failures``: the same one line a local run shows, not
     the worker's traceback."""
     for failure in getattr(error, "worker_failures", {}).values():
-        cause: BaseException | None = failure
-        while cause is not None:
+        for cause in _wrapped(failure):
             if isinstance(cause, ValueError):
                 return cause
-            cause = cause.__cause__
     return None
+
+
+def _wrapped(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps: Train's controller failure, or the cause it was raised from."""
+    cause: BaseException | None = error
+    while cause is not None:
+        yield cause
+        cause = getattr(cause, "controller_failure", None) or cause.__cause__
 
 
 def _alive() -> str:

@@ -135,11 +135,12 @@ def as_bundle(made: Any, num_classes: int | None, input_shape: Iterable[int] | N
             f"not {type(made).__name__}"
         )
     train, val = made
-    shape = tuple(input_shape) if input_shape is not None else tuple(_first(train, what)[0].shape)
+    shape = tuple(input_shape) if input_shape is not None else tuple(first_training_sample(train, what)[0].shape)
     return DataBundle(train, val, num_classes or classes_of(train, what), shape)
 
 
-def _first(dataset: Dataset[Any], what: str) -> Any:
+def first_training_sample(dataset: Dataset[Any], what: str) -> Any:
+    """The first sample of a training set, or ValueError naming ``what`` and why it cannot be read."""
     try:
         return dataset[0]
     except Exception as err:

@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from pat_ray.core.modes import in_mode
-from pat_ray.errors import UnsupportedModelError
+from pat_ray.errors import UnsupportedModelError, first_line
 from pat_ray.tracer.graph import Example, first_sample
 from pat_ray.tracer.layers.declared import rule_for
 from pat_ray.tracer.layers.table import family_of
@@ -84,11 +84,9 @@ def _message(err: BaseException) -> tuple[str, str | None]:
     """An error's first line, and the fx node it stopped at when torch names one below it
     (``while executing %x : ... = call_module[target=stem.0]``); the rest (an empty traceback,
     a pointer to tlparse) is left out."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__, None
+    lines = [line.strip() for line in str(err).splitlines()]
     node = next((line for line in lines[1:] if line.startswith("While executing")), None)
-    return lines[0], (node[0].lower() + node[1:]) if node else None
+    return first_line(err), (node[0].lower() + node[1:]) if node else None
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:

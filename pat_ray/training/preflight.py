@@ -13,7 +13,7 @@ from pyarrow.fs import FileType
 
 from pat_ray.config import Config
 from pat_ray.config.plan import iterations_per_epoch, plan_pruning
-from pat_ray.errors import ConfigError
+from pat_ray.errors import ConfigError, first_line
 from pat_ray.storage import OBJECT_STORES, Location
 
 
@@ -52,8 +52,7 @@ def _store_problems(where: Location) -> list[str]:
             ]
         fs.get_file_info(path)
     except Exception as err:  # pyarrow and fsspec raise what their backends raise
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return [f"output_dir: cannot reach {where.uri}: {cause}"]
+        return [f"output_dir: cannot reach {where.uri}: {first_line(err)}"]
     return []
 
 

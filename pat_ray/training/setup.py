@@ -18,7 +18,8 @@ from torch import nn
 from pat_ray.config import Config
 from pat_ray.core.data import DataBundle
 from pat_ray.core.modes import in_mode
-from pat_ray.plugins.recipes import ModelRecipe, make_data, offered_by
+from pat_ray.errors import first_line
+from pat_ray.plugins.recipes import ModelRecipe, first_training_sample, make_data, offered_by
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # training.precision
 
@@ -88,9 +89,10 @@ def check_classifier(model: nn.Module, data: DataBundle, recipe: ModelRecipe, ex
         with in_mode(model, training=False), torch.no_grad():
             out = model(example)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         shape = tuple(example.shape)
-        raise ValueError(f"model {recipe.name!r} does not run on one sample of the data {shape}: {first}") from None
+        raise ValueError(
+            f"model {recipe.name!r} does not run on one sample of the data {shape}: {first_line(err)}"
+        ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, data.num_classes):
         raise ValueError(
             f"model {recipe.name!r} returns {_described(out)} for one sample; pat_ray's loop needs one tensor "
@@ -100,10 +102,7 @@ def check_classifier(model: nn.Module, data: DataBundle, recipe: ModelRecipe, ex
 
 
 def _first_label(data: DataBundle) -> Any:
-    try:
-        sample = data.train[0]
-    except Exception as err:
-        raise ValueError(f"the training set's first sample cannot be read ({type(err).__name__}: {err})") from None
+    sample = first_training_sample(data.train, "the data")
     if not isinstance(sample, tuple | list) or len(sample) != 2:
         raise ValueError(f"the training set's samples are {_described(sample)}, not (input, label) pairs")
     return sample[1]
