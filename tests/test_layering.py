@@ -117,8 +117,9 @@ def test_describing_config_keys_and_listing_plugins_import_no_torch(argv):
 
 
 def test_the_ray_train_controller_side_of_a_run_imports_no_torch():
-    """Train's controller process unpickles ``ProgressCallback`` before it starts the workers:
-    every second its imports take is added to every Ray run's start (torch alone was ~2 s)."""
+    """Train's controller process unpickles ``ProgressCallback`` (and its ``RunRecorder``) before
+    it starts the workers: every second its imports take is added to every Ray run's start
+    (torch alone was ~2 s)."""
     loaded = _heavy_after("import pat_ray.distributed.progress").split()
     assert "torch" not in loaded and "mlflow" not in loaded, f"the controller's callback loads {loaded}"
 

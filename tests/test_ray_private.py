@@ -63,9 +63,11 @@ def test_a_startup_timeout_is_recognised_through_trains_wrapping():
     from ray.train import ControllerError
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
+    from pat_ray.distributed.failures import is_startup_timeout
+
     wrapped = ControllerError(WorkerGroupStartupTimeoutError(2))
-    assert ray_private.is_startup_timeout(wrapped)
-    assert not ray_private.is_startup_timeout(ControllerError(ValueError("other")))
+    assert is_startup_timeout(wrapped)
+    assert not is_startup_timeout(ControllerError(ValueError("other")))
 
 
 def test_a_cluster_that_died_is_not_joined_though_ray_still_has_it_on_record(tmp_path, monkeypatch):

@@ -76,16 +76,11 @@ def start_timeout() -> float:
     return float(os.environ.get(WORKER_GROUP_START_TIMEOUT, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
 
 
-def is_startup_timeout(error: BaseException) -> bool:
-    """Whether Train gave up because its workers' resources never appeared (a lost node)."""
+def startup_timeout_type() -> type[BaseException]:
+    """What Train raises when its workers' resources never appeared (a lost node)."""
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, WorkerGroupStartupTimeoutError):
-            return True
-        seen = getattr(seen, "controller_failure", None) or seen.__cause__
-    return False
+    return WorkerGroupStartupTimeoutError
 
 
 def quiet_report_logger(level: str) -> None:

@@ -20,13 +20,12 @@ import socket
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
+from pat_ray.distributed.failures import explained
 from pat_ray.distributed.worker import TASK, WorkerTask, worker_loop
-from pat_ray.errors import DataRootError, RayRunError
 from pat_ray.plugins.user_code import split_target, trusted_modules
 from pat_ray.run_folder import RunFolder
 from pat_ray.storage import Location
@@ -59,24 +58,21 @@ def run_on_ray(
     run_folder: RunFolder | None = None,
     given: Given | None = None,
 ) -> RunResult:
-    """Run ``config`` with Ray Train; start a local Ray if none is running.
+    """Run ``config`` on Ray; start a local Ray if none is running. Several workers train with
+    Ray Train; one worker in one Ray task (``one_worker.py``: Train's controller and worker group
+    would cost it more than they give), unless it continues a Train run by name.
 
-    ``storage``: Ray's storage (default ``output_dir/ray/name``: a folder, or a URI every
+    ``storage``: Ray Train's storage (default ``output_dir/ray/name``: a folder, or a URI every
     node reaches); ``run_name``: the Ray Train run in it (default: the run folder's version).
     Re-running with the same ``run_name`` and storage continues that run from its last
-    checkpoint (the oracle relies on this to resume multi-worker trials). ``resume``: a
-    local ``last.pt`` to continue from; it travels to the workers through Ray's object store.
-    Every checkpoint is copied to ``run_folder`` (default: a new version folder in
-    ``output_dir/name``) as it is reported, with ``history.json``, so an interrupted run
-    resumes like a local one. Plugins registered in this process with ``register_plugin``
-    reach every worker. ``tracking``: the
-    MLflow run each epoch is logged into, from the driver's node.
+    checkpoint (the oracle relies on this to resume multi-worker trials); ``callbacks``: Train's,
+    added to the run's. ``resume``: a local ``last.pt`` to continue from; it travels to the
+    workers through Ray's object store. Every checkpoint is copied to ``run_folder`` (default: a
+    new version folder in ``output_dir/name``) as it is reported, with ``history.json``, so an
+    interrupted run resumes like a local one. Plugins registered in this process with
+    ``register_plugin`` reach every worker. ``tracking``: the MLflow run each epoch is logged
+    into, from the driver's node.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
-
-    from pat_ray.distributed.progress import ProgressCallback, final_result
-
     py_modules, submitted = shipped_code(config), ray_private.in_submitted_job()  # a submission ships its own
     start_ray(py_modules)
     cpus = config.scaling.cpus_per_worker or cpus_per_worker(config.scaling.num_workers)
@@ -85,16 +81,44 @@ def run_on_ray(
         run_folder.point_latest()
     folder = run_folder.location
     warn_if_unshared(folder)
+    runtime_env = None if submitted else _worker_runtime_env(py_modules)
+    task = _worker_task(config, given, latency_table, resume, cpus)
+    if config.scaling.num_workers == 1 and storage is None and run_name is None and not callbacks:
+        from pat_ray.distributed.one_worker import run_in_one_task
+
+        gpus = 1 if config.scaling.use_gpu else 0
+        options = {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": runtime_env, "name": f"pat_ray[{config.name}]"}
+        try:
+            return run_in_one_task(config, task, folder, tracking, options)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the Ray this driver started stops with it
+            drop_ray_connection()
+            raise
     storage = storage or Location.of(config.output_dir) / "ray" / config.name
-    storage_fs, storage_path = storage.filesystem()
     name = run_name or folder.name
     (folder / RAY_RUN).write_text(json.dumps({"storage": storage.uri, "name": name}))
+    from pat_ray.distributed.progress import ProgressCallback
+    from pat_ray.distributed.recorder import final_result
+
+    progress = ProgressCallback(folder, storage, config, tracking)
+    trainer = _trainer(config, task, cpus, storage, name, runtime_env, [progress, *(callbacks or [])])
+    started = time.perf_counter()
+    _fit(trainer, config)
+    return final_result(config, folder, time.perf_counter() - started)
+
+
+def _trainer(
+    config: Config, task: WorkerTask, cpus: int, storage: Location, name: str, runtime_env: dict | None, callbacks: list
+):
+    """The ``TorchTrainer`` of a run on ``scaling.num_workers`` workers, ``cpus`` each, saving to ``storage/name``."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    storage_fs, storage_path = storage.filesystem()
     attempt_s = min(ray_private.start_timeout(), config.scaling.resource_wait_s)
     ray_private.set_start_timeout(attempt_s)  # read by Train's controller when fit() starts it
-
-    trainer = ray_private.torch_trainer_without_datasets()(
+    return ray_private.torch_trainer_without_datasets()(
         worker_loop,
-        train_loop_config={TASK: _worker_task(config, given, latency_table, resume, cpus)},
+        train_loop_config={TASK: task},
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
@@ -112,13 +136,10 @@ def run_on_ray(
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level=ray_log_level()),  # Train's own loggers (controller, workers)
-            callbacks=[ProgressCallback(folder, storage, config, tracking), *(callbacks or [])],  # type: ignore[list-item]
-            worker_runtime_env=None if submitted else _worker_runtime_env(py_modules),
+            callbacks=callbacks,
+            worker_runtime_env=runtime_env,
         ),
     )
-    started = time.perf_counter()
-    _fit(trainer, config)
-    return final_result(config, folder, time.perf_counter() - started)
 
 
 def _worker_task(
@@ -159,17 +180,17 @@ def _fit(trainer, config: Config) -> None:
         while thread.is_alive():
             thread.join(0.2)
     except BaseException:
-        _drop_ray_connection()
+        drop_ray_connection()
         thread.join(STOP_WAIT_S / 2)  # fit() returns once its Ray calls fail: no thread is inside Ray at exit
         raise
     if "error" in outcome:
-        raise _explained(outcome["error"], config) from None
+        raise explained(outcome["error"], config) from None
 
 
 STOP_WAIT_S = 8.0  # a stopped run is gone within this (plus the process exit), even on a busy machine
 
 
-def _drop_ray_connection() -> None:
+def drop_ray_connection() -> None:
     """``ray.shutdown()``, which ends the controller and workers this driver owns (the run folder
     keeps the last finished epoch), given at most half of ``STOP_WAIT_S``: a user who pressed
     Ctrl-C waits for no cluster that is slow to answer."""
@@ -178,54 +199,6 @@ def _drop_ray_connection() -> None:
     closing = threading.Thread(target=ray.shutdown, name="pat_ray-shutdown", daemon=True)
     closing.start()
     closing.join(STOP_WAIT_S / 2)
-
-
-def _explained(error: BaseException, config: Config) -> BaseException:
-    """The one line a user needs, for the ways a cluster run ends that pat_ray can name."""
-    for cause in _wrapped(error):
-        if isinstance(cause, DataRootError):
-            return RayRunError(str(cause))
-    given = _bad_input(error)
-    if given is not None:
-        return given
-    if ray_private.is_startup_timeout(error):
-        gpu = ", 1 GPU" if config.scaling.use_gpu else ""
-        cpus = config.scaling.cpus_per_worker or 1
-        return RayRunError(
-            f"waited {config.scaling.resource_wait_s:g} s (scaling.resource_wait_s) for {config.scaling.num_workers} "
-            f"workers ({cpus} CPU{gpu} each); the cluster has {_alive()}. A node was lost or never joined",
-            resumable=True,
-        )
-    return error
-
-
-def _bad_input(error: BaseException) -> ValueError | None:
-    """What a worker found wrong with what the user gave (a model that returns no logits, labels
-    that are not classes, a factory that raises: a ``ValueError``, as ``--local`` reports it),
-    from Train's ``WorkerGroupError.worker_failures``: the same one line a local run shows, not
-    the worker's traceback."""
-    for failure in getattr(error, "worker_failures", {}).values():
-        for cause in _wrapped(failure):
-            if isinstance(cause, ValueError):
-                return cause
-    return None
-
-
-def _wrapped(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and what it wraps: Train's controller failure, or the cause it was raised from."""
-    cause: BaseException | None = error
-    while cause is not None:
-        yield cause
-        cause = getattr(cause, "controller_failure", None) or cause.__cause__
-
-
-def _alive() -> str:
-    import ray
-
-    nodes = [node for node in ray.nodes() if node["Alive"]]
-    resources = ray.available_resources()
-    gpus = f", {resources.get('GPU', 0):g} GPUs" if "GPU" in ray.cluster_resources() else ""
-    return f"{len(nodes)} node(s) alive, {resources.get('CPU', 0):g} CPUs free{gpus}"
 
 
 def warn_if_unshared(folder: Location) -> None:

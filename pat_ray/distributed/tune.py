@@ -21,7 +21,7 @@ from pat_ray.config import Config, OraclePolicy, config_from_dict
 from pat_ray.core.architecture import Architecture
 from pat_ray.core.cost.latency import LatencyTable
 from pat_ray.core.epi import epi_curve
-from pat_ray.distributed.progress import result_from_checkpoint
+from pat_ray.distributed.recorder import result_from_checkpoint
 from pat_ray.distributed.train import shipped_code, start_ray
 from pat_ray.distributed.worker import copied_checkpoint, opened_checkpoint, report_with_checkpoint
 from pat_ray.plugins.registry import ShippedPlugin, get_registry, install_shipped, shipped_plugins

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,9 @@ from pat_ray.training.epoch_progress import EpochProgress, NoProgress, ProgressL
 from pat_ray.training.reporters import Reporter
 
 if TYPE_CHECKING:
+    from pat_ray.config import Config
     from pat_ray.plugins.registry import ShippedPlugin
+    from pat_ray.training.records import RunResult
     from pat_ray.training.setup import Given
 
 TASK = "task"  # the one key of Train's train_loop_config: the WorkerTask
@@ -50,38 +52,59 @@ class WorkerTask:
 
 
 def worker_loop(loop_config: dict[str, WorkerTask]) -> None:
-    import ray
+    """A Train worker: its rank's device, the process group, a report per epoch to Train."""
     import ray.train
     import torch
 
-    from pat_ray.config import config_from_dict
-    from pat_ray.core.cost.latency import LatencyTable
     from pat_ray.distributed import ray_private
-    from pat_ray.plugins.registry import install_shipped
-    from pat_ray.plugins.user_code import trust
-    from pat_ray.training.engine import train
     from pat_ray.training.torch_collective import DistributedCollective
 
     task = loop_config[TASK]
     ray_private.quiet_report_logger("INFO" if task.ray_log_level == "INFO" else "WARNING")
+    config = task_config(task)
+    device = torch.device("cpu")
+    if config.scaling.use_gpu:
+        device = torch.device("cuda", ray.train.get_context().get_local_rank())
+        torch.cuda.set_device(device)
+    checkpoint = ray.train.get_checkpoint()  # Train's own, after a restart; else the one the driver sent
+    resume = copied_checkpoint(checkpoint) if checkpoint is not None else payload_file(task.resume)
+    train_task(task, config, DistributedCollective(device), train_report, resume)
+
+
+def task_config(task: WorkerTask) -> Config:
+    """The validated config on a worker, once the driver's plugins and trusted modules are in
+    place (the config may name both), with the driver's torch threads."""
+    import torch
+
+    from pat_ray.config import config_from_dict
+    from pat_ray.plugins.registry import install_shipped
+    from pat_ray.plugins.user_code import trust
+
     install_shipped(task.plugins)
     trust(*task.trusted)
     torch.set_num_threads(task.threads)
-    config = config_from_dict(task.config)
-    context = ray.train.get_context()
-    device = torch.device("cpu")
-    if config.scaling.use_gpu:
-        device = torch.device("cuda", context.get_local_rank())
-        torch.cuda.set_device(device)
-    config = config.model_copy(update={"training": config.training.model_copy(update={"device": device.type})})
-    collective = DistributedCollective(device)
+    return config_from_dict(task.config)
+
+
+Send = Callable[[dict[str, Any], "Path | None"], None]  # where a worker's epoch goes: Train's report, a task's stream
+
+
+def train_task(task: WorkerTask, config: Config, collective, send: Send, resume: Path | None) -> RunResult:
+    """The engine on one Ray worker, on the device its collective was made for: the data root
+    checked first on every rank, the checkpoints in a scratch folder of its own, each epoch to ``send``."""
+    import ray
+
+    from pat_ray.core.cost.latency import LatencyTable
+    from pat_ray.training.engine import train
+
+    use_gpu = config.scaling.use_gpu
+    training = config.training.model_copy(update={"device": "cuda" if use_gpu else "cpu"})
     check_data_root(config.data.params.get("root"), collective)
-    resume = resume_file(task.resume)
-    reporter: Reporter = RayReporter(collective, ray.get_runtime_context().get_node_id())
+    reporter: Reporter = RayReporter(collective, ray.get_runtime_context().get_node_id(), send)
     run_dir = Path(tempfile.mkdtemp(prefix=f"pat_ray_rank{collective.rank}_"))
     table = LatencyTable.from_dict(task.latency_table) if task.latency_table else None
-    train(
-        config.model_copy(update={"output_dir": str(run_dir)}),
+    return train(
+        config.model_copy(update={"output_dir": str(run_dir), "training": training}),
         collective,
         reporter,
         resume=resume,
@@ -90,15 +113,10 @@ def worker_loop(loop_config: dict[str, WorkerTask]) -> None:
     )
 
 
-def resume_file(payload: Any) -> Path | None:
-    """In a worker: the checkpoint to continue from, as a local file (Ray's own, after a
-    restart; else the one the driver sent)."""
+def payload_file(payload: Any) -> Path | None:
+    """In a worker: the checkpoint the driver sent (an object-store reference to its bytes), as a local file."""
     import ray
-    import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        return copied_checkpoint(checkpoint)
     if payload is None:
         return None
     resume = Path(tempfile.mkdtemp(prefix="pat_ray_resume_")) / LAST
@@ -141,10 +159,11 @@ def check_data_root(root: str | None, collective) -> None:
 
 
 class RayReporter:
-    """Reports every epoch to Ray Train; rank 0 attaches the epoch's checkpoint."""
+    """Every epoch's metrics, with the rank and node that saw them, to ``send`` (Train's report,
+    or a one-worker task's stream); rank 0 attaches the epoch's checkpoint."""
 
-    def __init__(self, collective, node_id: str) -> None:
-        self.collective, self.node_id = collective, node_id
+    def __init__(self, collective, node_id: str, send: Send) -> None:
+        self.collective, self.node_id, self.send = collective, node_id, send
         self.report_seconds = 0.0  # Ray's own cost of the previous report, sent with the next
 
     def note(self, text: str) -> None:
@@ -156,8 +175,6 @@ class RayReporter:
         return ProgressLines(epoch, images, self.note) if self.collective.rank == 0 else NoProgress()
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
-        import ray.train
-
         metrics = {
             **metrics,
             "rank": self.collective.rank,
@@ -167,8 +184,15 @@ class RayReporter:
             "previous_report_seconds": self.report_seconds,
         }
         started = time.perf_counter()
-        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
+        self.send(metrics, checkpoint)
         self.report_seconds = time.perf_counter() - started
+
+
+def train_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    """A Train worker's report (a barrier: every rank reports each epoch)."""
+    import ray.train
+
+    report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, checkpoint)
 
 
 def report_with_checkpoint(report, checkpoint_type, metrics: dict[str, Any], path: Path | None) -> None:
