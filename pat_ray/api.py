@@ -36,8 +36,8 @@ def run(
 ) -> RunResult:
     """Run one PaT pipeline (``Config()`` is the default digits pipeline).
 
-    By default on Ray Train with ``config.scaling.num_workers`` workers (a local Ray is
-    started if none is running); ``local=True`` runs the same engine in this process. With
+    By default on Ray with ``config.scaling.num_workers`` workers (one: a Ray task; more: Ray
+    Train; a local Ray is started if none is running); ``local=True`` runs the same engine in this process. With
     ``tracking.mlflow`` (the default) the run is tracked in MLflow as it trains: params at
     the start, each epoch's metrics as it ends, the summary and artifacts at the end
     (``result.mlflow_run_id``); a resumed run continues its MLflow run.

@@ -48,7 +48,7 @@ def _set_verbose(verbose: bool) -> None:
 @main.command(short_help="Train a pipeline with PaT + EPI (on Ray, or --local); KEY=VALUE overrides.")
 @CONFIG_FILE
 @OVERRIDES
-@click.option("--local", is_flag=True, help="Run in this process instead of on Ray Train.")
+@click.option("--local", is_flag=True, help="Run in this process instead of on Ray.")
 @click.option("--name", help="The run's name (default: the config's `name`); runs go to output_dir/NAME/<time>.")
 @OUTPUT_DIR
 @click.option(

@@ -61,7 +61,7 @@ class Config(Strict):
     start: StartPolicy = Field(
         EPIStart(), description="when pruning starts: epi, early_bird, fixed, never or after_training"
     )
-    scaling: ScalingConfig = Field(ScalingConfig(), description="Ray Train workers, GPUs and fault tolerance")
+    scaling: ScalingConfig = Field(ScalingConfig(), description="Ray workers, GPUs and fault tolerance")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
     oracle: OracleConfig = Field(OracleConfig(), description="the oracle sweep: start-epoch grid, policies, seeds")
     _overrides: tuple[str, ...] = PrivateAttr(default=())

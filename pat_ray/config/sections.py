@@ -202,13 +202,13 @@ class PruningConfig(Strict):
 
 
 class ScalingConfig(Strict):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    num_workers: int = Field(1, ge=1, description="Ray workers: 1 runs as one Ray task, more on Ray Train (DDP)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL for DDP")
-    max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
+    max_failures: int = Field(1, ge=-1, description="restarts of the worker group (or the one worker's task) from the last checkpoint (-1: forever)")
     cpus_per_worker: int | None = Field(
         None,
         ge=1,
-        description="CPU cores (and torch threads) per Ray Train worker; default: on a one-node Ray, its cores "
+        description="CPU cores (and torch threads) per Ray worker; default: on a one-node Ray, its cores "
         "shared among the workers (one worker trains like --local), else 1",
     )
     resource_wait_s: float = Field(
