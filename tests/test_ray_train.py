@@ -288,7 +288,10 @@ def test_what_a_worker_finds_wrong_with_the_config_is_raised_as_a_local_run_rais
     assert str(caught.value).startswith("model 'vit_small_images' does not run on one sample of the data (1, 1, 8, 8)")
 
 
-def test_one_ray_worker_that_fails_starts_again_from_the_last_checkpoint(plugins, local_ray, tmp_path, capsys):
+@pytest.mark.parametrize("allowed, said", [(1, "1"), (-1, "-1, no limit")])
+def test_one_ray_worker_that_fails_starts_again_from_the_last_checkpoint(
+    allowed, said, plugins, local_ray, tmp_path, capsys
+):
     """A one-worker run is one Ray task: when it fails, the driver starts it again from the run
     folder's last checkpoint (as Train restarts a worker group), each epoch recorded once."""
     import pat_ray
@@ -301,7 +304,7 @@ def test_one_ray_worker_that_fails_starts_again_from_the_last_checkpoint(plugins
         pruning={"interval": 5},
         start=FixedStart(epoch=2),
         tracking={"mlflow": False},
-        scaling={"max_failures": 1},
+        scaling={"max_failures": allowed},
     )
     result = pat_ray.run(config)
     assert marker.exists()
@@ -310,7 +313,7 @@ def test_one_ray_worker_that_fails_starts_again_from_the_last_checkpoint(plugins
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     out = capsys.readouterr().out
     assert "note: the worker failed (injected fault after epoch 2" in out
-    assert "(failure 1 of scaling.max_failures=1)" in out
+    assert f"(failure 1 of scaling.max_failures={said})" in out
 
 
 def test_one_ray_worker_that_fails_more_often_than_allowed_ends_the_run(plugins, local_ray, tmp_path):

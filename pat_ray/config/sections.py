@@ -204,7 +204,9 @@ class PruningConfig(Strict):
 class ScalingConfig(Strict):
     num_workers: int = Field(1, ge=1, description="Ray workers: 1 runs as one Ray task, more on Ray Train (DDP)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL for DDP")
-    max_failures: int = Field(1, ge=-1, description="restarts of the worker group (or the one worker's task) from the last checkpoint (-1: forever)")
+    max_failures: int = Field(
+        1, ge=-1, description="restarts of the workers (one: its task) from the last checkpoint (-1: forever)"
+    )
     cpus_per_worker: int | None = Field(
         None,
         ge=1,

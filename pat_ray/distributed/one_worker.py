@@ -64,15 +64,16 @@ def run_in_one_task(
         except Exception as err:
             if not _is_rays(err):  # the driver's own error (or no resources): the task may still run
                 _stop(stream)
-            if failures >= config.scaling.max_failures or is_fatal(err) or not _is_rays(err):
+            allowed = config.scaling.max_failures  # -1: no limit
+            if 0 <= allowed <= failures or is_fatal(err) or not _is_rays(err):
                 final = explained(err, config)
                 raise final from (None if final is err or is_fatal(err) else err)
             failures += 1
             task = _from_last_checkpoint(task, folder)
-            cause = first_line(explained(err, config))
+            limit = allowed if allowed >= 0 else "-1, no limit"
             print(
-                f"note: the worker failed ({cause}); starting it again from the last checkpoint "
-                f"(failure {failures} of scaling.max_failures={config.scaling.max_failures})",
+                f"note: the worker failed ({first_line(explained(err, config))}); starting it again from the last "
+                f"checkpoint (failure {failures} of scaling.max_failures={limit})",
                 flush=True,
             )
         except BaseException:  # Ctrl-C, SIGTERM: the worker stops with the driver
