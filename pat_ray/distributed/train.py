@@ -80,7 +80,6 @@ def run_on_ray(
         run_folder = RunFolder.new(config.runs_folder())
         run_folder.point_latest()
     folder = run_folder.location
-    warn_if_unshared(folder)
     runtime_env = None if submitted else _worker_runtime_env(py_modules)
     task = _worker_task(config, given, latency_table, resume, cpus)
     if config.scaling.num_workers == 1 and storage is None and run_name is None and not callbacks:
@@ -93,6 +92,7 @@ def run_on_ray(
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the Ray this driver started stops with it
             drop_ray_connection()
             raise
+    warn_if_unshared(folder)  # Train's storage; a task's checkpoints come to the driver
     storage = storage or Location.of(config.output_dir) / "ray" / config.name
     name = run_name or folder.name
     (folder / RAY_RUN).write_text(json.dumps({"storage": storage.uri, "name": name}))
