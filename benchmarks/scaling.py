@@ -50,12 +50,24 @@ trainer(loop, scaling_config=ScalingConfig(num_workers=1), run_config=config).fi
 """
 
 
-def joined_run(folder: Path) -> tuple[dict, float]:
+TASK_FLOOR = """
+import ray
+ray.init(address="auto", logging_config=ray.LoggingConfig(log_level="WARNING"))
+@ray.remote(num_cpus=2, max_calls=1)
+def worker():
+    import pat_ray.distributed.worker, pat_ray.training.engine  # what a one-worker task imports
+ray.get(worker.remote())
+"""
+
+
+def joined_run(folder: Path) -> tuple[dict, float, float]:
     """The 1-worker run again, joining a Ray started beforehand with ``ray start --head`` (in a
     temp dir of its own, which RAY_TMPDIR points the run at), as for repeated runs: the run after
     the cluster's first one is measured. Then Ray Train's floor on that cluster: a fresh process
     whose TorchTrainer runs an empty training function on one worker (no torch work, no
-    pat_ray), after one such fit has started Train's once-per-cluster actors."""
+    pat_ray), after one such fit has started Train's once-per-cluster actors; and the one-task
+    path's floor: a fresh process joining the cluster to run one task that imports what a
+    one-worker run's task imports, and nothing else."""
     temp = Path(tempfile.mkdtemp(prefix="prs_", dir="/tmp"))  # short: Unix socket paths are limited
     env = {**ENV, "RAY_TMPDIR": str(temp)}
     ray = str(Path(sys.executable).with_name("ray"))
@@ -64,10 +76,11 @@ def joined_run(folder: Path) -> tuple[dict, float]:
     try:
         cli_run(folder, "joined_first", 1, env)  # the cluster's first job
         joined = cli_run(folder, "joined", 1, env)
+        task_floor_s, _ = timed_process(["-c", TASK_FLOOR], env)
         empty_fit = ["-c", EMPTY_FIT.format(storage=str(folder / "empty"))]
         timed_process(empty_fit, env)
         floor_s, _ = timed_process(empty_fit, env)
-        return joined, floor_s
+        return joined, task_floor_s, floor_s
     finally:
         subprocess.run([ray, "stop"], env=env, capture_output=True)
 
@@ -98,13 +111,14 @@ def main() -> None:
     runs = {"--local": cli_run(folder, "local", None)}
     runs[ONE] = cli_run(folder, "ray1", 1)
     runs["Ray Train, 2 workers"] = cli_run(folder, "ray2", 2)
-    runs[JOINED], floor_s = joined_run(folder)
+    runs[JOINED], task_floor_s, floor_s = joined_run(folder)
     local_s = runs["--local"]["seconds"]
     table = [
         "| `pat-ray run` | final acc | wall s (process) | x --local | epochs s | our setup s | Ray report + checkpoint "
         "s / epoch | share of epoch | rest s (Ray start-up, worker group, teardown) | gossip ms / epoch | last.pt KB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rests: dict[str, float] = {}
     for label, run in runs.items():
         records, rank0 = run["records"], run["rank0"]
         epochs_s = sum(r["epoch_seconds"] for r in records)
@@ -114,7 +128,7 @@ def main() -> None:
         per_epoch = sum(measured) / len(measured) if measured else 0.0
         report_s = per_epoch * len(rank0)
         gossip = f"{1000 * rank0[-1]['gossip_seconds'] / len(rank0):.2f}" if rank0 else "-"
-        rest = run["seconds"] - epochs_s - setup_s - report_s
+        rest = rests[label] = run["seconds"] - epochs_s - setup_s - report_s
         table.append(
             f"| {label} | {records[-1]['val_acc']:.4f} | {run['seconds']:.1f} | {run['seconds'] / local_s:.2f} "
             f"| {epochs_s:.1f} | {setup_s:.1f} | {per_epoch:.3f} | {100 * per_epoch / (epochs_s / len(records)):.1f}% "
@@ -142,6 +156,12 @@ def main() -> None:
         *table,
         "",
         *[f"- {line}" for line in verdicts],
+        "",
+        f"Where a joined one-task run's rest goes: a fresh process that joins the cluster and runs one task "
+        f"importing what the run's task imports (torch, pat_ray's engine) and nothing else takes {task_floor_s:.1f} s, "
+        f"against {import_s:.1f} s for the local run's own imports; the run's rest of "
+        f"{rests[JOINED]:.1f} s is that floor, "
+        "the driver's config checks before the task starts, and the results' way back.",
         "",
         "Ray Train's floor on the joined cluster (after one empty fit, as a repeated run finds it): a fresh process whose `TorchTrainer` (pat_ray's, with its Train settings) fits an empty "
         f"training function on 1 worker takes {floor_s:.1f} s ({floor_s / local_s:.2f}x the whole --local run): "

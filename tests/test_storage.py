@@ -111,6 +111,23 @@ def test_a_local_run_to_s3_resumes_after_a_kill_and_never_overwrites(s3_server, 
     assert exported.returncode == 0 and (tmp_path / "last.state_dict.pt.json").is_file(), exported.stderr
 
 
+def test_a_one_worker_ray_run_writes_its_folder_to_s3_from_the_checkpoints_it_streams(s3_server, local_ray):
+    import pat_ray
+
+    output = s3_server("ray-one")
+    config = configured(
+        output_dir=output, training={"epochs": 3}, start=FixedStart(epoch=1), tracking={"mlflow": False}
+    )
+    result = pat_ray.run(config)
+    folder = find_version(Location.of(output) / "digits")
+    assert result.checkpoint == str(folder / "last.pt")
+    assert [r["epoch"] for r in json.loads((folder / "history.json").read_text())] == [1, 2, 3]
+    _, ckpt = pat_ray.load_checkpoint(str(folder / "last.pt"))
+    _, before = pat_ray.load_checkpoint(str(folder / "previous.pt"))
+    assert (ckpt.extra["epoch"], before.extra["epoch"]) == (3, 2)
+    assert not (Location.of(output) / "ray").exists()  # no Ray Train storage: the task streams its checkpoints
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_a_store_that_cannot_be_reached_is_one_line_naming_the_field_and_the_uri(command, tmp_path):
     uri = "s3://pat-ray-nowhere/runs?endpoint_override=http://127.0.0.1:9&scheme=http&region=us-east-1"
@@ -126,8 +143,13 @@ def test_a_ray_run_writes_its_folder_and_rays_storage_to_s3(s3_server, local_ray
     import pat_ray
 
     output = s3_server("ray-runs")
-    config = configured(
-        output_dir=output, training={"epochs": 3}, start=FixedStart(epoch=1), tracking={"mlflow": False}
+    config = configured(  # two workers: Ray Train, whose storage is in the bucket too (one worker has none)
+        output_dir=output,
+        training={"epochs": 3},
+        start=FixedStart(epoch=1),
+        pruning={"interval": 5},
+        tracking={"mlflow": False},
+        scaling={"num_workers": 2},
     )
     result = pat_ray.run(config)
     folder = find_version(Location.of(output) / "digits")
