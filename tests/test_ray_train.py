@@ -344,3 +344,34 @@ def test_one_ray_worker_waits_for_resources_the_cluster_lacks_then_says_so(local
     )
     with pytest.raises(RayRunError, match=r"waited 2 s \(scaling.resource_wait_s\) for 1 worker \(64 CPU each\)"):
         pat_ray.run(config)
+
+
+def test_two_workers_end_at_the_first_failure_that_a_restart_cannot_mend(local_ray, tmp_path):
+    """A model that does not fit the data fails every worker's setup the same way each time: the
+    run ends at once with the error ``--local`` shows, instead of restarting the worker group
+    ``max_failures`` times first (each restart starts its worker processes anew)."""
+    import os
+
+    from torch import nn
+
+    import pat_ray
+
+    calls = tmp_path / "calls"
+
+    def too_wide(num_classes: int) -> nn.Module:  # no import path: Ray pickles it to the workers by value
+        with calls.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        return nn.Sequential(nn.Flatten(), nn.Linear(100, num_classes))  # a digit is 64 numbers
+
+    config = configured(
+        output_dir=tmp_path / "runs",
+        training={"epochs": 3},
+        pruning={"interval": 5},
+        tracking={"mlflow": False},
+        scaling={"num_workers": 2, "max_failures": 2},
+    )
+    with pytest.raises(ValueError) as caught:
+        pat_ray.run(config, model=too_wide)
+    assert type(caught.value) is ValueError and "does not run on one sample of the data" in str(caught.value)
+    workers = {int(pid) for pid in calls.read_text().split()} - {os.getpid()}
+    assert len(workers) == 2, workers  # one worker group, not three

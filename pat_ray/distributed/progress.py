@@ -9,6 +9,7 @@ from __future__ import annotations
 from ray.train import UserCallback
 
 from pat_ray.config import Config
+from pat_ray.distributed.failures import is_fatal
 from pat_ray.distributed.recorder import RunRecorder
 from pat_ray.run_folder.files import LAST
 from pat_ray.storage import Location
@@ -37,7 +38,6 @@ class ProgressCallback(UserCallback):
 
 
 def _fatal(errors) -> BaseException | None:
-    """A worker error that a restart cannot mend (data missing on a node), if any."""
-    from pat_ray.errors import DataRootError
-
-    return next((err for err in errors if isinstance(err, DataRootError)), None)
+    """A worker error that a restart cannot mend (data missing on a node, a model or labels that
+    do not fit what the user gave), if any: retrying would fail the same way ``max_failures`` times."""
+    return next((err for err in errors if is_fatal(err)), None)
