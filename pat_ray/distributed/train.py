@@ -1,4 +1,6 @@
-"""Ray Train shell: one PaT run on ``scaling.num_workers`` workers via TorchTrainer (Train V2).
+"""The driver's Ray shell: start or join Ray, then one PaT run on ``scaling.num_workers``
+workers: several through Ray Train's TorchTrainer (Train V2), one as a single Ray task
+(``one_worker.py``).
 
 Thin by design: each worker rebuilds the plugin registry and the validated config, checks its
 data root, then runs the same engine as ``--local`` with a DistributedCollective and a reporter

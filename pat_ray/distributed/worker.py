@@ -1,4 +1,5 @@
-"""What each Ray Train worker runs: check the data, rebuild the plugins and config, train.
+"""What each Ray worker runs (a Train worker, or the task of a one-worker run): check the
+data, rebuild the plugins and config, train.
 
 Rank 0 hands each epoch's ``last.pt`` to Ray (hard-linked into the folder Ray persists, not
 copied); every rank reports its metrics, with its node id, so the driver's side can tell where
