@@ -3,12 +3,16 @@
 The command line maps these to one line and an exit code before it knows which command will
 run, so they must be importable without torch, Ray or MLflow; the modules that raise them
 import them from here. Each is picklable, so Ray can carry it from a worker to the driver.
-``first_line`` is how a message quotes someone else's error (torch's, pyarrow's) in one line.
+``first_line`` is how a message quotes someone else's error (torch's, pyarrow's) in one line;
+``warnings_in_one_line`` how pat_ray's own warnings read, wherever a run prints them.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 
@@ -113,3 +117,20 @@ def first_line(err: BaseException) -> str:
     it), or the type's name when it has none."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_python_shows = warnings.showwarning  # Python's own display, for other packages' warnings
+
+
+def warnings_in_one_line(echo: Callable[[str], None]) -> None:
+    """From now on, pat_ray's own warnings (the pruning plan, tracking, data on a cluster) reach
+    ``echo`` as one ``warning: ...`` line each, as the command line shows them, also from a Ray
+    worker, whose output the driver's console shows; other packages' warnings as Python shows them."""
+    warnings.showwarning = partial(_show, echo)
+
+
+def _show(echo: Callable[[str], None], message, category, filename, lineno, file=None, line=None) -> None:
+    if category.__module__.startswith("pat_ray"):
+        echo(f"warning: {message}")
+    else:
+        _python_shows(message, category, filename, lineno, file, line)

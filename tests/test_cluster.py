@@ -164,14 +164,17 @@ def test_ray_job_submit_runs_the_default_pipeline_on_a_local_head():
         kept = float(re.search(r"FLOPs kept:\s+([0-9.]+)", output).group(1))
         assert kept == pytest.approx(0.5, abs=0.015)
         assert "succeeded" in output
-        joined = subprocess.run(
-            ["pat-ray", "run", "pipelines/digits.yaml", "training.epochs=4", "start={kind: fixed, epoch: 2}",
+        joined = subprocess.run(  # EPI on 4 epochs: the worker warns that it cannot fire before its latest start
+            ["pat-ray", "run", "pipelines/digits.yaml", "training.epochs=4",
              "tracking.mlflow=false", "--output-dir", str(Path(temp_dir).parent / "runs")],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
         )  # fmt: skip
         output = joined.stdout + joined.stderr
         assert joined.returncode == 0, output[-3000:]
         assert re.search(rf"Ray: joined the running local cluster at [0-9.]+:{gcs_port}\b", output), output[-3000:]
+        # the worker's warning reads as --local shows it: one line, no source line under it
+        assert re.search(r"^warning: start: EPI needs 6 snapshots", output, re.M), output[-3000:]
+        assert "PlanWarning" not in output, output[-3000:]
         assert "did not exit within" not in output, output[-3000:]  # Train's helpers found the cluster
     finally:
         os.killpg(head.pid, signal.SIGTERM)

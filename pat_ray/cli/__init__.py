@@ -16,7 +16,6 @@ import gc
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -32,6 +31,7 @@ from pat_ray.errors import (
     RayRunError,
     TrainingDivergedError,
     UnsupportedModelError,
+    warnings_in_one_line,
 )
 
 INPUT_ERRORS = (  # exit 2: what the user gave is wrong
@@ -72,7 +72,7 @@ class _Cli(click.Group):
         # Ctrl-C stops a run even where the process started with SIGINT ignored (a command put in
         # the background by a non-interactive shell inherits that, and Python then installs no handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        warnings.showwarning = _show_warning
+        warnings_in_one_line(lambda line: click.echo(line, err=True))
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
@@ -112,17 +112,6 @@ def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-_default_showwarning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """pat_ray's own warnings (tracking, data on a cluster) as one ``warning:`` line each."""
-    if category.__module__.startswith("pat_ray"):
-        click.echo(f"warning: {message}", err=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 class Stopped(KeyboardInterrupt):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -78,9 +79,11 @@ def task_config(task: WorkerTask) -> Config:
     import torch
 
     from pat_ray.config import config_from_dict
+    from pat_ray.errors import warnings_in_one_line
     from pat_ray.plugins.registry import install_shipped
     from pat_ray.plugins.user_code import trust
 
+    warnings_in_one_line(lambda line: print(line, file=sys.stderr, flush=True))  # Ray forwards it to the driver
     install_shipped(task.plugins)
     trust(*task.trusted)
     torch.set_num_threads(task.threads)
