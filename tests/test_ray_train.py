@@ -333,6 +333,24 @@ def test_one_ray_worker_that_fails_more_often_than_allowed_ends_the_run(plugins,
     assert marker.exists()
 
 
+def test_one_ray_worker_whose_loss_diverges_ends_at_once(local_ray, tmp_path, capsys):
+    """A restart would replay the same batches from the same checkpoint: the run ends with the
+    error --local shows, without starting the worker again."""
+    import pat_ray
+    from pat_ray.errors import TrainingDivergedError
+
+    config = configured(
+        output_dir=tmp_path / "runs",
+        training={"epochs": 3, "optimizer": {"lr": 1e12}},
+        pruning={"interval": 5},
+        tracking={"mlflow": False},
+        scaling={"max_failures": 2},
+    )
+    with pytest.raises(TrainingDivergedError, match="the loss became NaN or infinite in epoch 1"):
+        pat_ray.run(config)
+    assert "note: the worker failed" not in capsys.readouterr().out
+
+
 def test_one_ray_worker_waits_for_resources_the_cluster_lacks_then_says_so(local_ray, tmp_path):
     import pat_ray
     from pat_ray.errors import RayRunError

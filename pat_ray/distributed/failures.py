@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
-from pat_ray.errors import DataRootError, RayRunError
+from pat_ray.errors import DataRootError, RayRunError, TrainingDivergedError
 
 
 def explained(error: BaseException, config: Config) -> BaseException:
@@ -36,8 +36,10 @@ def is_startup_timeout(error: BaseException) -> bool:
 
 
 def is_fatal(error: BaseException) -> bool:
-    """Whether a restart would fail the same way: what the user gave is wrong, or a node lacks the data."""
-    return any(isinstance(cause, DataRootError) for cause in wrapped(error)) or bad_input(error) is not None
+    """Whether a restart would fail the same way: what the user gave is wrong, a node lacks the
+    data, or the loss diverged (a restart replays the same batches from the last good checkpoint)."""
+    repeats = (DataRootError, TrainingDivergedError)
+    return any(isinstance(cause, repeats) for cause in wrapped(error)) or bad_input(error) is not None
 
 
 def bad_input(error: BaseException) -> ValueError | None:
