@@ -351,17 +351,21 @@ def test_one_ray_worker_whose_loss_diverges_ends_at_once(local_ray, tmp_path, ca
     assert "note: the worker failed" not in capsys.readouterr().out
 
 
-def test_one_ray_worker_waits_for_resources_the_cluster_lacks_then_says_so(local_ray, tmp_path):
+def test_one_ray_worker_waits_for_resources_the_cluster_lacks_then_says_so(local_ray, tmp_path, capsys):
     import pat_ray
+    from pat_ray.distributed.one_worker import WAIT_NOTE_S
     from pat_ray.errors import RayRunError
 
+    wait_s = WAIT_NOTE_S + 2
     config = configured(
         output_dir=tmp_path / "runs",
         tracking={"mlflow": False},
-        scaling={"cpus_per_worker": 64, "resource_wait_s": 2},  # the fixture's Ray has 2 CPUs
+        scaling={"cpus_per_worker": 64, "resource_wait_s": wait_s},  # the fixture's Ray has 2 CPUs
     )
-    with pytest.raises(RayRunError, match=r"waited 2 s \(scaling.resource_wait_s\) for 1 worker \(64 CPU each\)"):
+    waited = rf"waited {wait_s:g} s \(scaling.resource_wait_s\) for 1 worker \(64 CPU each\)"
+    with pytest.raises(RayRunError, match=waited):
         pat_ray.run(config)
+    assert f"note: waiting for the worker's 64 CPU, at most {wait_s:g} s" in capsys.readouterr().out
 
 
 def test_two_workers_end_at_the_first_failure_that_a_restart_cannot_mend(local_ray, tmp_path):

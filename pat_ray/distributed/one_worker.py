@@ -59,7 +59,7 @@ def run_in_one_task(
     while True:
         stream = _streamed_run.options(**options).remote(task)
         try:
-            _follow(stream, recorder, config)
+            _follow(stream, recorder, config, options)
             break
         except Exception as err:
             if not _is_rays(err):  # the driver's own error (or no resources): the task may still run
@@ -89,16 +89,29 @@ def _from_last_checkpoint(task: WorkerTask, folder: Location) -> WorkerTask:
     return dataclasses.replace(task, resume=ray.put((folder / LAST).read_bytes()))
 
 
-def _follow(stream: Any, recorder: RunRecorder, config: Config) -> None:
-    """Record each epoch the task yields; a task that has not started within
-    ``scaling.resource_wait_s`` is waiting for resources the cluster does not have."""
-    ready, _ = ray.wait([stream], timeout=config.scaling.resource_wait_s)
-    if not ready:
-        raise resources_never_came(config)
+def _follow(stream: Any, recorder: RunRecorder, config: Config, options: dict[str, Any]) -> None:
+    """Record each epoch the task yields, once it has started."""
+    _wait_until_started(stream, config, options)
     for ref in stream:
         item = ray.get(ref)
         if isinstance(item, Reported):
             recorder.epoch([item.metrics], item.checkpoint)
+
+
+WAIT_NOTE_S = 5.0  # a task not started by then is waiting for resources: say so once
+
+
+def _wait_until_started(stream: Any, config: Config, options: dict[str, Any]) -> None:
+    """A task that has not started within ``scaling.resource_wait_s`` is waiting for resources
+    the cluster does not have; one that waits longer than ``WAIT_NOTE_S`` says what for."""
+    wait_s = config.scaling.resource_wait_s
+    ready, _ = ray.wait([stream], timeout=min(WAIT_NOTE_S, wait_s))
+    if not ready and wait_s > WAIT_NOTE_S:
+        wanted = f"{options['num_cpus']} CPU" + (", 1 GPU" if options.get("num_gpus") else "")
+        print(f"note: waiting for the worker's {wanted}, at most {wait_s:g} s (scaling.resource_wait_s)", flush=True)
+        ready, _ = ray.wait([stream], timeout=wait_s - WAIT_NOTE_S)
+    if not ready:
+        raise resources_never_came(config)
 
 
 def _stop(stream: Any) -> None:
