@@ -108,7 +108,8 @@ def _wait_until_started(stream: Any, config: Config, options: dict[str, Any]) ->
     ready, _ = ray.wait([stream], timeout=min(WAIT_NOTE_S, wait_s))
     if not ready and wait_s > WAIT_NOTE_S:
         wanted = f"{options['num_cpus']} CPU" + (", 1 GPU" if options.get("num_gpus") else "")
-        print(f"note: waiting for the worker's {wanted}, at most {wait_s:g} s (scaling.resource_wait_s)", flush=True)
+        print(f"note: the worker has not started yet (it needs {wanted}); waiting at most {wait_s:g} s "
+              "(scaling.resource_wait_s)", flush=True)  # fmt: skip
         ready, _ = ray.wait([stream], timeout=wait_s - WAIT_NOTE_S)
     if not ready:
         raise resources_never_came(config)
