@@ -180,6 +180,24 @@ def test_one_ray_worker_trains_like_local(local_ray, tmp_path):
     ]
 
 
+def test_one_ray_worker_logs_each_epoch_to_mlflow_from_the_driver(local_ray, tmp_path):
+    import pat_ray
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = configured(
+        output_dir=tmp_path / "runs",
+        training={"epochs": 3},
+        pruning={"interval": 5},
+        start=FixedStart(epoch=1),
+        tracking={"tracking_uri": uri},
+    )
+    result = pat_ray.run(config)
+    client = ray_mlflow_client(uri)
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "val_acc")] == [1, 2, 3]
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == pytest.approx(result.final_accuracy)
+
+
 def _own_loop(settings: dict) -> None:
     """A ``train_loop_per_worker`` of the user's own, with ``pat_ray.PaT`` in it."""
     import ray.train
