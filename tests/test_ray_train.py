@@ -29,6 +29,14 @@ def two_workers(tmp_path, epochs=4, start_epoch=2) -> Config:
     )
 
 
+def one_worker(tmp_path, epochs=3, **overrides) -> Config:
+    """The default pipeline on one Ray worker (one task), short, untracked unless ``overrides`` say."""
+    base = configured(
+        output_dir=tmp_path / "runs", training={"epochs": epochs}, pruning={"interval": 5}, tracking={"mlflow": False}
+    )
+    return configured(base, **overrides)
+
+
 def ray_mlflow_client(uri):
     import mlflow
 
@@ -184,13 +192,7 @@ def test_one_ray_worker_logs_each_epoch_to_mlflow_from_the_driver(local_ray, tmp
     import pat_ray
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = configured(
-        output_dir=tmp_path / "runs",
-        training={"epochs": 3},
-        pruning={"interval": 5},
-        start=FixedStart(epoch=1),
-        tracking={"tracking_uri": uri},
-    )
+    config = one_worker(tmp_path, start=FixedStart(epoch=1), tracking={"mlflow": True, "tracking_uri": uri})
     result = pat_ray.run(config)
     client = ray_mlflow_client(uri)
     assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "val_acc")] == [1, 2, 3]
@@ -316,14 +318,7 @@ def test_one_ray_worker_that_fails_starts_again_from_the_last_checkpoint(
 
     marker = tmp_path / "fault-done"
     plugins(fail_once_after(2, marker), name="fail-once")  # shipped to the task
-    config = configured(
-        output_dir=tmp_path / "runs",
-        training={"epochs": 4},
-        pruning={"interval": 5},
-        start=FixedStart(epoch=2),
-        tracking={"mlflow": False},
-        scaling={"max_failures": allowed},
-    )
+    config = one_worker(tmp_path, epochs=4, start=FixedStart(epoch=2), scaling={"max_failures": allowed})
     result = pat_ray.run(config)
     assert marker.exists()
     assert [h.epoch for h in result.history] == [1, 2, 3, 4] and result.trigger_epoch == 2
@@ -339,13 +334,7 @@ def test_one_ray_worker_that_fails_more_often_than_allowed_ends_the_run(plugins,
 
     marker = tmp_path / "fault-done"
     plugins(fail_once_after(1, marker), name="fail-once")
-    config = configured(
-        output_dir=tmp_path / "runs",
-        training={"epochs": 3},
-        pruning={"interval": 5},
-        tracking={"mlflow": False},
-        scaling={"max_failures": 0},
-    )
+    config = one_worker(tmp_path, scaling={"max_failures": 0})
     with pytest.raises(RuntimeError, match="injected fault after epoch 1"):
         pat_ray.run(config)
     assert marker.exists()
@@ -357,13 +346,7 @@ def test_one_ray_worker_whose_loss_diverges_ends_at_once(local_ray, tmp_path, ca
     import pat_ray
     from pat_ray.errors import TrainingDivergedError
 
-    config = configured(
-        output_dir=tmp_path / "runs",
-        training={"epochs": 3, "optimizer": {"lr": 1e12}},
-        pruning={"interval": 5},
-        tracking={"mlflow": False},
-        scaling={"max_failures": 2},
-    )
+    config = one_worker(tmp_path, training={"optimizer": {"lr": 1e12}}, scaling={"max_failures": 2})
     with pytest.raises(TrainingDivergedError, match="the loss became NaN or infinite in epoch 1"):
         pat_ray.run(config)
     assert "note: the worker failed" not in capsys.readouterr().out

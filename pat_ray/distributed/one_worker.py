@@ -62,17 +62,17 @@ def run_in_one_task(
             _follow(stream, recorder, config, options)
             break
         except Exception as err:
-            if not _is_rays(err):  # the driver's own error (or no resources): the task may still run
+            from_task, fatal, final = _is_rays(err), is_fatal(err), explained(err, config)
+            if not from_task:  # the driver's own error (or no resources): the task may still run
                 _stop(stream)
             allowed = config.scaling.max_failures  # -1: no limit
-            if 0 <= allowed <= failures or is_fatal(err) or not _is_rays(err):
-                final = explained(err, config)
-                raise final from (None if final is err or is_fatal(err) else err)
+            if 0 <= allowed <= failures or fatal or not from_task:
+                raise final from (None if final is err or fatal else err)
             failures += 1
             task = _from_last_checkpoint(task, folder)
             limit = allowed if allowed >= 0 else "-1, no limit"
             print(
-                f"note: the worker failed ({first_line(explained(err, config))}); starting it again from the last "
+                f"note: the worker failed ({first_line(final)}); starting it again from the last "
                 f"checkpoint (failure {failures} of scaling.max_failures={limit})",
                 flush=True,
             )
