@@ -58,18 +58,21 @@ def _ray_processes() -> set[str]:
     return found
 
 
-def test_ctrl_c_on_a_one_worker_ray_run_stops_it_and_the_ray_it_started(tmp_path):
-    """The default run (one Ray worker, one task) on a Ray it started: Ctrl-C keeps the last
-    finished epoch, says how to resume, and leaves none of that Ray's processes behind."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_ctrl_c_on_a_one_worker_ray_run_stops_it_and_the_ray_it_started(stop, tmp_path):
+    """The default run (one Ray worker, one task) on a Ray it started: Ctrl-C (or SIGTERM, which
+    must not read as Ctrl-C though it lands inside a blocking Ray call) keeps the last finished
+    epoch, says how to resume, and leaves none of that Ray's processes behind."""
     config = tmp_path / "c.yaml"
     config.write_text(f"output_dir: {tmp_path / 'runs'}\ntraining: {{epochs: 4}}\ntracking: {{mlflow: false}}\n")
     before = _ray_processes()  # the suite's own Ray's, if it has one
     ray_tmp = tempfile.mkdtemp(prefix="prs", dir="/tmp")  # short: Ray's socket paths are limited
     try:
         run = start_cli("run", str(config), env={"RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""})
-        out = stop_after_epoch(run, 2, signal.SIGINT)
-        assert run.returncode == 128 + signal.SIGINT, out
-        assert "error: interrupted; to continue it from its last finished epoch: pat-ray run --resume" in out, out
+        out = stop_after_epoch(run, 2, stop)
+        assert run.returncode == 128 + stop, out
+        what = "interrupted" if stop == signal.SIGINT else "stopped by SIGTERM"
+        assert f"error: {what}; to continue it from its last finished epoch: pat-ray run --resume" in out, out
         assert "Traceback" not in out, out
         deadline = time.time() + 20
         while (_ray_processes() - before) and time.time() < deadline:

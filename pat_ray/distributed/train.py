@@ -22,7 +22,9 @@ import socket
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pat_ray.config import Config
 from pat_ray.distributed import ray_private
@@ -34,6 +36,8 @@ from pat_ray.storage import Location
 from pat_ray.tracking.live import LiveTarget
 from pat_ray.training.records import RunResult
 from pat_ray.training.setup import Given
+
+T = TypeVar("T")
 
 RAY_RUN = "ray_run.json"  # the Ray Train run (storage + name) behind a run folder, for a same-name restart
 
@@ -89,11 +93,7 @@ def run_on_ray(
 
         gpus = 1 if config.scaling.use_gpu else 0
         options = {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": runtime_env, "name": f"pat_ray[{config.name}]"}
-        try:
-            return run_in_one_task(config, task, folder, tracking, options)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the Ray this driver started stops with it
-            drop_ray_connection()
-            raise
+        return _interruptible(lambda: run_in_one_task(config, task, folder, tracking, options))
     warn_if_unshared(folder)  # Train's storage; a task's checkpoints come to the driver
     storage = storage or Location.of(config.output_dir) / "ray" / config.name
     name = run_name or folder.name
@@ -166,27 +166,38 @@ def _worker_task(
 
 
 def _fit(trainer, config: Config) -> None:
-    """``trainer.fit()`` in a thread, so Ctrl-C (and SIGTERM) reach this one at once, also while
-    Ray waits for resources; the run stops with the driver's Ray connection."""
-    outcome: dict[str, BaseException] = {}
+    """``trainer.fit()``, interruptible; how it failed, in the user's words."""
+    try:
+        _interruptible(trainer.fit)
+    except Exception as err:
+        raise explained(err, config) from None
 
-    def fit() -> None:
+
+def _interruptible(work: Callable[[], T]) -> T:
+    """``work()`` in a thread, so Ctrl-C and SIGTERM reach this one at once, also while Ray waits
+    for resources, and as they were raised: a signal that lands inside a blocking Ray call
+    (``ray.get``, ``ray.wait``) comes out of it as a plain ``KeyboardInterrupt``, and a SIGTERM
+    would then read as Ctrl-C. The run stops with the driver's Ray connection."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
         try:
-            trainer.fit()
+            outcome["value"] = work()
         except BaseException as err:  # handed to the calling thread
             outcome["error"] = err
 
-    thread = threading.Thread(target=fit, name="pat_ray-fit", daemon=True)
+    thread = threading.Thread(target=call, name="pat_ray-run", daemon=True)
     thread.start()
     try:
         while thread.is_alive():
             thread.join(0.2)
     except BaseException:
         drop_ray_connection()
-        thread.join(STOP_WAIT_S / 2)  # fit() returns once its Ray calls fail: no thread is inside Ray at exit
+        thread.join(STOP_WAIT_S / 2)  # work() returns once its Ray calls fail: no thread is inside Ray at exit
         raise
     if "error" in outcome:
-        raise explained(outcome["error"], config) from None
+        raise outcome["error"]
+    return outcome["value"]
 
 
 STOP_WAIT_S = 8.0  # a stopped run is gone within this (plus the process exit), even on a busy machine
